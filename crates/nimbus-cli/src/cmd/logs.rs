@@ -1,0 +1,270 @@
+//! `logs` (one function's invocations with their output, optionally followed live) and
+//! `invocations` (a table across functions).
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use futures::StreamExt as _;
+use nimbus_model::{InvocationRecord, InvocationStatus};
+
+use crate::GlobalArgs;
+use crate::client::{ApiError, Client, InvocationFilter, invocations_of};
+use crate::output::{Table, format_duration_us, format_time, print_json};
+use crate::sse::SseParser;
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Function name
+    pub name: String,
+
+    /// Keep printing new invocations as they happen
+    #[arg(short = 'f', long, env = "NIMBUS_LOGS_FOLLOW", value_parser = clap::builder::BoolishValueParser::new())]
+    pub follow: bool,
+
+    /// How many recent invocations to show
+    #[arg(short = 'n', long, env = "NIMBUS_LOGS_LIMIT", default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Args)]
+pub struct InvocationsArgs {
+    /// Only this function's invocations
+    #[arg(long, env = "NIMBUS_INVOCATIONS_FUNCTION")]
+    pub function: Option<String>,
+
+    /// Only invocations that ended so: ok, trap, timeout, memory_limit, rejected, error
+    #[arg(long, env = "NIMBUS_INVOCATIONS_STATUS")]
+    pub status: Option<String>,
+
+    /// Only invocations after this id
+    #[arg(long, env = "NIMBUS_INVOCATIONS_AFTER")]
+    pub after: Option<String>,
+
+    /// How many to show
+    #[arg(short = 'n', long, env = "NIMBUS_INVOCATIONS_LIMIT", default_value_t = 50)]
+    pub limit: u32,
+
+    /// Sort order by time
+    #[arg(long, env = "NIMBUS_INVOCATIONS_ORDER", value_parser = ["asc", "desc"], default_value = "desc")]
+    pub order: String,
+}
+
+/// One invocation as a block: a header line, then its output lines, indented.
+pub fn format_record(r: &InvocationRecord) -> String {
+    let http = r.http_status.map_or_else(|| "-".to_string(), |s| s.to_string());
+    let mut out = format!(
+        "{} {} v{} {} {} {} {} fuel\n",
+        format_time(r.started_at),
+        r.id,
+        r.version,
+        r.status.as_str(),
+        http,
+        format_duration_us(r.duration_us),
+        r.fuel,
+    );
+    if let Some(err) = &r.error {
+        for line in err.lines() {
+            out.push_str(&format!("  error| {line}\n"));
+        }
+    }
+    for (label, text) in [("stdout", &r.stdout), ("stderr", &r.stderr)] {
+        for line in text.lines() {
+            out.push_str(&format!("  {label}| {line}\n"));
+        }
+    }
+    if r.logs_truncated {
+        out.push_str("  (output truncated at the server's per-invocation log limit)\n");
+    }
+    out
+}
+
+fn print_record(r: &InvocationRecord, json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, r)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(format_record(r).as_bytes())?;
+    }
+    out.flush()
+}
+
+pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
+    let client = g.client()?;
+    let value = client.logs(&args.name, None, Some(args.limit)).await?;
+    if g.json && !args.follow {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut records = invocations_of(&value)?;
+    records.sort_by(|a, b| a.id.cmp(&b.id)); // oldest first, like a log
+    if records.is_empty() && !args.follow && !g.json {
+        eprintln!("No invocations of {} yet.", args.name);
+    }
+    for r in &records {
+        print_record(r, g.json)?;
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let last = records.last().map(|r| r.id.clone());
+    follow(&client, &args.name, last, g.json).await
+}
+
+/// Follow the SSE stream, reconnecting after the last id seen if the connection drops.
+async fn follow(client: &Client, name: &str, mut last_id: Option<String>, json: bool) -> Result<ExitCode> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let resp = match client.logs_follow(name, last_id.as_deref()).await {
+            Ok(r) => r,
+            // The API said no (function deleted, token revoked): nothing to retry.
+            Err(e) if e.chain().any(|c| c.is::<ApiError>()) => return Err(e),
+            Err(e) => {
+                eprintln!("nimbus: {e:#}; retrying in {}", humantime::format_duration(backoff));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut parser = SseParser::new();
+        let mut stream = resp.bytes_stream();
+        let mut dropped = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    dropped = Some(client.transport_error(e));
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(250);
+            for event in parser.push(&chunk) {
+                let record: InvocationRecord = match serde_json::from_str(&event.data) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("nimbus: skipping an unexpected {} event ({e}): {}", event.event, event.data);
+                        continue;
+                    }
+                };
+                // Ids are time-ordered: after a reconnect, skip anything already printed.
+                if last_id.as_deref().is_some_and(|last| record.id.as_str() <= last) {
+                    continue;
+                }
+                print_record(&record, json)?;
+                last_id = Some(record.id);
+            }
+        }
+        match dropped {
+            Some(e) => eprintln!("nimbus: log stream interrupted ({e:#}); reconnecting"),
+            None => eprintln!("nimbus: log stream closed by the server; reconnecting"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub async fn invocations(g: &GlobalArgs, args: InvocationsArgs) -> Result<ExitCode> {
+    if let Some(s) = &args.status
+        && InvocationStatus::parse(s).is_none()
+    {
+        bail!("unknown status {s:?}: use ok, trap, timeout, memory_limit, rejected or error");
+    }
+    let filter = InvocationFilter {
+        function: args.function,
+        status: args.status,
+        after: args.after,
+        limit: Some(args.limit),
+        order: Some(args.order),
+    };
+    let value = g.client()?.invocations(&filter).await?;
+    if g.json {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let records = invocations_of(&value)?;
+    if records.is_empty() {
+        eprintln!("No invocations match.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table =
+        Table::new(&["TIME", "ID", "FUNCTION", "VERSION", "STATUS", "HTTP", "DURATION", "FUEL"]);
+    for r in &records {
+        table.row(vec![
+            format_time(r.started_at),
+            r.id.clone(),
+            r.function.clone(),
+            format!("v{}", r.version),
+            r.status.as_str().to_string(),
+            r.http_status.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            format_duration_us(r.duration_us),
+            r.fuel.to_string(),
+        ]);
+    }
+    table.print()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> InvocationRecord {
+        InvocationRecord {
+            id: "0190a000-0000-7000-8000-000000000001".into(),
+            function: "hello".into(),
+            version: 3,
+            trigger: "http".into(),
+            started_at: 1_700_000_000_123,
+            duration_us: 1_500,
+            queue_us: 0,
+            fuel: 12_345,
+            peak_memory_bytes: 1 << 16,
+            status: InvocationStatus::Ok,
+            http_status: Some(200),
+            error: None,
+            stdout: "line one\nline two\n".into(),
+            stderr: "warn\n".into(),
+            logs_truncated: false,
+        }
+    }
+
+    #[test]
+    fn record_block() {
+        assert_eq!(
+            format_record(&record()),
+            "2023-11-14T22:13:20.123Z 0190a000-0000-7000-8000-000000000001 v3 ok 200 1.5 ms 12345 fuel\n\
+             \x20 stdout| line one\n\
+             \x20 stdout| line two\n\
+             \x20 stderr| warn\n"
+        );
+    }
+
+    #[test]
+    fn record_block_with_error() {
+        let mut r = record();
+        r.status = InvocationStatus::Timeout;
+        r.http_status = None;
+        r.error = Some("deadline exceeded".into());
+        r.stdout.clear();
+        r.stderr.clear();
+        r.logs_truncated = true;
+        let text = format_record(&r);
+        assert!(text.contains(" v3 timeout - 1.5 ms "), "{text}");
+        assert!(text.contains("  error| deadline exceeded\n"), "{text}");
+        assert!(text.contains("truncated"), "{text}");
+    }
+
+    #[test]
+    fn records_from_sse_events() {
+        let json = serde_json::to_string(&record()).unwrap();
+        let mut p = SseParser::new();
+        let stream = format!(": hello\n\ndata: {json}\n\n: heartbeat\n\n");
+        let events = p.push(stream.as_bytes());
+        assert_eq!(events.len(), 1);
+        let r: InvocationRecord = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(r, record());
+    }
+}

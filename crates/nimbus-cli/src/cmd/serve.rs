@@ -1,0 +1,282 @@
+//! `serve`: run the Nimbus server in this process.
+//!
+//! The server itself (Wasmtime and all) is behind the default `server` feature; a build with
+//! `--no-default-features` is a lightweight client whose `serve` only explains what is missing.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use nimbus_model::{LimitPolicy, Limits};
+#[cfg(feature = "server")]
+use {
+    anyhow::Context as _,
+    nimbus_server::{ADMIN_TOKEN_FILE, Server, ServerConfig},
+    std::io::Write as _,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::GlobalArgs;
+use crate::manifest::{parse_duration, parse_duration_ms, parse_size};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, env = "NIMBUS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Log format on stderr
+    #[arg(long, env = "NIMBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Timeout of functions that do not set one
+    #[arg(long, env = "NIMBUS_DEFAULT_TIMEOUT", value_parser = parse_duration_ms, default_value = "10s")]
+    pub default_timeout: u64,
+
+    /// Largest timeout a function may ask for
+    #[arg(long, env = "NIMBUS_MAX_TIMEOUT", value_parser = parse_duration_ms, default_value = "300s")]
+    pub max_timeout: u64,
+
+    /// Memory limit of functions that do not set one
+    #[arg(long, env = "NIMBUS_DEFAULT_MEMORY", value_parser = parse_size, default_value = "64MiB")]
+    pub default_memory: u64,
+
+    /// Largest memory limit a function may ask for
+    #[arg(long, env = "NIMBUS_MAX_MEMORY", value_parser = parse_size, default_value = "512MiB")]
+    pub max_memory: u64,
+
+    /// Concurrency of functions that do not set one
+    #[arg(long, env = "NIMBUS_DEFAULT_CONCURRENCY", default_value_t = 64)]
+    pub default_concurrency: u32,
+
+    /// Largest concurrency a function may ask for
+    #[arg(long, env = "NIMBUS_MAX_CONCURRENCY", default_value_t = 1000)]
+    pub max_concurrency: u32,
+
+    /// Queue length of functions that do not set one
+    #[arg(long, env = "NIMBUS_DEFAULT_QUEUE", default_value_t = 256)]
+    pub default_queue: u32,
+
+    /// Longest queue a function may ask for
+    #[arg(long, env = "NIMBUS_MAX_QUEUE", default_value_t = 10_000)]
+    pub max_queue: u32,
+
+    /// Request body limit of functions that do not set one
+    #[arg(long, env = "NIMBUS_MAX_BODY", value_parser = parse_size, default_value = "10MiB")]
+    pub max_body: u64,
+
+    /// Largest request body limit a function may ask for
+    #[arg(long, env = "NIMBUS_MAX_BODY_CEILING", value_parser = parse_size, default_value = "100MiB")]
+    pub max_body_ceiling: u64,
+
+    /// Stdout+stderr kept per invocation
+    #[arg(long, env = "NIMBUS_LOG_BYTES", value_parser = parse_size, default_value = "64KiB")]
+    pub log_bytes: u64,
+
+    /// How long invocation records and logs are kept
+    #[arg(long, env = "NIMBUS_LOG_RETENTION", value_parser = parse_duration, default_value = "7d")]
+    pub log_retention: Duration,
+
+    /// Invocation records kept per function
+    #[arg(long, env = "NIMBUS_LOG_KEEP", default_value_t = 10_000)]
+    pub log_keep: u32,
+
+    /// How long a request may wait for a free instance before a 429
+    #[arg(long, env = "NIMBUS_QUEUE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub queue_timeout: Duration,
+
+    /// Instances the pooling allocator reserves, across all functions
+    #[arg(long, env = "NIMBUS_INSTANCE_POOL", default_value_t = 1000)]
+    pub instance_pool: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ServeArgs {
+    /// The operator's limit policy, checked for defaults above ceilings.
+    pub fn limit_policy(&self) -> Result<LimitPolicy> {
+        let defaults = Limits {
+            timeout_ms: self.default_timeout,
+            memory_bytes: self.default_memory,
+            max_concurrency: self.default_concurrency,
+            max_queue: self.default_queue,
+            max_body_bytes: self.max_body,
+        };
+        let ceilings = Limits {
+            timeout_ms: self.max_timeout,
+            memory_bytes: self.max_memory,
+            max_concurrency: self.max_concurrency,
+            max_queue: self.max_queue,
+            max_body_bytes: self.max_body_ceiling,
+        };
+        let pairs: [(&str, &str, u64, u64); 5] = [
+            ("--default-timeout", "--max-timeout", defaults.timeout_ms, ceilings.timeout_ms),
+            ("--default-memory", "--max-memory", defaults.memory_bytes, ceilings.memory_bytes),
+            (
+                "--default-concurrency",
+                "--max-concurrency",
+                defaults.max_concurrency.into(),
+                ceilings.max_concurrency.into(),
+            ),
+            ("--default-queue", "--max-queue", defaults.max_queue.into(), ceilings.max_queue.into()),
+            ("--max-body", "--max-body-ceiling", defaults.max_body_bytes, ceilings.max_body_bytes),
+        ];
+        for (default, ceiling, d, c) in pairs {
+            if d > c {
+                bail!("{default} ({d}) is above {ceiling} ({c})");
+            }
+            if d == 0 && default != "--default-queue" {
+                bail!("{default} must be greater than zero");
+            }
+        }
+        Ok(LimitPolicy { defaults, ceilings })
+    }
+
+    #[cfg(feature = "server")]
+    pub fn server_config(&self, g: &GlobalArgs) -> Result<ServerConfig> {
+        Ok(ServerConfig {
+            data_dir: g.data.clone(),
+            listen: self.listen,
+            limits: self.limit_policy()?,
+            log_bytes_per_invocation: usize::try_from(self.log_bytes).context("--log-bytes is too large")?,
+            log_retention: self.log_retention,
+            log_keep_per_function: self.log_keep,
+            queue_timeout: self.queue_timeout,
+            instance_pool_size: self.instance_pool,
+        })
+    }
+}
+
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+fn init_tracing(format: LogFormat) {
+    let filter = std::env::var("NIMBUS_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(not(feature = "server"))]
+pub async fn run(_g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    args.limit_policy()?;
+    bail!(
+        "this nimbus was built without the server (cargo feature `server`); \
+         install the full build to run `nimbus serve`"
+    )
+}
+
+#[cfg(feature = "server")]
+pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    init_tracing(args.log_format);
+    let config = args.server_config(g)?;
+    let data_dir = config.data_dir.clone();
+    let server = Server::bind(config)
+        .await
+        .with_context(|| format!("cannot start the server (data directory {})", data_dir.display()))?;
+    let addr = server.local_addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "nimbus listening on http://{addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(
+        token_file = %data_dir.join(ADMIN_TOKEN_FILE).display(),
+        "admin token for the CLI and API"
+    );
+    server.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        g: GlobalArgs,
+        #[command(flatten)]
+        s: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_model() {
+        let t = T::try_parse_from(["nimbus"]).unwrap();
+        assert_eq!(t.s.limit_policy().unwrap(), LimitPolicy::default());
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn server_config_from_defaults() {
+        let t = T::try_parse_from(["nimbus"]).unwrap();
+        let c = t.s.server_config(&t.g).unwrap();
+        assert_eq!(c.log_bytes_per_invocation, 64 * 1024);
+        assert_eq!(c.log_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(c.queue_timeout, Duration::from_secs(10));
+        assert_eq!(c.instance_pool_size, 1000);
+        assert_eq!(c.log_keep_per_function, 10_000);
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn flags_set_the_policy() {
+        let t = T::try_parse_from([
+            "nimbus",
+            "--default-timeout",
+            "2s",
+            "--max-memory",
+            "1GiB",
+            "--max-body",
+            "1MB",
+            "--listen",
+            "0.0.0.0:9000",
+        ])
+        .unwrap();
+        let p = t.s.limit_policy().unwrap();
+        assert_eq!(p.defaults.timeout_ms, 2000);
+        assert_eq!(p.ceilings.memory_bytes, 1 << 30);
+        assert_eq!(p.defaults.max_body_bytes, 1_000_000);
+        let t = T::try_parse_from(["nimbus", "--default-memory", "1GiB"]).unwrap();
+        let err = t.s.limit_policy().unwrap_err().to_string();
+        assert!(err.contains("--default-memory") && err.contains("--max-memory"), "{err}");
+    }
+}

@@ -1,0 +1,573 @@
+//! End-to-end tests of the `nimbus` binary.
+//!
+//! Most tests start `nimbus serve --listen 127.0.0.1:0 --data <tempdir>` as a child process, read
+//! the `nimbus listening on http://...` line for its URL, and drive it with the CLI exactly as a
+//! user would. The guest components come from `test-programs-artifacts`.
+//!
+//! `slow_new_build_deploy_and_curl` is SLOW: it builds a freshly scaffolded project with cargo for
+//! wasm32-wasip2, which needs that target installed and the `wasi` crate from crates.io.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
+
+/// Keep the caller's NIMBUS_* settings out of the tests.
+fn scrub_env(cmd: &mut StdCommand) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NIMBUS_") {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+/// A `nimbus` command with a clean environment and a timeout.
+fn nimbus() -> Command {
+    let mut std_cmd = StdCommand::new(NIMBUS);
+    scrub_env(&mut std_cmd);
+    let mut cmd = Command::from_std(std_cmd);
+    cmd.timeout(Duration::from_secs(120));
+    cmd
+}
+
+struct TestServer {
+    child: Child,
+    url: String,
+    data: TempDir,
+    log: TempDir,
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        let data = tempfile::tempdir().unwrap();
+        let log = tempfile::tempdir().unwrap();
+        let log_file = std::fs::File::create(log.path().join("server.log")).unwrap();
+        let mut cmd = StdCommand::new(NIMBUS);
+        scrub_env(&mut cmd);
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data.path())
+            .env("NIMBUS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("start nimbus serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("nimbus listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let mut server = TestServer { child, url: String::new(), data, log };
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => server.url = url,
+            Err(_) => panic!("nimbus serve did not print its address; log:\n{}", server.log()),
+        }
+        assert!(server.url.starts_with("http://127.0.0.1:"), "{}", server.url);
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `nimbus --url <server> --data <server's data dir>`.
+    fn cmd(&self) -> Command {
+        let mut cmd = nimbus();
+        cmd.arg("--url").arg(&self.url).arg("--data").arg(self.data.path());
+        cmd
+    }
+
+    /// Run a command that must succeed; return its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "nimbus {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("nimbus {args:?}: not JSON ({e}): {out}"))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.url, path)
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("admin-token")).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- nimbus serve log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET (no client library between the test and the server), returning status and body.
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    let addr = url.strip_prefix("http://").unwrap().trim_end_matches('/');
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        s = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn hello_wasm() -> &'static str {
+    test_programs_artifacts::HELLO
+}
+
+#[test]
+fn deploy_list_invoke_route_logs_rollback_delete() {
+    let s = TestServer::start();
+
+    let out = s.ok(&["deploy", hello_wasm(), "--name", "hello", "--route", "/hello"]);
+    assert!(out.contains("Deployed hello v1 (sha256 "), "{out}");
+    assert!(out.contains(&format!("{}/hello", s.url)), "{out}");
+
+    let list = s.json(&["list"]);
+    let functions = list["functions"].as_array().unwrap();
+    assert_eq!(functions.len(), 1);
+    assert_eq!(functions[0]["name"], "hello");
+    assert_eq!(functions[0]["active_version"], 1);
+    assert!(s.ok(&["ls"]).contains("hello"));
+
+    assert_eq!(s.ok(&["invoke", "hello"]), "Hello from Nimbus!\n");
+    let with_head = s.ok(&["invoke", "hello", "-i"]);
+    assert!(with_head.starts_with("HTTP/"), "{with_head}");
+    assert!(with_head.contains("x-nimbus-invocation-id: "), "{with_head}");
+
+    assert_eq!(s.get("/hello"), (200, "Hello from Nimbus!\n".to_string()));
+
+    let logs = s.ok(&["logs", "hello"]);
+    assert!(logs.contains(" v1 ok 200 "), "{logs}");
+    let logs = s.json(&["logs", "hello"]);
+    assert!(logs["invocations"].as_array().unwrap().len() >= 3, "{logs}");
+
+    // A second version: the `logs` guest, which writes to stdout and stderr.
+    let out = s.ok(&["deploy", test_programs_artifacts::LOGS, "--name", "hello", "--route", "/hello"]);
+    assert!(out.contains("Deployed hello v2 "), "{out}");
+    assert_eq!(s.get("/hello"), (200, "logged\n".to_string()));
+    let logs = s.ok(&["logs", "hello", "--limit", "1"]);
+    assert!(logs.contains(" v2 ok 200 "), "{logs}");
+    assert!(logs.contains("  stdout| hello stdout\n"), "{logs}");
+    assert!(logs.contains("  stderr| hello stderr\n"), "{logs}");
+
+    let versions = s.json(&["versions", "hello"]);
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
+    assert!(s.ok(&["versions", "hello"]).contains("v2"));
+
+    let out = s.ok(&["rollback", "hello", "1"]);
+    assert!(out.contains("hello is now at v1"), "{out}");
+    assert_eq!(s.get("/hello"), (200, "Hello from Nimbus!\n".to_string()));
+    let info = s.json(&["show", "hello"]);
+    assert_eq!(info["active_version"], 1);
+    assert_eq!(info["latest_version"], 2);
+    assert!(s.ok(&["show", "hello"]).contains(&format!("{}/hello", s.url)));
+
+    let inv = s.json(&["invocations", "--function", "hello"]);
+    assert!(inv["invocations"].as_array().unwrap().len() >= 5, "{inv}");
+    let table = s.ok(&["invocations", "--status", "ok", "--limit", "3"]);
+    assert!(table.starts_with("TIME "), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+
+    assert!(s.ok(&["delete", "hello"]).contains("Deleted hello"));
+    assert_eq!(s.json(&["list"])["functions"].as_array().unwrap().len(), 0);
+    assert_eq!(s.get("/hello").0, 404);
+}
+
+#[test]
+fn invoke_sends_method_path_headers_and_body() {
+    let s = TestServer::start();
+    s.ok(&["deploy", test_programs_artifacts::ECHO, "--name", "echo"]);
+
+    let out = s.ok(&[
+        "invoke", "echo", "--path", "/a/b?x=1", "-X", "PUT", "-d", "hello body", "-H", "X-Test: yes", "-i",
+    ]);
+    assert!(out.contains("x-method: PUT"), "{out}");
+    assert!(out.contains("x-path-with-query: /a/b?x=1"), "{out}");
+    assert!(out.contains("x-echo-x-test: yes"), "{out}");
+    assert!(out.ends_with("\r\n\r\nhello body") || out.ends_with("\n\nhello body"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.txt");
+    std::fs::write(&body, "from a file").unwrap();
+    let at_file = format!("@{}", body.display());
+    assert_eq!(s.ok(&["invoke", "echo", "-d", &at_file]), "from a file");
+
+    // -d defaults to POST; the body can come from stdin.
+    s.cmd()
+        .args(["invoke", "echo", "-d", "@-", "-i"])
+        .write_stdin("piped")
+        .assert()
+        .success()
+        .stdout(contains("x-method: POST").and(contains("piped")));
+}
+
+#[test]
+fn secrets_and_env() {
+    let s = TestServer::start();
+    s.ok(&["deploy", test_programs_artifacts::ENV, "--name", "env", "--env", "GREETING=hi there"]);
+    let out = s.ok(&["invoke", "env"]);
+    let vars: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(vars["GREETING"], "hi there", "{out}");
+
+    // The value comes from stdin, never from the command line.
+    s.cmd()
+        .args(["secrets", "set", "env", "API_TOKEN"])
+        .write_stdin("s3cret\n")
+        .assert()
+        .success()
+        .stdout(contains("Set secret API_TOKEN on env"));
+    s.ok(&["secrets", "set", "env", "OTHER", "value"]);
+    let names = s.ok(&["secrets", "list", "env"]);
+    assert_eq!(names, "API_TOKEN\nOTHER\n");
+    let json = s.json(&["secrets", "list", "env"]);
+    assert_eq!(json["secrets"], serde_json::json!(["API_TOKEN", "OTHER"]));
+    assert!(!s.ok(&["show", "env"]).contains("s3cret"));
+
+    s.ok(&["secrets", "rm", "env", "API_TOKEN"]);
+    assert_eq!(s.ok(&["secrets", "list", "env"]), "OTHER\n");
+}
+
+#[test]
+fn logs_follow_streams_new_invocations() {
+    let s = TestServer::start();
+    s.ok(&["deploy", test_programs_artifacts::LOGS, "--name", "tail", "--route", "/tail"]);
+
+    let mut cmd = StdCommand::new(NIMBUS);
+    scrub_env(&mut cmd);
+    let mut child = cmd
+        .arg("--url")
+        .arg(&s.url)
+        .arg("--data")
+        .arg(s.data.path())
+        .args(["logs", "tail", "-f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // Keep calling until the follower prints a call (it may connect after the first ones).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let found = 'outer: loop {
+        if Instant::now() > deadline {
+            break false;
+        }
+        assert_eq!(s.get("/tail").0, 200);
+        let until = Instant::now() + Duration::from_secs(1);
+        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            let hit = line.contains("stdout| hello stdout");
+            seen.push(line);
+            if hit {
+                break 'outer true;
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "logs -f printed:\n{}", seen.join("\n"));
+    assert!(seen.iter().any(|l| l.contains(" v1 ok 200 ")), "{}", seen.join("\n"));
+}
+
+#[test]
+fn api_errors_are_reported() {
+    let s = TestServer::start();
+
+    s.cmd()
+        .args(["show", "nope"])
+        .assert()
+        .code(1)
+        .stderr(contains("error: ").and(contains("HTTP 404")));
+    s.cmd()
+        .args(["invoke", "nope"])
+        .assert()
+        .code(1)
+        .stderr(contains("error: ").and(contains("HTTP 404")));
+    s.cmd().args(["delete", "nope"]).assert().code(1).stderr(contains("HTTP 404"));
+
+    // Not WebAssembly at all: refused before upload.
+    let dir = tempfile::tempdir().unwrap();
+    let txt = dir.path().join("notes.txt");
+    std::fs::write(&txt, "just text").unwrap();
+    s.cmd()
+        .arg("deploy")
+        .arg(&txt)
+        .args(["--name", "bad"])
+        .assert()
+        .code(1)
+        .stderr(contains("is not a WebAssembly file"));
+
+    // Looks like a component but is not one: the server refuses it.
+    let fake = dir.path().join("fake.wasm");
+    std::fs::write(&fake, b"\0asm\x0d\x00\x01\x00garbage garbage").unwrap();
+    s.cmd()
+        .arg("deploy")
+        .arg(&fake)
+        .args(["--name", "bad"])
+        .assert()
+        .code(1)
+        .stderr(contains("error: ").and(predicate::str::is_match(r"HTTP 4\d\d\)").unwrap()));
+
+    // A route the platform reserves is refused locally with the model's message.
+    s.cmd()
+        .args(["deploy", hello_wasm(), "--name", "bad", "--route", "/v1/mine"])
+        .assert()
+        .code(1)
+        .stderr(contains("belong to Nimbus"));
+
+    // A wrong token.
+    let mut cmd = nimbus();
+    cmd.args(["--url", &s.url, "--token", "wrong", "list"])
+        .assert()
+        .code(1)
+        .stderr(contains("refused the admin token").and(contains("HTTP 401")));
+
+    // The right token passed explicitly works without the data dir.
+    let mut cmd = nimbus();
+    cmd.args(["--url", &s.url, "--data", "/nonexistent", "--json", "list"])
+        .env("NIMBUS_TOKEN", s.token())
+        .assert()
+        .success();
+
+    s.ok(&["deploy", hello_wasm(), "--name", "hello"]);
+    s.cmd().args(["rollback", "hello", "7"]).assert().code(1).stderr(contains("error: "));
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let mut s = TestServer::start();
+    assert_eq!(s.get("/healthz").0, 200);
+    let status = StdCommand::new("kill").arg("-TERM").arg(s.child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "nimbus serve exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nimbus serve did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---- Without a server ----
+
+#[test]
+fn unreachable_server_is_explained() {
+    // A port that was just free: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    nimbus()
+        .args(["--token", "x", "list"])
+        .env("NIMBUS_URL", &url)
+        .assert()
+        .code(1)
+        .stderr(contains(format!("cannot reach Nimbus at {url} (is `nimbus serve` running?)")));
+}
+
+#[test]
+fn missing_token_file_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nimbus().arg("--data").arg(dir.path()).arg("list").assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains(&dir.path().join("admin-token").display().to_string()), "{stderr}");
+    assert!(stderr.contains("--token"), "{stderr}");
+}
+
+#[test]
+fn deploy_checks_before_uploading() {
+    let dir = tempfile::tempdir().unwrap();
+    // A .wasm file needs a name.
+    nimbus()
+        .args(["deploy", hello_wasm()])
+        .assert()
+        .code(1)
+        .stderr(contains("needs --name"));
+    // No manifest in the directory.
+    nimbus()
+        .arg("deploy")
+        .arg(dir.path())
+        .assert()
+        .code(1)
+        .stderr(contains("no nimbus.toml"));
+    // A misspelt manifest key is named.
+    std::fs::write(dir.path().join("nimbus.toml"), "name = \"x\"\nrotues = [\"/x\"]\n").unwrap();
+    nimbus()
+        .arg("deploy")
+        .arg(dir.path())
+        .assert()
+        .code(1)
+        .stderr(contains("rotues"));
+    // Bad flag values are refused by the parser.
+    nimbus()
+        .args(["deploy", hello_wasm(), "--name", "x", "--memory", "lots"])
+        .assert()
+        .code(2)
+        .stderr(contains("invalid size"));
+    // A failing build command stops the deploy.
+    std::fs::write(
+        dir.path().join("nimbus.toml"),
+        "name = \"x\"\ncomponent = \"x.wasm\"\n[build]\ncommand = \"exit 3\"\n",
+    )
+    .unwrap();
+    nimbus()
+        .arg("deploy")
+        .arg(dir.path())
+        .assert()
+        .code(1)
+        .stderr(contains("the build command `exit 3` failed"));
+}
+
+#[test]
+fn new_scaffolds_a_project_and_refuses_to_overwrite() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("hello-world");
+    nimbus()
+        .args(["new", "hello-world", "--dir"])
+        .arg(&dir)
+        .assert()
+        .success()
+        .stdout(contains("Created hello-world"));
+    for file in ["Cargo.toml", "src/lib.rs", "nimbus.toml", ".gitignore"] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let manifest = std::fs::read_to_string(dir.join("nimbus.toml")).unwrap();
+    assert!(manifest.contains("target/wasm32-wasip2/release/hello_world.wasm"), "{manifest}");
+    let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(cargo.contains("crate-type = [\"cdylib\"]") && cargo.contains("[workspace]"), "{cargo}");
+
+    nimbus()
+        .args(["new", "hello-world", "--dir"])
+        .arg(&dir)
+        .assert()
+        .code(1)
+        .stderr(contains("not empty"));
+    nimbus()
+        .args(["new", "Bad_Name", "--dir"])
+        .arg(work.path().join("bad"))
+        .assert()
+        .code(1)
+        .stderr(contains("invalid function name"));
+}
+
+#[test]
+fn build_runs_the_command_and_checks_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_manifest = |command: &str| {
+        std::fs::write(
+            dir.path().join("nimbus.toml"),
+            format!("name = \"x\"\ncomponent = \"out/x.wasm\"\n[build]\ncommand = \"{command}\"\n"),
+        )
+        .unwrap();
+    };
+    write_manifest("echo building");
+    nimbus()
+        .arg("build")
+        .arg(dir.path())
+        .assert()
+        .code(1)
+        .stdout(contains("building"))
+        .stderr(contains("did not produce"));
+
+    let hello = Path::new(hello_wasm());
+    write_manifest(&format!("mkdir -p out && cp {} out/x.wasm", hello.display()));
+    nimbus()
+        .arg("build")
+        .arg(dir.path().join("nimbus.toml"))
+        .assert()
+        .success()
+        .stdout(contains("x.wasm ("));
+}
+
+/// SLOW: `nimbus new`, then a real cargo build for wasm32-wasip2 (fetches the `wasi` crate from
+/// crates.io the first time), then deploy and a plain HTTP request to the new route.
+#[test]
+fn slow_new_build_deploy_and_curl() {
+    let s = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("greeter");
+    s.cmd().args(["new", "greeter", "--dir"]).arg(&dir).assert().success();
+
+    s.cmd()
+        .arg("build")
+        .arg(&dir)
+        .timeout(Duration::from_secs(900))
+        .assert()
+        .success()
+        .stdout(contains("greeter.wasm ("));
+
+    let out = s.ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    assert!(out.contains("Deployed greeter v1 "), "{out}");
+    assert!(out.contains(&format!("{}/greeter", s.url)), "{out}");
+
+    assert_eq!(s.get("/greeter"), (200, "Hello from greeter!\n".to_string()));
+    let logs = s.ok(&["logs", "greeter"]);
+    assert!(logs.contains("stdout| handling /greeter"), "{logs}");
+
+    // Deploying from the directory runs the (now up to date) build again.
+    let out = s.ok(&["deploy", dir.to_str().unwrap()]);
+    assert!(out.contains("Deployed greeter v2 "), "{out}");
+}

@@ -1,0 +1,450 @@
+//! The functions service: deploys components as immutable numbered versions, keeps the active
+//! version of each function loaded and routed, admits and runs invocations, and records them.
+//!
+//! Architecture invariant: this crate knows no HTTP server and no SQL. It takes requests as
+//! `http::Request` values, talks to storage through `nimbus-store` traits and to Wasmtime through
+//! `nimbus-runtime`.
+
+mod admission;
+mod invoke;
+mod metrics;
+mod recorder;
+mod router;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use nimbus_model::{
+    FunctionInfo, FunctionSpec, InvocationQuery, InvocationRecord, LimitPolicy, SpecError,
+    VersionInfo, now_millis,
+};
+use nimbus_runtime::{DeployError, InvocationParams, LoadedComponent, OutboundPolicy, Runtime};
+use nimbus_store::{BlobStore, FunctionStore, InvocationStore, NewVersion, StoreError};
+use sha2::Digest;
+use tokio::sync::broadcast;
+
+pub use admission::Rejection;
+pub use invoke::{InvokeError, Invoked};
+pub use metrics::Metrics;
+pub use router::RouteMatch;
+
+use admission::Admission;
+use recorder::Recorder;
+use router::{Entry, RouteTable, claims_overlap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    #[error(transparent)]
+    InvalidModule(#[from] DeployError),
+    #[error("route {route} is already claimed by function {owner:?}")]
+    RouteConflict { route: String, owner: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for FunctionError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => FunctionError::NotFound(what),
+            other => FunctionError::Store(other),
+        }
+    }
+}
+
+type Result<T, E = FunctionError> = std::result::Result<T, E>;
+
+/// Operator settings of the functions service.
+#[derive(Debug, Clone)]
+pub struct FunctionsConfig {
+    pub limits: LimitPolicy,
+    pub queue_timeout: Duration,
+    /// Node-local cache of compiled artifacts (derived data: rebuilt from the blob store if lost).
+    pub artifact_dir: PathBuf,
+    pub log_retention: Duration,
+    pub log_keep_per_function: u32,
+}
+
+/// The storage the service needs, as traits.
+#[derive(Clone)]
+pub struct Stores {
+    pub functions: Arc<dyn FunctionStore>,
+    pub invocations: Arc<dyn InvocationStore>,
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+/// One function's active version, loaded and ready to invoke.
+pub struct ActiveVersion {
+    pub info: VersionInfo,
+    component: LoadedComponent,
+    params: InvocationParams,
+    admission: Admission,
+    /// False until the first invocation: that one is a cold start.
+    warm: AtomicBool,
+    label: metrics::FunctionLabel,
+}
+
+struct Snapshot {
+    functions: HashMap<String, Arc<ActiveVersion>>,
+    routes: RouteTable<ActiveVersion>,
+}
+
+impl Snapshot {
+    fn new(functions: HashMap<String, Arc<ActiveVersion>>) -> Self {
+        let routes = RouteTable::build(functions.values().flat_map(|f| {
+            f.info.spec.routes.iter().filter_map(move |spec| {
+                let pattern = spec.parse().ok()?;
+                Some((pattern, Entry { spec: spec.clone(), target: f.clone() }))
+            })
+        }));
+        Snapshot { functions, routes }
+    }
+}
+
+/// The result of a deploy.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub function: FunctionInfo,
+    pub version: VersionInfo,
+    pub compile: Duration,
+}
+
+pub struct FunctionService {
+    runtime: Arc<Runtime>,
+    stores: Stores,
+    config: FunctionsConfig,
+    snapshot: ArcSwap<Snapshot>,
+    /// Deploy, rollback, delete and secret changes run one at a time, so route checks and
+    /// snapshot swaps cannot interleave.
+    changes: tokio::sync::Mutex<()>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FunctionService {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl FunctionService {
+    /// Start the service: load the active version of every function (deserializing artifacts,
+    /// recompiling only those this engine cannot load) and start the record writer and pruner.
+    pub async fn start(runtime: Arc<Runtime>, stores: Stores, config: FunctionsConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.artifact_dir).map_err(|e| {
+            FunctionError::Internal(format!("creating {}: {e}", config.artifact_dir.display()))
+        })?;
+        let (recorder, writer) = Recorder::spawn(stores.invocations.clone());
+        let pruner = spawn_pruner(stores.invocations.clone(), &config);
+        let service = FunctionService {
+            runtime,
+            stores,
+            config,
+            snapshot: ArcSwap::from_pointee(Snapshot::new(HashMap::new())),
+            changes: tokio::sync::Mutex::new(()),
+            recorder,
+            metrics: Arc::new(Metrics::default()),
+            tasks: vec![writer, pruner],
+        };
+        let fs = service.stores.functions.clone();
+        let active = blocking(move || fs.active_versions().map_err(FunctionError::from)).await?;
+        let mut loaded = HashMap::new();
+        for info in active {
+            let name = info.function.clone();
+            match service.prepare(info).await {
+                Ok(v) => {
+                    loaded.insert(name, v);
+                }
+                Err(e) => tracing::error!(function = %name, error = %e, "could not load function"),
+            }
+        }
+        tracing::info!(functions = loaded.len(), "functions loaded");
+        service.snapshot.store(Arc::new(Snapshot::new(loaded)));
+        Ok(service)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Validate, compile and store a new version of `spec.name`, then move traffic to it.
+    pub async fn deploy(&self, spec: FunctionSpec, wasm: Bytes) -> Result<Deployed> {
+        spec.validate()?;
+        let limits = self.config.limits.resolve(&spec.limits)?;
+        let _changes = self.changes.lock().await;
+        self.check_routes(&spec.name, &spec)?;
+
+        let sha = hex::encode(sha2::Sha256::digest(&wasm));
+        let runtime = self.runtime.clone();
+        let module = wasm.clone();
+        let size = wasm.len() as u64;
+        let compiled = blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
+        let compile = compiled.compile_time;
+        let blobs = self.stores.blobs.clone();
+        let key = module_key(&sha);
+        blocking(move || blobs.put(&key, &wasm).map_err(FunctionError::from)).await?;
+        let artifact = self.artifact_path(&sha);
+        write_atomic(&artifact, &compiled.artifact)?;
+
+        let fs = self.stores.functions.clone();
+        let (spec2, sha2) = (spec.clone(), sha.clone());
+        let version = blocking(move || {
+            fs.create_version(NewVersion {
+                spec: &spec2,
+                limits,
+                module_sha256: &sha2,
+                module_size: size,
+            })
+            .map_err(FunctionError::from)
+        })
+        .await?;
+        let active = self.prepare(version.clone()).await?;
+        self.swap_in(active);
+        let function = self.info(&spec.name).await?;
+        tracing::info!(function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, "deployed");
+        Ok(Deployed { function, version, compile })
+    }
+
+    /// Move traffic to an earlier (or later) existing version, at once.
+    pub async fn rollback(&self, name: &str, version: u32) -> Result<FunctionInfo> {
+        let _changes = self.changes.lock().await;
+        let fs = self.stores.functions.clone();
+        let n = name.to_string();
+        let info = blocking(move || fs.get_version(&n, version).map_err(FunctionError::from))
+            .await?
+            .ok_or_else(|| FunctionError::NotFound(format!("version {version} of function {name}")))?;
+        self.check_routes(name, &info.spec)?;
+        // Load before switching, so the switch itself cannot fail and no request sees a gap.
+        let active = self.prepare(info).await?;
+        let fs = self.stores.functions.clone();
+        let n = name.to_string();
+        blocking(move || fs.set_active_version(&n, version).map_err(FunctionError::from)).await?;
+        self.swap_in(active);
+        tracing::info!(function = %name, version, "rolled back");
+        self.info(name).await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let fs = self.stores.functions.clone();
+        let n = name.to_string();
+        if !blocking(move || fs.delete_function(&n).map_err(FunctionError::from)).await? {
+            return Err(FunctionError::NotFound(format!("function {name}")));
+        }
+        let mut functions = self.snapshot.load().functions.clone();
+        functions.remove(name);
+        self.snapshot.store(Arc::new(Snapshot::new(functions)));
+        tracing::info!(function = %name, "deleted");
+        Ok(())
+    }
+
+    pub async fn set_secret(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let mut probe = FunctionSpec { name: name.into(), ..Default::default() };
+        probe.env.insert(key.into(), String::new());
+        probe.validate()?;
+        let _changes = self.changes.lock().await;
+        let fs = self.stores.functions.clone();
+        let (n, k, v) = (name.to_string(), key.to_string(), value.to_string());
+        blocking(move || fs.set_secret(&n, &k, &v).map_err(FunctionError::from)).await?;
+        self.reload_params(name).await
+    }
+
+    pub async fn delete_secret(&self, name: &str, key: &str) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let fs = self.stores.functions.clone();
+        let (n, k) = (name.to_string(), key.to_string());
+        if !blocking(move || fs.delete_secret(&n, &k).map_err(FunctionError::from)).await? {
+            return Err(FunctionError::NotFound(format!("secret {key} of function {name}")));
+        }
+        self.reload_params(name).await
+    }
+
+    pub async fn info(&self, name: &str) -> Result<FunctionInfo> {
+        let fs = self.stores.functions.clone();
+        let n = name.to_string();
+        blocking(move || fs.get_function(&n).map_err(FunctionError::from))
+            .await?
+            .ok_or_else(|| FunctionError::NotFound(format!("function {name}")))
+    }
+
+    pub async fn list(&self) -> Result<Vec<FunctionInfo>> {
+        let fs = self.stores.functions.clone();
+        blocking(move || fs.list_functions().map_err(FunctionError::from)).await
+    }
+
+    pub async fn versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        let fs = self.stores.functions.clone();
+        let n = name.to_string();
+        let versions = blocking(move || fs.list_versions(&n).map_err(FunctionError::from)).await?;
+        if versions.is_empty() {
+            return Err(FunctionError::NotFound(format!("function {name}")));
+        }
+        Ok(versions)
+    }
+
+    pub async fn invocations(&self, query: InvocationQuery) -> Result<Vec<InvocationRecord>> {
+        let is = self.stores.invocations.clone();
+        blocking(move || is.query(&query).map_err(FunctionError::from)).await
+    }
+
+    /// Every invocation record, as soon as it is stored.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<InvocationRecord>> {
+        self.recorder.followers.subscribe()
+    }
+
+    /// The function answering `method` on `path`.
+    pub fn route(&self, method: &str, path: &str) -> RouteMatch<ActiveVersion> {
+        self.snapshot.load().routes.lookup(method, path)
+    }
+
+    /// The active version of a function, by name.
+    pub fn active(&self, name: &str) -> Option<Arc<ActiveVersion>> {
+        self.snapshot.load().functions.get(name).cloned()
+    }
+
+    fn check_routes(&self, name: &str, spec: &FunctionSpec) -> Result<()> {
+        let snapshot = self.snapshot.load();
+        for route in &spec.routes {
+            for other in snapshot.functions.values().filter(|f| f.info.function != name) {
+                if other.info.spec.routes.iter().any(|r| claims_overlap(route, r)) {
+                    return Err(FunctionError::RouteConflict {
+                        route: route.path.clone(),
+                        owner: other.info.function.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn swap_in(&self, active: Arc<ActiveVersion>) {
+        let mut functions = self.snapshot.load().functions.clone();
+        functions.insert(active.info.function.clone(), active);
+        self.snapshot.store(Arc::new(Snapshot::new(functions)));
+    }
+
+    async fn reload_params(&self, name: &str) -> Result<()> {
+        if let Some(current) = self.active(name) {
+            let active = self.prepare(current.info.clone()).await?;
+            self.swap_in(active);
+        }
+        Ok(())
+    }
+
+    /// Load a version's component (from the artifact cache, compiling from the stored module if
+    /// the cache lacks it or this engine cannot load it) and resolve its invocation parameters.
+    async fn prepare(&self, info: VersionInfo) -> Result<Arc<ActiveVersion>> {
+        let start = Instant::now();
+        let component = self.load_component(&info.module_sha256).await?;
+        self.metrics.component_load.observe(start.elapsed().as_secs_f64());
+        let fs = self.stores.functions.clone();
+        let name = info.function.clone();
+        let secrets = blocking(move || fs.secrets(&name).map_err(FunctionError::from)).await?;
+        let mut env: Vec<(String, String)> = info.spec.env.clone().into_iter().collect();
+        // Secrets win over plain env vars of the same name.
+        env.retain(|(k, _)| !secrets.contains_key(k));
+        env.extend(secrets);
+        let params = InvocationParams {
+            env: env.into(),
+            timeout: Duration::from_millis(info.limits.timeout_ms),
+            memory_bytes: info.limits.memory_bytes,
+            outbound: Arc::new(OutboundPolicy::new(info.spec.outbound_hosts.clone())),
+        };
+        let admission = Admission::new(
+            info.limits.max_concurrency,
+            info.limits.max_queue,
+            self.config.queue_timeout,
+        );
+        let label = Metrics::label(&info.function);
+        Ok(Arc::new(ActiveVersion {
+            info,
+            component,
+            params,
+            admission,
+            warm: AtomicBool::new(false),
+            label,
+        }))
+    }
+
+    async fn load_component(&self, sha: &str) -> Result<LoadedComponent> {
+        let path = self.artifact_path(sha);
+        let runtime = self.runtime.clone();
+        let p = path.clone();
+        if path.exists() {
+            match blocking(move || Ok(runtime.load_file(&p))).await? {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(error = %e, "cached artifact unusable; recompiling"),
+            }
+        }
+        let blobs = self.stores.blobs.clone();
+        let key = module_key(sha);
+        let wasm = blocking(move || blobs.get(&key).map_err(FunctionError::from))
+            .await?
+            .ok_or_else(|| FunctionError::Internal(format!("stored module {sha} is missing")))?;
+        let runtime = self.runtime.clone();
+        let compiled = blocking(move || runtime.compile(&wasm).map_err(FunctionError::from)).await?;
+        write_atomic(&path, &compiled.artifact)?;
+        let runtime = self.runtime.clone();
+        blocking(move || runtime.load_file(&path).map_err(|e| FunctionError::Internal(e.to_string())))
+            .await
+    }
+
+    fn artifact_path(&self, sha: &str) -> PathBuf {
+        self.config
+            .artifact_dir
+            .join(format!("{sha}-{}.cwasm", self.runtime.artifact_fingerprint()))
+    }
+}
+
+fn module_key(sha: &str) -> String {
+    format!("modules/{sha}.wasm")
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let err = |e: std::io::Error| FunctionError::Internal(format!("writing {}: {e}", path.display()));
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FunctionError::Internal(format!("blocking task failed: {e}")))?
+}
+
+fn spawn_pruner(store: Arc<dyn InvocationStore>, config: &FunctionsConfig) -> tokio::task::JoinHandle<()> {
+    let retention = config.log_retention;
+    let keep = config.log_keep_per_function;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            let store = store.clone();
+            let before = now_millis() - retention.as_millis() as i64;
+            match tokio::task::spawn_blocking(move || store.prune(before, keep)).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned invocation records"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning invocation records"),
+                Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics of the functions service. The server renders [`Metrics::registry`] at
+//! `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabel {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub function: String,
+    pub status: String,
+}
+
+type HistogramFamily = Family<FunctionLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    pub invocations: Family<StatusLabels, Counter>,
+    pub errors: Family<FunctionLabel, Counter>,
+    pub duration: HistogramFamily,
+    pub queue_wait: HistogramFamily,
+    pub rejections: Family<FunctionLabel, Counter>,
+    pub cold_starts: Family<FunctionLabel, Counter>,
+    pub instances_in_use: Family<FunctionLabel, Gauge>,
+    pub instantiation: Histogram,
+    pub component_load: Histogram,
+    pub registry: Registry,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 us .. ~100 s
+    Histogram::new(exponential_buckets(0.000_05, 2.5, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let invocations = Family::<StatusLabels, Counter>::default();
+        let errors = Family::<FunctionLabel, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let queue_wait: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let rejections = Family::<FunctionLabel, Counter>::default();
+        let cold_starts = Family::<FunctionLabel, Counter>::default();
+        let instances_in_use = Family::<FunctionLabel, Gauge>::default();
+        // 1 us .. ~1 s
+        let instantiation = Histogram::new(exponential_buckets(0.000_001, 2.0, 21));
+        let component_load = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+
+        let mut registry = Registry::with_prefix("nimbus");
+        registry.register(
+            "invocations",
+            "Invocations by function and outcome (ok, trap, timeout, memory_limit, rejected, error)",
+            invocations.clone(),
+        );
+        registry.register(
+            "function_errors",
+            "Invocations that did not end ok, or answered with a 5xx status",
+            errors.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "Wall time of an invocation, admission to end of response body",
+            duration.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time requests waited for a free instance slot",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "queue_rejections",
+            "Requests refused because the function's queue was full or timed out",
+            rejections.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "First invocations of a version after it was loaded (deploy or restart)",
+            cold_starts.clone(),
+        );
+        registry.register(
+            "instances_in_use",
+            "Instances currently running, per function",
+            instances_in_use.clone(),
+        );
+        registry.register(
+            "instantiation_seconds",
+            "Time to instantiate a pre-instantiated component for one request",
+            instantiation.clone(),
+        );
+        registry.register(
+            "component_load_seconds",
+            "Time to load a compiled component (deserialize + pre-instantiate)",
+            component_load.clone(),
+        );
+        Metrics {
+            invocations,
+            errors,
+            duration,
+            queue_wait,
+            rejections,
+            cold_starts,
+            instances_in_use,
+            instantiation,
+            component_load,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn label(function: &str) -> FunctionLabel {
+        FunctionLabel { function: function.to_string() }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

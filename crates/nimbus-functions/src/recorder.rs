@@ -1,0 +1,70 @@
+//! Invocation records leave the request path through a channel; one task batches them into the
+//! store and then tells log followers. Billing and quotas will read the same records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_model::InvocationRecord;
+use nimbus_store::InvocationStore;
+use tokio::sync::{broadcast, mpsc};
+
+const BATCH: usize = 512;
+const CHANNEL: usize = 16_384;
+
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    tx: mpsc::Sender<InvocationRecord>,
+    pub(crate) followers: broadcast::Sender<Arc<InvocationRecord>>,
+}
+
+impl Recorder {
+    pub(crate) fn spawn(store: Arc<dyn InvocationStore>) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let (followers, _) = broadcast::channel(1024);
+        let task = tokio::spawn(run(store, rx, followers.clone()));
+        (Recorder { tx, followers }, task)
+    }
+
+    /// Queue a record. Waits only if the writer is far behind (back-pressure instead of losing
+    /// billable records); callers run this after the response has been handed over.
+    pub(crate) async fn record(&self, record: InvocationRecord) {
+        if self.tx.send(record).await.is_err() {
+            tracing::error!("invocation recorder has stopped; record lost");
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn InvocationStore>,
+    mut rx: mpsc::Receiver<InvocationRecord>,
+    followers: broadcast::Sender<Arc<InvocationRecord>>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let records = std::mem::take(&mut batch);
+        let store = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            // Retry a failing backend a few times before giving the batch up, loudly.
+            let mut delay = Duration::from_millis(50);
+            for attempt in 1..=5 {
+                match store.insert_batch(&records) {
+                    Ok(()) => return Some(records),
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt, n = records.len(), "writing invocation records");
+                        std::thread::sleep(delay);
+                        delay *= 2;
+                    }
+                }
+            }
+            tracing::error!(n = records.len(), "dropping invocation records after 5 failed writes");
+            None
+        })
+        .await;
+        if let Ok(Some(records)) = written {
+            for r in records {
+                // No follower is not an error.
+                let _ = followers.send(Arc::new(r));
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{RouteSpec, UnixMillis};
+
+/// Why a function spec was refused. Messages name the offending field so the API can return them as is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("invalid function name {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter")]
+    Name(String),
+    #[error("invalid route {route:?}: {reason}")]
+    Route { route: String, reason: String },
+    #[error("invalid env var name {0:?}: use A-Z, a-z, 0-9 and '_', not starting with a digit")]
+    EnvName(String),
+    #[error("invalid outbound host {0:?}: give a host name or host:port, without scheme or path")]
+    OutboundHost(String),
+    #[error("limit {name} = {value} is above the operator's ceiling of {ceiling}")]
+    AboveCeiling { name: &'static str, value: u64, ceiling: u64 },
+    #[error("limit {name} must be greater than zero")]
+    Zero { name: &'static str },
+}
+
+/// What a developer sends with a deploy: the function's name, routes, env and limits.
+///
+/// This is the developer's side of configuration; the operator's defaults and ceilings
+/// ([`LimitPolicy`]) turn `limits` into resolved [`Limits`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    pub name: String,
+    /// HTTP routes: exact paths (`/hello`) or prefix wildcards (`/api/...`).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Plain environment variables, visible through the API.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Hosts (`example.com` or `example.com:8443`, `*.example.com`) the function may call with
+    /// outbound HTTP. Empty: all outbound HTTP is denied.
+    #[serde(default)]
+    pub outbound_hosts: Vec<String>,
+}
+
+/// Limits a developer asks for; `None` takes the operator's default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub timeout_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub max_queue: Option<u32>,
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Limits in force for one version of a function.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock limit of one invocation; past it the guest is stopped and the caller gets 504.
+    pub timeout_ms: u64,
+    /// Linear memory a single instance may grow to; past it the guest traps (500).
+    pub memory_bytes: u64,
+    /// Instances of this function running at once.
+    pub max_concurrency: u32,
+    /// Requests that may wait for a free instance; beyond it, 429 with `Retry-After`.
+    pub max_queue: u32,
+    /// Largest request body accepted; beyond it, 413.
+    pub max_body_bytes: u64,
+}
+
+/// The operator's defaults and ceilings for [`Limits`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct LimitPolicy {
+    pub defaults: Limits,
+    pub ceilings: Limits,
+}
+
+impl Default for LimitPolicy {
+    fn default() -> Self {
+        LimitPolicy {
+            defaults: Limits {
+                timeout_ms: 10_000,
+                memory_bytes: 64 << 20,
+                max_concurrency: 64,
+                max_queue: 256,
+                max_body_bytes: 10 << 20,
+            },
+            ceilings: Limits {
+                timeout_ms: 300_000,
+                memory_bytes: 512 << 20,
+                max_concurrency: 1000,
+                max_queue: 10_000,
+                max_body_bytes: 100 << 20,
+            },
+        }
+    }
+}
+
+impl LimitPolicy {
+    /// Resolve what a developer asked for against the defaults, refusing what passes a ceiling.
+    pub fn resolve(&self, spec: &LimitsSpec) -> Result<Limits, SpecError> {
+        fn pick(
+            name: &'static str,
+            asked: Option<u64>,
+            default: u64,
+            ceiling: u64,
+        ) -> Result<u64, SpecError> {
+            let value = asked.unwrap_or(default);
+            if value == 0 && name != "max_queue" {
+                return Err(SpecError::Zero { name });
+            }
+            if value > ceiling {
+                return Err(SpecError::AboveCeiling { name, value, ceiling });
+            }
+            Ok(value)
+        }
+        let (d, c) = (&self.defaults, &self.ceilings);
+        Ok(Limits {
+            timeout_ms: pick("timeout_ms", spec.timeout_ms, d.timeout_ms, c.timeout_ms)?,
+            memory_bytes: pick("memory_bytes", spec.memory_bytes, d.memory_bytes, c.memory_bytes)?,
+            max_concurrency: pick(
+                "max_concurrency",
+                spec.max_concurrency.map(u64::from),
+                d.max_concurrency.into(),
+                c.max_concurrency.into(),
+            )? as u32,
+            max_queue: pick(
+                "max_queue",
+                spec.max_queue.map(u64::from),
+                d.max_queue.into(),
+                c.max_queue.into(),
+            )? as u32,
+            max_body_bytes: pick(
+                "max_body_bytes",
+                spec.max_body_bytes,
+                d.max_body_bytes,
+                c.max_body_bytes,
+            )?,
+        })
+    }
+}
+
+impl FunctionSpec {
+    /// Check everything that can be checked without looking at other functions.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(&self.name)?;
+        for route in &self.routes {
+            route.parse()?;
+        }
+        for key in self.env.keys() {
+            let mut chars = key.chars();
+            let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(SpecError::EnvName(key.clone()));
+            }
+        }
+        for host in &self.outbound_hosts {
+            let ok = !host.is_empty()
+                && !host.contains("://")
+                && !host.contains('/')
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*' | '[' | ']'));
+            if !ok {
+                return Err(SpecError::OutboundHost(host.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Function names appear in URLs, logs and metric labels: keep them DNS-label shaped.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if ok { Ok(()) } else { Err(SpecError::Name(name.to_string())) }
+}
+
+/// One immutable deployed version of a function.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct VersionInfo {
+    pub function: String,
+    pub version: u32,
+    /// SHA-256 of the uploaded component, hex.
+    pub module_sha256: String,
+    pub module_size: u64,
+    pub spec: FunctionSpec,
+    pub limits: Limits,
+    pub created_at: UnixMillis,
+}
+
+/// A function as the API shows it: its active version's configuration, and secret names only.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub active_version: u32,
+    pub latest_version: u32,
+    pub routes: Vec<RouteSpec>,
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub outbound_hosts: Vec<String>,
+    /// Names of the secrets set on this function; values are write-only.
+    pub secrets: Vec<String>,
+    pub module_sha256: String,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "hello", "hello-world2"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Hello", "1abc", "a_b", "a-", "../x", &"a".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_resolve_against_policy() {
+        let policy = LimitPolicy::default();
+        let l = policy.resolve(&LimitsSpec::default()).unwrap();
+        assert_eq!(l, policy.defaults);
+        let l = policy
+            .resolve(&LimitsSpec { timeout_ms: Some(500), ..Default::default() })
+            .unwrap();
+        assert_eq!(l.timeout_ms, 500);
+        assert_eq!(
+            policy.resolve(&LimitsSpec { memory_bytes: Some(1 << 40), ..Default::default() }),
+            Err(SpecError::AboveCeiling { name: "memory_bytes", value: 1 << 40, ceiling: 512 << 20 })
+        );
+        assert_eq!(
+            policy.resolve(&LimitsSpec { timeout_ms: Some(0), ..Default::default() }),
+            Err(SpecError::Zero { name: "timeout_ms" })
+        );
+    }
+
+    #[test]
+    fn spec_rejects_bad_env_and_hosts() {
+        let mut spec = FunctionSpec { name: "f".into(), ..Default::default() };
+        spec.env.insert("1BAD".into(), "x".into());
+        assert!(matches!(spec.validate(), Err(SpecError::EnvName(_))));
+        spec.env.clear();
+        spec.outbound_hosts.push("https://example.com/".into());
+        assert!(matches!(spec.validate(), Err(SpecError::OutboundHost(_))));
+        spec.outbound_hosts = vec!["example.com".into(), "*.example.org:8443".into()];
+        assert!(spec.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = serde_json::from_str::<FunctionSpec>(r#"{"name":"a","rotues":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("rotues"));
+    }
+}

@@ -1,0 +1,90 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::UnixMillis;
+
+/// How an invocation ended, from the platform's point of view. A guest that answers 500 on its own
+/// still `Ok`: the status here is about whether the guest ran to completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationStatus {
+    /// The guest ran to completion.
+    Ok,
+    /// The guest trapped (panic, abort, unreachable...).
+    Trap,
+    /// The wall-clock limit stopped it.
+    Timeout,
+    /// It tried to grow its memory past its limit.
+    MemoryLimit,
+    /// It never started: the concurrency queue was full or timed out, or the body was too large.
+    Rejected,
+    /// The host failed around the guest (the guest did not set a response, a body stream broke...).
+    Error,
+}
+
+impl InvocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationStatus::Ok => "ok",
+            InvocationStatus::Trap => "trap",
+            InvocationStatus::Timeout => "timeout",
+            InvocationStatus::MemoryLimit => "memory_limit",
+            InvocationStatus::Rejected => "rejected",
+            InvocationStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ok" => InvocationStatus::Ok,
+            "trap" => InvocationStatus::Trap,
+            "timeout" => InvocationStatus::Timeout,
+            "memory_limit" => InvocationStatus::MemoryLimit,
+            "rejected" => InvocationStatus::Rejected,
+            "error" => InvocationStatus::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// One execution of a function: what billing, quotas, autoscaling and logs are built on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct InvocationRecord {
+    /// Time-ordered unique id (UUIDv7), also sent to the client as `x-nimbus-invocation-id`.
+    pub id: String,
+    pub function: String,
+    pub version: u32,
+    /// What caused it: `http`, `invoke` (the management API), later `schedule`, `queue`...
+    pub trigger: String,
+    pub started_at: UnixMillis,
+    /// Wall time from admission to the end of the response body, in microseconds.
+    pub duration_us: u64,
+    /// Time spent waiting for a free instance, in microseconds.
+    pub queue_us: u64,
+    /// CPU used, in Wasmtime fuel units (about one per wasm instruction).
+    pub fuel: u64,
+    /// Largest linear memory the instance reached, in bytes.
+    pub peak_memory_bytes: u64,
+    pub status: InvocationStatus,
+    /// HTTP status sent to the client, if a response started.
+    pub http_status: Option<u16>,
+    /// What went wrong, for the operator and developer (never shown to the function's callers).
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Whether stdout/stderr were cut at the per-invocation log limit.
+    pub logs_truncated: bool,
+}
+
+/// A filter over invocation records.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct InvocationQuery {
+    pub function: Option<String>,
+    /// Only records with an id greater than this one (ids are time-ordered): how `logs -f` follows.
+    pub after_id: Option<String>,
+    pub status: Option<InvocationStatus>,
+    /// Newest first when false (the default); oldest first when true.
+    #[serde(default)]
+    pub ascending: bool,
+    pub limit: Option<u32>,
+}

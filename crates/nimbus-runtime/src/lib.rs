@@ -1,0 +1,176 @@
+//! The function runtime: everything Nimbus does with Wasmtime.
+//!
+//! - [`Runtime::compile`] validates an upload (a `wasi:http/proxy` component whose imports Nimbus
+//!   provides) and compiles it once with Cranelift into a serialized artifact;
+//! - [`Runtime::load`] deserializes such an artifact (no recompilation after a restart) and
+//!   pre-instantiates it into a [`LoadedComponent`];
+//! - [`Runtime::invoke`] runs one HTTP request in a fresh instance, with the function's limits, and
+//!   reports how it went as an [`Outcome`].
+//!
+//! Architecture invariant: this is the only crate that imports `wasmtime`. Nothing in guest memory
+//! survives an invocation: every request gets a new `Store` and a new instance.
+
+mod engine;
+mod host;
+mod invoke;
+mod validate;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+pub use host::OutboundPolicy;
+pub use invoke::{BodyError, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus};
+pub use validate::DeployError;
+
+use host::HostState;
+
+/// Operator settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Instances that may exist at once across all functions (the pooling allocator's size).
+    pub max_instances: u32,
+    /// The ceiling on any one instance's linear memory, in bytes.
+    pub max_memory_bytes: u64,
+    /// Granularity of wall-clock timeouts.
+    pub epoch_tick: Duration,
+    /// Bytes of stdout + stderr kept per invocation; the rest is dropped and marked truncated.
+    pub log_bytes_per_invocation: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_instances: 1000,
+            max_memory_bytes: 512 << 20,
+            epoch_tick: Duration::from_millis(10),
+            log_bytes_per_invocation: 64 << 10,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("configuring the Wasmtime engine: {0}")]
+    Engine(String),
+    #[error("loading compiled artifact {path}: {reason}")]
+    Artifact { path: String, reason: String },
+}
+
+/// The engine, the linker with every host interface Nimbus offers, and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// A compiled, validated component ready to serialize.
+pub struct Compiled {
+    /// The serialized artifact (`Component::serialize`): store it and pass it to [`Runtime::load`].
+    pub artifact: Vec<u8>,
+    pub compile_time: Duration,
+}
+
+/// A deployed version, pre-instantiated: instantiating it for a request is just allocation and
+/// copy-on-write mapping. Cheap to clone.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pre: ProxyPre<HostState>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = engine::build(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        // What `wasmtime serve -S cli` gives a guest: wasi:http plus wasi:cli, clocks, random, io
+        // (and sockets/filesystem interfaces, which are linked but have nothing to reach: no
+        // preopens, no network permission).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());
+        Ok(Runtime { engine, linker, config, ticker_stop })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// A string that changes whenever an artifact compiled by this engine could no longer be loaded
+    /// by it (another Wasmtime version or engine setting): part of artifact cache keys.
+    pub fn artifact_fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Validate an uploaded component and compile it. Errors name the problem for the developer.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, DeployError> {
+        let start = Instant::now();
+        validate::check_header(wasm)?;
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+        validate::check_exports(&self.engine, &component)?;
+        // Pre-instantiating checks that every import is one Nimbus provides.
+        self.pre_instantiate(&component)?;
+        let artifact = component
+            .serialize()
+            .map_err(|e| DeployError::Internal(format!("serializing the compiled component: {e:#}")))?;
+        Ok(Compiled { artifact, compile_time: start.elapsed() })
+    }
+
+    /// Load an artifact written by [`Runtime::compile`] from a file (memory-mapped, not recompiled).
+    pub fn load_file(&self, path: &Path) -> Result<LoadedComponent, RuntimeError> {
+        let err = |reason: String| RuntimeError::Artifact { path: path.display().to_string(), reason };
+        // Refuse anything that is not an artifact this engine wrote, before the unsafe load.
+        match Engine::detect_precompiled_file(path) {
+            Ok(Some(wasmtime::Precompiled::Component)) => {}
+            Ok(_) => return Err(err("not a precompiled component".into())),
+            Err(e) => return Err(err(format!("{e:#}"))),
+        }
+        // SAFETY: Nimbus only loads artifacts it serialized itself into its own data directory,
+        // under a key that includes `artifact_fingerprint`, so the engine configuration matches.
+        let component = unsafe { Component::deserialize_file(&self.engine, path) }
+            .map_err(|e| err(format!("{e:#}")))?;
+        let pre = self.pre_instantiate(&component).map_err(|e| err(e.to_string()))?;
+        Ok(LoadedComponent { pre })
+    }
+
+    fn pre_instantiate(&self, component: &Component) -> Result<ProxyPre<HostState>, DeployError> {
+        let instance_pre =
+            self.linker.instantiate_pre(component).map_err(validate::explain_link_error)?;
+        ProxyPre::new(instance_pre).map_err(|e| DeployError::NoHandler(format!("{e:#}")))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Epoch interruption is how wall-clock timeouts stop a spinning guest: one thread bumps the
+/// engine's epoch every tick, and each store traps once its deadline (in ticks) has passed.
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration, stop: Arc<AtomicBool>) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("nimbus-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawning the epoch thread at start-up");
+}

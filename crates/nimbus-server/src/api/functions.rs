@@ -1,0 +1,234 @@
+//! `/v1/functions`: deploy, list, show, delete, versions, rollback, secrets, invoke.
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use nimbus_model::{FunctionInfo, FunctionSpec, VersionInfo};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::gateway;
+
+/// Largest component upload accepted.
+pub(crate) const MAX_UPLOAD_BYTES: usize = 256 << 20;
+
+pub(crate) fn deploy_body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(MAX_UPLOAD_BYTES)
+}
+
+/// The multipart form of a deploy.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the form; the handler reads it part by part
+pub(crate) struct DeployForm {
+    /// The function's spec, as JSON.
+    spec: FunctionSpec,
+    /// The component (`application/wasm`).
+    #[schema(value_type = String, format = Binary)]
+    module: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(crate) struct Deployed {
+    pub function: FunctionInfo,
+    pub version: VersionInfo,
+    /// Time to validate and compile the component, in milliseconds.
+    pub compile_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(crate) struct FunctionList {
+    pub functions: Vec<FunctionInfo>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(crate) struct VersionList {
+    pub versions: Vec<VersionInfo>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(crate) struct Rollback {
+    pub version: u32,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(crate) struct SecretValue {
+    pub value: String,
+}
+
+/// Deploy a new version of a function (creating the function on its first deploy).
+#[utoipa::path(post, path = "/v1/functions", tag = "functions",
+    request_body(content = DeployForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = Deployed),
+        (status = 400, description = "invalid spec or component", body = ErrorBody),
+        (status = 409, description = "a route is claimed by another function", body = ErrorBody),
+        (status = 413, description = "upload too large", body = ErrorBody),
+    ))]
+pub(crate) async fn deploy(
+    State(state): State<AppState>,
+    mut form: Multipart,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+    let mut spec: Option<FunctionSpec> = None;
+    let mut module: Option<Bytes> = None;
+    let bad = |m: String| ApiError::bad_request("invalid_upload", m);
+    while let Some(field) = form.next_field().await.map_err(|e| multipart_error(e.body_text()))? {
+        match field.name() {
+            Some("spec") => {
+                let text = field.bytes().await.map_err(|e| multipart_error(e.body_text()))?;
+                spec = Some(serde_json::from_slice(&text).map_err(|e| {
+                    ApiError::bad_request("invalid_spec", format!("the spec part is not a valid function spec: {e}"))
+                })?);
+            }
+            Some("module") => {
+                module = Some(field.bytes().await.map_err(|e| multipart_error(e.body_text()))?);
+            }
+            other => return Err(bad(format!("unexpected form part {other:?}; send `spec` and `module`"))),
+        }
+    }
+    let spec = spec.ok_or_else(|| bad("the form has no `spec` part".into()))?;
+    let module = module.ok_or_else(|| bad("the form has no `module` part".into()))?;
+    let deployed = state.functions.deploy(spec, module).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Deployed {
+            function: deployed.function,
+            version: deployed.version,
+            compile_ms: deployed.compile.as_millis() as u64,
+        }),
+    ))
+}
+
+fn multipart_error(text: String) -> ApiError {
+    if text.contains("length limit") || text.contains("too large") {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("uploads are limited to {} MiB", MAX_UPLOAD_BYTES >> 20),
+        )
+    } else {
+        ApiError::bad_request("invalid_upload", format!("malformed multipart upload: {text}"))
+    }
+}
+
+/// List functions.
+#[utoipa::path(get, path = "/v1/functions", tag = "functions",
+    responses((status = 200, body = FunctionList)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
+    Ok(Json(FunctionList { functions: state.functions.list().await? }))
+}
+
+/// Show one function: its active version's configuration and secret names.
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path)),
+    responses((status = 200, body = FunctionInfo), (status = 404, body = ErrorBody)))]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    Ok(Json(state.functions.info(&name).await?))
+}
+
+/// Delete a function, its versions and secrets. Its invocation records stay (usage history).
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.functions.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List a function's versions, oldest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "functions",
+    params(("name" = String, Path)),
+    responses((status = 200, body = VersionList), (status = 404, body = ErrorBody)))]
+pub(crate) async fn versions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<VersionList>, ApiError> {
+    Ok(Json(VersionList { versions: state.functions.versions(&name).await? }))
+}
+
+/// Move traffic to another existing version at once (in-flight requests finish on the old one).
+#[utoipa::path(post, path = "/v1/functions/{name}/rollback", tag = "functions",
+    params(("name" = String, Path)), request_body = Rollback,
+    responses((status = 200, body = FunctionInfo), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub(crate) async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<Rollback>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    Ok(Json(state.functions.rollback(&name, body.version).await?))
+}
+
+/// Set a secret. Secrets are write-only: they reach the function as environment variables and
+/// are never returned by the API.
+#[utoipa::path(put, path = "/v1/functions/{name}/secrets/{key}", tag = "functions",
+    params(("name" = String, Path), ("key" = String, Path)), request_body = SecretValue,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn set_secret(
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+    Json(body): Json<SecretValue>,
+) -> Result<StatusCode, ApiError> {
+    state.functions.set_secret(&name, &key, &body.value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete a secret.
+#[utoipa::path(delete, path = "/v1/functions/{name}/secrets/{key}", tag = "functions",
+    params(("name" = String, Path), ("key" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn delete_secret(
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.functions.delete_secret(&name, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Invoke a function directly, whatever its routes. Any method; the function sees the path after
+/// `/invoke` (or `/`), with the query, headers and body as sent. Answers with the function's response.
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "functions",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "the function's own response"),
+        (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 429, description = "queue full; see Retry-After", body = ErrorBody),
+        (status = 500, description = "the function crashed or ran out of memory", body = ErrorBody),
+        (status = 503, description = "waited too long for a free instance", body = ErrorBody),
+        (status = 504, description = "the function timed out", body = ErrorBody),
+    ))]
+pub(crate) async fn invoke(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    // Both invoke routes start /v1/functions/{name}/invoke; read the name from the raw path.
+    let name = request.uri().path().split('/').nth(3).unwrap_or_default().to_string();
+    let target = state
+        .functions
+        .active(&name)
+        .ok_or_else(|| ApiError::not_found(format!("function {name} not found")))?;
+    let (mut parts, body) = request.into_parts();
+    // Re-root the URI at the part after `/invoke`, keeping the query.
+    let raw_path = parts.uri.path();
+    let rest = raw_path.split_once("/invoke").map(|(_, r)| r).unwrap_or("");
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    parts.uri = path_and_query
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_path", "the invoke path is not a valid URI"))?;
+    let request = gateway::prepare(Request::from_parts(parts, body));
+    Ok(gateway::respond(state.functions.invoke(target, request, "invoke").await))
+}

@@ -1,0 +1,100 @@
+//! One error type for every handler: a status, a stable machine-readable code and a safe message,
+//! rendered as `{"error":{"code":"...","message":"..."}}`. Internal causes are logged once, here,
+//! and never sent to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use nimbus_functions::{FunctionError, InvokeError, Rejection};
+use nimbus_runtime::DeployError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+/// The error body every endpoint answers with.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `not_found`, `invalid_module`, `route_conflict`, `timeout`...
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<FunctionError> for ApiError {
+    fn from(e: FunctionError) -> Self {
+        match &e {
+            FunctionError::InvalidSpec(_) => ApiError::bad_request("invalid_spec", e.to_string()),
+            FunctionError::InvalidModule(DeployError::Internal(_)) => ApiError::internal(&e),
+            FunctionError::InvalidModule(_) => ApiError::bad_request("invalid_module", e.to_string()),
+            FunctionError::RouteConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "route_conflict", e.to_string())
+            }
+            FunctionError::NotFound(_) => ApiError::not_found(e.to_string()),
+            FunctionError::Store(_) | FunctionError::Internal(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let (status, code) = match e {
+            InvokeError::Rejected(Rejection::QueueFull, _) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
+            InvokeError::Rejected(Rejection::QueueTimeout, _) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout")
+            }
+            InvokeError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            InvokeError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            InvokeError::MemoryLimit => (StatusCode::INTERNAL_SERVER_ERROR, "memory_limit"),
+            InvokeError::Trap => (StatusCode::INTERNAL_SERVER_ERROR, "function_crashed"),
+            InvokeError::Failed => (StatusCode::INTERNAL_SERVER_ERROR, "function_failed"),
+        };
+        let mut api = ApiError::new(status, code, e.to_string());
+        if let InvokeError::Rejected(_, retry) = e {
+            api.retry_after = Some(retry.as_secs().max(1));
+        }
+        api
+    }
+}

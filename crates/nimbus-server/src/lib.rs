@@ -1,0 +1,117 @@
+//! The Nimbus server: the composition root. It opens the data directory, wires the storage
+//! backends into the services, and serves the REST API (`/v1`), the function gateway (every other
+//! path), `/healthz` and `/metrics`.
+//!
+//! Architecture invariant: this is the only crate that knows HTTP status codes and the JSON error
+//! shape; services return typed errors and [`error::ApiError`] maps them.
+
+mod api;
+mod app;
+mod data_dir;
+mod error;
+mod gateway;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
+use nimbus_model::LimitPolicy;
+use nimbus_runtime::{Runtime, RuntimeConfig};
+use nimbus_store_local::{LocalBlobStore, SqliteStore};
+
+pub use app::{AppState, router};
+pub use data_dir::ADMIN_TOKEN_FILE;
+
+/// The operator's configuration of one server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Defaults and ceilings for every function's limits.
+    pub limits: LimitPolicy,
+    pub log_bytes_per_invocation: usize,
+    pub log_retention: Duration,
+    pub log_keep_per_function: u32,
+    /// How long a request may wait for a busy function before a 503.
+    pub queue_timeout: Duration,
+    /// Instances that may exist at once across all functions.
+    pub instance_pool_size: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("./nimbus-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            limits: LimitPolicy::default(),
+            log_bytes_per_invocation: 64 << 10,
+            log_retention: Duration::from_secs(7 * 24 * 3600),
+            log_keep_per_function: 10_000,
+            queue_timeout: Duration::from_secs(10),
+            instance_pool_size: 1000,
+        }
+    }
+}
+
+/// A bound, loaded server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Open the data directory (creating it and the admin token on first start), load every
+    /// function, and bind the listener.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
+        let dirs = data_dir::DataDir::open(&config.data_dir)?;
+        let admin_token = dirs.admin_token()?;
+        let sqlite = Arc::new(
+            SqliteStore::open(&dirs.database())
+                .with_context(|| format!("opening {}", dirs.database().display()))?,
+        );
+        let blobs = Arc::new(LocalBlobStore::new(dirs.blobs()).context("opening the blob store")?);
+        let runtime = Runtime::new(RuntimeConfig {
+            max_instances: config.instance_pool_size,
+            max_memory_bytes: config.limits.ceilings.memory_bytes,
+            log_bytes_per_invocation: config.log_bytes_per_invocation,
+            ..RuntimeConfig::default()
+        })?;
+        let functions = FunctionService::start(
+            Arc::new(runtime),
+            Stores { functions: sqlite.clone(), invocations: sqlite, blobs },
+            FunctionsConfig {
+                limits: config.limits,
+                queue_timeout: config.queue_timeout,
+                artifact_dir: dirs.artifacts(),
+                log_retention: config.log_retention,
+                log_keep_per_function: config.log_keep_per_function,
+            },
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let state = AppState::new(Arc::new(functions), admin_token, config.limits);
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound TCP listener has an address")
+    }
+
+    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "nimbus serving");
+        let app = router(self.state);
+        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")
+    }
+}

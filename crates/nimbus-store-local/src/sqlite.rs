@@ -1,0 +1,575 @@
+//! [`SqliteStore`]: functions, versions, secrets and invocation records in one SQLite file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use nimbus_model::{
+    FunctionInfo, FunctionSpec, InvocationQuery, InvocationRecord, InvocationStatus, Limits,
+    UnixMillis, VersionInfo, now_millis,
+};
+use nimbus_store::{FunctionStore, InvocationStore, NewVersion, Result, StoreError};
+use parking_lot::Mutex;
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::error::{Context, backend};
+use crate::migrations;
+
+/// Read-only connections kept next to the writer of a file-backed store.
+pub const READER_POOL_SIZE: usize = 4;
+
+/// How long a connection waits on a lock held by another connection (another process, or a WAL
+/// checkpoint) before failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Query limit when none is asked for, and the most one query returns.
+const DEFAULT_QUERY_LIMIT: u32 = 100;
+const MAX_QUERY_LIMIT: u32 = 1000;
+
+/// The embedded store of function metadata and invocation records.
+///
+/// One read-write connection behind a mutex does every write (SQLite has a single writer anyway);
+/// reads go to a pool of read-only connections, which in WAL mode never wait for the writer. See the
+/// crate documentation.
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    /// Empty for an in-memory database: reads then use the writer connection.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("readers", &self.readers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating it if needed, with mode `0600` and any missing parent directories) the database
+    /// at `path`, and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        create_private_file(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut writer = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        configure_writer(&writer, true)?;
+        migrations::migrate(&mut writer)?;
+
+        // Opened after the migrations, so they see the final schema (and the WAL files exist).
+        let readers = (0..READER_POOL_SIZE)
+            .map(|_| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .with_context(|| format!("opening database {} for reading", path.display()))?;
+                conn.busy_timeout(BUSY_TIMEOUT).context("setting the busy timeout")?;
+                Ok(Mutex::new(conn))
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        tracing::debug!(path = %path.display(), "opened sqlite store");
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// A private in-memory database, for tests. Reads share the single (writer) connection.
+    pub fn open_in_memory() -> Result<Self> {
+        let mut writer = Connection::open_in_memory().context("opening an in-memory database")?;
+        configure_writer(&writer, false)?;
+        migrations::migrate(&mut writer)?;
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
+            path: None,
+        })
+    }
+
+    /// The database file, or `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Run `f` on a read-only connection: a free one from the pool if any, else wait for one.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.readers.is_empty() {
+            return f(&self.writer.lock());
+        }
+        let n = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Some(conn) = self.readers[(start + i) % n].try_lock() {
+                return f(&conn);
+            }
+        }
+        f(&self.readers[start].lock())
+    }
+
+    /// Run `f` in an immediate transaction on the writer connection, committing if it returns `Ok`.
+    fn write<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.writer.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .with_context(|| format!("{what}: starting a transaction"))?;
+        let out = f(&tx)?;
+        tx.commit().with_context(|| format!("{what}: committing"))?;
+        Ok(out)
+    }
+}
+
+/// Create the database file with mode `0600` if it does not exist yet, so that it never exists with
+/// looser permissions. SQLite gives its `-wal` and `-shm` files the mode of the database file.
+fn create_private_file(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating directory {}", parent.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => {
+            tracing::info!(path = %path.display(), "created database file");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(backend(format!("creating database {}", path.display()), e)),
+    }
+}
+
+fn configure_writer(conn: &Connection, wal: bool) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT).context("setting the busy timeout")?;
+    if wal {
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .context("enabling WAL mode")?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(backend("enabling WAL mode", format!("SQLite kept journal mode {mode:?}")));
+        }
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL").context("setting synchronous=NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON").context("enabling foreign keys")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Row mapping
+
+/// A JSON column that did not parse: reported like any other column conversion failure.
+fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+}
+
+const VERSION_COLUMNS: &str =
+    "function, version, module_sha256, module_size, spec_json, limits_json, created_at";
+
+fn version_from_row(row: &Row<'_>) -> rusqlite::Result<VersionInfo> {
+    Ok(VersionInfo {
+        function: row.get(0)?,
+        version: row.get(1)?,
+        module_sha256: row.get(2)?,
+        module_size: row.get(3)?,
+        spec: json_column(row, 4)?,
+        limits: json_column(row, 5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+/// A function row joined with its active version; secrets are filled in afterwards.
+const FUNCTION_SELECT: &str = "SELECT f.name, f.active_version, f.latest_version, f.created_at, \
+     f.updated_at, v.spec_json, v.limits_json, v.module_sha256 \
+     FROM functions f JOIN versions v ON v.function = f.name AND v.version = f.active_version";
+
+fn function_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionInfo> {
+    let spec: FunctionSpec = json_column(row, 5)?;
+    let limits: Limits = json_column(row, 6)?;
+    Ok(FunctionInfo {
+        name: row.get(0)?,
+        active_version: row.get(1)?,
+        latest_version: row.get(2)?,
+        created_at: row.get(3)?,
+        updated_at: row.get(4)?,
+        routes: spec.routes,
+        env: spec.env,
+        limits,
+        outbound_hosts: spec.outbound_hosts,
+        secrets: Vec::new(),
+        module_sha256: row.get(7)?,
+    })
+}
+
+const INVOCATION_COLUMNS: &str = "id, function, version, \"trigger\", started_at, duration_us, \
+     queue_us, fuel, peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated";
+
+fn invocation_from_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
+    let status: String = row.get(9)?;
+    let status = InvocationStatus::parse(&status).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            9,
+            Type::Text,
+            format!("unknown invocation status {status:?}").into(),
+        )
+    })?;
+    Ok(InvocationRecord {
+        id: row.get(0)?,
+        function: row.get(1)?,
+        version: row.get(2)?,
+        trigger: row.get(3)?,
+        started_at: row.get(4)?,
+        duration_us: row.get(5)?,
+        queue_us: row.get(6)?,
+        fuel: row.get(7)?,
+        peak_memory_bytes: row.get(8)?,
+        status,
+        http_status: row.get(10)?,
+        error: row.get(11)?,
+        stdout: row.get(12)?,
+        stderr: row.get(13)?,
+        logs_truncated: row.get(14)?,
+    })
+}
+
+fn get_version_on(conn: &Connection, name: &str, version: u32) -> Result<Option<VersionInfo>> {
+    conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS} FROM versions WHERE function = ?1 AND version = ?2"
+    ))
+    .and_then(|mut stmt| stmt.query_row(params![name, version], version_from_row).optional())
+    .with_context(|| format!("reading version {version} of function {name}"))
+}
+
+fn function_exists(conn: &Connection, name: &str) -> Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM functions WHERE name = ?1")
+        .and_then(|mut stmt| stmt.exists([name]))
+        .with_context(|| format!("looking up function {name}"))
+}
+
+fn touch_function(conn: &Connection, name: &str, now: UnixMillis) -> Result<()> {
+    conn.prepare_cached("UPDATE functions SET updated_at = ?2 WHERE name = ?1")
+        .and_then(|mut stmt| stmt.execute(params![name, now]))
+        .with_context(|| format!("updating function {name}"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// FunctionStore
+
+impl FunctionStore for SqliteStore {
+    fn create_version(&self, new: NewVersion<'_>) -> Result<VersionInfo> {
+        let name = new.spec.name.as_str();
+        let spec_json = serde_json::to_string(new.spec).context("encoding the function spec")?;
+        let limits_json = serde_json::to_string(&new.limits).context("encoding limits")?;
+        let what = format!("creating a version of function {name}");
+        self.write(&what, |tx| {
+            let now = now_millis();
+            tx.prepare_cached(
+                "INSERT INTO functions (name, active_version, latest_version, created_at, updated_at) \
+                 VALUES (?1, 0, 0, ?2, ?2) ON CONFLICT (name) DO NOTHING",
+            )
+            .and_then(|mut stmt| stmt.execute(params![name, now]))
+            .with_context(|| format!("{what}: inserting the function"))?;
+            // The right-hand sides see the old row: both pointers move to latest + 1.
+            let version: u32 = tx
+                .prepare_cached(
+                    "UPDATE functions SET latest_version = latest_version + 1, \
+                     active_version = latest_version + 1, updated_at = ?2 \
+                     WHERE name = ?1 RETURNING latest_version",
+                )
+                .and_then(|mut stmt| stmt.query_row(params![name, now], |row| row.get(0)))
+                .with_context(|| format!("{what}: numbering the version"))?;
+            tx.prepare_cached(&format!(
+                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    name,
+                    version,
+                    new.module_sha256,
+                    new.module_size,
+                    spec_json,
+                    limits_json,
+                    now
+                ])
+            })
+            .with_context(|| format!("{what}: inserting version {version}"))?;
+            Ok(VersionInfo {
+                function: name.to_string(),
+                version,
+                module_sha256: new.module_sha256.to_string(),
+                module_size: new.module_size,
+                spec: new.spec.clone(),
+                limits: new.limits,
+                created_at: now,
+            })
+        })
+    }
+
+    fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>> {
+        self.read(|conn| {
+            let what = || format!("reading function {name}");
+            let Some(mut info) = conn
+                .prepare_cached(&format!("{FUNCTION_SELECT} WHERE f.name = ?1"))
+                .and_then(|mut stmt| stmt.query_row([name], function_from_row).optional())
+                .with_context(what)?
+            else {
+                return Ok(None);
+            };
+            info.secrets = conn
+                .prepare_cached("SELECT key FROM secrets WHERE function = ?1 ORDER BY key")
+                .and_then(|mut stmt| {
+                    stmt.query_map([name], |row| row.get(0))?.collect::<rusqlite::Result<_>>()
+                })
+                .with_context(what)?;
+            Ok(Some(info))
+        })
+    }
+
+    fn list_functions(&self) -> Result<Vec<FunctionInfo>> {
+        self.read(|conn| {
+            let what = "listing functions";
+            // One consistent snapshot for both queries.
+            let tx = conn.unchecked_transaction().context(what)?;
+            let mut functions: Vec<FunctionInfo> = tx
+                .prepare_cached(&format!("{FUNCTION_SELECT} ORDER BY f.name"))
+                .and_then(|mut stmt| {
+                    stmt.query_map([], function_from_row)?.collect::<rusqlite::Result<_>>()
+                })
+                .context(what)?;
+            let mut secrets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            tx.prepare_cached("SELECT function, key FROM secrets ORDER BY function, key")
+                .and_then(|mut stmt| {
+                    let mut rows = stmt.query([])?;
+                    while let Some(row) = rows.next()? {
+                        secrets.entry(row.get(0)?).or_default().push(row.get(1)?);
+                    }
+                    Ok(())
+                })
+                .context(what)?;
+            for f in &mut functions {
+                f.secrets = secrets.remove(&f.name).unwrap_or_default();
+            }
+            Ok(functions)
+        })
+    }
+
+    fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        let versions: Vec<VersionInfo> = self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE function = ?1 ORDER BY version"
+            ))
+            .and_then(|mut stmt| stmt.query_map([name], version_from_row)?.collect())
+            .with_context(|| format!("listing versions of function {name}"))
+        })?;
+        // Every function has at least one version: none means no such function.
+        if versions.is_empty() {
+            return Err(StoreError::NotFound(format!("function {name}")));
+        }
+        Ok(versions)
+    }
+
+    fn get_version(&self, name: &str, version: u32) -> Result<Option<VersionInfo>> {
+        self.read(|conn| get_version_on(conn, name, version))
+    }
+
+    fn active_versions(&self) -> Result<Vec<VersionInfo>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT v.function, v.version, v.module_sha256, v.module_size, v.spec_json, \
+                 v.limits_json, v.created_at \
+                 FROM functions f JOIN versions v ON v.function = f.name AND v.version = f.active_version \
+                 ORDER BY f.name",
+            )
+            .and_then(|mut stmt| stmt.query_map([], version_from_row)?.collect())
+            .context("listing active versions")
+        })
+    }
+
+    fn set_active_version(&self, name: &str, version: u32) -> Result<VersionInfo> {
+        self.write(&format!("activating version {version} of function {name}"), |tx| {
+            let Some(info) = get_version_on(tx, name, version)? else {
+                return Err(if function_exists(tx, name)? {
+                    StoreError::NotFound(format!("version {version} of function {name}"))
+                } else {
+                    StoreError::NotFound(format!("function {name}"))
+                });
+            };
+            tx.prepare_cached(
+                "UPDATE functions SET active_version = ?2, updated_at = ?3 WHERE name = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![name, version, now_millis()]))
+            .with_context(|| format!("activating version {version} of function {name}"))?;
+            Ok(info)
+        })
+    }
+
+    fn delete_function(&self, name: &str) -> Result<bool> {
+        // Versions and secrets go with it (ON DELETE CASCADE); invocation records stay.
+        self.write(&format!("deleting function {name}"), |tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM functions WHERE name = ?1")
+                .and_then(|mut stmt| stmt.execute([name]))
+                .with_context(|| format!("deleting function {name}"))?;
+            Ok(n > 0)
+        })
+    }
+
+    fn set_secret(&self, function: &str, key: &str, value: &str) -> Result<()> {
+        self.write(&format!("setting a secret of function {function}"), |tx| {
+            if !function_exists(tx, function)? {
+                return Err(StoreError::NotFound(format!("function {function}")));
+            }
+            tx.prepare_cached(
+                "INSERT INTO secrets (function, key, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (function, key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut stmt| stmt.execute(params![function, key, value]))
+            .with_context(|| format!("setting secret {key} of function {function}"))?;
+            touch_function(tx, function, now_millis())
+        })
+    }
+
+    fn delete_secret(&self, function: &str, key: &str) -> Result<bool> {
+        self.write(&format!("deleting a secret of function {function}"), |tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM secrets WHERE function = ?1 AND key = ?2")
+                .and_then(|mut stmt| stmt.execute(params![function, key]))
+                .with_context(|| format!("deleting secret {key} of function {function}"))?;
+            if n > 0 {
+                touch_function(tx, function, now_millis())?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    fn secrets(&self, function: &str) -> Result<BTreeMap<String, String>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT key, value FROM secrets WHERE function = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_map([function], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
+                })
+                .with_context(|| format!("reading secrets of function {function}"))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// InvocationStore
+
+impl InvocationStore for SqliteStore {
+    /// Idempotent by id: a record whose id is already stored is skipped, so a failed batch can be
+    /// retried whole.
+    fn insert_batch(&self, records: &[InvocationRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write("inserting invocation records", |tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO invocations ({INVOCATION_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                     ON CONFLICT (id) DO NOTHING"
+                ))
+                .context("preparing the invocation insert")?;
+            for r in records {
+                stmt.execute(params![
+                    r.id,
+                    r.function,
+                    r.version,
+                    r.trigger,
+                    r.started_at,
+                    r.duration_us,
+                    r.queue_us,
+                    r.fuel,
+                    r.peak_memory_bytes,
+                    r.status.as_str(),
+                    r.http_status,
+                    r.error,
+                    r.stdout,
+                    r.stderr,
+                    r.logs_truncated,
+                ])
+                .with_context(|| format!("inserting invocation record {}", r.id))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn query(&self, query: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
+        let mut sql = format!("SELECT {INVOCATION_COLUMNS} FROM invocations WHERE 1 = 1");
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        if let Some(function) = &query.function {
+            args.push(function);
+            sql.push_str(&format!(" AND function = ?{}", args.len()));
+        }
+        if let Some(after) = &query.after_id {
+            args.push(after);
+            sql.push_str(&format!(" AND id > ?{}", args.len()));
+        }
+        let status = query.status.map(InvocationStatus::as_str);
+        if let Some(status) = &status {
+            args.push(status);
+            sql.push_str(&format!(" AND status = ?{}", args.len()));
+        }
+        let limit = query.limit.unwrap_or(DEFAULT_QUERY_LIMIT).min(MAX_QUERY_LIMIT);
+        args.push(&limit);
+        sql.push_str(&format!(
+            " ORDER BY id {} LIMIT ?{}",
+            if query.ascending { "ASC" } else { "DESC" },
+            args.len()
+        ));
+        self.read(|conn| {
+            conn.prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.query_map(&args[..], invocation_from_row)?.collect())
+                .context("querying invocation records")
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<InvocationRecord>> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {INVOCATION_COLUMNS} FROM invocations WHERE id = ?1"
+            ))
+            .and_then(|mut stmt| stmt.query_row([id], invocation_from_row).optional())
+            .with_context(|| format!("reading invocation record {id}"))
+        })
+    }
+
+    fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64> {
+        self.write("pruning invocation records", |tx| {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM invocations WHERE started_at < ?1 OR id IN ( \
+                         SELECT id FROM ( \
+                             SELECT id, row_number() OVER (PARTITION BY function ORDER BY id DESC) AS rn \
+                             FROM invocations \
+                         ) WHERE rn > ?2 \
+                     )",
+                )
+                .and_then(|mut stmt| stmt.execute(params![before, keep_per_function]))
+                .context("pruning invocation records")?;
+            if n > 0 {
+                tracing::debug!(removed = n, "pruned invocation records");
+            }
+            Ok(n as u64)
+        })
+    }
+}

@@ -1,0 +1,458 @@
+//! `SqliteStore` against real database files in a temporary directory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nimbus_model::{
+    FunctionSpec, InvocationQuery, InvocationRecord, InvocationStatus, LimitPolicy, Limits,
+};
+use nimbus_store::{FunctionStore, InvocationStore, NewVersion, StoreError};
+use nimbus_store_local::{SCHEMA_VERSION, SqliteStore};
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("nimbus.db")).expect("open store")
+}
+
+fn limits() -> Limits {
+    LimitPolicy::default().defaults
+}
+
+fn spec(name: &str, route: &str) -> FunctionSpec {
+    FunctionSpec {
+        name: name.into(),
+        routes: vec![route.into()],
+        env: BTreeMap::from([("MODE".to_string(), route.trim_start_matches('/').to_string())]),
+        ..Default::default()
+    }
+}
+
+/// Deploy `name` with a route and module hash derived from `tag`.
+fn deploy(store: &SqliteStore, name: &str, tag: &str) -> u32 {
+    let spec = spec(name, &format!("/{tag}"));
+    let sha = format!("sha-{tag}");
+    let v = store
+        .create_version(NewVersion {
+            spec: &spec,
+            limits: limits(),
+            module_sha256: &sha,
+            module_size: 1234,
+        })
+        .expect("create version");
+    assert_eq!(v.function, name);
+    assert_eq!(v.spec, spec);
+    v.version
+}
+
+fn record(id: u64, function: &str, started_at: i64, status: InvocationStatus) -> InvocationRecord {
+    InvocationRecord {
+        // Fixed-width, so string order is numeric order, as with UUIDv7.
+        id: format!("{id:020}"),
+        function: function.into(),
+        version: 1,
+        trigger: "http".into(),
+        started_at,
+        duration_us: 1500 + id,
+        queue_us: 7,
+        fuel: u64::from(u32::MAX) * 3,
+        peak_memory_bytes: 1 << 20,
+        status,
+        http_status: (status == InvocationStatus::Ok).then_some(200),
+        error: (status != InvocationStatus::Ok).then(|| "boom".to_string()),
+        stdout: format!("out {id}\n"),
+        stderr: String::new(),
+        logs_truncated: id.is_multiple_of(2),
+    }
+}
+
+fn ids(records: &[InvocationRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.id.parse().unwrap()).collect()
+}
+
+#[test]
+fn versions_are_numbered_and_never_reused_after_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert_eq!(deploy(&store, "hello", "one"), 1);
+    assert_eq!(deploy(&store, "hello", "two"), 2);
+
+    let active = store.set_active_version("hello", 1).unwrap();
+    assert_eq!(active.version, 1);
+    assert_eq!(active.module_sha256, "sha-one");
+
+    // After a rollback the function shows version 1's configuration, with latest still 2.
+    let info = store.get_function("hello").unwrap().unwrap();
+    assert_eq!((info.active_version, info.latest_version), (1, 2));
+    assert_eq!(info.routes, vec!["/one".into()]);
+    assert_eq!(info.env["MODE"], "one");
+    assert_eq!(info.module_sha256, "sha-one");
+    assert_eq!(info.limits, limits());
+
+    // The next deploy is 3, not 2 again, and becomes active.
+    assert_eq!(deploy(&store, "hello", "three"), 3);
+    let info = store.get_function("hello").unwrap().unwrap();
+    assert_eq!((info.active_version, info.latest_version), (3, 3));
+    assert_eq!(info.module_sha256, "sha-three");
+    assert!(info.updated_at >= info.created_at);
+
+    let versions = store.list_versions("hello").unwrap();
+    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(versions[1].module_sha256, "sha-two");
+    assert_eq!(versions[1].module_size, 1234);
+    assert_eq!(store.get_version("hello", 2).unwrap().unwrap(), versions[1]);
+    assert_eq!(store.get_version("hello", 4).unwrap(), None);
+
+    // Versions are numbered per function.
+    assert_eq!(deploy(&store, "other", "x"), 1);
+    let active: Vec<_> =
+        store.active_versions().unwrap().into_iter().map(|v| (v.function, v.version)).collect();
+    assert_eq!(active, [("hello".to_string(), 3), ("other".to_string(), 1)]);
+    let names: Vec<_> = store.list_functions().unwrap().into_iter().map(|f| f.name).collect();
+    assert_eq!(names, ["hello", "other"]);
+}
+
+#[test]
+fn not_found_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert!(store.get_function("nope").unwrap().is_none());
+    assert!(store.get_version("nope", 1).unwrap().is_none());
+    assert!(matches!(store.list_versions("nope"), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.set_active_version("nope", 1), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.set_secret("nope", "K", "v"), Err(StoreError::NotFound(_))));
+    assert!(!store.delete_secret("nope", "K").unwrap());
+    assert!(store.secrets("nope").unwrap().is_empty());
+    assert!(!store.delete_function("nope").unwrap());
+    assert!(store.list_functions().unwrap().is_empty());
+    assert!(store.active_versions().unwrap().is_empty());
+
+    deploy(&store, "hello", "one");
+    match store.set_active_version("hello", 7) {
+        Err(StoreError::NotFound(what)) => assert!(what.contains("version 7"), "{what}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // A failed activation changes nothing.
+    assert_eq!(store.get_function("hello").unwrap().unwrap().active_version, 1);
+}
+
+#[test]
+fn secrets_set_overwrite_delete_and_list_names_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    deploy(&store, "hello", "one");
+    deploy(&store, "other", "x");
+    store.set_secret("hello", "TOKEN", "t1").unwrap();
+    store.set_secret("hello", "API_KEY", "k1").unwrap();
+    store.set_secret("other", "ZED", "z").unwrap();
+    store.set_secret("hello", "TOKEN", "t2").unwrap();
+
+    let secrets = store.secrets("hello").unwrap();
+    assert_eq!(
+        secrets,
+        BTreeMap::from([("API_KEY".to_string(), "k1".to_string()), ("TOKEN".into(), "t2".into())])
+    );
+    let info = store.get_function("hello").unwrap().unwrap();
+    assert_eq!(info.secrets, ["API_KEY", "TOKEN"]);
+    let json = serde_json::to_string(&info).unwrap();
+    assert!(!json.contains("t2") && !json.contains("k1"), "secret values leaked: {json}");
+    let listed = store.list_functions().unwrap();
+    assert_eq!(listed[0].secrets, ["API_KEY", "TOKEN"]);
+    assert_eq!(listed[1].secrets, ["ZED"]);
+
+    assert!(store.delete_secret("hello", "TOKEN").unwrap());
+    assert!(!store.delete_secret("hello", "TOKEN").unwrap());
+    assert_eq!(store.get_function("hello").unwrap().unwrap().secrets, ["API_KEY"]);
+    // Secrets belong to the function, not a version: a new deploy keeps them.
+    deploy(&store, "hello", "two");
+    assert_eq!(store.secrets("hello").unwrap().len(), 1);
+}
+
+#[test]
+fn delete_cascades_but_invocations_remain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    deploy(&store, "hello", "one");
+    deploy(&store, "hello", "two");
+    store.set_secret("hello", "TOKEN", "t").unwrap();
+    store.insert_batch(&[record(1, "hello", 100, InvocationStatus::Ok)]).unwrap();
+
+    assert!(store.delete_function("hello").unwrap());
+    assert!(!store.delete_function("hello").unwrap());
+    assert!(store.get_function("hello").unwrap().is_none());
+    assert!(store.get_version("hello", 1).unwrap().is_none());
+    assert!(store.secrets("hello").unwrap().is_empty());
+    assert!(store.get(&format!("{:020}", 1)).unwrap().is_some(), "usage history must survive");
+
+    // A function created again under the same name starts over, without old secrets.
+    assert_eq!(deploy(&store, "hello", "again"), 1);
+    assert!(store.get_function("hello").unwrap().unwrap().secrets.is_empty());
+}
+
+#[test]
+fn invocation_round_trip_and_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut records = Vec::new();
+    for i in 1..=30u64 {
+        let function = if i % 3 == 0 { "b" } else { "a" };
+        let status = if i % 5 == 0 { InvocationStatus::Trap } else { InvocationStatus::Ok };
+        records.push(record(i, function, 1000 + i as i64, status));
+    }
+    store.insert_batch(&records[..10]).unwrap();
+    store.insert_batch(&records[10..]).unwrap();
+    // Inserting again is a no-op (retries are safe).
+    store.insert_batch(&records[5..15]).unwrap();
+    store.insert_batch(&[]).unwrap();
+
+    let got = store.get(&records[4].id).unwrap().unwrap();
+    assert_eq!(got, records[4]);
+    assert!(store.get("missing").unwrap().is_none());
+
+    // Default: newest first, everything.
+    let all = store.query(&InvocationQuery::default()).unwrap();
+    assert_eq!(ids(&all), (1..=30).rev().collect::<Vec<_>>());
+    assert_eq!(all, records.iter().rev().cloned().collect::<Vec<_>>());
+
+    let q = InvocationQuery { function: Some("b".into()), ascending: true, ..Default::default() };
+    assert_eq!(ids(&store.query(&q).unwrap()), [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]);
+
+    let q = InvocationQuery { status: Some(InvocationStatus::Trap), ..Default::default() };
+    assert_eq!(ids(&store.query(&q).unwrap()), [30, 25, 20, 15, 10, 5]);
+
+    let q = InvocationQuery {
+        function: Some("a".into()),
+        status: Some(InvocationStatus::Trap),
+        ascending: true,
+        ..Default::default()
+    };
+    assert_eq!(ids(&store.query(&q).unwrap()), [5, 10, 20, 25]);
+
+    // Following: after_id, oldest first, in pages.
+    let q = InvocationQuery {
+        after_id: Some(records[19].id.clone()),
+        ascending: true,
+        limit: Some(4),
+        ..Default::default()
+    };
+    assert_eq!(ids(&store.query(&q).unwrap()), [21, 22, 23, 24]);
+
+    let q = InvocationQuery { limit: Some(3), ..Default::default() };
+    assert_eq!(ids(&store.query(&q).unwrap()), [30, 29, 28]);
+    let q = InvocationQuery { function: Some("nope".into()), ..Default::default() };
+    assert!(store.query(&q).unwrap().is_empty());
+}
+
+#[test]
+fn query_limit_defaults_to_100_and_caps_at_1000() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let records: Vec<_> = (1..=1100).map(|i| record(i, "a", 1, InvocationStatus::Ok)).collect();
+    store.insert_batch(&records).unwrap();
+    assert_eq!(store.query(&InvocationQuery::default()).unwrap().len(), 100);
+    let q = InvocationQuery { limit: Some(5000), ..Default::default() };
+    assert_eq!(store.query(&q).unwrap().len(), 1000);
+}
+
+#[test]
+fn prune_by_age_and_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // a: ids 1..=10 started at 100..=1000; b: ids 11..=13 started at 1100..=1300.
+    let mut records: Vec<_> =
+        (1..=10).map(|i| record(i, "a", i as i64 * 100, InvocationStatus::Ok)).collect();
+    records.extend((11..=13).map(|i| record(i, "b", i as i64 * 100, InvocationStatus::Ok)));
+    store.insert_batch(&records).unwrap();
+
+    // By age only.
+    assert_eq!(store.prune(350, u32::MAX).unwrap(), 3);
+    let asc = InvocationQuery { ascending: true, ..Default::default() };
+    assert_eq!(ids(&store.query(&asc).unwrap()), (4..=13).collect::<Vec<_>>());
+
+    // By count only: the newest 2 of each function stay.
+    assert_eq!(store.prune(0, 2).unwrap(), 6);
+    assert_eq!(ids(&store.query(&asc).unwrap()), [9, 10, 12, 13]);
+
+    // Both at once, and nothing left to do afterwards.
+    assert_eq!(store.prune(950, 1).unwrap(), 2);
+    assert_eq!(ids(&store.query(&asc).unwrap()), [10, 13]);
+    assert_eq!(store.prune(950, 1).unwrap(), 0);
+}
+
+#[test]
+fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nimbus.db");
+    let records: Vec<_> = (1..=5).map(|i| record(i, "hello", 10, InvocationStatus::Ok)).collect();
+    let before = {
+        let store = SqliteStore::open(&path).unwrap();
+        deploy(&store, "hello", "one");
+        deploy(&store, "hello", "two");
+        store.set_active_version("hello", 1).unwrap();
+        store.set_secret("hello", "TOKEN", "t").unwrap();
+        store.insert_batch(&records).unwrap();
+        store.get_function("hello").unwrap().unwrap()
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.get_function("hello").unwrap().unwrap(), before);
+    assert_eq!(store.list_versions("hello").unwrap().len(), 2);
+    assert_eq!(store.secrets("hello").unwrap()["TOKEN"], "t");
+    let asc = InvocationQuery { ascending: true, ..Default::default() };
+    assert_eq!(store.query(&asc).unwrap(), records);
+    assert_eq!(deploy(&store, "hello", "three"), 3);
+
+    let version: u32 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn refuses_a_database_from_a_newer_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nimbus.db");
+    drop(SqliteStore::open(&path).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)));
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[test]
+fn pragmas_are_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nimbus.db");
+    let _store = SqliteStore::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn readers_are_not_blocked_by_a_writer_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    deploy(&store, "hello", "one");
+    let done = Arc::new(AtomicBool::new(false));
+
+    let writer = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut next = 1u64;
+            for _ in 0..40 {
+                let batch: Vec<_> = (next..next + 250)
+                    .map(|i| record(i, "hello", 1, InvocationStatus::Ok))
+                    .collect();
+                next += 250;
+                store.insert_batch(&batch).unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+            next - 1
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut last_newest = 0u64;
+                let mut reads = 0u32;
+                while !done.load(Ordering::SeqCst) || reads == 0 {
+                    let q = InvocationQuery { limit: Some(10), ..Default::default() };
+                    let page = store.query(&q).unwrap();
+                    // Whole batches only (transactions are atomic), and never going back in time.
+                    let newest = page.first().map(|r| r.id.parse::<u64>().unwrap()).unwrap_or(0);
+                    assert_eq!(newest % 250, 0, "saw a partial batch: newest id {newest}");
+                    assert!(newest >= last_newest);
+                    last_newest = newest;
+                    assert_eq!(store.get_function("hello").unwrap().unwrap().active_version, 1);
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let total = writer.join().unwrap();
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    let q = InvocationQuery { limit: Some(1), ..Default::default() };
+    assert_eq!(ids(&store.query(&q).unwrap()), [total]);
+}
+
+#[test]
+fn in_memory_store_works() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    assert!(store.path().is_none());
+    assert_eq!(deploy(&store, "hello", "one"), 1);
+    store.set_secret("hello", "K", "v").unwrap();
+    assert_eq!(store.list_functions().unwrap()[0].secrets, ["K"]);
+}
+
+#[test]
+fn creates_parent_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/nimbus.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.path(), Some(path.as_path()));
+    assert!(path.is_file());
+}
+
+#[cfg(unix)]
+#[test]
+fn database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nimbus.db");
+    let store = SqliteStore::open(&path).unwrap();
+    deploy(&store, "hello", "one");
+    store.set_secret("hello", "TOKEN", "t").unwrap();
+    for file in ["nimbus.db", "nimbus.db-wal", "nimbus.db-shm"] {
+        let p = dir.path().join(file);
+        if let Ok(meta) = std::fs::metadata(&p) {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        } else {
+            assert_ne!(file, "nimbus.db", "database file missing");
+        }
+    }
+}
+
+#[test]
+fn uuid_v7_ids_sort_chronologically() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let records: Vec<_> = (0..50)
+        .map(|i| InvocationRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            ..record(i, "a", 1, InvocationStatus::Ok)
+        })
+        .collect();
+    // Inserted out of order; read back in creation order.
+    let mut shuffled = records.clone();
+    shuffled.reverse();
+    store.insert_batch(&shuffled).unwrap();
+    let asc = InvocationQuery { ascending: true, ..Default::default() };
+    assert_eq!(store.query(&asc).unwrap(), records);
+}
+
+#[test]
+fn reads_do_not_wait_for_an_open_write_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nimbus.db");
+    let store = SqliteStore::open(&path).unwrap();
+    deploy(&store, "hello", "one");
+    store.insert_batch(&[record(1, "hello", 1, InvocationStatus::Ok)]).unwrap();
+
+    // Another connection holds the database's write lock with uncommitted rows in it.
+    let mut other = rusqlite::Connection::open(&path).unwrap();
+    let tx = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    tx.execute("DELETE FROM invocations", []).unwrap();
+
+    // Reads answer at once (well under the busy timeout) from the last committed state.
+    let started = std::time::Instant::now();
+    assert_eq!(store.query(&InvocationQuery::default()).unwrap().len(), 1);
+    assert!(store.get_function("hello").unwrap().is_some());
+    assert_eq!(store.list_functions().unwrap().len(), 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    tx.rollback().unwrap();
+}

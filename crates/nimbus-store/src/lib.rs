@@ -1,0 +1,112 @@
+//! Persistence interfaces. Services depend on these traits only; backends (`nimbus-store-local`:
+//! SQLite + local disk today; PostgreSQL / S3 later) implement them in their own crates.
+//!
+//! Architecture invariant: no SQL dialect, file layout or client library leaks through these traits.
+//!
+//! The traits are synchronous: the embedded backend is SQLite, whose calls are short and blocking.
+//! Services call them from `tokio::task::spawn_blocking` (or a dedicated writer thread), so a networked
+//! backend can use a blocking client or its own runtime handle without changing the services.
+
+use std::collections::BTreeMap;
+
+use nimbus_model::{
+    FunctionInfo, FunctionSpec, InvocationQuery, InvocationRecord, Limits, UnixMillis, VersionInfo,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Anything the backend itself failed at (I/O, corruption, a driver error), with its cause.
+    #[error("storage backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a new version needs besides its spec.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub spec: &'a FunctionSpec,
+    pub limits: Limits,
+    pub module_sha256: &'a str,
+    pub module_size: u64,
+}
+
+/// Functions, their immutable versions, the active-version pointer and secrets.
+pub trait FunctionStore: Send + Sync + 'static {
+    /// Create the function if it does not exist, append the next version and make it active, in one
+    /// transaction. Returns the new version.
+    fn create_version(&self, new: NewVersion<'_>) -> Result<VersionInfo>;
+    fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>>;
+    fn list_functions(&self) -> Result<Vec<FunctionInfo>>;
+    /// Versions of a function, oldest first.
+    fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>>;
+    fn get_version(&self, name: &str, version: u32) -> Result<Option<VersionInfo>>;
+    /// The active version of every function: what the router is built from at start-up.
+    fn active_versions(&self) -> Result<Vec<VersionInfo>>;
+    /// Point traffic at an existing version. `NotFound` if the function or version does not exist.
+    fn set_active_version(&self, name: &str, version: u32) -> Result<VersionInfo>;
+    /// Delete a function with its versions and secrets. Returns whether it existed.
+    fn delete_function(&self, name: &str) -> Result<bool>;
+    /// Set a secret; `NotFound` if the function does not exist.
+    fn set_secret(&self, function: &str, key: &str, value: &str) -> Result<()>;
+    /// Returns whether the secret existed.
+    fn delete_secret(&self, function: &str, key: &str) -> Result<bool>;
+    /// Secret values, for the runtime only; the API never returns them.
+    fn secrets(&self, function: &str) -> Result<BTreeMap<String, String>>;
+}
+
+/// Invocation records: appended in batches off the request path, queried for logs and usage.
+pub trait InvocationStore: Send + Sync + 'static {
+    fn insert_batch(&self, records: &[InvocationRecord]) -> Result<()>;
+    fn query(&self, query: &InvocationQuery) -> Result<Vec<InvocationRecord>>;
+    fn get(&self, id: &str) -> Result<Option<InvocationRecord>>;
+    /// Drop records that started before `before`, and beyond the newest `keep_per_function` of each
+    /// function. Returns how many were removed.
+    fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64>;
+}
+
+/// Content-addressed-or-named immutable blobs (uploaded components today; files later).
+pub trait BlobStore: Send + Sync + 'static {
+    /// Store `bytes` under `key`, replacing any previous value atomically.
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Returns whether it existed.
+    fn delete(&self, key: &str) -> Result<bool>;
+}
+
+/// Blob keys are `[a-z0-9._-]` segments joined by `/`: no empty, `.` or `..` segment, so no backend
+/// can be tricked into a path outside its root.
+pub fn validate_blob_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
+    if ok { Ok(()) } else { Err(StoreError::Conflict(format!("invalid blob key {key:?}"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn blob_keys() {
+        for good in ["modules/ab12.wasm", "a", "x/y-z_1.bin"] {
+            assert!(super::validate_blob_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/abs", "a//b", "../x", "a/../b", "a/./b", "A", "a\\b", "a/b/"] {
+            assert!(super::validate_blob_key(bad).is_err(), "{bad}");
+        }
+    }
+}
