@@ -31,7 +31,11 @@ fn main() {
     }
 
     let guests = list_guests(&programs.join("guests"));
-    assert!(!guests.is_empty(), "no guests found in {}", programs.display());
+    assert!(
+        !guests.is_empty(),
+        "no guests found in {}",
+        programs.display()
+    );
 
     check_target_installed();
 

@@ -74,7 +74,10 @@ impl<'de> Deserialize<'de> for ManifestRoute {
                     }
                 }
                 let path = path.ok_or_else(|| de::Error::missing_field("path"))?;
-                let methods = methods.into_iter().map(|m| m.to_ascii_uppercase()).collect();
+                let methods = methods
+                    .into_iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect();
                 Ok(ManifestRoute(RouteSpec { path, methods }))
             }
         }
@@ -98,7 +101,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 parse_size(v).map(ByteSize).map_err(E::custom)
@@ -115,7 +120,9 @@ pub struct HumanDuration(pub u64);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration_ms(&s).map(HumanDuration).map_err(de::Error::custom)
+        parse_duration_ms(&s)
+            .map(HumanDuration)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -123,10 +130,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
 /// 1000, `KiB`/`MiB`/`GiB` and the short `K`/`M`/`G` powers of 1024; units are case-insensitive.
 pub fn parse_size(input: &str) -> Result<u64, String> {
     let bad = || {
-        format!("invalid size {input:?}: write a number with an optional unit, like 512, 64KiB, 10MB or 1GiB")
+        format!(
+            "invalid size {input:?}: write a number with an optional unit, like 512, 64KiB, 10MB or 1GiB"
+        )
     };
     let s = input.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = (&s[..split], s[split..].trim());
     if number.is_empty() {
         return Err(bad());
@@ -150,14 +161,17 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         Ok(bytes as u64)
     } else {
         let value: u64 = number.parse().map_err(|_| bad())?;
-        value.checked_mul(multiplier).ok_or_else(|| format!("size {input:?} is too large"))
+        value
+            .checked_mul(multiplier)
+            .ok_or_else(|| format!("size {input:?} is too large"))
     }
 }
 
 /// Parse a humantime duration (`5s`, `250ms`, `7d`) into whole milliseconds (at least 1 if non-zero).
 pub fn parse_duration_ms(input: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(input.trim())
-        .map_err(|e| format!("invalid duration {input:?}: {e} (write it like 5s, 250ms or 1m 30s)"))?;
+    let d = humantime::parse_duration(input.trim()).map_err(|e| {
+        format!("invalid duration {input:?}: {e} (write it like 5s, 250ms or 1m 30s)")
+    })?;
     let ms = u64::try_from(d.as_millis()).map_err(|_| format!("duration {input:?} is too long"))?;
     Ok(if ms == 0 && !d.is_zero() { 1 } else { ms })
 }
@@ -226,7 +240,13 @@ impl Manifest {
             max_queue: o.max_queue.or(l.max_queue),
             max_body_bytes: o.max_body_bytes.or(l.max_body.map(|s| s.0)),
         };
-        let spec = FunctionSpec { name, routes, env, limits, outbound_hosts };
+        let spec = FunctionSpec {
+            name,
+            routes,
+            env,
+            limits,
+            outbound_hosts,
+        };
         spec.validate()?;
         Ok(spec)
     }
@@ -243,7 +263,11 @@ pub struct LoadedManifest {
 impl LoadedManifest {
     /// Load `path`: a `nimbus.toml` (any `.toml` file) or a directory containing one.
     pub fn load(path: &Path) -> Result<LoadedManifest> {
-        let file = if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
+        let file = if path.is_dir() {
+            path.join(MANIFEST_FILE)
+        } else {
+            path.to_path_buf()
+        };
         if !file.exists() {
             if path.is_dir() {
                 bail!(
@@ -253,14 +277,19 @@ impl LoadedManifest {
             }
             bail!("{} does not exist", file.display());
         }
-        let text =
-            std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        let manifest = Manifest::parse(&text).with_context(|| format!("invalid {}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let manifest =
+            Manifest::parse(&text).with_context(|| format!("invalid {}", file.display()))?;
         let dir = match file.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        Ok(LoadedManifest { path: file, dir, manifest })
+        Ok(LoadedManifest {
+            path: file,
+            dir,
+            manifest,
+        })
     }
 
     /// Where the built component is expected.
@@ -309,7 +338,10 @@ max_body = 1048576
         assert_eq!(m.name.as_deref(), Some("hello"));
         assert_eq!(m.routes[0].0, RouteSpec::from("/hello"));
         assert_eq!(m.routes[1].0.methods, vec!["GET", "POST"]);
-        assert_eq!(m.build.as_ref().unwrap().command, "cargo build --release --target wasm32-wasip2");
+        assert_eq!(
+            m.build.as_ref().unwrap().command,
+            "cargo build --release --target wasm32-wasip2"
+        );
         assert_eq!(m.limits.timeout, Some(HumanDuration(5000)));
         assert_eq!(m.limits.memory, Some(ByteSize(64 << 20)));
         assert_eq!(m.limits.max_body, Some(ByteSize(1 << 20)));
@@ -331,23 +363,33 @@ max_body = 1048576
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Manifest::parse("name = \"a\"\nrotues = [\"/a\"]\n").unwrap_err().to_string();
+        let err = Manifest::parse("name = \"a\"\nrotues = [\"/a\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rotues"), "{err}");
-        let err = Manifest::parse("[limits]\nmemroy = \"1MiB\"\n").unwrap_err().to_string();
+        let err = Manifest::parse("[limits]\nmemroy = \"1MiB\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("memroy"), "{err}");
         let err = Manifest::parse("routes = [{ path = \"/a\", method = [\"GET\"] }]\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("method"), "{err}");
-        let err = Manifest::parse("[build]\ncmd = \"make\"\n").unwrap_err().to_string();
+        let err = Manifest::parse("[build]\ncmd = \"make\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cmd"), "{err}");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        let err = Manifest::parse("[limits]\nmemory = \"64 parsecs\"\n").unwrap_err().to_string();
+        let err = Manifest::parse("[limits]\nmemory = \"64 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid size"), "{err}");
-        let err = Manifest::parse("[limits]\ntimeout = \"5\"\n").unwrap_err().to_string();
+        let err = Manifest::parse("[limits]\ntimeout = \"5\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid duration"), "{err}");
     }
 
@@ -365,7 +407,15 @@ max_body = 1048576
         assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
         assert_eq!(parse_size("1.5KiB"), Ok(1536));
         assert_eq!(parse_size("16M"), Ok(16 << 20));
-        for bad in ["", "MiB", "ten", "5 XB", "-1", "1.2.3MB", "99999999999999999999GiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "ten",
+            "5 XB",
+            "-1",
+            "1.2.3MB",
+            "99999999999999999999GiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
@@ -379,7 +429,10 @@ max_body = 1048576
         assert_eq!(parse_duration_ms("10us"), Ok(1));
         assert!(parse_duration_ms("5").is_err());
         assert!(parse_duration_ms("soon").is_err());
-        assert_eq!(parse_duration("7d"), Ok(std::time::Duration::from_secs(7 * 86400)));
+        assert_eq!(
+            parse_duration("7d"),
+            Ok(std::time::Duration::from_secs(7 * 86400))
+        );
     }
 
     #[test]
@@ -423,12 +476,33 @@ max_body = 1048576
         let m = Manifest::default();
         let err = m.to_spec(&Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("--name"), "{err}");
-        let o = Overrides { name: Some("Bad_Name".into()), ..Default::default() };
-        assert!(m.to_spec(&o).unwrap_err().to_string().contains("invalid function name"));
-        let o = Overrides { name: Some("ok".into()), routes: vec!["/v1/x".into()], ..Default::default() };
+        let o = Overrides {
+            name: Some("Bad_Name".into()),
+            ..Default::default()
+        };
+        assert!(
+            m.to_spec(&o)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid function name")
+        );
+        let o = Overrides {
+            name: Some("ok".into()),
+            routes: vec!["/v1/x".into()],
+            ..Default::default()
+        };
         assert!(m.to_spec(&o).unwrap_err().to_string().contains("/v1"));
-        let o = Overrides { name: Some("ok".into()), routes: vec!["nope".into()], ..Default::default() };
-        assert!(m.to_spec(&o).unwrap_err().to_string().contains("invalid route"));
+        let o = Overrides {
+            name: Some("ok".into()),
+            routes: vec!["nope".into()],
+            ..Default::default()
+        };
+        assert!(
+            m.to_spec(&o)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid route")
+        );
     }
 
     #[test]

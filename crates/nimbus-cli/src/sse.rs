@@ -87,7 +87,9 @@ impl SseParser {
         }
         self.has_data = false;
         Some(SseEvent {
-            event: event.filter(|e| !e.is_empty()).unwrap_or_else(|| "message".to_string()),
+            event: event
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "message".to_string()),
             data: std::mem::take(&mut self.data),
             id: self.last_id.clone(),
         })
@@ -103,17 +105,27 @@ mod tests {
     }
 
     fn msg(data: &str) -> SseEvent {
-        SseEvent { event: "message".into(), data: data.into(), id: None }
+        SseEvent {
+            event: "message".into(),
+            data: data.into(),
+            id: None,
+        }
     }
 
     #[test]
     fn simple_events() {
-        assert_eq!(all(b"data: {\"a\":1}\n\ndata: two\n\n"), vec![msg("{\"a\":1}"), msg("two")]);
+        assert_eq!(
+            all(b"data: {\"a\":1}\n\ndata: two\n\n"),
+            vec![msg("{\"a\":1}"), msg("two")]
+        );
     }
 
     #[test]
     fn comments_and_heartbeats_are_ignored() {
-        assert_eq!(all(b": heartbeat\n\n:\n\ndata: x\n\n: ping\n\n"), vec![msg("x")]);
+        assert_eq!(
+            all(b": heartbeat\n\n:\n\ndata: x\n\n: ping\n\n"),
+            vec![msg("x")]
+        );
     }
 
     #[test]
@@ -121,7 +133,11 @@ mod tests {
         let evs = all(b"event: record\nid: 42\ndata: a\ndata:b\ndata\nretry: 1000\n\n");
         assert_eq!(
             evs,
-            vec![SseEvent { event: "record".into(), data: "a\nb\n".into(), id: Some("42".into()) }]
+            vec![SseEvent {
+                event: "record".into(),
+                data: "a\nb\n".into(),
+                id: Some("42".into())
+            }]
         );
     }
 
@@ -134,12 +150,16 @@ mod tests {
 
     #[test]
     fn line_endings() {
-        assert_eq!(all(b"data: a\r\n\r\ndata: b\r\rdata: c\n\n"), vec![msg("a"), msg("b"), msg("c")]);
+        assert_eq!(
+            all(b"data: a\r\n\r\ndata: b\r\rdata: c\n\n"),
+            vec![msg("a"), msg("b"), msg("c")]
+        );
     }
 
     #[test]
     fn any_chunking_gives_the_same_events() {
-        let input = "data: {\"msg\":\"héllo\"}\r\n\r\n: hb\r\n\r\nid: 7\r\ndata: two\r\n\r\n".as_bytes();
+        let input =
+            "data: {\"msg\":\"héllo\"}\r\n\r\n: hb\r\n\r\nid: 7\r\ndata: two\r\n\r\n".as_bytes();
         let want = all(input);
         assert_eq!(want.len(), 2);
         for size in 1..input.len() {

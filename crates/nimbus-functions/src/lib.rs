@@ -196,6 +196,7 @@ impl FunctionService {
         let module = wasm.clone();
         let size = wasm.len() as u64;
         let compiled = blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
+        self.metrics.compiles.inc();
         let compile = compiled.compile_time;
         let blobs = self.stores.blobs.clone();
         let key = module_key(&sha);
@@ -400,6 +401,7 @@ impl FunctionService {
             .ok_or_else(|| FunctionError::Internal(format!("stored module {sha} is missing")))?;
         let runtime = self.runtime.clone();
         let compiled = blocking(move || runtime.compile(&wasm).map_err(FunctionError::from)).await?;
+        self.metrics.compiles.inc();
         write_atomic(&path, &compiled.artifact)?;
         let runtime = self.runtime.clone();
         blocking(move || runtime.load_file(&path).map_err(|e| FunctionError::Internal(e.to_string())))

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub instances_in_use: Family<FunctionLabel, Gauge>,
     pub instantiation: Histogram,
     pub component_load: Histogram,
+    pub compiles: Counter,
     pub registry: Registry,
 }
 
@@ -52,6 +53,7 @@ impl Default for Metrics {
         let instantiation = Histogram::new(exponential_buckets(0.000_001, 2.0, 21));
         let component_load = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
 
+        let compiles = Counter::default();
         let mut registry = Registry::with_prefix("nimbus");
         registry.register(
             "invocations",
@@ -98,6 +100,11 @@ impl Default for Metrics {
             "Time to load a compiled component (deserialize + pre-instantiate)",
             component_load.clone(),
         );
+        registry.register(
+            "component_compiles",
+            "Components compiled with Cranelift (deploys, and artifacts this engine could not load)",
+            compiles.clone(),
+        );
         Metrics {
             invocations,
             errors,
@@ -108,6 +115,7 @@ impl Default for Metrics {
             instances_in_use,
             instantiation,
             component_load,
+            compiles,
             registry,
         }
     }

@@ -118,8 +118,7 @@ impl Runtime {
         validate::check_header(wasm)?;
         let component =
             Component::new(&self.engine, wasm).map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
-        validate::check_exports(&self.engine, &component)?;
-        // Pre-instantiating checks that every import is one Nimbus provides.
+        // Pre-instantiating checks that every import is one Nimbus provides, then the export.
         self.pre_instantiate(&component)?;
         let artifact = component
             .serialize()
@@ -147,6 +146,7 @@ impl Runtime {
     fn pre_instantiate(&self, component: &Component) -> Result<ProxyPre<HostState>, DeployError> {
         let instance_pre =
             self.linker.instantiate_pre(component).map_err(validate::explain_link_error)?;
+        validate::check_exports(&self.engine, component)?;
         ProxyPre::new(instance_pre).map_err(|e| DeployError::NoHandler(format!("{e:#}")))
     }
 }

@@ -26,11 +26,24 @@ pub struct AppState {
     pub functions: Arc<FunctionService>,
     admin_token: Arc<str>,
     pub limits: LimitPolicy,
+    /// Turns true when the server starts shutting down: long-lived streams (log followers) end
+    /// then, so graceful shutdown does not wait on them forever.
+    pub shutting_down: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
-    pub fn new(functions: Arc<FunctionService>, admin_token: String, limits: LimitPolicy) -> Self {
-        AppState { functions, admin_token: admin_token.into(), limits }
+    pub fn new(
+        functions: Arc<FunctionService>,
+        admin_token: String,
+        limits: LimitPolicy,
+        shutting_down: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        AppState { functions, admin_token: admin_token.into(), limits, shutting_down }
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_signal(mut self) {
+        let _ = self.shutting_down.wait_for(|down| *down).await;
     }
 }
 

@@ -60,7 +60,11 @@ impl Default for ServerConfig {
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: AppState,
+    shutting_down: tokio::sync::watch::Sender<bool>,
 }
+
+/// How long in-flight requests get to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 impl Server {
     /// Open the data directory (creating it and the admin token on first start), load every
@@ -94,8 +98,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        let state = AppState::new(Arc::new(functions), admin_token, config.limits);
-        Ok(Server { listener, state })
+        let (shutting_down, watch) = tokio::sync::watch::channel(false);
+        let state = AppState::new(Arc::new(functions), admin_token, config.limits, watch);
+        Ok(Server { listener, state, shutting_down })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -109,9 +114,28 @@ impl Server {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "nimbus serving");
         let app = router(self.state);
-        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")
+        let notify = self.shutting_down;
+        let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = notify.send(true);
+            let _ = grace_tx.send(());
+        };
+        let serve = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(signal)
+            .into_future();
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => return result.context("serving HTTP"),
+            _ = grace_rx => {}
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, serve).await {
+            Ok(result) => result.context("serving HTTP"),
+            Err(_) => {
+                tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+        }
     }
 }

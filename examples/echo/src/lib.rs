@@ -6,8 +6,7 @@
 //! * `x-method`, `x-path-with-query` and `x-authority` describe the request.
 
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::{OutputStream, StreamError};
 

@@ -13,8 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::StreamError;
 
@@ -35,7 +34,10 @@ const MAX_BODY: usize = 64 * 1024;
 fn items() -> Vec<Item> {
     ITEMS
         .iter()
-        .map(|&(id, name)| Item { id, name: name.to_string() })
+        .map(|&(id, name)| Item {
+            id,
+            name: name.to_string(),
+        })
         .collect()
 }
 
@@ -72,8 +74,12 @@ enum BodyError {
 
 /// Reads the request body, refusing more than `MAX_BODY` bytes.
 fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, BodyError> {
-    let body = request.consume().map_err(|()| BodyError::Io("body already read".into()))?;
-    let stream = body.stream().map_err(|()| BodyError::Io("body already read".into()))?;
+    let body = request
+        .consume()
+        .map_err(|()| BodyError::Io("body already read".into()))?;
+    let stream = body
+        .stream()
+        .map_err(|()| BodyError::Io("body already read".into()))?;
     let mut buf = Vec::new();
     loop {
         match stream.blocking_read(16 * 1024) {
@@ -111,14 +117,23 @@ fn create_item(request: &IncomingRequest) -> Reply {
         return Reply::error(400, "name must not be empty");
     }
     let id = ITEMS.len() as u32 + 1;
-    Reply::json(201, Item { id, name: name.to_string() })
-        .with_header("location", format!("/api/items/{id}"))
+    Reply::json(
+        201,
+        Item {
+            id,
+            name: name.to_string(),
+        },
+    )
+    .with_header("location", format!("/api/items/{id}"))
 }
 
 fn route(request: &IncomingRequest) -> Reply {
     let path_with_query = request.path_with_query().unwrap_or_default();
     let path = path_with_query.split('?').next().unwrap_or("");
-    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
     let method = request.method();
 
     if path == "/api/items" {
@@ -144,7 +159,10 @@ fn send(reply: Reply, response_out: ResponseOutparam) {
     let body = serde_json::to_vec(&reply.body).expect("serializable");
     let mut headers = vec![
         ("content-type".to_string(), b"application/json".to_vec()),
-        ("content-length".to_string(), body.len().to_string().into_bytes()),
+        (
+            "content-length".to_string(),
+            body.len().to_string().into_bytes(),
+        ),
     ];
     headers.extend(reply.headers.into_iter().map(|(k, v)| (k, v.into_bytes())));
     let response = OutgoingResponse::new(Fields::from_list(&headers).unwrap());

@@ -31,7 +31,12 @@ pub struct DeployArgs {
     pub name: Option<String>,
 
     /// Route to serve, like /hello or /api/... (repeatable; added to the manifest's)
-    #[arg(long = "route", value_name = "ROUTE", env = "NIMBUS_DEPLOY_ROUTES", value_delimiter = ',')]
+    #[arg(
+        long = "route",
+        value_name = "ROUTE",
+        env = "NIMBUS_DEPLOY_ROUTES",
+        value_delimiter = ','
+    )]
     pub routes: Vec<String>,
 
     /// Environment variable KEY=VALUE (repeatable; overrides the manifest's)
@@ -59,7 +64,12 @@ pub struct DeployArgs {
     pub max_body: Option<u64>,
 
     /// Host the function may reach with outbound HTTP (repeatable; added to the manifest's)
-    #[arg(long = "allow-host", value_name = "HOST", env = "NIMBUS_DEPLOY_ALLOW_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-host",
+        value_name = "HOST",
+        env = "NIMBUS_DEPLOY_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
     pub allow_hosts: Vec<String>,
 
     /// Do not run the manifest's build command
@@ -125,6 +135,8 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
                 .manifest
                 .to_spec(&overrides)
                 .with_context(|| format!("invalid function in {}", m.path.display()))?;
+            // And that the server can be authenticated to (a missing token is quick to report).
+            g.client()?;
             if let Some(command) = m.build_command().filter(|_| !args.no_build) {
                 eprintln!("Building {}: {command}", spec.name);
                 // Build output goes to stderr so stdout stays clean for --json.
@@ -135,7 +147,11 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
                 bail!(
                     "{} does not exist{}",
                     component.display(),
-                    if args.no_build { " (build it first, or drop --no-build)" } else { " after the build (check `component` in the manifest)" }
+                    if args.no_build {
+                        " (build it first, or drop --no-build)"
+                    } else {
+                        " after the build (check `component` in the manifest)"
+                    }
                 );
             }
             (spec, component)
@@ -148,11 +164,17 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
     let client = g.client()?;
 
     let show_progress = !g.json && std::io::stderr().is_terminal();
-    let bar = if show_progress { ProgressBar::new(module.len() as u64) } else { ProgressBar::hidden() };
+    let bar = if show_progress {
+        ProgressBar::new(module.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message("uploading");
     let part = upload_part(Bytes::from(module), bar.clone())?;
@@ -174,7 +196,10 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
         d.compile_ms.round() as u64,
     );
     if d.function.routes.is_empty() {
-        outln!("  no routes; call it with `nimbus invoke {}`", d.function.name);
+        outln!(
+            "  no routes; call it with `nimbus invoke {}`",
+            d.function.name
+        );
     }
     for r in &d.function.routes {
         outln!("  {}", route_url(client.base_url(), r));
@@ -199,8 +224,10 @@ fn progress_stream(
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     const CHUNK: usize = 64 * 1024;
     let total = module.len();
-    let chunks: Vec<Bytes> =
-        (0..total).step_by(CHUNK).map(|start| module.slice(start..(start + CHUNK).min(total))).collect();
+    let chunks: Vec<Bytes> = (0..total)
+        .step_by(CHUNK)
+        .map(|start| module.slice(start..(start + CHUNK).min(total)))
+        .collect();
     futures::stream::iter(chunks).map(move |chunk| {
         bar.inc(chunk.len() as u64);
         if bar.position() >= total as u64 {
@@ -246,7 +273,9 @@ fn run_build(command: &str, dir: &Path, stdout_to_stderr: bool) -> Result<()> {
     if stdout_to_stderr {
         cmd.stdout(Stdio::from(std::io::stderr()));
     }
-    let status = cmd.status().with_context(|| format!("cannot run the build command `{command}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run the build command `{command}`"))?;
     if !status.success() {
         bail!("the build command `{command}` failed ({status})");
     }
@@ -260,13 +289,21 @@ pub fn build(g: &GlobalArgs, args: BuildArgs) -> Result<ExitCode> {
             eprintln!("Building in {}: {command}", m.dir.display());
             run_build(command, &m.dir, g.json)?;
         }
-        None => eprintln!("{} has no [build] command; checking the component only", m.path.display()),
+        None => eprintln!(
+            "{} has no [build] command; checking the component only",
+            m.path.display()
+        ),
     }
     let component = m.component_path()?;
     let meta = std::fs::metadata(&component).with_context(|| {
-        format!("the build did not produce {} (check `component` in {})", component.display(), m.path.display())
+        format!(
+            "the build did not produce {} (check `component` in {})",
+            component.display(),
+            m.path.display()
+        )
     })?;
-    let bytes = std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?;
+    let bytes = std::fs::read(&component)
+        .with_context(|| format!("cannot read {}", component.display()))?;
     check_component(&component, &bytes)?;
     if g.json {
         print_json(&json!({ "component": component, "size": meta.len() }))?;
@@ -283,8 +320,18 @@ mod tests {
     #[test]
     fn component_checks() {
         let p = Path::new("x.wasm");
-        assert!(check_component(p, b"hello world").unwrap_err().to_string().contains("not a WebAssembly"));
-        assert!(check_component(p, b"\0asm\x01\0\0\0").unwrap_err().to_string().contains("core"));
+        assert!(
+            check_component(p, b"hello world")
+                .unwrap_err()
+                .to_string()
+                .contains("not a WebAssembly")
+        );
+        assert!(
+            check_component(p, b"\0asm\x01\0\0\0")
+                .unwrap_err()
+                .to_string()
+                .contains("core")
+        );
         assert!(check_component(p, b"\0asm\x0d\0\x01\0").is_ok());
     }
 
@@ -299,7 +346,11 @@ mod tests {
         while let Some(chunk) = stream.next().await {
             got.extend_from_slice(&chunk.unwrap());
             assert_eq!(bar.position(), got.len() as u64);
-            let want = if got.len() == data.len() { "compiling…" } else { "uploading" };
+            let want = if got.len() == data.len() {
+                "compiling…"
+            } else {
+                "uploading"
+            };
             assert_eq!(bar.message(), want);
         }
         assert_eq!(got, data);

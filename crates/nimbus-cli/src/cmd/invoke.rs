@@ -25,15 +25,32 @@ pub struct InvokeArgs {
     pub path: String,
 
     /// HTTP method (default: GET, or POST with --data)
-    #[arg(short = 'X', long = "request", value_name = "METHOD", env = "NIMBUS_INVOKE_METHOD")]
+    #[arg(
+        short = 'X',
+        long = "request",
+        value_name = "METHOD",
+        env = "NIMBUS_INVOKE_METHOD"
+    )]
     pub method: Option<String>,
 
-    /// Request body; @FILE reads a file, @- reads stdin
-    #[arg(short = 'd', long = "data", value_name = "DATA", env = "NIMBUS_INVOKE_DATA")]
-    pub data: Option<String>,
+    /// Request body, as curl's -d: @FILE reads a file, @- reads stdin (long form --body, as
+    /// --data is the global data directory)
+    #[arg(
+        short = 'd',
+        long = "body",
+        value_name = "DATA",
+        env = "NIMBUS_INVOKE_BODY"
+    )]
+    pub body: Option<String>,
 
     /// Request header, as 'Name: value' (repeatable)
-    #[arg(short = 'H', long = "header", value_name = "HEADER", env = "NIMBUS_INVOKE_HEADERS", value_delimiter = '\n')]
+    #[arg(
+        short = 'H',
+        long = "header",
+        value_name = "HEADER",
+        env = "NIMBUS_INVOKE_HEADERS",
+        value_delimiter = '\n'
+    )]
     pub headers: Vec<String>,
 
     /// Print the response status and headers before the body
@@ -46,7 +63,7 @@ pub async fn run(g: &GlobalArgs, args: InvokeArgs) -> Result<ExitCode> {
     let method = match &args.method {
         Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
             .with_context(|| format!("invalid HTTP method {m:?}"))?,
-        None if args.data.is_some() => Method::POST,
+        None if args.body.is_some() => Method::POST,
         None => Method::GET,
     };
     let mut req = client.request(method, &Client::invoke_path(&args.name, &args.path));
@@ -54,7 +71,7 @@ pub async fn run(g: &GlobalArgs, args: InvokeArgs) -> Result<ExitCode> {
         let (name, value) = parse_header(h)?;
         req = req.header(name, value);
     }
-    if let Some(data) = &args.data {
+    if let Some(data) = &args.body {
         req = req.body(read_body(data)?);
     }
     let resp = client.send_raw(req).await?;
@@ -77,19 +94,30 @@ pub async fn run(g: &GlobalArgs, args: InvokeArgs) -> Result<ExitCode> {
     if args.include {
         writeln!(out, "{:?} {}", resp.version(), status)?;
         for (name, value) in resp.headers() {
-            writeln!(out, "{}: {}", name, String::from_utf8_lossy(value.as_bytes()))?;
+            writeln!(
+                out,
+                "{}: {}",
+                name,
+                String::from_utf8_lossy(value.as_bytes())
+            )?;
         }
         writeln!(out)?;
     }
     drop(out);
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| client.transport_error(e)).context("reading the response body")?;
+        let chunk = chunk
+            .map_err(|e| client.transport_error(e))
+            .context("reading the response body")?;
         let mut out = std::io::stdout().lock();
         out.write_all(&chunk)?;
         out.flush()?;
     }
-    Ok(if status.as_u16() >= 400 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if status.as_u16() >= 400 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue)> {
@@ -98,7 +126,8 @@ fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue)> {
     };
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .with_context(|| format!("invalid header name in {h:?}"))?;
-    let value = HeaderValue::from_str(value.trim()).with_context(|| format!("invalid header value in {h:?}"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .with_context(|| format!("invalid header value in {h:?}"))?;
     Ok((name, value))
 }
 
@@ -107,10 +136,15 @@ fn read_body(data: &str) -> Result<Vec<u8>> {
     match data.strip_prefix('@') {
         Some("-") => {
             let mut buf = Vec::new();
-            std::io::stdin().lock().read_to_end(&mut buf).context("cannot read the body from stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .context("cannot read the body from stdin")?;
             Ok(buf)
         }
-        Some(path) => std::fs::read(path).with_context(|| format!("cannot read the body from {path}")),
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read the body from {path}"))
+        }
         None => Ok(data.as_bytes().to_vec()),
     }
 }
@@ -134,7 +168,10 @@ mod tests {
         assert_eq!(read_body("hi").unwrap(), b"hi");
         let path = std::env::temp_dir().join(format!("nimbus-body-test-{}", std::process::id()));
         std::fs::write(&path, b"from file").unwrap();
-        assert_eq!(read_body(&format!("@{}", path.display())).unwrap(), b"from file");
+        assert_eq!(
+            read_body(&format!("@{}", path.display())).unwrap(),
+            b"from file"
+        );
         std::fs::remove_file(&path).unwrap();
         assert!(read_body("@/nonexistent/nimbus/file").is_err());
     }

@@ -129,7 +129,8 @@ pub fn run(g: &GlobalArgs, args: NewArgs) -> Result<ExitCode> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, contents)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if g.json {
         print_json(&json!({ "name": args.name, "dir": dir }))?;
@@ -150,7 +151,10 @@ fn ensure_empty(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                bail!("{} already exists and is not empty; pick another --dir", dir.display());
+                bail!(
+                    "{} already exists and is not empty; pick another --dir",
+                    dir.display()
+                );
             }
             Ok(())
         }
@@ -193,7 +197,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(ensure_empty(&dir).is_ok());
         std::fs::write(dir.join("x"), "").unwrap();
-        assert!(ensure_empty(&dir).unwrap_err().to_string().contains("not empty"));
+        assert!(
+            ensure_empty(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("not empty")
+        );
         assert!(ensure_empty(&dir.join("x")).is_err());
         assert!(ensure_empty(&dir.join("missing")).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use nimbus_model::{LimitPolicy, Limits};
+use tracing_subscriber::EnvFilter;
 #[cfg(feature = "server")]
 use {
     anyhow::Context as _,
     nimbus_server::{ADMIN_TOKEN_FILE, Server, ServerConfig},
     std::io::Write as _,
 };
-use tracing_subscriber::EnvFilter;
 
 use crate::GlobalArgs;
 use crate::manifest::{parse_duration, parse_duration_ms, parse_size};
@@ -116,16 +116,36 @@ impl ServeArgs {
             max_body_bytes: self.max_body_ceiling,
         };
         let pairs: [(&str, &str, u64, u64); 5] = [
-            ("--default-timeout", "--max-timeout", defaults.timeout_ms, ceilings.timeout_ms),
-            ("--default-memory", "--max-memory", defaults.memory_bytes, ceilings.memory_bytes),
+            (
+                "--default-timeout",
+                "--max-timeout",
+                defaults.timeout_ms,
+                ceilings.timeout_ms,
+            ),
+            (
+                "--default-memory",
+                "--max-memory",
+                defaults.memory_bytes,
+                ceilings.memory_bytes,
+            ),
             (
                 "--default-concurrency",
                 "--max-concurrency",
                 defaults.max_concurrency.into(),
                 ceilings.max_concurrency.into(),
             ),
-            ("--default-queue", "--max-queue", defaults.max_queue.into(), ceilings.max_queue.into()),
-            ("--max-body", "--max-body-ceiling", defaults.max_body_bytes, ceilings.max_body_bytes),
+            (
+                "--default-queue",
+                "--max-queue",
+                defaults.max_queue.into(),
+                ceilings.max_queue.into(),
+            ),
+            (
+                "--max-body",
+                "--max-body-ceiling",
+                defaults.max_body_bytes,
+                ceilings.max_body_bytes,
+            ),
         ];
         for (default, ceiling, d, c) in pairs {
             if d > c {
@@ -144,7 +164,8 @@ impl ServeArgs {
             data_dir: g.data.clone(),
             listen: self.listen,
             limits: self.limit_policy()?,
-            log_bytes_per_invocation: usize::try_from(self.log_bytes).context("--log-bytes is too large")?,
+            log_bytes_per_invocation: usize::try_from(self.log_bytes)
+                .context("--log-bytes is too large")?,
             log_retention: self.log_retention,
             log_keep_per_function: self.log_keep,
             queue_timeout: self.queue_timeout,
@@ -160,7 +181,9 @@ fn init_tracing(format: LogFormat) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second initialisation (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -208,9 +231,12 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     init_tracing(args.log_format);
     let config = args.server_config(g)?;
     let data_dir = config.data_dir.clone();
-    let server = Server::bind(config)
-        .await
-        .with_context(|| format!("cannot start the server (data directory {})", data_dir.display()))?;
+    let server = Server::bind(config).await.with_context(|| {
+        format!(
+            "cannot start the server (data directory {})",
+            data_dir.display()
+        )
+    })?;
     let addr = server.local_addr();
     {
         let mut out = std::io::stdout().lock();
@@ -277,6 +303,9 @@ mod tests {
         assert_eq!(p.defaults.max_body_bytes, 1_000_000);
         let t = T::try_parse_from(["nimbus", "--default-memory", "1GiB"]).unwrap();
         let err = t.s.limit_policy().unwrap_err().to_string();
-        assert!(err.contains("--default-memory") && err.contains("--max-memory"), "{err}");
+        assert!(
+            err.contains("--default-memory") && err.contains("--max-memory"),
+            "{err}"
+        );
     }
 }

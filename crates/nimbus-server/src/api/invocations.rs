@@ -107,7 +107,8 @@ pub(crate) async fn logs(
         })
         .await?;
     let last_seen = backlog.last().map(|r| r.id.clone()).or(p.after);
-    Ok(Sse::new(follow_stream(name, backlog, live, last_seen))
+    let stream = follow_stream(name, backlog, live, last_seen).take_until(state.clone().shutdown_signal());
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }

@@ -5,8 +5,7 @@
 //! exercise exactly what a host sees from any other guest toolchain.
 
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 

@@ -27,7 +27,9 @@ impl wasi::exports::http::incoming_handler::Guest for Echo {
         headers.push(("content-type".into(), content_type));
         headers.push((
             "x-method".into(),
-            guest_common::method_str(&request.method()).as_bytes().to_vec(),
+            guest_common::method_str(&request.method())
+                .as_bytes()
+                .to_vec(),
         ));
         if let Some(pwq) = request.path_with_query() {
             headers.push(("x-path-with-query".into(), pwq.into_bytes()));

@@ -49,7 +49,9 @@ fn fetch(scheme: Scheme, authority: &str, path: &str) -> Result<u16, ErrorCode> 
     match future.get() {
         Some(Ok(Ok(resp))) => Ok(resp.status()),
         Some(Ok(Err(e))) => Err(e),
-        Some(Err(())) => Err(ErrorCode::InternalError(Some("response already taken".into()))),
+        Some(Err(())) => Err(ErrorCode::InternalError(Some(
+            "response already taken".into(),
+        ))),
         None => Err(ErrorCode::InternalError(Some("response not ready".into()))),
     }
 }

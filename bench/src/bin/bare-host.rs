@@ -1,0 +1,157 @@
+//! A minimal `wasmtime-wasi-http` host, modelled on wasmtime's `src/commands/serve.rs`: a hyper 1
+//! server that runs every request in a fresh `Store` + instance of one component, via `ProxyPre`.
+//!
+//! It uses exactly the pooling-allocator settings of Nimbus (`crates/nimbus-runtime/src/engine.rs`)
+//! but, on purpose, neither fuel nor epoch interruption: the cost of those, like everything else
+//! Nimbus adds (routing, limits, logs, metrics, usage), is part of the platform overhead that
+//! `bench/run.sh` measures against this baseline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Same value as `nimbus_runtime::engine::KEEP_RESIDENT_BYTES`.
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+
+#[derive(Parser)]
+#[command(about = "Bare wasmtime-wasi-http host (benchmark baseline)")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8091")]
+    listen: SocketAddr,
+    /// The `wasi:http/proxy` component to serve.
+    #[arg(long)]
+    component: PathBuf,
+    /// Size of the instance pool (Nimbus: `instance_pool_size`, default 1000).
+    #[arg(long, default_value_t = 1000)]
+    max_instances: u32,
+    /// Linear-memory ceiling per instance (Nimbus: `limits.ceilings.memory_bytes`, default 512 MiB).
+    #[arg(long, default_value_t = 512 << 20)]
+    max_memory_bytes: u64,
+}
+
+struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+    }
+}
+
+/// The Nimbus engine configuration (`crates/nimbus-runtime/src/engine.rs`) without fuel and epochs.
+fn engine(args: &Args) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    let n = args.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(8)
+        .max_tables_per_component(16)
+        .max_component_instance_size(4 << 20)
+        .max_core_instance_size(4 << 20)
+        .table_elements(100_000)
+        .max_memory_size(usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_BYTES)
+        .pagemap_scan(Enabled::Auto);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config.memory_init_cow(true);
+    Ok(Engine::new(&config)?)
+}
+
+struct Server {
+    engine: Engine,
+    pre: ProxyPre<Host>,
+}
+
+impl Server {
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        // The guest may keep streaming the body after it has handed over the response head, so it
+        // runs in its own task (as in `wasmtime serve`).
+        let task = tokio::task::spawn(async move {
+            let host = Host {
+                wasi: WasiCtx::builder().build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+            };
+            let mut store = Store::new(&this.engine, host);
+            let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+            let out = store.data_mut().http().new_response_outparam(sender)?;
+            let proxy = this.pre.instantiate_async(&mut store).await?;
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+            anyhow::Ok(())
+        });
+        match receiver.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(code)) => Err(anyhow!("guest returned an error: {code:?}")),
+            Err(_) => Err(match task.await {
+                Ok(Ok(())) => anyhow!("guest never invoked `response-outparam::set`"),
+                Ok(Err(e)) => e,
+                Err(e) => e.into(),
+            }),
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let engine = engine(&args)?;
+    let component = Component::from_file(&engine, &args.component)
+        .map_err(|e| anyhow!("compiling {}: {e:?}", args.component.display()))?;
+    let mut linker = Linker::<Host>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+    let server = Arc::new(Server { engine, pre });
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("bare-host listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let io = TokioIo::new(stream);
+            let svc = service_fn(move |req| server.clone().handle(req));
+            if let Err(e) = http1::Builder::new().keep_alive(true).serve_connection(io, svc).await {
+                eprintln!("connection error: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,123 @@
+//! A real Nimbus server on 127.0.0.1:0 with a temporary data directory, and a client for it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nimbus_server::{ADMIN_TOKEN_FILE, Server, ServerConfig};
+use serde_json::{Value, json};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub client: reqwest::Client,
+    pub data: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(data: &Path) -> TestServer {
+        Self::start_with(ServerConfig {
+            data_dir: data.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..ServerConfig::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> TestServer {
+        let data = config.data_dir.clone();
+        let server = Server::bind(config).await.expect("server binds");
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        let token = std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
+        TestServer {
+            addr,
+            token,
+            client: reqwest::Client::new(),
+            data,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(&self.token)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// Deploy `wasm` with `spec` (a JSON FunctionSpec); returns (status, body).
+    pub async fn deploy_bytes(&self, spec: Value, wasm: Vec<u8>) -> (u16, Value) {
+        let form = reqwest::multipart::Form::new()
+            .part("spec", reqwest::multipart::Part::text(spec.to_string()))
+            .part(
+                "module",
+                reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm").unwrap(),
+            );
+        let r = self.api(reqwest::Method::POST, "/v1/functions").multipart(form).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Deploy a test guest; panics unless it succeeds.
+    pub async fn deploy(&self, guest: &str, spec: Value) -> Value {
+        let wasm = std::fs::read(test_programs_artifacts::get(guest).expect("known guest")).unwrap();
+        let (status, body) = self.deploy_bytes(spec, wasm).await;
+        assert_eq!(status, 201, "deploy {guest}: {body}");
+        body
+    }
+
+    /// Wait until `n` invocation records of `function` are stored (the write is asynchronous).
+    pub async fn records(&self, function: &str, n: usize) -> Vec<Value> {
+        for _ in 0..200 {
+            let r: Value = self
+                .api(reqwest::Method::GET, &format!("/v1/invocations?function={function}&order=asc"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let list = r["invocations"].as_array().unwrap().clone();
+            if list.len() >= n {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("fewer than {n} records of {function} after 5 s");
+    }
+}
+
+pub fn spec(name: &str, routes: &[&str]) -> Value {
+    json!({ "name": name, "routes": routes })
+}
+
+pub async fn error_code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.expect("JSON error body");
+    let code = body["error"]["code"].as_str().expect("error.code").to_string();
+    assert!(body["error"]["message"].is_string(), "error.message in {body}");
+    (status, code)
+}

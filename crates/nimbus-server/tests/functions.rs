@@ -1,0 +1,361 @@
+//! The functions API and the HTTP gateway, against a real server on port 0 with real guests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, error_code, spec};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn deploy_and_serve_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let body = s.deploy("hello", spec("hello", &["/hello"])).await;
+    assert_eq!(body["version"]["version"], 1);
+    assert_eq!(body["function"]["active_version"], 1);
+
+    for path in ["/hello", "/hello/", "/h%65llo", "/x/../hello"] {
+        let r = s.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers().contains_key("x-nimbus-invocation-id"), "{path}");
+        assert_eq!(r.text().await.unwrap(), "Hello from Nimbus!\n");
+    }
+    let (status, code) = error_code(s.get("/nothing-here").await).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    let (status, code) = error_code(s.get("/bad%ff").await).await;
+    assert_eq!((status, code.as_str()), (400, "bad_path"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_invocation_gets_a_fresh_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("counter", spec("counter", &["/count"])).await;
+    for _ in 0..5 {
+        assert_eq!(s.get("/count").await.text().await.unwrap(), "1");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("text", b"hello, not wasm".to_vec(), "not a WebAssembly binary"),
+        ("core module", wat::parse_str("(module)").unwrap(), "core WebAssembly module"),
+        ("empty component", wat::parse_str("(component)").unwrap(), "does not export wasi:http/incoming-handler"),
+        (
+            "unknown import",
+            wat::parse_str(r#"(component (import "acme:rockets/launch@1.0.0" (instance (export "fire" (func)))))"#).unwrap(),
+            "acme:rockets/launch@1.0.0",
+        ),
+        ("truncated component", b"\0asm\x0d\0\x01\0\x07\x05".to_vec(), "invalid"),
+    ];
+    for (what, wasm, needle) in cases {
+        let (status, body) = s.deploy_bytes(spec("bad", &["/bad"]), wasm).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_module", "{what}: {body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{what}: {msg}");
+    }
+    // Bad specs.
+    let hello = std::fs::read(test_programs_artifacts::HELLO).unwrap();
+    for (bad_spec, needle) in [
+        (json!({"name": "Bad Name"}), "invalid function name"),
+        (json!({"name": "x", "routes": ["no-slash"]}), "starts with '/'"),
+        (json!({"name": "x", "routes": ["/v1/mine"]}), "belong to Nimbus"),
+        (json!({"name": "x", "limits": {"timeout_ms": 99999999}}), "ceiling"),
+        (json!({"name": "x", "colour": "blue"}), "colour"),
+    ] {
+        let (status, body) = s.deploy_bytes(bad_spec.clone(), hello.clone()).await;
+        assert_eq!(status, 400, "{bad_spec}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_spec");
+        assert!(body["error"]["message"].as_str().unwrap().contains(needle), "{body}");
+    }
+    // Malformed multipart and missing parts.
+    let r = s
+        .api(Method::POST, "/v1/functions")
+        .header("content-type", "multipart/form-data; boundary=xyz")
+        .body("--xyz\r\nnot a part")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_upload".to_string()));
+    let form = reqwest::multipart::Form::new().text("spec", spec("x", &[]).to_string());
+    let r = s.api(Method::POST, "/v1/functions").multipart(form).send().await.unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_upload".to_string()));
+    // Nothing was created by any of it.
+    let list: Value = s.api(Method::GET, "/v1/functions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["functions"], json!([]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn routes_conflict_across_functions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", spec("first", &["/shared", "/api/..."])).await;
+    let wasm = std::fs::read(test_programs_artifacts::COUNTER).unwrap();
+    let (status, body) = s.deploy_bytes(spec("second", &["/shared/"]), wasm.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "route_conflict");
+    assert!(body["error"]["message"].as_str().unwrap().contains("\"first\""), "{body}");
+    // A more specific route under another function's prefix is fine, and wins.
+    let (status, _) = s.deploy_bytes(spec("second", &["/api/count"]), wasm.clone()).await;
+    assert_eq!(status, 201);
+    assert_eq!(s.get("/api/count").await.text().await.unwrap(), "1");
+    assert_eq!(s.get("/api/other").await.text().await.unwrap(), "Hello from Nimbus!\n");
+    // Redeploying a function over its own routes is not a conflict.
+    s.deploy("hello", spec("first", &["/shared", "/api/..."])).await;
+    // Method-restricted routes: 405 with Allow.
+    s.deploy("hello", json!({"name": "getter", "routes": [{"path": "/only-get", "methods": ["GET"]}]})).await;
+    let r = s.client.post(s.url("/only-get")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "GET");
+    assert_eq!(error_code(r).await, (405, "method_not_allowed".to_string()));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn echo_streams_method_path_headers_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("echo", spec("echo", &["/echo/..."])).await;
+    let r = s
+        .client
+        .put(s.url("/echo/a%20b/?q=1&r=%2F"))
+        .header("x-custom", "yes")
+        .body("payload bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-method"], "PUT");
+    assert_eq!(r.headers()["x-path-with-query"], "/echo/a%20b/?q=1&r=%2F");
+    assert_eq!(r.headers()["x-echo-x-custom"], "yes");
+    assert_eq!(r.text().await.unwrap(), "payload bytes");
+
+    // A streamed (chunked) body of 4 MiB goes through whole.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64).map(|i| Ok(vec![i as u8; 64 << 10])).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let r = s.client.post(s.url("/echo/stream")).body(body).send().await.unwrap();
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(bytes.len(), 4 << 20);
+    assert!(bytes[(64 << 10) * 63..].iter().all(|b| *b == 63));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_get_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("echo", json!({"name": "echo", "routes": ["/echo"], "limits": {"max_body_bytes": 1024}})).await;
+    let r = s.client.post(s.url("/echo")).body(vec![b'x'; 1024]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s.client.post(s.url("/echo")).body(vec![b'x'; 2048]).send().await.unwrap();
+    assert_eq!(error_code(r).await, (413, "payload_too_large".to_string()));
+    // Without Content-Length the limit applies as the body streams.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..4).map(|_| Ok(vec![b'y'; 512])).collect();
+    let r = s
+        .client
+        .post(s.url("/echo"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap_or_default();
+    // Either refused before the response started, or the streamed echo was cut short.
+    assert!(status == 413 || body.len() < 2048, "status {status}, {} bytes", body.len());
+    assert_eq!(s.get("/echo").await.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn env_and_write_only_secrets_reach_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("env", json!({"name": "env", "routes": ["/env"], "env": {"GREETING": "hi", "SHADOWED": "plain"}}))
+        .await;
+    for (k, v) in [("API_KEY", "s3cr3t"), ("SHADOWED", "secret wins")] {
+        let r = s
+            .api(Method::PUT, &format!("/v1/functions/env/secrets/{k}"))
+            .json(&json!({ "value": v }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let env: Value = s.get("/env").await.json().await.unwrap();
+    assert_eq!(env["GREETING"], "hi");
+    assert_eq!(env["API_KEY"], "s3cr3t");
+    assert_eq!(env["SHADOWED"], "secret wins");
+    let info = s.api(Method::GET, "/v1/functions/env").send().await.unwrap().text().await.unwrap();
+    assert!(info.contains("API_KEY"));
+    assert!(!info.contains("s3cr3t"), "secret value leaked: {info}");
+    let r = s.api(Method::DELETE, "/v1/functions/env/secrets/API_KEY").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let env: Value = s.get("/env").await.json().await.unwrap();
+    assert!(env.get("API_KEY").is_none());
+    let r = s.api(Method::PUT, "/v1/functions/env/secrets/bad-name").json(&json!({"value": "x"})).send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 400);
+    let r = s.api(Method::PUT, "/v1/functions/nope/secrets/K").json(&json!({"value": "x"})).send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn versions_and_rollback_without_failed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", spec("flip", &["/flip"])).await;
+    s.deploy("counter", spec("flip", &["/flip"])).await;
+    assert_eq!(s.get("/flip").await.text().await.unwrap(), "1");
+    let versions: Value = s.api(Method::GET, "/v1/functions/flip/versions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
+
+    // Hammer the route while flipping between versions: every request must succeed.
+    let url = s.url("/flip");
+    let client = s.client.clone();
+    let load = tokio::spawn(async move {
+        let mut bodies = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let r = client.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            bodies.insert(r.text().await.unwrap());
+        }
+        bodies
+    });
+    for i in 0..20 {
+        let v = if i % 2 == 0 { 1 } else { 2 };
+        let r = s.api(Method::POST, "/v1/functions/flip/rollback").json(&json!({"version": v})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bodies = load.await.unwrap();
+    assert!(bodies.iter().all(|b| b == "1" || b == "Hello from Nimbus!\n"), "{bodies:?}");
+
+    let r = s.api(Method::POST, "/v1/functions/flip/rollback").json(&json!({"version": 1})).send().await.unwrap();
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(info["active_version"], 1);
+    assert_eq!(info["latest_version"], 2);
+    assert_eq!(s.get("/flip").await.text().await.unwrap(), "Hello from Nimbus!\n");
+    // A deploy after a rollback gets a new number.
+    let body = s.deploy("counter", spec("flip", &["/flip"])).await;
+    assert_eq!(body["version"]["version"], 3);
+    let r = s.api(Method::POST, "/v1/functions/flip/rollback").json(&json!({"version": 9})).send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+
+    let r = s.api(Method::DELETE, "/v1/functions/flip").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(s.get("/flip").await.status(), 404);
+    let r = s.api(Method::DELETE, "/v1/functions/flip").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invoke_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("echo", spec("private-echo", &[])).await;
+    let r = s
+        .api(Method::POST, "/v1/functions/private-echo/invoke/some/path?x=1")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-path-with-query"], "/some/path?x=1");
+    assert!(r.headers().contains_key("x-nimbus-invocation-id"));
+    assert_eq!(r.text().await.unwrap(), "hi");
+    let r = s.api(Method::GET, "/v1/functions/private-echo/invoke").send().await.unwrap();
+    assert_eq!(r.headers()["x-path-with-query"], "/");
+    let r = s.api(Method::GET, "/v1/functions/ghost/invoke").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+    let records = s.records("private-echo", 2).await;
+    assert!(records.iter().all(|r| r["trigger"] == "invoke"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let r = s.client.get(s.url("/v1/functions")).send().await.unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".to_string()));
+    let r = s.client.get(s.url("/v1/functions")).bearer_auth("nbs_wrong").send().await.unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".to_string()));
+    let r = s.client.get(s.url("/v1/functions")).header("authorization", "Basic abc").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 401);
+    let r = s.api(Method::GET, "/v1/functions").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s.api(Method::GET, "/v1/nope").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_openapi() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", spec("hello", &["/hello"])).await;
+    s.get("/hello").await;
+    s.records("hello", 1).await;
+    let health: Value = s.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    for needle in [
+        "nimbus_invocations_total{function=\"hello\",status=\"ok\"} 1",
+        "nimbus_cold_starts_total{function=\"hello\"} 1",
+        "nimbus_invocation_duration_seconds_count{function=\"hello\"} 1",
+        "nimbus_instantiation_seconds_count 1",
+        "nimbus_instances_in_use{function=\"hello\"} 0",
+        "nimbus_component_compiles_total 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    let doc: Value = s.get("/v1/openapi.json").await.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/functions",
+        "/v1/functions/{name}",
+        "/v1/functions/{name}/versions",
+        "/v1/functions/{name}/rollback",
+        "/v1/functions/{name}/secrets/{key}",
+        "/v1/functions/{name}/invoke",
+        "/v1/functions/{name}/logs",
+        "/v1/invocations",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    assert!(doc["components"]["schemas"].get("FunctionSpec").is_some());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_functions_and_does_not_recompile() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", spec("hello", &["/hello"])).await;
+    s.deploy("counter", spec("counter", &["/count"])).await;
+    s.stop().await;
+
+    let s = TestServer::start(dir.path()).await;
+    assert_eq!(s.get("/hello").await.text().await.unwrap(), "Hello from Nimbus!\n");
+    assert_eq!(s.get("/count").await.text().await.unwrap(), "1");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("nimbus_component_compiles_total 0"), "{metrics}");
+
+    // A lost artifact cache is rebuilt from the stored module.
+    s.stop().await;
+    std::fs::remove_dir_all(dir.path().join("artifacts")).unwrap();
+    let s = TestServer::start(dir.path()).await;
+    assert_eq!(s.get("/hello").await.status(), 200);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("nimbus_component_compiles_total 2"), "{metrics}");
+    s.stop().await;
+}

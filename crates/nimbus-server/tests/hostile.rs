@@ -1,0 +1,207 @@
+//! Hostile guests: each misbehaves in its own way; the server answers with the right error, records
+//! it, and keeps every other function serving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, error_code};
+use nimbus_server::ServerConfig;
+use serde_json::{Value, json};
+
+async fn hello_still_answers(s: &TestServer) {
+    let r = s.get("/hello").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Hello from Nimbus!\n");
+}
+
+fn find<'a>(records: &'a [Value], status: &str) -> &'a Value {
+    records.iter().find(|r| r["status"] == status).unwrap_or_else(|| panic!("no {status} record in {records:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_times_out_while_others_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", json!({"name": "hello", "routes": ["/hello"]})).await;
+    s.deploy("spin", json!({"name": "spin", "routes": ["/spin"], "limits": {"timeout_ms": 700}})).await;
+
+    // Two spinning guests occupy both cores' worth of wasm; hello must still answer meanwhile.
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), s.url("/spin"));
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let r = client.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap(), start.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hello_still_answers(&s).await;
+    for spinner in spinners {
+        let (status, body, took) = spinner.await.unwrap();
+        assert_eq!(status, 504);
+        assert_eq!(body["error"]["code"], "timeout");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+    let records = s.records("spin", 2).await;
+    assert_eq!(find(&records, "timeout")["http_status"], 504);
+    hello_still_answers(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn blocked_guest_times_out_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("sleep", json!({"name": "sleep", "routes": ["/sleep"], "limits": {"timeout_ms": 300}})).await;
+    let start = Instant::now();
+    let r = s.get("/sleep?ms=10000").await;
+    assert_eq!(error_code(r).await, (504, "timeout".to_string()));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn memory_bomb_hits_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", json!({"name": "hello", "routes": ["/hello"]})).await;
+    s.deploy("membomb", json!({"name": "membomb", "routes": ["/bomb"], "limits": {"memory_bytes": 16 << 20}}))
+        .await;
+    let r = s.get("/bomb").await;
+    assert_eq!(error_code(r).await, (500, "memory_limit".to_string()));
+    let records = s.records("membomb", 1).await;
+    let r = find(&records, "memory_limit");
+    assert!(r["peak_memory_bytes"].as_u64().unwrap() <= 16 << 20, "{r}");
+    assert!(r["peak_memory_bytes"].as_u64().unwrap() > 8 << 20, "{r}");
+    hello_still_answers(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn traps_and_panics_are_500s_with_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", json!({"name": "hello", "routes": ["/hello"]})).await;
+    s.deploy("trap", json!({"name": "trap", "routes": ["/trap"]})).await;
+    s.deploy("panic", json!({"name": "panic", "routes": ["/panic"]})).await;
+    for path in ["/trap", "/panic"] {
+        let r = s.get(path).await;
+        assert!(r.headers().contains_key("x-nimbus-invocation-id"));
+        assert_eq!(error_code(r).await, (500, "function_crashed".to_string()), "{path}");
+    }
+    let records = s.records("panic", 1).await;
+    let r = find(&records, "trap");
+    assert!(r["stderr"].as_str().unwrap().contains("guest panicked on purpose"), "{r}");
+    assert!(r["error"].as_str().unwrap().contains("unreachable"), "{r}");
+    hello_still_answers(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn endless_stdout_is_bounded_and_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        log_bytes_per_invocation: 8 << 10,
+        ..ServerConfig::default()
+    })
+    .await;
+    s.deploy("stdout-flood", json!({"name": "flood", "routes": ["/flood"], "limits": {"timeout_ms": 500}}))
+        .await;
+    let r = s.get("/flood").await;
+    assert_eq!(error_code(r).await.0, 504);
+    let r = s.get("/flood?n=3").await;
+    assert_eq!(r.text().await.unwrap(), "done");
+    let records = s.records("flood", 2).await;
+    let flood = find(&records, "timeout");
+    assert_eq!(flood["logs_truncated"], true);
+    assert_eq!(flood["stdout"].as_str().unwrap().len(), 8 << 10);
+    let ok = find(&records, "ok");
+    assert_eq!(ok["logs_truncated"], false);
+    assert_eq!(ok["stdout"].as_str().unwrap().lines().count(), 3);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_queues_then_answers_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy(
+        "sleep",
+        json!({"name": "sleep", "routes": ["/sleep"], "limits": {"max_concurrency": 1, "max_queue": 1}}),
+    )
+    .await;
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let (client, url) = (s.client.clone(), s.url("/sleep?ms=400"));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50 * i)).await;
+                let r = client.get(url).send().await.unwrap();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (r.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(c.await.unwrap());
+    }
+    results.sort();
+    assert_eq!(results[0].0, 200);
+    assert_eq!(results[1].0, 200, "the queued request runs after the first: {results:?}");
+    assert_eq!(results[2].0, 429);
+    assert!(results[2].1.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
+    let records = s.records("sleep", 3).await;
+    assert!(records.iter().any(|r| r["queue_us"].as_u64().unwrap() > 100_000), "one waited: {records:?}");
+    find(&records, "rejected");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_timeout_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        queue_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await;
+    s.deploy("sleep", json!({"name": "sleep", "routes": ["/sleep"], "limits": {"max_concurrency": 1}})).await;
+    let (client, url) = (s.client.clone(), s.url("/sleep?ms=1500"));
+    let first = tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = s.get("/sleep?ms=10").await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_code(r).await, (503, "queue_timeout".to_string()));
+    assert_eq!(first.await.unwrap(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn outbound_http_is_denied_unless_allowed() {
+    // A real upstream on loopback.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(upstream, axum::Router::new().route("/", axum::routing::get(|| async { "upstream" }))).into_future());
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("outbound", json!({"name": "closed", "routes": ["/closed"]})).await;
+    s.deploy("outbound", json!({"name": "open", "routes": ["/open"], "outbound_hosts": [format!("127.0.0.1:{port}")]}))
+        .await;
+    let target = format!("http://127.0.0.1:{port}/");
+    let r = s.get(&format!("/closed?url={target}")).await;
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
+    let r = s.get(&format!("/open?url={target}")).await;
+    assert_eq!(r.text().await.unwrap(), "ok 200");
+    // The allow-list is per host and port.
+    let r = s.get(&format!("/open?url=http://127.0.0.1:{}/", port.wrapping_add(1))).await;
+    assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
+    s.stop().await;
+}
