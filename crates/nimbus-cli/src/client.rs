@@ -373,7 +373,7 @@ fn api_error(err: ApiError) -> anyhow::Error {
 
 /// The innermost error's message (`Connection refused (os error 111)`), which says what happened
 /// better than reqwest's wrappers.
-fn root_cause(e: &(dyn StdError + 'static)) -> String {
+pub fn root_cause(e: &(dyn StdError + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;

@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use nimbus_model::{InvocationRecord, InvocationStatus};
 
 use crate::GlobalArgs;
-use crate::client::{ApiError, Client, InvocationFilter, invocations_of};
+use crate::client::{ApiError, Client, InvocationFilter, invocations_of, root_cause};
 use crate::output::{Table, format_duration_us, format_time, print_json};
 use crate::sse::SseParser;
 
@@ -151,7 +151,7 @@ async fn follow(
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    dropped = Some(client.transport_error(e));
+                    dropped = Some(root_cause(&e));
                     break;
                 }
             };
@@ -179,7 +179,7 @@ async fn follow(
             }
         }
         match dropped {
-            Some(e) => eprintln!("nimbus: log stream interrupted ({e:#}); reconnecting"),
+            Some(e) => eprintln!("nimbus: log stream interrupted ({e}); reconnecting"),
             None => eprintln!("nimbus: log stream closed by the server; reconnecting"),
         }
         tokio::time::sleep(backoff).await;
