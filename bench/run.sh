@@ -321,7 +321,7 @@ GIT_DIRTY=$([[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo " (uncommit
 declare -A LABEL=([nimbus]="Nimbus (\`nimbus serve\`)" [bare-host]="bare wasmtime-wasi-http host" [native]="native hyper, no wasm")
 SECTION=$WORK/section.md
 {
-    echo "## Run of $DATE"
+    echo "## Run of $DATE ($(date -u +%H:%M) UTC)"
     echo
     echo "- Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r); load average $LOADAVG_START at the start, $LOADAVG_END at the end"
     echo "- Commit: $GIT_REV$GIT_DIRTY; wasmtime $(awk '/^name = "wasmtime"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)"

@@ -15,10 +15,7 @@ const TARGET: &str = "wasm32-wasip2";
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-    let programs = manifest_dir
-        .parent()
-        .expect("crates/ directory")
-        .join("test-programs");
+    let programs = manifest_dir.parent().expect("crates/ directory").join("test-programs");
     let programs = programs
         .canonicalize()
         .unwrap_or_else(|e| panic!("cannot find {}: {e}", programs.display()));
@@ -31,11 +28,7 @@ fn main() {
     }
 
     let guests = list_guests(&programs.join("guests"));
-    assert!(
-        !guests.is_empty(),
-        "no guests found in {}",
-        programs.display()
-    );
+    assert!(!guests.is_empty(), "no guests found in {}", programs.display());
 
     check_target_installed();
 
@@ -52,9 +45,7 @@ fn main() {
         // Keep the build script's stdout for `cargo:` directives only.
         .stdout(std::io::stderr());
     eprintln!("running: {cmd:?}");
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("failed to run {cmd:?}: {e}"));
+    let status = cmd.status().unwrap_or_else(|e| panic!("failed to run {cmd:?}: {e}"));
     if !status.success() {
         panic!(
             "building the test guests failed ({status}); run \
@@ -68,11 +59,7 @@ fn main() {
     let mut all = String::from("const ALL: &[(&str, &str)] = &[\n");
     for name in &guests {
         let wasm = release.join(format!("{}.wasm", name.replace('-', "_")));
-        assert!(
-            wasm.is_file(),
-            "guest `{name}` did not produce {}",
-            wasm.display()
-        );
+        assert!(wasm.is_file(), "guest `{name}` did not produce {}", wasm.display());
         let path = wasm.to_str().expect("non-UTF-8 path");
         let konst = shouty_snake(name);
         writeln!(code, "/// Path of the `{name}` guest component.").unwrap();

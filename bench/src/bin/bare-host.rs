@@ -17,7 +17,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -138,9 +140,8 @@ async fn main() -> anyhow::Result<()> {
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
     let server = Arc::new(Server { engine, pre });
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("bare-host listening on http://{}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;

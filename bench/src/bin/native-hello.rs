@@ -36,19 +36,16 @@ async fn hello(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("native-hello listening on http://{}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let io = TokioIo::new(stream);
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(io, service_fn(hello))
-                .await
+            if let Err(e) =
+                http1::Builder::new().keep_alive(true).serve_connection(io, service_fn(hello)).await
             {
                 eprintln!("connection error: {e}");
             }

@@ -19,11 +19,7 @@ use serde_json::{Value, json};
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// Characters escaped in a path segment: everything but unreserved ones.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Escape user input for use as one path segment.
 pub fn segment(s: &str) -> String {
@@ -60,29 +56,18 @@ impl ApiError {
             message: String,
         }
         if let Ok(Envelope { error }) = serde_json::from_slice::<Envelope>(body) {
-            return ApiError {
-                status: status.as_u16(),
-                code: error.code,
-                message: error.message,
-            };
+            return ApiError { status: status.as_u16(), code: error.code, message: error.message };
         }
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
         let message = if text.is_empty() {
-            status
-                .canonical_reason()
-                .unwrap_or("request failed")
-                .to_string()
+            status.canonical_reason().unwrap_or("request failed").to_string()
         } else if text.chars().count() > 200 {
             format!("{}…", text.chars().take(200).collect::<String>())
         } else {
             text.to_string()
         };
-        ApiError {
-            status: status.as_u16(),
-            code: "http_error".into(),
-            message,
-        }
+        ApiError { status: status.as_u16(), code: "http_error".into(), message }
     }
 }
 
@@ -147,9 +132,8 @@ impl InvocationFilter {
 
 /// Parse one field of a JSON answer into a type, naming the field if the shape is unexpected.
 pub fn field<T: DeserializeOwned>(value: &Value, name: &str) -> Result<T> {
-    let v = value
-        .get(name)
-        .ok_or_else(|| anyhow!("unexpected answer from the server: no `{name}`"))?;
+    let v =
+        value.get(name).ok_or_else(|| anyhow!("unexpected answer from the server: no `{name}`"))?;
     serde_json::from_value(v.clone())
         .with_context(|| format!("unexpected answer from the server: cannot read `{name}`"))
 }
@@ -192,9 +176,7 @@ impl Client {
 
     /// A request to `path` (starting with `/`), authenticated.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
 
     /// Send a request; map connection failures to something actionable. Does not look at the status.
@@ -236,8 +218,7 @@ impl Client {
     }
 
     pub async fn health(&self) -> Result<Value> {
-        self.json(self.http.get(format!("{}/healthz", self.base)))
-            .await
+        self.json(self.http.get(format!("{}/healthz", self.base))).await
     }
 
     /// `POST /v1/functions` with the spec and an already built module part.
@@ -248,11 +229,8 @@ impl Client {
     ) -> Result<Value> {
         let spec_part = reqwest::multipart::Part::text(serde_json::to_string(spec)?)
             .mime_str("application/json")?;
-        let form = reqwest::multipart::Form::new()
-            .part("spec", spec_part)
-            .part("module", module);
-        self.json(self.request(Method::POST, "/v1/functions").multipart(form))
-            .await
+        let form = reqwest::multipart::Form::new().part("spec", spec_part).part("module", module);
+        self.json(self.request(Method::POST, "/v1/functions").multipart(form)).await
     }
 
     pub async fn list_functions(&self) -> Result<Value> {
@@ -260,8 +238,7 @@ impl Client {
     }
 
     pub async fn get_function(&self, name: &str) -> Result<Value> {
-        self.json(self.request(Method::GET, &format!("/v1/functions/{}", segment(name))))
-            .await
+        self.json(self.request(Method::GET, &format!("/v1/functions/{}", segment(name)))).await
     }
 
     pub async fn delete_function(&self, name: &str) -> Result<()> {
@@ -271,19 +248,13 @@ impl Client {
     }
 
     pub async fn versions(&self, name: &str) -> Result<Value> {
-        self.json(self.request(
-            Method::GET,
-            &format!("/v1/functions/{}/versions", segment(name)),
-        ))
-        .await
+        self.json(self.request(Method::GET, &format!("/v1/functions/{}/versions", segment(name))))
+            .await
     }
 
     pub async fn rollback(&self, name: &str, version: u32) -> Result<Value> {
         let req = self
-            .request(
-                Method::POST,
-                &format!("/v1/functions/{}/rollback", segment(name)),
-            )
+            .request(Method::POST, &format!("/v1/functions/{}/rollback", segment(name)))
             .json(&json!({ "version": version }));
         self.json(req).await
     }
@@ -322,16 +293,10 @@ impl Client {
 
     /// `GET /v1/functions/{name}/logs` (newest first).
     pub async fn logs(&self, name: &str, after: Option<&str>, limit: Option<u32>) -> Result<Value> {
-        let filter = InvocationFilter {
-            after: after.map(str::to_string),
-            limit,
-            ..Default::default()
-        };
+        let filter =
+            InvocationFilter { after: after.map(str::to_string), limit, ..Default::default() };
         let req = self
-            .request(
-                Method::GET,
-                &format!("/v1/functions/{}/logs", segment(name)),
-            )
+            .request(Method::GET, &format!("/v1/functions/{}/logs", segment(name)))
             .query(&filter.query());
         self.json(req).await
     }
@@ -343,21 +308,14 @@ impl Client {
             query.push(("after", a.to_string()));
         }
         let req = self
-            .request(
-                Method::GET,
-                &format!("/v1/functions/{}/logs", segment(name)),
-            )
+            .request(Method::GET, &format!("/v1/functions/{}/logs", segment(name)))
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .query(&query);
         self.send(req).await
     }
 
     pub async fn invocations(&self, filter: &InvocationFilter) -> Result<Value> {
-        self.json(
-            self.request(Method::GET, "/v1/invocations")
-                .query(&filter.query()),
-        )
-        .await
+        self.json(self.request(Method::GET, "/v1/invocations").query(&filter.query())).await
     }
 }
 
@@ -396,15 +354,9 @@ mod tests {
             StatusCode::NOT_FOUND,
             br#"{"error":{"code":"not_found","message":"function nope not found"}}"#,
         );
-        assert_eq!(
-            e.to_string(),
-            "function nope not found (not_found, HTTP 404)"
-        );
+        assert_eq!(e.to_string(), "function nope not found (not_found, HTTP 404)");
         let e = ApiError::from_body(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
-        assert_eq!(
-            e.to_string(),
-            "<html>bad gateway</html> (http_error, HTTP 502)"
-        );
+        assert_eq!(e.to_string(), "<html>bad gateway</html> (http_error, HTTP 502)");
         let e = ApiError::from_body(StatusCode::SERVICE_UNAVAILABLE, b"");
         assert_eq!(e.to_string(), "Service Unavailable (http_error, HTTP 503)");
     }
@@ -413,14 +365,8 @@ mod tests {
     fn invoke_paths() {
         assert_eq!(Client::invoke_path("f", ""), "/v1/functions/f/invoke");
         assert_eq!(Client::invoke_path("f", "/"), "/v1/functions/f/invoke");
-        assert_eq!(
-            Client::invoke_path("f", "/a/b?x=1"),
-            "/v1/functions/f/invoke/a/b?x=1"
-        );
-        assert_eq!(
-            Client::invoke_path("f", "?x=1"),
-            "/v1/functions/f/invoke?x=1"
-        );
+        assert_eq!(Client::invoke_path("f", "/a/b?x=1"), "/v1/functions/f/invoke/a/b?x=1");
+        assert_eq!(Client::invoke_path("f", "?x=1"), "/v1/functions/f/invoke?x=1");
         assert_eq!(segment("a/b c"), "a%2Fb%20c");
     }
 
@@ -430,10 +376,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(resolve_token(Some("abc\n"), &dir).unwrap(), "abc");
         let err = format!("{:#}", resolve_token(None, &dir).unwrap_err());
-        assert!(
-            err.contains("admin-token") && err.contains("--token"),
-            "{err}"
-        );
+        assert!(err.contains("admin-token") && err.contains("--token"), "{err}");
         std::fs::write(dir.join(ADMIN_TOKEN_FILE), "secret\n").unwrap();
         assert_eq!(resolve_token(None, &dir).unwrap(), "secret");
         std::fs::remove_dir_all(&dir).unwrap();

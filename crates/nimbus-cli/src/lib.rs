@@ -32,21 +32,11 @@ struct Cli {
 #[derive(clap::Args, Clone, Debug)]
 pub struct GlobalArgs {
     /// URL of the Nimbus server
-    #[arg(
-        long,
-        global = true,
-        env = "NIMBUS_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long, global = true, env = "NIMBUS_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
 
     /// Data directory: where `serve` keeps its state, and where the admin token is read from
-    #[arg(
-        long,
-        global = true,
-        env = "NIMBUS_DATA",
-        default_value = "./nimbus-data"
-    )]
+    #[arg(long, global = true, env = "NIMBUS_DATA", default_value = "./nimbus-data")]
     pub data: PathBuf,
 
     /// Admin token (default: read from <data>/admin-token)
@@ -135,10 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Parse the command line, run the command, print any error; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -185,13 +172,10 @@ mod tests {
     /// mistakes (two arguments with one id, a type mismatch) when it extracts values.
     #[test]
     fn representative_command_lines_parse() {
-        let cli = parse(&[
-            "invoke", "f", "-d", "body", "-X", "PUT", "-H", "A: b", "-i", "--data", "/d",
-        ]);
+        let cli =
+            parse(&["invoke", "f", "-d", "body", "-X", "PUT", "-H", "A: b", "-i", "--data", "/d"]);
         assert_eq!(cli.global.data, PathBuf::from("/d"));
-        let Command::Invoke(a) = cli.command else {
-            panic!()
-        };
+        let Command::Invoke(a) = cli.command else { panic!() };
         assert_eq!(a.body.as_deref(), Some("body"));
         assert!(a.include);
         let cli = parse(&[
@@ -221,31 +205,13 @@ mod tests {
             "--json",
         ]);
         assert!(cli.global.json);
-        let Command::Deploy(d) = cli.command else {
-            panic!()
-        };
+        let Command::Deploy(d) = cli.command else { panic!() };
         assert_eq!(d.routes, ["/a", "/b"]);
         assert_eq!(d.memory, Some(64 << 20));
         assert_eq!(d.timeout, Some(5000));
-        parse(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            "/tmp/x",
-            "--log-format",
-            "json",
-        ]);
+        parse(&["serve", "--listen", "127.0.0.1:0", "--data", "/tmp/x", "--log-format", "json"]);
         parse(&["logs", "f", "-f", "--limit", "5"]);
-        parse(&[
-            "invocations",
-            "--function",
-            "f",
-            "--status",
-            "ok",
-            "--order",
-            "asc",
-        ]);
+        parse(&["invocations", "--function", "f", "--status", "ok", "--order", "asc"]);
         parse(&["rollback", "f", "3"]);
         parse(&["secrets", "set", "f", "K"]);
         parse(&["secrets", "set", "f", "K", "V"]);

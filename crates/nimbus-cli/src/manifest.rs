@@ -74,10 +74,7 @@ impl<'de> Deserialize<'de> for ManifestRoute {
                     }
                 }
                 let path = path.ok_or_else(|| de::Error::missing_field("path"))?;
-                let methods = methods
-                    .into_iter()
-                    .map(|m| m.to_ascii_uppercase())
-                    .collect();
+                let methods = methods.into_iter().map(|m| m.to_ascii_uppercase()).collect();
                 Ok(ManifestRoute(RouteSpec { path, methods }))
             }
         }
@@ -101,9 +98,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 parse_size(v).map(ByteSize).map_err(E::custom)
@@ -120,9 +115,7 @@ pub struct HumanDuration(pub u64);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration_ms(&s)
-            .map(HumanDuration)
-            .map_err(de::Error::custom)
+        parse_duration_ms(&s).map(HumanDuration).map_err(de::Error::custom)
     }
 }
 
@@ -135,9 +128,7 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         )
     };
     let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = (&s[..split], s[split..].trim());
     if number.is_empty() {
         return Err(bad());
@@ -161,9 +152,7 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         Ok(bytes as u64)
     } else {
         let value: u64 = number.parse().map_err(|_| bad())?;
-        value
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("size {input:?} is too large"))
+        value.checked_mul(multiplier).ok_or_else(|| format!("size {input:?} is too large"))
     }
 }
 
@@ -240,13 +229,7 @@ impl Manifest {
             max_queue: o.max_queue.or(l.max_queue),
             max_body_bytes: o.max_body_bytes.or(l.max_body.map(|s| s.0)),
         };
-        let spec = FunctionSpec {
-            name,
-            routes,
-            env,
-            limits,
-            outbound_hosts,
-        };
+        let spec = FunctionSpec { name, routes, env, limits, outbound_hosts };
         spec.validate()?;
         Ok(spec)
     }
@@ -263,11 +246,7 @@ pub struct LoadedManifest {
 impl LoadedManifest {
     /// Load `path`: a `nimbus.toml` (any `.toml` file) or a directory containing one.
     pub fn load(path: &Path) -> Result<LoadedManifest> {
-        let file = if path.is_dir() {
-            path.join(MANIFEST_FILE)
-        } else {
-            path.to_path_buf()
-        };
+        let file = if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
         if !file.exists() {
             if path.is_dir() {
                 bail!(
@@ -285,11 +264,7 @@ impl LoadedManifest {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        Ok(LoadedManifest {
-            path: file,
-            dir,
-            manifest,
-        })
+        Ok(LoadedManifest { path: file, dir, manifest })
     }
 
     /// Where the built component is expected.
@@ -363,33 +338,23 @@ max_body = 1048576
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Manifest::parse("name = \"a\"\nrotues = [\"/a\"]\n")
-            .unwrap_err()
-            .to_string();
+        let err = Manifest::parse("name = \"a\"\nrotues = [\"/a\"]\n").unwrap_err().to_string();
         assert!(err.contains("rotues"), "{err}");
-        let err = Manifest::parse("[limits]\nmemroy = \"1MiB\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Manifest::parse("[limits]\nmemroy = \"1MiB\"\n").unwrap_err().to_string();
         assert!(err.contains("memroy"), "{err}");
         let err = Manifest::parse("routes = [{ path = \"/a\", method = [\"GET\"] }]\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("method"), "{err}");
-        let err = Manifest::parse("[build]\ncmd = \"make\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Manifest::parse("[build]\ncmd = \"make\"\n").unwrap_err().to_string();
         assert!(err.contains("cmd"), "{err}");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        let err = Manifest::parse("[limits]\nmemory = \"64 parsecs\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Manifest::parse("[limits]\nmemory = \"64 parsecs\"\n").unwrap_err().to_string();
         assert!(err.contains("invalid size"), "{err}");
-        let err = Manifest::parse("[limits]\ntimeout = \"5\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Manifest::parse("[limits]\ntimeout = \"5\"\n").unwrap_err().to_string();
         assert!(err.contains("invalid duration"), "{err}");
     }
 
@@ -407,15 +372,7 @@ max_body = 1048576
         assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
         assert_eq!(parse_size("1.5KiB"), Ok(1536));
         assert_eq!(parse_size("16M"), Ok(16 << 20));
-        for bad in [
-            "",
-            "MiB",
-            "ten",
-            "5 XB",
-            "-1",
-            "1.2.3MB",
-            "99999999999999999999GiB",
-        ] {
+        for bad in ["", "MiB", "ten", "5 XB", "-1", "1.2.3MB", "99999999999999999999GiB"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
@@ -429,10 +386,7 @@ max_body = 1048576
         assert_eq!(parse_duration_ms("10us"), Ok(1));
         assert!(parse_duration_ms("5").is_err());
         assert!(parse_duration_ms("soon").is_err());
-        assert_eq!(
-            parse_duration("7d"),
-            Ok(std::time::Duration::from_secs(7 * 86400))
-        );
+        assert_eq!(parse_duration("7d"), Ok(std::time::Duration::from_secs(7 * 86400)));
     }
 
     #[test]
@@ -476,16 +430,8 @@ max_body = 1048576
         let m = Manifest::default();
         let err = m.to_spec(&Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("--name"), "{err}");
-        let o = Overrides {
-            name: Some("Bad_Name".into()),
-            ..Default::default()
-        };
-        assert!(
-            m.to_spec(&o)
-                .unwrap_err()
-                .to_string()
-                .contains("invalid function name")
-        );
+        let o = Overrides { name: Some("Bad_Name".into()), ..Default::default() };
+        assert!(m.to_spec(&o).unwrap_err().to_string().contains("invalid function name"));
         let o = Overrides {
             name: Some("ok".into()),
             routes: vec!["/v1/x".into()],
@@ -497,12 +443,7 @@ max_body = 1048576
             routes: vec!["nope".into()],
             ..Default::default()
         };
-        assert!(
-            m.to_spec(&o)
-                .unwrap_err()
-                .to_string()
-                .contains("invalid route")
-        );
+        assert!(m.to_spec(&o).unwrap_err().to_string().contains("invalid route"));
     }
 
     #[test]

@@ -30,10 +30,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&'static str]) -> Table {
-        Table {
-            headers: headers.to_vec(),
-            rows: Vec::new(),
-        }
+        Table { headers: headers.to_vec(), rows: Vec::new() }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -94,11 +91,7 @@ pub fn format_bytes(n: u64) -> String {
         value /= 1000.0;
         unit = u;
     }
-    if value < 10.0 {
-        format!("{value:.1} {unit}")
-    } else {
-        format!("{value:.0} {unit}")
-    }
+    if value < 10.0 { format!("{value:.1} {unit}") } else { format!("{value:.0} {unit}") }
 }
 
 /// Binary sizes as limits are usually written: `64 MiB`, `10 MiB`, `1500 B`.
@@ -130,11 +123,7 @@ pub fn format_ms(ms: u64) -> String {
 /// The first characters of a hex digest, for display.
 pub fn short_sha(sha: &str) -> String {
     let short: String = sha.chars().take(8).collect();
-    if sha.len() > 8 {
-        format!("{short}…")
-    } else {
-        short
-    }
+    if sha.len() > 8 { format!("{short}…") } else { short }
 }
 
 #[cfg(test)]
@@ -164,9 +153,6 @@ mod tests {
         let mut t = Table::new(&["NAME", "VERSION"]);
         t.row(vec!["hello-world".into(), "v1".into()]);
         t.row(vec!["a".into(), "v12".into()]);
-        assert_eq!(
-            t.render(),
-            "NAME         VERSION\nhello-world  v1\na            v12\n"
-        );
+        assert_eq!(t.render(), "NAME         VERSION\nhello-world  v1\na            v12\n");
     }
 }

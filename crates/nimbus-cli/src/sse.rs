@@ -87,9 +87,7 @@ impl SseParser {
         }
         self.has_data = false;
         Some(SseEvent {
-            event: event
-                .filter(|e| !e.is_empty())
-                .unwrap_or_else(|| "message".to_string()),
+            event: event.filter(|e| !e.is_empty()).unwrap_or_else(|| "message".to_string()),
             data: std::mem::take(&mut self.data),
             id: self.last_id.clone(),
         })
@@ -105,27 +103,17 @@ mod tests {
     }
 
     fn msg(data: &str) -> SseEvent {
-        SseEvent {
-            event: "message".into(),
-            data: data.into(),
-            id: None,
-        }
+        SseEvent { event: "message".into(), data: data.into(), id: None }
     }
 
     #[test]
     fn simple_events() {
-        assert_eq!(
-            all(b"data: {\"a\":1}\n\ndata: two\n\n"),
-            vec![msg("{\"a\":1}"), msg("two")]
-        );
+        assert_eq!(all(b"data: {\"a\":1}\n\ndata: two\n\n"), vec![msg("{\"a\":1}"), msg("two")]);
     }
 
     #[test]
     fn comments_and_heartbeats_are_ignored() {
-        assert_eq!(
-            all(b": heartbeat\n\n:\n\ndata: x\n\n: ping\n\n"),
-            vec![msg("x")]
-        );
+        assert_eq!(all(b": heartbeat\n\n:\n\ndata: x\n\n: ping\n\n"), vec![msg("x")]);
     }
 
     #[test]
@@ -133,11 +121,7 @@ mod tests {
         let evs = all(b"event: record\nid: 42\ndata: a\ndata:b\ndata\nretry: 1000\n\n");
         assert_eq!(
             evs,
-            vec![SseEvent {
-                event: "record".into(),
-                data: "a\nb\n".into(),
-                id: Some("42".into())
-            }]
+            vec![SseEvent { event: "record".into(), data: "a\nb\n".into(), id: Some("42".into()) }]
         );
     }
 

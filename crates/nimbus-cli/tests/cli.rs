@@ -73,24 +73,12 @@ impl TestServer {
                 }
             }
         });
-        let mut server = TestServer {
-            child,
-            url: String::new(),
-            data,
-            log,
-        };
+        let mut server = TestServer { child, url: String::new(), data, log };
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(url) => server.url = url,
-            Err(_) => panic!(
-                "nimbus serve did not print its address; log:\n{}",
-                server.log()
-            ),
+            Err(_) => panic!("nimbus serve did not print its address; log:\n{}", server.log()),
         }
-        assert!(
-            server.url.starts_with("http://127.0.0.1:"),
-            "{}",
-            server.url
-        );
+        assert!(server.url.starts_with("http://127.0.0.1:"), "{}", server.url);
         server
     }
 
@@ -101,10 +89,7 @@ impl TestServer {
     /// `nimbus --url <server> --data <server's data dir>`.
     fn cmd(&self) -> Command {
         let mut cmd = nimbus();
-        cmd.arg("--url")
-            .arg(&self.url)
-            .arg("--data")
-            .arg(self.data.path());
+        cmd.arg("--url").arg(&self.url).arg("--data").arg(self.data.path());
         cmd
     }
 
@@ -134,10 +119,7 @@ impl TestServer {
     }
 
     fn token(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(self.data.path().join("admin-token")).unwrap().trim().to_string()
     }
 }
 
@@ -155,28 +137,18 @@ impl Drop for TestServer {
 fn http_get(url: &str, path: &str) -> (u16, String) {
     let addr = url.strip_prefix("http://").unwrap().trim_end_matches('/');
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let chunked = head.lines().any(|l| {
         l.to_ascii_lowercase().starts_with("transfer-encoding:")
             && l.to_ascii_lowercase().contains("chunked")
     });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let body = if chunked { dechunk(body) } else { body.to_string() };
     (status, body)
 }
 
@@ -201,14 +173,7 @@ fn hello_wasm() -> &'static str {
 fn deploy_list_invoke_route_logs_rollback_delete() {
     let s = TestServer::start();
 
-    let out = s.ok(&[
-        "deploy",
-        hello_wasm(),
-        "--name",
-        "hello",
-        "--route",
-        "/hello",
-    ]);
+    let out = s.ok(&["deploy", hello_wasm(), "--name", "hello", "--route", "/hello"]);
     assert!(out.contains("Deployed hello v1 (sha256 "), "{out}");
     assert!(out.contains(&format!("{}/hello", s.url)), "{out}");
 
@@ -222,10 +187,7 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
     assert_eq!(s.ok(&["invoke", "hello"]), "Hello from Nimbus!\n");
     let with_head = s.ok(&["invoke", "hello", "-i"]);
     assert!(with_head.starts_with("HTTP/"), "{with_head}");
-    assert!(
-        with_head.contains("x-nimbus-invocation-id: "),
-        "{with_head}"
-    );
+    assert!(with_head.contains("x-nimbus-invocation-id: "), "{with_head}");
 
     assert_eq!(s.get("/hello"), (200, "Hello from Nimbus!\n".to_string()));
 
@@ -235,14 +197,8 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
     assert!(logs["invocations"].as_array().unwrap().len() >= 3, "{logs}");
 
     // A second version: the `logs` guest, which writes to stdout and stderr.
-    let out = s.ok(&[
-        "deploy",
-        test_programs_artifacts::LOGS,
-        "--name",
-        "hello",
-        "--route",
-        "/hello",
-    ]);
+    let out =
+        s.ok(&["deploy", test_programs_artifacts::LOGS, "--name", "hello", "--route", "/hello"]);
     assert!(out.contains("Deployed hello v2 "), "{out}");
     assert_eq!(s.get("/hello"), (200, "logged\n".to_string()));
     let logs = s.ok(&["logs", "hello", "--limit", "1"]);
@@ -260,10 +216,7 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
     let info = s.json(&["show", "hello"]);
     assert_eq!(info["active_version"], 1);
     assert_eq!(info["latest_version"], 2);
-    assert!(
-        s.ok(&["show", "hello"])
-            .contains(&format!("{}/hello", s.url))
-    );
+    assert!(s.ok(&["show", "hello"]).contains(&format!("{}/hello", s.url)));
 
     let inv = s.json(&["invocations", "--function", "hello"]);
     assert!(inv["invocations"].as_array().unwrap().len() >= 5, "{inv}");
@@ -297,10 +250,7 @@ fn invoke_sends_method_path_headers_and_body() {
     assert!(out.contains("x-method: PUT"), "{out}");
     assert!(out.contains("x-path-with-query: /a/b?x=1"), "{out}");
     assert!(out.contains("x-echo-x-test: yes"), "{out}");
-    assert!(
-        out.ends_with("\r\n\r\nhello body") || out.ends_with("\n\nhello body"),
-        "{out}"
-    );
+    assert!(out.ends_with("\r\n\r\nhello body") || out.ends_with("\n\nhello body"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("body.txt");
@@ -320,14 +270,7 @@ fn invoke_sends_method_path_headers_and_body() {
 #[test]
 fn secrets_and_env() {
     let s = TestServer::start();
-    s.ok(&[
-        "deploy",
-        test_programs_artifacts::ENV,
-        "--name",
-        "env",
-        "--env",
-        "GREETING=hi there",
-    ]);
+    s.ok(&["deploy", test_programs_artifacts::ENV, "--name", "env", "--env", "GREETING=hi there"]);
     let out = s.ok(&["invoke", "env"]);
     let vars: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(vars["GREETING"], "hi there", "{out}");
@@ -353,14 +296,7 @@ fn secrets_and_env() {
 #[test]
 fn logs_follow_streams_new_invocations() {
     let s = TestServer::start();
-    s.ok(&[
-        "deploy",
-        test_programs_artifacts::LOGS,
-        "--name",
-        "tail",
-        "--route",
-        "/tail",
-    ]);
+    s.ok(&["deploy", test_programs_artifacts::LOGS, "--name", "tail", "--route", "/tail"]);
 
     let mut cmd = StdCommand::new(NIMBUS);
     scrub_env(&mut cmd);
@@ -405,11 +341,7 @@ fn logs_follow_streams_new_invocations() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(found, "logs -f printed:\n{}", seen.join("\n"));
-    assert!(
-        seen.iter().any(|l| l.contains(" v1 ok 200 ")),
-        "{}",
-        seen.join("\n")
-    );
+    assert!(seen.iter().any(|l| l.contains(" v1 ok 200 ")), "{}", seen.join("\n"));
 }
 
 #[test]
@@ -426,11 +358,7 @@ fn api_errors_are_reported() {
         .assert()
         .code(1)
         .stderr(contains("error: ").and(contains("HTTP 404")));
-    s.cmd()
-        .args(["delete", "nope"])
-        .assert()
-        .code(1)
-        .stderr(contains("HTTP 404"));
+    s.cmd().args(["delete", "nope"]).assert().code(1).stderr(contains("HTTP 404"));
 
     // Not WebAssembly at all: refused before upload.
     let dir = tempfile::tempdir().unwrap();
@@ -457,14 +385,7 @@ fn api_errors_are_reported() {
 
     // A route the platform reserves is refused locally with the model's message.
     s.cmd()
-        .args([
-            "deploy",
-            hello_wasm(),
-            "--name",
-            "bad",
-            "--route",
-            "/v1/mine",
-        ])
+        .args(["deploy", hello_wasm(), "--name", "bad", "--route", "/v1/mine"])
         .assert()
         .code(1)
         .stderr(contains("belong to Nimbus"));
@@ -484,11 +405,7 @@ fn api_errors_are_reported() {
         .success();
 
     s.ok(&["deploy", hello_wasm(), "--name", "hello"]);
-    s.cmd()
-        .args(["rollback", "hello", "7"])
-        .assert()
-        .code(1)
-        .stderr(contains("error: "));
+    s.cmd().args(["rollback", "hello", "7"]).assert().code(1).stderr(contains("error: "));
 }
 
 #[cfg(unix)]
@@ -496,11 +413,8 @@ fn api_errors_are_reported() {
 fn serve_stops_gracefully_on_sigterm() {
     let mut s = TestServer::start();
     assert_eq!(s.get("/healthz").0, 200);
-    let status = StdCommand::new("kill")
-        .arg("-TERM")
-        .arg(s.child.id().to_string())
-        .status()
-        .unwrap();
+    let status =
+        StdCommand::new("kill").arg("-TERM").arg(s.child.id().to_string()).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -508,10 +422,7 @@ fn serve_stops_gracefully_on_sigterm() {
             assert!(status.success(), "nimbus serve exited with {status}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "nimbus serve did not stop after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "nimbus serve did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -521,36 +432,22 @@ fn serve_stops_gracefully_on_sigterm() {
 #[test]
 fn unreachable_server_is_explained() {
     // A port that was just free: nothing listens there.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     nimbus()
         .args(["--token", "x", "list"])
         .env("NIMBUS_URL", &url)
         .assert()
         .code(1)
-        .stderr(contains(format!(
-            "cannot reach Nimbus at {url} (is `nimbus serve` running?)"
-        )));
+        .stderr(contains(format!("cannot reach Nimbus at {url} (is `nimbus serve` running?)")));
 }
 
 #[test]
 fn missing_token_file_is_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let out = nimbus()
-        .arg("--data")
-        .arg(dir.path())
-        .arg("list")
-        .assert()
-        .code(1);
+    let out = nimbus().arg("--data").arg(dir.path()).arg("list").assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-    assert!(
-        stderr.contains(&dir.path().join("admin-token").display().to_string()),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&dir.path().join("admin-token").display().to_string()), "{stderr}");
     assert!(stderr.contains("--token"), "{stderr}");
 }
 
@@ -558,30 +455,12 @@ fn missing_token_file_is_explained() {
 fn deploy_checks_before_uploading() {
     let dir = tempfile::tempdir().unwrap();
     // A .wasm file needs a name.
-    nimbus()
-        .args(["deploy", hello_wasm()])
-        .assert()
-        .code(1)
-        .stderr(contains("needs --name"));
+    nimbus().args(["deploy", hello_wasm()]).assert().code(1).stderr(contains("needs --name"));
     // No manifest in the directory.
-    nimbus()
-        .arg("deploy")
-        .arg(dir.path())
-        .assert()
-        .code(1)
-        .stderr(contains("no nimbus.toml"));
+    nimbus().arg("deploy").arg(dir.path()).assert().code(1).stderr(contains("no nimbus.toml"));
     // A misspelt manifest key is named.
-    std::fs::write(
-        dir.path().join("nimbus.toml"),
-        "name = \"x\"\nrotues = [\"/x\"]\n",
-    )
-    .unwrap();
-    nimbus()
-        .arg("deploy")
-        .arg(dir.path())
-        .assert()
-        .code(1)
-        .stderr(contains("rotues"));
+    std::fs::write(dir.path().join("nimbus.toml"), "name = \"x\"\nrotues = [\"/x\"]\n").unwrap();
+    nimbus().arg("deploy").arg(dir.path()).assert().code(1).stderr(contains("rotues"));
     // Bad flag values are refused by the parser.
     nimbus()
         .args(["deploy", hello_wasm(), "--name", "x", "--memory", "lots"])
@@ -616,10 +495,7 @@ fn new_scaffolds_a_project_and_refuses_to_overwrite() {
         assert!(dir.join(file).is_file(), "{file} missing");
     }
     let manifest = std::fs::read_to_string(dir.join("nimbus.toml")).unwrap();
-    assert!(
-        manifest.contains("target/wasm32-wasip2/release/hello_world.wasm"),
-        "{manifest}"
-    );
+    assert!(manifest.contains("target/wasm32-wasip2/release/hello_world.wasm"), "{manifest}");
     let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
     assert!(
         cargo.contains("crate-type = [\"cdylib\"]") && cargo.contains("[workspace]"),
@@ -660,10 +536,7 @@ fn build_runs_the_command_and_checks_the_component() {
         .stderr(contains("did not produce"));
 
     let hello = Path::new(hello_wasm());
-    write_manifest(&format!(
-        "mkdir -p out && cp {} out/x.wasm",
-        hello.display()
-    ));
+    write_manifest(&format!("mkdir -p out && cp {} out/x.wasm", hello.display()));
     nimbus()
         .arg("build")
         .arg(dir.path().join("nimbus.toml"))
@@ -679,11 +552,7 @@ fn slow_new_build_deploy_and_curl() {
     let s = TestServer::start();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("greeter");
-    s.cmd()
-        .args(["new", "greeter", "--dir"])
-        .arg(&dir)
-        .assert()
-        .success();
+    s.cmd().args(["new", "greeter", "--dir"]).arg(&dir).assert().success();
 
     s.cmd()
         .arg("build")
@@ -697,10 +566,7 @@ fn slow_new_build_deploy_and_curl() {
     assert!(out.contains("Deployed greeter v1 "), "{out}");
     assert!(out.contains(&format!("{}/greeter", s.url)), "{out}");
 
-    assert_eq!(
-        s.get("/greeter"),
-        (200, "Hello from greeter!\n".to_string())
-    );
+    assert_eq!(s.get("/greeter"), (200, "Hello from greeter!\n".to_string()));
     let logs = s.ok(&["logs", "greeter"]);
     assert!(logs.contains("stdout| handling /greeter"), "{logs}");
 

@@ -110,7 +110,8 @@ impl FunctionService {
                     };
                     drop(permit);
                     in_use.dec();
-                    let r = complete(&service_metrics, base, outcome, Some(status), start.elapsed());
+                    let r =
+                        complete(&service_metrics, base, outcome, Some(status), start.elapsed());
                     observe(&service_metrics, &r);
                     recorder.record(r).await;
                 });
@@ -131,7 +132,13 @@ impl FunctionService {
                     InvokeError::Timeout => 504,
                     _ => 500,
                 };
-                let r = complete(&self.metrics, record.base(queue), outcome, Some(http_status), start.elapsed());
+                let r = complete(
+                    &self.metrics,
+                    record.base(queue),
+                    outcome,
+                    Some(http_status),
+                    start.elapsed(),
+                );
                 observe(&self.metrics, &r);
                 self.recorder.record(r).await;
                 Invoked { id, result: Err(error) }

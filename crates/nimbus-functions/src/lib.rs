@@ -143,7 +143,11 @@ impl Drop for FunctionService {
 impl FunctionService {
     /// Start the service: load the active version of every function (deserializing artifacts,
     /// recompiling only those this engine cannot load) and start the record writer and pruner.
-    pub async fn start(runtime: Arc<Runtime>, stores: Stores, config: FunctionsConfig) -> Result<Self> {
+    pub async fn start(
+        runtime: Arc<Runtime>,
+        stores: Stores,
+        config: FunctionsConfig,
+    ) -> Result<Self> {
         std::fs::create_dir_all(&config.artifact_dir).map_err(|e| {
             FunctionError::Internal(format!("creating {}: {e}", config.artifact_dir.display()))
         })?;
@@ -195,7 +199,8 @@ impl FunctionService {
         let runtime = self.runtime.clone();
         let module = wasm.clone();
         let size = wasm.len() as u64;
-        let compiled = blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
+        let compiled =
+            blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
         self.metrics.compiles.inc();
         let compile = compiled.compile_time;
         let blobs = self.stores.blobs.clone();
@@ -230,7 +235,9 @@ impl FunctionService {
         let n = name.to_string();
         let info = blocking(move || fs.get_version(&n, version).map_err(FunctionError::from))
             .await?
-            .ok_or_else(|| FunctionError::NotFound(format!("version {version} of function {name}")))?;
+            .ok_or_else(|| {
+                FunctionError::NotFound(format!("version {version} of function {name}"))
+            })?;
         self.check_routes(name, &info.spec)?;
         // Load before switching, so the switch itself cannot fail and no request sees a gap.
         let active = self.prepare(info).await?;
@@ -400,12 +407,15 @@ impl FunctionService {
             .await?
             .ok_or_else(|| FunctionError::Internal(format!("stored module {sha} is missing")))?;
         let runtime = self.runtime.clone();
-        let compiled = blocking(move || runtime.compile(&wasm).map_err(FunctionError::from)).await?;
+        let compiled =
+            blocking(move || runtime.compile(&wasm).map_err(FunctionError::from)).await?;
         self.metrics.compiles.inc();
         write_atomic(&path, &compiled.artifact)?;
         let runtime = self.runtime.clone();
-        blocking(move || runtime.load_file(&path).map_err(|e| FunctionError::Internal(e.to_string())))
-            .await
+        blocking(move || {
+            runtime.load_file(&path).map_err(|e| FunctionError::Internal(e.to_string()))
+        })
+        .await
     }
 
     fn artifact_path(&self, sha: &str) -> PathBuf {
@@ -420,7 +430,8 @@ fn module_key(sha: &str) -> String {
 }
 
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let err = |e: std::io::Error| FunctionError::Internal(format!("writing {}: {e}", path.display()));
+    let err =
+        |e: std::io::Error| FunctionError::Internal(format!("writing {}: {e}", path.display()));
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
@@ -432,7 +443,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| FunctionError::Internal(format!("blocking task failed: {e}")))?
 }
 
-fn spawn_pruner(store: Arc<dyn InvocationStore>, config: &FunctionsConfig) -> tokio::task::JoinHandle<()> {
+fn spawn_pruner(
+    store: Arc<dyn InvocationStore>,
+    config: &FunctionsConfig,
+) -> tokio::task::JoinHandle<()> {
     let retention = config.log_retention;
     let keep = config.log_keep_per_function;
     tokio::spawn(async move {

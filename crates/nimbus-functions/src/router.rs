@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use nimbus_model::{RoutePattern, RouteSpec, normalize_path};
+use nimbus_model::{RoutePattern, RouteSpec, normalize_path, prefix_matches};
 
 pub(crate) struct Entry<T> {
     pub(crate) spec: RouteSpec,
@@ -21,7 +21,9 @@ pub(crate) struct RouteTable<T> {
 pub enum RouteMatch<T> {
     Found(Arc<T>),
     /// A route matched the path, but none of its claims admits the method.
-    MethodNotAllowed { allowed: Vec<String> },
+    MethodNotAllowed {
+        allowed: Vec<String>,
+    },
     NotFound,
     /// The path is not valid percent-encoded UTF-8.
     BadPath,
@@ -50,7 +52,7 @@ impl<T> RouteTable<T> {
         let candidates = self.exact.get(&path).into_iter().chain(
             self.prefixes
                 .iter()
-                .filter(|(p, _)| RoutePattern::Prefix(p.clone()).matches(&path))
+                .filter(|(p, _)| prefix_matches(p, &path))
                 .map(|(_, entries)| entries),
         );
         for entries in candidates {

@@ -8,7 +8,9 @@ use crate::{RouteSpec, UnixMillis};
 /// Why a function spec was refused. Messages name the offending field so the API can return them as is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("invalid function name {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter")]
+    #[error(
+        "invalid function name {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+    )]
     Name(String),
     #[error("invalid route {route:?}: {reason}")]
     Route { route: String, reason: String },
@@ -161,9 +163,9 @@ impl FunctionSpec {
             let ok = !host.is_empty()
                 && !host.contains("://")
                 && !host.contains('/')
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*' | '[' | ']'));
+                && host.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*' | '[' | ']')
+                });
             if !ok {
                 return Err(SpecError::OutboundHost(host.clone()));
             }
@@ -230,13 +232,16 @@ mod tests {
         let policy = LimitPolicy::default();
         let l = policy.resolve(&LimitsSpec::default()).unwrap();
         assert_eq!(l, policy.defaults);
-        let l = policy
-            .resolve(&LimitsSpec { timeout_ms: Some(500), ..Default::default() })
-            .unwrap();
+        let l =
+            policy.resolve(&LimitsSpec { timeout_ms: Some(500), ..Default::default() }).unwrap();
         assert_eq!(l.timeout_ms, 500);
         assert_eq!(
             policy.resolve(&LimitsSpec { memory_bytes: Some(1 << 40), ..Default::default() }),
-            Err(SpecError::AboveCeiling { name: "memory_bytes", value: 1 << 40, ceiling: 512 << 20 })
+            Err(SpecError::AboveCeiling {
+                name: "memory_bytes",
+                value: 1 << 40,
+                ceiling: 512 << 20
+            })
         );
         assert_eq!(
             policy.resolve(&LimitsSpec { timeout_ms: Some(0), ..Default::default() }),

@@ -78,12 +78,7 @@ impl RoutePattern {
     pub fn matches(&self, normalized_path: &str) -> bool {
         match self {
             RoutePattern::Exact(p) => p == normalized_path,
-            RoutePattern::Prefix(p) if p == "/" => true,
-            RoutePattern::Prefix(p) => {
-                normalized_path == p
-                    || (normalized_path.starts_with(p.as_str())
-                        && normalized_path.as_bytes().get(p.len()) == Some(&b'/'))
-            }
+            RoutePattern::Prefix(p) => prefix_matches(p, normalized_path),
         }
     }
 
@@ -108,7 +103,8 @@ const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 
 impl RouteSpec {
     pub fn parse(&self) -> Result<RoutePattern, SpecError> {
-        let err = |reason: &str| SpecError::Route { route: self.path.clone(), reason: reason.into() };
+        let err =
+            |reason: &str| SpecError::Route { route: self.path.clone(), reason: reason.into() };
         let raw = self.path.as_str();
         if !raw.starts_with('/') {
             return Err(err("a route starts with '/'"));
@@ -131,8 +127,8 @@ impl RouteSpec {
         if prefix && !base.ends_with('/') {
             return Err(err("a wildcard route ends with '/...'"));
         }
-        let normalized =
-            normalize_path(base).ok_or_else(|| err("the path is not valid percent-encoded UTF-8"))?;
+        let normalized = normalize_path(base)
+            .ok_or_else(|| err("the path is not valid percent-encoded UTF-8"))?;
         if normalized != base.trim_end_matches('/') && !(normalized == "/" && base == "/") {
             return Err(err(&format!("write it in its normal form, {normalized}")));
         }
@@ -149,6 +145,15 @@ impl RouteSpec {
         self.methods.is_empty()
             || self.methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
     }
+}
+
+/// Whether the normalised `prefix` (as in [`RoutePattern::Prefix`]) covers `normalized_path`: the
+/// prefix itself or anything below it, on segment boundaries.
+pub fn prefix_matches(prefix: &str, normalized_path: &str) -> bool {
+    prefix == "/"
+        || normalized_path == prefix
+        || (normalized_path.starts_with(prefix)
+            && normalized_path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
 
 /// Normalise a request path for routing: percent-decode (keeping `%2F` as data), resolve `.` and

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
-use nimbus_runtime::{BodyError, Invocation, InvocationParams, OutboundPolicy, Runtime, RuntimeConfig};
+use nimbus_runtime::{
+    BodyError, Invocation, InvocationParams, OutboundPolicy, Runtime, RuntimeConfig,
+};
 
 fn setup() -> (Runtime, nimbus_runtime::LoadedComponent, tempfile::TempDir) {
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
@@ -29,7 +31,11 @@ fn request() -> http::Request<http_body_util::combinators::UnsyncBoxBody<Bytes, 
         .unwrap()
 }
 
-async fn run_once(runtime: &Runtime, component: &nimbus_runtime::LoadedComponent, params: &InvocationParams) -> Duration {
+async fn run_once(
+    runtime: &Runtime,
+    component: &nimbus_runtime::LoadedComponent,
+    params: &InvocationParams,
+) -> Duration {
     match runtime.invoke(component, request(), params).await {
         Invocation::Responded { response, finished } => {
             let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -48,7 +54,8 @@ fn bench(c: &mut Criterion) {
         memory_bytes: 64 << 20,
         outbound: Arc::new(OutboundPolicy::default()),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut group = c.benchmark_group("hello");
     group.measurement_time(Duration::from_secs(5));
     // Instantiation only: sums the time `instantiate_async` took inside each invocation.

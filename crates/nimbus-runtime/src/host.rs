@@ -61,7 +61,9 @@ impl OutboundPolicy {
                 return false;
             }
             match rule_host.strip_prefix("*.") {
-                Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
+                Some(domain) => {
+                    host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}"))
+                }
                 None => rule_host == host,
             }
         })
@@ -216,7 +218,6 @@ impl tokio::io::AsyncWrite for LogPipe {
         Poll::Ready(Ok(()))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -113,7 +113,14 @@ impl Runtime {
         store.epoch_deadline_trap();
 
         let failed = |error: String, logs: &Arc<Mutex<LogBuffer>>| {
-            Invocation::Failed(finish(OutcomeStatus::Error, Some(error), 0, 0, Duration::ZERO, logs))
+            Invocation::Failed(finish(
+                OutcomeStatus::Error,
+                Some(error),
+                0,
+                0,
+                Duration::ZERO,
+                logs,
+            ))
         };
         if let Err(e) = store.set_fuel(FUEL_BUDGET) {
             return failed(format!("setting fuel: {e:#}"), &logs);
@@ -122,7 +129,8 @@ impl Runtime {
         let request = request.map(|body| body.map_err(to_wasi_error));
         let (req, out) = {
             let mut http = store.data_mut().http();
-            match (http.new_incoming_request(Scheme::Http, request), http.new_response_outparam(tx)) {
+            match (http.new_incoming_request(Scheme::Http, request), http.new_response_outparam(tx))
+            {
                 (Ok(req), Ok(out)) => (req, out),
                 (Err(e), _) | (_, Err(e)) => return failed(format!("bad request: {e:#}"), &logs),
             }
@@ -153,7 +161,9 @@ impl Runtime {
                     Some(format!("memory limit of {} bytes exceeded", limiter.limit)),
                 ),
                 Ok(Err(e)) => match e.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => (OutcomeStatus::Timeout, Some(timeout_message(timeout))),
+                    Some(Trap::Interrupt) => {
+                        (OutcomeStatus::Timeout, Some(timeout_message(timeout)))
+                    }
                     Some(_) => (OutcomeStatus::Trap, Some(format!("{e:#}"))),
                     None => (OutcomeStatus::Error, Some(format!("{e:#}"))),
                 },
@@ -171,7 +181,9 @@ impl Runtime {
                 if outcome.status == OutcomeStatus::Ok {
                     outcome.status = OutcomeStatus::Error;
                 }
-                outcome.error.get_or_insert_with(|| format!("the guest answered with error {code:?}"));
+                outcome
+                    .error
+                    .get_or_insert_with(|| format!("the guest answered with error {code:?}"));
                 Invocation::Failed(outcome)
             }
             Err(_) => {
@@ -228,7 +240,9 @@ fn finish(
 
 fn to_wasi_error(e: BodyError) -> wasmtime_wasi_http::Error {
     match e {
-        BodyError::TooLarge { limit } => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
+        BodyError::TooLarge { limit } => {
+            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+        }
         BodyError::Broken(_) => wasmtime_wasi_http::Error::ConnectionTerminated,
     }
 }

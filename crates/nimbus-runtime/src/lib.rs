@@ -116,19 +116,20 @@ impl Runtime {
     pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, DeployError> {
         let start = Instant::now();
         validate::check_header(wasm)?;
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
         // Pre-instantiating checks that every import is one Nimbus provides, then the export.
         self.pre_instantiate(&component)?;
-        let artifact = component
-            .serialize()
-            .map_err(|e| DeployError::Internal(format!("serializing the compiled component: {e:#}")))?;
+        let artifact = component.serialize().map_err(|e| {
+            DeployError::Internal(format!("serializing the compiled component: {e:#}"))
+        })?;
         Ok(Compiled { artifact, compile_time: start.elapsed() })
     }
 
     /// Load an artifact written by [`Runtime::compile`] from a file (memory-mapped, not recompiled).
     pub fn load_file(&self, path: &Path) -> Result<LoadedComponent, RuntimeError> {
-        let err = |reason: String| RuntimeError::Artifact { path: path.display().to_string(), reason };
+        let err =
+            |reason: String| RuntimeError::Artifact { path: path.display().to_string(), reason };
         // Refuse anything that is not an artifact this engine wrote, before the unsafe load.
         match Engine::detect_precompiled_file(path) {
             Ok(Some(wasmtime::Precompiled::Component)) => {}

@@ -55,10 +55,8 @@ pub(crate) fn check_exports(engine: &Engine, component: &Component) -> Result<()
 /// found" into a one-line answer naming the import.
 pub(crate) fn explain_link_error(e: wasmtime::Error) -> DeployError {
     let msg = format!("{e:#}");
-    let named = msg
-        .split('`')
-        .nth(1)
-        .filter(|_| msg.contains("matching implementation was not found"));
+    let named =
+        msg.split('`').nth(1).filter(|_| msg.contains("matching implementation was not found"));
     match named {
         Some(import) => DeployError::UnsupportedImport(format!("`{import}`: {msg}")),
         None => DeployError::Invalid(msg),

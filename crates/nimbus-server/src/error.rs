@@ -46,13 +46,18 @@ impl ApiError {
 
     fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -66,7 +71,9 @@ impl From<FunctionError> for ApiError {
         match &e {
             FunctionError::InvalidSpec(_) => ApiError::bad_request("invalid_spec", e.to_string()),
             FunctionError::InvalidModule(DeployError::Internal(_)) => ApiError::internal(&e),
-            FunctionError::InvalidModule(_) => ApiError::bad_request("invalid_module", e.to_string()),
+            FunctionError::InvalidModule(_) => {
+                ApiError::bad_request("invalid_module", e.to_string())
+            }
             FunctionError::RouteConflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "route_conflict", e.to_string())
             }

@@ -31,11 +31,10 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
             }
             r
         }
-        RouteMatch::NotFound => ApiError::not_found(format!(
-            "no function is routed at {}",
-            request.uri().path()
-        ))
-        .into_response(),
+        RouteMatch::NotFound => {
+            ApiError::not_found(format!("no function is routed at {}", request.uri().path()))
+                .into_response()
+        }
         RouteMatch::BadPath => {
             ApiError::bad_request("bad_path", "the path is not valid percent-encoded UTF-8")
                 .into_response()

@@ -122,9 +122,10 @@ impl Server {
             let _ = notify.send(true);
             let _ = grace_tx.send(());
         };
-        let serve = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signal)
-            .into_future();
+        let serve =
+            axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(signal)
+                .into_future();
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => return result.context("serving HTTP"),

@@ -11,7 +11,8 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_component_runs_unchanged() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/foreign-guests/python-hello.wasm");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/foreign-guests/python-hello.wasm");
     if !path.exists() {
         assert!(
             std::env::var_os("NIMBUS_REQUIRE_FOREIGN").is_none(),
@@ -24,7 +25,10 @@ async fn python_component_runs_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
     let (status, body) = s
-        .deploy_bytes(json!({"name": "python", "routes": ["/py/..."]}), std::fs::read(&path).unwrap())
+        .deploy_bytes(
+            json!({"name": "python", "routes": ["/py/..."]}),
+            std::fs::read(&path).unwrap(),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     for _ in 0..3 {

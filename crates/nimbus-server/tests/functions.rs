@@ -89,7 +89,8 @@ async fn bad_uploads_are_refused_with_reasons() {
     let r = s.api(Method::POST, "/v1/functions").multipart(form).send().await.unwrap();
     assert_eq!(error_code(r).await, (400, "invalid_upload".to_string()));
     // Nothing was created by any of it.
-    let list: Value = s.api(Method::GET, "/v1/functions").send().await.unwrap().json().await.unwrap();
+    let list: Value =
+        s.api(Method::GET, "/v1/functions").send().await.unwrap().json().await.unwrap();
     assert_eq!(list["functions"], json!([]));
     s.stop().await;
 }
@@ -112,7 +113,11 @@ async fn routes_conflict_across_functions_only() {
     // Redeploying a function over its own routes is not a conflict.
     s.deploy("hello", spec("first", &["/shared", "/api/..."])).await;
     // Method-restricted routes: 405 with Allow.
-    s.deploy("hello", json!({"name": "getter", "routes": [{"path": "/only-get", "methods": ["GET"]}]})).await;
+    s.deploy(
+        "hello",
+        json!({"name": "getter", "routes": [{"path": "/only-get", "methods": ["GET"]}]}),
+    )
+    .await;
     let r = s.client.post(s.url("/only-get")).send().await.unwrap();
     assert_eq!(r.headers()["allow"], "GET");
     assert_eq!(error_code(r).await, (405, "method_not_allowed".to_string()));
@@ -139,7 +144,8 @@ async fn echo_streams_method_path_headers_and_body() {
     assert_eq!(r.text().await.unwrap(), "payload bytes");
 
     // A streamed (chunked) body of 4 MiB goes through whole.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64).map(|i| Ok(vec![i as u8; 64 << 10])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64).map(|i| Ok(vec![i as u8; 64 << 10])).collect();
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
     let r = s.client.post(s.url("/echo/stream")).body(body).send().await.unwrap();
     let bytes = r.bytes().await.unwrap();
@@ -152,13 +158,18 @@ async fn echo_streams_method_path_headers_and_body() {
 async fn request_bodies_over_the_limit_get_413() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
-    s.deploy("echo", json!({"name": "echo", "routes": ["/echo"], "limits": {"max_body_bytes": 1024}})).await;
+    s.deploy(
+        "echo",
+        json!({"name": "echo", "routes": ["/echo"], "limits": {"max_body_bytes": 1024}}),
+    )
+    .await;
     let r = s.client.post(s.url("/echo")).body(vec![b'x'; 1024]).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = s.client.post(s.url("/echo")).body(vec![b'x'; 2048]).send().await.unwrap();
     assert_eq!(error_code(r).await, (413, "payload_too_large".to_string()));
     // Without Content-Length the limit applies as the body streams.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..4).map(|_| Ok(vec![b'y'; 512])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..4).map(|_| Ok(vec![b'y'; 512])).collect();
     let r = s
         .client
         .post(s.url("/echo"))
@@ -178,8 +189,11 @@ async fn request_bodies_over_the_limit_get_413() {
 async fn env_and_write_only_secrets_reach_the_guest() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
-    s.deploy("env", json!({"name": "env", "routes": ["/env"], "env": {"GREETING": "hi", "SHADOWED": "plain"}}))
-        .await;
+    s.deploy(
+        "env",
+        json!({"name": "env", "routes": ["/env"], "env": {"GREETING": "hi", "SHADOWED": "plain"}}),
+    )
+    .await;
     for (k, v) in [("API_KEY", "s3cr3t"), ("SHADOWED", "secret wins")] {
         let r = s
             .api(Method::PUT, &format!("/v1/functions/env/secrets/{k}"))
@@ -200,9 +214,19 @@ async fn env_and_write_only_secrets_reach_the_guest() {
     assert_eq!(r.status(), 204);
     let env: Value = s.get("/env").await.json().await.unwrap();
     assert!(env.get("API_KEY").is_none());
-    let r = s.api(Method::PUT, "/v1/functions/env/secrets/bad-name").json(&json!({"value": "x"})).send().await.unwrap();
+    let r = s
+        .api(Method::PUT, "/v1/functions/env/secrets/bad-name")
+        .json(&json!({"value": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await.0, 400);
-    let r = s.api(Method::PUT, "/v1/functions/nope/secrets/K").json(&json!({"value": "x"})).send().await.unwrap();
+    let r = s
+        .api(Method::PUT, "/v1/functions/nope/secrets/K")
+        .json(&json!({"value": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await.0, 404);
     s.stop().await;
 }
@@ -214,7 +238,14 @@ async fn versions_and_rollback_without_failed_requests() {
     s.deploy("hello", spec("flip", &["/flip"])).await;
     s.deploy("counter", spec("flip", &["/flip"])).await;
     assert_eq!(s.get("/flip").await.text().await.unwrap(), "1");
-    let versions: Value = s.api(Method::GET, "/v1/functions/flip/versions").send().await.unwrap().json().await.unwrap();
+    let versions: Value = s
+        .api(Method::GET, "/v1/functions/flip/versions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
 
     // Hammer the route while flipping between versions: every request must succeed.
@@ -231,14 +262,24 @@ async fn versions_and_rollback_without_failed_requests() {
     });
     for i in 0..20 {
         let v = if i % 2 == 0 { 1 } else { 2 };
-        let r = s.api(Method::POST, "/v1/functions/flip/rollback").json(&json!({"version": v})).send().await.unwrap();
+        let r = s
+            .api(Method::POST, "/v1/functions/flip/rollback")
+            .json(&json!({"version": v}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let bodies = load.await.unwrap();
     assert!(bodies.iter().all(|b| b == "1" || b == "Hello from Nimbus!\n"), "{bodies:?}");
 
-    let r = s.api(Method::POST, "/v1/functions/flip/rollback").json(&json!({"version": 1})).send().await.unwrap();
+    let r = s
+        .api(Method::POST, "/v1/functions/flip/rollback")
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
     let info: Value = r.json().await.unwrap();
     assert_eq!(info["active_version"], 1);
     assert_eq!(info["latest_version"], 2);
@@ -246,7 +287,12 @@ async fn versions_and_rollback_without_failed_requests() {
     // A deploy after a rollback gets a new number.
     let body = s.deploy("counter", spec("flip", &["/flip"])).await;
     assert_eq!(body["version"]["version"], 3);
-    let r = s.api(Method::POST, "/v1/functions/flip/rollback").json(&json!({"version": 9})).send().await.unwrap();
+    let r = s
+        .api(Method::POST, "/v1/functions/flip/rollback")
+        .json(&json!({"version": 9}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await.0, 404);
 
     let r = s.api(Method::DELETE, "/v1/functions/flip").send().await.unwrap();
@@ -289,7 +335,13 @@ async fn admin_api_requires_the_token() {
     assert_eq!(error_code(r).await, (401, "unauthorized".to_string()));
     let r = s.client.get(s.url("/v1/functions")).bearer_auth("nbs_wrong").send().await.unwrap();
     assert_eq!(error_code(r).await, (401, "unauthorized".to_string()));
-    let r = s.client.get(s.url("/v1/functions")).header("authorization", "Basic abc").send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/v1/functions"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await.0, 401);
     let r = s.api(Method::GET, "/v1/functions").send().await.unwrap();
     assert_eq!(r.status(), 200);

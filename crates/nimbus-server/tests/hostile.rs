@@ -16,7 +16,10 @@ async fn hello_still_answers(s: &TestServer) {
 }
 
 fn find<'a>(records: &'a [Value], status: &str) -> &'a Value {
-    records.iter().find(|r| r["status"] == status).unwrap_or_else(|| panic!("no {status} record in {records:?}"))
+    records
+        .iter()
+        .find(|r| r["status"] == status)
+        .unwrap_or_else(|| panic!("no {status} record in {records:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +27,8 @@ async fn infinite_loop_times_out_while_others_keep_serving() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
     s.deploy("hello", json!({"name": "hello", "routes": ["/hello"]})).await;
-    s.deploy("spin", json!({"name": "spin", "routes": ["/spin"], "limits": {"timeout_ms": 700}})).await;
+    s.deploy("spin", json!({"name": "spin", "routes": ["/spin"], "limits": {"timeout_ms": 700}}))
+        .await;
 
     // Two spinning guests occupy both cores' worth of wasm; hello must still answer meanwhile.
     let spinners: Vec<_> = (0..2)
@@ -55,7 +59,11 @@ async fn infinite_loop_times_out_while_others_keep_serving() {
 async fn blocked_guest_times_out_too() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
-    s.deploy("sleep", json!({"name": "sleep", "routes": ["/sleep"], "limits": {"timeout_ms": 300}})).await;
+    s.deploy(
+        "sleep",
+        json!({"name": "sleep", "routes": ["/sleep"], "limits": {"timeout_ms": 300}}),
+    )
+    .await;
     let start = Instant::now();
     let r = s.get("/sleep?ms=10000").await;
     assert_eq!(error_code(r).await, (504, "timeout".to_string()));
@@ -68,8 +76,11 @@ async fn memory_bomb_hits_its_limit() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
     s.deploy("hello", json!({"name": "hello", "routes": ["/hello"]})).await;
-    s.deploy("membomb", json!({"name": "membomb", "routes": ["/bomb"], "limits": {"memory_bytes": 16 << 20}}))
-        .await;
+    s.deploy(
+        "membomb",
+        json!({"name": "membomb", "routes": ["/bomb"], "limits": {"memory_bytes": 16 << 20}}),
+    )
+    .await;
     let r = s.get("/bomb").await;
     assert_eq!(error_code(r).await, (500, "memory_limit".to_string()));
     let records = s.records("membomb", 1).await;
@@ -110,8 +121,11 @@ async fn endless_stdout_is_bounded_and_stopped() {
         ..ServerConfig::default()
     })
     .await;
-    s.deploy("stdout-flood", json!({"name": "flood", "routes": ["/flood"], "limits": {"timeout_ms": 500}}))
-        .await;
+    s.deploy(
+        "stdout-flood",
+        json!({"name": "flood", "routes": ["/flood"], "limits": {"timeout_ms": 500}}),
+    )
+    .await;
     let r = s.get("/flood").await;
     assert_eq!(error_code(r).await.0, 504);
     let r = s.get("/flood?n=3").await;
@@ -156,7 +170,10 @@ async fn concurrency_limit_queues_then_answers_429() {
     assert_eq!(results[2].0, 429);
     assert!(results[2].1.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
     let records = s.records("sleep", 3).await;
-    assert!(records.iter().any(|r| r["queue_us"].as_u64().unwrap() > 100_000), "one waited: {records:?}");
+    assert!(
+        records.iter().any(|r| r["queue_us"].as_u64().unwrap() > 100_000),
+        "one waited: {records:?}"
+    );
     find(&records, "rejected");
     s.stop().await;
 }
@@ -171,9 +188,14 @@ async fn queue_timeout_answers_503() {
         ..ServerConfig::default()
     })
     .await;
-    s.deploy("sleep", json!({"name": "sleep", "routes": ["/sleep"], "limits": {"max_concurrency": 1}})).await;
+    s.deploy(
+        "sleep",
+        json!({"name": "sleep", "routes": ["/sleep"], "limits": {"max_concurrency": 1}}),
+    )
+    .await;
     let (client, url) = (s.client.clone(), s.url("/sleep?ms=1500"));
-    let first = tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
+    let first =
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = s.get("/sleep?ms=10").await;
     assert!(r.headers().contains_key("retry-after"));
@@ -187,7 +209,13 @@ async fn outbound_http_is_denied_unless_allowed() {
     // A real upstream on loopback.
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = upstream.local_addr().unwrap().port();
-    tokio::spawn(axum::serve(upstream, axum::Router::new().route("/", axum::routing::get(|| async { "upstream" }))).into_future());
+    tokio::spawn(
+        axum::serve(
+            upstream,
+            axum::Router::new().route("/", axum::routing::get(|| async { "upstream" })),
+        )
+        .into_future(),
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;

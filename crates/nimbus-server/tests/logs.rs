@@ -17,7 +17,8 @@ async fn stdout_and_stderr_are_recorded_per_invocation() {
     let r = s.get("/logs").await;
     let id = r.headers()["x-nimbus-invocation-id"].to_str().unwrap().to_string();
     s.records("logs", 1).await;
-    let logs: Value = s.api(Method::GET, "/v1/functions/logs/logs").send().await.unwrap().json().await.unwrap();
+    let logs: Value =
+        s.api(Method::GET, "/v1/functions/logs/logs").send().await.unwrap().json().await.unwrap();
     let rec = &logs["invocations"][0];
     assert_eq!(rec["id"], id.as_str());
     assert_eq!(rec["stdout"], "hello stdout\n");
@@ -53,7 +54,8 @@ async fn logs_can_be_followed() {
     let mut buf = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.len() < 2 {
-        let chunk = tokio::time::timeout_at(deadline, events.next()).await.expect("two events in time");
+        let chunk =
+            tokio::time::timeout_at(deadline, events.next()).await.expect("two events in time");
         buf.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();

@@ -93,7 +93,9 @@ pub fn validate_blob_key(key: &str) -> Result<()> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         });
     if ok { Ok(()) } else { Err(StoreError::Conflict(format!("invalid blob key {key:?}"))) }
 }

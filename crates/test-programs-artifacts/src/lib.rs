@@ -41,15 +41,8 @@ mod tests {
         for (name, path) in all() {
             let bytes = std::fs::read(path)
                 .unwrap_or_else(|e| panic!("guest {name}: cannot read {path}: {e}"));
-            assert!(
-                bytes.len() > COMPONENT_PREAMBLE.len(),
-                "guest {name}: {path} is too small"
-            );
-            assert_eq!(
-                bytes[..8],
-                COMPONENT_PREAMBLE,
-                "guest {name}: {path} is not a component"
-            );
+            assert!(bytes.len() > COMPONENT_PREAMBLE.len(), "guest {name}: {path} is too small");
+            assert_eq!(bytes[..8], COMPONENT_PREAMBLE, "guest {name}: {path} is not a component");
         }
     }
 
@@ -72,10 +65,7 @@ mod tests {
         ];
         for (name, path) in expected {
             assert_eq!(get(name), Some(path), "guest {name}");
-            assert!(
-                std::path::Path::new(path).is_absolute(),
-                "{path} is not absolute"
-            );
+            assert!(std::path::Path::new(path).is_absolute(), "{path} is not absolute");
         }
         assert_eq!(get("no-such-guest"), None);
     }

@@ -164,11 +164,8 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
     let client = g.client()?;
 
     let show_progress = !g.json && std::io::stderr().is_terminal();
-    let bar = if show_progress {
-        ProgressBar::new(module.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar =
+        if show_progress { ProgressBar::new(module.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template(
             "{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
@@ -196,10 +193,7 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
         d.compile_ms.round() as u64,
     );
     if d.function.routes.is_empty() {
-        outln!(
-            "  no routes; call it with `nimbus invoke {}`",
-            d.function.name
-        );
+        outln!("  no routes; call it with `nimbus invoke {}`", d.function.name);
     }
     for r in &d.function.routes {
         outln!("  {}", route_url(client.base_url(), r));
@@ -273,9 +267,8 @@ fn run_build(command: &str, dir: &Path, stdout_to_stderr: bool) -> Result<()> {
     if stdout_to_stderr {
         cmd.stdout(Stdio::from(std::io::stderr()));
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run the build command `{command}`"))?;
+    let status =
+        cmd.status().with_context(|| format!("cannot run the build command `{command}`"))?;
     if !status.success() {
         bail!("the build command `{command}` failed ({status})");
     }
@@ -289,10 +282,9 @@ pub fn build(g: &GlobalArgs, args: BuildArgs) -> Result<ExitCode> {
             eprintln!("Building in {}: {command}", m.dir.display());
             run_build(command, &m.dir, g.json)?;
         }
-        None => eprintln!(
-            "{} has no [build] command; checking the component only",
-            m.path.display()
-        ),
+        None => {
+            eprintln!("{} has no [build] command; checking the component only", m.path.display())
+        }
     }
     let component = m.component_path()?;
     let meta = std::fs::metadata(&component).with_context(|| {
@@ -326,12 +318,7 @@ mod tests {
                 .to_string()
                 .contains("not a WebAssembly")
         );
-        assert!(
-            check_component(p, b"\0asm\x01\0\0\0")
-                .unwrap_err()
-                .to_string()
-                .contains("core")
-        );
+        assert!(check_component(p, b"\0asm\x01\0\0\0").unwrap_err().to_string().contains("core"));
         assert!(check_component(p, b"\0asm\x0d\0\x01\0").is_ok());
     }
 
@@ -346,11 +333,7 @@ mod tests {
         while let Some(chunk) = stream.next().await {
             got.extend_from_slice(&chunk.unwrap());
             assert_eq!(bar.position(), got.len() as u64);
-            let want = if got.len() == data.len() {
-                "compiling…"
-            } else {
-                "uploading"
-            };
+            let want = if got.len() == data.len() { "compiling…" } else { "uploading" };
             assert_eq!(bar.message(), want);
         }
         assert_eq!(got, data);

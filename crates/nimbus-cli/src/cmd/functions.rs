@@ -30,12 +30,7 @@ pub async fn list(g: &GlobalArgs) -> Result<ExitCode> {
         } else {
             format!("v{} (latest v{})", f.active_version, f.latest_version)
         };
-        table.row(vec![
-            f.name.clone(),
-            version,
-            routes_cell(&f.routes),
-            format_time(f.updated_at),
-        ]);
+        table.row(vec![f.name.clone(), version, routes_cell(&f.routes), format_time(f.updated_at)]);
     }
     table.print()?;
     Ok(ExitCode::SUCCESS)
@@ -50,19 +45,12 @@ pub async fn show(g: &GlobalArgs, name: &str) -> Result<ExitCode> {
     }
     let f: FunctionInfo = parse(&value)?;
     outln!("name:           {}", f.name);
-    outln!(
-        "version:        v{} (latest v{})",
-        f.active_version,
-        f.latest_version
-    );
+    outln!("version:        v{} (latest v{})", f.active_version, f.latest_version);
     outln!("sha256:         {}", f.module_sha256);
     outln!("created:        {}", format_time(f.created_at));
     outln!("updated:        {}", format_time(f.updated_at));
     if f.routes.is_empty() {
-        outln!(
-            "routes:         none (call it with `nimbus invoke {}`)",
-            f.name
-        );
+        outln!("routes:         none (call it with `nimbus invoke {}`)", f.name);
     } else {
         outln!("routes:");
         for r in &f.routes {
@@ -75,10 +63,7 @@ pub async fn show(g: &GlobalArgs, name: &str) -> Result<ExitCode> {
     outln!("  memory:           {}", format_limit_bytes(l.memory_bytes));
     outln!("  max_concurrency:  {}", l.max_concurrency);
     outln!("  max_queue:        {}", l.max_queue);
-    outln!(
-        "  max_body:         {}",
-        format_limit_bytes(l.max_body_bytes)
-    );
+    outln!("  max_body:         {}", format_limit_bytes(l.max_body_bytes));
     if f.outbound_hosts.is_empty() {
         outln!("outbound hosts: none (outbound HTTP denied)");
     } else {
@@ -126,11 +111,7 @@ pub async fn versions(g: &GlobalArgs, name: &str) -> Result<ExitCode> {
     for v in &versions {
         table.row(vec![
             format!("v{}", v.version),
-            if active == Some(v.version) {
-                "*".into()
-            } else {
-                String::new()
-            },
+            if active == Some(v.version) { "*".into() } else { String::new() },
             short_sha(&v.module_sha256),
             format_bytes(v.module_size),
             format_time(v.created_at),
@@ -148,11 +129,6 @@ pub async fn rollback(g: &GlobalArgs, name: &str, version: u32) -> Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     let f: FunctionInfo = parse(&value)?;
-    outln!(
-        "{} is now at v{} (latest v{})",
-        f.name,
-        f.active_version,
-        f.latest_version
-    );
+    outln!("{} is now at v{} (latest v{})", f.name, f.active_version, f.latest_version);
     Ok(ExitCode::SUCCESS)
 }

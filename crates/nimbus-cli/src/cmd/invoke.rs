@@ -25,22 +25,12 @@ pub struct InvokeArgs {
     pub path: String,
 
     /// HTTP method (default: GET, or POST with --data)
-    #[arg(
-        short = 'X',
-        long = "request",
-        value_name = "METHOD",
-        env = "NIMBUS_INVOKE_METHOD"
-    )]
+    #[arg(short = 'X', long = "request", value_name = "METHOD", env = "NIMBUS_INVOKE_METHOD")]
     pub method: Option<String>,
 
     /// Request body, as curl's -d: @FILE reads a file, @- reads stdin (long form --body, as
     /// --data is the global data directory)
-    #[arg(
-        short = 'd',
-        long = "body",
-        value_name = "DATA",
-        env = "NIMBUS_INVOKE_BODY"
-    )]
+    #[arg(short = 'd', long = "body", value_name = "DATA", env = "NIMBUS_INVOKE_BODY")]
     pub body: Option<String>,
 
     /// Request header, as 'Name: value' (repeatable)
@@ -94,30 +84,20 @@ pub async fn run(g: &GlobalArgs, args: InvokeArgs) -> Result<ExitCode> {
     if args.include {
         writeln!(out, "{:?} {}", resp.version(), status)?;
         for (name, value) in resp.headers() {
-            writeln!(
-                out,
-                "{}: {}",
-                name,
-                String::from_utf8_lossy(value.as_bytes())
-            )?;
+            writeln!(out, "{}: {}", name, String::from_utf8_lossy(value.as_bytes()))?;
         }
         writeln!(out)?;
     }
     drop(out);
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| client.transport_error(e))
-            .context("reading the response body")?;
+        let chunk =
+            chunk.map_err(|e| client.transport_error(e)).context("reading the response body")?;
         let mut out = std::io::stdout().lock();
         out.write_all(&chunk)?;
         out.flush()?;
     }
-    Ok(if status.as_u16() >= 400 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if status.as_u16() >= 400 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue)> {
@@ -168,10 +148,7 @@ mod tests {
         assert_eq!(read_body("hi").unwrap(), b"hi");
         let path = std::env::temp_dir().join(format!("nimbus-body-test-{}", std::process::id()));
         std::fs::write(&path, b"from file").unwrap();
-        assert_eq!(
-            read_body(&format!("@{}", path.display())).unwrap(),
-            b"from file"
-        );
+        assert_eq!(read_body(&format!("@{}", path.display())).unwrap(), b"from file");
         std::fs::remove_file(&path).unwrap();
         assert!(read_body("@/nonexistent/nimbus/file").is_err());
     }

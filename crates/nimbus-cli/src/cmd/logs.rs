@@ -44,12 +44,7 @@ pub struct InvocationsArgs {
     pub after: Option<String>,
 
     /// How many to show
-    #[arg(
-        short = 'n',
-        long,
-        env = "NIMBUS_INVOCATIONS_LIMIT",
-        default_value_t = 50
-    )]
+    #[arg(short = 'n', long, env = "NIMBUS_INVOCATIONS_LIMIT", default_value_t = 50)]
     pub limit: u32,
 
     /// Sort order by time
@@ -59,9 +54,7 @@ pub struct InvocationsArgs {
 
 /// One invocation as a block: a header line, then its output lines, indented.
 pub fn format_record(r: &InvocationRecord) -> String {
-    let http = r
-        .http_status
-        .map_or_else(|| "-".to_string(), |s| s.to_string());
+    let http = r.http_status.map_or_else(|| "-".to_string(), |s| s.to_string());
     let mut out = format!(
         "{} {} v{} {} {} {} {} fuel\n",
         format_time(r.started_at),
@@ -135,10 +128,7 @@ async fn follow(
             // The API said no (function deleted, token revoked): nothing to retry.
             Err(e) if e.chain().any(|c| c.is::<ApiError>()) => return Err(e),
             Err(e) => {
-                eprintln!(
-                    "nimbus: {e:#}; retrying in {}",
-                    humantime::format_duration(backoff)
-                );
+                eprintln!("nimbus: {e:#}; retrying in {}", humantime::format_duration(backoff));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -168,10 +158,7 @@ async fn follow(
                     }
                 };
                 // Ids are time-ordered: after a reconnect, skip anything already printed.
-                if last_id
-                    .as_deref()
-                    .is_some_and(|last| record.id.as_str() <= last)
-                {
+                if last_id.as_deref().is_some_and(|last| record.id.as_str() <= last) {
                     continue;
                 }
                 print_record(&record, json)?;
@@ -210,9 +197,8 @@ pub async fn invocations(g: &GlobalArgs, args: InvocationsArgs) -> Result<ExitCo
         eprintln!("No invocations match.");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&[
-        "TIME", "ID", "FUNCTION", "VERSION", "STATUS", "HTTP", "DURATION", "FUEL",
-    ]);
+    let mut table =
+        Table::new(&["TIME", "ID", "FUNCTION", "VERSION", "STATUS", "HTTP", "DURATION", "FUEL"]);
     for r in &records {
         table.row(vec![
             format_time(r.started_at),
@@ -220,8 +206,7 @@ pub async fn invocations(g: &GlobalArgs, args: InvocationsArgs) -> Result<ExitCo
             r.function.clone(),
             format!("v{}", r.version),
             r.status.as_str().to_string(),
-            r.http_status
-                .map_or_else(|| "-".to_string(), |s| s.to_string()),
+            r.http_status.map_or_else(|| "-".to_string(), |s| s.to_string()),
             format_duration_us(r.duration_us),
             r.fuel.to_string(),
         ]);

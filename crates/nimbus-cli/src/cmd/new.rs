@@ -151,10 +151,7 @@ fn ensure_empty(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                bail!(
-                    "{} already exists and is not empty; pick another --dir",
-                    dir.display()
-                );
+                bail!("{} already exists and is not empty; pick another --dir", dir.display());
             }
             Ok(())
         }
@@ -197,12 +194,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(ensure_empty(&dir).is_ok());
         std::fs::write(dir.join("x"), "").unwrap();
-        assert!(
-            ensure_empty(&dir)
-                .unwrap_err()
-                .to_string()
-                .contains("not empty")
-        );
+        assert!(ensure_empty(&dir).unwrap_err().to_string().contains("not empty"));
         assert!(ensure_empty(&dir.join("x")).is_err());
         assert!(ensure_empty(&dir.join("missing")).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -81,14 +81,9 @@ fn read_stdin_value(key: &str) -> Result<String> {
         eprintln!("Enter the value of {key}, then press Enter and Ctrl-D:");
     }
     let mut value = String::new();
-    stdin
-        .lock()
-        .read_to_string(&mut value)
-        .context("cannot read the secret value from stdin")?;
-    let value = value
-        .strip_suffix('\n')
-        .map(|v| v.strip_suffix('\r').unwrap_or(v))
-        .unwrap_or(&value);
+    stdin.lock().read_to_string(&mut value).context("cannot read the secret value from stdin")?;
+    let value =
+        value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value);
     if value.is_empty() {
         bail!(
             "empty secret value on stdin (pass VALUE as an argument to set an empty secret on purpose)"

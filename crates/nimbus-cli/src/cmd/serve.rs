@@ -116,18 +116,8 @@ impl ServeArgs {
             max_body_bytes: self.max_body_ceiling,
         };
         let pairs: [(&str, &str, u64, u64); 5] = [
-            (
-                "--default-timeout",
-                "--max-timeout",
-                defaults.timeout_ms,
-                ceilings.timeout_ms,
-            ),
-            (
-                "--default-memory",
-                "--max-memory",
-                defaults.memory_bytes,
-                ceilings.memory_bytes,
-            ),
+            ("--default-timeout", "--max-timeout", defaults.timeout_ms, ceilings.timeout_ms),
+            ("--default-memory", "--max-memory", defaults.memory_bytes, ceilings.memory_bytes),
             (
                 "--default-concurrency",
                 "--max-concurrency",
@@ -140,12 +130,7 @@ impl ServeArgs {
                 defaults.max_queue.into(),
                 ceilings.max_queue.into(),
             ),
-            (
-                "--max-body",
-                "--max-body-ceiling",
-                defaults.max_body_bytes,
-                ceilings.max_body_bytes,
-            ),
+            ("--max-body", "--max-body-ceiling", defaults.max_body_bytes, ceilings.max_body_bytes),
         ];
         for (default, ceiling, d, c) in pairs {
             if d > c {
@@ -181,9 +166,7 @@ fn init_tracing(format: LogFormat) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second initialisation (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -232,10 +215,7 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let config = args.server_config(g)?;
     let data_dir = config.data_dir.clone();
     let server = Server::bind(config).await.with_context(|| {
-        format!(
-            "cannot start the server (data directory {})",
-            data_dir.display()
-        )
+        format!("cannot start the server (data directory {})", data_dir.display())
     })?;
     let addr = server.local_addr();
     {
@@ -303,9 +283,6 @@ mod tests {
         assert_eq!(p.defaults.max_body_bytes, 1_000_000);
         let t = T::try_parse_from(["nimbus", "--default-memory", "1GiB"]).unwrap();
         let err = t.s.limit_policy().unwrap_err().to_string();
-        assert!(
-            err.contains("--default-memory") && err.contains("--max-memory"),
-            "{err}"
-        );
+        assert!(err.contains("--default-memory") && err.contains("--max-memory"), "{err}");
     }
 }

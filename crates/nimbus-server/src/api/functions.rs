@@ -80,13 +80,20 @@ pub(crate) async fn deploy(
             Some("spec") => {
                 let text = field.bytes().await.map_err(|e| multipart_error(e.body_text()))?;
                 spec = Some(serde_json::from_slice(&text).map_err(|e| {
-                    ApiError::bad_request("invalid_spec", format!("the spec part is not a valid function spec: {e}"))
+                    ApiError::bad_request(
+                        "invalid_spec",
+                        format!("the spec part is not a valid function spec: {e}"),
+                    )
                 })?);
             }
             Some("module") => {
                 module = Some(field.bytes().await.map_err(|e| multipart_error(e.body_text()))?);
             }
-            other => return Err(bad(format!("unexpected form part {other:?}; send `spec` and `module`"))),
+            other => {
+                return Err(bad(format!(
+                    "unexpected form part {other:?}; send `spec` and `module`"
+                )));
+            }
         }
     }
     let spec = spec.ok_or_else(|| bad("the form has no `spec` part".into()))?;

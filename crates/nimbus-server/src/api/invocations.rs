@@ -52,10 +52,19 @@ pub(crate) async fn list(
         None | Some("desc") => false,
         Some("asc") => true,
         Some(o) => {
-            return Err(ApiError::bad_request("invalid_query", format!("order is asc or desc, not {o:?}")));
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("order is asc or desc, not {o:?}"),
+            ));
         }
     };
-    let query = InvocationQuery { function: p.function, after_id: p.after, status, ascending, limit: p.limit };
+    let query = InvocationQuery {
+        function: p.function,
+        after_id: p.after,
+        status,
+        ascending,
+        limit: p.limit,
+    };
     Ok(Json(InvocationList { invocations: state.functions.invocations(query).await? }))
 }
 
@@ -107,7 +116,8 @@ pub(crate) async fn logs(
         })
         .await?;
     let last_seen = backlog.last().map(|r| r.id.clone()).or(p.after);
-    let stream = follow_stream(name, backlog, live, last_seen).take_until(state.clone().shutdown_signal());
+    let stream =
+        follow_stream(name, backlog, live, last_seen).take_until(state.clone().shutdown_signal());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -123,8 +133,12 @@ fn follow_stream(
     let live = live.filter_map(move |item| {
         let keep = match &item {
             // A slow follower that lagged behind is told so, and carries on.
-            Err(_) => Some(Ok(Event::default().comment("lagged: some records were skipped; reconnect with after=<last id>"))),
-            Ok(r) if r.function == function && last_seen.as_deref().is_none_or(|s| r.id.as_str() > s) => {
+            Err(_) => Some(Ok(Event::default()
+                .comment("lagged: some records were skipped; reconnect with after=<last id>"))),
+            Ok(r)
+                if r.function == function
+                    && last_seen.as_deref().is_none_or(|s| r.id.as_str() > s) =>
+            {
                 Some(event(r))
             }
             Ok(_) => None,
@@ -135,5 +149,8 @@ fn follow_stream(
 }
 
 fn event(r: &InvocationRecord) -> Result<Event, Infallible> {
-    Ok(Event::default().id(r.id.clone()).json_data(r).unwrap_or_else(|_| Event::default().comment("unserializable record")))
+    Ok(Event::default()
+        .id(r.id.clone())
+        .json_data(r)
+        .unwrap_or_else(|_| Event::default().comment("unserializable record")))
 }

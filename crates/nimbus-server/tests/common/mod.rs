@@ -36,7 +36,8 @@ impl TestServer {
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        let token = std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
+        let token =
+            std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
         TestServer {
             addr,
             token,
@@ -76,14 +77,16 @@ impl TestServer {
                 "module",
                 reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm").unwrap(),
             );
-        let r = self.api(reqwest::Method::POST, "/v1/functions").multipart(form).send().await.unwrap();
+        let r =
+            self.api(reqwest::Method::POST, "/v1/functions").multipart(form).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Deploy a test guest; panics unless it succeeds.
     pub async fn deploy(&self, guest: &str, spec: Value) -> Value {
-        let wasm = std::fs::read(test_programs_artifacts::get(guest).expect("known guest")).unwrap();
+        let wasm =
+            std::fs::read(test_programs_artifacts::get(guest).expect("known guest")).unwrap();
         let (status, body) = self.deploy_bytes(spec, wasm).await;
         assert_eq!(status, 201, "deploy {guest}: {body}");
         body
@@ -93,7 +96,10 @@ impl TestServer {
     pub async fn records(&self, function: &str, n: usize) -> Vec<Value> {
         for _ in 0..200 {
             let r: Value = self
-                .api(reqwest::Method::GET, &format!("/v1/invocations?function={function}&order=asc"))
+                .api(
+                    reqwest::Method::GET,
+                    &format!("/v1/invocations?function={function}&order=asc"),
+                )
                 .send()
                 .await
                 .unwrap()
