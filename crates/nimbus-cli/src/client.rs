@@ -148,6 +148,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// The project admin requests act on (`X-Nimbus-Project`); `None` = the server's default.
+    project: Option<String>,
 }
 
 impl Client {
@@ -167,7 +169,13 @@ impl Client {
             .user_agent(concat!("nimbus-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot create the HTTP client")?;
-        Ok(Client { http, base, token })
+        Ok(Client { http, base, token, project: None })
+    }
+
+    /// Act on `project` instead of the default project.
+    pub fn with_project(mut self, project: Option<String>) -> Client {
+        self.project = project;
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -176,7 +184,11 @@ impl Client {
 
     /// A request to `path` (starting with `/`), authenticated.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+        let req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        match &self.project {
+            Some(p) => req.header("x-nimbus-project", p),
+            None => req,
+        }
     }
 
     /// Send a request; map connection failures to something actionable. Does not look at the status.

@@ -43,6 +43,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "NIMBUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Project to act on (default: the server's default project)
+    #[arg(long, global = true, env = "NIMBUS_PROJECT")]
+    pub project: Option<String>,
+
     /// Print the API's JSON instead of tables and messages
     #[arg(long, global = true, env = "NIMBUS_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
@@ -52,7 +56,7 @@ impl GlobalArgs {
     /// An API client with the admin token resolved.
     pub fn client(&self) -> anyhow::Result<client::Client> {
         let token = client::resolve_token(self.token.as_deref(), &self.data)?;
-        client::Client::new(&self.url, token)
+        Ok(client::Client::new(&self.url, token)?.with_project(self.project.clone()))
     }
 }
 

@@ -159,6 +159,7 @@ impl Pending<'_> {
     fn base(&self, queue: Duration) -> InvocationRecord {
         InvocationRecord {
             id: self.id.to_string(),
+            project: self.target.info.project.clone(),
             function: self.target.info.function.clone(),
             version: self.target.info.version,
             trigger: self.trigger.to_string(),
@@ -228,10 +229,11 @@ fn complete(
 }
 
 fn observe(metrics: &crate::Metrics, r: &InvocationRecord) {
-    let label = crate::Metrics::label(&r.function);
+    let label = crate::Metrics::label(&r.project, &r.function);
     metrics
         .invocations
         .get_or_create(&crate::metrics::StatusLabels {
+            project: r.project.clone(),
             function: r.function.clone(),
             status: r.status.as_str().to_string(),
         })

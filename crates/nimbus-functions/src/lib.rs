@@ -94,19 +94,37 @@ pub struct ActiveVersion {
     label: metrics::FunctionLabel,
 }
 
+/// Functions are keyed by (project, name).
+type Key = (String, String);
+
+fn key(project: &str, name: &str) -> Key {
+    (project.to_string(), name.to_string())
+}
+
 struct Snapshot {
-    functions: HashMap<String, Arc<ActiveVersion>>,
-    routes: RouteTable<ActiveVersion>,
+    functions: HashMap<Key, Arc<ActiveVersion>>,
+    /// One route table per project: routes never cross projects.
+    routes: HashMap<String, RouteTable<ActiveVersion>>,
 }
 
 impl Snapshot {
-    fn new(functions: HashMap<String, Arc<ActiveVersion>>) -> Self {
-        let routes = RouteTable::build(functions.values().flat_map(|f| {
-            f.info.spec.routes.iter().filter_map(move |spec| {
-                let pattern = spec.parse().ok()?;
-                Some((pattern, Entry { spec: spec.clone(), target: f.clone() }))
+    fn new(functions: HashMap<Key, Arc<ActiveVersion>>) -> Self {
+        let mut by_project: HashMap<&str, Vec<&Arc<ActiveVersion>>> = HashMap::new();
+        for f in functions.values() {
+            by_project.entry(f.info.project.as_str()).or_default().push(f);
+        }
+        let routes = by_project
+            .into_iter()
+            .map(|(project, fs)| {
+                let table = RouteTable::build(fs.into_iter().flat_map(|f| {
+                    f.info.spec.routes.iter().filter_map(move |spec| {
+                        let pattern = spec.parse().ok()?;
+                        Some((pattern, Entry { spec: spec.clone(), target: f.clone() }))
+                    })
+                }));
+                (project.to_string(), table)
             })
-        }));
+            .collect();
         Snapshot { functions, routes }
     }
 }
@@ -167,12 +185,14 @@ impl FunctionService {
         let active = blocking(move || fs.active_versions().map_err(FunctionError::from)).await?;
         let mut loaded = HashMap::new();
         for info in active {
-            let name = info.function.clone();
+            let k = key(&info.project, &info.function);
             match service.prepare(info).await {
                 Ok(v) => {
-                    loaded.insert(name, v);
+                    loaded.insert(k, v);
                 }
-                Err(e) => tracing::error!(function = %name, error = %e, "could not load function"),
+                Err(e) => {
+                    tracing::error!(project = %k.0, function = %k.1, error = %e, "could not load function")
+                }
             }
         }
         tracing::info!(functions = loaded.len(), "functions loaded");
@@ -189,11 +209,12 @@ impl FunctionService {
     }
 
     /// Validate, compile and store a new version of `spec.name`, then move traffic to it.
-    pub async fn deploy(&self, spec: FunctionSpec, wasm: Bytes) -> Result<Deployed> {
+    pub async fn deploy(&self, project: &str, spec: FunctionSpec, wasm: Bytes) -> Result<Deployed> {
+        nimbus_model::validate_project(project)?;
         spec.validate()?;
         let limits = self.config.limits.resolve(&spec.limits)?;
         let _changes = self.changes.lock().await;
-        self.check_routes(&spec.name, &spec)?;
+        self.check_routes(project, &spec.name, &spec)?;
 
         let sha = hex::encode(sha2::Sha256::digest(&wasm));
         let runtime = self.runtime.clone();
@@ -210,9 +231,10 @@ impl FunctionService {
         write_atomic(&artifact, &compiled.artifact)?;
 
         let fs = self.stores.functions.clone();
-        let (spec2, sha2) = (spec.clone(), sha.clone());
+        let (spec2, sha2, project2) = (spec.clone(), sha.clone(), project.to_string());
         let version = blocking(move || {
             fs.create_version(NewVersion {
+                project: &project2,
                 spec: &spec2,
                 limits,
                 module_sha256: &sha2,
@@ -223,93 +245,100 @@ impl FunctionService {
         .await?;
         let active = self.prepare(version.clone()).await?;
         self.swap_in(active);
-        let function = self.info(&spec.name).await?;
-        tracing::info!(function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, "deployed");
+        let function = self.info(project, &spec.name).await?;
+        tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, "deployed");
         Ok(Deployed { function, version, compile })
     }
 
     /// Move traffic to an earlier (or later) existing version, at once.
-    pub async fn rollback(&self, name: &str, version: u32) -> Result<FunctionInfo> {
+    pub async fn rollback(&self, project: &str, name: &str, version: u32) -> Result<FunctionInfo> {
         let _changes = self.changes.lock().await;
         let fs = self.stores.functions.clone();
-        let n = name.to_string();
-        let info = blocking(move || fs.get_version(&n, version).map_err(FunctionError::from))
+        let (p, n) = (project.to_string(), name.to_string());
+        let info = blocking(move || fs.get_version(&p, &n, version).map_err(FunctionError::from))
             .await?
             .ok_or_else(|| {
                 FunctionError::NotFound(format!("version {version} of function {name}"))
             })?;
-        self.check_routes(name, &info.spec)?;
+        self.check_routes(project, name, &info.spec)?;
         // Load before switching, so the switch itself cannot fail and no request sees a gap.
         let active = self.prepare(info).await?;
         let fs = self.stores.functions.clone();
-        let n = name.to_string();
-        blocking(move || fs.set_active_version(&n, version).map_err(FunctionError::from)).await?;
+        let (p, n) = (project.to_string(), name.to_string());
+        blocking(move || fs.set_active_version(&p, &n, version).map_err(FunctionError::from))
+            .await?;
         self.swap_in(active);
-        tracing::info!(function = %name, version, "rolled back");
-        self.info(name).await
+        tracing::info!(project, function = %name, version, "rolled back");
+        self.info(project, name).await
     }
 
-    pub async fn delete(&self, name: &str) -> Result<()> {
+    pub async fn delete(&self, project: &str, name: &str) -> Result<()> {
         let _changes = self.changes.lock().await;
         let fs = self.stores.functions.clone();
-        let n = name.to_string();
-        if !blocking(move || fs.delete_function(&n).map_err(FunctionError::from)).await? {
+        let (p, n) = (project.to_string(), name.to_string());
+        if !blocking(move || fs.delete_function(&p, &n).map_err(FunctionError::from)).await? {
             return Err(FunctionError::NotFound(format!("function {name}")));
         }
         let mut functions = self.snapshot.load().functions.clone();
-        functions.remove(name);
+        functions.remove(&key(project, name));
         self.snapshot.store(Arc::new(Snapshot::new(functions)));
-        tracing::info!(function = %name, "deleted");
+        tracing::info!(project, function = %name, "deleted");
         Ok(())
     }
 
-    pub async fn set_secret(&self, name: &str, key: &str, value: &str) -> Result<()> {
+    pub async fn set_secret(&self, project: &str, name: &str, key: &str, value: &str) -> Result<()> {
         let mut probe = FunctionSpec { name: name.into(), ..Default::default() };
         probe.env.insert(key.into(), String::new());
         probe.validate()?;
         let _changes = self.changes.lock().await;
         let fs = self.stores.functions.clone();
-        let (n, k, v) = (name.to_string(), key.to_string(), value.to_string());
-        blocking(move || fs.set_secret(&n, &k, &v).map_err(FunctionError::from)).await?;
-        self.reload_params(name).await
+        let (p, n, k, v) = (project.to_string(), name.to_string(), key.to_string(), value.to_string());
+        blocking(move || fs.set_secret(&p, &n, &k, &v).map_err(FunctionError::from)).await?;
+        self.reload_params(project, name).await
     }
 
-    pub async fn delete_secret(&self, name: &str, key: &str) -> Result<()> {
+    pub async fn delete_secret(&self, project: &str, name: &str, key: &str) -> Result<()> {
         let _changes = self.changes.lock().await;
         let fs = self.stores.functions.clone();
-        let (n, k) = (name.to_string(), key.to_string());
-        if !blocking(move || fs.delete_secret(&n, &k).map_err(FunctionError::from)).await? {
+        let (p, n, k) = (project.to_string(), name.to_string(), key.to_string());
+        if !blocking(move || fs.delete_secret(&p, &n, &k).map_err(FunctionError::from)).await? {
             return Err(FunctionError::NotFound(format!("secret {key} of function {name}")));
         }
-        self.reload_params(name).await
+        self.reload_params(project, name).await
     }
 
-    pub async fn info(&self, name: &str) -> Result<FunctionInfo> {
+    pub async fn info(&self, project: &str, name: &str) -> Result<FunctionInfo> {
         let fs = self.stores.functions.clone();
-        let n = name.to_string();
-        blocking(move || fs.get_function(&n).map_err(FunctionError::from))
+        let (p, n) = (project.to_string(), name.to_string());
+        blocking(move || fs.get_function(&p, &n).map_err(FunctionError::from))
             .await?
             .ok_or_else(|| FunctionError::NotFound(format!("function {name}")))
     }
 
-    pub async fn list(&self) -> Result<Vec<FunctionInfo>> {
+    pub async fn list(&self, project: &str) -> Result<Vec<FunctionInfo>> {
         let fs = self.stores.functions.clone();
-        blocking(move || fs.list_functions().map_err(FunctionError::from)).await
+        let p = project.to_string();
+        blocking(move || fs.list_functions(&p).map_err(FunctionError::from)).await
     }
 
-    pub async fn versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+    pub async fn versions(&self, project: &str, name: &str) -> Result<Vec<VersionInfo>> {
         let fs = self.stores.functions.clone();
-        let n = name.to_string();
-        let versions = blocking(move || fs.list_versions(&n).map_err(FunctionError::from)).await?;
+        let (p, n) = (project.to_string(), name.to_string());
+        let versions = blocking(move || fs.list_versions(&p, &n).map_err(FunctionError::from)).await?;
         if versions.is_empty() {
             return Err(FunctionError::NotFound(format!("function {name}")));
         }
         Ok(versions)
     }
 
-    pub async fn invocations(&self, query: InvocationQuery) -> Result<Vec<InvocationRecord>> {
+    pub async fn invocations(
+        &self,
+        project: &str,
+        query: InvocationQuery,
+    ) -> Result<Vec<InvocationRecord>> {
         let is = self.stores.invocations.clone();
-        blocking(move || is.query(&query).map_err(FunctionError::from)).await
+        let p = project.to_string();
+        blocking(move || is.query(&p, &query).map_err(FunctionError::from)).await
     }
 
     /// Every invocation record, as soon as it is stored.
@@ -317,20 +346,28 @@ impl FunctionService {
         self.recorder.followers.subscribe()
     }
 
-    /// The function answering `method` on `path`.
-    pub fn route(&self, method: &str, path: &str) -> RouteMatch<ActiveVersion> {
-        self.snapshot.load().routes.lookup(method, path)
+    /// The function of `project` answering `method` on `path`.
+    pub fn route(&self, project: &str, method: &str, path: &str) -> RouteMatch<ActiveVersion> {
+        match self.snapshot.load().routes.get(project) {
+            Some(table) => table.lookup(method, path),
+            None if nimbus_model::normalize_path(path).is_none() => RouteMatch::BadPath,
+            None => RouteMatch::NotFound,
+        }
     }
 
-    /// The active version of a function, by name.
-    pub fn active(&self, name: &str) -> Option<Arc<ActiveVersion>> {
-        self.snapshot.load().functions.get(name).cloned()
+    /// The active version of a function, by project and name.
+    pub fn active(&self, project: &str, name: &str) -> Option<Arc<ActiveVersion>> {
+        self.snapshot.load().functions.get(&key(project, name)).cloned()
     }
 
-    fn check_routes(&self, name: &str, spec: &FunctionSpec) -> Result<()> {
+    fn check_routes(&self, project: &str, name: &str, spec: &FunctionSpec) -> Result<()> {
         let snapshot = self.snapshot.load();
         for route in &spec.routes {
-            for other in snapshot.functions.values().filter(|f| f.info.function != name) {
+            let others = snapshot
+                .functions
+                .values()
+                .filter(|f| f.info.project == project && f.info.function != name);
+            for other in others {
                 if other.info.spec.routes.iter().any(|r| claims_overlap(route, r)) {
                     return Err(FunctionError::RouteConflict {
                         route: route.path.clone(),
@@ -344,12 +381,12 @@ impl FunctionService {
 
     fn swap_in(&self, active: Arc<ActiveVersion>) {
         let mut functions = self.snapshot.load().functions.clone();
-        functions.insert(active.info.function.clone(), active);
+        functions.insert(key(&active.info.project, &active.info.function), active);
         self.snapshot.store(Arc::new(Snapshot::new(functions)));
     }
 
-    async fn reload_params(&self, name: &str) -> Result<()> {
-        if let Some(current) = self.active(name) {
+    async fn reload_params(&self, project: &str, name: &str) -> Result<()> {
+        if let Some(current) = self.active(project, name) {
             let active = self.prepare(current.info.clone()).await?;
             self.swap_in(active);
         }
@@ -363,8 +400,9 @@ impl FunctionService {
         let component = self.load_component(&info.module_sha256).await?;
         self.metrics.component_load.observe(start.elapsed().as_secs_f64());
         let fs = self.stores.functions.clone();
-        let name = info.function.clone();
-        let secrets = blocking(move || fs.secrets(&name).map_err(FunctionError::from)).await?;
+        let (project, name) = (info.project.clone(), info.function.clone());
+        let secrets =
+            blocking(move || fs.secrets(&project, &name).map_err(FunctionError::from)).await?;
         let mut env: Vec<(String, String)> = info.spec.env.clone().into_iter().collect();
         // Secrets win over plain env vars of the same name.
         env.retain(|(k, _)| !secrets.contains_key(k));
@@ -380,7 +418,7 @@ impl FunctionService {
             info.limits.max_queue,
             self.config.queue_timeout,
         );
-        let label = Metrics::label(&info.function);
+        let label = Metrics::label(&info.project, &info.function);
         Ok(Arc::new(ActiveVersion {
             info,
             component,

@@ -10,11 +10,13 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabel {
+    pub project: String,
     pub function: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
+    pub project: String,
     pub function: String,
     pub status: String,
 }
@@ -122,8 +124,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn label(function: &str) -> FunctionLabel {
-        FunctionLabel { function: function.to_string() }
+    pub fn label(project: &str, function: &str) -> FunctionLabel {
+        FunctionLabel { project: project.to_string(), function: function.to_string() }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -12,6 +12,8 @@ pub enum SpecError {
         "invalid function name {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
     )]
     Name(String),
+    #[error("invalid project {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter")]
+    Project(String),
     #[error("invalid route {route:?}: {reason}")]
     Route { route: String, reason: String },
     #[error("invalid env var name {0:?}: use A-Z, a-z, 0-9 and '_', not starting with a digit")]
@@ -174,6 +176,14 @@ impl FunctionSpec {
     }
 }
 
+/// The project every installation has; single developers never need to name another.
+pub const DEFAULT_PROJECT: &str = "default";
+
+/// Project slugs appear in host names and URL prefixes: DNS-label shaped, like function names.
+pub fn validate_project(slug: &str) -> Result<(), SpecError> {
+    validate_name(slug).map_err(|_| SpecError::Project(slug.to_string()))
+}
+
 /// Function names appear in URLs, logs and metric labels: keep them DNS-label shaped.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok = (1..=63).contains(&name.len())
@@ -186,6 +196,8 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 /// One immutable deployed version of a function.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct VersionInfo {
+    /// The project (tenant) the function belongs to.
+    pub project: String,
     pub function: String,
     pub version: u32,
     /// SHA-256 of the uploaded component, hex.
@@ -199,6 +211,7 @@ pub struct VersionInfo {
 /// A function as the API shows it: its active version's configuration, and secret names only.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct FunctionInfo {
+    pub project: String,
     pub name: String,
     pub active_version: u32,
     pub latest_version: u32,

@@ -52,6 +52,7 @@ impl InvocationStatus {
 pub struct InvocationRecord {
     /// Time-ordered unique id (UUIDv7), also sent to the client as `x-nimbus-invocation-id`.
     pub id: String,
+    pub project: String,
     pub function: String,
     pub version: u32,
     /// What caused it: `http`, `invoke` (the management API), later `schedule`, `queue`...

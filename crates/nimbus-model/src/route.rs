@@ -132,6 +132,9 @@ impl RouteSpec {
         if normalized != base.trim_end_matches('/') && !(normalized == "/" && base == "/") {
             return Err(err(&format!("write it in its normal form, {normalized}")));
         }
+        if normalized.starts_with("/@") {
+            return Err(err("paths starting with /@ address other projects (/@project/...)"));
+        }
         for reserved in RESERVED_PREFIXES {
             if normalized == *reserved || normalized.starts_with(&format!("{reserved}/")) {
                 return Err(err(&format!("paths under {reserved} belong to Nimbus")));
@@ -250,6 +253,7 @@ mod tests {
         assert!(pat("/healthz").is_err());
         assert!(pat("/metrics/...").is_err());
         assert!(pat("/x?y=1").is_err());
+        assert!(pat("/@proj/x").is_err());
         let bad_method = RouteSpec { path: "/a".into(), methods: vec!["FETCH".into()] };
         assert!(bad_method.parse().is_err());
     }

@@ -10,7 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use nimbus_functions::FunctionService;
-use nimbus_model::LimitPolicy;
+use nimbus_model::{DEFAULT_PROJECT, LimitPolicy, validate_project};
 use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -20,12 +20,23 @@ use crate::api;
 use crate::error::ApiError;
 use crate::gateway;
 
+/// Header that picks the project an admin request acts on (default: the default project).
+pub const PROJECT_HEADER: &str = "x-nimbus-project";
+
+/// Who is calling the management API, and for which project; set by the auth middleware.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub project: String,
+}
+
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub functions: Arc<FunctionService>,
     admin_token: Arc<str>,
     pub limits: LimitPolicy,
+    /// `<project>.<base_domain>` host names route to that project's functions.
+    pub base_domain: Arc<str>,
     /// Turns true when the server starts shutting down: long-lived streams (log followers) end
     /// then, so graceful shutdown does not wait on them forever.
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -36,9 +47,16 @@ impl AppState {
         functions: Arc<FunctionService>,
         admin_token: String,
         limits: LimitPolicy,
+        base_domain: &str,
         shutting_down: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        AppState { functions, admin_token: admin_token.into(), limits, shutting_down }
+        AppState {
+            functions,
+            admin_token: admin_token.into(),
+            limits,
+            base_domain: base_domain.into(),
+            shutting_down,
+        }
     }
 
     /// Resolves once shutdown has begun.
@@ -52,7 +70,9 @@ impl AppState {
     info(
         title = "Nimbus API",
         description = "Manage and invoke functions on a Nimbus server. Every /v1 endpoint needs \
-                       `Authorization: Bearer <admin token>`; errors are \
+                       `Authorization: Bearer <admin token>`; an admin request acts on the \
+                       project named by the `X-Nimbus-Project` header (default: `default`). \
+                       Errors are \
                        `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`."
     ),
     paths(api::functions::invoke),
@@ -137,6 +157,19 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         .map(str::trim);
     match presented {
         Some(token) if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) => {
+            let project = match request.headers().get(PROJECT_HEADER).map(|v| v.to_str()) {
+                None => DEFAULT_PROJECT.to_string(),
+                Some(Ok(p)) if validate_project(p).is_ok() => p.to_string(),
+                Some(_) => {
+                    return ApiError::bad_request(
+                        "invalid_project",
+                        format!("{PROJECT_HEADER} must be a project slug"),
+                    )
+                    .into_response();
+                }
+            };
+            let mut request = request;
+            request.extensions_mut().insert(Caller { project });
             next.run(request).await
         }
         Some(_) => ApiError::new(

@@ -6,17 +6,26 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nimbus_functions::{Invoked, RouteMatch};
+use nimbus_model::{DEFAULT_PROJECT, validate_project};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 
 pub const INVOCATION_ID: HeaderName = HeaderName::from_static("x-nimbus-invocation-id");
 
+/// Requests reach another project's functions under `/@<project>/...` (the prefix is stripped
+/// before routing and before the guest sees the path), or by host name `<project>.<base domain>`.
+/// Everything else goes to the default project.
 pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let (project, mut request) = match resolve_project(&state.base_domain, request) {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
     let method = request.method().as_str().to_owned();
-    match state.functions.route(&method, request.uri().path()) {
+    match state.functions.route(&project, &method, request.uri().path()) {
         RouteMatch::Found(target) => {
-            let invoked = state.functions.invoke(target, prepare(request), "http").await;
+            request = prepare(request);
+            let invoked = state.functions.invoke(target, request, "http").await;
             respond(invoked)
         }
         RouteMatch::MethodNotAllowed { allowed } => {
@@ -40,6 +49,45 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
                 .into_response()
         }
     }
+}
+
+fn resolve_project(base_domain: &str, request: Request) -> Result<(String, Request), ApiError> {
+    let path = request.uri().path();
+    if let Some(rest) = path.strip_prefix("/@") {
+        let (slug, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if validate_project(slug).is_err() {
+            return Err(ApiError::not_found(format!("no project {slug:?}")));
+        }
+        let slug = slug.to_string();
+        let path_and_query = match request.uri().query() {
+            Some(q) => format!("{tail}?{q}"),
+            None => tail.to_string(),
+        };
+        let (mut parts, body) = request.into_parts();
+        parts.uri = path_and_query
+            .parse()
+            .map_err(|_| ApiError::bad_request("bad_path", "the path is not a valid URI"))?;
+        return Ok((slug, Request::from_parts(parts, body)));
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+    });
+    let project = host
+        .strip_suffix(base_domain)
+        .and_then(|h| h.strip_suffix('.'))
+        .filter(|slug| validate_project(slug).is_ok())
+        .unwrap_or(DEFAULT_PROJECT)
+        .to_string();
+    Ok((project, request))
 }
 
 /// wasi:http needs an authority: HTTP/1.1 requests carry it in `Host`; give HTTP/1.0 requests

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub queue_timeout: Duration,
     /// Instances that may exist at once across all functions.
     pub instance_pool_size: u32,
+    /// Functions of project `p` answer at `p.<base_domain>` (and at `/@p/...` on any host).
+    pub base_domain: String,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             log_keep_per_function: 10_000,
             queue_timeout: Duration::from_secs(10),
             instance_pool_size: 1000,
+            base_domain: "localhost".to_string(),
         }
     }
 }
@@ -99,7 +102,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(Arc::new(functions), admin_token, config.limits, watch);
+        let state = AppState::new(Arc::new(functions), admin_token, config.limits, &config.base_domain, watch);
         Ok(Server { listener, state, shutting_down })
     }
 

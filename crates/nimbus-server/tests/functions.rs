@@ -361,11 +361,11 @@ async fn health_metrics_and_openapi() {
     assert_eq!(health["status"], "ok");
     let metrics = s.get("/metrics").await.text().await.unwrap();
     for needle in [
-        "nimbus_invocations_total{function=\"hello\",status=\"ok\"} 1",
-        "nimbus_cold_starts_total{function=\"hello\"} 1",
-        "nimbus_invocation_duration_seconds_count{function=\"hello\"} 1",
+        "nimbus_invocations_total{project=\"default\",function=\"hello\",status=\"ok\"} 1",
+        "nimbus_cold_starts_total{project=\"default\",function=\"hello\"} 1",
+        "nimbus_invocation_duration_seconds_count{project=\"default\",function=\"hello\"} 1",
         "nimbus_instantiation_seconds_count 1",
-        "nimbus_instances_in_use{function=\"hello\"} 0",
+        "nimbus_instances_in_use{project=\"default\",function=\"hello\"} 0",
         "nimbus_component_compiles_total 1",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");

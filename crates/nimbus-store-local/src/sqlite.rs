@@ -104,7 +104,7 @@ impl SqliteStore {
     }
 
     /// Run `f` on a read-only connection: a free one from the pool if any, else wait for one.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         if self.readers.is_empty() {
             return f(&self.writer.lock());
         }
@@ -119,7 +119,7 @@ impl SqliteStore {
     }
 
     /// Run `f` in an immediate transaction on the writer connection, committing if it returns `Ok`.
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         what: &str,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
@@ -174,133 +174,156 @@ fn configure_writer(conn: &Connection, wal: bool) -> Result<()> {
 // Row mapping
 
 /// A JSON column that did not parse: reported like any other column conversion failure.
-fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<T> {
     let text: String = row.get(idx)?;
     serde_json::from_str(&text)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
 }
 
 const VERSION_COLUMNS: &str =
-    "function, version, module_sha256, module_size, spec_json, limits_json, created_at";
+    "project, function, version, module_sha256, module_size, spec_json, limits_json, created_at";
 
 fn version_from_row(row: &Row<'_>) -> rusqlite::Result<VersionInfo> {
     Ok(VersionInfo {
-        function: row.get(0)?,
-        version: row.get(1)?,
-        module_sha256: row.get(2)?,
-        module_size: row.get(3)?,
-        spec: json_column(row, 4)?,
-        limits: json_column(row, 5)?,
-        created_at: row.get(6)?,
+        project: row.get(0)?,
+        function: row.get(1)?,
+        version: row.get(2)?,
+        module_sha256: row.get(3)?,
+        module_size: row.get(4)?,
+        spec: json_column(row, 5)?,
+        limits: json_column(row, 6)?,
+        created_at: row.get(7)?,
     })
 }
 
-/// A function row joined with its active version; secrets are filled in afterwards.
-const FUNCTION_SELECT: &str = "SELECT f.name, f.active_version, f.latest_version, f.created_at, \
-     f.updated_at, v.spec_json, v.limits_json, v.module_sha256 \
-     FROM functions f JOIN versions v ON v.function = f.name AND v.version = f.active_version";
+/// A function row joined with its active version; secrets are filled in afterwards. Callers add
+/// `WHERE f.project = ?1 ...`: there is no unscoped use of it.
+const FUNCTION_SELECT: &str = "SELECT f.project, f.name, f.active_version, f.latest_version, \
+     f.created_at, f.updated_at, v.spec_json, v.limits_json, v.module_sha256 \
+     FROM functions f JOIN versions v \
+     ON v.project = f.project AND v.function = f.name AND v.version = f.active_version";
 
 fn function_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionInfo> {
-    let spec: FunctionSpec = json_column(row, 5)?;
-    let limits: Limits = json_column(row, 6)?;
+    let spec: FunctionSpec = json_column(row, 6)?;
+    let limits: Limits = json_column(row, 7)?;
     Ok(FunctionInfo {
-        name: row.get(0)?,
-        active_version: row.get(1)?,
-        latest_version: row.get(2)?,
-        created_at: row.get(3)?,
-        updated_at: row.get(4)?,
+        project: row.get(0)?,
+        name: row.get(1)?,
+        active_version: row.get(2)?,
+        latest_version: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
         routes: spec.routes,
         env: spec.env,
         limits,
         outbound_hosts: spec.outbound_hosts,
         secrets: Vec::new(),
-        module_sha256: row.get(7)?,
+        module_sha256: row.get(8)?,
     })
 }
 
-const INVOCATION_COLUMNS: &str = "id, function, version, \"trigger\", started_at, duration_us, \
-     queue_us, fuel, peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated";
+const INVOCATION_COLUMNS: &str = "id, project, function, version, \"trigger\", started_at, \
+     duration_us, queue_us, fuel, peak_memory_bytes, status, http_status, error, stdout, stderr, \
+     logs_truncated";
 
 fn invocation_from_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
-    let status: String = row.get(9)?;
+    let status: String = row.get(10)?;
     let status = InvocationStatus::parse(&status).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
-            9,
+            10,
             Type::Text,
             format!("unknown invocation status {status:?}").into(),
         )
     })?;
     Ok(InvocationRecord {
         id: row.get(0)?,
-        function: row.get(1)?,
-        version: row.get(2)?,
-        trigger: row.get(3)?,
-        started_at: row.get(4)?,
-        duration_us: row.get(5)?,
-        queue_us: row.get(6)?,
-        fuel: row.get(7)?,
-        peak_memory_bytes: row.get(8)?,
+        project: row.get(1)?,
+        function: row.get(2)?,
+        version: row.get(3)?,
+        trigger: row.get(4)?,
+        started_at: row.get(5)?,
+        duration_us: row.get(6)?,
+        queue_us: row.get(7)?,
+        fuel: row.get(8)?,
+        peak_memory_bytes: row.get(9)?,
         status,
-        http_status: row.get(10)?,
-        error: row.get(11)?,
-        stdout: row.get(12)?,
-        stderr: row.get(13)?,
-        logs_truncated: row.get(14)?,
+        http_status: row.get(11)?,
+        error: row.get(12)?,
+        stdout: row.get(13)?,
+        stderr: row.get(14)?,
+        logs_truncated: row.get(15)?,
     })
 }
 
-fn get_version_on(conn: &Connection, name: &str, version: u32) -> Result<Option<VersionInfo>> {
+fn get_version_on(
+    conn: &Connection,
+    project: &str,
+    name: &str,
+    version: u32,
+) -> Result<Option<VersionInfo>> {
     conn.prepare_cached(&format!(
-        "SELECT {VERSION_COLUMNS} FROM versions WHERE function = ?1 AND version = ?2"
+        "SELECT {VERSION_COLUMNS} FROM versions \
+         WHERE project = ?1 AND function = ?2 AND version = ?3"
     ))
-    .and_then(|mut stmt| stmt.query_row(params![name, version], version_from_row).optional())
-    .with_context(|| format!("reading version {version} of function {name}"))
+    .and_then(|mut stmt| {
+        stmt.query_row(params![project, name, version], version_from_row).optional()
+    })
+    .with_context(|| format!("reading version {version} of function {project}/{name}"))
 }
 
-fn function_exists(conn: &Connection, name: &str) -> Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM functions WHERE name = ?1")
-        .and_then(|mut stmt| stmt.exists([name]))
-        .with_context(|| format!("looking up function {name}"))
+fn function_exists(conn: &Connection, project: &str, name: &str) -> Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM functions WHERE project = ?1 AND name = ?2")
+        .and_then(|mut stmt| stmt.exists([project, name]))
+        .with_context(|| format!("looking up function {project}/{name}"))
 }
 
-fn touch_function(conn: &Connection, name: &str, now: UnixMillis) -> Result<()> {
-    conn.prepare_cached("UPDATE functions SET updated_at = ?2 WHERE name = ?1")
-        .and_then(|mut stmt| stmt.execute(params![name, now]))
-        .with_context(|| format!("updating function {name}"))?;
+fn touch_function(conn: &Connection, project: &str, name: &str, now: UnixMillis) -> Result<()> {
+    conn.prepare_cached("UPDATE functions SET updated_at = ?3 WHERE project = ?1 AND name = ?2")
+        .and_then(|mut stmt| stmt.execute(params![project, name, now]))
+        .with_context(|| format!("updating function {project}/{name}"))?;
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------
 // FunctionStore
+//
+// Every query names its project in its WHERE clause (or, for `active_versions`, joins on it): one
+// project's rows are unreachable through another project's arguments.
 
 impl FunctionStore for SqliteStore {
     fn create_version(&self, new: NewVersion<'_>) -> Result<VersionInfo> {
+        let project = new.project;
         let name = new.spec.name.as_str();
         let spec_json = serde_json::to_string(new.spec).context("encoding the function spec")?;
         let limits_json = serde_json::to_string(&new.limits).context("encoding limits")?;
-        let what = format!("creating a version of function {name}");
+        let what = format!("creating a version of function {project}/{name}");
         self.write(&what, |tx| {
             let now = now_millis();
             tx.prepare_cached(
-                "INSERT INTO functions (name, active_version, latest_version, created_at, updated_at) \
-                 VALUES (?1, 0, 0, ?2, ?2) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO functions \
+                 (project, name, active_version, latest_version, created_at, updated_at) \
+                 VALUES (?1, ?2, 0, 0, ?3, ?3) ON CONFLICT (project, name) DO NOTHING",
             )
-            .and_then(|mut stmt| stmt.execute(params![name, now]))
+            .and_then(|mut stmt| stmt.execute(params![project, name, now]))
             .with_context(|| format!("{what}: inserting the function"))?;
             // The right-hand sides see the old row: both pointers move to latest + 1.
             let version: u32 = tx
                 .prepare_cached(
                     "UPDATE functions SET latest_version = latest_version + 1, \
-                     active_version = latest_version + 1, updated_at = ?2 \
-                     WHERE name = ?1 RETURNING latest_version",
+                     active_version = latest_version + 1, updated_at = ?3 \
+                     WHERE project = ?1 AND name = ?2 RETURNING latest_version",
                 )
-                .and_then(|mut stmt| stmt.query_row(params![name, now], |row| row.get(0)))
+                .and_then(|mut stmt| stmt.query_row(params![project, name, now], |row| row.get(0)))
                 .with_context(|| format!("{what}: numbering the version"))?;
             tx.prepare_cached(&format!(
-                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
             ))
             .and_then(|mut stmt| {
                 stmt.execute(params![
+                    project,
                     name,
                     version,
                     new.module_sha256,
@@ -312,6 +335,7 @@ impl FunctionStore for SqliteStore {
             })
             .with_context(|| format!("{what}: inserting version {version}"))?;
             Ok(VersionInfo {
+                project: project.to_string(),
                 function: name.to_string(),
                 version,
                 module_sha256: new.module_sha256.to_string(),
@@ -323,47 +347,54 @@ impl FunctionStore for SqliteStore {
         })
     }
 
-    fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>> {
+    fn get_function(&self, project: &str, name: &str) -> Result<Option<FunctionInfo>> {
         self.read(|conn| {
-            let what = || format!("reading function {name}");
-            let Some(mut info) = conn
-                .prepare_cached(&format!("{FUNCTION_SELECT} WHERE f.name = ?1"))
-                .and_then(|mut stmt| stmt.query_row([name], function_from_row).optional())
+            let what = || format!("reading function {project}/{name}");
+            // One consistent snapshot for both queries.
+            let tx = conn.unchecked_transaction().with_context(what)?;
+            let Some(mut info) = tx
+                .prepare_cached(&format!("{FUNCTION_SELECT} WHERE f.project = ?1 AND f.name = ?2"))
+                .and_then(|mut stmt| stmt.query_row([project, name], function_from_row).optional())
                 .with_context(what)?
             else {
                 return Ok(None);
             };
-            info.secrets = conn
-                .prepare_cached("SELECT key FROM secrets WHERE function = ?1 ORDER BY key")
+            info.secrets = tx
+                .prepare_cached(
+                    "SELECT key FROM secrets WHERE project = ?1 AND function = ?2 ORDER BY key",
+                )
                 .and_then(|mut stmt| {
-                    stmt.query_map([name], |row| row.get(0))?.collect::<rusqlite::Result<_>>()
+                    stmt.query_map([project, name], |row| row.get(0))?
+                        .collect::<rusqlite::Result<_>>()
                 })
                 .with_context(what)?;
             Ok(Some(info))
         })
     }
 
-    fn list_functions(&self) -> Result<Vec<FunctionInfo>> {
+    fn list_functions(&self, project: &str) -> Result<Vec<FunctionInfo>> {
         self.read(|conn| {
-            let what = "listing functions";
+            let what = || format!("listing functions of project {project}");
             // One consistent snapshot for both queries.
-            let tx = conn.unchecked_transaction().context(what)?;
+            let tx = conn.unchecked_transaction().with_context(what)?;
             let mut functions: Vec<FunctionInfo> = tx
-                .prepare_cached(&format!("{FUNCTION_SELECT} ORDER BY f.name"))
+                .prepare_cached(&format!("{FUNCTION_SELECT} WHERE f.project = ?1 ORDER BY f.name"))
                 .and_then(|mut stmt| {
-                    stmt.query_map([], function_from_row)?.collect::<rusqlite::Result<_>>()
+                    stmt.query_map([project], function_from_row)?.collect::<rusqlite::Result<_>>()
                 })
-                .context(what)?;
+                .with_context(what)?;
             let mut secrets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            tx.prepare_cached("SELECT function, key FROM secrets ORDER BY function, key")
-                .and_then(|mut stmt| {
-                    let mut rows = stmt.query([])?;
-                    while let Some(row) = rows.next()? {
-                        secrets.entry(row.get(0)?).or_default().push(row.get(1)?);
-                    }
-                    Ok(())
-                })
-                .context(what)?;
+            tx.prepare_cached(
+                "SELECT function, key FROM secrets WHERE project = ?1 ORDER BY function, key",
+            )
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([project])?;
+                while let Some(row) = rows.next()? {
+                    secrets.entry(row.get(0)?).or_default().push(row.get(1)?);
+                }
+                Ok(())
+            })
+            .with_context(what)?;
             for f in &mut functions {
                 f.secrets = secrets.remove(&f.name).unwrap_or_default();
             }
@@ -371,13 +402,14 @@ impl FunctionStore for SqliteStore {
         })
     }
 
-    fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+    fn list_versions(&self, project: &str, name: &str) -> Result<Vec<VersionInfo>> {
         let versions: Vec<VersionInfo> = self.read(|conn| {
             conn.prepare_cached(&format!(
-                "SELECT {VERSION_COLUMNS} FROM versions WHERE function = ?1 ORDER BY version"
+                "SELECT {VERSION_COLUMNS} FROM versions \
+                 WHERE project = ?1 AND function = ?2 ORDER BY version"
             ))
-            .and_then(|mut stmt| stmt.query_map([name], version_from_row)?.collect())
-            .with_context(|| format!("listing versions of function {name}"))
+            .and_then(|mut stmt| stmt.query_map([project, name], version_from_row)?.collect())
+            .with_context(|| format!("listing versions of function {project}/{name}"))
         })?;
         // Every function has at least one version: none means no such function.
         if versions.is_empty() {
@@ -386,87 +418,97 @@ impl FunctionStore for SqliteStore {
         Ok(versions)
     }
 
-    fn get_version(&self, name: &str, version: u32) -> Result<Option<VersionInfo>> {
-        self.read(|conn| get_version_on(conn, name, version))
+    fn get_version(&self, project: &str, name: &str, version: u32) -> Result<Option<VersionInfo>> {
+        self.read(|conn| get_version_on(conn, project, name, version))
     }
 
     fn active_versions(&self) -> Result<Vec<VersionInfo>> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT v.function, v.version, v.module_sha256, v.module_size, v.spec_json, \
-                 v.limits_json, v.created_at \
-                 FROM functions f JOIN versions v ON v.function = f.name AND v.version = f.active_version \
-                 ORDER BY f.name",
+                "SELECT v.project, v.function, v.version, v.module_sha256, v.module_size, \
+                 v.spec_json, v.limits_json, v.created_at \
+                 FROM functions f JOIN versions v \
+                 ON v.project = f.project AND v.function = f.name AND v.version = f.active_version \
+                 ORDER BY f.project, f.name",
             )
             .and_then(|mut stmt| stmt.query_map([], version_from_row)?.collect())
             .context("listing active versions")
         })
     }
 
-    fn set_active_version(&self, name: &str, version: u32) -> Result<VersionInfo> {
-        self.write(&format!("activating version {version} of function {name}"), |tx| {
-            let Some(info) = get_version_on(tx, name, version)? else {
-                return Err(if function_exists(tx, name)? {
+    fn set_active_version(&self, project: &str, name: &str, version: u32) -> Result<VersionInfo> {
+        let what = format!("activating version {version} of function {project}/{name}");
+        self.write(&what, |tx| {
+            let Some(info) = get_version_on(tx, project, name, version)? else {
+                return Err(if function_exists(tx, project, name)? {
                     StoreError::NotFound(format!("version {version} of function {name}"))
                 } else {
                     StoreError::NotFound(format!("function {name}"))
                 });
             };
             tx.prepare_cached(
-                "UPDATE functions SET active_version = ?2, updated_at = ?3 WHERE name = ?1",
+                "UPDATE functions SET active_version = ?3, updated_at = ?4 \
+                 WHERE project = ?1 AND name = ?2",
             )
-            .and_then(|mut stmt| stmt.execute(params![name, version, now_millis()]))
-            .with_context(|| format!("activating version {version} of function {name}"))?;
+            .and_then(|mut stmt| stmt.execute(params![project, name, version, now_millis()]))
+            .context(&what)?;
             Ok(info)
         })
     }
 
-    fn delete_function(&self, name: &str) -> Result<bool> {
+    fn delete_function(&self, project: &str, name: &str) -> Result<bool> {
         // Versions and secrets go with it (ON DELETE CASCADE); invocation records stay.
-        self.write(&format!("deleting function {name}"), |tx| {
+        let what = format!("deleting function {project}/{name}");
+        self.write(&what, |tx| {
             let n = tx
-                .prepare_cached("DELETE FROM functions WHERE name = ?1")
-                .and_then(|mut stmt| stmt.execute([name]))
-                .with_context(|| format!("deleting function {name}"))?;
+                .prepare_cached("DELETE FROM functions WHERE project = ?1 AND name = ?2")
+                .and_then(|mut stmt| stmt.execute([project, name]))
+                .context(&what)?;
             Ok(n > 0)
         })
     }
 
-    fn set_secret(&self, function: &str, key: &str, value: &str) -> Result<()> {
-        self.write(&format!("setting a secret of function {function}"), |tx| {
-            if !function_exists(tx, function)? {
+    fn set_secret(&self, project: &str, function: &str, key: &str, value: &str) -> Result<()> {
+        self.write(&format!("setting a secret of function {project}/{function}"), |tx| {
+            if !function_exists(tx, project, function)? {
                 return Err(StoreError::NotFound(format!("function {function}")));
             }
             tx.prepare_cached(
-                "INSERT INTO secrets (function, key, value) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (function, key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO secrets (project, function, key, value) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (project, function, key) DO UPDATE SET value = excluded.value",
             )
-            .and_then(|mut stmt| stmt.execute(params![function, key, value]))
-            .with_context(|| format!("setting secret {key} of function {function}"))?;
-            touch_function(tx, function, now_millis())
+            .and_then(|mut stmt| stmt.execute(params![project, function, key, value]))
+            .with_context(|| format!("setting secret {key} of function {project}/{function}"))?;
+            touch_function(tx, project, function, now_millis())
         })
     }
 
-    fn delete_secret(&self, function: &str, key: &str) -> Result<bool> {
-        self.write(&format!("deleting a secret of function {function}"), |tx| {
+    fn delete_secret(&self, project: &str, function: &str, key: &str) -> Result<bool> {
+        self.write(&format!("deleting a secret of function {project}/{function}"), |tx| {
             let n = tx
-                .prepare_cached("DELETE FROM secrets WHERE function = ?1 AND key = ?2")
-                .and_then(|mut stmt| stmt.execute(params![function, key]))
-                .with_context(|| format!("deleting secret {key} of function {function}"))?;
+                .prepare_cached(
+                    "DELETE FROM secrets WHERE project = ?1 AND function = ?2 AND key = ?3",
+                )
+                .and_then(|mut stmt| stmt.execute(params![project, function, key]))
+                .with_context(|| {
+                    format!("deleting secret {key} of function {project}/{function}")
+                })?;
             if n > 0 {
-                touch_function(tx, function, now_millis())?;
+                touch_function(tx, project, function, now_millis())?;
             }
             Ok(n > 0)
         })
     }
 
-    fn secrets(&self, function: &str) -> Result<BTreeMap<String, String>> {
+    fn secrets(&self, project: &str, function: &str) -> Result<BTreeMap<String, String>> {
         self.read(|conn| {
-            conn.prepare_cached("SELECT key, value FROM secrets WHERE function = ?1")
-                .and_then(|mut stmt| {
-                    stmt.query_map([function], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
-                })
-                .with_context(|| format!("reading secrets of function {function}"))
+            conn.prepare_cached(
+                "SELECT key, value FROM secrets WHERE project = ?1 AND function = ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([project, function], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
+            })
+            .with_context(|| format!("reading secrets of function {project}/{function}"))
         })
     }
 }
@@ -485,13 +527,14 @@ impl InvocationStore for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "INSERT INTO invocations ({INVOCATION_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
                      ON CONFLICT (id) DO NOTHING"
                 ))
                 .context("preparing the invocation insert")?;
             for r in records {
                 stmt.execute(params![
                     r.id,
+                    r.project,
                     r.function,
                     r.version,
                     r.trigger,
@@ -513,9 +556,10 @@ impl InvocationStore for SqliteStore {
         })
     }
 
-    fn query(&self, query: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
-        let mut sql = format!("SELECT {INVOCATION_COLUMNS} FROM invocations WHERE 1 = 1");
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    fn query(&self, project: &str, query: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
+        // The project filter is always the first condition; the others only narrow it.
+        let mut sql = format!("SELECT {INVOCATION_COLUMNS} FROM invocations WHERE project = ?1");
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&project];
         if let Some(function) = &query.function {
             args.push(function);
             sql.push_str(&format!(" AND function = ?{}", args.len()));
@@ -539,16 +583,16 @@ impl InvocationStore for SqliteStore {
         self.read(|conn| {
             conn.prepare_cached(&sql)
                 .and_then(|mut stmt| stmt.query_map(&args[..], invocation_from_row)?.collect())
-                .context("querying invocation records")
+                .with_context(|| format!("querying invocation records of project {project}"))
         })
     }
 
-    fn get(&self, id: &str) -> Result<Option<InvocationRecord>> {
+    fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>> {
         self.read(|conn| {
             conn.prepare_cached(&format!(
-                "SELECT {INVOCATION_COLUMNS} FROM invocations WHERE id = ?1"
+                "SELECT {INVOCATION_COLUMNS} FROM invocations WHERE project = ?1 AND id = ?2"
             ))
-            .and_then(|mut stmt| stmt.query_row([id], invocation_from_row).optional())
+            .and_then(|mut stmt| stmt.query_row([project, id], invocation_from_row).optional())
             .with_context(|| format!("reading invocation record {id}"))
         })
     }
@@ -559,7 +603,9 @@ impl InvocationStore for SqliteStore {
                 .prepare_cached(
                     "DELETE FROM invocations WHERE started_at < ?1 OR id IN ( \
                          SELECT id FROM ( \
-                             SELECT id, row_number() OVER (PARTITION BY function ORDER BY id DESC) AS rn \
+                             SELECT id, row_number() OVER ( \
+                                 PARTITION BY project, function ORDER BY id DESC \
+                             ) AS rn \
                              FROM invocations \
                          ) WHERE rn > ?2 \
                      )",

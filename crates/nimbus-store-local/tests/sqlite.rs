@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nimbus_model::{
-    FunctionSpec, InvocationQuery, InvocationRecord, InvocationStatus, LimitPolicy, Limits,
+    DEFAULT_PROJECT, FunctionSpec, InvocationQuery, InvocationRecord, InvocationStatus,
+    LimitPolicy, Limits,
 };
 use nimbus_store::{FunctionStore, InvocationStore, NewVersion, StoreError};
 use nimbus_store_local::{SCHEMA_VERSION, SqliteStore};
+
+/// The project most tests work in.
+const P: &str = DEFAULT_PROJECT;
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("nimbus.db")).expect("open store")
@@ -27,27 +31,45 @@ fn spec(name: &str, route: &str) -> FunctionSpec {
     }
 }
 
-/// Deploy `name` with a route and module hash derived from `tag`.
+/// Deploy `name` in the default project with a route and module hash derived from `tag`.
 fn deploy(store: &SqliteStore, name: &str, tag: &str) -> u32 {
+    deploy_in(store, P, name, tag)
+}
+
+/// Deploy `name` in `project` with a route and module hash derived from `tag`.
+fn deploy_in(store: &SqliteStore, project: &str, name: &str, tag: &str) -> u32 {
     let spec = spec(name, &format!("/{tag}"));
     let sha = format!("sha-{tag}");
     let v = store
         .create_version(NewVersion {
+            project,
             spec: &spec,
             limits: limits(),
             module_sha256: &sha,
             module_size: 1234,
         })
         .expect("create version");
+    assert_eq!(v.project, project);
     assert_eq!(v.function, name);
     assert_eq!(v.spec, spec);
     v.version
 }
 
 fn record(id: u64, function: &str, started_at: i64, status: InvocationStatus) -> InvocationRecord {
+    record_in(P, id, function, started_at, status)
+}
+
+fn record_in(
+    project: &str,
+    id: u64,
+    function: &str,
+    started_at: i64,
+    status: InvocationStatus,
+) -> InvocationRecord {
     InvocationRecord {
         // Fixed-width, so string order is numeric order, as with UUIDv7.
         id: format!("{id:020}"),
+        project: project.into(),
         function: function.into(),
         version: 1,
         trigger: "http".into(),
@@ -76,12 +98,12 @@ fn versions_are_numbered_and_never_reused_after_rollback() {
     assert_eq!(deploy(&store, "hello", "one"), 1);
     assert_eq!(deploy(&store, "hello", "two"), 2);
 
-    let active = store.set_active_version("hello", 1).unwrap();
+    let active = store.set_active_version(P, "hello", 1).unwrap();
     assert_eq!(active.version, 1);
     assert_eq!(active.module_sha256, "sha-one");
 
     // After a rollback the function shows version 1's configuration, with latest still 2.
-    let info = store.get_function("hello").unwrap().unwrap();
+    let info = store.get_function(P, "hello").unwrap().unwrap();
     assert_eq!((info.active_version, info.latest_version), (1, 2));
     assert_eq!(info.routes, vec!["/one".into()]);
     assert_eq!(info.env["MODE"], "one");
@@ -90,24 +112,25 @@ fn versions_are_numbered_and_never_reused_after_rollback() {
 
     // The next deploy is 3, not 2 again, and becomes active.
     assert_eq!(deploy(&store, "hello", "three"), 3);
-    let info = store.get_function("hello").unwrap().unwrap();
+    let info = store.get_function(P, "hello").unwrap().unwrap();
     assert_eq!((info.active_version, info.latest_version), (3, 3));
     assert_eq!(info.module_sha256, "sha-three");
     assert!(info.updated_at >= info.created_at);
 
-    let versions = store.list_versions("hello").unwrap();
+    let versions = store.list_versions(P, "hello").unwrap();
     assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(versions[1].module_sha256, "sha-two");
     assert_eq!(versions[1].module_size, 1234);
-    assert_eq!(store.get_version("hello", 2).unwrap().unwrap(), versions[1]);
-    assert_eq!(store.get_version("hello", 4).unwrap(), None);
+    assert_eq!(store.get_version(P, "hello", 2).unwrap().unwrap(), versions[1]);
+    assert_eq!(store.get_version(P, "hello", 4).unwrap(), None);
 
     // Versions are numbered per function.
     assert_eq!(deploy(&store, "other", "x"), 1);
     let active: Vec<_> =
         store.active_versions().unwrap().into_iter().map(|v| (v.function, v.version)).collect();
     assert_eq!(active, [("hello".to_string(), 3), ("other".to_string(), 1)]);
-    let names: Vec<_> = store.list_functions().unwrap().into_iter().map(|f| f.name).collect();
+    assert!(store.active_versions().unwrap().iter().all(|v| v.project == P));
+    let names: Vec<_> = store.list_functions(P).unwrap().into_iter().map(|f| f.name).collect();
     assert_eq!(names, ["hello", "other"]);
 }
 
@@ -115,24 +138,24 @@ fn versions_are_numbered_and_never_reused_after_rollback() {
 fn not_found_cases() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    assert!(store.get_function("nope").unwrap().is_none());
-    assert!(store.get_version("nope", 1).unwrap().is_none());
-    assert!(matches!(store.list_versions("nope"), Err(StoreError::NotFound(_))));
-    assert!(matches!(store.set_active_version("nope", 1), Err(StoreError::NotFound(_))));
-    assert!(matches!(store.set_secret("nope", "K", "v"), Err(StoreError::NotFound(_))));
-    assert!(!store.delete_secret("nope", "K").unwrap());
-    assert!(store.secrets("nope").unwrap().is_empty());
-    assert!(!store.delete_function("nope").unwrap());
-    assert!(store.list_functions().unwrap().is_empty());
+    assert!(store.get_function(P, "nope").unwrap().is_none());
+    assert!(store.get_version(P, "nope", 1).unwrap().is_none());
+    assert!(matches!(store.list_versions(P, "nope"), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.set_active_version(P, "nope", 1), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.set_secret(P, "nope", "K", "v"), Err(StoreError::NotFound(_))));
+    assert!(!store.delete_secret(P, "nope", "K").unwrap());
+    assert!(store.secrets(P, "nope").unwrap().is_empty());
+    assert!(!store.delete_function(P, "nope").unwrap());
+    assert!(store.list_functions(P).unwrap().is_empty());
     assert!(store.active_versions().unwrap().is_empty());
 
     deploy(&store, "hello", "one");
-    match store.set_active_version("hello", 7) {
+    match store.set_active_version(P, "hello", 7) {
         Err(StoreError::NotFound(what)) => assert!(what.contains("version 7"), "{what}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
     // A failed activation changes nothing.
-    assert_eq!(store.get_function("hello").unwrap().unwrap().active_version, 1);
+    assert_eq!(store.get_function(P, "hello").unwrap().unwrap().active_version, 1);
 }
 
 #[test]
@@ -141,30 +164,30 @@ fn secrets_set_overwrite_delete_and_list_names_only() {
     let store = open(&dir);
     deploy(&store, "hello", "one");
     deploy(&store, "other", "x");
-    store.set_secret("hello", "TOKEN", "t1").unwrap();
-    store.set_secret("hello", "API_KEY", "k1").unwrap();
-    store.set_secret("other", "ZED", "z").unwrap();
-    store.set_secret("hello", "TOKEN", "t2").unwrap();
+    store.set_secret(P, "hello", "TOKEN", "t1").unwrap();
+    store.set_secret(P, "hello", "API_KEY", "k1").unwrap();
+    store.set_secret(P, "other", "ZED", "z").unwrap();
+    store.set_secret(P, "hello", "TOKEN", "t2").unwrap();
 
-    let secrets = store.secrets("hello").unwrap();
+    let secrets = store.secrets(P, "hello").unwrap();
     assert_eq!(
         secrets,
         BTreeMap::from([("API_KEY".to_string(), "k1".to_string()), ("TOKEN".into(), "t2".into())])
     );
-    let info = store.get_function("hello").unwrap().unwrap();
+    let info = store.get_function(P, "hello").unwrap().unwrap();
     assert_eq!(info.secrets, ["API_KEY", "TOKEN"]);
     let json = serde_json::to_string(&info).unwrap();
     assert!(!json.contains("t2") && !json.contains("k1"), "secret values leaked: {json}");
-    let listed = store.list_functions().unwrap();
+    let listed = store.list_functions(P).unwrap();
     assert_eq!(listed[0].secrets, ["API_KEY", "TOKEN"]);
     assert_eq!(listed[1].secrets, ["ZED"]);
 
-    assert!(store.delete_secret("hello", "TOKEN").unwrap());
-    assert!(!store.delete_secret("hello", "TOKEN").unwrap());
-    assert_eq!(store.get_function("hello").unwrap().unwrap().secrets, ["API_KEY"]);
+    assert!(store.delete_secret(P, "hello", "TOKEN").unwrap());
+    assert!(!store.delete_secret(P, "hello", "TOKEN").unwrap());
+    assert_eq!(store.get_function(P, "hello").unwrap().unwrap().secrets, ["API_KEY"]);
     // Secrets belong to the function, not a version: a new deploy keeps them.
     deploy(&store, "hello", "two");
-    assert_eq!(store.secrets("hello").unwrap().len(), 1);
+    assert_eq!(store.secrets(P, "hello").unwrap().len(), 1);
 }
 
 #[test]
@@ -173,19 +196,19 @@ fn delete_cascades_but_invocations_remain() {
     let store = open(&dir);
     deploy(&store, "hello", "one");
     deploy(&store, "hello", "two");
-    store.set_secret("hello", "TOKEN", "t").unwrap();
+    store.set_secret(P, "hello", "TOKEN", "t").unwrap();
     store.insert_batch(&[record(1, "hello", 100, InvocationStatus::Ok)]).unwrap();
 
-    assert!(store.delete_function("hello").unwrap());
-    assert!(!store.delete_function("hello").unwrap());
-    assert!(store.get_function("hello").unwrap().is_none());
-    assert!(store.get_version("hello", 1).unwrap().is_none());
-    assert!(store.secrets("hello").unwrap().is_empty());
-    assert!(store.get(&format!("{:020}", 1)).unwrap().is_some(), "usage history must survive");
+    assert!(store.delete_function(P, "hello").unwrap());
+    assert!(!store.delete_function(P, "hello").unwrap());
+    assert!(store.get_function(P, "hello").unwrap().is_none());
+    assert!(store.get_version(P, "hello", 1).unwrap().is_none());
+    assert!(store.secrets(P, "hello").unwrap().is_empty());
+    assert!(store.get(P, &format!("{:020}", 1)).unwrap().is_some(), "usage history must survive");
 
     // A function created again under the same name starts over, without old secrets.
     assert_eq!(deploy(&store, "hello", "again"), 1);
-    assert!(store.get_function("hello").unwrap().unwrap().secrets.is_empty());
+    assert!(store.get_function(P, "hello").unwrap().unwrap().secrets.is_empty());
 }
 
 #[test]
@@ -204,20 +227,20 @@ fn invocation_round_trip_and_query() {
     store.insert_batch(&records[5..15]).unwrap();
     store.insert_batch(&[]).unwrap();
 
-    let got = store.get(&records[4].id).unwrap().unwrap();
+    let got = store.get(P, &records[4].id).unwrap().unwrap();
     assert_eq!(got, records[4]);
-    assert!(store.get("missing").unwrap().is_none());
+    assert!(store.get(P, "missing").unwrap().is_none());
 
     // Default: newest first, everything.
-    let all = store.query(&InvocationQuery::default()).unwrap();
+    let all = store.query(P, &InvocationQuery::default()).unwrap();
     assert_eq!(ids(&all), (1..=30).rev().collect::<Vec<_>>());
     assert_eq!(all, records.iter().rev().cloned().collect::<Vec<_>>());
 
     let q = InvocationQuery { function: Some("b".into()), ascending: true, ..Default::default() };
-    assert_eq!(ids(&store.query(&q).unwrap()), [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]);
 
     let q = InvocationQuery { status: Some(InvocationStatus::Trap), ..Default::default() };
-    assert_eq!(ids(&store.query(&q).unwrap()), [30, 25, 20, 15, 10, 5]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [30, 25, 20, 15, 10, 5]);
 
     let q = InvocationQuery {
         function: Some("a".into()),
@@ -225,7 +248,7 @@ fn invocation_round_trip_and_query() {
         ascending: true,
         ..Default::default()
     };
-    assert_eq!(ids(&store.query(&q).unwrap()), [5, 10, 20, 25]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [5, 10, 20, 25]);
 
     // Following: after_id, oldest first, in pages.
     let q = InvocationQuery {
@@ -234,12 +257,12 @@ fn invocation_round_trip_and_query() {
         limit: Some(4),
         ..Default::default()
     };
-    assert_eq!(ids(&store.query(&q).unwrap()), [21, 22, 23, 24]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [21, 22, 23, 24]);
 
     let q = InvocationQuery { limit: Some(3), ..Default::default() };
-    assert_eq!(ids(&store.query(&q).unwrap()), [30, 29, 28]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [30, 29, 28]);
     let q = InvocationQuery { function: Some("nope".into()), ..Default::default() };
-    assert!(store.query(&q).unwrap().is_empty());
+    assert!(store.query(P, &q).unwrap().is_empty());
 }
 
 #[test]
@@ -247,9 +270,9 @@ fn query_limit_defaults_to_100_and_caps_at_1000() {
     let store = SqliteStore::open_in_memory().unwrap();
     let records: Vec<_> = (1..=1100).map(|i| record(i, "a", 1, InvocationStatus::Ok)).collect();
     store.insert_batch(&records).unwrap();
-    assert_eq!(store.query(&InvocationQuery::default()).unwrap().len(), 100);
+    assert_eq!(store.query(P, &InvocationQuery::default()).unwrap().len(), 100);
     let q = InvocationQuery { limit: Some(5000), ..Default::default() };
-    assert_eq!(store.query(&q).unwrap().len(), 1000);
+    assert_eq!(store.query(P, &q).unwrap().len(), 1000);
 }
 
 #[test]
@@ -265,15 +288,15 @@ fn prune_by_age_and_by_count() {
     // By age only.
     assert_eq!(store.prune(350, u32::MAX).unwrap(), 3);
     let asc = InvocationQuery { ascending: true, ..Default::default() };
-    assert_eq!(ids(&store.query(&asc).unwrap()), (4..=13).collect::<Vec<_>>());
+    assert_eq!(ids(&store.query(P, &asc).unwrap()), (4..=13).collect::<Vec<_>>());
 
     // By count only: the newest 2 of each function stay.
     assert_eq!(store.prune(0, 2).unwrap(), 6);
-    assert_eq!(ids(&store.query(&asc).unwrap()), [9, 10, 12, 13]);
+    assert_eq!(ids(&store.query(P, &asc).unwrap()), [9, 10, 12, 13]);
 
     // Both at once, and nothing left to do afterwards.
     assert_eq!(store.prune(950, 1).unwrap(), 2);
-    assert_eq!(ids(&store.query(&asc).unwrap()), [10, 13]);
+    assert_eq!(ids(&store.query(P, &asc).unwrap()), [10, 13]);
     assert_eq!(store.prune(950, 1).unwrap(), 0);
 }
 
@@ -286,17 +309,17 @@ fn everything_survives_reopening() {
         let store = SqliteStore::open(&path).unwrap();
         deploy(&store, "hello", "one");
         deploy(&store, "hello", "two");
-        store.set_active_version("hello", 1).unwrap();
-        store.set_secret("hello", "TOKEN", "t").unwrap();
+        store.set_active_version(P, "hello", 1).unwrap();
+        store.set_secret(P, "hello", "TOKEN", "t").unwrap();
         store.insert_batch(&records).unwrap();
-        store.get_function("hello").unwrap().unwrap()
+        store.get_function(P, "hello").unwrap().unwrap()
     };
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.get_function("hello").unwrap().unwrap(), before);
-    assert_eq!(store.list_versions("hello").unwrap().len(), 2);
-    assert_eq!(store.secrets("hello").unwrap()["TOKEN"], "t");
+    assert_eq!(store.get_function(P, "hello").unwrap().unwrap(), before);
+    assert_eq!(store.list_versions(P, "hello").unwrap().len(), 2);
+    assert_eq!(store.secrets(P, "hello").unwrap()["TOKEN"], "t");
     let asc = InvocationQuery { ascending: true, ..Default::default() };
-    assert_eq!(store.query(&asc).unwrap(), records);
+    assert_eq!(store.query(P, &asc).unwrap(), records);
     assert_eq!(deploy(&store, "hello", "three"), 3);
 
     let version: u32 = rusqlite::Connection::open(&path)
@@ -360,13 +383,13 @@ fn readers_are_not_blocked_by_a_writer_thread() {
                 let mut reads = 0u32;
                 while !done.load(Ordering::SeqCst) || reads == 0 {
                     let q = InvocationQuery { limit: Some(10), ..Default::default() };
-                    let page = store.query(&q).unwrap();
+                    let page = store.query(P, &q).unwrap();
                     // Whole batches only (transactions are atomic), and never going back in time.
                     let newest = page.first().map(|r| r.id.parse::<u64>().unwrap()).unwrap_or(0);
                     assert_eq!(newest % 250, 0, "saw a partial batch: newest id {newest}");
                     assert!(newest >= last_newest);
                     last_newest = newest;
-                    assert_eq!(store.get_function("hello").unwrap().unwrap().active_version, 1);
+                    assert_eq!(store.get_function(P, "hello").unwrap().unwrap().active_version, 1);
                     reads += 1;
                 }
                 reads
@@ -378,7 +401,7 @@ fn readers_are_not_blocked_by_a_writer_thread() {
         assert!(r.join().unwrap() > 0);
     }
     let q = InvocationQuery { limit: Some(1), ..Default::default() };
-    assert_eq!(ids(&store.query(&q).unwrap()), [total]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [total]);
 }
 
 #[test]
@@ -386,8 +409,8 @@ fn in_memory_store_works() {
     let store = SqliteStore::open_in_memory().unwrap();
     assert!(store.path().is_none());
     assert_eq!(deploy(&store, "hello", "one"), 1);
-    store.set_secret("hello", "K", "v").unwrap();
-    assert_eq!(store.list_functions().unwrap()[0].secrets, ["K"]);
+    store.set_secret(P, "hello", "K", "v").unwrap();
+    assert_eq!(store.list_functions(P).unwrap()[0].secrets, ["K"]);
 }
 
 #[test]
@@ -407,7 +430,7 @@ fn database_file_is_private() {
     let path = dir.path().join("nimbus.db");
     let store = SqliteStore::open(&path).unwrap();
     deploy(&store, "hello", "one");
-    store.set_secret("hello", "TOKEN", "t").unwrap();
+    store.set_secret(P, "hello", "TOKEN", "t").unwrap();
     for file in ["nimbus.db", "nimbus.db-wal", "nimbus.db-shm"] {
         let p = dir.path().join(file);
         if let Ok(meta) = std::fs::metadata(&p) {
@@ -432,7 +455,7 @@ fn uuid_v7_ids_sort_chronologically() {
     shuffled.reverse();
     store.insert_batch(&shuffled).unwrap();
     let asc = InvocationQuery { ascending: true, ..Default::default() };
-    assert_eq!(store.query(&asc).unwrap(), records);
+    assert_eq!(store.query(P, &asc).unwrap(), records);
 }
 
 #[test]
@@ -450,9 +473,194 @@ fn reads_do_not_wait_for_an_open_write_transaction() {
 
     // Reads answer at once (well under the busy timeout) from the last committed state.
     let started = std::time::Instant::now();
-    assert_eq!(store.query(&InvocationQuery::default()).unwrap().len(), 1);
-    assert!(store.get_function("hello").unwrap().is_some());
-    assert_eq!(store.list_functions().unwrap().len(), 1);
+    assert_eq!(store.query(P, &InvocationQuery::default()).unwrap().len(), 1);
+    assert!(store.get_function(P, "hello").unwrap().is_some());
+    assert_eq!(store.list_functions(P).unwrap().len(), 1);
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
     tx.rollback().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tenancy: projects are isolated from one another.
+
+#[test]
+fn same_name_in_two_projects_is_two_functions() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    assert_eq!(deploy_in(&store, "a", "hello", "a1"), 1);
+    assert_eq!(deploy_in(&store, "a", "hello", "a2"), 2);
+    assert_eq!(deploy_in(&store, "a", "hello", "a3"), 3);
+    // Numbering is per project: b's first deploy is 1, not 4.
+    assert_eq!(deploy_in(&store, "b", "hello", "b1"), 1);
+
+    let a = store.get_function("a", "hello").unwrap().unwrap();
+    let b = store.get_function("b", "hello").unwrap().unwrap();
+    assert_eq!((a.project.as_str(), a.active_version, a.latest_version), ("a", 3, 3));
+    assert_eq!((b.project.as_str(), b.active_version, b.latest_version), ("b", 1, 1));
+    assert_eq!((a.module_sha256.as_str(), b.module_sha256.as_str()), ("sha-a3", "sha-b1"));
+
+    assert_eq!(store.list_versions("a", "hello").unwrap().len(), 3);
+    let b_versions = store.list_versions("b", "hello").unwrap();
+    assert_eq!(b_versions.len(), 1);
+    assert_eq!(
+        (b_versions[0].project.as_str(), b_versions[0].module_sha256.as_str()),
+        ("b", "sha-b1")
+    );
+    assert!(store.get_version("b", "hello", 2).unwrap().is_none());
+    assert_eq!(store.get_version("a", "hello", 2).unwrap().unwrap().project, "a");
+
+    // Rolling back in a moves a only; b has no version 2 to roll back to.
+    store.set_active_version("a", "hello", 1).unwrap();
+    assert!(matches!(store.set_active_version("b", "hello", 2), Err(StoreError::NotFound(_))));
+    assert_eq!(store.get_function("a", "hello").unwrap().unwrap().active_version, 1);
+    assert_eq!(store.get_function("b", "hello").unwrap().unwrap().active_version, 1);
+    assert_eq!(store.get_function("b", "hello").unwrap().unwrap().module_sha256, "sha-b1");
+
+    // Secrets are per project.
+    store.set_secret("a", "hello", "TOKEN", "from-a").unwrap();
+    store.set_secret("b", "hello", "TOKEN", "from-b").unwrap();
+    store.set_secret("b", "hello", "ONLY_B", "x").unwrap();
+    assert_eq!(
+        store.secrets("a", "hello").unwrap(),
+        BTreeMap::from([("TOKEN".into(), "from-a".into())])
+    );
+    assert_eq!(store.secrets("b", "hello").unwrap()["TOKEN"], "from-b");
+    assert_eq!(store.get_function("a", "hello").unwrap().unwrap().secrets, ["TOKEN"]);
+    assert_eq!(store.get_function("b", "hello").unwrap().unwrap().secrets, ["ONLY_B", "TOKEN"]);
+    assert!(!store.delete_secret("a", "hello", "ONLY_B").unwrap());
+    assert!(store.delete_secret("a", "hello", "TOKEN").unwrap());
+    assert_eq!(store.secrets("b", "hello").unwrap().len(), 2);
+
+    // Deleting in b leaves a whole, versions and secrets included.
+    store.set_secret("a", "hello", "KEEP", "k").unwrap();
+    assert!(store.delete_function("b", "hello").unwrap());
+    assert!(store.get_function("b", "hello").unwrap().is_none());
+    assert!(store.secrets("b", "hello").unwrap().is_empty());
+    let a = store.get_function("a", "hello").unwrap().unwrap();
+    assert_eq!((a.active_version, a.latest_version), (1, 3));
+    assert_eq!(a.secrets, ["KEEP"]);
+    assert_eq!(store.list_versions("a", "hello").unwrap().len(), 3);
+    // And b starts over at 1.
+    assert_eq!(deploy_in(&store, "b", "hello", "b-again"), 1);
+}
+
+#[test]
+fn a_function_is_invisible_from_another_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    deploy_in(&store, "a", "only-a", "x");
+    store.set_secret("a", "only-a", "TOKEN", "t").unwrap();
+
+    assert!(store.get_function("b", "only-a").unwrap().is_none());
+    assert!(store.get_version("b", "only-a", 1).unwrap().is_none());
+    assert!(matches!(store.list_versions("b", "only-a"), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.set_active_version("b", "only-a", 1), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.set_secret("b", "only-a", "K", "v"), Err(StoreError::NotFound(_))));
+    assert!(store.secrets("b", "only-a").unwrap().is_empty());
+    assert!(!store.delete_secret("b", "only-a", "TOKEN").unwrap());
+    assert!(!store.delete_function("b", "only-a").unwrap());
+    assert!(store.list_functions("b").unwrap().is_empty());
+
+    // None of that touched a.
+    let a = store.get_function("a", "only-a").unwrap().unwrap();
+    assert_eq!(
+        (a.project.as_str(), a.active_version, a.secrets.as_slice()),
+        ("a", 1, &["TOKEN".to_string()][..])
+    );
+    assert_eq!(store.secrets("a", "only-a").unwrap()["TOKEN"], "t");
+}
+
+#[test]
+fn listings_are_scoped_and_active_versions_span_projects() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    deploy_in(&store, "b", "shared", "b1");
+    deploy_in(&store, "a", "shared", "a1");
+    deploy_in(&store, "a", "shared", "a2");
+    deploy_in(&store, "a", "only-a", "x");
+    deploy_in(&store, "b", "only-b", "y");
+    store.set_secret("a", "shared", "A_SECRET", "1").unwrap();
+    store.set_secret("b", "shared", "B_SECRET", "2").unwrap();
+
+    let a = store.list_functions("a").unwrap();
+    let b = store.list_functions("b").unwrap();
+    let names = |fs: &[nimbus_model::FunctionInfo]| {
+        fs.iter().map(|f| (f.project.clone(), f.name.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&a), [("a".into(), "only-a".into()), ("a".into(), "shared".into())]);
+    assert_eq!(names(&b), [("b".into(), "only-b".into()), ("b".into(), "shared".into())]);
+    // Secret names are joined within the project only.
+    assert_eq!(a[1].secrets, ["A_SECRET"]);
+    assert_eq!(b[1].secrets, ["B_SECRET"]);
+    assert_eq!(a[1].active_version, 2);
+    assert_eq!(b[1].active_version, 1);
+    assert!(store.list_functions(P).unwrap().is_empty());
+
+    // The router sees everything, ordered by project then name, each with its project.
+    let active: Vec<_> = store
+        .active_versions()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.project, v.function, v.version, v.module_sha256))
+        .collect();
+    assert_eq!(
+        active,
+        [
+            ("a".into(), "only-a".into(), 1, "sha-x".into()),
+            ("a".into(), "shared".into(), 2, "sha-a2".into()),
+            ("b".into(), "only-b".into(), 1, "sha-y".into()),
+            ("b".into(), "shared".into(), 1, "sha-b1".into()),
+        ] as [(String, String, u32, String); 4]
+    );
+}
+
+#[test]
+fn invocation_records_are_scoped_to_their_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // Same function name in both projects; ids interleave.
+    let records: Vec<_> = (1..=10)
+        .map(|i| {
+            let project = if i % 2 == 0 { "a" } else { "b" };
+            record_in(project, i, "hello", i as i64, InvocationStatus::Ok)
+        })
+        .collect();
+    store.insert_batch(&records).unwrap();
+
+    let asc = InvocationQuery { ascending: true, ..Default::default() };
+    let a = store.query("a", &asc).unwrap();
+    assert_eq!(ids(&a), [2, 4, 6, 8, 10]);
+    assert!(a.iter().all(|r| r.project == "a"));
+    assert_eq!(ids(&store.query("b", &asc).unwrap()), [1, 3, 5, 7, 9]);
+    assert!(store.query(P, &asc).unwrap().is_empty());
+
+    let by_fn = InvocationQuery { function: Some("hello".into()), ..Default::default() };
+    assert_eq!(ids(&store.query("b", &by_fn).unwrap()), [9, 7, 5, 3, 1]);
+    let follow = InvocationQuery {
+        after_id: Some(records[0].id.clone()),
+        ascending: true,
+        limit: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(ids(&store.query("a", &follow).unwrap()), [2, 4]);
+
+    // Get by id: only from the record's own project.
+    assert_eq!(store.get("a", &records[1].id).unwrap().unwrap(), records[1]);
+    assert!(store.get("b", &records[1].id).unwrap().is_none());
+    assert!(store.get(P, &records[1].id).unwrap().is_none());
+    assert_eq!(store.get("b", &records[0].id).unwrap().unwrap(), records[0]);
+}
+
+#[test]
+fn prune_keeps_the_newest_per_function_of_each_project() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    // "hello" in a: ids 1..=5; "hello" in b: ids 6..=8.
+    let mut records: Vec<_> =
+        (1..=5).map(|i| record_in("a", i, "hello", 100, InvocationStatus::Ok)).collect();
+    records.extend((6..=8).map(|i| record_in("b", i, "hello", 100, InvocationStatus::Ok)));
+    store.insert_batch(&records).unwrap();
+
+    // Keeping 2 per function: 2 of a's and 2 of b's, not 2 of "hello" overall.
+    assert_eq!(store.prune(0, 2).unwrap(), 4);
+    let asc = InvocationQuery { ascending: true, ..Default::default() };
+    assert_eq!(ids(&store.query("a", &asc).unwrap()), [4, 5]);
+    assert_eq!(ids(&store.query("b", &asc).unwrap()), [7, 8]);
 }

@@ -7,6 +7,8 @@
 //! Services call them from `tokio::task::spawn_blocking` (or a dedicated writer thread), so a networked
 //! backend can use a blocking client or its own runtime handle without changing the services.
 
+pub mod auth;
+
 use std::collections::BTreeMap;
 
 use nimbus_model::{
@@ -35,6 +37,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// What a new version needs besides its spec.
 #[derive(Debug, Clone)]
 pub struct NewVersion<'a> {
+    pub project: &'a str,
     pub spec: &'a FunctionSpec,
     pub limits: Limits,
     pub module_sha256: &'a str,
@@ -42,36 +45,41 @@ pub struct NewVersion<'a> {
 }
 
 /// Functions, their immutable versions, the active-version pointer and secrets.
+///
+/// Every method but `active_versions` is scoped to one project: isolation between tenants is in the
+/// signatures, not left to callers' filters.
 pub trait FunctionStore: Send + Sync + 'static {
     /// Create the function if it does not exist, append the next version and make it active, in one
     /// transaction. Returns the new version.
     fn create_version(&self, new: NewVersion<'_>) -> Result<VersionInfo>;
-    fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>>;
-    fn list_functions(&self) -> Result<Vec<FunctionInfo>>;
-    /// Versions of a function, oldest first.
-    fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>>;
-    fn get_version(&self, name: &str, version: u32) -> Result<Option<VersionInfo>>;
-    /// The active version of every function: what the router is built from at start-up.
+    fn get_function(&self, project: &str, name: &str) -> Result<Option<FunctionInfo>>;
+    fn list_functions(&self, project: &str) -> Result<Vec<FunctionInfo>>;
+    /// Versions of a function, oldest first. `NotFound` if the function does not exist.
+    fn list_versions(&self, project: &str, name: &str) -> Result<Vec<VersionInfo>>;
+    fn get_version(&self, project: &str, name: &str, version: u32) -> Result<Option<VersionInfo>>;
+    /// The active version of every function of every project: what the router is built from at
+    /// start-up.
     fn active_versions(&self) -> Result<Vec<VersionInfo>>;
     /// Point traffic at an existing version. `NotFound` if the function or version does not exist.
-    fn set_active_version(&self, name: &str, version: u32) -> Result<VersionInfo>;
+    fn set_active_version(&self, project: &str, name: &str, version: u32) -> Result<VersionInfo>;
     /// Delete a function with its versions and secrets. Returns whether it existed.
-    fn delete_function(&self, name: &str) -> Result<bool>;
+    fn delete_function(&self, project: &str, name: &str) -> Result<bool>;
     /// Set a secret; `NotFound` if the function does not exist.
-    fn set_secret(&self, function: &str, key: &str, value: &str) -> Result<()>;
+    fn set_secret(&self, project: &str, function: &str, key: &str, value: &str) -> Result<()>;
     /// Returns whether the secret existed.
-    fn delete_secret(&self, function: &str, key: &str) -> Result<bool>;
+    fn delete_secret(&self, project: &str, function: &str, key: &str) -> Result<bool>;
     /// Secret values, for the runtime only; the API never returns them.
-    fn secrets(&self, function: &str) -> Result<BTreeMap<String, String>>;
+    fn secrets(&self, project: &str, function: &str) -> Result<BTreeMap<String, String>>;
 }
 
 /// Invocation records: appended in batches off the request path, queried for logs and usage.
 pub trait InvocationStore: Send + Sync + 'static {
+    /// Records carry their project.
     fn insert_batch(&self, records: &[InvocationRecord]) -> Result<()>;
-    fn query(&self, query: &InvocationQuery) -> Result<Vec<InvocationRecord>>;
-    fn get(&self, id: &str) -> Result<Option<InvocationRecord>>;
+    fn query(&self, project: &str, query: &InvocationQuery) -> Result<Vec<InvocationRecord>>;
+    fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>>;
     /// Drop records that started before `before`, and beyond the newest `keep_per_function` of each
-    /// function. Returns how many were removed.
+    /// function (of each project). Returns how many were removed.
     fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64>;
 }
 

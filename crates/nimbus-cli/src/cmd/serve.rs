@@ -83,13 +83,17 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_LOG_KEEP", default_value_t = 10_000)]
     pub log_keep: u32,
 
-    /// How long a request may wait for a free instance before a 429
+    /// How long a request may wait for a free instance before a 503
     #[arg(long, env = "NIMBUS_QUEUE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub queue_timeout: Duration,
 
     /// Instances the pooling allocator reserves, across all functions
     #[arg(long, env = "NIMBUS_INSTANCE_POOL", default_value_t = 1000)]
     pub instance_pool: u32,
+
+    /// Functions of project P also answer at host P.<base-domain> (and at /@P/... on any host)
+    #[arg(long, env = "NIMBUS_BASE_DOMAIN", default_value = "localhost")]
+    pub base_domain: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -155,6 +159,7 @@ impl ServeArgs {
             log_keep_per_function: self.log_keep,
             queue_timeout: self.queue_timeout,
             instance_pool_size: self.instance_pool,
+            base_domain: self.base_domain.clone(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `/v1/functions`: deploy, list, show, delete, versions, rollback, secrets, invoke.
 
 use axum::Json;
+use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -9,7 +10,7 @@ use nimbus_model::{FunctionInfo, FunctionSpec, VersionInfo};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use crate::app::{AppState, Caller};
 use crate::error::{ApiError, ErrorBody};
 use crate::gateway;
 
@@ -70,6 +71,7 @@ pub(crate) struct SecretValue {
     ))]
 pub(crate) async fn deploy(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     mut form: Multipart,
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     let mut spec: Option<FunctionSpec> = None;
@@ -98,7 +100,7 @@ pub(crate) async fn deploy(
     }
     let spec = spec.ok_or_else(|| bad("the form has no `spec` part".into()))?;
     let module = module.ok_or_else(|| bad("the form has no `module` part".into()))?;
-    let deployed = state.functions.deploy(spec, module).await?;
+    let deployed = state.functions.deploy(&caller.project, spec, module).await?;
     Ok((
         StatusCode::CREATED,
         Json(Deployed {
@@ -124,8 +126,11 @@ fn multipart_error(text: String) -> ApiError {
 /// List functions.
 #[utoipa::path(get, path = "/v1/functions", tag = "functions",
     responses((status = 200, body = FunctionList)))]
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
-    Ok(Json(FunctionList { functions: state.functions.list().await? }))
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<FunctionList>, ApiError> {
+    Ok(Json(FunctionList { functions: state.functions.list(&caller.project).await? }))
 }
 
 /// Show one function: its active version's configuration and secret names.
@@ -134,9 +139,10 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<FunctionL
     responses((status = 200, body = FunctionInfo), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionInfo>, ApiError> {
-    Ok(Json(state.functions.info(&name).await?))
+    Ok(Json(state.functions.info(&caller.project, &name).await?))
 }
 
 /// Delete a function, its versions and secrets. Its invocation records stay (usage history).
@@ -145,9 +151,10 @@ pub(crate) async fn show(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.functions.delete(&name).await?;
+    state.functions.delete(&caller.project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -157,9 +164,10 @@ pub(crate) async fn delete(
     responses((status = 200, body = VersionList), (status = 404, body = ErrorBody)))]
 pub(crate) async fn versions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<VersionList>, ApiError> {
-    Ok(Json(VersionList { versions: state.functions.versions(&name).await? }))
+    Ok(Json(VersionList { versions: state.functions.versions(&caller.project, &name).await? }))
 }
 
 /// Move traffic to another existing version at once (in-flight requests finish on the old one).
@@ -169,10 +177,11 @@ pub(crate) async fn versions(
               (status = 409, body = ErrorBody)))]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Json(body): Json<Rollback>,
 ) -> Result<Json<FunctionInfo>, ApiError> {
-    Ok(Json(state.functions.rollback(&name, body.version).await?))
+    Ok(Json(state.functions.rollback(&caller.project, &name, body.version).await?))
 }
 
 /// Set a secret. Secrets are write-only: they reach the function as environment variables and
@@ -182,10 +191,11 @@ pub(crate) async fn rollback(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn set_secret(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((name, key)): Path<(String, String)>,
     Json(body): Json<SecretValue>,
 ) -> Result<StatusCode, ApiError> {
-    state.functions.set_secret(&name, &key, &body.value).await?;
+    state.functions.set_secret(&caller.project, &name, &key, &body.value).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,9 +205,10 @@ pub(crate) async fn set_secret(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_secret(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.functions.delete_secret(&name, &key).await?;
+    state.functions.delete_secret(&caller.project, &name, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -216,13 +227,14 @@ pub(crate) async fn delete_secret(
     ))]
 pub(crate) async fn invoke(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Result<Response, ApiError> {
     // Both invoke routes start /v1/functions/{name}/invoke; read the name from the raw path.
     let name = request.uri().path().split('/').nth(3).unwrap_or_default().to_string();
     let target = state
         .functions
-        .active(&name)
+        .active(&caller.project, &name)
         .ok_or_else(|| ApiError::not_found(format!("function {name} not found")))?;
     let (mut parts, body) = request.into_parts();
     // Re-root the URI at the part after `/invoke`, keeping the query.

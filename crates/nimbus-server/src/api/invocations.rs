@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::BroadcastStream;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
+use crate::app::{AppState, Caller};
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -40,6 +40,7 @@ pub(crate) struct ListParams {
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(p): Query<ListParams>,
 ) -> Result<Json<InvocationList>, ApiError> {
     let status = match p.status.as_deref() {
@@ -65,7 +66,7 @@ pub(crate) async fn list(
         ascending,
         limit: p.limit,
     };
-    Ok(Json(InvocationList { invocations: state.functions.invocations(query).await? }))
+    Ok(Json(InvocationList { invocations: state.functions.invocations(&caller.project, query).await? }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -86,12 +87,13 @@ pub(crate) struct LogParams {
     responses((status = 200, body = InvocationList), (status = 404, body = ErrorBody)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(p): Query<LogParams>,
 ) -> Result<Response, ApiError> {
     // Logs of a deleted function stay readable by id, but following needs a function.
-    if state.functions.active(&name).is_none() {
-        state.functions.info(&name).await?;
+    if state.functions.active(&caller.project, &name).is_none() {
+        state.functions.info(&caller.project, &name).await?;
     }
     if !p.follow {
         let query = InvocationQuery {
@@ -100,14 +102,14 @@ pub(crate) async fn logs(
             limit: p.limit,
             ..Default::default()
         };
-        let invocations = state.functions.invocations(query).await?;
+        let invocations = state.functions.invocations(&caller.project, query).await?;
         return Ok(Json(InvocationList { invocations }).into_response());
     }
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = BroadcastStream::new(state.functions.follow());
     let backlog = state
         .functions
-        .invocations(InvocationQuery {
+        .invocations(&caller.project, InvocationQuery {
             function: Some(name.clone()),
             after_id: p.after.clone(),
             ascending: true,
@@ -117,13 +119,14 @@ pub(crate) async fn logs(
         .await?;
     let last_seen = backlog.last().map(|r| r.id.clone()).or(p.after);
     let stream =
-        follow_stream(name, backlog, live, last_seen).take_until(state.clone().shutdown_signal());
+        follow_stream(caller.project, name, backlog, live, last_seen).take_until(state.clone().shutdown_signal());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
 fn follow_stream(
+    project: String,
     function: String,
     backlog: Vec<InvocationRecord>,
     live: BroadcastStream<std::sync::Arc<InvocationRecord>>,
@@ -136,7 +139,7 @@ fn follow_stream(
             Err(_) => Some(Ok(Event::default()
                 .comment("lagged: some records were skipped; reconnect with after=<last id>"))),
             Ok(r)
-                if r.function == function
+                if r.project == project && r.function == function
                     && last_seen.as_deref().is_none_or(|s| r.id.as_str() > s) =>
             {
                 Some(event(r))

@@ -127,3 +127,16 @@ pub async fn error_code(r: reqwest::Response) -> (u16, String) {
     assert!(body["error"]["message"].is_string(), "error.message in {body}");
     (status, code)
 }
+
+impl TestServer {
+    /// Create a project through the admin API.
+    pub async fn create_project(&self, slug: &str) {
+        let r = self
+            .api(reqwest::Method::POST, "/v1/projects")
+            .json(&json!({ "slug": slug, "name": slug }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "creating project {slug}: {}", r.text().await.unwrap_or_default());
+    }
+}
