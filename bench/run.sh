@@ -9,6 +9,8 @@
 # Knobs (environment):
 #   SKIP_NIMBUS=1        do not build or measure Nimbus
 #   SKIP_BUILD=1         reuse the existing release binaries and hello.wasm
+#   BENCH_BARE_LIMITS=1  add a 4th server: the bare host with fuel + epoch interruption on, as
+#                        Nimbus has them (splits the overhead: these two checks vs the rest)
 #   BENCH_CLEAN_BUILD=1  also time a clean release build of nimbus-cli in a throwaway target dir
 #                        (8+ minutes on 2 cores)
 #   WRK_THREADS=2 WRK_CONNECTIONS=50 WRK_DURATION=10s WRK_RUNS=3 WARMUP=2s COLD_REPEATS=5
@@ -22,6 +24,7 @@ cd "$ROOT"
 SKIP_NIMBUS=${SKIP_NIMBUS:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BENCH_CLEAN_BUILD=${BENCH_CLEAN_BUILD:-0}
+BENCH_BARE_LIMITS=${BENCH_BARE_LIMITS:-0}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 WRK_DURATION=${WRK_DURATION:-10s}
@@ -250,8 +253,8 @@ if [[ "$SKIP_NIMBUS" != 1 ]]; then
     bench_url nimbus "$NIMBUS_URL/hello"
 
     curl -s "$NIMBUS_URL/metrics" >"$WORK/metrics-after-load.txt"
-    read -r INST_COUNT INST_SUM INST_MEAN_US INST_P50_US < <(histogram nimbus_instantiation_seconds "$WORK/metrics-after-load.txt")
-    read -r LOAD_COUNT LOAD_SUM LOAD_MEAN_US _ < <(histogram nimbus_component_load_seconds "$WORK/metrics-after-load.txt")
+    read -r INST_COUNT _ INST_MEAN_US INST_P50_US < <(histogram nimbus_instantiation_seconds "$WORK/metrics-after-load.txt")
+    read -r LOAD_COUNT _ LOAD_MEAN_US _ < <(histogram nimbus_component_load_seconds "$WORK/metrics-after-load.txt")
 
     # (a) first request after a deploy, fresh function each time
     COLD_DEPLOY=()
@@ -278,7 +281,7 @@ if [[ "$SKIP_NIMBUS" != 1 ]]; then
     done
     log "nimbus: restart to /healthz (ms): ${RESTART[*]}; first request after restart (ms): ${COLD_RESTART[*]}"
     curl -s "$NIMBUS_URL/metrics" >"$WORK/metrics-after-restart.txt"
-    read -r RLOAD_COUNT RLOAD_SUM RLOAD_MEAN_US _ < <(histogram nimbus_component_load_seconds "$WORK/metrics-after-restart.txt")
+    read -r RLOAD_COUNT _ RLOAD_MEAN_US _ < <(histogram nimbus_component_load_seconds "$WORK/metrics-after-restart.txt")
     stop_server
 
     NIMBUS_SIZE=$(stat -c %s "$NIMBUS_BIN")
@@ -295,6 +298,16 @@ start_server "$WORK/bare-host.log" "$BARE_BIN" --listen "127.0.0.1:$PORT" --comp
 wait_http "http://127.0.0.1:$PORT/hello" 60 || { tail -n 30 "$WORK/bare-host.log" >&2; die "bare-host did not become ready"; }
 bench_url bare-host "http://127.0.0.1:$PORT/hello"
 stop_server
+
+if [[ "$BENCH_BARE_LIMITS" == 1 ]]; then
+    SERVERS+=(bare-limits)
+    PORT=$(free_port)
+    log "bare-limits: starting on 127.0.0.1:$PORT (bare host + fuel + epochs)"
+    start_server "$WORK/bare-limits.log" "$BARE_BIN" --listen "127.0.0.1:$PORT" --component "$HELLO_WASM" --fuel-and-epochs
+    wait_http "http://127.0.0.1:$PORT/hello" 60 || { tail -n 30 "$WORK/bare-limits.log" >&2; die "bare-host --fuel-and-epochs did not become ready"; }
+    bench_url bare-limits "http://127.0.0.1:$PORT/hello"
+    stop_server
+fi
 
 SERVERS+=(native)
 PORT=$(free_port)
@@ -318,13 +331,13 @@ WRK_CMD="wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d$WRK_DURATION --latency http://
 GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=$([[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo " (uncommitted changes)" || true)
 
-declare -A LABEL=([nimbus]="Nimbus (\`nimbus serve\`)" [bare-host]="bare wasmtime-wasi-http host" [native]="native hyper, no wasm")
+declare -A LABEL=([nimbus]="Nimbus (\`nimbus serve\`)" [bare-host]="bare wasmtime-wasi-http host" [bare-limits]="bare host + fuel + epochs (\`--fuel-and-epochs\`)" [native]="native hyper, no wasm")
 SECTION=$WORK/section.md
 {
     echo "## Run of $DATE ($(date -u +%H:%M) UTC)"
     echo
     echo "- Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r); load average $LOADAVG_START at the start, $LOADAVG_END at the end"
-    echo "- Commit: $GIT_REV$GIT_DIRTY; wasmtime $(awk '/^name = "wasmtime"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)"
+    echo "- Commit: $GIT_REV$GIT_DIRTY; binaries built $(date -u -r "$BARE_BIN" '+%F %H:%M') UTC (bare host)$([[ "$SKIP_NIMBUS" == 1 ]] || date -u -r "$NIMBUS_BIN" '+, %F %H:%M UTC (nimbus)'); wasmtime $(awk '/^name = "wasmtime"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)"
     echo "- Load: \`$WRK_CMD\`, $WRK_RUNS runs per server after a $WARMUP warm-up, medians; servers run one at a time, wrk on the same cores"
     echo "- Component: \`examples/hello\` ($HELLO_SIZE bytes), a fresh instance per request"
     echo
@@ -346,8 +359,8 @@ SECTION=$WORK/section.md
         echo "| figure | value |"
         echo "|---|---|"
         echo "| \`nimbus_instantiation_seconds\` after the load runs | $INST_COUNT samples, mean $INST_MEAN_US us, p50 ~$INST_P50_US us (interpolated in the histogram's power-of-2 buckets) |"
-        echo "| \`nimbus_component_load_seconds\` after deploy | $LOAD_COUNT loads, mean $(awk -v u="$LOAD_MEAN_US" 'BEGIN { printf "%.2f", u / 1000 }') ms |"
-        echo "| \`nimbus_component_load_seconds\` after the last restart | $RLOAD_COUNT loads ($((COLD_REPEATS + 1)) functions), mean $(awk -v u="$RLOAD_MEAN_US" 'BEGIN { printf "%.2f", u / 1000 }') ms |"
+        echo "| \`nimbus_component_load_seconds\` after deploy | $LOAD_COUNT load(s), mean $(awk -v u="$LOAD_MEAN_US" 'BEGIN { printf "%.2f", u / 1000 }') ms |"
+        echo "| \`nimbus_component_load_seconds\` after the last restart | $RLOAD_COUNT load(s) ($((COLD_REPEATS + 1)) functions), mean $(awk -v u="$RLOAD_MEAN_US" 'BEGIN { printf "%.2f", u / 1000 }') ms |"
         echo "| \`nimbus deploy\` of hello (CLI wall time, includes compilation) | $DEPLOY_MS ms |"
         echo "| first request after deploy (median of $COLD_REPEATS, fresh function each) | $(median "${COLD_DEPLOY[@]}") ms (${COLD_DEPLOY[*]}) |"
         echo "| restart until \`/healthz\` answers 200 (median of $COLD_REPEATS) | $(median "${RESTART[@]}") ms (${RESTART[*]}) |"

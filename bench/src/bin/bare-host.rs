@@ -44,7 +44,17 @@ struct Args {
     /// Linear-memory ceiling per instance (Nimbus: `limits.ceilings.memory_bytes`, default 512 MiB).
     #[arg(long, default_value_t = 512 << 20)]
     max_memory_bytes: u64,
+    /// Diagnostic, off by default: also turn on fuel metering and epoch interruption as Nimbus
+    /// does (fuel budget 2^62, a 10 ms epoch ticker, a 10 s deadline), to split the platform
+    /// overhead into "cost of these two checks" and "everything else".
+    #[arg(long)]
+    fuel_and_epochs: bool,
 }
+
+/// Nimbus' fuel budget per invocation (`crates/nimbus-runtime/src/invoke.rs`).
+const FUEL_BUDGET: u64 = 1 << 62;
+/// Nimbus' default epoch tick.
+const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 struct Host {
     wasi: WasiCtx,
@@ -67,6 +77,10 @@ impl WasiHttpView for Host {
 /// The Nimbus engine configuration (`crates/nimbus-runtime/src/engine.rs`) without fuel and epochs.
 fn engine(args: &Args) -> anyhow::Result<Engine> {
     let mut config = Config::new();
+    if args.fuel_and_epochs {
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+    }
     let n = args.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
@@ -92,6 +106,7 @@ fn engine(args: &Args) -> anyhow::Result<Engine> {
 struct Server {
     engine: Engine,
     pre: ProxyPre<Host>,
+    fuel_and_epochs: bool,
 }
 
 impl Server {
@@ -110,6 +125,11 @@ impl Server {
                 table: ResourceTable::new(),
             };
             let mut store = Store::new(&this.engine, host);
+            if this.fuel_and_epochs {
+                store.set_fuel(FUEL_BUDGET)?;
+                store.set_epoch_deadline(1_000); // 10 s at 10 ms per tick
+                store.epoch_deadline_trap();
+            }
             let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
             let out = store.data_mut().http().new_response_outparam(sender)?;
             let proxy = this.pre.instantiate_async(&mut store).await?;
@@ -138,7 +158,17 @@ async fn main() -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
-    let server = Arc::new(Server { engine, pre });
+    if args.fuel_and_epochs {
+        let weak = engine.weak();
+        std::thread::spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    }
+    let server = Arc::new(Server { engine, pre, fuel_and_epochs: args.fuel_and_epochs });
 
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

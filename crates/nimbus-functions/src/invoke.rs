@@ -10,6 +10,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use nimbus_model::{InvocationRecord, InvocationStatus, now_millis};
 use nimbus_runtime::{BodyError, GuestBody, Invocation, Outcome, OutcomeStatus};
 
+use crate::metrics::{FunctionMetrics, Metrics};
+use crate::recorder::Recorder;
 use crate::{ActiveVersion, FunctionService, Rejection};
 
 /// Why an invocation produced no guest response. The API layer maps each to a status code.
@@ -27,6 +29,19 @@ pub enum InvokeError {
     Trap,
     #[error("the function failed to produce a response")]
     Failed,
+}
+
+impl InvokeError {
+    /// The HTTP status the caller gets, kept in the invocation record.
+    fn http_status(&self) -> u16 {
+        match self {
+            InvokeError::Rejected(Rejection::QueueFull, _) => 429,
+            InvokeError::Rejected(Rejection::QueueTimeout, _) => 503,
+            InvokeError::BodyTooLarge(_) => 413,
+            InvokeError::Timeout => 504,
+            InvokeError::MemoryLimit | InvokeError::Trap | InvokeError::Failed => 500,
+        }
+    }
 }
 
 /// An invocation's id (sent to the client whatever happens) and its result.
@@ -49,38 +64,39 @@ impl FunctionService {
         B::Error: Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let id = uuid::Uuid::now_v7().to_string();
-        let started_at = now_millis();
         let start = Instant::now();
+        let base = record_base(&target, &id, trigger);
         let limit = target.info.limits.max_body_bytes;
-        let mut record = Pending { service: self, target: &target, id: &id, trigger, started_at };
 
         let declared = request
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            record.rejected("request body too large").await;
-            return Invoked { id, result: Err(InvokeError::BodyTooLarge(limit)) };
+            let error = InvokeError::BodyTooLarge(limit);
+            self.reject(&target, base, &error);
+            return Invoked { id, result: Err(error) };
         }
 
+        let m = &target.metrics;
         let (permit, waited) = match target.admission.admit().await {
             Ok(p) => p,
             Err(rejection) => {
-                self.metrics.rejections.get_or_create(&target.label).inc();
-                record.rejected(&format!("{rejection:?}")).await;
+                m.rejections.inc();
                 let retry = Duration::from_secs(1).max(target.admission.queue_timeout() / 10);
-                return Invoked { id, result: Err(InvokeError::Rejected(rejection, retry)) };
+                let error = InvokeError::Rejected(rejection, retry);
+                self.reject(&target, base, &error);
+                return Invoked { id, result: Err(error) };
             }
         };
         let queue = start.elapsed();
         if waited {
-            self.metrics.queue_wait.get_or_create(&target.label).observe(queue.as_secs_f64());
+            m.queue_wait.observe(queue.as_secs_f64());
         }
-        if !target.warm.swap(true, Ordering::Relaxed) {
-            self.metrics.cold_starts.get_or_create(&target.label).inc();
+        if !target.warm.load(Ordering::Relaxed) && !target.warm.swap(true, Ordering::Relaxed) {
+            m.cold_starts.inc();
         }
-        let in_use = self.metrics.instances_in_use.get_or_create(&target.label).clone();
-        in_use.inc();
+        m.in_use.inc();
 
         // A body without Content-Length is cut at the limit as it streams.
         let too_large = Arc::new(AtomicBool::new(false));
@@ -96,120 +112,88 @@ impl FunctionService {
             })
         });
 
-        let invocation = self.runtime.invoke(&target.component, request, &target.params).await;
-        match invocation {
-            Invocation::Responded { response, finished } => {
-                let status = response.status().as_u16();
-                let service_metrics = self.metrics.clone();
-                let recorder = self.recorder.clone();
-                let base = record.base(queue);
-                tokio::spawn(async move {
-                    let outcome = match finished.await {
-                        Ok(o) => o,
-                        Err(e) => failed_outcome(format!("invocation task failed: {e}")),
-                    };
-                    drop(permit);
-                    in_use.dec();
-                    let r =
-                        complete(&service_metrics, base, outcome, Some(status), start.elapsed());
-                    observe(&service_metrics, &r);
-                    recorder.record(r).await;
-                });
-                Invoked { id, result: Ok(response) }
-            }
-            Invocation::Failed(outcome) => {
+        // Runs on the guest's task when it ends: frees the slot and records, with no task of
+        // its own.
+        let finish = {
+            let (target, metrics, recorder) =
+                (target.clone(), self.metrics.clone(), self.recorder.clone());
+            let too_large = too_large.clone();
+            move |outcome: Outcome| {
                 drop(permit);
-                in_use.dec();
-                let error = match outcome.status {
-                    _ if too_large.load(Ordering::Relaxed) => InvokeError::BodyTooLarge(limit),
-                    OutcomeStatus::Timeout => InvokeError::Timeout,
-                    OutcomeStatus::MemoryLimit => InvokeError::MemoryLimit,
-                    OutcomeStatus::Trap => InvokeError::Trap,
-                    OutcomeStatus::Ok | OutcomeStatus::Error => InvokeError::Failed,
-                };
-                let http_status = match error {
-                    InvokeError::BodyTooLarge(_) => 413,
-                    InvokeError::Timeout => 504,
-                    _ => 500,
-                };
-                let r = complete(
-                    &self.metrics,
-                    record.base(queue),
-                    outcome,
-                    Some(http_status),
-                    start.elapsed(),
-                );
-                observe(&self.metrics, &r);
-                self.recorder.record(r).await;
+                target.metrics.in_use.dec();
+                let failure = failure(&outcome, too_large.load(Ordering::Relaxed), limit);
+                let http_status =
+                    outcome.response_status.or(failure.as_ref().map(InvokeError::http_status));
+                if !outcome.instantiate.is_zero() {
+                    metrics.instantiation.observe(outcome.instantiate.as_secs_f64());
+                }
+                let mut r = base;
+                r.queue_us = queue.as_micros() as u64;
+                r.duration_us = start.elapsed().as_micros() as u64;
+                fill(&mut r, outcome, http_status);
+                observe(&metrics, &target.metrics, &r);
+                recorder.record_now(r);
+            }
+        };
+
+        match self.runtime.invoke(&target.component, request, &target.params, finish).await {
+            Invocation::Responded(response) => Invoked { id, result: Ok(response) },
+            Invocation::Failed(status) => {
+                let error = failure_of(status, too_large.load(Ordering::Relaxed), limit);
                 Invoked { id, result: Err(error) }
             }
         }
     }
-}
 
-struct Pending<'a> {
-    service: &'a FunctionService,
-    target: &'a ActiveVersion,
-    id: &'a str,
-    trigger: &'static str,
-    started_at: i64,
-}
-
-impl Pending<'_> {
-    fn base(&self, queue: Duration) -> InvocationRecord {
-        InvocationRecord {
-            id: self.id.to_string(),
-            project: self.target.info.project.clone(),
-            function: self.target.info.function.clone(),
-            version: self.target.info.version,
-            trigger: self.trigger.to_string(),
-            started_at: self.started_at,
-            duration_us: 0,
-            queue_us: queue.as_micros() as u64,
-            fuel: 0,
-            peak_memory_bytes: 0,
-            status: InvocationStatus::Rejected,
-            http_status: None,
-            error: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            logs_truncated: false,
-        }
-    }
-
-    async fn rejected(&mut self, why: &str) {
-        let mut r = self.base(Duration::ZERO);
-        r.error = Some(why.to_string());
-        observe(&self.service.metrics, &r);
-        self.service.recorder.record(r).await;
+    /// Record an invocation refused before it ran.
+    fn reject(&self, target: &ActiveVersion, mut r: InvocationRecord, error: &InvokeError) {
+        r.error = Some(error.to_string());
+        r.http_status = Some(error.http_status());
+        observe(&self.metrics, &target.metrics, &r);
+        self.recorder.record_now(r);
     }
 }
 
-fn failed_outcome(error: String) -> Outcome {
-    Outcome {
-        status: OutcomeStatus::Error,
-        error: Some(error),
+fn record_base(target: &ActiveVersion, id: &str, trigger: &'static str) -> InvocationRecord {
+    InvocationRecord {
+        id: id.to_string(),
+        project: target.info.project.clone(),
+        function: target.info.function.clone(),
+        version: target.info.version,
+        trigger: trigger.to_string(),
+        started_at: now_millis(),
+        duration_us: 0,
+        queue_us: 0,
         fuel: 0,
         peak_memory_bytes: 0,
-        instantiate: Duration::ZERO,
+        status: InvocationStatus::Rejected,
+        http_status: None,
+        error: None,
         stdout: String::new(),
         stderr: String::new(),
         logs_truncated: false,
     }
 }
 
-/// Fill a record from the guest's outcome, and observe instantiation time (the runtime keeps no
-/// metrics of its own).
-fn complete(
-    metrics: &crate::Metrics,
-    mut r: InvocationRecord,
-    o: Outcome,
-    http_status: Option<u16>,
-    elapsed: Duration,
-) -> InvocationRecord {
-    if !o.instantiate.is_zero() {
-        metrics.instantiation.observe(o.instantiate.as_secs_f64());
+/// The error a caller sees for an outcome, if it is a failure.
+fn failure(outcome: &Outcome, too_large: bool, limit: u64) -> Option<InvokeError> {
+    match outcome.response_status {
+        Some(_) => None,
+        None => Some(failure_of(outcome.status, too_large, limit)),
     }
+}
+
+fn failure_of(status: OutcomeStatus, too_large: bool, limit: u64) -> InvokeError {
+    match status {
+        _ if too_large => InvokeError::BodyTooLarge(limit),
+        OutcomeStatus::Timeout => InvokeError::Timeout,
+        OutcomeStatus::MemoryLimit => InvokeError::MemoryLimit,
+        OutcomeStatus::Trap => InvokeError::Trap,
+        OutcomeStatus::Ok | OutcomeStatus::Error => InvokeError::Failed,
+    }
+}
+
+fn fill(r: &mut InvocationRecord, o: Outcome, http_status: Option<u16>) {
     r.status = match o.status {
         OutcomeStatus::Ok => InvocationStatus::Ok,
         OutcomeStatus::Trap => InvocationStatus::Trap,
@@ -217,7 +201,6 @@ fn complete(
         OutcomeStatus::MemoryLimit => InvocationStatus::MemoryLimit,
         OutcomeStatus::Error => InvocationStatus::Error,
     };
-    r.duration_us = elapsed.as_micros() as u64;
     r.fuel = o.fuel;
     r.peak_memory_bytes = o.peak_memory_bytes;
     r.http_status = http_status;
@@ -225,23 +208,30 @@ fn complete(
     r.stdout = o.stdout;
     r.stderr = o.stderr;
     r.logs_truncated = o.logs_truncated;
-    r
 }
 
-fn observe(metrics: &crate::Metrics, r: &InvocationRecord) {
-    let label = crate::Metrics::label(&r.project, &r.function);
-    metrics
-        .invocations
-        .get_or_create(&crate::metrics::StatusLabels {
-            project: r.project.clone(),
-            function: r.function.clone(),
-            status: r.status.as_str().to_string(),
-        })
-        .inc();
+/// Metrics of a finished (or refused) invocation, through the version's cached handles; only
+/// rare statuses pay for a label lookup.
+fn observe(metrics: &Metrics, f: &FunctionMetrics, r: &InvocationRecord) {
+    match r.status {
+        InvocationStatus::Ok => f.ok.inc(),
+        other => metrics.status_counter(&r.project, &r.function, other.as_str()).inc(),
+    };
     if r.status != InvocationStatus::Ok || r.http_status.is_some_and(|s| s >= 500) {
-        metrics.errors.get_or_create(&label).inc();
+        f.errors.inc();
     }
     if r.status != InvocationStatus::Rejected {
-        metrics.duration.get_or_create(&label).observe(r.duration_us as f64 / 1e6);
+        f.duration.observe(r.duration_us as f64 / 1e6);
+    }
+}
+
+impl Recorder {
+    /// Queue a record without waiting; if the writer is far behind, hand it to a task that
+    /// waits (back-pressure instead of losing a billable record).
+    fn record_now(&self, record: InvocationRecord) {
+        if let Err(record) = self.try_record(record) {
+            let recorder = self.clone();
+            tokio::spawn(async move { recorder.record(record).await });
+        }
     }
 }

@@ -91,7 +91,7 @@ pub struct ActiveVersion {
     admission: Admission,
     /// False until the first invocation: that one is a cold start.
     warm: AtomicBool,
-    label: metrics::FunctionLabel,
+    metrics: metrics::FunctionMetrics,
 }
 
 /// Functions are keyed by (project, name).
@@ -418,14 +418,14 @@ impl FunctionService {
             info.limits.max_queue,
             self.config.queue_timeout,
         );
-        let label = Metrics::label(&info.project, &info.function);
+        let metrics = self.metrics.function(&info.project, &info.function);
         Ok(Arc::new(ActiveVersion {
             info,
             component,
             params,
             admission,
             warm: AtomicBool::new(false),
-            label,
+            metrics,
         }))
     }
 

@@ -123,7 +123,42 @@ impl Default for Metrics {
     }
 }
 
+/// One function version's metric handles, looked up once when the version is loaded so the
+/// request path does no label hashing.
+#[derive(Clone)]
+pub(crate) struct FunctionMetrics {
+    pub(crate) ok: Counter,
+    pub(crate) errors: Counter,
+    pub(crate) duration: Histogram,
+    pub(crate) queue_wait: Histogram,
+    pub(crate) rejections: Counter,
+    pub(crate) cold_starts: Counter,
+    pub(crate) in_use: Gauge,
+}
+
 impl Metrics {
+    pub(crate) fn function(&self, project: &str, function: &str) -> FunctionMetrics {
+        let label = Self::label(project, function);
+        FunctionMetrics {
+            ok: self.status_counter(project, function, "ok"),
+            errors: self.errors.get_or_create(&label).clone(),
+            duration: self.duration.get_or_create(&label).clone(),
+            queue_wait: self.queue_wait.get_or_create(&label).clone(),
+            rejections: self.rejections.get_or_create(&label).clone(),
+            cold_starts: self.cold_starts.get_or_create(&label).clone(),
+            in_use: self.instances_in_use.get_or_create(&label).clone(),
+        }
+    }
+
+    pub(crate) fn status_counter(&self, project: &str, function: &str, status: &str) -> Counter {
+        let labels = StatusLabels {
+            project: project.to_string(),
+            function: function.to_string(),
+            status: status.to_string(),
+        };
+        self.invocations.get_or_create(&labels).clone()
+    }
+
     pub fn label(project: &str, function: &str) -> FunctionLabel {
         FunctionLabel { project: project.to_string(), function: function.to_string() }
     }

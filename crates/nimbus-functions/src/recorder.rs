@@ -25,6 +25,18 @@ impl Recorder {
         (Recorder { tx, followers }, task)
     }
 
+    /// Queue a record if the channel has room; otherwise give it back.
+    pub(crate) fn try_record(&self, record: InvocationRecord) -> Result<(), InvocationRecord> {
+        match self.tx.try_send(record) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(r)) => Err(r),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("invocation recorder has stopped; record lost");
+                Ok(())
+            }
+        }
+    }
+
     /// Queue a record. Waits only if the writer is far behind (back-pressure instead of losing
     /// billable records); callers run this after the response has been handed over.
     pub(crate) async fn record(&self, record: InvocationRecord) {

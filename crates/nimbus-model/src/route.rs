@@ -162,6 +162,15 @@ pub fn prefix_matches(prefix: &str, normalized_path: &str) -> bool {
 /// Normalise a request path for routing: percent-decode (keeping `%2F` as data), resolve `.` and
 /// `..`, collapse empty segments, drop any trailing slash. Returns `None` for invalid encodings.
 pub fn normalize_path(path: &str) -> Option<String> {
+    // Fast path: most request paths are already normal.
+    let plain = path.starts_with('/')
+        && !path.contains(['%', '\\'])
+        && !path.contains("//")
+        && !path.contains("/.")
+        && (path == "/" || !path.ends_with('/'));
+    if plain {
+        return Some(path.to_string());
+    }
     let mut segments: Vec<String> = Vec::new();
     for raw_segment in path.split('/') {
         let seg = decode_segment(raw_segment)?;

@@ -1,6 +1,7 @@
 //! One invocation: a fresh store and instance per request, limits applied, outcome reported.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -8,7 +9,6 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -55,6 +55,8 @@ pub enum OutcomeStatus {
 pub struct Outcome {
     pub status: OutcomeStatus,
     pub error: Option<String>,
+    /// The HTTP status of the response the guest set, if it set one.
+    pub response_status: Option<u16>,
     /// Fuel consumed: the CPU the guest used, about one unit per wasm instruction.
     pub fuel: u64,
     pub peak_memory_bytes: u64,
@@ -64,25 +66,32 @@ pub struct Outcome {
     pub logs_truncated: bool,
 }
 
-/// What [`Runtime::invoke`] gives back.
+/// What [`Runtime::invoke`] gives back at once. The full [`Outcome`] goes to the `on_finish`
+/// callback when the guest has ended, in both cases.
 pub enum Invocation {
-    /// The guest set a response; its body streams as the guest writes it. `finished` resolves
-    /// once the guest has ended.
-    Responded { response: http::Response<GuestBody>, finished: JoinHandle<Outcome> },
-    /// The guest ended (trapped, timed out, or returned) without setting a response.
-    Failed(Outcome),
+    /// The guest set a response; its body streams as the guest writes it.
+    Responded(http::Response<GuestBody>),
+    /// The guest ended (trapped, timed out, or returned) without setting a usable response.
+    Failed(OutcomeStatus),
 }
 
 /// Fuel given to each invocation: far more than any timeout allows one to burn, so it only counts.
 const FUEL_BUDGET: u64 = 1 << 62;
 
+/// `responded` values besides an HTTP status: none yet, or the guest set an error code.
+const NO_RESPONSE: u32 = 0;
+const GUEST_ERROR: u32 = u32::MAX;
+
 impl Runtime {
-    /// Run `request` through a fresh instance of `component`.
+    /// Run `request` through a fresh instance of `component`. `on_finish` runs exactly once, on
+    /// the guest's task, when the guest has ended: it is how callers record the invocation
+    /// without a task of their own per request.
     pub async fn invoke<B>(
         &self,
         component: &LoadedComponent,
         request: http::Request<B>,
         params: &InvocationParams,
+        on_finish: impl FnOnce(Outcome) + Send + 'static,
     ) -> Invocation
     where
         B: http_body::Body<Data = Bytes, Error = BodyError> + Send + 'static,
@@ -112,27 +121,35 @@ impl Runtime {
         store.set_epoch_deadline((params.timeout.as_nanos() / tick) as u64 + 1);
         store.epoch_deadline_trap();
 
-        let failed = |error: String, logs: &Arc<Mutex<LogBuffer>>| {
-            Invocation::Failed(finish(
-                OutcomeStatus::Error,
-                Some(error),
-                0,
-                0,
-                Duration::ZERO,
-                logs,
-            ))
+        let fail_early = |error: String, on_finish: Box<dyn FnOnce(Outcome) + Send>| {
+            on_finish(finish(OutcomeStatus::Error, Some(error), None, 0, 0, Duration::ZERO, &logs));
+            Invocation::Failed(OutcomeStatus::Error)
         };
         if let Err(e) = store.set_fuel(FUEL_BUDGET) {
-            return failed(format!("setting fuel: {e:#}"), &logs);
+            return fail_early(format!("setting fuel: {e:#}"), Box::new(on_finish));
         }
         let (tx, rx) = oneshot::channel();
+        // Noted synchronously while the guest runs, so the task knows at its end whether (and
+        // what) the guest answered without waiting on the receiver.
+        let responded = Arc::new(AtomicU32::new(NO_RESPONSE));
+        let flag = responded.clone();
         let request = request.map(|body| body.map_err(to_wasi_error));
         let (req, out) = {
             let mut http = store.data_mut().http();
-            match (http.new_incoming_request(Scheme::Http, request), http.new_response_outparam(tx))
-            {
+            let out = http.new_response_outparam_from_callback(move |result| {
+                let mark = match &result {
+                    Ok(r) => u32::from(r.status().as_u16()),
+                    Err(_) => GUEST_ERROR,
+                };
+                flag.store(mark, Ordering::Release);
+                // The receiver is gone only if the caller stopped waiting; nothing to tell it.
+                let _ = tx.send(result);
+            });
+            match (http.new_incoming_request(Scheme::Http, request), out) {
                 (Ok(req), Ok(out)) => (req, out),
-                (Err(e), _) | (_, Err(e)) => return failed(format!("bad request: {e:#}"), &logs),
+                (Err(e), _) | (_, Err(e)) => {
+                    return fail_early(format!("bad request: {e:#}"), Box::new(on_finish));
+                }
             }
         };
 
@@ -153,7 +170,7 @@ impl Runtime {
             let fuel = FUEL_BUDGET.saturating_sub(store.get_fuel().unwrap_or(FUEL_BUDGET));
             let limiter = &store.data().limiter;
             let peak = limiter.peak as u64;
-            let (status, error) = match result {
+            let (mut status, mut error) = match result {
                 Err(_elapsed) => (OutcomeStatus::Timeout, Some(timeout_message(timeout))),
                 Ok(Ok(())) => (OutcomeStatus::Ok, None),
                 Ok(Err(_)) if limiter.hit_limit => (
@@ -168,32 +185,40 @@ impl Runtime {
                     None => (OutcomeStatus::Error, Some(format!("{e:#}"))),
                 },
             };
-            finish(status, error, fuel, peak, instantiate, &task_logs)
+            let response_status = match responded.load(Ordering::Acquire) {
+                NO_RESPONSE => {
+                    if status == OutcomeStatus::Ok {
+                        status = OutcomeStatus::Error;
+                        error = Some("the guest returned without setting a response".into());
+                    }
+                    None
+                }
+                GUEST_ERROR => {
+                    if status == OutcomeStatus::Ok {
+                        status = OutcomeStatus::Error;
+                        error = Some("the guest answered with an error code".into());
+                    }
+                    None
+                }
+                code => u16::try_from(code).ok(),
+            };
+            on_finish(finish(status, error, response_status, fuel, peak, instantiate, &task_logs));
+            status
         });
 
         match rx.await {
-            Ok(Ok(response)) => Invocation::Responded {
-                response: response.map(|body| body.map_err(from_wasi_error).boxed_unsync()),
-                finished: task,
+            Ok(Ok(response)) => Invocation::Responded(
+                response.map(|body| body.map_err(from_wasi_error).boxed_unsync()),
+            ),
+            // The guest set an error, or ended without answering: its task has the details.
+            Ok(Err(_)) | Err(_) => match task.await {
+                Ok(OutcomeStatus::Ok) => Invocation::Failed(OutcomeStatus::Error),
+                Ok(status) => Invocation::Failed(status),
+                Err(e) => {
+                    tracing::error!(error = %e, "invocation task failed");
+                    Invocation::Failed(OutcomeStatus::Error)
+                }
             },
-            Ok(Err(code)) => {
-                let mut outcome = join(task, &logs).await;
-                if outcome.status == OutcomeStatus::Ok {
-                    outcome.status = OutcomeStatus::Error;
-                }
-                outcome
-                    .error
-                    .get_or_insert_with(|| format!("the guest answered with error {code:?}"));
-                Invocation::Failed(outcome)
-            }
-            Err(_) => {
-                let mut outcome = join(task, &logs).await;
-                if outcome.status == OutcomeStatus::Ok {
-                    outcome.status = OutcomeStatus::Error;
-                    outcome.error = Some("the guest returned without setting a response".into());
-                }
-                Invocation::Failed(outcome)
-            }
         }
     }
 }
@@ -202,24 +227,10 @@ fn timeout_message(timeout: Duration) -> String {
     format!("the function ran past its timeout of {} ms", timeout.as_millis())
 }
 
-/// Wait for a guest task; a panic inside it (a host bug) becomes an `Error` outcome.
-pub async fn join(task: JoinHandle<Outcome>, logs: &Arc<Mutex<LogBuffer>>) -> Outcome {
-    match task.await {
-        Ok(outcome) => outcome,
-        Err(e) => finish(
-            OutcomeStatus::Error,
-            Some(format!("invocation task failed: {e}")),
-            0,
-            0,
-            Duration::ZERO,
-            logs,
-        ),
-    }
-}
-
 fn finish(
     status: OutcomeStatus,
     error: Option<String>,
+    response_status: Option<u16>,
     fuel: u64,
     peak_memory_bytes: u64,
     instantiate: Duration,
@@ -229,6 +240,7 @@ fn finish(
     Outcome {
         status,
         error,
+        response_status,
         fuel,
         peak_memory_bytes,
         instantiate,

@@ -24,6 +24,7 @@
 //! the same traits in its own crate, with its own schema and migrations; nothing in this crate is
 //! meant to be reused by it, and nothing SQLite-specific leaks through the traits.
 
+mod auth;
 mod blob;
 mod error;
 mod migrations;

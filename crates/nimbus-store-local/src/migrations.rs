@@ -15,35 +15,43 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 const MIGRATIONS: &[&str] = &[
     // 1: functions, versions, secrets, invocation records.
     r#"
+    -- Every table is keyed by project first: no row is reachable without naming its project.
     CREATE TABLE functions (
-        name           TEXT    NOT NULL PRIMARY KEY,
+        project        TEXT    NOT NULL,
+        name           TEXT    NOT NULL,
         active_version INTEGER NOT NULL,
         latest_version INTEGER NOT NULL,
         created_at     INTEGER NOT NULL,
-        updated_at     INTEGER NOT NULL
+        updated_at     INTEGER NOT NULL,
+        PRIMARY KEY (project, name)
     ) STRICT;
 
     CREATE TABLE versions (
-        function      TEXT    NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        project       TEXT    NOT NULL,
+        function      TEXT    NOT NULL,
         version       INTEGER NOT NULL,
         module_sha256 TEXT    NOT NULL,
         module_size   INTEGER NOT NULL,
         spec_json     TEXT    NOT NULL,
         limits_json   TEXT    NOT NULL,
         created_at    INTEGER NOT NULL,
-        PRIMARY KEY (function, version)
+        PRIMARY KEY (project, function, version),
+        FOREIGN KEY (project, function) REFERENCES functions(project, name) ON DELETE CASCADE
     ) STRICT;
 
     CREATE TABLE secrets (
-        function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        project  TEXT NOT NULL,
+        function TEXT NOT NULL,
         key      TEXT NOT NULL,
         value    TEXT NOT NULL,
-        PRIMARY KEY (function, key)
+        PRIMARY KEY (project, function, key),
+        FOREIGN KEY (project, function) REFERENCES functions(project, name) ON DELETE CASCADE
     ) STRICT;
 
     -- No foreign key to functions: records outlive their function (usage history, billing).
     CREATE TABLE invocations (
         id                TEXT    NOT NULL PRIMARY KEY, -- UUIDv7: ORDER BY id is chronological
+        project           TEXT    NOT NULL,
         function          TEXT    NOT NULL,
         version           INTEGER NOT NULL,
         "trigger"         TEXT    NOT NULL,
@@ -59,8 +67,120 @@ const MIGRATIONS: &[&str] = &[
         stderr            TEXT    NOT NULL,
         logs_truncated    INTEGER NOT NULL
     ) STRICT;
-    CREATE INDEX invocations_function_id ON invocations (function, id);
+    CREATE INDEX invocations_project_function_id ON invocations (project, function, id);
+    CREATE INDEX invocations_project_id ON invocations (project, id);
     CREATE INDEX invocations_started_at ON invocations (started_at);
+    "#,
+    // 2: identity (nimbus-auth): projects, signing keys, API keys, users + identities, sessions +
+    // refresh tokens, one-time tokens, and the durable events outbox. Every table but `projects`
+    // carries `project`, and every index a query uses starts with it.
+    r#"
+    CREATE TABLE projects (
+        id         TEXT    NOT NULL PRIMARY KEY,
+        slug       TEXT    NOT NULL UNIQUE,
+        name       TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO projects (id, slug, name, created_at)
+        VALUES ('default', 'default', 'Default project', CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+
+    CREATE TABLE signing_keys (
+        project       TEXT    NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        kid           TEXT    NOT NULL,
+        private_pkcs8 BLOB    NOT NULL,
+        public_key    BLOB    NOT NULL,
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (project, kid)
+    ) STRICT;
+
+    CREATE TABLE api_keys (
+        id         TEXT    NOT NULL PRIMARY KEY,
+        project    TEXT    NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        prefix     TEXT    NOT NULL UNIQUE,
+        hash       BLOB    NOT NULL, -- SHA-256 of the whole key
+        scope      TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+    ) STRICT;
+    CREATE INDEX api_keys_project ON api_keys (project, id);
+
+    CREATE TABLE users (
+        id             TEXT    NOT NULL PRIMARY KEY, -- UUIDv7
+        project        TEXT    NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        email          TEXT,                          -- normalised; NULL for anonymous users
+        email_verified INTEGER NOT NULL,
+        disabled       INTEGER NOT NULL,
+        anon           INTEGER NOT NULL,
+        roles_json     TEXT    NOT NULL,
+        claims_json    TEXT    NOT NULL,
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX users_project_email ON users (project, email) WHERE email IS NOT NULL;
+    CREATE INDEX users_project_id ON users (project, id);
+
+    -- How users sign in: 'password' (subject = email, secret = Argon2id PHC string) now, OAuth/OIDC
+    -- providers later (subject = the provider's sub), without touching users.
+    CREATE TABLE identities (
+        id               TEXT    NOT NULL PRIMARY KEY,
+        project          TEXT    NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        user_id          TEXT    NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        provider         TEXT    NOT NULL,
+        provider_subject TEXT    NOT NULL,
+        secret_hash      TEXT,
+        created_at       INTEGER NOT NULL,
+        UNIQUE (project, provider, provider_subject)
+    ) STRICT;
+    CREATE INDEX identities_user ON identities (project, user_id);
+
+    -- A session is one sign-in and the family of refresh tokens descending from it.
+    CREATE TABLE sessions (
+        id         TEXT    NOT NULL PRIMARY KEY,
+        project    TEXT    NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        user_id    TEXT    NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) STRICT;
+    CREATE INDEX sessions_user ON sessions (project, user_id);
+    CREATE INDEX sessions_revoked ON sessions (project, revoked_at) WHERE revoked_at IS NOT NULL;
+
+    CREATE TABLE refresh_tokens (
+        hash       BLOB    NOT NULL PRIMARY KEY, -- SHA-256 of the token
+        project    TEXT    NOT NULL,
+        session    TEXT    NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        parent     BLOB,                         -- the token this one replaced
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+    ) STRICT;
+    CREATE INDEX refresh_tokens_session ON refresh_tokens (session);
+
+    CREATE TABLE one_time_tokens (
+        hash       BLOB    NOT NULL PRIMARY KEY, -- SHA-256 of the token
+        project    TEXT    NOT NULL,
+        user_id    TEXT    NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        purpose    TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+    ) STRICT;
+    CREATE INDEX one_time_tokens_user ON one_time_tokens (user_id);
+
+    -- Written in the same transaction as the change it reports; delivered later by an event
+    -- dispatcher. No foreign keys: events outlive their subject.
+    CREATE TABLE events (
+        id           TEXT    NOT NULL PRIMARY KEY, -- UUIDv7
+        project      TEXT    NOT NULL,
+        type         TEXT    NOT NULL,
+        subject      TEXT    NOT NULL,
+        data_json    TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL,
+        delivered_at INTEGER
+    ) STRICT;
+    CREATE INDEX events_project_id ON events (project, id);
+    CREATE INDEX events_undelivered ON events (id) WHERE delivered_at IS NULL;
     "#,
 ];
 

@@ -141,9 +141,14 @@ pub struct NewRefreshToken {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// The token was current: it is now used and `new` replaces it.
-    Rotated { session: String, user: UserRecord },
+    Rotated {
+        session: String,
+        user: UserRecord,
+    },
     /// The token had been used before: the whole session (family) is now revoked.
-    Reused { session: String },
+    Reused {
+        session: String,
+    },
     /// The session was already revoked (sign-out, reuse, reset, admin).
     Revoked,
     Expired,
@@ -166,7 +171,9 @@ pub struct NewOneTimeToken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsumeOutcome {
     /// The token was valid; it is now used. Carries its user.
-    Consumed { user: String },
+    Consumed {
+        user: String,
+    },
     Expired,
     /// Unknown, already used, or for another purpose or project.
     Invalid,
@@ -218,8 +225,12 @@ pub trait AuthStore: Send + Sync + 'static {
     fn list_api_keys(&self, project: &str) -> Result<Vec<ApiKeyRecord>>;
     /// Returns the key as revoked now, or `None` if there is no such key in the project. Revoking a
     /// revoked key keeps its first `revoked_at`.
-    fn revoke_api_key(&self, project: &str, id: &str, now: UnixMillis)
-    -> Result<Option<ApiKeyRecord>>;
+    fn revoke_api_key(
+        &self,
+        project: &str,
+        id: &str,
+        now: UnixMillis,
+    ) -> Result<Option<ApiKeyRecord>>;
 
     // -- users and identities ---------------------------------------------------------------------
     /// Insert a user with its identities and events. `Conflict` if the email or an identity's
@@ -280,8 +291,12 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<Option<UserRecord>>;
     /// Delete the user with identities, sessions, tokens; records `events` with it. Returns the
     /// ids of the sessions it had that were not revoked, or `None` if there was no such user.
-    fn delete_user(&self, project: &str, user: &str, events: &[NewEvent])
-    -> Result<Option<Vec<String>>>;
+    fn delete_user(
+        &self,
+        project: &str,
+        user: &str,
+        events: &[NewEvent],
+    ) -> Result<Option<Vec<String>>>;
 
     // -- sessions and refresh tokens --------------------------------------------------------------
     /// Start a session with its first refresh token, recording `events` with it.
@@ -309,8 +324,12 @@ pub trait AuthStore: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Option<String>>;
     /// Revoke every live session of a user; returns their ids.
-    fn revoke_user_sessions(&self, project: &str, user: &str, now: UnixMillis)
-    -> Result<Vec<String>>;
+    fn revoke_user_sessions(
+        &self,
+        project: &str,
+        user: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<String>>;
     /// Sessions revoked at or after `since` (for the access-token deny list).
     fn revoked_sessions_since(&self, project: &str, since: UnixMillis) -> Result<Vec<String>>;
     fn list_user_sessions(&self, project: &str, user: &str) -> Result<Vec<SessionRecord>>;
@@ -329,6 +348,10 @@ pub trait AuthStore: Send + Sync + 'static {
 
     // -- events -----------------------------------------------------------------------------------
     /// Events with an id greater than `after`, oldest first.
-    fn list_events(&self, project: &str, after: Option<&str>, limit: u32)
-    -> Result<Vec<EventRecord>>;
+    fn list_events(
+        &self,
+        project: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>>;
 }

@@ -1,0 +1,57 @@
+//! [`AuthError`]: what the identity service answers, in kinds the API layer maps to statuses.
+
+use std::time::Duration;
+
+use nimbus_store::StoreError;
+
+/// Errors of [`AuthService`](crate::AuthService). The messages are safe to show to a client except
+/// for [`AuthError::Store`] and [`AuthError::Internal`], whose causes are for the operator's log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong email or password, unknown email, unknown or revoked API key: deliberately one answer.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The new password fails the policy; the reason is safe to show.
+    #[error("weak password: {0}")]
+    WeakPassword(String),
+    /// A token (access, refresh, one-time) that is malformed, forged, revoked, reused, for another
+    /// project or already used.
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("token expired")]
+    TokenExpired,
+    /// Too many attempts: answer 429 with `Retry-After`.
+    #[error("too many attempts; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: Duration },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The user is disabled by an administrator.
+    #[error("user disabled")]
+    Disabled,
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The store failed.
+    #[error("storage: {0}")]
+    Store(#[source] StoreError),
+    /// Anything else that failed (a crypto backend, a panicked blocking task, the mailer).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => AuthError::NotFound(what),
+            StoreError::Conflict(what) => AuthError::Conflict(what),
+            other => AuthError::Store(other),
+        }
+    }
+}
+
+impl AuthError {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        AuthError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,72 @@
+//! The identity service of Nimbus: projects (tenancy), API keys, end users, sessions, email
+//! verification and password reset, abuse limits and the auth events outbox.
+//!
+//! [`AuthService`] is the entry point; the HTTP API, the gateway and the CLI call it. Persistence is
+//! the [`AuthStore`](nimbus_store::auth::AuthStore) trait (SQLite in `nimbus-store-local`), mail the
+//! [`Mailer`] trait ([`SmtpMailer`], or the in-memory [`Outbox`] in development).
+//!
+//! # Projects
+//!
+//! A project is the isolation boundary. Every method takes the project id and every store query
+//! filters by it; access tokens carry it as `aud` and are signed by per-project Ed25519 keys, so a
+//! user, key or token of one project is useless in another. The `default` project always exists.
+//!
+//! # Tokens
+//!
+//! - API keys `nbk_<prefix8>_<secret>`: stored as SHA-256 (the secret has 256 random bits, so a fast
+//!   hash loses nothing and keeps verification to one lookup and one hash), listed by prefix,
+//!   revocable with immediate effect (the in-memory cache is updated by `revoke_api_key`).
+//! - Access tokens: EdDSA JWTs (`kid` in the header; JWKS per project; rotation keeps old keys
+//!   verifying until retired), 15 minutes by default.
+//! - Refresh tokens: 256 random bits, stored hashed, single use. Each refresh spends the presented
+//!   token and issues its successor; presenting a spent token again revokes the whole session
+//!   (the family of tokens descending from one sign-in).
+//! - One-time tokens (email verification, password reset): 256 random bits, stored hashed with a
+//!   purpose and an expiry, spent atomically.
+//!
+//! # Revocation of access tokens
+//!
+//! Access tokens are stateless, but revocation still takes effect at once: sign-out, sign-out
+//! everywhere, refresh-token reuse, password reset, disabling and deleting a user put the session
+//! ids on a per-project deny list that `verify_access_token` checks (a hash lookup). Entries live as
+//! long as an access token can (TTL + leeway); at start-up the list is rebuilt from the sessions
+//! revoked in that window. The list is per process: with several Nimbus processes sharing a store,
+//! another process learns of a revocation only when it (re)loads the project, so there revocation
+//! takes effect at the latest when the access token expires.
+//!
+//! # Enumeration resistance
+//!
+//! - Sign-in: unknown email and wrong password are one error (`InvalidCredentials`) after the same
+//!   work: an unknown email is verified against a dummy Argon2 hash with the configured parameters.
+//! - Sign-up: always answers `SignUpOutcome { confirmation_sent: true }`, hashing the password
+//!   either way. A new address gets a verification email; an existing one gets a "someone tried to
+//!   sign up with your address" notice. No session is returned; the client signs in next.
+//! - Password reset: always `Ok` for a well-formed address; the lookup, token and email happen in
+//!   a background task, so neither the answer nor its timing depends on the address.
+//! - Rate limits are keyed by the address whether or not it exists.
+//! - Left as is: upgrading an anonymous user to a taken address answers `Conflict` (the caller is
+//!   already a user of the project, and the sign-up limits apply).
+
+mod config;
+mod error;
+mod jwt;
+mod mail;
+mod password;
+mod ratelimit;
+mod service;
+mod types;
+
+pub use config::{
+    AuthConfig, Clock, ManualClock, PasswordHashConfig, PasswordPolicy, RateLimit, RateLimits,
+    SystemClock,
+};
+pub use error::AuthError;
+pub use jwt::Claims;
+pub use mail::{
+    EmailKind, EmailMessage, MailError, Mailer, Outbox, SmtpConfig, SmtpMailer, SmtpSecurity,
+};
+pub use password::{PasswordHasherService, check_policy};
+pub use service::{AuthService, normalize_email, validate_slug};
+pub use types::{
+    ApiKeyInfo, ApiKeyScope, Event, NewApiKey, Project, Session, SignUpOutcome, User, UserPage,
+};

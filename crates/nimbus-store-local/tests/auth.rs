@@ -1,0 +1,197 @@
+//! The identity tables (migration 2) through the `AuthStore` trait, on a real SQLite file.
+
+use nimbus_store::StoreError;
+use nimbus_store::auth::{
+    AuthStore, ConsumeOutcome, DEFAULT_PROJECT, IdentityRecord, NewEvent, NewOneTimeToken,
+    NewRefreshToken, ProjectRecord, RefreshOutcome, SessionRecord, UserQuery, UserRecord,
+};
+use nimbus_store_local::SqliteStore;
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("nimbus.db")).unwrap();
+    (dir, store)
+}
+
+fn user(id: &str, project: &str, email: Option<&str>) -> UserRecord {
+    UserRecord {
+        id: id.into(),
+        project: project.into(),
+        email: email.map(str::to_string),
+        email_verified: false,
+        disabled: false,
+        anon: email.is_none(),
+        roles: vec![],
+        claims: Default::default(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn identity(id: &str, user: &str, email: &str) -> IdentityRecord {
+    IdentityRecord {
+        id: id.into(),
+        user: user.into(),
+        provider: "password".into(),
+        provider_subject: email.into(),
+        secret_hash: Some("$argon2id$…".into()),
+        created_at: 1,
+    }
+}
+
+fn ev(id: &str, kind: &str, subject: &str) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        kind: kind.into(),
+        subject: subject.into(),
+        data: serde_json::json!({}),
+        created_at: 1,
+    }
+}
+
+fn rt(hash: u8, parent: Option<u8>, expires_at: i64) -> NewRefreshToken {
+    NewRefreshToken {
+        hash: vec![hash; 32],
+        parent: parent.map(|p| vec![p; 32]),
+        created_at: 1,
+        expires_at,
+    }
+}
+
+#[test]
+fn default_project_exists_and_slugs_are_unique() {
+    let (_dir, s) = open();
+    let default = s.get_project(DEFAULT_PROJECT).unwrap().unwrap();
+    assert_eq!(default.slug, "default");
+    assert!(default.created_at > 1_600_000_000_000);
+    let p =
+        ProjectRecord { id: "p2".into(), slug: "beta".into(), name: "Beta".into(), created_at: 5 };
+    s.create_project(&p).unwrap();
+    let dup = ProjectRecord { id: "p3".into(), ..p.clone() };
+    assert!(matches!(s.create_project(&dup), Err(StoreError::Conflict(_))));
+    assert_eq!(s.get_project_by_slug("beta").unwrap(), Some(p));
+    assert_eq!(s.list_projects().unwrap().len(), 2);
+}
+
+#[test]
+fn users_are_per_project_and_events_are_transactional() {
+    let (_dir, s) = open();
+    s.create_project(&ProjectRecord {
+        id: "b".into(),
+        slug: "b".into(),
+        name: "B".into(),
+        created_at: 1,
+    })
+    .unwrap();
+    let u = user("u1", DEFAULT_PROJECT, Some("a@x.io"));
+    s.create_user(
+        DEFAULT_PROJECT,
+        &u,
+        &[identity("i1", "u1", "a@x.io")],
+        &[ev("e1", "user.created", "u1")],
+    )
+    .unwrap();
+    // Same email again in the same project: conflict, and neither the user nor the event exists.
+    let dup = user("u2", DEFAULT_PROJECT, Some("a@x.io"));
+    let r = s.create_user(
+        DEFAULT_PROJECT,
+        &dup,
+        &[identity("i2", "u2", "a@x.io")],
+        &[ev("e2", "user.created", "u2")],
+    );
+    assert!(matches!(r, Err(StoreError::Conflict(_))));
+    assert!(s.get_user(DEFAULT_PROJECT, "u2").unwrap().is_none());
+    assert_eq!(s.list_events(DEFAULT_PROJECT, None, 10).unwrap().len(), 1);
+    // The same email in project b is another user.
+    s.create_user("b", &user("u3", "b", Some("a@x.io")), &[identity("i3", "u3", "a@x.io")], &[])
+        .unwrap();
+
+    // Nothing of the default project is visible through b.
+    assert!(s.get_user("b", "u1").unwrap().is_none());
+    assert_eq!(s.find_identity("b", "password", "a@x.io").unwrap().unwrap().1.id, "u3");
+    assert_eq!(s.find_identity(DEFAULT_PROJECT, "password", "a@x.io").unwrap().unwrap().1.id, "u1");
+    assert!(s.set_user_disabled("b", "u1", true, 2).unwrap().is_none());
+    assert!(s.delete_user("b", "u1", &[ev("e3", "user.deleted", "u1")]).unwrap().is_none());
+    assert!(s.list_events("b", None, 10).unwrap().is_empty());
+    let q = UserQuery { limit: 10, ..Default::default() };
+    assert_eq!(s.list_users("b", &q).unwrap().len(), 1);
+
+    assert_eq!(
+        s.delete_user(DEFAULT_PROJECT, "u1", &[ev("e4", "user.deleted", "u1")]).unwrap(),
+        Some(vec![])
+    );
+    let kinds: Vec<String> =
+        s.list_events(DEFAULT_PROJECT, None, 10).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["user.created", "user.deleted"]);
+    assert!(s.find_identity(DEFAULT_PROJECT, "password", "a@x.io").unwrap().is_none());
+}
+
+#[test]
+fn refresh_rotation_reuse_and_one_time_tokens() {
+    let (_dir, s) = open();
+    let p = DEFAULT_PROJECT;
+    s.create_user(p, &user("u", p, Some("u@x.io")), &[], &[]).unwrap();
+    let session =
+        SessionRecord { id: "s1".into(), user: "u".into(), created_at: 1, revoked_at: None };
+    s.create_session(p, &session, &rt(1, None, 100), &[ev("e", "user.signed_in", "u")]).unwrap();
+    // A session for a user of another project cannot be created.
+    let stray =
+        SessionRecord { id: "s9".into(), user: "nobody".into(), created_at: 1, revoked_at: None };
+    assert!(matches!(
+        s.create_session(p, &stray, &rt(9, None, 100), &[]),
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert!(matches!(
+        s.rotate_refresh_token(p, &[1; 32], &rt(2, Some(1), 100), 10).unwrap(),
+        RefreshOutcome::Rotated { .. }
+    ));
+    assert!(matches!(
+        s.rotate_refresh_token(p, &[2; 32], &rt(3, Some(2), 100), 10).unwrap(),
+        RefreshOutcome::Rotated { .. }
+    ));
+    assert_eq!(
+        s.rotate_refresh_token("other", &[3; 32], &rt(4, Some(3), 100), 10).unwrap(),
+        RefreshOutcome::Unknown
+    );
+    // Reuse of token 1 revokes the family; the current token 3 is dead too.
+    assert_eq!(
+        s.rotate_refresh_token(p, &[1; 32], &rt(5, Some(1), 100), 20).unwrap(),
+        RefreshOutcome::Reused { session: "s1".into() }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(p, &[3; 32], &rt(6, Some(3), 100), 20).unwrap(),
+        RefreshOutcome::Revoked
+    );
+    assert_eq!(s.revoked_sessions_since(p, 20).unwrap(), ["s1"]);
+    assert!(s.revoked_sessions_since("other", 0).unwrap().is_empty());
+
+    let t = NewOneTimeToken {
+        hash: vec![7; 32],
+        user: "u".into(),
+        purpose: "verify_email".into(),
+        created_at: 1,
+        expires_at: 50,
+    };
+    s.insert_one_time_token(p, &t).unwrap();
+    assert_eq!(
+        s.consume_one_time_token("other", &[7; 32], "verify_email", 10).unwrap(),
+        ConsumeOutcome::Invalid
+    );
+    assert_eq!(
+        s.consume_one_time_token(p, &[7; 32], "reset_password", 10).unwrap(),
+        ConsumeOutcome::Invalid
+    );
+    assert_eq!(
+        s.consume_one_time_token(p, &[7; 32], "verify_email", 60).unwrap(),
+        ConsumeOutcome::Expired
+    );
+    assert_eq!(
+        s.consume_one_time_token(p, &[7; 32], "verify_email", 10).unwrap(),
+        ConsumeOutcome::Consumed { user: "u".into() }
+    );
+    assert_eq!(
+        s.consume_one_time_token(p, &[7; 32], "verify_email", 10).unwrap(),
+        ConsumeOutcome::Invalid
+    );
+}
