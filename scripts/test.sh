@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run the whole test suite, installing what it needs first: the wasm32-wasip2 target (test guests
-# are built from source for it) and componentize-py (a Python guest proves that components from
-# another toolchain run unchanged). `.ci/run` runs exactly this.
+# are built from source for it), componentize-py (a Python guest proves that components from
+# another toolchain run unchanged) and aiosmtpd (a real SMTP server for the email tests). `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 rustup target add wasm32-wasip2
 scripts/build-foreign-guests.sh
+# Auth emails are tested against a real SMTP server.
+python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6
 # The Python guest must be tested, not skipped.
-export NIMBUS_REQUIRE_FOREIGN=1
+export NIMBUS_REQUIRE_FOREIGN=1 NIMBUS_REQUIRE_SMTP=1
 cargo test --workspace --locked "$@"

@@ -184,7 +184,8 @@ impl Client {
 
     /// A request to `path` (starting with `/`), authenticated.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        let req =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
         match &self.project {
             Some(p) => req.header("x-nimbus-project", p),
             None => req,

@@ -23,6 +23,9 @@ pub struct Manifest {
     pub routes: Vec<ManifestRoute>,
     #[serde(default)]
     pub outbound_hosts: Vec<String>,
+    /// Refuse unauthenticated callers with 401.
+    #[serde(default)]
+    pub require_auth: bool,
     pub build: Option<BuildSection>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -189,6 +192,8 @@ pub struct Overrides {
     pub env: Vec<(String, String)>,
     /// Added to the manifest's outbound hosts.
     pub allow_hosts: Vec<String>,
+    /// Require authentication even if the manifest does not.
+    pub require_auth: bool,
     pub timeout_ms: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub max_concurrency: Option<u32>,
@@ -229,7 +234,8 @@ impl Manifest {
             max_queue: o.max_queue.or(l.max_queue),
             max_body_bytes: o.max_body_bytes.or(l.max_body.map(|s| s.0)),
         };
-        let spec = FunctionSpec { name, routes, env, limits, outbound_hosts };
+        let require_auth = self.require_auth || o.require_auth;
+        let spec = FunctionSpec { name, routes, env, limits, outbound_hosts, require_auth };
         spec.validate()?;
         Ok(spec)
     }
@@ -405,6 +411,7 @@ max_body = 1048576
             routes: vec!["/extra".into(), "/hello".into()],
             env: vec![("GREETING".into(), "yo".into()), ("NEW".into(), "1".into())],
             allow_hosts: vec!["api.example.org".into()],
+            require_auth: false,
             timeout_ms: Some(1000),
             memory_bytes: Some(32 << 20),
             max_concurrency: None,

@@ -286,13 +286,20 @@ impl FunctionService {
         Ok(())
     }
 
-    pub async fn set_secret(&self, project: &str, name: &str, key: &str, value: &str) -> Result<()> {
+    pub async fn set_secret(
+        &self,
+        project: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
         let mut probe = FunctionSpec { name: name.into(), ..Default::default() };
         probe.env.insert(key.into(), String::new());
         probe.validate()?;
         let _changes = self.changes.lock().await;
         let fs = self.stores.functions.clone();
-        let (p, n, k, v) = (project.to_string(), name.to_string(), key.to_string(), value.to_string());
+        let (p, n, k, v) =
+            (project.to_string(), name.to_string(), key.to_string(), value.to_string());
         blocking(move || fs.set_secret(&p, &n, &k, &v).map_err(FunctionError::from)).await?;
         self.reload_params(project, name).await
     }
@@ -324,7 +331,8 @@ impl FunctionService {
     pub async fn versions(&self, project: &str, name: &str) -> Result<Vec<VersionInfo>> {
         let fs = self.stores.functions.clone();
         let (p, n) = (project.to_string(), name.to_string());
-        let versions = blocking(move || fs.list_versions(&p, &n).map_err(FunctionError::from)).await?;
+        let versions =
+            blocking(move || fs.list_versions(&p, &n).map_err(FunctionError::from)).await?;
         if versions.is_empty() {
             return Err(FunctionError::NotFound(format!("function {name}")));
         }

@@ -12,7 +12,9 @@ pub enum SpecError {
         "invalid function name {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
     )]
     Name(String),
-    #[error("invalid project {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter")]
+    #[error(
+        "invalid project {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+    )]
     Project(String),
     #[error("invalid route {route:?}: {reason}")]
     Route { route: String, reason: String },
@@ -46,6 +48,10 @@ pub struct FunctionSpec {
     /// outbound HTTP. Empty: all outbound HTTP is denied.
     #[serde(default)]
     pub outbound_hosts: Vec<String>,
+    /// Refuse unauthenticated callers with 401 before the function runs. Either way the function
+    /// learns the verified caller from `x-nimbus-*` headers.
+    #[serde(default)]
+    pub require_auth: bool,
 }
 
 /// Limits a developer asks for; `None` takes the operator's default.
@@ -219,6 +225,7 @@ pub struct FunctionInfo {
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
     pub outbound_hosts: Vec<String>,
+    pub require_auth: bool,
     /// Names of the secrets set on this function; values are write-only.
     pub secrets: Vec<String>,
     pub module_sha256: String,

@@ -35,6 +35,7 @@ impl Rule {
     /// Whether the rule evaluates to exactly `true` in `ctx`. Anything else (false, null, a
     /// string, a type error), and a context made for a different environment, is `false`.
     #[inline]
+    #[must_use]
     pub fn allows(&self, ctx: &Context<'_>) -> bool {
         ctx.env().id() == self.env_id && matches!(self.program.run(ctx), Val::Bool(true))
     }
@@ -42,6 +43,7 @@ impl Rule {
     /// What the rule evaluates to, as JSON; `None` when it is an error (a type mismatch, an
     /// overflow) or the context belongs to another environment. For tools and tests; it
     /// allocates.
+    #[must_use]
     pub fn evaluate(&self, ctx: &Context<'_>) -> Option<Value> {
         if ctx.env().id() != self.env_id {
             return None;

@@ -119,6 +119,7 @@ pub enum Decision {
 
 impl Decision {
     /// Whether the operation may go ahead.
+    #[must_use]
     pub fn is_allowed(self) -> bool {
         matches!(self, Decision::Bypassed | Decision::Allowed)
     }
@@ -198,6 +199,7 @@ impl RuleSet {
     /// May `caller` do `op`? A [`Caller::Service`] always may. For a [`Caller::User`], the
     /// user's value is bound to the `auth` root (over whatever `ctx` had there) and the
     /// operation's rule must evaluate to exactly `true`; no rule denies.
+    #[must_use]
     pub fn check<'a>(&self, op: Operation, caller: Caller<'a>, ctx: &Context<'a>) -> Decision {
         let auth = match caller {
             Caller::Service => return Decision::Bypassed,

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::header;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use nimbus_auth::{ApiKeyScope, AuthError, AuthService};
 use nimbus_functions::FunctionService;
 use nimbus_model::{DEFAULT_PROJECT, LimitPolicy, validate_project};
 use subtle::ConstantTimeEq;
@@ -23,16 +25,29 @@ use crate::gateway;
 /// Header that picks the project an admin request acts on (default: the default project).
 pub const PROJECT_HEADER: &str = "x-nimbus-project";
 
+/// Header carrying an API key, for clients that keep `Authorization` for a user's token.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
 /// Who is calling the management API, and for which project; set by the auth middleware.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub project: String,
+    pub kind: CallerKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallerKind {
+    /// The operator's admin token.
+    Admin,
+    /// A project's service API key.
+    Service { key_id: String },
 }
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub functions: Arc<FunctionService>,
+    pub auth: AuthService,
     admin_token: Arc<str>,
     pub limits: LimitPolicy,
     /// `<project>.<base_domain>` host names route to that project's functions.
@@ -45,6 +60,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         functions: Arc<FunctionService>,
+        auth: AuthService,
         admin_token: String,
         limits: LimitPolicy,
         base_domain: &str,
@@ -52,6 +68,7 @@ impl AppState {
     ) -> Self {
         AppState {
             functions,
+            auth,
             admin_token: admin_token.into(),
             limits,
             base_domain: base_domain.into(),
@@ -80,6 +97,9 @@ impl AppState {
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
     tags((name = "functions", description = "Deploy, version, configure and invoke functions"),
+         (name = "projects", description = "Projects (tenants) and their API keys"),
+         (name = "users", description = "A project's end users, as its operator sees them"),
+         (name = "auth", description = "End-user sign-up, sign-in and sessions (public)"),
          (name = "invocations", description = "Invocation records and logs"))
 )]
 struct ApiDoc;
@@ -107,14 +127,40 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api::functions::set_secret, api::functions::delete_secret))
         .routes(routes!(api::invocations::logs))
         .routes(routes!(api::invocations::list))
+        .routes(routes!(api::projects::create, api::projects::list))
+        .routes(routes!(api::projects::create_key, api::projects::list_keys))
+        .routes(routes!(api::projects::revoke_key))
+        .routes(routes!(api::users::list))
+        .routes(routes!(api::users::show, api::users::update, api::users::delete))
+        .routes(routes!(api::users::revoke_sessions))
+        .routes(routes!(api::users::events))
+        .routes(routes!(api::users::outbox))
         .split_for_parts();
+    // End-user authentication: public, outside the management middleware.
+    let (public, public_doc) = OpenApiRouter::new()
+        .routes(routes!(api::auth::signup))
+        .routes(routes!(api::auth::signin))
+        .routes(routes!(api::auth::anonymous))
+        .routes(routes!(api::auth::refresh))
+        .routes(routes!(api::auth::signout))
+        .routes(routes!(api::auth::signout_all))
+        .routes(routes!(api::auth::user))
+        .routes(routes!(api::auth::upgrade))
+        .routes(routes!(api::auth::request_verification))
+        .routes(routes!(api::auth::verify_email))
+        .routes(routes!(api::auth::request_reset))
+        .routes(routes!(api::auth::reset_password))
+        .routes(routes!(api::auth::jwks))
+        .split_for_parts();
+    let mut openapi = openapi;
+    openapi.merge(public_doc);
     let openapi = Arc::new(openapi);
 
     let admin = api
         .route("/v1/functions/{name}/invoke", any(api::functions::invoke))
         .route("/v1/functions/{name}/invoke/{*path}", any(api::functions::invoke))
         .layer(api::functions::deploy_body_limit())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     Router::new()
         .route("/healthz", get(healthz))
@@ -127,6 +173,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(admin)
+        .merge(public)
         .route("/v1", any(api_not_found))
         .route("/v1/{*rest}", any(api_not_found))
         .fallback(gateway::handle)
@@ -148,41 +195,82 @@ async fn api_not_found(request: Request) -> ApiError {
     ApiError::not_found(format!("no API endpoint {} {}", request.method(), request.uri().path()))
 }
 
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
+/// Authenticate a management request: the admin token (acting on the project named by
+/// `X-Nimbus-Project`, default `default`), or a project's service API key (acting on its own
+/// project only). Public keys and end-user tokens never reach the management API.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers().clone();
+    match caller(&state, &headers).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(token) if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) => {
-            let project = match request.headers().get(PROJECT_HEADER).map(|v| v.to_str()) {
-                None => DEFAULT_PROJECT.to_string(),
-                Some(Ok(p)) if validate_project(p).is_ok() => p.to_string(),
-                Some(_) => {
-                    return ApiError::bad_request(
-                        "invalid_project",
-                        format!("{PROJECT_HEADER} must be a project slug"),
-                    )
-                    .into_response();
-                }
-            };
-            let mut request = request;
-            request.extensions_mut().insert(Caller { project });
-            next.run(request).await
+        .or_else(|| headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .ok_or_else(|| {
+            unauthorized("this endpoint needs `Authorization: Bearer <admin token or service key>`")
+        })?;
+    let asked = match headers.get(PROJECT_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(p)) if validate_project(p).is_ok() => Some(p.to_string()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_project",
+                format!("{PROJECT_HEADER} must be a project slug"),
+            ));
         }
-        Some(_) => ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid",
-        )
-        .into_response(),
-        None => ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this endpoint needs `Authorization: Bearer <admin token>`",
-        )
-        .into_response(),
+    };
+    if bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes())) {
+        let project = asked.unwrap_or_else(|| DEFAULT_PROJECT.to_string());
+        if project != DEFAULT_PROJECT {
+            state.auth.get_project_by_slug(&project).await?;
+        }
+        return Ok(Caller { project, kind: CallerKind::Admin });
+    }
+    if presented.starts_with("nbk_") {
+        let key = state.auth.verify_api_key(presented).await.map_err(|e| match e {
+            AuthError::Store(_) | AuthError::Internal(_) => ApiError::from(e),
+            _ => unauthorized("the API key is not valid (unknown, revoked or expired)"),
+        })?;
+        if key.scope != ApiKeyScope::Service {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a public key cannot use the management API; use a service key",
+            ));
+        }
+        if asked.as_deref().is_some_and(|p| p != key.project) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this key belongs to project {:?}", key.project),
+            ));
+        }
+        return Ok(Caller { project: key.project, kind: CallerKind::Service { key_id: key.id } });
+    }
+    Err(unauthorized("the bearer token is not valid"))
+}
+
+impl Caller {
+    /// Operator-only actions (creating projects) need the admin token.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.kind {
+            CallerKind::Admin => Ok(()),
+            CallerKind::Service { .. } => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the operator's admin token may do this",
+            )),
+        }
     }
 }

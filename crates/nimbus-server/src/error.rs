@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use nimbus_auth::AuthError;
 use nimbus_functions::{FunctionError, InvokeError, Rejection};
 use nimbus_runtime::DeployError;
 use serde::Serialize;
@@ -101,6 +102,28 @@ impl From<InvokeError> for ApiError {
         let mut api = ApiError::new(status, code, e.to_string());
         if let InvokeError::Rejected(_, retry) = e {
             api.retry_after = Some(retry.as_secs().max(1));
+        }
+        api
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let (status, code) = match &e {
+            AuthError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            AuthError::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
+            AuthError::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            AuthError::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
+            AuthError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            AuthError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AuthError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AuthError::Disabled => (StatusCode::FORBIDDEN, "user_disabled"),
+            AuthError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            AuthError::Store(_) | AuthError::Internal(_) => return ApiError::internal(&e),
+        };
+        let mut api = ApiError::new(status, code, e.to_string());
+        if let AuthError::RateLimited { retry_after } = e {
+            api.retry_after = Some(retry_after.as_secs().max(1));
         }
         api
     }

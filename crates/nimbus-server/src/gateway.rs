@@ -3,12 +3,15 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use nimbus_auth::{ApiKeyScope, Claims};
 use nimbus_functions::{Invoked, RouteMatch};
 use nimbus_model::{DEFAULT_PROJECT, validate_project};
 
-use crate::app::AppState;
+use crate::app::{API_KEY_HEADER, AppState};
 use crate::error::ApiError;
 
 pub const INVOCATION_ID: HeaderName = HeaderName::from_static("x-nimbus-invocation-id");
@@ -24,6 +27,19 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
     let method = request.method().as_str().to_owned();
     match state.functions.route(&project, &method, request.uri().path()) {
         RouteMatch::Found(target) => {
+            let identity = match identify(&state, &project, request.headers()).await {
+                Ok(identity) => identity,
+                Err(e) => return e.into_response(),
+            };
+            if target.info.spec.require_auth && !identity.is_authenticated() {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this function requires a signed-in user or a service key",
+                )
+                .into_response();
+            }
+            identity.write(&project, request.headers_mut());
             request = prepare(request);
             let invoked = state.functions.invoke(target, request, "http").await;
             respond(invoked)
@@ -48,6 +64,99 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
             ApiError::bad_request("bad_path", "the path is not valid percent-encoded UTF-8")
                 .into_response()
         }
+    }
+}
+
+/// The verified caller of a function, passed to it in `x-nimbus-*` headers.
+pub(crate) enum Identity {
+    /// No credentials: public functions still run, marked anonymous.
+    Anonymous,
+    /// A signed-in end user (possibly an anonymous user account).
+    User(Arc<Claims>),
+    /// A project API key.
+    Key(ApiKeyScope),
+    /// The operator, through the management API's invoke endpoint.
+    Admin,
+}
+
+const IDENTITY_PREFIX: &str = "x-nimbus-";
+
+impl Identity {
+    fn is_authenticated(&self) -> bool {
+        matches!(self, Identity::User(_) | Identity::Key(ApiKeyScope::Service) | Identity::Admin)
+    }
+
+    /// Replace whatever `x-nimbus-*` headers the client sent with the verified identity, so a
+    /// function can trust them.
+    pub(crate) fn write(&self, project: &str, headers: &mut HeaderMap) {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(&name);
+        }
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        set("x-nimbus-project", project);
+        match self {
+            Identity::Anonymous => set("x-nimbus-auth", "anonymous"),
+            Identity::Admin => set("x-nimbus-auth", "admin"),
+            Identity::Key(scope) => set("x-nimbus-auth", scope.as_str()),
+            Identity::User(claims) => {
+                set("x-nimbus-auth", "user");
+                set("x-nimbus-user-id", &claims.sub);
+                set("x-nimbus-user-roles", &claims.roles.join(","));
+                set("x-nimbus-user-anonymous", if claims.anon { "true" } else { "false" });
+                set("x-nimbus-session-id", &claims.sid);
+                if !claims.custom.is_empty() {
+                    set(
+                        "x-nimbus-user-claims",
+                        &serde_json::Value::from(claims.custom.clone()).to_string(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Verify the caller's credentials for `project`: a bearer access token, or an API key (as a
+/// bearer token or in `x-api-key`). Credentials that are present but invalid are refused rather
+/// than downgraded to anonymous, so a client learns its token expired.
+async fn identify(
+    state: &AppState,
+    project: &str,
+    headers: &HeaderMap,
+) -> Result<Identity, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let key = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim);
+    match (bearer, key) {
+        (Some(token), _) if !token.starts_with("nbk_") => {
+            Ok(Identity::User(state.auth.verify_access_token(project, token).await?))
+        }
+        (Some(key), _) | (None, Some(key)) => {
+            let unauthorized = || {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the API key is not valid for this project",
+                )
+            };
+            let info = state.auth.verify_api_key(key).await.map_err(|_| unauthorized())?;
+            if info.project != project {
+                return Err(unauthorized());
+            }
+            Ok(Identity::Key(info.scope))
+        }
+        (None, None) => Ok(Identity::Anonymous),
     }
 }
 
@@ -78,9 +187,9 @@ fn resolve_project(base_domain: &str, request: Request) -> Result<(String, Reque
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().host())
         .unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
-    });
+    let host = host
+        .rsplit_once(':')
+        .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
     let project = host
         .strip_suffix(base_domain)
         .and_then(|h| h.strip_suffix('.'))

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use nimbus_auth::{AuthConfig, AuthService, Mailer, Outbox, SmtpConfig, SmtpMailer};
 use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
 use nimbus_model::LimitPolicy;
 use nimbus_runtime::{Runtime, RuntimeConfig};
@@ -24,6 +25,7 @@ use nimbus_store_local::{LocalBlobStore, SqliteStore};
 
 pub use app::{AppState, router};
 pub use data_dir::ADMIN_TOKEN_FILE;
+pub use nimbus_auth;
 
 /// The operator's configuration of one server.
 #[derive(Debug, Clone)]
@@ -41,6 +43,12 @@ pub struct ServerConfig {
     pub instance_pool_size: u32,
     /// Functions of project `p` answer at `p.<base_domain>` (and at `/@p/...` on any host).
     pub base_domain: String,
+    /// End-user authentication: token lifetimes, Argon2id cost, password policy, rate limits,
+    /// and the public URL used in emailed links.
+    pub auth: AuthConfig,
+    /// Deliver auth emails over SMTP; without it they go to an in-memory outbox readable at
+    /// `GET /v1/outbox` (development).
+    pub smtp: Option<SmtpConfig>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +63,8 @@ impl Default for ServerConfig {
             queue_timeout: Duration::from_secs(10),
             instance_pool_size: 1000,
             base_domain: "localhost".to_string(),
+            auth: AuthConfig::default(),
+            smtp: None,
         }
     }
 }
@@ -86,6 +96,12 @@ impl Server {
             log_bytes_per_invocation: config.log_bytes_per_invocation,
             ..RuntimeConfig::default()
         })?;
+        let mailer: Arc<dyn Mailer> = match &config.smtp {
+            Some(smtp) => Arc::new(SmtpMailer::new(smtp).context("configuring SMTP")?),
+            None => Arc::new(Outbox::new(1000)),
+        };
+        let auth = AuthService::new(sqlite.clone(), mailer, config.auth.clone())
+            .context("starting the auth service")?;
         let functions = FunctionService::start(
             Arc::new(runtime),
             Stores { functions: sqlite.clone(), invocations: sqlite, blobs },
@@ -102,7 +118,14 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(Arc::new(functions), admin_token, config.limits, &config.base_domain, watch);
+        let state = AppState::new(
+            Arc::new(functions),
+            auth,
+            admin_token,
+            config.limits,
+            &config.base_domain,
+            watch,
+        );
         Ok(Server { listener, state, shutting_down })
     }
 

@@ -14,7 +14,13 @@ async fn deploy_in(s: &TestServer, project: &str, guest: &str, spec: Value) -> u
     let form = reqwest::multipart::Form::new()
         .part("spec", reqwest::multipart::Part::text(spec.to_string()))
         .part("module", reqwest::multipart::Part::bytes(wasm));
-    let r = s.api(Method::POST, "/v1/functions").header(HEADER, project).multipart(form).send().await.unwrap();
+    let r = s
+        .api(Method::POST, "/v1/functions")
+        .header(HEADER, project)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     r.status().as_u16()
 }
 
@@ -25,31 +31,56 @@ async fn functions_are_isolated_by_project() {
     s.create_project("alpha").await;
     s.create_project("beta").await;
     // Same function name and route in three projects.
-    assert_eq!(deploy_in(&s, "alpha", "hello", json!({"name": "svc", "routes": ["/svc"]})).await, 201);
-    assert_eq!(deploy_in(&s, "beta", "counter", json!({"name": "svc", "routes": ["/svc"]})).await, 201);
+    assert_eq!(
+        deploy_in(&s, "alpha", "hello", json!({"name": "svc", "routes": ["/svc"]})).await,
+        201
+    );
+    assert_eq!(
+        deploy_in(&s, "beta", "counter", json!({"name": "svc", "routes": ["/svc"]})).await,
+        201
+    );
     s.deploy("env", json!({"name": "svc", "routes": ["/svc"], "env": {"WHO": "default"}})).await;
 
     // Routing: default project at the root; others by /@project and by host name.
     assert!(s.get("/svc").await.text().await.unwrap().contains("\"WHO\":\"default\""));
     assert_eq!(s.get("/@alpha/svc").await.text().await.unwrap(), "Hello from Nimbus!\n");
     assert_eq!(s.get("/@beta/svc").await.text().await.unwrap(), "1");
-    let r = s.client.get(s.url("/svc")).header("host", format!("alpha.localhost:{}", s.addr.port())).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/svc"))
+        .header("host", format!("alpha.localhost:{}", s.addr.port()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "Hello from Nimbus!\n");
     assert_eq!(s.get("/@gamma/svc").await.status(), 404);
 
     // Management scope: beta's view never shows alpha's function or its details.
     let beta = |m: Method, path: &str| s.api(m, path).header(HEADER, "beta");
-    let info: Value = beta(Method::GET, "/v1/functions/svc").send().await.unwrap().json().await.unwrap();
+    let info: Value =
+        beta(Method::GET, "/v1/functions/svc").send().await.unwrap().json().await.unwrap();
     assert_eq!(info["project"], "beta");
     assert_eq!(info["module_sha256"].as_str().unwrap().len(), 64);
-    let alpha_info: Value =
-        s.api(Method::GET, "/v1/functions/svc").header(HEADER, "alpha").send().await.unwrap().json().await.unwrap();
+    let alpha_info: Value = s
+        .api(Method::GET, "/v1/functions/svc")
+        .header(HEADER, "alpha")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_ne!(info["module_sha256"], alpha_info["module_sha256"]);
-    let list: Value = beta(Method::GET, "/v1/functions").send().await.unwrap().json().await.unwrap();
+    let list: Value =
+        beta(Method::GET, "/v1/functions").send().await.unwrap().json().await.unwrap();
     assert_eq!(list["functions"].as_array().unwrap().len(), 1);
 
     // Changing beta's function leaves alpha's alone.
-    let r = beta(Method::PUT, "/v1/functions/svc/secrets/K").json(&json!({"value": "v"})).send().await.unwrap();
+    let r = beta(Method::PUT, "/v1/functions/svc/secrets/K")
+        .json(&json!({"value": "v"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(alpha_info["secrets"], json!([]));
     let r = beta(Method::DELETE, "/v1/functions/svc").send().await.unwrap();
@@ -63,11 +94,25 @@ async fn functions_are_isolated_by_project() {
 
     // Invocation records are scoped too.
     s.records("svc", 1).await; // the default project's
-    let recs: Value = beta(Method::GET, "/v1/invocations").send().await.unwrap().json().await.unwrap();
-    assert!(recs["invocations"].as_array().unwrap().iter().all(|r| r["project"] == "beta"), "{recs}");
     let recs: Value =
-        s.api(Method::GET, "/v1/invocations").header(HEADER, "alpha").send().await.unwrap().json().await.unwrap();
-    assert!(recs["invocations"].as_array().unwrap().iter().all(|r| r["project"] == "alpha"), "{recs}");
+        beta(Method::GET, "/v1/invocations").send().await.unwrap().json().await.unwrap();
+    assert!(
+        recs["invocations"].as_array().unwrap().iter().all(|r| r["project"] == "beta"),
+        "{recs}"
+    );
+    let recs: Value = s
+        .api(Method::GET, "/v1/invocations")
+        .header(HEADER, "alpha")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        recs["invocations"].as_array().unwrap().iter().all(|r| r["project"] == "alpha"),
+        "{recs}"
+    );
 
     // Bad project header.
     let r = s.api(Method::GET, "/v1/functions").header(HEADER, "Not A Slug").send().await.unwrap();

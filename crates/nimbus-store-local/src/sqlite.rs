@@ -220,6 +220,7 @@ fn function_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionInfo> {
         env: spec.env,
         limits,
         outbound_hosts: spec.outbound_hosts,
+        require_auth: spec.require_auth,
         secrets: Vec::new(),
         module_sha256: row.get(8)?,
     })

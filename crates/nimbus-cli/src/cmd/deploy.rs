@@ -72,6 +72,10 @@ pub struct DeployArgs {
     )]
     pub allow_hosts: Vec<String>,
 
+    /// Refuse unauthenticated callers with 401 before the function runs
+    #[arg(long, env = "NIMBUS_DEPLOY_REQUIRE_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_auth: bool,
+
     /// Do not run the manifest's build command
     #[arg(long, env = "NIMBUS_NO_BUILD", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_build: bool,
@@ -84,6 +88,7 @@ impl DeployArgs {
             routes: self.routes.clone(),
             env: self.env.clone(),
             allow_hosts: self.allow_hosts.clone(),
+            require_auth: self.require_auth,
             timeout_ms: self.timeout,
             memory_bytes: self.memory,
             max_concurrency: self.concurrency,

@@ -91,6 +91,30 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_INSTANCE_POOL", default_value_t = 1000)]
     pub instance_pool: u32,
 
+    /// Base URL of this server as users reach it, for links in emails (default: http://<listen>)
+    #[arg(long, env = "NIMBUS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// SMTP server for auth emails, host:port (default: keep emails in the development outbox)
+    #[arg(long, env = "NIMBUS_SMTP")]
+    pub smtp: Option<String>,
+
+    /// SMTP transport security: none, starttls or tls
+    #[arg(long, env = "NIMBUS_SMTP_SECURITY", default_value = "starttls")]
+    pub smtp_security: String,
+
+    /// SMTP user name
+    #[arg(long, env = "NIMBUS_SMTP_USER")]
+    pub smtp_user: Option<String>,
+
+    /// SMTP password
+    #[arg(long, env = "NIMBUS_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+
+    /// Sender address of auth emails
+    #[arg(long, env = "NIMBUS_SMTP_FROM", default_value = "Nimbus <no-reply@localhost>")]
+    pub smtp_from: String,
+
     /// Functions of project P also answer at host P.<base-domain> (and at /@P/... on any host)
     #[arg(long, env = "NIMBUS_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
@@ -104,6 +128,31 @@ pub enum LogFormat {
 
 impl ServeArgs {
     /// The operator's limit policy, checked for defaults above ceilings.
+    #[cfg(feature = "server")]
+    fn smtp(&self) -> Result<Option<nimbus_server::nimbus_auth::SmtpConfig>> {
+        use nimbus_server::nimbus_auth::{SmtpConfig, SmtpSecurity};
+        let Some(addr) = &self.smtp else { return Ok(None) };
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .with_context(|| format!("--smtp {addr:?}: give host:port"))?;
+        let security = match self.smtp_security.as_str() {
+            "none" => SmtpSecurity::None,
+            "starttls" => SmtpSecurity::StartTls,
+            "tls" => SmtpSecurity::Tls,
+            other => anyhow::bail!("--smtp-security {other:?}: use none, starttls or tls"),
+        };
+        Ok(Some(SmtpConfig {
+            host,
+            port,
+            security,
+            username: self.smtp_user.clone(),
+            password: self.smtp_password.clone(),
+            from: self.smtp_from.clone(),
+            timeout: Duration::from_secs(10),
+        }))
+    }
+
     pub fn limit_policy(&self) -> Result<LimitPolicy> {
         let defaults = Limits {
             timeout_ms: self.default_timeout,
@@ -160,6 +209,14 @@ impl ServeArgs {
             queue_timeout: self.queue_timeout,
             instance_pool_size: self.instance_pool,
             base_domain: self.base_domain.clone(),
+            auth: nimbus_server::nimbus_auth::AuthConfig {
+                public_url: self
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", self.listen)),
+                ..Default::default()
+            },
+            smtp: self.smtp()?,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `/v1/functions`: deploy, list, show, delete, versions, rollback, secrets, invoke.
 
-use axum::Json;
 use axum::Extension;
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -10,7 +10,7 @@ use nimbus_model::{FunctionInfo, FunctionSpec, VersionInfo};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::{AppState, Caller};
+use crate::app::{AppState, Caller, CallerKind};
 use crate::error::{ApiError, ErrorBody};
 use crate::gateway;
 
@@ -248,6 +248,12 @@ pub(crate) async fn invoke(
     parts.uri = path_and_query
         .parse()
         .map_err(|_| ApiError::bad_request("bad_path", "the invoke path is not a valid URI"))?;
-    let request = gateway::prepare(Request::from_parts(parts, body));
+    let mut request = Request::from_parts(parts, body);
+    let identity = match caller.kind {
+        CallerKind::Admin => gateway::Identity::Admin,
+        CallerKind::Service { .. } => gateway::Identity::Key(nimbus_auth::ApiKeyScope::Service),
+    };
+    identity.write(&caller.project, request.headers_mut());
+    let request = gateway::prepare(request);
     Ok(gateway::respond(state.functions.invoke(target, request, "invoke").await))
 }

@@ -3,10 +3,10 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::{Extension, Json};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::{Stream, StreamExt, stream};
 use nimbus_model::{InvocationQuery, InvocationRecord, InvocationStatus};
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,9 @@ pub(crate) async fn list(
         ascending,
         limit: p.limit,
     };
-    Ok(Json(InvocationList { invocations: state.functions.invocations(&caller.project, query).await? }))
+    Ok(Json(InvocationList {
+        invocations: state.functions.invocations(&caller.project, query).await?,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -109,17 +111,20 @@ pub(crate) async fn logs(
     let live = BroadcastStream::new(state.functions.follow());
     let backlog = state
         .functions
-        .invocations(&caller.project, InvocationQuery {
-            function: Some(name.clone()),
-            after_id: p.after.clone(),
-            ascending: true,
-            limit: Some(p.limit.unwrap_or(100)),
-            ..Default::default()
-        })
+        .invocations(
+            &caller.project,
+            InvocationQuery {
+                function: Some(name.clone()),
+                after_id: p.after.clone(),
+                ascending: true,
+                limit: Some(p.limit.unwrap_or(100)),
+                ..Default::default()
+            },
+        )
         .await?;
     let last_seen = backlog.last().map(|r| r.id.clone()).or(p.after);
-    let stream =
-        follow_stream(caller.project, name, backlog, live, last_seen).take_until(state.clone().shutdown_signal());
+    let stream = follow_stream(caller.project, name, backlog, live, last_seen)
+        .take_until(state.clone().shutdown_signal());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -139,7 +144,8 @@ fn follow_stream(
             Err(_) => Some(Ok(Event::default()
                 .comment("lagged: some records were skipped; reconnect with after=<last id>"))),
             Ok(r)
-                if r.project == project && r.function == function
+                if r.project == project
+                    && r.function == function
                     && last_seen.as_deref().is_none_or(|s| r.id.as_str() > s) =>
             {
                 Some(event(r))

@@ -1,4 +1,7 @@
 //! The REST API under `/v1`, one file per resource.
 
+pub(crate) mod auth;
 pub(crate) mod functions;
 pub(crate) mod invocations;
+pub(crate) mod projects;
+pub(crate) mod users;

@@ -20,12 +20,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(data: &Path) -> TestServer {
-        Self::start_with(ServerConfig {
-            data_dir: data.to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..ServerConfig::default()
-        })
-        .await
+        Self::start_with(test_config(data)).await
     }
 
     pub async fn start_with(config: ServerConfig) -> TestServer {
@@ -116,6 +111,20 @@ impl TestServer {
     }
 }
 
+/// A server config for tests: port 0, cheap Argon2 parameters, no rate limits (tests that check
+/// rate limits set their own).
+pub fn test_config(data: &Path) -> ServerConfig {
+    let mut config = ServerConfig {
+        data_dir: data.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    config.auth.password_hash =
+        nimbus_server::nimbus_auth::PasswordHashConfig::insecure_for_tests();
+    config.auth.rate_limits = nimbus_server::nimbus_auth::RateLimits::unlimited();
+    config
+}
+
 pub fn spec(name: &str, routes: &[&str]) -> Value {
     json!({ "name": name, "routes": routes })
 }
@@ -137,6 +146,11 @@ impl TestServer {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201, "creating project {slug}: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            201,
+            "creating project {slug}: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 }

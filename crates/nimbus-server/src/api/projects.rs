@@ -1,0 +1,111 @@
+//! `/v1/projects` (operator) and `/v1/keys` (a project's API keys).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use nimbus_auth::{ApiKeyInfo, ApiKeyScope, Project};
+use nimbus_model::UnixMillis;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::{AppState, Caller};
+use crate::error::{ApiError, ErrorBody};
+
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct NewProject {
+    /// DNS-label shaped; also the project's id. Immutable.
+    slug: String,
+    name: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ProjectList {
+    #[schema(value_type = Vec<Object>)]
+    projects: Vec<Project>,
+}
+
+/// Create a project (admin token only).
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = NewProject,
+    responses((status = 201, description = "the project", body = Object),
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewProject>,
+) -> Result<(StatusCode, Json<Project>), ApiError> {
+    caller.require_admin()?;
+    let name = body.name.unwrap_or_else(|| body.slug.clone());
+    Ok((StatusCode::CREATED, Json(state.auth.create_project(&body.slug, &name).await?)))
+}
+
+/// List projects (admin token only).
+#[utoipa::path(get, path = "/v1/projects", tag = "projects",
+    responses((status = 200, body = ProjectList), (status = 403, body = ErrorBody)))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ProjectList>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(ProjectList { projects: state.auth.list_projects().await? }))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct NewKey {
+    /// `service` (full access to the project's APIs, bypasses access rules; keep it on servers)
+    /// or `public` (identifies the project to apps; end users act under access rules).
+    scope: String,
+    #[serde(default)]
+    name: String,
+    /// Expiry, milliseconds since the epoch.
+    expires_at: Option<UnixMillis>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CreatedKey {
+    /// The whole key: shown this once, stored only as a hash.
+    key: String,
+    #[schema(value_type = Object)]
+    info: ApiKeyInfo,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyList {
+    #[schema(value_type = Vec<Object>)]
+    keys: Vec<ApiKeyInfo>,
+}
+
+/// Create an API key for the caller's project.
+#[utoipa::path(post, path = "/v1/keys", tag = "projects", request_body = NewKey,
+    responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody)))]
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewKey>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let scope = ApiKeyScope::parse(&body.scope)
+        .ok_or_else(|| ApiError::bad_request("invalid_input", "scope is `service` or `public`"))?;
+    let created =
+        state.auth.create_api_key(&caller.project, scope, &body.name, body.expires_at).await?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: created.key, info: created.info })))
+}
+
+/// List the caller's project's API keys (prefixes only, never secrets).
+#[utoipa::path(get, path = "/v1/keys", tag = "projects", responses((status = 200, body = KeyList)))]
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<KeyList>, ApiError> {
+    Ok(Json(KeyList { keys: state.auth.list_api_keys(&caller.project).await? }))
+}
+
+/// Revoke an API key, with immediate effect.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "projects", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKeyInfo>, ApiError> {
+    Ok(Json(state.auth.revoke_api_key(&caller.project, &id).await?))
+}

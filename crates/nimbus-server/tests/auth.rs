@@ -1,0 +1,551 @@
+//! End-user authentication over HTTP, API keys, the caller's identity reaching functions, and
+//! isolation between projects through every API.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestServer, error_code, test_config};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use nimbus_server::nimbus_auth::{ManualClock, RateLimit};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn post(s: &TestServer, path: &str, body: Value) -> reqwest::Response {
+    s.client.post(s.url(path)).json(&body).send().await.unwrap()
+}
+
+/// Sign up and sign in; returns the session JSON.
+async fn user_session(s: &TestServer, project: &str, email: &str) -> Value {
+    let r = post(
+        s,
+        &format!("/v1/projects/{project}/auth/signup"),
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = post(
+        s,
+        &format!("/v1/projects/{project}/auth/signin"),
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn decode(jwks: &JwkSet, token: &str, audience: &str) -> jsonwebtoken::errors::Result<Value> {
+    let header = jsonwebtoken::decode_header(token)?;
+    let jwk = jwks.find(header.kid.as_deref().unwrap_or_default()).expect("kid in JWKS");
+    let key = DecodingKey::from_jwk(jwk)?;
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation).map(|d| d.claims)
+}
+
+#[tokio::test]
+async fn tokens_verify_with_a_jwt_library_through_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(nimbus_model::now_millis()));
+    let mut config = test_config(dir.path());
+    config.auth.clock = clock.clone();
+    let s = TestServer::start_with(config).await;
+    let session = user_session(&s, "default", "ada@example.com").await;
+    let token = session["access_token"].as_str().unwrap();
+    let user_id = session["user"]["id"].as_str().unwrap();
+
+    let jwks: JwkSet = s.get("/v1/projects/default/auth/jwks.json").await.json().await.unwrap();
+    let claims = decode(&jwks, token, "default").expect("a JWT library verifies our token");
+    assert_eq!(claims["sub"], user_id);
+    assert!(decode(&jwks, token, "other-project").is_err(), "wrong audience accepted");
+
+    let me =
+        |t: String| s.client.get(s.url("/v1/projects/default/auth/user")).bearer_auth(t).send();
+    assert_eq!(me(token.to_string()).await.unwrap().status(), 200);
+    // Tampered payload (claims changed, signature kept) and signature.
+    let parts: Vec<&str> = token.split('.').collect();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut payload: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    payload["roles"] = json!(["admin"]);
+    let forged = format!("{}.{}.{}", parts[0], b64.encode(payload.to_string()), parts[2]);
+    assert!(decode(&jwks, &forged, "default").is_err());
+    assert_eq!(error_code(me(forged).await.unwrap()).await, (401, "invalid_token".to_string()));
+    let mut sig = b64.decode(parts[2]).unwrap();
+    sig[0] ^= 1;
+    let bad_sig = format!("{}.{}.{}", parts[0], parts[1], b64.encode(sig));
+    assert_eq!(error_code(me(bad_sig).await.unwrap()).await.0, 401);
+    // alg: none.
+    let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    assert_eq!(error_code(me(none).await.unwrap()).await.0, 401);
+    // Expired: 16 minutes later.
+    clock.advance(Duration::from_secs(16 * 60));
+    assert_eq!(
+        error_code(me(token.to_string()).await.unwrap()).await,
+        (401, "token_expired".to_string())
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let session = user_session(&s, "default", "bo@example.com").await;
+    let first = session["refresh_token"].as_str().unwrap().to_string();
+    let r = post(&s, "/v1/projects/default/auth/refresh", json!({"refresh_token": first})).await;
+    assert_eq!(r.status(), 200);
+    let second: Value = r.json().await.unwrap();
+    let second_refresh = second["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(first, second_refresh);
+    let access = second["access_token"].as_str().unwrap().to_string();
+    // Reusing the first token: refused, and the whole family dies.
+    let r = post(&s, "/v1/projects/default/auth/refresh", json!({"refresh_token": first})).await;
+    assert_eq!(error_code(r).await.0, 401);
+    let r = post(&s, "/v1/projects/default/auth/refresh", json!({"refresh_token": second_refresh}))
+        .await;
+    assert_eq!(error_code(r).await.0, 401, "the newest token of a reused family must fail too");
+    let r = s
+        .client
+        .get(s.url("/v1/projects/default/auth/user"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the family's access token is revoked at once");
+
+    // Sign-out everywhere.
+    let a = post(
+        &s,
+        "/v1/projects/default/auth/signin",
+        json!({"email": "bo@example.com", "password": PASSWORD}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap();
+    let b = post(
+        &s,
+        "/v1/projects/default/auth/signin",
+        json!({"email": "bo@example.com", "password": PASSWORD}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap();
+    let r = s
+        .client
+        .post(s.url("/v1/projects/default/auth/signout-all"))
+        .bearer_auth(a["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r =
+        post(&s, "/v1/projects/default/auth/refresh", json!({"refresh_token": b["refresh_token"]}))
+            .await;
+    assert_eq!(r.status(), 401);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_is_rate_limited_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.auth.rate_limits.sign_in_per_account = Some(RateLimit::new(3, Duration::from_secs(60)));
+    let s = TestServer::start_with(config).await;
+    user_session(&s, "default", "cy@example.com").await; // one sign-in used
+    let wrong = json!({"email": "cy@example.com", "password": "not the password at all"});
+    for _ in 0..2 {
+        let r = post(&s, "/v1/projects/default/auth/signin", wrong.clone()).await;
+        assert_eq!(error_code(r).await, (401, "invalid_credentials".to_string()));
+    }
+    let r = post(&s, "/v1/projects/default/auth/signin", wrong.clone()).await;
+    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(error_code(r).await, (429, "rate_limited".to_string()));
+    // Unknown accounts get the same answer as wrong passwords (no enumeration).
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/signin",
+        json!({"email": "nobody@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(error_code(r).await, (401, "invalid_credentials".to_string()));
+    // Weak and common passwords are refused at sign-up.
+    for pw in ["short", "qwertyuiop"] {
+        let r = post(
+            &s,
+            "/v1/projects/default/auth/signup",
+            json!({"email": "dee@example.com", "password": pw}),
+        )
+        .await;
+        assert_eq!(error_code(r).await, (400, "weak_password".to_string()), "{pw}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn email_verification_and_password_reset_through_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let session = user_session(&s, "default", "eve@example.com").await;
+    assert_eq!(session["user"]["email_verified"], false);
+    let outbox = || async {
+        let v: Value = s.api(Method::GET, "/v1/outbox").send().await.unwrap().json().await.unwrap();
+        v["messages"].as_array().unwrap().clone()
+    };
+    let mut link = None;
+    for _ in 0..100 {
+        link = outbox()
+            .await
+            .iter()
+            .find(|m| m["kind"] == "verify_email")
+            .and_then(|m| m["link"].as_str().map(String::from));
+        if link.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let link = link.expect("a verification email");
+    let path = link.split_once("/v1/").map(|(_, p)| format!("/v1/{p}")).unwrap();
+    let r = s.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["email_verified"], true);
+    assert_eq!(s.get(&path).await.status(), 401, "verification tokens are single-use");
+
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/reset-password/request",
+        json!({"email": "eve@example.com"}),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/reset-password/request",
+        json!({"email": "ghost@example.com"}),
+    )
+    .await;
+    assert_eq!(r.status(), 204, "same answer for unknown addresses");
+    let mut token = None;
+    for _ in 0..100 {
+        token = outbox().await.iter().find(|m| m["kind"] == "password_reset").and_then(|m| {
+            m["link"].as_str().and_then(|l| l.split_once("token=")).map(|(_, t)| t.to_string())
+        });
+        if token.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = token.expect("a reset email");
+    let new = "a brand new passphrase 42";
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/reset-password",
+        json!({"token": token, "password": new}),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/reset-password",
+        json!({"token": token, "password": new}),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "reset tokens are single-use");
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/refresh",
+        json!({"refresh_token": session["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "a reset signs out every session");
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/signin",
+        json!({"email": "eve@example.com", "password": new}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_users_upgrade_and_admins_manage_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let anon: Value =
+        post(&s, "/v1/projects/default/auth/anonymous", json!({})).await.json().await.unwrap();
+    let id = anon["user"]["id"].as_str().unwrap().to_string();
+    assert_eq!(anon["user"]["anon"], true);
+    let r = s
+        .client
+        .post(s.url("/v1/projects/default/auth/upgrade"))
+        .bearer_auth(anon["access_token"].as_str().unwrap())
+        .json(&json!({"email": "fay@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let upgraded: Value = r.json().await.unwrap();
+    assert_eq!(upgraded["id"], id.as_str());
+    assert_eq!(upgraded["anon"], false);
+
+    // Roles and custom claims set by the admin appear in new access tokens.
+    let r = s
+        .api(Method::PATCH, &format!("/v1/users/{id}"))
+        .json(&json!({"roles": ["editor"], "claims": {"plan": "pro"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let session: Value = post(
+        &s,
+        "/v1/projects/default/auth/signin",
+        json!({"email": "fay@example.com", "password": PASSWORD}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let jwks: JwkSet = s.get("/v1/projects/default/auth/jwks.json").await.json().await.unwrap();
+    let claims = decode(&jwks, session["access_token"].as_str().unwrap(), "default").unwrap();
+    assert_eq!(claims["roles"], json!(["editor"]));
+    assert_eq!(claims["custom"]["plan"], "pro");
+
+    let list: Value =
+        s.api(Method::GET, "/v1/users?email=fay").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["users"].as_array().unwrap().len(), 1);
+    // Disable: sign-in refused, refresh refused.
+    s.api(Method::PATCH, &format!("/v1/users/{id}"))
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/signin",
+        json!({"email": "fay@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(error_code(r).await, (403, "user_disabled".to_string()));
+    let r = post(
+        &s,
+        "/v1/projects/default/auth/refresh",
+        json!({"refresh_token": session["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    // Delete; events record creation, sign-ins and deletion.
+    assert_eq!(
+        s.api(Method::DELETE, &format!("/v1/users/{id}")).send().await.unwrap().status(),
+        204
+    );
+    assert_eq!(s.api(Method::GET, &format!("/v1/users/{id}")).send().await.unwrap().status(), 404);
+    let events: Value =
+        s.api(Method::GET, "/v1/events").send().await.unwrap().json().await.unwrap();
+    let types: Vec<&str> =
+        events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"user.created")
+            && types.contains(&"user.signed_in")
+            && types.contains(&"user.deleted"),
+        "{types:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn functions_learn_the_verified_caller_and_cannot_be_fooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("echo", json!({"name": "whoami", "routes": ["/whoami"]})).await;
+    s.deploy("echo", json!({"name": "private", "routes": ["/private"], "require_auth": true}))
+        .await;
+    let session = user_session(&s, "default", "gus@example.com").await;
+    let token = session["access_token"].as_str().unwrap();
+    let user_id = session["user"]["id"].as_str().unwrap();
+
+    let r = s
+        .client
+        .get(s.url("/whoami"))
+        .bearer_auth(token)
+        .header("x-nimbus-user-id", "someone-else")
+        .header("x-nimbus-user-roles", "admin")
+        .send()
+        .await
+        .unwrap();
+    let h = r.headers();
+    assert_eq!(h["x-echo-x-nimbus-auth"], "user");
+    assert_eq!(h["x-echo-x-nimbus-user-id"], user_id);
+    assert_eq!(h["x-echo-x-nimbus-user-roles"], "");
+    assert_eq!(h["x-echo-x-nimbus-project"], "default");
+
+    // No credentials: still served, marked anonymous, spoofed identity dropped.
+    let r = s
+        .client
+        .get(s.url("/whoami"))
+        .header("x-nimbus-user-id", "admin")
+        .header("x-nimbus-auth", "user")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-echo-x-nimbus-auth"], "anonymous");
+    assert!(r.headers().get("x-echo-x-nimbus-user-id").is_none());
+    // A bad token is refused, not downgraded.
+    let r = s.client.get(s.url("/whoami")).bearer_auth("not.a.token").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 401);
+
+    // require_auth: 401 before the function runs, 200 with a user.
+    let r = s.get("/private").await;
+    assert_eq!(error_code(r).await, (401, "unauthorized".to_string()));
+    let r = s.client.get(s.url("/private")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn api_keys_and_project_isolation_across_every_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.create_project("alpha").await;
+    s.create_project("beta").await;
+    let key = |project: &str, scope: &str| {
+        let r = s
+            .api(Method::POST, "/v1/keys")
+            .header("x-nimbus-project", project)
+            .json(&json!({"scope": scope, "name": "k"}));
+        async move { r.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let alpha_service = key("alpha", "service").await;
+    let alpha_key = alpha_service["key"].as_str().unwrap().to_string();
+    let alpha_public = key("alpha", "public").await["key"].as_str().unwrap().to_string();
+    assert!(alpha_key.starts_with("nbk_"));
+    // Listing shows prefixes, never secrets.
+    let keys = s
+        .api(Method::GET, "/v1/keys")
+        .header("x-nimbus-project", "alpha")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !keys.contains(&alpha_key)
+            && keys.contains(alpha_service["info"]["prefix"].as_str().unwrap())
+    );
+
+    // Beta has a function and a user.
+    let wasm = std::fs::read(test_programs_artifacts::HELLO).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "spec",
+            reqwest::multipart::Part::text(
+                json!({"name": "secret-fn", "routes": ["/fn"], "require_auth": true}).to_string(),
+            ),
+        )
+        .part("module", reqwest::multipart::Part::bytes(wasm.clone()));
+    let r = s
+        .api(Method::POST, "/v1/functions")
+        .header("x-nimbus-project", "beta")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let beta_user = user_session(&s, "beta", "hal@example.com").await;
+    let beta_user_id = beta_user["user"]["id"].as_str().unwrap();
+    let alpha_user = user_session(&s, "alpha", "ivy@example.com").await;
+
+    // With alpha's service key, nothing of beta is reachable.
+    let alpha = |m: Method, path: &str| s.client.request(m, s.url(path)).bearer_auth(&alpha_key);
+    let list: Value =
+        alpha(Method::GET, "/v1/functions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["functions"], json!([]));
+    for (m, path) in [
+        (Method::GET, "/v1/functions/secret-fn".to_string()),
+        (Method::GET, "/v1/functions/secret-fn/versions".to_string()),
+        (Method::DELETE, "/v1/functions/secret-fn".to_string()),
+        (Method::POST, "/v1/functions/secret-fn/invoke".to_string()),
+        (Method::GET, "/v1/functions/secret-fn/logs".to_string()),
+        (Method::GET, format!("/v1/users/{beta_user_id}")),
+        (Method::DELETE, format!("/v1/users/{beta_user_id}")),
+    ] {
+        let r = alpha(m.clone(), &path).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{m} {path} with alpha's key");
+    }
+    let r = alpha(Method::PUT, "/v1/functions/secret-fn/secrets/K")
+        .json(&json!({"value": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = alpha(Method::POST, "/v1/functions/secret-fn/rollback")
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let users: Value = alpha(Method::GET, "/v1/users").send().await.unwrap().json().await.unwrap();
+    assert!(users["users"].as_array().unwrap().iter().all(|u| u["project"] == "alpha"));
+    let events: Value =
+        alpha(Method::GET, "/v1/events").send().await.unwrap().json().await.unwrap();
+    assert!(events["events"].as_array().unwrap().iter().all(|e| e["project"] == "alpha"));
+    let keys: Value = alpha(Method::GET, "/v1/keys").send().await.unwrap().json().await.unwrap();
+    assert!(keys["keys"].as_array().unwrap().iter().all(|k| k["project"] == "alpha"));
+    // Asking for beta explicitly is forbidden; projects are the operator's.
+    let r = alpha(Method::GET, "/v1/functions")
+        .header("x-nimbus-project", "beta")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, 403);
+    let r = alpha(Method::GET, "/v1/projects").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 403);
+    // A public key never reaches the management API.
+    let r = s.client.get(s.url("/v1/functions")).bearer_auth(&alpha_public).send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 403);
+    // Alpha's user token and keys do not open beta's function.
+    let r = s
+        .client
+        .get(s.url("/@beta/fn"))
+        .bearer_auth(alpha_user["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = s.client.get(s.url("/@beta/fn")).header("x-api-key", &alpha_key).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = s
+        .client
+        .get(s.url("/@beta/fn"))
+        .bearer_auth(beta_user["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Alpha's refresh token is no good in beta.
+    let r = post(
+        &s,
+        "/v1/projects/beta/auth/refresh",
+        json!({"refresh_token": alpha_user["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+
+    // Revocation takes effect at once.
+    let id = alpha_service["info"]["id"].as_str().unwrap();
+    let r = s
+        .api(Method::DELETE, &format!("/v1/keys/{id}"))
+        .header("x-nimbus-project", "alpha")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = alpha(Method::GET, "/v1/functions").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 401);
+    s.stop().await;
+}
