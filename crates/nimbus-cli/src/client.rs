@@ -330,13 +330,103 @@ impl Client {
     pub async fn invocations(&self, filter: &InvocationFilter) -> Result<Value> {
         self.json(self.request(Method::GET, "/v1/invocations").query(&filter.query())).await
     }
+
+    // ---- Projects and API keys ----
+
+    /// `POST /v1/projects` (admin token only).
+    pub async fn create_project(&self, slug: &str, name: Option<&str>) -> Result<Value> {
+        let req =
+            self.request(Method::POST, "/v1/projects").json(&json!({ "slug": slug, "name": name }));
+        self.json(req).await
+    }
+
+    pub async fn list_projects(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/v1/projects")).await
+    }
+
+    /// `POST /v1/keys`: `{key, info}`; the key is in no other answer.
+    pub async fn create_key(
+        &self,
+        scope: &str,
+        name: &str,
+        expires_at: Option<i64>,
+    ) -> Result<Value> {
+        let req = self
+            .request(Method::POST, "/v1/keys")
+            .json(&json!({ "scope": scope, "name": name, "expires_at": expires_at }));
+        self.json(req).await
+    }
+
+    pub async fn list_keys(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/v1/keys")).await
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<Value> {
+        self.json(self.request(Method::DELETE, &format!("/v1/keys/{}", segment(id)))).await
+    }
+
+    // ---- End users, events, outbox ----
+
+    pub async fn list_users(
+        &self,
+        email: Option<&str>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Value> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(e) = email {
+            q.push(("email", e.to_string()));
+        }
+        if let Some(a) = after {
+            q.push(("after", a.to_string()));
+        }
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        self.json(self.request(Method::GET, "/v1/users").query(&q)).await
+    }
+
+    pub async fn get_user(&self, id: &str) -> Result<Value> {
+        self.json(self.request(Method::GET, &format!("/v1/users/{}", segment(id)))).await
+    }
+
+    /// `PATCH /v1/users/{id}` with `{disabled?, roles?, claims?}`.
+    pub async fn patch_user(&self, id: &str, patch: &Value) -> Result<Value> {
+        let req = self.request(Method::PATCH, &format!("/v1/users/{}", segment(id))).json(patch);
+        self.json(req).await
+    }
+
+    pub async fn delete_user(&self, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/v1/users/{}", segment(id)))).await?;
+        Ok(())
+    }
+
+    pub async fn revoke_user_sessions(&self, id: &str) -> Result<Value> {
+        let path = format!("/v1/users/{}/revoke-sessions", segment(id));
+        self.json(self.request(Method::POST, &path)).await
+    }
+
+    pub async fn events(&self, after: Option<&str>, limit: Option<u32>) -> Result<Value> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(a) = after {
+            q.push(("after", a.to_string()));
+        }
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        self.json(self.request(Method::GET, "/v1/events").query(&q)).await
+    }
+
+    pub async fn outbox(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/v1/outbox")).await
+    }
 }
 
 /// Wrap an [`ApiError`], adding a hint where the fix is on the user's side.
 fn api_error(err: ApiError) -> anyhow::Error {
     match err.status {
         401 | 403 => anyhow::Error::new(err).context(
-            "the server refused the admin token (pass it with --token/NIMBUS_TOKEN, or point --data at the server's data directory)",
+            "the server refused the admin token or API key (pass the admin token or a service key with --token/NIMBUS_TOKEN, or point --data at the server's data directory)",
         ),
         _ => anyhow::Error::new(err),
     }

@@ -105,6 +105,19 @@ enum Command {
     Logs(cmd::logs::LogsArgs),
     /// List invocations across functions
     Invocations(cmd::logs::InvocationsArgs),
+    /// Create and list projects (admin token only)
+    #[command(subcommand)]
+    Projects(cmd::projects::ProjectsCommand),
+    /// Manage the project's API keys (service and public)
+    #[command(subcommand)]
+    Keys(cmd::projects::KeysCommand),
+    /// Manage the project's end users
+    #[command(subcommand)]
+    Users(cmd::users::UsersCommand),
+    /// List the project's auth events (user.created, user.signed_in, ...), oldest first
+    Events(cmd::users::EventsArgs),
+    /// Show the emails in the development outbox (when no SMTP server is configured)
+    Outbox,
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -123,6 +136,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke(args) => cmd::invoke::run(g, args).await,
         Command::Logs(args) => cmd::logs::logs(g, args).await,
         Command::Invocations(args) => cmd::logs::invocations(g, args).await,
+        Command::Projects(c) => cmd::projects::projects(g, c).await,
+        Command::Keys(c) => cmd::projects::keys(g, c).await,
+        Command::Users(c) => cmd::users::users(g, c).await,
+        Command::Events(args) => cmd::users::events(g, args).await,
+        Command::Outbox => cmd::users::outbox(g).await,
     }
 }
 
@@ -227,6 +245,49 @@ mod tests {
         parse(&["rm", "f"]);
         parse(&["show", "f"]);
         parse(&["versions", "f"]);
+        parse(&["deploy", "x.wasm", "--name", "f", "--require-auth"]);
+        parse(&["projects", "create", "acme", "--name", "Acme Inc"]);
+        parse(&["projects", "ls"]);
+        let cli = parse(&[
+            "--project",
+            "acme",
+            "keys",
+            "create",
+            "--scope",
+            "service",
+            "--expires-in",
+            "30d",
+        ]);
+        assert_eq!(cli.global.project.as_deref(), Some("acme"));
+        let Command::Keys(cmd::projects::KeysCommand::Create { expires_in, .. }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(expires_in, Some(std::time::Duration::from_secs(30 * 86_400)));
+        parse(&["keys", "list"]);
+        parse(&["keys", "revoke", "k1"]);
+        parse(&["users", "list", "--email", "a@", "--limit", "5", "--after", "u1"]);
+        parse(&["users", "show", "u1"]);
+        parse(&["users", "disable", "u1"]);
+        parse(&["users", "enable", "u1"]);
+        parse(&["users", "delete", "u1"]);
+        parse(&["users", "revoke-sessions", "u1"]);
+        let cli = parse(&[
+            "users",
+            "set-claims",
+            "u1",
+            "--role",
+            "a",
+            "--role",
+            "b",
+            "--claims",
+            r#"{"x":1}"#,
+        ]);
+        let Command::Users(cmd::users::UsersCommand::SetClaims(a)) = cli.command else { panic!() };
+        assert_eq!(a.roles, ["a", "b"]);
+        assert_eq!(a.claims.unwrap()["x"], 1);
+        parse(&["events", "--after", "e1", "--limit", "3"]);
+        parse(&["outbox"]);
     }
 
     #[test]

@@ -106,6 +106,20 @@ impl TestServer {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Run `nimbus logs ...` until its output contains `needle`: invocation records are written
+    /// asynchronously (batched a few milliseconds after the response), so poll, bounded.
+    fn logs_until(&self, args: &[&str], needle: &str) -> String {
+        let mut out = String::new();
+        for _ in 0..100 {
+            out = self.ok(args);
+            if out.contains(needle) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("`nimbus {args:?}` never showed {needle:?}; last output:\n{out}");
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
@@ -191,7 +205,7 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
 
     assert_eq!(s.get("/hello"), (200, "Hello from Nimbus!\n".to_string()));
 
-    let logs = s.ok(&["logs", "hello"]);
+    let logs = s.logs_until(&["logs", "hello"], " v1 ok 200 ");
     assert!(logs.contains(" v1 ok 200 "), "{logs}");
     let logs = s.json(&["logs", "hello"]);
     assert!(logs["invocations"].as_array().unwrap().len() >= 3, "{logs}");
@@ -201,7 +215,7 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
         s.ok(&["deploy", test_programs_artifacts::LOGS, "--name", "hello", "--route", "/hello"]);
     assert!(out.contains("Deployed hello v2 "), "{out}");
     assert_eq!(s.get("/hello"), (200, "logged\n".to_string()));
-    let logs = s.ok(&["logs", "hello", "--limit", "1"]);
+    let logs = s.logs_until(&["logs", "hello", "--limit", "1"], " v2 ok 200 ");
     assert!(logs.contains(" v2 ok 200 "), "{logs}");
     assert!(logs.contains("  stdout| hello stdout\n"), "{logs}");
     assert!(logs.contains("  stderr| hello stderr\n"), "{logs}");
@@ -567,10 +581,163 @@ fn slow_new_build_deploy_and_curl() {
     assert!(out.contains(&format!("{}/greeter", s.url)), "{out}");
 
     assert_eq!(s.get("/greeter"), (200, "Hello from greeter!\n".to_string()));
-    let logs = s.ok(&["logs", "greeter"]);
+    let logs = s.logs_until(&["logs", "greeter"], "stdout| handling /greeter");
     assert!(logs.contains("stdout| handling /greeter"), "{logs}");
 
     // Deploying from the directory runs the (now up to date) build again.
     let out = s.ok(&["deploy", dir.to_str().unwrap()]);
     assert!(out.contains("Deployed greeter v2 "), "{out}");
+}
+
+/// A plain HTTP/1.0 POST of a JSON body, returning status and body.
+fn http_post_json(url: &str, path: &str, body: &Value) -> (u16, String) {
+    let addr = url.strip_prefix("http://").unwrap().trim_end_matches('/');
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(body) } else { body.to_string() })
+}
+
+#[test]
+fn projects_keys_and_users() {
+    let s = TestServer::start();
+
+    // Projects (admin token).
+    let out = s.ok(&["projects", "create", "acme", "--name", "Acme Inc"]);
+    assert!(out.contains("Created project acme (Acme Inc)"), "{out}");
+    let projects = s.json(&["projects", "list"]);
+    let slugs: Vec<&str> = projects["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["slug"].as_str().unwrap())
+        .collect();
+    assert!(slugs.contains(&"acme") && slugs.contains(&"default"), "{projects}");
+    assert!(s.ok(&["projects", "ls"]).contains("Acme Inc"));
+    s.cmd().args(["projects", "create", "acme"]).assert().code(1).stderr(contains("HTTP 409"));
+
+    // A service key for acme.
+    let created =
+        s.json(&["--project", "acme", "keys", "create", "--scope", "service", "--name", "ci"]);
+    let key = created["key"].as_str().unwrap().to_string();
+    let key_id = created["info"]["id"].as_str().unwrap().to_string();
+    let prefix = created["info"]["prefix"].as_str().unwrap().to_string();
+    assert!(key.starts_with("nbk_"), "{created}");
+    assert_eq!(created["info"]["project"], "acme");
+    assert_eq!(created["info"]["scope"], "service");
+    let human =
+        s.ok(&["--project", "acme", "keys", "create", "--scope", "public", "--expires-in", "30d"]);
+    assert!(human.contains("nbk_") && human.contains("shown only once"), "{human}");
+
+    // The key acts on acme without --project and without the admin token.
+    let with_key = |args: &[&str]| {
+        let mut cmd = nimbus();
+        cmd.args(["--url", &s.url, "--data", "/nonexistent", "--token", &key]).args(args);
+        cmd
+    };
+    let out = with_key(&["--json", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["functions"], serde_json::json!([]));
+    with_key(&["deploy", hello_wasm(), "--name", "hello"])
+        .assert()
+        .success()
+        .stdout(contains("Deployed hello v1 "));
+    let acme = s.json(&["--project", "acme", "list"]);
+    assert_eq!(acme["functions"][0]["name"], "hello", "{acme}");
+    assert_eq!(s.json(&["--project", "acme", "show", "hello"])["require_auth"], false);
+    with_key(&["deploy", hello_wasm(), "--name", "hello", "--require-auth"])
+        .assert()
+        .success()
+        .stdout(contains("Deployed hello v2 "));
+    assert_eq!(s.json(&["--project", "acme", "show", "hello"])["require_auth"], true);
+    assert!(s.ok(&["--project", "acme", "show", "hello"]).contains("auth:           required"));
+    assert_eq!(s.json(&["list"])["functions"], serde_json::json!([]));
+    // A service key cannot create projects.
+    with_key(&["projects", "create", "other"]).assert().code(1).stderr(contains("HTTP 403"));
+
+    // Listing shows prefixes, never secrets.
+    let keys_out = s.ok(&["--json", "--project", "acme", "keys", "list"]);
+    assert!(!keys_out.contains(&key), "{keys_out}");
+    let keys: Value = serde_json::from_str(&keys_out).unwrap();
+    let listed = keys["keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{keys}");
+    let ours = listed.iter().find(|k| k["id"] == key_id.as_str()).unwrap();
+    assert_eq!(ours["prefix"], prefix.as_str());
+    assert!(ours["revoked_at"].is_null());
+    let table = s.ok(&["--project", "acme", "keys", "list"]);
+    assert!(table.contains(&prefix) && !table.contains(&key), "{table}");
+    assert_eq!(s.json(&["keys", "list"])["keys"], serde_json::json!([]));
+
+    // Revoked: the key stops working at once.
+    let out = s.ok(&["--project", "acme", "keys", "revoke", &key_id]);
+    assert!(out.contains(&format!("Revoked key {key_id}")), "{out}");
+    with_key(&["list"]).assert().code(1).stderr(contains("HTTP 401").and(contains("unauthorized")));
+    let keys = s.json(&["--project", "acme", "keys", "list"]);
+    let ours =
+        keys["keys"].as_array().unwrap().iter().find(|k| k["id"] == key_id.as_str()).unwrap();
+    assert!(ours["revoked_at"].is_i64(), "{keys}");
+
+    // End users of the default project.
+    let email = "ada@example.com";
+    let creds = serde_json::json!({ "email": email, "password": "correct horse battery staple" });
+    let (status, body) = http_post_json(&s.url, "/v1/projects/default/auth/signup", &creds);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_post_json(&s.url, "/v1/projects/default/auth/signin", &creds);
+    assert_eq!(status, 200, "{body}");
+
+    let users = s.json(&["users", "list"]);
+    let list = users["users"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{users}");
+    assert_eq!(list[0]["email"], email);
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert!(s.ok(&["users", "list", "--email", "ada"]).contains(email));
+    assert_eq!(s.json(&["users", "list", "--email", "bob"])["users"], serde_json::json!([]));
+    assert!(
+        s.json(&["--project", "acme", "users", "list"])["users"].as_array().unwrap().is_empty()
+    );
+    assert_eq!(s.json(&["users", "show", &id])["email"], email);
+
+    assert!(s.ok(&["users", "disable", &id]).contains("Disabled user"));
+    assert_eq!(s.json(&["users", "show", &id])["disabled"], true);
+    let (status, _) = http_post_json(&s.url, "/v1/projects/default/auth/signin", &creds);
+    assert!((400..500).contains(&status), "a disabled user signed in: {status}");
+    assert_eq!(s.json(&["users", "enable", &id])["disabled"], false);
+
+    let user =
+        s.json(&["users", "set-claims", &id, "--role", "editor", "--claims", r#"{"plan":"pro"}"#]);
+    assert_eq!(user["roles"], serde_json::json!(["editor"]), "{user}");
+    assert_eq!(user["claims"]["plan"], "pro", "{user}");
+    assert!(s.ok(&["users", "show", &id]).contains("editor"));
+    s.cmd().args(["users", "set-claims", &id]).assert().code(1).stderr(contains("nothing to set"));
+
+    let revoked = s.json(&["users", "revoke-sessions", &id]);
+    assert!(revoked["sessions"].is_u64(), "{revoked}");
+
+    let outbox = s.json(&["outbox"]);
+    let messages = outbox["messages"].as_array().unwrap();
+    assert!(messages.iter().any(|m| m["to"] == email), "{outbox}");
+    assert!(s.ok(&["outbox"]).contains(email));
+
+    let events = s.json(&["events"]);
+    let kinds: Vec<&str> =
+        events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"user.created"), "{events}");
+    assert!(s.ok(&["events"]).contains("user.created"));
+
+    assert!(s.ok(&["users", "delete", &id]).contains(&format!("Deleted user {id}")));
+    s.cmd().args(["users", "show", &id]).assert().code(1).stderr(contains("HTTP 404"));
+    assert_eq!(s.json(&["users", "list"])["users"], serde_json::json!([]));
 }

@@ -36,13 +36,17 @@ async fn run_once(
     component: &nimbus_runtime::LoadedComponent,
     params: &InvocationParams,
 ) -> Duration {
-    match runtime.invoke(component, request(), params).await {
-        Invocation::Responded { response, finished } => {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let on_finish = move |o: nimbus_runtime::Outcome| {
+        let _ = tx.send(o.instantiate);
+    };
+    match runtime.invoke(component, request(), params, on_finish).await {
+        Invocation::Responded(response) => {
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"Hello from Nimbus!\n");
-            finished.await.unwrap().instantiate
+            rx.await.unwrap()
         }
-        Invocation::Failed(o) => panic!("hello failed: {o:?}"),
+        Invocation::Failed(status) => panic!("hello failed: {status:?}"),
     }
 }
 

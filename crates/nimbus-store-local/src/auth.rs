@@ -217,7 +217,7 @@ impl AuthStore for SqliteStore {
         self.read(|conn| {
             conn.prepare_cached(
                 "SELECT kid, private_pkcs8, public_key, created_at FROM signing_keys \
-                 WHERE project = ?1 ORDER BY created_at DESC, kid DESC",
+                 WHERE project = ?1 ORDER BY created_at DESC, rowid DESC",
             )
             .and_then(|mut stmt| {
                 stmt.query_map([project], |r| {

@@ -50,7 +50,7 @@ const MIGRATIONS: &[&str] = &[
 
     -- No foreign key to functions: records outlive their function (usage history, billing).
     CREATE TABLE invocations (
-        id                TEXT    NOT NULL PRIMARY KEY, -- UUIDv7: ORDER BY id is chronological
+        id                TEXT    NOT NULL, -- UUIDv7: ORDER BY id is chronological
         project           TEXT    NOT NULL,
         function          TEXT    NOT NULL,
         version           INTEGER NOT NULL,
@@ -68,8 +68,9 @@ const MIGRATIONS: &[&str] = &[
         logs_truncated    INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX invocations_project_function_id ON invocations (project, function, id);
-    CREATE INDEX invocations_project_id ON invocations (project, id);
-    CREATE INDEX invocations_started_at ON invocations (started_at);
+    -- Unique: a retried batch is not counted twice. Kept to two indexes because this table takes
+    -- a row per request; pruning scans the table every few minutes instead of indexing time.
+    CREATE UNIQUE INDEX invocations_project_id ON invocations (project, id);
     "#,
     // 2: identity (nimbus-auth): projects, signing keys, API keys, users + identities, sessions +
     // refresh tokens, one-time tokens, and the durable events outbox. Every table but `projects`

@@ -529,7 +529,7 @@ impl InvocationStore for SqliteStore {
                 .prepare_cached(&format!(
                     "INSERT INTO invocations ({INVOCATION_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
-                     ON CONFLICT (id) DO NOTHING"
+                     ON CONFLICT (project, id) DO NOTHING"
                 ))
                 .context("preparing the invocation insert")?;
             for r in records {

@@ -57,6 +57,11 @@ pub async fn show(g: &GlobalArgs, name: &str) -> Result<ExitCode> {
             outln!("  {}", route_url(client.base_url(), r));
         }
     }
+    if f.require_auth {
+        outln!("auth:           required (unauthenticated callers get 401)");
+    } else {
+        outln!("auth:           not required");
+    }
     let l = &f.limits;
     outln!("limits:");
     outln!("  timeout:          {}", format_ms(l.timeout_ms));

@@ -222,6 +222,7 @@ mod tests {
     fn record() -> InvocationRecord {
         InvocationRecord {
             id: "0190a000-0000-7000-8000-000000000001".into(),
+            project: "default".into(),
             function: "hello".into(),
             version: 3,
             trigger: "http".into(),

@@ -5,8 +5,10 @@ pub mod functions;
 pub mod invoke;
 pub mod logs;
 pub mod new;
+pub mod projects;
 pub mod secrets;
 pub mod serve;
+pub mod users;
 
 use nimbus_model::RouteSpec;
 
