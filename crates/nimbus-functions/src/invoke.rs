@@ -11,7 +11,6 @@ use nimbus_model::{InvocationRecord, InvocationStatus, now_millis};
 use nimbus_runtime::{BodyError, GuestBody, Invocation, Outcome, OutcomeStatus};
 
 use crate::metrics::{FunctionMetrics, Metrics};
-use crate::recorder::Recorder;
 use crate::{ActiveVersion, FunctionService, Rejection};
 
 /// Why an invocation produced no guest response. The API layer maps each to a status code.
@@ -222,16 +221,5 @@ fn observe(metrics: &Metrics, f: &FunctionMetrics, r: &InvocationRecord) {
     }
     if r.status != InvocationStatus::Rejected {
         f.duration.observe(r.duration_us as f64 / 1e6);
-    }
-}
-
-impl Recorder {
-    /// Queue a record without waiting; if the writer is far behind, hand it to a task that
-    /// waits (back-pressure instead of losing a billable record).
-    fn record_now(&self, record: InvocationRecord) {
-        if let Err(record) = self.try_record(record) {
-            let recorder = self.clone();
-            tokio::spawn(async move { recorder.record(record).await });
-        }
     }
 }

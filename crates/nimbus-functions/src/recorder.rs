@@ -26,14 +26,17 @@ impl Recorder {
         (Recorder { tx, followers }, task)
     }
 
-    /// Queue a record if the channel has room; otherwise give it back.
-    pub(crate) fn try_record(&self, record: InvocationRecord) -> Result<(), InvocationRecord> {
+    /// Queue a record without waiting; if the writer is far behind, hand it to a task that
+    /// waits (back-pressure instead of losing a billable record).
+    pub(crate) fn record_now(&self, record: InvocationRecord) {
         match self.tx.try_send(record) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(r)) => Err(r),
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                let recorder = self.clone();
+                tokio::spawn(async move { recorder.record(record).await });
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("invocation recorder has stopped; record lost");
-                Ok(())
             }
         }
     }

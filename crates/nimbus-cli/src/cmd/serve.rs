@@ -95,6 +95,18 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// Argon2id memory cost for password hashes, in KiB (OWASP's minimum: 19456)
+    #[arg(long, env = "NIMBUS_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id iterations
+    #[arg(long, env = "NIMBUS_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Argon2id parallelism
+    #[arg(long, env = "NIMBUS_ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+
     /// SMTP server for auth emails, host:port (default: keep emails in the development outbox)
     #[arg(long, env = "NIMBUS_SMTP")]
     pub smtp: Option<String>,
@@ -214,6 +226,11 @@ impl ServeArgs {
                     .public_url
                     .clone()
                     .unwrap_or_else(|| format!("http://{}", self.listen)),
+                password_hash: nimbus_server::nimbus_auth::PasswordHashConfig {
+                    memory_kib: self.argon2_memory_kib,
+                    iterations: self.argon2_iterations,
+                    parallelism: self.argon2_parallelism,
+                },
                 ..Default::default()
             },
             smtp: self.smtp()?,
