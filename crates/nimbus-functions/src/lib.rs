@@ -331,12 +331,7 @@ impl FunctionService {
     pub async fn versions(&self, project: &str, name: &str) -> Result<Vec<VersionInfo>> {
         let fs = self.stores.functions.clone();
         let (p, n) = (project.to_string(), name.to_string());
-        let versions =
-            blocking(move || fs.list_versions(&p, &n).map_err(FunctionError::from)).await?;
-        if versions.is_empty() {
-            return Err(FunctionError::NotFound(format!("function {name}")));
-        }
-        Ok(versions)
+        blocking(move || fs.list_versions(&p, &n).map_err(FunctionError::from)).await
     }
 
     pub async fn invocations(

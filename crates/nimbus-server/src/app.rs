@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use nimbus_auth::{ApiKeyScope, AuthError, AuthService};
 use nimbus_functions::FunctionService;
-use nimbus_model::{DEFAULT_PROJECT, LimitPolicy, validate_project};
+use nimbus_model::{DEFAULT_PROJECT, validate_project};
 use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -49,7 +49,6 @@ pub struct AppState {
     pub functions: Arc<FunctionService>,
     pub auth: AuthService,
     admin_token: Arc<str>,
-    pub limits: LimitPolicy,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
     /// Turns true when the server starts shutting down: long-lived streams (log followers) end
@@ -62,7 +61,6 @@ impl AppState {
         functions: Arc<FunctionService>,
         auth: AuthService,
         admin_token: String,
-        limits: LimitPolicy,
         base_domain: &str,
         shutting_down: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
@@ -70,7 +68,6 @@ impl AppState {
             functions,
             auth,
             admin_token: admin_token.into(),
-            limits,
             base_domain: base_domain.into(),
             shutting_down,
         }

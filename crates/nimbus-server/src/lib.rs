@@ -118,14 +118,8 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(
-            Arc::new(functions),
-            auth,
-            admin_token,
-            config.limits,
-            &config.base_domain,
-            watch,
-        );
+        let state =
+            AppState::new(Arc::new(functions), auth, admin_token, &config.base_domain, watch);
         Ok(Server { listener, state, shutting_down })
     }
 

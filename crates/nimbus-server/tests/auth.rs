@@ -440,22 +440,9 @@ async fn api_keys_and_project_isolation_across_every_api() {
 
     // Beta has a function and a user.
     let wasm = std::fs::read(test_programs_artifacts::HELLO).unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "spec",
-            reqwest::multipart::Part::text(
-                json!({"name": "secret-fn", "routes": ["/fn"], "require_auth": true}).to_string(),
-            ),
-        )
-        .part("module", reqwest::multipart::Part::bytes(wasm.clone()));
-    let r = s
-        .api(Method::POST, "/v1/functions")
-        .header("x-nimbus-project", "beta")
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let spec = json!({"name": "secret-fn", "routes": ["/fn"], "require_auth": true});
+    let (status, body) = s.deploy_bytes_in("beta", spec, wasm).await;
+    assert_eq!(status, 201, "{body}");
     let beta_user = user_session(&s, "beta", "hal@example.com").await;
     let beta_user_id = beta_user["user"]["id"].as_str().unwrap();
     let alpha_user = user_session(&s, "alpha", "ivy@example.com").await;

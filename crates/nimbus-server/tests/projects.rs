@@ -11,17 +11,7 @@ const HEADER: &str = "x-nimbus-project";
 
 async fn deploy_in(s: &TestServer, project: &str, guest: &str, spec: Value) -> u16 {
     let wasm = std::fs::read(test_programs_artifacts::get(guest).unwrap()).unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part("spec", reqwest::multipart::Part::text(spec.to_string()))
-        .part("module", reqwest::multipart::Part::bytes(wasm));
-    let r = s
-        .api(Method::POST, "/v1/functions")
-        .header(HEADER, project)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    r.status().as_u16()
+    s.deploy_bytes_in(project, spec, wasm).await.0
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nimbus_model::DEFAULT_PROJECT;
 use nimbus_server::{ADMIN_TOKEN_FILE, Server, ServerConfig};
 use serde_json::{Value, json};
 
@@ -66,14 +67,24 @@ impl TestServer {
 
     /// Deploy `wasm` with `spec` (a JSON FunctionSpec); returns (status, body).
     pub async fn deploy_bytes(&self, spec: Value, wasm: Vec<u8>) -> (u16, Value) {
+        self.deploy_bytes_in(DEFAULT_PROJECT, spec, wasm).await
+    }
+
+    /// Deploy into `project` (the admin token plus `X-Nimbus-Project`); returns (status, body).
+    pub async fn deploy_bytes_in(&self, project: &str, spec: Value, wasm: Vec<u8>) -> (u16, Value) {
         let form = reqwest::multipart::Form::new()
             .part("spec", reqwest::multipart::Part::text(spec.to_string()))
             .part(
                 "module",
                 reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm").unwrap(),
             );
-        let r =
-            self.api(reqwest::Method::POST, "/v1/functions").multipart(form).send().await.unwrap();
+        let r = self
+            .api(reqwest::Method::POST, "/v1/functions")
+            .header("x-nimbus-project", project)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
