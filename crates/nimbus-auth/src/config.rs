@@ -94,6 +94,42 @@ impl Default for RateLimits {
 }
 
 impl RateLimits {
+    /// The names [`RateLimits::set`] accepts, as operators write them.
+    pub const NAMES: [&'static str; 9] = [
+        "sign_in_per_ip",
+        "sign_in_per_account",
+        "sign_up_per_ip",
+        "sign_up_per_account",
+        "password_reset_per_ip",
+        "password_reset_per_account",
+        "refresh_per_ip",
+        "refresh_per_account",
+        "other_per_ip",
+    ];
+
+    /// Set one limit by name (`None` turns it off). Errors name the accepted names.
+    pub fn set(&mut self, name: &str, limit: Option<RateLimit>) -> Result<(), String> {
+        let slot = match name {
+            "sign_in_per_ip" => &mut self.sign_in_per_ip,
+            "sign_in_per_account" => &mut self.sign_in_per_account,
+            "sign_up_per_ip" => &mut self.sign_up_per_ip,
+            "sign_up_per_account" => &mut self.sign_up_per_account,
+            "password_reset_per_ip" => &mut self.password_reset_per_ip,
+            "password_reset_per_account" => &mut self.password_reset_per_account,
+            "refresh_per_ip" => &mut self.refresh_per_ip,
+            "refresh_per_account" => &mut self.refresh_per_account,
+            "other_per_ip" => &mut self.other_per_ip,
+            other => {
+                return Err(format!(
+                    "unknown rate limit {other:?}; known: {}",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        };
+        *slot = limit;
+        Ok(())
+    }
+
     /// No limits at all (tests that are not about limits).
     pub fn unlimited() -> Self {
         RateLimits {

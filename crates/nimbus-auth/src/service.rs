@@ -1196,6 +1196,14 @@ impl AuthService {
         let events = self.blocking(move |s| Ok(s.list_events(&p, a.as_deref(), limit)?)).await?;
         Ok(events.into_iter().map(Event::from).collect())
     }
+
+    /// Delete tokens and sessions that can no longer be used (see
+    /// [`AuthStore::prune_auth`]); the server runs this periodically. Returns the rows removed.
+    pub async fn prune(&self) -> Result<u64, AuthError> {
+        let now = self.now();
+        let revoked_before = now - self.revocation_window_ms();
+        self.blocking(move |s| Ok(s.prune_auth(now, revoked_before)?)).await
+    }
 }
 
 fn humanize(d: Duration) -> String {

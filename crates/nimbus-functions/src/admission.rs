@@ -1,4 +1,5 @@
-//! Concurrency limit per function version: up to `max_concurrency` instances run at once; up to
+//! Concurrency limit per function (shared by its versions, so a rollback under load never runs
+//! more than the limit at once): up to `max_concurrency` instances run at once; up to
 //! `max_queue` more requests wait for a slot, each at most `queue_timeout`.
 
 use std::sync::Arc;
@@ -13,10 +14,14 @@ pub enum Rejection {
     QueueFull,
     /// Waited `queue_timeout` without getting a slot.
     QueueTimeout,
+    /// The function had a slot, but the node's instance pool had none (every function together
+    /// is at the operator's `instance_pool_size`).
+    NodeFull,
 }
 
 pub(crate) struct Admission {
     permits: Arc<Semaphore>,
+    max_concurrency: u32,
     waiting: AtomicU32,
     max_queue: u32,
     queue_timeout: Duration,
@@ -34,6 +39,7 @@ impl Admission {
     pub(crate) fn new(max_concurrency: u32, max_queue: u32, queue_timeout: Duration) -> Self {
         Admission {
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
+            max_concurrency,
             waiting: AtomicU32::new(0),
             max_queue,
             queue_timeout,
@@ -55,6 +61,19 @@ impl Admission {
             // The semaphore is never closed; treat it like a timeout all the same.
             Ok(Err(_)) | Err(_) => Err(Rejection::QueueTimeout),
         }
+    }
+
+    /// Whether this admission enforces exactly these settings (and so can be kept when a function
+    /// moves to another version).
+    pub(crate) fn same_settings(
+        &self,
+        max_concurrency: u32,
+        max_queue: u32,
+        timeout: Duration,
+    ) -> bool {
+        self.max_concurrency == max_concurrency
+            && self.max_queue == max_queue
+            && self.queue_timeout == timeout
     }
 
     pub(crate) fn queue_timeout(&self) -> Duration {

@@ -16,7 +16,7 @@ use crate::{ActiveVersion, FunctionService, Rejection};
 /// Why an invocation produced no guest response. The API layer maps each to a status code.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InvokeError {
-    #[error("the function is busy: {0:?}")]
+    #[error("{}", busy_message(*.0))]
     Rejected(Rejection, Duration),
     #[error("request body is larger than the function's limit of {0} bytes")]
     BodyTooLarge(u64),
@@ -35,11 +35,21 @@ impl InvokeError {
     fn http_status(&self) -> u16 {
         match self {
             InvokeError::Rejected(Rejection::QueueFull, _) => 429,
-            InvokeError::Rejected(Rejection::QueueTimeout, _) => 503,
+            InvokeError::Rejected(Rejection::QueueTimeout | Rejection::NodeFull, _) => 503,
             InvokeError::BodyTooLarge(_) => 413,
             InvokeError::Timeout => 504,
             InvokeError::MemoryLimit | InvokeError::Trap | InvokeError::Failed => 500,
         }
+    }
+}
+
+fn busy_message(r: Rejection) -> &'static str {
+    match r {
+        Rejection::QueueFull => "the function is at its concurrency limit and its queue is full",
+        Rejection::QueueTimeout => {
+            "the function stayed at its concurrency limit for the whole queue timeout"
+        }
+        Rejection::NodeFull => "every instance slot of this node is in use",
     }
 }
 
@@ -188,6 +198,9 @@ fn failure_of(status: OutcomeStatus, too_large: bool, limit: u64) -> InvokeError
         OutcomeStatus::Timeout => InvokeError::Timeout,
         OutcomeStatus::MemoryLimit => InvokeError::MemoryLimit,
         OutcomeStatus::Trap => InvokeError::Trap,
+        OutcomeStatus::Overloaded => {
+            InvokeError::Rejected(Rejection::NodeFull, Duration::from_secs(1))
+        }
         OutcomeStatus::Ok | OutcomeStatus::Error => InvokeError::Failed,
     }
 }
@@ -199,6 +212,7 @@ fn fill(r: &mut InvocationRecord, o: Outcome, http_status: Option<u16>) {
         OutcomeStatus::Timeout => InvocationStatus::Timeout,
         OutcomeStatus::MemoryLimit => InvocationStatus::MemoryLimit,
         OutcomeStatus::Error => InvocationStatus::Error,
+        OutcomeStatus::Overloaded => InvocationStatus::Rejected,
     };
     r.fuel = o.fuel;
     r.peak_memory_bytes = o.peak_memory_bytes;

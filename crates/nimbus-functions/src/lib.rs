@@ -88,7 +88,7 @@ pub struct ActiveVersion {
     pub info: VersionInfo,
     component: LoadedComponent,
     params: InvocationParams,
-    admission: Admission,
+    admission: Arc<Admission>,
     /// False until the first invocation: that one is a cold start.
     warm: AtomicBool,
     metrics: metrics::FunctionMetrics,
@@ -416,11 +416,18 @@ impl FunctionService {
             memory_bytes: info.limits.memory_bytes,
             outbound: Arc::new(OutboundPolicy::new(info.spec.outbound_hosts.clone())),
         };
-        let admission = Admission::new(
-            info.limits.max_concurrency,
-            info.limits.max_queue,
-            self.config.queue_timeout,
-        );
+        let (max_concurrency, max_queue) = (info.limits.max_concurrency, info.limits.max_queue);
+        let timeout = self.config.queue_timeout;
+        // Versions of one function share its slots while the limits stay the same: in-flight
+        // requests of the old version still count against the new one.
+        let admission = match self.active(&info.project, &info.function) {
+            Some(current)
+                if current.admission.same_settings(max_concurrency, max_queue, timeout) =>
+            {
+                current.admission.clone()
+            }
+            _ => Arc::new(Admission::new(max_concurrency, max_queue, timeout)),
+        };
         let metrics = self.metrics.function(&info.project, &info.function);
         Ok(Arc::new(ActiveVersion {
             info,

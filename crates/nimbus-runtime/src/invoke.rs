@@ -10,7 +10,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::WasiHttpView;
@@ -46,6 +46,8 @@ pub enum OutcomeStatus {
     Trap,
     Timeout,
     MemoryLimit,
+    /// It never ran: every instance slot of the node's pool is taken.
+    Overloaded,
     /// The guest ended without a usable response, or the host failed around it.
     Error,
 }
@@ -177,6 +179,9 @@ impl Runtime {
                     OutcomeStatus::MemoryLimit,
                     Some(format!("memory limit of {} bytes exceeded", limiter.limit)),
                 ),
+                Ok(Err(e)) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                    (OutcomeStatus::Overloaded, Some(format!("{e:#}")))
+                }
                 Ok(Err(e)) => match e.downcast_ref::<Trap>() {
                     Some(Trap::Interrupt) => {
                         (OutcomeStatus::Timeout, Some(timeout_message(timeout)))

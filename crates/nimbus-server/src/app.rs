@@ -51,6 +51,7 @@ pub struct AppState {
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// Turns true when the server starts shutting down: long-lived streams (log followers) end
     /// then, so graceful shutdown does not wait on them forever.
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -61,14 +62,15 @@ impl AppState {
         functions: Arc<FunctionService>,
         auth: AuthService,
         admin_token: String,
-        base_domain: &str,
+        config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         AppState {
             functions,
             auth,
             admin_token: admin_token.into(),
-            base_domain: base_domain.into(),
+            base_domain: config.base_domain.as_str().into(),
+            trusted_proxies: config.trusted_proxies.clone().into(),
             shutting_down,
         }
     }

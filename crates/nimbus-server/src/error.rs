@@ -45,7 +45,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    fn internal(cause: &dyn std::fmt::Display) -> Self {
+    pub(crate) fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,6 +92,9 @@ impl From<InvokeError> for ApiError {
             }
             InvokeError::Rejected(Rejection::QueueTimeout, _) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout")
+            }
+            InvokeError::Rejected(Rejection::NodeFull, _) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "node_full")
             }
             InvokeError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             InvokeError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),

@@ -7,6 +7,7 @@
 
 mod api;
 mod app;
+mod client_ip;
 mod data_dir;
 mod error;
 mod gateway;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     /// Deliver auth emails over SMTP; without it they go to an in-memory outbox readable at
     /// `GET /v1/outbox` (development).
     pub smtp: Option<SmtpConfig>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed when counting per-IP rate limits.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             base_domain: "localhost".to_string(),
             auth: AuthConfig::default(),
             smtp: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -118,8 +122,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state =
-            AppState::new(Arc::new(functions), auth, admin_token, &config.base_domain, watch);
+        let state = AppState::new(Arc::new(functions), auth, admin_token, &config, watch);
         Ok(Server { listener, state, shutting_down })
     }
 
@@ -133,6 +136,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "nimbus serving");
+        let _housekeeping = AbortOnDrop(spawn_auth_pruner(self.state.auth.clone()));
         let app = router(self.state);
         let notify = self.shutting_down;
         let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
@@ -158,5 +162,30 @@ impl Server {
                 Ok(())
             }
         }
+    }
+}
+
+/// How often used and expired tokens and dead sessions are deleted.
+const AUTH_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+fn spawn_auth_pruner(auth: AuthService) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(AUTH_PRUNE_EVERY);
+        loop {
+            every.tick().await;
+            match auth.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "pruned auth tokens and sessions"),
+                Err(e) => tracing::warn!(error = %e, "pruning auth tokens and sessions"),
+            }
+        }
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -790,4 +790,29 @@ impl AuthStore for SqliteStore {
             .context("listing events")
         })
     }
+
+    fn prune_auth(&self, now: UnixMillis, revoked_before: UnixMillis) -> Result<u64> {
+        self.write("pruning auth records", |tx| {
+            let mut removed = 0;
+            removed += tx
+                .execute(
+                    "DELETE FROM one_time_tokens WHERE used_at IS NOT NULL OR expires_at <= ?1",
+                    params![now],
+                )
+                .context("pruning one-time tokens")?;
+            // Sessions first: their refresh tokens go with them (ON DELETE CASCADE).
+            removed += tx
+                .execute(
+                    "DELETE FROM sessions WHERE revoked_at < ?2 OR (revoked_at IS NULL AND \
+                     NOT EXISTS (SELECT 1 FROM refresh_tokens r \
+                                 WHERE r.session = sessions.id AND r.expires_at > ?1))",
+                    params![now, revoked_before],
+                )
+                .context("pruning sessions")?;
+            removed += tx
+                .execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", params![now])
+                .context("pruning refresh tokens")?;
+            Ok(removed as u64)
+        })
+    }
 }

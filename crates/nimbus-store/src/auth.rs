@@ -354,4 +354,11 @@ pub trait AuthStore: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EventRecord>>;
+
+    // -- housekeeping -----------------------------------------------------------------------------
+    /// Delete what can no longer be used, in every project: used or expired one-time tokens,
+    /// expired refresh tokens, sessions revoked before `revoked_before` (their access tokens
+    /// have expired, so the deny list no longer needs them) and sessions with no unexpired
+    /// refresh token left. Returns the number of rows removed.
+    fn prune_auth(&self, now: UnixMillis, revoked_before: UnixMillis) -> Result<u64>;
 }

@@ -130,6 +130,45 @@ pub struct ServeArgs {
     /// Functions of project P also answer at host P.<base-domain> (and at /@P/... on any host)
     #[arg(long, env = "NIMBUS_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
+
+    /// Change an auth rate limit: NAME=COUNT/WINDOW (sign_in_per_ip=30/1m) or NAME=off. Names:
+    /// {sign_in,sign_up,password_reset,refresh}_per_{ip,account}, other_per_ip. Repeatable
+    #[arg(long = "rate-limit", env = "NIMBUS_RATE_LIMITS", value_delimiter = ',', value_parser = parse_rate_limit)]
+    pub rate_limits: Vec<RateLimitArg>,
+
+    /// A reverse proxy (IP or CIDR) whose X-Forwarded-For names the client for per-IP rate
+    /// limits. Repeatable
+    #[arg(long = "trusted-proxy", env = "NIMBUS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// One `--rate-limit` override: `None` turns the limit off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitArg {
+    pub name: String,
+    pub limit: Option<(u32, Duration)>,
+}
+
+fn parse_rate_limit(s: &str) -> Result<RateLimitArg, String> {
+    let (name, value) = s.split_once('=').ok_or("give NAME=COUNT/WINDOW or NAME=off")?;
+    let limit = if value == "off" {
+        None
+    } else {
+        let (count, window) = value.split_once('/').ok_or("give COUNT/WINDOW, e.g. 30/1m")?;
+        let count: u32 = count.parse().map_err(|_| format!("{count:?} is not a count"))?;
+        let window = parse_duration(window)?;
+        if count == 0 || window.is_zero() {
+            return Err("count and window must be above zero (use NAME=off to disable)".into());
+        }
+        Some((count, window))
+    };
+    Ok(RateLimitArg { name: name.trim().to_string(), limit })
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR block"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -163,6 +202,17 @@ impl ServeArgs {
             from: self.smtp_from.clone(),
             timeout: Duration::from_secs(10),
         }))
+    }
+
+    #[cfg(feature = "server")]
+    fn rate_limits(&self) -> Result<nimbus_server::nimbus_auth::RateLimits> {
+        use nimbus_server::nimbus_auth::{RateLimit, RateLimits};
+        let mut limits = RateLimits::default();
+        for arg in &self.rate_limits {
+            let limit = arg.limit.map(|(count, window)| RateLimit::new(count, window));
+            limits.set(&arg.name, limit).map_err(|e| anyhow::anyhow!("--rate-limit: {e}"))?;
+        }
+        Ok(limits)
     }
 
     pub fn limit_policy(&self) -> Result<LimitPolicy> {
@@ -231,9 +281,11 @@ impl ServeArgs {
                     iterations: self.argon2_iterations,
                     parallelism: self.argon2_parallelism,
                 },
+                rate_limits: self.rate_limits()?,
                 ..Default::default()
             },
             smtp: self.smtp()?,
+            trusted_proxies: self.trusted_proxies.clone(),
         })
     }
 }
@@ -363,5 +415,42 @@ mod tests {
         let t = T::try_parse_from(["nimbus", "--default-memory", "1GiB"]).unwrap();
         let err = t.s.limit_policy().unwrap_err().to_string();
         assert!(err.contains("--default-memory") && err.contains("--max-memory"), "{err}");
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn rate_limits_and_trusted_proxies_from_flags() {
+        use nimbus_server::nimbus_auth::{RateLimit, RateLimits};
+        let t = T::try_parse_from([
+            "nimbus",
+            "--rate-limit",
+            "sign_in_per_ip=5/10s,refresh_per_account=off",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "::1",
+        ])
+        .unwrap();
+        let c = t.s.server_config(&t.g).unwrap();
+        let limits = c.auth.rate_limits;
+        assert_eq!(limits.sign_in_per_ip, Some(RateLimit::new(5, Duration::from_secs(10))));
+        assert_eq!(limits.refresh_per_account, None);
+        assert_eq!(
+            limits.sign_up_per_ip,
+            RateLimits::default().sign_up_per_ip,
+            "others keep defaults"
+        );
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+
+        let t = T::try_parse_from(["nimbus", "--rate-limit", "sign_on=5/1m"]).unwrap();
+        let err = t.s.server_config(&t.g).unwrap_err().to_string();
+        assert!(err.contains("sign_on") && err.contains("sign_in_per_ip"), "{err}");
+        for bad in
+            ["sign_in_per_ip", "sign_in_per_ip=5", "sign_in_per_ip=0/1m", "sign_in_per_ip=x/1m"]
+        {
+            assert!(T::try_parse_from(["nimbus", "--rate-limit", bad]).is_err(), "{bad}");
+        }
+        assert!(T::try_parse_from(["nimbus", "--trusted-proxy", "10.0.0.0/33"]).is_err());
     }
 }

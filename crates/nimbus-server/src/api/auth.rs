@@ -2,11 +2,10 @@
 //! public (apps call them); the project is in the path, and a user's own calls carry their access
 //! token as `Authorization: Bearer`.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use nimbus_auth::{Claims, Session, SignUpOutcome, User};
@@ -14,6 +13,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(Deserialize, ToSchema)]
@@ -41,12 +41,6 @@ pub(crate) struct NewPassword {
 #[derive(Deserialize, IntoParams)]
 pub(crate) struct TokenQuery {
     token: String,
-}
-
-/// The peer's address, for per-IP rate limits. (Behind a reverse proxy this is the proxy;
-/// trusting X-Forwarded-For is an operator setting still to come.)
-fn ip(addr: SocketAddr) -> Option<IpAddr> {
-    Some(addr.ip())
 }
 
 /// The verified claims of the request's bearer access token.
@@ -79,10 +73,10 @@ async fn bearer(
 pub(crate) async fn signup(
     State(state): State<AppState>,
     Path(project): Path<String>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Json(c): Json<Credentials>,
 ) -> Result<Json<SignUpOutcome>, ApiError> {
-    Ok(Json(state.auth.sign_up(&project, &c.email, &c.password, ip(addr)).await?))
+    Ok(Json(state.auth.sign_up(&project, &c.email, &c.password, Some(ip)).await?))
 }
 
 /// Sign in with email and password: an access token (JWT, EdDSA) and a rotating refresh token.
@@ -93,10 +87,10 @@ pub(crate) async fn signup(
 pub(crate) async fn signin(
     State(state): State<AppState>,
     Path(project): Path<String>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Json(c): Json<Credentials>,
 ) -> Result<Json<Session>, ApiError> {
-    Ok(Json(state.auth.sign_in(&project, &c.email, &c.password, ip(addr)).await?))
+    Ok(Json(state.auth.sign_in(&project, &c.email, &c.password, Some(ip)).await?))
 }
 
 /// Sign in as a new anonymous user (upgradeable later with `upgrade`).
@@ -106,9 +100,9 @@ pub(crate) async fn signin(
 pub(crate) async fn anonymous(
     State(state): State<AppState>,
     Path(project): Path<String>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
 ) -> Result<Json<Session>, ApiError> {
-    Ok(Json(state.auth.sign_in_anonymously(&project, ip(addr)).await?))
+    Ok(Json(state.auth.sign_in_anonymously(&project, Some(ip)).await?))
 }
 
 /// Exchange a refresh token for a new session pair. Each refresh token works once; presenting a
@@ -120,10 +114,10 @@ pub(crate) async fn anonymous(
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     Path(project): Path<String>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Json(r): Json<RefreshToken>,
 ) -> Result<Json<Session>, ApiError> {
-    Ok(Json(state.auth.refresh(&project, &r.refresh_token, ip(addr)).await?))
+    Ok(Json(state.auth.refresh(&project, &r.refresh_token, Some(ip)).await?))
 }
 
 /// Sign out of one session.
@@ -173,13 +167,13 @@ pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Path(project): Path<String>,
     headers: HeaderMap,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Json(c): Json<Credentials>,
 ) -> Result<Json<User>, ApiError> {
     let claims = bearer(&state, &project, &headers).await?;
     let user = state
         .auth
-        .upgrade_anonymous(&project, &claims.sub, &c.email, &c.password, ip(addr))
+        .upgrade_anonymous(&project, &claims.sub, &c.email, &c.password, Some(ip))
         .await?;
     Ok(Json(user))
 }
@@ -191,10 +185,10 @@ pub(crate) async fn request_verification(
     State(state): State<AppState>,
     Path(project): Path<String>,
     headers: HeaderMap,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
 ) -> Result<StatusCode, ApiError> {
     let claims = bearer(&state, &project, &headers).await?;
-    state.auth.request_email_verification(&project, &claims.sub, ip(addr)).await?;
+    state.auth.request_email_verification(&project, &claims.sub, Some(ip)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -217,10 +211,10 @@ pub(crate) async fn verify_email(
 pub(crate) async fn request_reset(
     State(state): State<AppState>,
     Path(project): Path<String>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Json(e): Json<EmailOnly>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth.request_password_reset(&project, &e.email, ip(addr)).await?;
+    state.auth.request_password_reset(&project, &e.email, Some(ip)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

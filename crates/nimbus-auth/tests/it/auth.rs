@@ -1,14 +1,12 @@
 //! The identity service end to end: real SQLite files, real Argon2 (small parameters), real
 //! Ed25519, and `jsonwebtoken` as the independent verifier of our tokens.
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::common::{PASSWORD, harness, token_of};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{PASSWORD, harness, token_of};
 use nimbus_auth::{ApiKeyScope, AuthError, EmailKind, RateLimit};
 
 const P: &str = "default";
@@ -421,7 +419,7 @@ async fn api_keys_create_verify_list_revoke_expire() {
 trait ClockNow {
     fn clock_now(&self) -> i64;
 }
-impl ClockNow for common::Harness {
+impl ClockNow for crate::common::Harness {
     fn clock_now(&self) -> i64 {
         use nimbus_auth::Clock;
         self.clock.now_millis()

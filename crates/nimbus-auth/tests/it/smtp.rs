@@ -3,8 +3,6 @@
 //! Needs `python3 -m pip install aiosmtpd`. Without it the test prints SKIPPED, unless
 //! `NIMBUS_REQUIRE_SMTP=1` (CI), where it fails.
 
-mod common;
-
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -81,7 +79,7 @@ async fn verification_email_reaches_a_real_smtp_server() {
     };
     let auth = AuthService::new(store, Arc::new(mailer), config).unwrap();
     assert!(auth.outbox("default").is_none());
-    auth.sign_up("default", "smtp-user@example.com", common::PASSWORD, None).await.unwrap();
+    auth.sign_up("default", "smtp-user@example.com", crate::common::PASSWORD, None).await.unwrap();
 
     // The email is sent in the background: wait for the server to print it.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -1,10 +1,8 @@
 //! Captured guest output and invocation records, listed and followed live.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, error_code};
+use crate::common::{TestServer, error_code};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};

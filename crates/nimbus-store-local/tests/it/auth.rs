@@ -195,3 +195,56 @@ fn refresh_rotation_reuse_and_one_time_tokens() {
         ConsumeOutcome::Invalid
     );
 }
+
+#[test]
+fn pruning_removes_only_what_can_no_longer_be_used() {
+    let (_dir, s) = open();
+    let p = DEFAULT_PROJECT;
+    s.create_user(p, &user("u", p, Some("u@x.io")), &[], &[]).unwrap();
+    let session = |id: &str| SessionRecord {
+        id: id.into(),
+        user: "u".into(),
+        created_at: 1,
+        revoked_at: None,
+    };
+    // s1 is live; its used token 1 must stay for reuse detection until it expires.
+    s.create_session(p, &session("s1"), &rt(1, None, 1000), &[]).unwrap();
+    s.rotate_refresh_token(p, &[1; 32], &rt(2, Some(1), 1000), 10).unwrap();
+    // s2 was signed out at 20; s3's only token expired at 50.
+    s.create_session(p, &session("s2"), &rt(3, None, 1000), &[]).unwrap();
+    assert_eq!(s.revoke_session_by_token(p, &[3; 32], 20).unwrap().as_deref(), Some("s2"));
+    s.create_session(p, &session("s3"), &rt(4, None, 50), &[]).unwrap();
+    let ott = |hash: u8, expires_at: i64| NewOneTimeToken {
+        hash: vec![hash; 32],
+        user: "u".into(),
+        purpose: "verify_email".into(),
+        created_at: 1,
+        expires_at,
+    };
+    for (hash, expires_at) in [(7, 1000), (8, 1000), (9, 50)] {
+        s.insert_one_time_token(p, &ott(hash, expires_at)).unwrap();
+    }
+    s.consume_one_time_token(p, &[7; 32], "verify_email", 10).unwrap();
+
+    // At 100, with s2's revocation still inside the deny-list window: tokens 7 (used) and 9
+    // (expired) and session s3 go.
+    assert_eq!(s.prune_auth(100, 15).unwrap(), 3);
+    assert_eq!(s.revoked_sessions_since(p, 0).unwrap(), ["s2"]);
+    assert_eq!(
+        s.consume_one_time_token(p, &[8; 32], "verify_email", 100).unwrap(),
+        ConsumeOutcome::Consumed { user: "u".into() }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(p, &[4; 32], &rt(5, Some(4), 1000), 100).unwrap(),
+        RefreshOutcome::Unknown
+    );
+    // Once the window has passed, the revoked session goes too; pruning again is a no-op.
+    assert_eq!(s.prune_auth(100, 25).unwrap(), 2, "s2 and the used token 8");
+    assert!(s.revoked_sessions_since(p, 0).unwrap().is_empty());
+    assert_eq!(s.prune_auth(100, 25).unwrap(), 0);
+    // The live session still detects reuse of its old token.
+    assert_eq!(
+        s.rotate_refresh_token(p, &[1; 32], &rt(6, Some(1), 1000), 110).unwrap(),
+        RefreshOutcome::Reused { session: "s1".into() }
+    );
+}

@@ -1,12 +1,10 @@
 //! End-user authentication over HTTP, API keys, the caller's identity reaching functions, and
 //! isolation between projects through every API.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestServer, error_code, test_config};
+use crate::common::{TestServer, error_code, test_config};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use nimbus_server::nimbus_auth::{ManualClock, RateLimit};
 use reqwest::Method;
@@ -184,6 +182,48 @@ async fn sign_in_is_rate_limited_with_retry_after() {
         .await;
         assert_eq!(error_code(r).await, (400, "weak_password".to_string()), "{pw}");
     }
+    s.stop().await;
+}
+
+/// Sign-in attempts from the client at `xff` (as a proxy would report it); their statuses.
+async fn sign_ins_from(s: &TestServer, xff: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let r = s
+            .client
+            .post(s.url("/v1/projects/default/auth/signin"))
+            .header("x-forwarded-for", xff)
+            .json(&json!({"email": "nobody@example.com", "password": "not the password at all"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn per_ip_limits_believe_x_forwarded_for_only_from_trusted_proxies() {
+    let limited = |dir: &std::path::Path, trusted: &[&str]| {
+        let mut config = test_config(dir);
+        config.auth.rate_limits.sign_in_per_ip = Some(RateLimit::new(2, Duration::from_secs(60)));
+        config.trusted_proxies = trusted.iter().map(|n| n.parse().unwrap()).collect();
+        config
+    };
+    // The test client is the proxy: trusted, each forwarded client has its own budget.
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(limited(dir.path(), &["127.0.0.1/32"])).await;
+    assert_eq!(sign_ins_from(&s, "198.51.100.1", 3).await, [401, 401, 429]);
+    assert_eq!(sign_ins_from(&s, "198.51.100.2", 1).await, [401], "another client");
+    // A client cannot escape by prepending a fake hop: the proxy's entry is the last one.
+    assert_eq!(sign_ins_from(&s, "203.0.113.50, 198.51.100.1", 1).await, [429]);
+    s.stop().await;
+
+    // Not trusted: the header is ignored and every request counts against the peer.
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(limited(dir.path(), &[])).await;
+    assert_eq!(sign_ins_from(&s, "198.51.100.1", 2).await, [401, 401]);
+    assert_eq!(sign_ins_from(&s, "198.51.100.2", 1).await, [429]);
     s.stop().await;
 }
 

@@ -1,9 +1,7 @@
 //! Tenancy for functions: the same name in two projects is two functions; nothing of one project
 //! can be read, listed, changed or invoked with another project's scope; routes never cross.
 
-mod common;
-
-use common::{TestServer, error_code};
+use crate::common::{TestServer, error_code};
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -1,5 +1,3 @@
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +14,6 @@ pub struct Harness {
     pub auth: AuthService,
     pub outbox: Arc<Outbox>,
     pub clock: Arc<ManualClock>,
-    pub store: Arc<SqliteStore>,
     pub _dir: TempDir,
 }
 
@@ -34,8 +31,8 @@ pub fn harness(tweak: impl FnOnce(&mut AuthConfig)) -> Harness {
         ..AuthConfig::default()
     };
     tweak(&mut config);
-    let auth = AuthService::new(store.clone(), outbox.clone(), config).unwrap();
-    Harness { auth, outbox, clock, store, _dir: dir }
+    let auth = AuthService::new(store, outbox.clone(), config).unwrap();
+    Harness { auth, outbox, clock, _dir: dir }
 }
 
 impl Harness {

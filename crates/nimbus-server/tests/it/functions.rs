@@ -1,10 +1,8 @@
 //! The functions API and the HTTP gateway, against a real server on port 0 with real guests.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, error_code, spec};
+use crate::common::{TestServer, error_code, spec};
 use reqwest::Method;
 use serde_json::{Value, json};
 

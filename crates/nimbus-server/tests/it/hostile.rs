@@ -1,11 +1,9 @@
 //! Hostile guests: each misbehaves in its own way; the server answers with the right error, records
 //! it, and keeps every other function serving.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestServer, error_code};
+use crate::common::{TestServer, error_code};
 use nimbus_server::ServerConfig;
 use serde_json::{Value, json};
 
@@ -201,6 +199,52 @@ async fn queue_timeout_answers_503() {
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(error_code(r).await, (503, "queue_timeout".to_string()));
     assert_eq!(first.await.unwrap(), 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_of_a_function_share_its_concurrency_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let spec = json!({"name": "sleep", "routes": ["/sleep"], "limits": {"max_concurrency": 1, "max_queue": 0}});
+    s.deploy("sleep", spec.clone()).await;
+    let (client, url) = (s.client.clone(), s.url("/sleep?ms=800"));
+    let slow = tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Version 2 goes live while version 1 still holds the only slot.
+    let v2 = s.deploy("sleep", spec).await;
+    assert_eq!(v2["version"]["version"], 2, "{v2}");
+    let r = s.get("/sleep?ms=10").await;
+    assert_eq!(error_code(r).await, (429, "too_many_requests".to_string()));
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(s.get("/sleep?ms=10").await.status(), 200, "the slot is free again");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_answers_503_not_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::test_config(dir.path());
+    config.instance_pool_size = 2;
+    let s = TestServer::start_with(config).await;
+    s.deploy("sleep", json!({"name": "sleep", "routes": ["/sleep"]})).await;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), s.url("/sleep?ms=800"));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let r = s.get("/sleep?ms=10").await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_code(r).await, (503, "node_full".to_string()));
+    for t in slow {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(s.get("/sleep?ms=10").await.status(), 200, "slots come back to the pool");
+    let records = s.records("sleep", 4).await;
+    let rejected = find(&records, "rejected");
+    assert_eq!(rejected["http_status"], 503, "{rejected}");
     s.stop().await;
 }
 

@@ -2,11 +2,9 @@
 //! unchanged. `scripts/build-foreign-guests.sh` builds it; `.ci/run` does so and sets
 //! NIMBUS_REQUIRE_FOREIGN=1, so this test cannot silently pass in CI without running.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

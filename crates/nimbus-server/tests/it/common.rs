@@ -1,9 +1,7 @@
 //! A real Nimbus server on 127.0.0.1:0 with a temporary data directory, and a client for it.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use nimbus_model::DEFAULT_PROJECT;
@@ -14,7 +12,6 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub token: String,
     pub client: reqwest::Client,
-    pub data: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -38,7 +35,6 @@ impl TestServer {
             addr,
             token,
             client: reqwest::Client::new(),
-            data,
             shutdown: Some(tx),
             task: Some(task),
         }

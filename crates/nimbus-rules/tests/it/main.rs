@@ -1,0 +1,6 @@
+//! Integration tests, linked into one binary: one link of the full dependency graph
+//! instead of one per file (each link is hundreds of MB and most of the build time).
+
+mod fuzz;
+mod parse_errors;
+mod scenarios;
