@@ -186,6 +186,10 @@ pub struct AuthConfig {
     pub issuer: String,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// A refresh token presented again within this long after its first use is taken for a
+    /// concurrent refresh (two tabs of one app) and answered with a new token, instead of
+    /// revoking the session as reuse. Zero makes every second use a reuse.
+    pub refresh_reuse_grace: Duration,
     pub email_verification_ttl: Duration,
     pub password_reset_ttl: Duration,
     /// Allowed clock difference when checking `exp`/`nbf`.
@@ -207,6 +211,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("issuer", &self.issuer)
             .field("access_token_ttl", &self.access_token_ttl)
             .field("refresh_token_ttl", &self.refresh_token_ttl)
+            .field("refresh_reuse_grace", &self.refresh_reuse_grace)
             .field("password_hash", &self.password_hash)
             .field("password_policy", &self.password_policy)
             .field("rate_limits", &self.rate_limits)
@@ -221,6 +226,7 @@ impl Default for AuthConfig {
             issuer: "nimbus".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(10),
             email_verification_ttl: Duration::from_secs(24 * 3600),
             password_reset_ttl: Duration::from_secs(3600),
             leeway: Duration::from_secs(30),

@@ -320,6 +320,21 @@ impl AuthService {
         Ok(record.into())
     }
 
+    /// Delete a project and everything identity holds for it. Its API keys and tokens stop
+    /// working at once. The default project cannot be deleted.
+    pub async fn delete_project(&self, slug: &str) -> Result<(), AuthError> {
+        if slug == DEFAULT_PROJECT {
+            return Err(AuthError::InvalidInput("the default project cannot be deleted".into()));
+        }
+        let id = slug.to_string();
+        if !self.blocking(move |s| Ok(s.delete_project(&id)?)).await? {
+            return Err(AuthError::NotFound(format!("project {slug}")));
+        }
+        self.drop_project_state(slug);
+        self.inner.api_keys.write().retain(|_, key| key.project != slug);
+        Ok(())
+    }
+
     pub async fn list_projects(&self) -> Result<Vec<Project>, AuthError> {
         let projects = self.blocking(|s| Ok(s.list_projects()?)).await?;
         Ok(projects.into_iter().map(Project::from).collect())
@@ -827,8 +842,11 @@ impl AuthService {
             expires_at: now + self.inner.config.refresh_token_ttl.as_millis() as i64,
         };
         let p = project.to_string();
+        let grace = self.inner.config.refresh_reuse_grace.as_millis() as i64;
         let outcome = self
-            .blocking(move |s| Ok(s.rotate_refresh_token(&p, &presented, &replacement, now)?))
+            .blocking(move |s| {
+                Ok(s.rotate_refresh_token(&p, &presented, &replacement, now, grace)?)
+            })
             .await?;
         match outcome {
             RefreshOutcome::Rotated { session, user } => {

@@ -340,6 +340,11 @@ impl Client {
         self.json(req).await
     }
 
+    pub async fn delete_project(&self, slug: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/v1/projects/{}", segment(slug)))).await?;
+        Ok(())
+    }
+
     pub async fn list_projects(&self) -> Result<Value> {
         self.json(self.request(Method::GET, "/v1/projects")).await
     }

@@ -120,6 +120,20 @@ impl TestServer {
         panic!("`nimbus {args:?}` never showed {needle:?}; last output:\n{out}");
     }
 
+    /// `--json` output once `array` in it has at least `n` entries (records are written
+    /// asynchronously, in batches).
+    fn json_until(&self, args: &[&str], array: &str, n: usize) -> Value {
+        let mut value = Value::Null;
+        for _ in 0..100 {
+            value = self.json(args);
+            if value[array].as_array().is_some_and(|a| a.len() >= n) {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("`nimbus {args:?}` never listed {n} {array}; last output:\n{value}");
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
@@ -207,8 +221,8 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
 
     let logs = s.logs_until(&["logs", "hello"], " v1 ok 200 ");
     assert!(logs.contains(" v1 ok 200 "), "{logs}");
-    let logs = s.json(&["logs", "hello"]);
-    assert!(logs["invocations"].as_array().unwrap().len() >= 3, "{logs}");
+    let logs = s.json_until(&["logs", "hello"], "invocations", 3);
+    assert!(logs["invocations"].as_array().unwrap().iter().all(|r| r["status"] == "ok"), "{logs}");
 
     // A second version: the `logs` guest, which writes to stdout and stderr.
     let out =
@@ -232,8 +246,10 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
     assert_eq!(info["latest_version"], 2);
     assert!(s.ok(&["show", "hello"]).contains(&format!("{}/hello", s.url)));
 
-    let inv = s.json(&["invocations", "--function", "hello"]);
-    assert!(inv["invocations"].as_array().unwrap().len() >= 5, "{inv}");
+    let inv = s.json_until(&["invocations", "--function", "hello"], "invocations", 5);
+    let versions: Vec<_> =
+        inv["invocations"].as_array().unwrap().iter().map(|r| &r["version"]).collect();
+    assert!(versions.contains(&&Value::from(1)) && versions.contains(&&Value::from(2)), "{inv}");
     let table = s.ok(&["invocations", "--status", "ok", "--limit", "3"]);
     assert!(table.starts_with("TIME "), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
@@ -740,4 +756,15 @@ fn projects_keys_and_users() {
     assert!(s.ok(&["users", "delete", &id]).contains(&format!("Deleted user {id}")));
     s.cmd().args(["users", "show", &id]).assert().code(1).stderr(contains("HTTP 404"));
     assert_eq!(s.json(&["users", "list"])["users"], serde_json::json!([]));
+
+    // Deleting a project asks for --yes, then takes its functions along.
+    s.cmd().args(["projects", "delete", "acme"]).assert().code(1).stderr(contains("--yes"));
+    assert!(s.ok(&["projects", "delete", "acme", "--yes"]).contains("Deleted project acme"));
+    assert!(!s.ok(&["projects", "list"]).contains("acme"));
+    s.cmd().args(["--project", "acme", "list"]).assert().code(1).stderr(contains("HTTP 404"));
+    s.cmd()
+        .args(["projects", "delete", "default", "--yes"])
+        .assert()
+        .code(1)
+        .stderr(contains("default project"));
 }

@@ -197,7 +197,60 @@ impl FunctionService {
         }
         tracing::info!(functions = loaded.len(), "functions loaded");
         service.snapshot.store(Arc::new(Snapshot::new(loaded)));
+        {
+            let _changes = service.changes.lock().await;
+            service.collect_garbage().await;
+        }
         Ok(service)
+    }
+
+    /// Delete stored modules that no version references any more, and compiled artifacts of
+    /// such modules or of another engine build (an upgrade leaves those behind). Runs under the
+    /// `changes` lock, so no deploy sits between storing its module and recording its version.
+    /// Best effort: failures are logged, never returned to the change that triggered it.
+    async fn collect_garbage(&self) {
+        let (fs, blobs) = (self.stores.functions.clone(), self.stores.blobs.clone());
+        let artifact_dir = self.config.artifact_dir.clone();
+        let fingerprint = self.runtime.artifact_fingerprint();
+        let swept = blocking(move || {
+            let referenced = fs.module_shas()?;
+            let mut modules = 0;
+            for key in blobs.list("modules")? {
+                let sha = key.strip_prefix("modules/").and_then(|k| k.strip_suffix(".wasm"));
+                if sha.is_some_and(|sha| !referenced.contains(sha)) && blobs.delete(&key)? {
+                    modules += 1;
+                }
+            }
+            let mut artifacts = 0;
+            let entries = std::fs::read_dir(&artifact_dir)
+                .map_err(|e| FunctionError::Internal(format!("listing artifacts: {e}")))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some((sha, fp)) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".cwasm"))
+                    .and_then(|n| n.split_once('-'))
+                else {
+                    continue;
+                };
+                // Unlinking a file that a loaded component still maps is safe: the mapping
+                // keeps the inode alive.
+                if (!referenced.contains(sha) || fp != fingerprint)
+                    && std::fs::remove_file(entry.path()).is_ok()
+                {
+                    artifacts += 1;
+                }
+            }
+            Ok((modules, artifacts))
+        })
+        .await;
+        match swept {
+            Ok((0, 0)) => {}
+            Ok((modules, artifacts)) => {
+                tracing::info!(modules, artifacts, "removed unused modules and artifacts")
+            }
+            Err(e) => tracing::warn!(error = %e, "collecting unused modules and artifacts"),
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -283,7 +336,35 @@ impl FunctionService {
         functions.remove(&key(project, name));
         self.snapshot.store(Arc::new(Snapshot::new(functions)));
         tracing::info!(project, function = %name, "deleted");
+        self.collect_garbage().await;
         Ok(())
+    }
+
+    /// Delete every function of a project and its invocation records (the project is being
+    /// deleted). Returns the names of the functions removed.
+    pub async fn delete_project(&self, project: &str) -> Result<Vec<String>> {
+        let _changes = self.changes.lock().await;
+        let (fs, p) = (self.stores.functions.clone(), project.to_string());
+        let names =
+            blocking(move || fs.delete_project_functions(&p).map_err(FunctionError::from)).await?;
+        let mut functions = self.snapshot.load().functions.clone();
+        functions.retain(|(p, _), _| p != project);
+        self.snapshot.store(Arc::new(Snapshot::new(functions)));
+        if !names.is_empty() {
+            self.collect_garbage().await;
+        }
+        // Records of invocations that already finished may still sit in the writer's batch.
+        self.recorder.flush().await;
+        let (records, p) = (self.stores.invocations.clone(), project.to_string());
+        let removed =
+            blocking(move || records.delete_project(&p).map_err(FunctionError::from)).await?;
+        tracing::info!(
+            project,
+            functions = names.len(),
+            records = removed,
+            "deleted project's functions"
+        );
+        Ok(names)
     }
 
     pub async fn set_secret(

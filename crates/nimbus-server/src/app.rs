@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api::invocations::logs))
         .routes(routes!(api::invocations::list))
         .routes(routes!(api::projects::create, api::projects::list))
+        .routes(routes!(api::projects::delete))
         .routes(routes!(api::projects::create_key, api::projects::list_keys))
         .routes(routes!(api::projects::revoke_key))
         .routes(routes!(api::users::list))

@@ -169,6 +169,20 @@ impl AuthStore for SqliteStore {
         })
     }
 
+    fn delete_project(&self, id: &str) -> Result<bool> {
+        self.write("deleting a project", |tx| {
+            // Tables without a foreign key to the project row; the rest cascade from it.
+            for table in ["events", "refresh_tokens", "one_time_tokens"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE project = ?1"), [id])
+                    .with_context(|| format!("deleting {table} of project {id}"))?;
+            }
+            let n = tx
+                .execute("DELETE FROM projects WHERE id = ?1", [id])
+                .with_context(|| format!("deleting project {id}"))?;
+            Ok(n > 0)
+        })
+    }
+
     fn get_project(&self, id: &str) -> Result<Option<ProjectRecord>> {
         self.read(|conn| {
             conn.prepare_cached("SELECT id, slug, name, created_at FROM projects WHERE id = ?1")
@@ -588,6 +602,7 @@ impl AuthStore for SqliteStore {
         presented: &[u8],
         replacement: &NewRefreshToken,
         now: UnixMillis,
+        reuse_grace_ms: i64,
     ) -> Result<RefreshOutcome> {
         self.write("refreshing a session", |tx| {
             let row: Option<TokenRow> = tx
@@ -609,7 +624,9 @@ impl AuthStore for SqliteStore {
             if revoked_at.is_some() {
                 return Ok(RefreshOutcome::Revoked);
             }
-            if used_at.is_some() {
+            let used_at: Option<UnixMillis> = used_at;
+            let concurrent = used_at.is_some_and(|at| now - at < reuse_grace_ms);
+            if used_at.is_some() && !concurrent {
                 // Reuse: someone holds a token that was already exchanged. Kill the family.
                 tx.prepare_cached(
                     "UPDATE sessions SET revoked_at = ?3 WHERE project = ?1 AND id = ?2",
@@ -627,14 +644,16 @@ impl AuthStore for SqliteStore {
             if user.disabled {
                 return Ok(RefreshOutcome::Disabled);
             }
-            let n = tx
-                .prepare_cached(
-                    "UPDATE refresh_tokens SET used_at = ?3 \
-                     WHERE project = ?1 AND hash = ?2 AND used_at IS NULL",
-                )
-                .and_then(|mut stmt| stmt.execute(params![project, presented, now]))
-                .context("marking a refresh token used")?;
-            debug_assert_eq!(n, 1, "the immediate transaction holds the write lock");
+            if !concurrent {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE refresh_tokens SET used_at = ?3 \
+                         WHERE project = ?1 AND hash = ?2 AND used_at IS NULL",
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![project, presented, now]))
+                    .context("marking a refresh token used")?;
+                debug_assert_eq!(n, 1, "the immediate transaction holds the write lock");
+            }
             insert_refresh_token(tx, project, &session, replacement)?;
             Ok(RefreshOutcome::Rotated { session, user })
         })

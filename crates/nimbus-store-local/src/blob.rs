@@ -75,6 +75,37 @@ impl BlobStore for LocalBlobStore {
             Err(e) => Err(e).with_context(|| format!("deleting blob {key}")),
         }
     }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.path_of(prefix)?;
+        let mut keys = Vec::new();
+        let mut pending = vec![(dir, prefix.to_string())];
+        while let Some((dir, key)) = pending.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("listing blobs under {key}")),
+            };
+            for entry in entries {
+                let entry = entry.with_context(|| format!("listing blobs under {key}"))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                // Temporary files of writes in progress are not blobs.
+                if name.starts_with(".TMP-") {
+                    continue;
+                }
+                let child = format!("{key}/{name}");
+                if entry.file_type().with_context(|| format!("listing {child}"))?.is_dir() {
+                    pending.push((entry.path(), child));
+                } else {
+                    keys.push(child);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
 }
 
 /// Make a rename in `dir` durable (on Unix, a directory's entries are flushed by syncing it).

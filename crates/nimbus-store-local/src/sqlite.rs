@@ -469,6 +469,23 @@ impl FunctionStore for SqliteStore {
         })
     }
 
+    fn delete_project_functions(&self, project: &str) -> Result<Vec<String>> {
+        let what = format!("deleting the functions of project {project}");
+        self.write(&what, |tx| {
+            tx.prepare_cached("DELETE FROM functions WHERE project = ?1 RETURNING name")
+                .and_then(|mut stmt| stmt.query_map([project], |r| r.get(0))?.collect())
+                .context(&what)
+        })
+    }
+
+    fn module_shas(&self) -> Result<std::collections::HashSet<String>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT DISTINCT module_sha256 FROM versions")
+                .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+                .context("listing referenced modules")
+        })
+    }
+
     fn set_secret(&self, project: &str, function: &str, key: &str, value: &str) -> Result<()> {
         self.write(&format!("setting a secret of function {project}/{function}"), |tx| {
             if !function_exists(tx, project, function)? {
@@ -616,6 +633,15 @@ impl InvocationStore for SqliteStore {
             if n > 0 {
                 tracing::debug!(removed = n, "pruned invocation records");
             }
+            Ok(n as u64)
+        })
+    }
+
+    fn delete_project(&self, project: &str) -> Result<u64> {
+        self.write("deleting a project's invocation records", |tx| {
+            let n = tx
+                .execute("DELETE FROM invocations WHERE project = ?1", [project])
+                .context("deleting a project's invocation records")?;
             Ok(n as u64)
         })
     }

@@ -210,6 +210,9 @@ pub trait AuthStore: Send + Sync + 'static {
     fn get_project(&self, id: &str) -> Result<Option<ProjectRecord>>;
     fn get_project_by_slug(&self, slug: &str) -> Result<Option<ProjectRecord>>;
     fn list_projects(&self) -> Result<Vec<ProjectRecord>>;
+    /// Delete a project with everything identity holds for it: signing keys, API keys, users,
+    /// identities, sessions, tokens and events. Returns whether it existed.
+    fn delete_project(&self, id: &str) -> Result<bool>;
 
     // -- signing keys -----------------------------------------------------------------------------
     fn insert_signing_key(&self, project: &str, key: &SigningKeyRecord) -> Result<()>;
@@ -309,12 +312,17 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<()>;
     /// Present a refresh token (by hash): decide and apply the outcome atomically. On `Rotated`,
     /// `replacement` (whose `parent` is the presented hash) becomes the session's current token.
+    ///
+    /// A token used less than `reuse_grace_ms` before `now` is a concurrent refresh (two tabs
+    /// racing with the same token), not theft: it gets `replacement` as a sibling of its first
+    /// replacement. Used longer ago, it is reuse: the whole session is revoked.
     fn rotate_refresh_token(
         &self,
         project: &str,
         presented: &[u8],
         replacement: &NewRefreshToken,
         now: UnixMillis,
+        reuse_grace_ms: i64,
     ) -> Result<RefreshOutcome>;
     /// Revoke the session a refresh token (used or not) belongs to. Returns its id if it was live.
     fn revoke_session_by_token(

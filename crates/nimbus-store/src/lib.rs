@@ -64,6 +64,10 @@ pub trait FunctionStore: Send + Sync + 'static {
     fn set_active_version(&self, project: &str, name: &str, version: u32) -> Result<VersionInfo>;
     /// Delete a function with its versions and secrets. Returns whether it existed.
     fn delete_function(&self, project: &str, name: &str) -> Result<bool>;
+    /// Delete every function of a project, with versions and secrets. Returns their names.
+    fn delete_project_functions(&self, project: &str) -> Result<Vec<String>>;
+    /// The module hashes any version of any function still references (for blob GC).
+    fn module_shas(&self) -> Result<std::collections::HashSet<String>>;
     /// Set a secret; `NotFound` if the function does not exist.
     fn set_secret(&self, project: &str, function: &str, key: &str, value: &str) -> Result<()>;
     /// Returns whether the secret existed.
@@ -81,6 +85,8 @@ pub trait InvocationStore: Send + Sync + 'static {
     /// Drop records that started before `before`, and beyond the newest `keep_per_function` of each
     /// function (of each project). Returns how many were removed.
     fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64>;
+    /// Drop every record of a project (the project is being deleted). Returns how many.
+    fn delete_project(&self, project: &str) -> Result<u64>;
 }
 
 /// Content-addressed-or-named immutable blobs (uploaded components today; files later).
@@ -90,6 +96,8 @@ pub trait BlobStore: Send + Sync + 'static {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Returns whether it existed.
     fn delete(&self, key: &str) -> Result<bool>;
+    /// Every key under the folder `prefix` (`modules` lists `modules/…`), at any depth, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
 }
 
 /// Blob keys are `[a-z0-9._-]` segments joined by `/`: no empty, `.` or `..` segment, so no backend

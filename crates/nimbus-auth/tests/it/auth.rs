@@ -164,7 +164,9 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     let s3 = h.auth.refresh(P, &s2.refresh_token, None).await.unwrap();
     h.auth.verify_access_token(P, &s3.access_token).await.unwrap();
 
-    // Replaying the first token: reuse detected, the whole family dies.
+    // Replaying the first token after the concurrent-refresh window: reuse detected, the whole
+    // family dies.
+    h.clock.advance(Duration::from_secs(11));
     assert!(matches!(
         h.auth.refresh(P, &s1.refresh_token, None).await,
         Err(AuthError::InvalidToken)
@@ -187,6 +189,43 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     assert!(matches!(
         h.auth.refresh(P, &s4.refresh_token, None).await,
         Err(AuthError::TokenExpired)
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_within_the_grace_window_both_succeed() {
+    let h = harness(|_| {});
+    let s1 = h.user(P, "hal@example.com").await;
+    // Two tabs refresh with the same token at once.
+    let (a, b) = tokio::join!(
+        h.auth.refresh(P, &s1.refresh_token, None),
+        h.auth.refresh(P, &s1.refresh_token, None)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.refresh_token, b.refresh_token);
+    assert_eq!(a.session_id, b.session_id);
+    // Both branches go on.
+    let a2 = h.auth.refresh(P, &a.refresh_token, None).await.unwrap();
+    h.auth.refresh(P, &b.refresh_token, None).await.unwrap();
+    // Past the window, presenting the first token again is reuse: the session dies, every
+    // branch with it.
+    h.clock.advance(Duration::from_secs(11));
+    assert!(matches!(
+        h.auth.refresh(P, &s1.refresh_token, None).await,
+        Err(AuthError::InvalidToken)
+    ));
+    assert!(matches!(
+        h.auth.refresh(P, &a2.refresh_token, None).await,
+        Err(AuthError::InvalidToken)
+    ));
+
+    // With no window, the second of two refreshes is already reuse.
+    let h = harness(|c| c.refresh_reuse_grace = Duration::ZERO);
+    let s1 = h.user(P, "ian@example.com").await;
+    h.auth.refresh(P, &s1.refresh_token, None).await.unwrap();
+    assert!(matches!(
+        h.auth.refresh(P, &s1.refresh_token, None).await,
+        Err(AuthError::InvalidToken)
     ));
 }
 

@@ -1,4 +1,4 @@
-//! `projects create|list` (operator, admin token) and `keys create|list|revoke` (a project's API
+//! `projects create|list|delete` (operator, admin token) and `keys create|list|revoke` (a project's API
 //! keys; the project is `--project`, or the key's own project when `--token` is a service key).
 
 use std::process::ExitCode;
@@ -26,6 +26,14 @@ pub enum ProjectsCommand {
     /// List projects (admin token only)
     #[command(visible_alias = "ls")]
     List,
+    /// Delete a project with its functions, records, users, keys and events (admin token only)
+    #[command(visible_alias = "rm")]
+    Delete {
+        slug: String,
+        /// Confirm: nothing of the project can be recovered afterwards
+        #[arg(long, env = "NIMBUS_YES")]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +120,23 @@ pub async fn projects(g: &GlobalArgs, command: ProjectsCommand) -> Result<ExitCo
                 ]);
             }
             table.print()?;
+        }
+        ProjectsCommand::Delete { slug, yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "deleting project {slug:?} removes its functions, invocation records, users, \
+                     API keys and events for good; add --yes to confirm"
+                );
+            }
+            client
+                .delete_project(&slug)
+                .await
+                .with_context(|| format!("cannot delete project {slug:?}"))?;
+            if g.json {
+                print_json(&serde_json::json!({ "deleted": slug }))?;
+            } else {
+                outln!("Deleted project {slug}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

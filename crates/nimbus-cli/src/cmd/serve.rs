@@ -95,6 +95,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// A refresh token used again within this long counts as a concurrent refresh (two tabs),
+    /// not as theft; 0s makes every second use revoke the session
+    #[arg(long, env = "NIMBUS_REFRESH_REUSE_GRACE", value_parser = parse_duration, default_value = "10s")]
+    pub refresh_reuse_grace: Duration,
+
     /// Argon2id memory cost for password hashes, in KiB (OWASP's minimum: 19456)
     #[arg(long, env = "NIMBUS_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -282,6 +287,7 @@ impl ServeArgs {
                     parallelism: self.argon2_parallelism,
                 },
                 rate_limits: self.rate_limits()?,
+                refresh_reuse_grace: self.refresh_reuse_grace,
                 ..Default::default()
             },
             smtp: self.smtp()?,

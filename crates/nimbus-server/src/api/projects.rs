@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use nimbus_auth::{ApiKeyInfo, ApiKeyScope, Project};
-use nimbus_model::UnixMillis;
+use nimbus_model::{DEFAULT_PROJECT, UnixMillis};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -48,6 +48,34 @@ pub(crate) async fn list(
 ) -> Result<Json<ProjectList>, ApiError> {
     caller.require_admin()?;
     Ok(Json(ProjectList { projects: state.auth.list_projects().await? }))
+}
+
+/// Delete a project with its functions, invocation records, users, sessions, API keys and
+/// events (admin token only). The default project cannot be deleted.
+#[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects",
+    params(("project" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    if project == DEFAULT_PROJECT {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "the default project cannot be deleted",
+        ));
+    }
+    state.auth.get_project_by_slug(&project).await?;
+    // Functions first, so its routes stop answering at once; then identity (keys and tokens stop
+    // working); then functions again, in case a deploy raced the first pass.
+    state.functions.delete_project(&project).await?;
+    state.auth.delete_project(&project).await?;
+    state.functions.delete_project(&project).await?;
+    tracing::info!(project, "project deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, ToSchema)]

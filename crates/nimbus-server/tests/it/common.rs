@@ -8,6 +8,9 @@ use nimbus_model::DEFAULT_PROJECT;
 use nimbus_server::{ADMIN_TOKEN_FILE, Server, ServerConfig};
 use serde_json::{Value, json};
 
+/// A password that passes the policy.
+pub const PASSWORD: &str = "correct horse battery staple";
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub token: String,
@@ -160,4 +163,27 @@ impl TestServer {
             r.text().await.unwrap_or_default()
         );
     }
+}
+
+pub async fn post(s: &TestServer, path: &str, body: Value) -> reqwest::Response {
+    s.client.post(s.url(path)).json(&body).send().await.unwrap()
+}
+
+/// Sign up and sign in; returns the session JSON.
+pub async fn user_session(s: &TestServer, project: &str, email: &str) -> Value {
+    let r = post(
+        s,
+        &format!("/v1/projects/{project}/auth/signup"),
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = post(
+        s,
+        &format!("/v1/projects/{project}/auth/signin"),
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
 }

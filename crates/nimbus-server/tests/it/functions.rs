@@ -409,3 +409,45 @@ async fn restart_keeps_functions_and_does_not_recompile() {
     assert!(metrics.contains("nimbus_component_compiles_total 2"), "{metrics}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_functions_removes_modules_nothing_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let sha = |deployed: &Value| deployed["version"]["module_sha256"].as_str().unwrap().to_string();
+    let hello = sha(&s.deploy("hello", spec("a", &["/a"])).await);
+    assert_eq!(sha(&s.deploy("hello", spec("b", &["/b"])).await), hello, "one module, two users");
+    let echo = sha(&s.deploy("echo", spec("c", &["/c"])).await);
+    let module = |sha: &str| dir.path().join(format!("blobs/modules/{sha}.wasm"));
+    let artifacts = |sha: &str| -> Vec<String> {
+        std::fs::read_dir(dir.path().join("artifacts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(sha))
+            .collect()
+    };
+    assert!(module(&hello).exists() && module(&echo).exists());
+    let echo_artifact = artifacts(&echo);
+    assert_eq!(echo_artifact.len(), 1);
+
+    let delete = |name: &str| s.api(Method::DELETE, &format!("/v1/functions/{name}")).send();
+    assert_eq!(delete("a").await.unwrap().status(), 204);
+    assert!(module(&hello).exists(), "b still runs it");
+    assert_eq!(s.get("/b").await.status(), 200);
+
+    // An artifact of another engine build is dead weight too.
+    std::fs::write(dir.path().join(format!("artifacts/{echo}-0000000000000000.cwasm")), b"x")
+        .unwrap();
+    assert_eq!(delete("b").await.unwrap().status(), 204);
+    assert!(!module(&hello).exists());
+    assert!(artifacts(&hello).is_empty());
+    assert!(module(&echo).exists());
+    assert_eq!(artifacts(&echo), echo_artifact, "only the current engine's artifact stays");
+    assert_eq!(s.get("/c").await.status(), 200);
+
+    // Deploying the module again brings it back.
+    s.deploy("hello", spec("a", &["/a"])).await;
+    assert!(module(&hello).exists());
+    assert_eq!(s.get("/a").await.status(), 200);
+    s.stop().await;
+}

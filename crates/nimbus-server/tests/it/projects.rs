@@ -1,7 +1,7 @@
 //! Tenancy for functions: the same name in two projects is two functions; nothing of one project
 //! can be read, listed, changed or invoked with another project's scope; routes never cross.
 
-use crate::common::{TestServer, error_code};
+use crate::common::{TestServer, error_code, post, user_session};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -105,5 +105,70 @@ async fn functions_are_isolated_by_project() {
     // Bad project header.
     let r = s.api(Method::GET, "/v1/functions").header(HEADER, "Not A Slug").send().await.unwrap();
     assert_eq!(error_code(r).await.0, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_project_removes_all_it_held_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.create_project("acme").await;
+    assert_eq!(deploy_in(&s, "acme", "hello", json!({"name": "hi", "routes": ["/hi"]})).await, 201);
+    s.deploy("hello", json!({"name": "hi", "routes": ["/hi"]})).await;
+    assert_eq!(s.get("/@acme/hi").await.status(), 200);
+    let key: Value = s
+        .api(Method::POST, "/v1/keys")
+        .header(HEADER, "acme")
+        .json(&json!({"scope": "service"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    let session = user_session(&s, "acme", "ann@example.com").await;
+    let as_key = |m: Method, path: &str| s.client.request(m, s.url(path)).bearer_auth(&key);
+
+    // Refused: the default project, a service key (operator only), an unknown project.
+    let r = s.api(Method::DELETE, "/v1/projects/default").send().await.unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_input".to_string()));
+    let r = as_key(Method::DELETE, "/v1/projects/acme").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s.api(Method::DELETE, "/v1/projects/nope").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+
+    let r = s.api(Method::DELETE, "/v1/projects/acme").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    // Its routes, key and sessions are gone at once; the default project's twin still serves.
+    assert_eq!(s.get("/@acme/hi").await.status(), 404);
+    assert_eq!(as_key(Method::GET, "/v1/functions").send().await.unwrap().status(), 401);
+    let refresh = json!({"refresh_token": session["refresh_token"]});
+    assert!(post(&s, "/v1/projects/acme/auth/refresh", refresh).await.status().is_client_error());
+    assert_eq!(s.get("/hi").await.status(), 200);
+    let projects: Value =
+        s.api(Method::GET, "/v1/projects").send().await.unwrap().json().await.unwrap();
+    assert!(!projects.to_string().contains("acme"), "{projects}");
+
+    // A new project of the same name starts empty: no functions, users, keys or records.
+    s.create_project("acme").await;
+    let acme = |path: &str| s.api(Method::GET, path).header(HEADER, "acme");
+    for (path, field) in [
+        ("/v1/functions", "functions"),
+        ("/v1/users", "users"),
+        ("/v1/keys", "keys"),
+        ("/v1/invocations", "invocations"),
+        ("/v1/events", "events"),
+    ] {
+        let v: Value = acme(path).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v[field].as_array().map(Vec::len), Some(0), "{path}: {v}");
+    }
+    let r = post(
+        &s,
+        "/v1/projects/acme/auth/signin",
+        json!({"email": "ann@example.com", "password": crate::common::PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "the old user is gone");
     s.stop().await;
 }

@@ -143,24 +143,24 @@ fn refresh_rotation_reuse_and_one_time_tokens() {
     ));
 
     assert!(matches!(
-        s.rotate_refresh_token(p, &[1; 32], &rt(2, Some(1), 100), 10).unwrap(),
+        s.rotate_refresh_token(p, &[1; 32], &rt(2, Some(1), 100), 10, 0).unwrap(),
         RefreshOutcome::Rotated { .. }
     ));
     assert!(matches!(
-        s.rotate_refresh_token(p, &[2; 32], &rt(3, Some(2), 100), 10).unwrap(),
+        s.rotate_refresh_token(p, &[2; 32], &rt(3, Some(2), 100), 10, 0).unwrap(),
         RefreshOutcome::Rotated { .. }
     ));
     assert_eq!(
-        s.rotate_refresh_token("other", &[3; 32], &rt(4, Some(3), 100), 10).unwrap(),
+        s.rotate_refresh_token("other", &[3; 32], &rt(4, Some(3), 100), 10, 0).unwrap(),
         RefreshOutcome::Unknown
     );
     // Reuse of token 1 revokes the family; the current token 3 is dead too.
     assert_eq!(
-        s.rotate_refresh_token(p, &[1; 32], &rt(5, Some(1), 100), 20).unwrap(),
+        s.rotate_refresh_token(p, &[1; 32], &rt(5, Some(1), 100), 20, 0).unwrap(),
         RefreshOutcome::Reused { session: "s1".into() }
     );
     assert_eq!(
-        s.rotate_refresh_token(p, &[3; 32], &rt(6, Some(3), 100), 20).unwrap(),
+        s.rotate_refresh_token(p, &[3; 32], &rt(6, Some(3), 100), 20, 0).unwrap(),
         RefreshOutcome::Revoked
     );
     assert_eq!(s.revoked_sessions_since(p, 20).unwrap(), ["s1"]);
@@ -209,7 +209,7 @@ fn pruning_removes_only_what_can_no_longer_be_used() {
     };
     // s1 is live; its used token 1 must stay for reuse detection until it expires.
     s.create_session(p, &session("s1"), &rt(1, None, 1000), &[]).unwrap();
-    s.rotate_refresh_token(p, &[1; 32], &rt(2, Some(1), 1000), 10).unwrap();
+    s.rotate_refresh_token(p, &[1; 32], &rt(2, Some(1), 1000), 10, 0).unwrap();
     // s2 was signed out at 20; s3's only token expired at 50.
     s.create_session(p, &session("s2"), &rt(3, None, 1000), &[]).unwrap();
     assert_eq!(s.revoke_session_by_token(p, &[3; 32], 20).unwrap().as_deref(), Some("s2"));
@@ -235,7 +235,7 @@ fn pruning_removes_only_what_can_no_longer_be_used() {
         ConsumeOutcome::Consumed { user: "u".into() }
     );
     assert_eq!(
-        s.rotate_refresh_token(p, &[4; 32], &rt(5, Some(4), 1000), 100).unwrap(),
+        s.rotate_refresh_token(p, &[4; 32], &rt(5, Some(4), 1000), 100, 0).unwrap(),
         RefreshOutcome::Unknown
     );
     // Once the window has passed, the revoked session goes too; pruning again is a no-op.
@@ -244,7 +244,7 @@ fn pruning_removes_only_what_can_no_longer_be_used() {
     assert_eq!(s.prune_auth(100, 25).unwrap(), 0);
     // The live session still detects reuse of its old token.
     assert_eq!(
-        s.rotate_refresh_token(p, &[1; 32], &rt(6, Some(1), 1000), 110).unwrap(),
+        s.rotate_refresh_token(p, &[1; 32], &rt(6, Some(1), 1000), 110, 0).unwrap(),
         RefreshOutcome::Reused { session: "s1".into() }
     );
 }

@@ -32,6 +32,22 @@ fn round_trip() {
 }
 
 #[test]
+fn list_walks_a_folder_and_skips_writes_in_progress() {
+    let (_dir, store) = store();
+    assert!(store.list("modules").unwrap().is_empty(), "a missing folder lists nothing");
+    for key in ["modules/b.wasm", "modules/a.wasm", "modules/x/y/z", "other/c"] {
+        store.put(key, b"x").unwrap();
+    }
+    std::fs::write(store.root().join("modules/.TMP-123"), b"partial").unwrap();
+    assert_eq!(
+        store.list("modules").unwrap(),
+        ["modules/a.wasm", "modules/b.wasm", "modules/x/y/z"]
+    );
+    assert_eq!(store.list("modules/x").unwrap(), ["modules/x/y/z"]);
+    assert!(store.list("modules/a.wasm").unwrap().is_empty(), "a blob is not a folder");
+}
+
+#[test]
 fn overwrite_is_atomic_and_leaves_no_temporary_files() {
     let (_dir, store) = store();
     store.put("modules/m.wasm", &[1u8; 100_000]).unwrap();
@@ -80,6 +96,7 @@ fn path_tricks_are_rejected() {
         assert!(matches!(store.get(key), Err(StoreError::Conflict(_))), "get {key:?}");
         assert!(matches!(store.delete(key), Err(StoreError::Conflict(_))), "delete {key:?}");
         assert!(store.path_of(key).is_err(), "path_of {key:?}");
+        assert!(store.list(key).is_err(), "list {key:?}");
     }
     assert!(!dir.path().join("x").exists());
 }
