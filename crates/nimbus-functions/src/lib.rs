@@ -266,9 +266,11 @@ impl FunctionService {
         nimbus_model::validate_project(project)?;
         spec.validate()?;
         let limits = self.config.limits.resolve(&spec.limits)?;
-        let _changes = self.changes.lock().await;
+        // Refuse a clashing route before spending seconds compiling; checked again under the lock.
         self.check_routes(project, &spec.name, &spec)?;
 
+        // Compiling is pure and can take seconds for a big component: it runs outside the lock,
+        // so one project's upload never holds up another's deploy, rollback or delete.
         let sha = hex::encode(sha2::Sha256::digest(&wasm));
         let runtime = self.runtime.clone();
         let module = wasm.clone();
@@ -277,6 +279,9 @@ impl FunctionService {
             blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
         self.metrics.compiles.inc();
         let compile = compiled.compile_time;
+
+        let _changes = self.changes.lock().await;
+        self.check_routes(project, &spec.name, &spec)?;
         let blobs = self.stores.blobs.clone();
         let key = module_key(&sha);
         blocking(move || blobs.put(&key, &wasm).map_err(FunctionError::from)).await?;
@@ -492,6 +497,7 @@ impl FunctionService {
         env.retain(|(k, _)| !secrets.contains_key(k));
         env.extend(secrets);
         let params = InvocationParams {
+            config: env.iter().cloned().collect(),
             env: env.into(),
             timeout: Duration::from_millis(info.limits.timeout_ms),
             memory_bytes: info.limits.memory_bytes,

@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
     let (runtime, component, _dir) = setup();
     let params = InvocationParams {
         env: Arc::from(Vec::new()),
+        config: Default::default(),
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
         outbound: Arc::new(OutboundPolicy::default()),

@@ -21,6 +21,7 @@ pub(crate) struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) hooks: OutboundHooks,
     pub(crate) limiter: GuestLimiter,
+    pub(crate) config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
 }
 
 impl WasiView for HostState {

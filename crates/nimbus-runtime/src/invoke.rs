@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -35,9 +36,27 @@ pub enum BodyError {
 #[derive(Clone)]
 pub struct InvocationParams {
     pub env: Arc<[(String, String)]>,
+    /// What `wasi:config/store` answers (the same pairs as `env`, for guests that read runtime
+    /// config the portable way, as on `wasmtime serve -S config` or Spin).
+    pub config: ConfigVars,
     pub timeout: Duration,
     pub memory_bytes: u64,
     pub outbound: Arc<OutboundPolicy>,
+}
+
+/// Values served through `wasi:config/store`, built once per version and shared by its
+/// invocations.
+#[derive(Clone, Default)]
+pub struct ConfigVars(pub(crate) Arc<WasiConfigVariables>);
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for ConfigVars {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut vars = WasiConfigVariables::new();
+        for (k, v) in pairs {
+            vars.insert(k, v);
+        }
+        ConfigVars(Arc::new(vars))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +135,7 @@ impl Runtime {
             table: ResourceTable::new(),
             hooks: OutboundHooks { policy: params.outbound.clone() },
             limiter: GuestLimiter::new(params.memory_bytes),
+            config: params.config.0.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

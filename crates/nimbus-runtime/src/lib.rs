@@ -25,7 +25,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use host::OutboundPolicy;
-pub use invoke::{BodyError, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus};
+pub use invoke::{
+    BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
+};
 pub use validate::DeployError;
 
 use host::HostState;
@@ -91,8 +93,15 @@ impl Runtime {
         // What `wasmtime serve -S cli` gives a guest: wasi:http plus wasi:cli, clocks, random, io
         // (and sockets/filesystem interfaces, which are linked but have nothing to reach: no
         // preopens, no network permission).
+        // Plus `wasi:config/store` (as `wasmtime serve -S config` offers), serving the function's
+        // env vars and secrets.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .and_then(|()| {
+                wasmtime_wasi_config::add_to_linker(&mut linker, |h: &mut HostState| {
+                    wasmtime_wasi_config::WasiConfig::from(&*h.config)
+                })
+            })
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());

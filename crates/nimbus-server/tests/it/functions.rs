@@ -230,6 +230,30 @@ async fn env_and_write_only_secrets_reach_the_guest() {
 }
 
 #[tokio::test]
+async fn env_and_secrets_also_reach_wasi_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("config", json!({"name": "cfg", "routes": ["/cfg"], "env": {"GREETING": "hi"}})).await;
+    let r = s
+        .api(Method::PUT, "/v1/functions/cfg/secrets/API_KEY")
+        .json(&json!({ "value": "s3cr3t" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let get = |key: &str| {
+        let url = s.url(&format!("/cfg?key={key}"));
+        let client = s.client.clone();
+        async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let v = get("GREETING").await;
+    assert_eq!(v, json!({"value": "hi", "keys": ["API_KEY", "GREETING"]}));
+    assert_eq!(get("API_KEY").await["value"], "s3cr3t");
+    assert_eq!(get("MISSING").await["value"], Value::Null);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn versions_and_rollback_without_failed_requests() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
