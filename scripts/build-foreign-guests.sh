@@ -7,12 +7,16 @@
 #
 #   crates/test-programs/foreign/python-hello/app.py -> target/foreign-guests/python-hello.wasm
 #       built with componentize-py (PyPI), pinned below.
+#   crates/test-programs/foreign/js-hello/app.js -> target/foreign-guests/js-hello.wasm
+#       built with ComponentizeJS (npm), every package pinned by
+#       crates/test-programs/foreign/js-tools/package-lock.json and installed with
+#       `npm ci` into target/foreign-tools/js (never globally).
 #
 # Idempotent: a guest is rebuilt only when one of its sources (or the WIT, or
 # this script) is newer than its output. Pass --force to rebuild anyway.
 #
 # Usage: scripts/build-foreign-guests.sh [--force]
-# Env:   PYTHON (default python3)
+# Env:   PYTHON (default python3), NODE (default node), NPM (default npm)
 set -euo pipefail
 
 COMPONENTIZE_PY_VERSION=0.25.1
@@ -22,12 +26,16 @@ foreign="$root/crates/test-programs/foreign"
 wit="$foreign/wit"
 out_dir="$root/target/foreign-guests"
 python="${PYTHON:-python3}"
+node="${NODE:-node}"
+npm="${NPM:-npm}"
+js_tools="$root/target/foreign-tools/js"
+componentize_js_dir="$js_tools/node_modules/@bytecodealliance/componentize-js"
 
 force=0
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -84,5 +92,82 @@ build_python() {
     log "$name: built $output ($(wc -c < "$output") bytes)"
 }
 
+componentize_js_version() {
+    "$node" -p 'require(process.argv[1]).version' "$componentize_js_dir/package.json" 2>/dev/null || true
+}
+
+# (Re)install the JS toolchain when the committed lockfile differs from the installed one.
+ensure_componentize_js() {
+    local lock="$foreign/js-tools/package-lock.json"
+    if ! cmp -s "$lock" "$js_tools/package-lock.json" || [[ ! -d "$componentize_js_dir" ]]; then
+        log "installing the JS toolchain from $lock into $js_tools"
+        rm -rf "$js_tools"
+        mkdir -p "$js_tools"
+        cp "$foreign/js-tools/package.json" "$lock" "$js_tools/"
+        "$npm" ci --prefix "$js_tools" --no-audit --no-fund --loglevel=error
+    fi
+}
+
+# build_js NAME: crates/test-programs/foreign/NAME/app.js -> target/foreign-guests/NAME.wasm
+build_js() {
+    local name="$1"
+    local src="$foreign/$name"
+    local output="$out_dir/$name.wasm"
+    if [[ $force == 0 ]] && up_to_date "$output" "$src" "$wit" "$foreign/js-tools" "${BASH_SOURCE[0]}"; then
+        log "$name: up to date ($output)"
+        return
+    fi
+    ensure_componentize_js
+    # ComponentizeJS's engine (StarlingMonkey) is built against one WASI 0.2.x release and
+    # exports its fetch-event handler as that release's wasi:http/incoming-handler, so the
+    # target world must be wasi:http/proxy at exactly that version (0.2.10 for 0.23.0). WASI
+    # 0.2.x releases only add @since-gated items, so that WIT is our 0.2.12 copy relabelled,
+    # minus the items added after it. The component then imports interfaces at 0.2.10 (its
+    # own) and 0.2.12 (ComponentizeJS's preview1 adapter); the host's 0.2.12 serves both.
+    local engine_wasi
+    engine_wasi="$(grep -aoE -m1 'wasi:http/incoming-handler@0\.2\.[0-9]+' \
+        "$componentize_js_dir/lib/starlingmonkey_embedding.wasm" | sed -n '1s/.*@//p')"
+    if [[ ! "$engine_wasi" =~ ^0\.2\.([0-9]+)$ ]]; then
+        log "$name: cannot tell which wasi:http the ComponentizeJS engine exports"
+        exit 1
+    fi
+    local engine_patch="${BASH_REMATCH[1]}"
+    log "$name: building with componentize-js $(componentize_js_version) (engine: WASI $engine_wasi)"
+    local tmp="$output.tmp.$$"
+    local tmp_wit="$out_dir/$name.wit.tmp.$$"
+    mkdir -p "$tmp_wit/deps"
+    local f
+    for f in "$wit"/deps/*.wit; do
+        # Drop each one-line item `@since` a later release; stop on anything longer.
+        if ! awk -v max="$engine_patch" '
+            match($0, /@since\(version = 0\.2\.[0-9]+\)/) {
+                split(substr($0, RSTART, RLENGTH), v, /[.)]/)
+                if (v[3] + 0 > max) {
+                    getline item
+                    if (item !~ /;[ \t]*$/) { print "cannot drop: " item > "/dev/stderr"; exit 1 }
+                    next
+                }
+            }
+            { print }' "$f" | sed "s/@0\.2\.12\b/@$engine_wasi/g" > "$tmp_wit/deps/${f##*/}"; then
+            rm -rf "$tmp_wit"
+            log "$name: cannot derive WASI $engine_wasi WIT from $f"
+            exit 1
+        fi
+    done
+    printf 'package nimbus:foreign-guests;\n\nworld proxy {\n  include wasi:http/proxy@%s;\n}\n' \
+        "$engine_wasi" > "$tmp_wit/world.wit"
+    # Run from the source dir so the component's stack traces name `app.js`, not a path here.
+    if ! (cd "$src" && "$node" "$componentize_js_dir/src/cli.js" app.js \
+        -w "$tmp_wit" -n proxy -o "$tmp"); then
+        rm -rf "$tmp" "$tmp_wit"
+        log "$name: componentize-js failed"
+        exit 1
+    fi
+    rm -rf "$tmp_wit"
+    mv -f "$tmp" "$output"
+    log "$name: built $output ($(wc -c < "$output") bytes)"
+}
+
 mkdir -p "$out_dir"
 build_python python-hello
+build_js js-hello

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite, installing what it needs first: the wasm32-wasip2 target (test guests
-# are built from source for it), componentize-py (a Python guest proves that components from
-# another toolchain run unchanged) and aiosmtpd (a real SMTP server for the email tests). `.ci/run` runs exactly this.
+# are built from source for it), componentize-py and ComponentizeJS (Python and JavaScript guests
+# prove that components from other toolchains run unchanged; needs Node.js and npm) and aiosmtpd
+# (a real SMTP server for the email tests). `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

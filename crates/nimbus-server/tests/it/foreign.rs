@@ -1,16 +1,30 @@
-//! A wasi:http component built by another toolchain (componentize-py, CPython inside) runs
-//! unchanged. `scripts/build-foreign-guests.sh` builds it; `.ci/run` does so and sets
-//! NIMBUS_REQUIRE_FOREIGN=1, so this test cannot silently pass in CI without running.
+//! wasi:http components built by other toolchains (componentize-py with CPython inside,
+//! ComponentizeJS with SpiderMonkey inside) run unchanged. `scripts/build-foreign-guests.sh`
+//! builds them; `.ci/run` does so and sets NIMBUS_REQUIRE_FOREIGN=1, so these tests cannot
+//! silently pass in CI without running.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use crate::common::TestServer;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_component_runs_unchanged() {
+    runs_unchanged("python-hello", "/py", "Hello from Python!\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_component_runs_unchanged() {
+    runs_unchanged("js-hello", "/js", "Hello from JavaScript!\n").await;
+}
+
+/// Deploys target/foreign-guests/`guest`.wasm on `prefix`/..., checks that it answers `body`
+/// and echoes the path in `x-path-with-query`, then again after a restart. Skips (unless
+/// NIMBUS_REQUIRE_FOREIGN is set) when the guest is not built.
+async fn runs_unchanged(guest: &str, prefix: &str, body: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/foreign-guests/python-hello.wasm");
+        .join(format!("../../target/foreign-guests/{guest}.wasm"));
     if !path.exists() {
         assert!(
             std::env::var_os("NIMBUS_REQUIRE_FOREIGN").is_none(),
@@ -22,22 +36,25 @@ async fn python_component_runs_unchanged() {
     }
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
-    let (status, body) = s
-        .deploy_bytes(
-            json!({"name": "python", "routes": ["/py/..."]}),
-            std::fs::read(&path).unwrap(),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let wasm = std::fs::read(&path).unwrap();
+    let size = wasm.len();
+    let started = Instant::now();
+    let (status, deployed) =
+        s.deploy_bytes(json!({"name": guest, "routes": [format!("{prefix}/...")]}), wasm).await;
+    assert_eq!(status, 201, "{deployed}");
+    eprintln!("{guest}: {size} bytes deployed (compiled) in {:?}", started.elapsed());
+    let url = format!("{prefix}/hello?x=1");
     for _ in 0..3 {
-        let r = s.get("/py/hello?x=1").await;
+        let r = s.get(&url).await;
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["x-path-with-query"], "/py/hello?x=1");
-        assert_eq!(r.text().await.unwrap(), "Hello from Python!\n");
+        assert_eq!(r.headers()["x-path-with-query"], url.as_str());
+        assert_eq!(r.text().await.unwrap(), body);
     }
     // And again after a restart, from the cached artifact.
     s.stop().await;
     let s = TestServer::start(dir.path()).await;
-    assert_eq!(s.get("/py/").await.status(), 200);
+    let r = s.get(&format!("{prefix}/")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), body);
     s.stop().await;
 }
