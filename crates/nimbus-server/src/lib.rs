@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt as _;
 use nimbus_auth::{AuthConfig, AuthService, Mailer, Outbox, SmtpConfig, SmtpMailer};
 use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
 use nimbus_model::LimitPolicy;
@@ -146,10 +147,16 @@ impl Server {
             let _ = notify.send(true);
             let _ = grace_tx.send(());
         };
-        let serve =
-            axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(signal)
-                .into_future();
+        // A response is written whole; Nagle's algorithm could only delay it. (The bare host in
+        // bench/ sets it too, so the comparison stays like for like.)
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "setting TCP_NODELAY");
+            }
+        });
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(signal)
+            .into_future();
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => return result.context("serving HTTP"),

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Nimbus vs the bare wasmtime-wasi-http host, interleaved: both servers run side by side (idle
+# when not measured) and short wrk rounds alternate between them, so a change in the machine's
+# speed during the run hits both alike. Prints each round's req/s and ratio, and the median ratio.
+# This machine's speed swings by a third within minutes; bench/run.sh measures the servers one
+# after the other, so its ratio can move with those swings.
+#
+#   bench/interleaved.sh                 # after bench/run.sh (or SKIP_BUILD=0 to build first)
+#
+# Env: ROUNDS=6 ROUND=5s WRK_THREADS=2 WRK_CONNECTIONS=50; extra env for `nimbus serve` can be
+# passed as arguments: bench/interleaved.sh NIMBUS_LOG_BYTES=0
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+ROUNDS=${ROUNDS:-6}
+ROUND=${ROUND:-5s}
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
+HELLO_WASM=$ROOT/examples/target/wasm32-wasip2/release/hello.wasm
+NIMBUS=$TARGET_DIR/release/nimbus
+BARE=$TARGET_DIR/release/bare-host
+if [[ "${SKIP_BUILD:-1}" == 0 ]]; then
+    (cd "$ROOT" && cargo build --release --locked -p nimbus-cli -p nimbus-bench)
+    (cd "$ROOT/examples" && cargo build --release --locked --target wasm32-wasip2 -p hello)
+fi
+for f in "$NIMBUS" "$BARE" "$HELLO_WASM"; do
+    [[ -f "$f" ]] || { echo "missing $f (run bench/run.sh or SKIP_BUILD=0)" >&2; exit 1; }
+done
+
+work=$(mktemp -d -t nimbus-interleaved.XXXXXX)
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+NPORT=$(free_port)
+BPORT=$(free_port)
+env "$@" "$NIMBUS" serve --data "$work/data" --listen "127.0.0.1:$NPORT" > "$work/nimbus.log" 2>&1 &
+npid=$!
+"$BARE" --listen "127.0.0.1:$BPORT" --component "$HELLO_WASM" > "$work/bare.log" 2>&1 &
+bpid=$!
+trap 'kill $npid $bpid 2>/dev/null || true; wait $npid $bpid 2>/dev/null || true; rm -rf "$work"' EXIT
+for url in "http://127.0.0.1:$NPORT/healthz" "http://127.0.0.1:$BPORT/"; do
+    for _ in $(seq 1 100); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
+done
+NIMBUS_URL="http://127.0.0.1:$NPORT" NIMBUS_DATA="$work/data" \
+    "$NIMBUS" deploy "$HELLO_WASM" --name hello --route /hello > /dev/null
+rps() { wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"$1" "$2" | awk '/Requests\/sec/ { print $2 }'; }
+rps 2s "http://127.0.0.1:$NPORT/hello" > /dev/null
+rps 2s "http://127.0.0.1:$BPORT/hello" > /dev/null
+ratios=()
+for i in $(seq 1 "$ROUNDS"); do
+    n=$(rps "$ROUND" "http://127.0.0.1:$NPORT/hello")
+    b=$(rps "$ROUND" "http://127.0.0.1:$BPORT/hello")
+    r=$(python3 -c "print(f'{$n / $b:.3f}')")
+    ratios+=("$r")
+    echo "round $i: nimbus $n req/s, bare host $b req/s, ratio $r"
+done
+python3 -c "import statistics, sys; print(f'median ratio {statistics.median(map(float, sys.argv[1:])):.3f} over $ROUNDS rounds of $ROUND each')" "${ratios[@]}"
