@@ -422,7 +422,10 @@ What is compared, each server alone on loopback while `wrk` shares the same CPUs
 
 The goals (from the performance issue): Nimbus req/s >= 0.9 x the bare host; instantiation p50
 <= 15 us in-process; first request after a restart <= 5 ms for a small component. The machine is
-shared and noisy (note the load average of each run); compare runs made on the same day.
+shared and noisy (note the load average of each run): its speed swings by a third within minutes,
+and this script measures the servers one after the other, so a ratio from one run can be off by
+that much. `bench/interleaved.sh` alternates short rounds between Nimbus and the bare host, both
+running side by side, and gives the steadier ratio (see the overhead analysis below).
 In-process figures (criterion: instantiation, token verification, sign-in, rule evaluation) are
 at the end of this file, below the load-test runs.
 
