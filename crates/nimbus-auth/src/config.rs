@@ -93,40 +93,31 @@ impl Default for RateLimits {
     }
 }
 
+/// Where one named limit lives in [`RateLimits`].
+type LimitField = fn(&mut RateLimits) -> &mut Option<RateLimit>;
+
 impl RateLimits {
-    /// The names [`RateLimits::set`] accepts, as operators write them.
-    pub const NAMES: [&'static str; 9] = [
-        "sign_in_per_ip",
-        "sign_in_per_account",
-        "sign_up_per_ip",
-        "sign_up_per_account",
-        "password_reset_per_ip",
-        "password_reset_per_account",
-        "refresh_per_ip",
-        "refresh_per_account",
-        "other_per_ip",
+    /// Each limit's name, as operators write it, and its field: one table, so names and fields
+    /// cannot drift apart.
+    const BY_NAME: [(&'static str, LimitField); 9] = [
+        ("sign_in_per_ip", |l| &mut l.sign_in_per_ip),
+        ("sign_in_per_account", |l| &mut l.sign_in_per_account),
+        ("sign_up_per_ip", |l| &mut l.sign_up_per_ip),
+        ("sign_up_per_account", |l| &mut l.sign_up_per_account),
+        ("password_reset_per_ip", |l| &mut l.password_reset_per_ip),
+        ("password_reset_per_account", |l| &mut l.password_reset_per_account),
+        ("refresh_per_ip", |l| &mut l.refresh_per_ip),
+        ("refresh_per_account", |l| &mut l.refresh_per_account),
+        ("other_per_ip", |l| &mut l.other_per_ip),
     ];
 
     /// Set one limit by name (`None` turns it off). Errors name the accepted names.
     pub fn set(&mut self, name: &str, limit: Option<RateLimit>) -> Result<(), String> {
-        let slot = match name {
-            "sign_in_per_ip" => &mut self.sign_in_per_ip,
-            "sign_in_per_account" => &mut self.sign_in_per_account,
-            "sign_up_per_ip" => &mut self.sign_up_per_ip,
-            "sign_up_per_account" => &mut self.sign_up_per_account,
-            "password_reset_per_ip" => &mut self.password_reset_per_ip,
-            "password_reset_per_account" => &mut self.password_reset_per_account,
-            "refresh_per_ip" => &mut self.refresh_per_ip,
-            "refresh_per_account" => &mut self.refresh_per_account,
-            "other_per_ip" => &mut self.other_per_ip,
-            other => {
-                return Err(format!(
-                    "unknown rate limit {other:?}; known: {}",
-                    Self::NAMES.join(", ")
-                ));
-            }
+        let Some((_, field)) = Self::BY_NAME.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = Self::BY_NAME.iter().map(|(n, _)| *n).collect();
+            return Err(format!("unknown rate limit {name:?}; known: {}", known.join(", ")));
         };
-        *slot = limit;
+        *field(self) = limit;
         Ok(())
     }
 

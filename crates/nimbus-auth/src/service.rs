@@ -511,6 +511,25 @@ impl AuthService {
     // ---------------------------------------------------------------------------------------------
     // Sign-up, sign-in, sessions
 
+    /// What registering `email` + `password` must pass, for sign-up and anonymous upgrade alike:
+    /// a known project, a valid address, the sign-up rate limits and the password policy.
+    /// Returns the normalised address.
+    async fn check_new_credentials(
+        &self,
+        project: &str,
+        email: &str,
+        password: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<String, AuthError> {
+        self.project_state(project).await?;
+        let email = normalize_email(email)?;
+        let limits = &self.inner.limits;
+        check_ip(&limits.sign_up_ip, project, ip)?;
+        check_limit(&limits.sign_up_account, project, &email)?;
+        check_policy(&self.inner.config.password_policy, password, Some(&email))?;
+        Ok(email)
+    }
+
     /// Register with email + password. The answer is the same whether the address is new or
     /// already registered: a new user gets a verification email, an existing one a "someone tried
     /// to sign up with your address" notice (both sent in the background), and the password is
@@ -522,12 +541,7 @@ impl AuthService {
         password: &str,
         ip: Option<IpAddr>,
     ) -> Result<SignUpOutcome, AuthError> {
-        self.project_state(project).await?;
-        let email = normalize_email(email)?;
-        let limits = &self.inner.limits;
-        check_ip(&limits.sign_up_ip, project, ip)?;
-        check_limit(&limits.sign_up_account, project, &email)?;
-        check_policy(&self.inner.config.password_policy, password, Some(&email))?;
+        let email = self.check_new_credentials(project, email, password, ip).await?;
 
         let now = self.now();
         let user = UserRecord {
@@ -729,12 +743,7 @@ impl AuthService {
         password: &str,
         ip: Option<IpAddr>,
     ) -> Result<User, AuthError> {
-        self.project_state(project).await?;
-        let email = normalize_email(email)?;
-        let limits = &self.inner.limits;
-        check_ip(&limits.sign_up_ip, project, ip)?;
-        check_limit(&limits.sign_up_account, project, &email)?;
-        check_policy(&self.inner.config.password_policy, password, Some(&email))?;
+        let email = self.check_new_credentials(project, email, password, ip).await?;
         let hasher = self.inner.hasher.clone();
         let now = self.now();
         let (p, u, e, password) =

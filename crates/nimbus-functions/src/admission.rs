@@ -21,7 +21,6 @@ pub enum Rejection {
 
 pub(crate) struct Admission {
     permits: Arc<Semaphore>,
-    max_concurrency: u32,
     waiting: AtomicU32,
     max_queue: u32,
     queue_timeout: Duration,
@@ -39,7 +38,6 @@ impl Admission {
     pub(crate) fn new(max_concurrency: u32, max_queue: u32, queue_timeout: Duration) -> Self {
         Admission {
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
-            max_concurrency,
             waiting: AtomicU32::new(0),
             max_queue,
             queue_timeout,
@@ -61,19 +59,6 @@ impl Admission {
             // The semaphore is never closed; treat it like a timeout all the same.
             Ok(Err(_)) | Err(_) => Err(Rejection::QueueTimeout),
         }
-    }
-
-    /// Whether this admission enforces exactly these settings (and so can be kept when a function
-    /// moves to another version).
-    pub(crate) fn same_settings(
-        &self,
-        max_concurrency: u32,
-        max_queue: u32,
-        timeout: Duration,
-    ) -> bool {
-        self.max_concurrency == max_concurrency
-            && self.max_queue == max_queue
-            && self.queue_timeout == timeout
     }
 
     pub(crate) fn queue_timeout(&self) -> Duration {

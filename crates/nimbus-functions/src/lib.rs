@@ -504,16 +504,17 @@ impl FunctionService {
             outbound: Arc::new(OutboundPolicy::new(info.spec.outbound_hosts.clone())),
         };
         let (max_concurrency, max_queue) = (info.limits.max_concurrency, info.limits.max_queue);
-        let timeout = self.config.queue_timeout;
         // Versions of one function share its slots while the limits stay the same: in-flight
-        // requests of the old version still count against the new one.
+        // requests of the old version still count against the new one. (The queue timeout is
+        // the service's, the same for every version.)
         let admission = match self.active(&info.project, &info.function) {
             Some(current)
-                if current.admission.same_settings(max_concurrency, max_queue, timeout) =>
+                if current.info.limits.max_concurrency == max_concurrency
+                    && current.info.limits.max_queue == max_queue =>
             {
                 current.admission.clone()
             }
-            _ => Arc::new(Admission::new(max_concurrency, max_queue, timeout)),
+            _ => Arc::new(Admission::new(max_concurrency, max_queue, self.config.queue_timeout)),
         };
         let metrics = self.metrics.function(&info.project, &info.function);
         Ok(Arc::new(ActiveVersion {
