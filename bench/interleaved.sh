@@ -9,6 +9,11 @@
 #
 # Env: ROUNDS=6 ROUND=5s WRK_THREADS=2 WRK_CONNECTIONS=50; extra env for `nimbus serve` can be
 # passed as arguments: bench/interleaved.sh NIMBUS_LOG_BYTES=0
+#
+# A/B mode: NIMBUS_B=/path/to/another/nimbus compares two builds of Nimbus instead (B takes the
+# bare host's place; the ratio is A / B). Build B from another commit with, for example,
+#   git worktree add /tmp/b <commit> && (cd /tmp/b && cargo build --release -p nimbus-cli)
+#   NIMBUS_B=/tmp/b/target/release/nimbus bench/interleaved.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -33,14 +38,27 @@ NPORT=$(free_port)
 BPORT=$(free_port)
 env "$@" "$NIMBUS" serve --data "$work/data" --listen "127.0.0.1:$NPORT" > "$work/nimbus.log" 2>&1 &
 npid=$!
-"$BARE" --listen "127.0.0.1:$BPORT" --component "$HELLO_WASM" > "$work/bare.log" 2>&1 &
+if [[ -n "${NIMBUS_B:-}" ]]; then
+    env "$@" "$NIMBUS_B" serve --data "$work/data-b" --listen "127.0.0.1:$BPORT" > "$work/bare.log" 2>&1 &
+    B_NAME="nimbus B ($NIMBUS_B)"
+else
+    "$BARE" --listen "127.0.0.1:$BPORT" --component "$HELLO_WASM" > "$work/bare.log" 2>&1 &
+    B_NAME="bare host"
+fi
 bpid=$!
 trap 'kill $npid $bpid 2>/dev/null || true; wait $npid $bpid 2>/dev/null || true; rm -rf "$work"' EXIT
-for url in "http://127.0.0.1:$NPORT/healthz" "http://127.0.0.1:$BPORT/"; do
+B_READY="http://127.0.0.1:$BPORT/"
+[[ -n "${NIMBUS_B:-}" ]] && B_READY="http://127.0.0.1:$BPORT/healthz"
+for url in "http://127.0.0.1:$NPORT/healthz" "$B_READY"; do
     for _ in $(seq 1 100); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
 done
 NIMBUS_URL="http://127.0.0.1:$NPORT" NIMBUS_DATA="$work/data" \
     "$NIMBUS" deploy "$HELLO_WASM" --name hello --route /hello > /dev/null
+if [[ -n "${NIMBUS_B:-}" ]]; then
+    NIMBUS_URL="http://127.0.0.1:$BPORT" NIMBUS_DATA="$work/data-b" \
+        "$NIMBUS_B" deploy "$HELLO_WASM" --name hello --route /hello > /dev/null
+fi
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg): nimbus ($NIMBUS) vs $B_NAME"
 rps() { wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"$1" "$2" | awk '/Requests\/sec/ { print $2 }'; }
 rps 2s "http://127.0.0.1:$NPORT/hello" > /dev/null
 rps 2s "http://127.0.0.1:$BPORT/hello" > /dev/null
@@ -50,6 +68,6 @@ for i in $(seq 1 "$ROUNDS"); do
     b=$(rps "$ROUND" "http://127.0.0.1:$BPORT/hello")
     r=$(python3 -c "print(f'{$n / $b:.3f}')")
     ratios+=("$r")
-    echo "round $i: nimbus $n req/s, bare host $b req/s, ratio $r"
+    echo "round $i: nimbus $n req/s, $B_NAME $b req/s, ratio $r"
 done
 python3 -c "import statistics, sys; print(f'median ratio {statistics.median(map(float, sys.argv[1:])):.3f} over $ROUNDS rounds of $ROUND each')" "${ratios[@]}"

@@ -382,11 +382,24 @@ impl FunctionService {
         let mut probe = FunctionSpec { name: name.into(), ..Default::default() };
         probe.env.insert(key.into(), String::new());
         probe.validate()?;
+        nimbus_model::validate_value(key, value)?;
         let _changes = self.changes.lock().await;
         let fs = self.stores.functions.clone();
         let (p, n, k, v) =
             (project.to_string(), name.to_string(), key.to_string(), value.to_string());
-        blocking(move || fs.set_secret(&p, &n, &k, &v).map_err(FunctionError::from)).await?;
+        blocking(move || {
+            // Checked under the change lock, so two concurrent sets cannot both pass the count.
+            let existing = fs.secrets(&p, &n)?;
+            let max = nimbus_model::spec_bounds::MAX_SECRETS;
+            if !existing.contains_key(&k) && existing.len() >= max {
+                return Err(FunctionError::InvalidSpec(nimbus_model::SpecError::TooMany {
+                    what: "secrets",
+                    max,
+                }));
+            }
+            fs.set_secret(&p, &n, &k, &v).map_err(FunctionError::from)
+        })
+        .await?;
         self.reload_params(project, name).await
     }
 

@@ -26,6 +26,26 @@ pub enum SpecError {
     AboveCeiling { name: &'static str, value: u64, ceiling: u64 },
     #[error("limit {name} must be greater than zero")]
     Zero { name: &'static str },
+    #[error("too many {what}: at most {max}")]
+    TooMany { what: &'static str, max: usize },
+    #[error("{what} is too long: at most {max} bytes")]
+    TooLong { what: String, max: usize },
+}
+
+/// Bounds on what one function's spec may hold: it is stored with every version and loaded into
+/// memory for every active one, so a tenant cannot make it arbitrarily large.
+pub mod spec_bounds {
+    pub const MAX_ROUTES: usize = 100;
+    pub const MAX_ROUTE_BYTES: usize = 1024;
+    pub const MAX_ENV_VARS: usize = 100;
+    pub const MAX_ENV_NAME_BYTES: usize = 256;
+    /// One env value or secret.
+    pub const MAX_VALUE_BYTES: usize = 32 << 10;
+    /// Every env value of a spec together.
+    pub const MAX_ENV_TOTAL_BYTES: usize = 128 << 10;
+    pub const MAX_SECRETS: usize = 100;
+    pub const MAX_OUTBOUND_HOSTS: usize = 100;
+    pub const MAX_HOST_BYTES: usize = 260;
 }
 
 /// What a developer sends with a deploy: the function's name, routes, env and limits.
@@ -155,9 +175,36 @@ impl LimitPolicy {
 impl FunctionSpec {
     /// Check everything that can be checked without looking at other functions.
     pub fn validate(&self) -> Result<(), SpecError> {
+        use spec_bounds::*;
         validate_name(&self.name)?;
+        if self.routes.len() > MAX_ROUTES {
+            return Err(SpecError::TooMany { what: "routes", max: MAX_ROUTES });
+        }
         for route in &self.routes {
+            if route.path.len() > MAX_ROUTE_BYTES {
+                return Err(SpecError::TooLong { what: "a route".into(), max: MAX_ROUTE_BYTES });
+            }
+            if route.methods.len() > 16 {
+                return Err(SpecError::TooMany { what: "methods in a route", max: 16 });
+            }
             route.parse()?;
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(SpecError::TooMany { what: "env vars", max: MAX_ENV_VARS });
+        }
+        let mut total = 0;
+        for (key, value) in &self.env {
+            validate_value(key, value)?;
+            total += value.len();
+        }
+        if total > MAX_ENV_TOTAL_BYTES {
+            return Err(SpecError::TooLong {
+                what: "the env values together".into(),
+                max: MAX_ENV_TOTAL_BYTES,
+            });
+        }
+        if self.outbound_hosts.len() > MAX_OUTBOUND_HOSTS {
+            return Err(SpecError::TooMany { what: "outbound hosts", max: MAX_OUTBOUND_HOSTS });
         }
         for key in self.env.keys() {
             let mut chars = key.chars();
@@ -169,6 +216,7 @@ impl FunctionSpec {
         }
         for host in &self.outbound_hosts {
             let ok = !host.is_empty()
+                && host.len() <= MAX_HOST_BYTES
                 && !host.contains("://")
                 && !host.contains('/')
                 && host.chars().all(|c| {
@@ -180,6 +228,22 @@ impl FunctionSpec {
         }
         Ok(())
     }
+}
+
+/// Check one env var or secret: its name's length and its value's size (the name's characters are
+/// checked by [`FunctionSpec::validate`]).
+pub fn validate_value(name: &str, value: &str) -> Result<(), SpecError> {
+    use spec_bounds::*;
+    if name.len() > MAX_ENV_NAME_BYTES {
+        return Err(SpecError::TooLong { what: "an env var name".into(), max: MAX_ENV_NAME_BYTES });
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(SpecError::TooLong {
+            what: format!("the value of {name}"),
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// The project every installation has; single developers never need to name another.

@@ -18,7 +18,7 @@ use crate::SpecError;
 pub const RESERVED_PREFIXES: &[&str] = &["/v1", "/healthz", "/metrics", "/_nimbus"];
 
 /// A route in a function's spec: `"/path"` or `{"path": "/path", "methods": ["GET"]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "RouteSpecRepr", into = "RouteSpecRepr")]
 pub struct RouteSpec {
     pub path: String,
@@ -26,7 +26,8 @@ pub struct RouteSpec {
     pub methods: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A route as it is written and returned: a path string, or a path with methods.
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 enum RouteSpecRepr {
     Path(String),
@@ -36,6 +37,16 @@ enum RouteSpecRepr {
         methods: Vec<String>,
     },
 }
+
+// The schema is the wire form's (a string or an object), not the struct's: the API returns
+// `"/hello"` for a route without methods.
+impl utoipa::PartialSchema for RouteSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <RouteSpecRepr as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl ToSchema for RouteSpec {}
 
 impl From<RouteSpecRepr> for RouteSpec {
     fn from(r: RouteSpecRepr) -> Self {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -25,8 +25,7 @@ use crate::gateway;
 /// Header that picks the project an admin request acts on (default: the default project).
 pub const PROJECT_HEADER: &str = "x-nimbus-project";
 
-/// Header carrying an API key, for clients that keep `Authorization` for a user's token.
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub use crate::credentials::API_KEY_HEADER;
 
 /// Who is calling the management API, and for which project; set by the auth middleware.
 #[derive(Clone, Debug)]
@@ -55,6 +54,8 @@ pub struct AppState {
     /// Turns true when the server starts shutting down: long-lived streams (log followers) end
     /// then, so graceful shutdown does not wait on them forever.
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
+    /// The listener's connection metrics, rendered at `/metrics` beside the services' own.
+    pub connections: Arc<crate::listener::ConnectionMetrics>,
 }
 
 impl AppState {
@@ -72,6 +73,7 @@ impl AppState {
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
             shutting_down,
+            connections: Default::default(),
         }
     }
 
@@ -116,10 +118,73 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Add the error statuses every operation can answer with but no handler spells out: 401/403 on
+/// authenticated endpoints, and the body rejections (400, 413, 415, 422) on JSON bodies.
+fn document_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::Operation;
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{Content, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+            .build()
+    };
+    let add = |op: &mut Operation, status: &str, description: &str| {
+        op.responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| error(description).into());
+    };
+    for item in openapi.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+        ];
+        for op in ops.into_iter().flatten() {
+            let public = op
+                .security
+                .as_ref()
+                .is_some_and(|reqs| reqs.iter().all(|r| *r == SecurityRequirement::default()));
+            if !public {
+                add(op, "400", "bad request (for example an invalid X-Nimbus-Project)");
+                add(op, "401", "missing, malformed or invalid credentials");
+                add(op, "403", "the credentials may not do this");
+            }
+            if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                add(op, "400", "a path or query parameter is not valid");
+                add(op, "404", "not found");
+            }
+            let json_body = op.request_body.as_ref().is_some_and(|body| match body {
+                utoipa::openapi::RefOr::T(body) => body.content.contains_key("application/json"),
+                utoipa::openapi::RefOr::Ref(_) => true,
+            });
+            if json_body {
+                add(op, "400", "the body is not valid JSON");
+                add(op, "413", "the body is too large");
+                add(op, "415", "the body is not `application/json`");
+                add(op, "422", "the JSON does not have the expected shape");
+            }
+        }
+    }
+}
+
+/// Largest JSON body of a management request (component uploads have their own limit).
+const MANAGEMENT_BODY_LIMIT: usize = 1 << 20;
+
 /// Build the whole application; tests call this with a state and `oneshot` requests.
 pub fn router(state: AppState) -> Router {
-    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    // Component uploads may be large; every other management body is small JSON.
+    let uploads = OpenApiRouter::new()
         .routes(routes!(api::functions::list, api::functions::deploy))
+        .layer(api::functions::deploy_body_limit());
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(uploads)
         .routes(routes!(api::functions::show, api::functions::delete))
         .routes(routes!(api::functions::versions))
         .routes(routes!(api::functions::rollback))
@@ -154,12 +219,17 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     let mut openapi = openapi;
     openapi.merge(public_doc);
+    document_common_responses(&mut openapi);
     let openapi = Arc::new(openapi);
 
+    // axum's own rejections (malformed JSON, wrong content type, bad path or query) become the
+    // JSON error shape. Not on the invoke routes: those answer with the function's own response.
+    let api = api.layer(middleware::map_response(crate::error::json_rejections));
+    let public = public.layer(middleware::map_response(crate::error::json_rejections));
     let admin = api
         .route("/v1/functions/{name}/invoke", any(api::functions::invoke))
         .route("/v1/functions/{name}/invoke/{*path}", any(api::functions::invoke))
-        .layer(api::functions::deploy_body_limit())
+        .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     Router::new()
@@ -184,11 +254,48 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.functions.metrics().render(),
-    )
+/// `/metrics` on the main listener: it names every project and function, so it needs the admin
+/// token (Prometheus sends it with `authorization: {credentials_file: ...}`). A separate listener
+/// (`--metrics-listen`) serves it without one, for scrapers on a private interface.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match crate::credentials::bearer(&headers) {
+        Ok(Some(token)) if state.is_admin_token(token) => render_metrics(&state).into_response(),
+        Ok(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/metrics needs `Authorization: Bearer <admin token>` (or use --metrics-listen)",
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn open_metrics(State(state): State<AppState>) -> Response {
+    render_metrics(&state).into_response()
+}
+
+fn render_metrics(state: &AppState) -> impl IntoResponse + use<> {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode_registry(&mut out, &state.functions.metrics().registry)
+        .and_then(|()| encode_registry(&mut out, state.connections.registry()))
+        .and_then(|()| encode_eof(&mut out));
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+}
+
+/// The router of the `--metrics-listen` listener: `/metrics` without a token, and `/healthz`.
+pub(crate) fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(open_metrics))
+        .with_state(state)
+}
+
+impl AppState {
+    pub(crate) fn is_admin_token(&self, presented: &str) -> bool {
+        bool::from(presented.as_bytes().ct_eq(self.admin_token.as_bytes()))
+    }
 }
 
 async fn api_not_found(request: Request) -> ApiError {
@@ -211,15 +318,11 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
 
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .ok_or_else(|| {
-            unauthorized("this endpoint needs `Authorization: Bearer <admin token or service key>`")
-        })?;
+    let bearer = crate::credentials::bearer(headers)?;
+    let key = crate::credentials::api_key(headers)?;
+    let presented = bearer.or(key).ok_or_else(|| {
+        unauthorized("this endpoint needs `Authorization: Bearer <admin token or service key>`")
+    })?;
     let asked = match headers.get(PROJECT_HEADER).map(|v| v.to_str()) {
         None => None,
         Some(Ok(p)) if validate_project(p).is_ok() => Some(p.to_string()),
@@ -230,7 +333,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
             ));
         }
     };
-    if bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes())) {
+    if state.is_admin_token(presented) {
         let project = asked.unwrap_or_else(|| DEFAULT_PROJECT.to_string());
         if project != DEFAULT_PROJECT {
             state.auth.get_project_by_slug(&project).await?;

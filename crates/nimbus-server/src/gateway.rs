@@ -27,7 +27,7 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
     let method = request.method().as_str().to_owned();
     match state.functions.route(&project, &method, request.uri().path()) {
         RouteMatch::Found(target) => {
-            let identity = match identify(&state, &project, request.headers()).await {
+            let identity = match identify(&state, &project, request.headers_mut()).await {
                 Ok(identity) => identity,
                 Err(e) => return e.into_response(),
             };
@@ -130,17 +130,19 @@ impl Identity {
 async fn identify(
     state: &AppState,
     project: &str,
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
 ) -> Result<Identity, ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let key = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim);
+    let bearer = crate::credentials::bearer(headers)?.map(str::to_owned);
+    let key = crate::credentials::api_key(headers)?.map(str::to_owned);
     match (bearer, key) {
-        (Some(token), _) if !token.starts_with("nbk_") => {
-            Ok(Identity::User(state.auth.verify_access_token(project, token).await?))
+        (Some(token), key) if !token.starts_with("nbk_") => {
+            let claims = state.auth.verify_access_token(project, &token).await?;
+            // The user's own token may reach the function they called (documented); a key sent
+            // beside it was not used and is not forwarded.
+            if key.is_some() {
+                headers.remove(API_KEY_HEADER);
+            }
+            Ok(Identity::User(claims))
         }
         (Some(key), _) | (None, Some(key)) => {
             let unauthorized = || {
@@ -150,37 +152,54 @@ async fn identify(
                     "the API key is not valid for this project",
                 )
             };
-            let info = state.auth.verify_api_key(key).await.map_err(|_| unauthorized())?;
+            let info = state.auth.verify_api_key(&key).await.map_err(|_| unauthorized())?;
             if info.project != project {
                 return Err(unauthorized());
             }
+            // Nimbus consumed the key: the function learns the scope, never the key itself.
+            crate::credentials::strip_consumed(headers);
             Ok(Identity::Key(info.scope))
         }
         (None, None) => Ok(Identity::Anonymous),
     }
 }
 
+/// The project of a gateway request: from a `/@<project>` path prefix, or from a
+/// `<project>.<base domain>` host, or the default project. When both name a project and they
+/// differ, the request is refused (404): otherwise `/@b/...` on host `a.<domain>` would serve
+/// project b's function under project a's browser origin.
 fn resolve_project(base_domain: &str, request: Request) -> Result<(String, Request), ApiError> {
+    let host_project = host_project(base_domain, &request);
     let path = request.uri().path();
-    if let Some(rest) = path.strip_prefix("/@") {
-        let (slug, tail) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if validate_project(slug).is_err() {
-            return Err(ApiError::not_found(format!("no project {slug:?}")));
-        }
-        let slug = slug.to_string();
-        let path_and_query = match request.uri().query() {
-            Some(q) => format!("{tail}?{q}"),
-            None => tail.to_string(),
-        };
-        let (mut parts, body) = request.into_parts();
-        parts.uri = path_and_query
-            .parse()
-            .map_err(|_| ApiError::bad_request("bad_path", "the path is not a valid URI"))?;
-        return Ok((slug, Request::from_parts(parts, body)));
+    let Some(rest) = path.strip_prefix("/@") else {
+        return Ok((host_project.unwrap_or_else(|| DEFAULT_PROJECT.to_string()), request));
+    };
+    let (slug, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if validate_project(slug).is_err() {
+        return Err(ApiError::not_found(format!("no project {slug:?}")));
     }
+    if let Some(host_project) = host_project.filter(|h| h != slug) {
+        return Err(ApiError::not_found(format!(
+            "this host serves project {host_project:?}; /@{slug} is not on it"
+        )));
+    }
+    let slug = slug.to_string();
+    let path_and_query = match request.uri().query() {
+        Some(q) => format!("{tail}?{q}"),
+        None => tail.to_string(),
+    };
+    let (mut parts, body) = request.into_parts();
+    parts.uri = path_and_query
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_path", "the path is not a valid URI"))?;
+    Ok((slug, Request::from_parts(parts, body)))
+}
+
+/// The project a `<project>.<base domain>` host names, if it names one.
+fn host_project(base_domain: &str, request: &Request) -> Option<String> {
     let host = request
         .headers()
         .get(header::HOST)
@@ -190,13 +209,11 @@ fn resolve_project(base_domain: &str, request: Request) -> Result<(String, Reque
     let host = host
         .rsplit_once(':')
         .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-    let project = host
-        .strip_suffix(base_domain)
+    let host = host.to_ascii_lowercase();
+    host.strip_suffix(base_domain)
         .and_then(|h| h.strip_suffix('.'))
         .filter(|slug| validate_project(slug).is_ok())
-        .unwrap_or(DEFAULT_PROJECT)
-        .to_string();
-    Ok((project, request))
+        .map(str::to_string)
 }
 
 /// wasi:http needs an authority: HTTP/1.1 requests carry it in `Host`; give HTTP/1.0 requests

@@ -8,9 +8,11 @@
 mod api;
 mod app;
 mod client_ip;
+mod credentials;
 mod data_dir;
 mod error;
 mod gateway;
+mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt as _;
 use nimbus_auth::{AuthConfig, AuthService, Mailer, Outbox, SmtpConfig, SmtpMailer};
 use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
 use nimbus_model::LimitPolicy;
@@ -27,6 +28,7 @@ use nimbus_store_local::{LocalBlobStore, SqliteStore};
 
 pub use app::{AppState, router};
 pub use data_dir::ADMIN_TOKEN_FILE;
+pub use listener::ConnectionLimits;
 pub use nimbus_auth;
 
 /// The operator's configuration of one server.
@@ -53,6 +55,11 @@ pub struct ServerConfig {
     pub smtp: Option<SmtpConfig>,
     /// Reverse proxies whose `X-Forwarded-For` is believed when counting per-IP rate limits.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Bounds on client connections: how many, per client, and how long heads and bodies take.
+    pub connections: ConnectionLimits,
+    /// Also serve `/metrics` without a token on this address (for Prometheus on a private
+    /// interface); on the main listener `/metrics` needs the admin token.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +77,8 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             smtp: None,
             trusted_proxies: Vec::new(),
+            connections: ConnectionLimits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -77,6 +86,8 @@ impl Default for ServerConfig {
 /// A bound, loaded server, ready to [`run`](Server::run).
 pub struct Server {
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    connections: ConnectionLimits,
     state: AppState,
     shutting_down: tokio::sync::watch::Sender<bool>,
 }
@@ -122,13 +133,32 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
         let state = AppState::new(Arc::new(functions), auth, admin_token, &config, watch);
-        Ok(Server { listener, state, shutting_down })
+        Ok(Server {
+            listener,
+            metrics_listener,
+            connections: config.connections.clone(),
+            state,
+            shutting_down,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound TCP listener has an address")
+    }
+
+    /// The address of the unauthenticated metrics listener, if one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serve until `shutdown` resolves, then finish in-flight requests.
@@ -138,37 +168,31 @@ impl Server {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "nimbus serving");
         let _housekeeping = AbortOnDrop(spawn_auth_pruner(self.state.auth.clone()));
+        let _metrics = self.metrics_listener.map(|listener| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics without a token");
+            let app = app::metrics_router(self.state.clone());
+            let limits = self.connections.clone();
+            let conn_metrics = self.state.connections.clone();
+            let stop = self.state.clone().shutdown_signal();
+            AbortOnDrop(tokio::spawn(listener::serve(
+                listener,
+                app,
+                limits,
+                stop,
+                Duration::from_secs(1),
+                conn_metrics,
+            )))
+        });
+        let conn_metrics = self.state.connections.clone();
         let app = router(self.state);
         let notify = self.shutting_down;
-        let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
             let _ = notify.send(true);
-            let _ = grace_tx.send(());
         };
-        // A response is written whole; Nagle's algorithm could only delay it. (The bare host in
-        // bench/ sets it too, so the comparison stays like for like.)
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "setting TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signal)
-            .into_future();
-        tokio::pin!(serve);
-        tokio::select! {
-            result = &mut serve => return result.context("serving HTTP"),
-            _ = grace_rx => {}
-        }
-        match tokio::time::timeout(SHUTDOWN_GRACE, serve).await {
-            Ok(result) => result.context("serving HTTP"),
-            Err(_) => {
-                tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
-                Ok(())
-            }
-        }
+        listener::serve(self.listener, app, self.connections, signal, SHUTDOWN_GRACE, conn_metrics)
+            .await;
+        Ok(())
     }
 }
 

@@ -145,6 +145,29 @@ pub struct ServeArgs {
     /// limits. Repeatable
     #[arg(long = "trusted-proxy", env = "NIMBUS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Client connections open at once; beyond it, new ones wait in the kernel's backlog
+    /// (lowered to fit the file-descriptor limit)
+    #[arg(long, env = "NIMBUS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Connections open at once from one client address; more are closed at once (raise it
+    /// behind a reverse proxy, whose connections all come from one address)
+    #[arg(long, env = "NIMBUS_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 1_000)]
+    pub max_connections_per_client: usize,
+
+    /// Time for a request head to arrive whole; an idle keep-alive connection is closed after it too
+    #[arg(long, env = "NIMBUS_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub header_timeout: Duration,
+
+    /// Longest pause allowed between two chunks of a request body
+    #[arg(long, env = "NIMBUS_BODY_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub body_timeout: Duration,
+
+    /// Also serve /metrics without a token on this address (bind it to a private interface);
+    /// on the main listener /metrics needs the admin token
+    #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One `--rate-limit` override: `None` turns the limit off.
@@ -292,6 +315,13 @@ impl ServeArgs {
             },
             smtp: self.smtp()?,
             trusted_proxies: self.trusted_proxies.clone(),
+            connections: nimbus_server::ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                max_per_client: self.max_connections_per_client.max(1),
+                header_timeout: self.header_timeout,
+                body_timeout: self.body_timeout,
+            },
+            metrics_listen: self.metrics_listen,
         })
     }
 }

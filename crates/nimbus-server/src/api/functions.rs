@@ -230,7 +230,8 @@ pub(crate) async fn invoke(
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // Both invoke routes start /v1/functions/{name}/invoke; read the name from the raw path.
+    // Both invoke routes start /v1/functions/{name}/invoke: read the name from the raw path and
+    // strip exactly that prefix (a function may be named `invoker`).
     let name = request.uri().path().split('/').nth(3).unwrap_or_default().to_string();
     let target = state
         .functions
@@ -238,8 +239,8 @@ pub(crate) async fn invoke(
         .ok_or_else(|| ApiError::not_found(format!("function {name} not found")))?;
     let (mut parts, body) = request.into_parts();
     // Re-root the URI at the part after `/invoke`, keeping the query.
-    let raw_path = parts.uri.path();
-    let rest = raw_path.split_once("/invoke").map(|(_, r)| r).unwrap_or("");
+    let prefix_len = "/v1/functions/".len() + name.len() + "/invoke".len();
+    let rest = parts.uri.path().get(prefix_len..).unwrap_or("");
     let rest = if rest.is_empty() { "/" } else { rest };
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),
@@ -248,6 +249,8 @@ pub(crate) async fn invoke(
     parts.uri = path_and_query
         .parse()
         .map_err(|_| ApiError::bad_request("bad_path", "the invoke path is not a valid URI"))?;
+    // The caller authenticated with the admin token or a service key: neither reaches the guest.
+    crate::credentials::strip_consumed(&mut parts.headers);
     let mut request = Request::from_parts(parts, body);
     let identity = match caller.kind {
         CallerKind::Admin => gateway::Identity::Admin,

@@ -13,6 +13,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The `--metrics-listen` address, when the config asked for one.
+    pub metrics_addr: Option<SocketAddr>,
     pub token: String,
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -28,6 +30,7 @@ impl TestServer {
         let data = config.data_dir.clone();
         let server = Server::bind(config).await.expect("server binds");
         let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -36,6 +39,7 @@ impl TestServer {
             std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
         TestServer {
             addr,
+            metrics_addr,
             token,
             client: reqwest::Client::new(),
             shutdown: Some(tx),

@@ -381,7 +381,8 @@ async fn health_metrics_and_openapi() {
     s.records("hello", 1).await;
     let health: Value = s.get("/healthz").await.json().await.unwrap();
     assert_eq!(health["status"], "ok");
-    let metrics = s.get("/metrics").await.text().await.unwrap();
+    let metrics =
+        s.api(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
     for needle in [
         "nimbus_invocations_total{project=\"default\",function=\"hello\",status=\"ok\"} 1",
         "nimbus_cold_starts_total{project=\"default\",function=\"hello\"} 1",
@@ -421,7 +422,8 @@ async fn restart_keeps_functions_and_does_not_recompile() {
     let s = TestServer::start(dir.path()).await;
     assert_eq!(s.get("/hello").await.text().await.unwrap(), "Hello from Nimbus!\n");
     assert_eq!(s.get("/count").await.text().await.unwrap(), "1");
-    let metrics = s.get("/metrics").await.text().await.unwrap();
+    let metrics =
+        s.api(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("nimbus_component_compiles_total 0"), "{metrics}");
 
     // A lost artifact cache is rebuilt from the stored module.
@@ -429,7 +431,8 @@ async fn restart_keeps_functions_and_does_not_recompile() {
     std::fs::remove_dir_all(dir.path().join("artifacts")).unwrap();
     let s = TestServer::start(dir.path()).await;
     assert_eq!(s.get("/hello").await.status(), 200);
-    let metrics = s.get("/metrics").await.text().await.unwrap();
+    let metrics =
+        s.api(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("nimbus_component_compiles_total 2"), "{metrics}");
     s.stop().await;
 }

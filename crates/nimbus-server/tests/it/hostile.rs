@@ -208,7 +208,7 @@ async fn versions_of_a_function_share_its_concurrency_limit() {
     let s = TestServer::start(dir.path()).await;
     let spec = json!({"name": "sleep", "routes": ["/sleep"], "limits": {"max_concurrency": 1, "max_queue": 0}});
     s.deploy("sleep", spec.clone()).await;
-    let (client, url) = (s.client.clone(), s.url("/sleep?ms=800"));
+    let (client, url) = (s.client.clone(), s.url("/sleep?ms=3000"));
     let slow = tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Version 2 goes live while version 1 still holds the only slot.
