@@ -8,10 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 rustup target add wasm32-wasip2
 scripts/build-foreign-guests.sh
-# Auth emails are tested against a real SMTP server.
-python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6
+# Auth emails are tested against a real SMTP server; the API contract by schemathesis.
+python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6 schemathesis==4.32.5
 # The Python guest must be tested, not skipped.
-export NIMBUS_REQUIRE_FOREIGN=1 NIMBUS_REQUIRE_SMTP=1
+export NIMBUS_REQUIRE_FOREIGN=1 NIMBUS_REQUIRE_SMTP=1 NIMBUS_REQUIRE_SCHEMATHESIS=1
 # One full build per run: incremental caches would only cost disk (they reached 17 GB here).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --workspace --locked "$@"

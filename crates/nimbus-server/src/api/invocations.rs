@@ -84,9 +84,24 @@ pub(crate) struct LogParams {
 
 /// A function's invocations with their captured stdout/stderr, newest first; with `follow=true`, a
 /// `text/event-stream` of records (oldest first), each event's data one record as JSON.
+/// One Server-Sent Event of a followed log: `data` is an invocation record as JSON, `id` the
+/// position to resume after.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the stream; the handler writes it with axum's Sse
+pub(crate) struct SseEvent {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+    retry: Option<u64>,
+}
+
 #[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "invocations",
     params(("name" = String, Path), LogParams),
-    responses((status = 200, body = InvocationList), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "the records as JSON; with `follow=true`, a Server-Sent \
+            Events stream of records as they are written",
+         content((InvocationList = "application/json"), (SseEvent = "text/event-stream"))),
+        (status = 404, body = ErrorBody)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -4,6 +4,7 @@
 mod auth;
 mod boundaries;
 mod common;
+mod contract;
 mod foreign;
 mod functions;
 mod hostile;
