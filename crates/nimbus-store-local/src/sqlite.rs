@@ -561,7 +561,6 @@ impl InvocationStore for SqliteStore {
                 )
                 .and_then(|mut stmt| stmt.query_row([n], |row| row.get(0)))
                 .context("reserving invocation positions")?;
-            let mut next = last - n + 1;
             let mut insert = tx
                 .prepare_cached(&format!(
                     "INSERT INTO invocations (seq, {INVOCATION_COLUMNS}) VALUES \
@@ -569,9 +568,7 @@ impl InvocationStore for SqliteStore {
                      ON CONFLICT (project, id) DO NOTHING"
                 ))
                 .context("preparing the invocation insert")?;
-            for r in records.iter_mut() {
-                let seq = next;
-                next += 1;
+            for (seq, r) in (last - n + 1..).zip(records.iter_mut()) {
                 let inserted = insert
                     .execute(params![
                         seq,
