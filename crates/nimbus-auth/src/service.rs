@@ -1212,15 +1212,15 @@ impl AuthService {
         self.inner.mailer.as_outbox().map(|o| o.messages(project))
     }
 
-    /// Auth events of a project after `after` (an event id), oldest first.
+    /// Auth events of a project after position `after` (an event's `seq`), in commit order.
     pub async fn list_events(
         &self,
         project: &str,
-        after: Option<&str>,
+        after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Event>, AuthError> {
-        let (p, a) = (project.to_string(), after.map(str::to_string));
-        let events = self.blocking(move |s| Ok(s.list_events(&p, a.as_deref(), limit)?)).await?;
+        let p = project.to_string();
+        let events = self.blocking(move |s| Ok(s.list_events(&p, after, limit)?)).await?;
         Ok(events.into_iter().map(Event::from).collect())
     }
 

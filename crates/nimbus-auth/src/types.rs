@@ -140,6 +140,10 @@ pub struct SignUpOutcome {
 /// A durable auth event (the `events` outbox).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// Commit position: page with `after=<seq of the last event seen>`. Assigned in the
+    /// transaction that wrote the event, so no event committed earlier has a greater one.
+    pub seq: u64,
+    /// Stable unique id (UUIDv7), for deduplication; not an order.
     pub id: String,
     pub project: String,
     #[serde(rename = "type")]
@@ -153,6 +157,7 @@ pub struct Event {
 impl From<EventRecord> for Event {
     fn from(e: EventRecord) -> Self {
         Event {
+            seq: e.seq,
             id: e.id,
             project: e.project,
             kind: e.kind,

@@ -103,7 +103,8 @@ pub struct DeployResponse {
 pub struct InvocationFilter {
     pub function: Option<String>,
     pub status: Option<String>,
-    pub after: Option<String>,
+    /// A commit position (a record's `seq`).
+    pub after: Option<u64>,
     pub limit: Option<u32>,
     pub order: Option<String>,
 }
@@ -117,8 +118,8 @@ impl InvocationFilter {
         if let Some(s) = &self.status {
             q.push(("status", s.clone()));
         }
-        if let Some(a) = &self.after {
-            q.push(("after", a.clone()));
+        if let Some(a) = self.after {
+            q.push(("after", a.to_string()));
         }
         if let Some(l) = self.limit {
             q.push(("limit", l.to_string()));
@@ -305,17 +306,17 @@ impl Client {
     }
 
     /// `GET /v1/functions/{name}/logs` (newest first).
-    pub async fn logs(&self, name: &str, after: Option<&str>, limit: Option<u32>) -> Result<Value> {
-        let filter =
-            InvocationFilter { after: after.map(str::to_string), limit, ..Default::default() };
+    pub async fn logs(&self, name: &str, after: Option<u64>, limit: Option<u32>) -> Result<Value> {
+        let filter = InvocationFilter { after, limit, ..Default::default() };
         let req = self
             .request(Method::GET, &format!("/v1/functions/{}/logs", segment(name)))
             .query(&filter.query());
         self.json(req).await
     }
 
-    /// `GET /v1/functions/{name}/logs?follow=true`: the open SSE response.
-    pub async fn logs_follow(&self, name: &str, after: Option<&str>) -> Result<Response> {
+    /// `GET /v1/functions/{name}/logs?follow=true`: the open SSE response, from after position
+    /// `after` (a record's `seq`) if given, else from the newest few.
+    pub async fn logs_follow(&self, name: &str, after: Option<u64>) -> Result<Response> {
         let mut query = vec![("follow", "true".to_string())];
         if let Some(a) = after {
             query.push(("after", a.to_string()));
@@ -411,7 +412,8 @@ impl Client {
         self.json(self.request(Method::POST, &path)).await
     }
 
-    pub async fn events(&self, after: Option<&str>, limit: Option<u32>) -> Result<Value> {
+    /// `GET /v1/events` after position `after` (an event's `seq`).
+    pub async fn events(&self, after: Option<u64>, limit: Option<u32>) -> Result<Value> {
         let mut q: Vec<(&str, String)> = Vec::new();
         if let Some(a) = after {
             q.push(("after", a.to_string()));

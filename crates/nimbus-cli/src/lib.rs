@@ -286,7 +286,7 @@ mod tests {
         let Command::Users(cmd::users::UsersCommand::SetClaims(a)) = cli.command else { panic!() };
         assert_eq!(a.roles, ["a", "b"]);
         assert_eq!(a.claims.unwrap()["x"], 1);
-        parse(&["events", "--after", "e1", "--limit", "3"]);
+        parse(&["events", "--after", "41", "--limit", "3"]);
         parse(&["outbox"]);
     }
 

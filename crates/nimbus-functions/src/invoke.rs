@@ -165,6 +165,7 @@ impl FunctionService {
 
 fn record_base(target: &ActiveVersion, id: &str, trigger: &'static str) -> InvocationRecord {
     InvocationRecord {
+        seq: 0, // given by the store when the record is written
         id: id.to_string(),
         project: target.info.project.clone(),
         function: target.info.function.clone(),

@@ -1,5 +1,6 @@
 //! Invocation records leave the request path through a channel; one task batches them into the
-//! store and then tells log followers. Billing and quotas will read the same records.
+//! store and then tells log followers, with the commit position (`seq`) the store gave each.
+//! Billing and quotas will read the same records.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,10 +111,11 @@ async fn write(
 ) {
     let store = store.clone();
     let written = tokio::task::spawn_blocking(move || {
+        let mut records = records;
         // Retry a failing backend a few times before giving the batch up, loudly.
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=5 {
-            match store.insert_batch(&records) {
+            match store.insert_batch(&mut records) {
                 Ok(()) => return Some(records),
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, n = records.len(), "writing invocation records");
@@ -126,6 +128,9 @@ async fn write(
         None
     })
     .await;
+    // Sent after the commit, with the positions the store assigned, in position order (one
+    // writer task, one batch at a time): a follower can drop what it already read from the store
+    // by comparing positions.
     if let Ok(Some(records)) = written {
         for r in records {
             // No follower is not an error.

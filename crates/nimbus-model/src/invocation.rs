@@ -50,7 +50,15 @@ impl InvocationStatus {
 /// One execution of a function: what billing, quotas, autoscaling and logs are built on.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct InvocationRecord {
-    /// Time-ordered unique id (UUIDv7), also sent to the client as `x-nimbus-invocation-id`.
+    /// Commit position: assigned by the store when the record is written, in the write
+    /// transaction, so that a reader that has seen position N has seen every record committed
+    /// before it. What `after` cursors and `logs -f` page by. Positions only grow (gaps are
+    /// possible); `0` until stored.
+    #[serde(default)]
+    pub seq: u64,
+    /// Unique id (UUIDv7, made when the request starts), also sent to the client as
+    /// `x-nimbus-invocation-id`. Not a cursor: a slow invocation is stored after faster ones that
+    /// started later, so paging by id would skip it.
     pub id: String,
     pub project: String,
     pub function: String,
@@ -81,10 +89,10 @@ pub struct InvocationRecord {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct InvocationQuery {
     pub function: Option<String>,
-    /// Only records with an id greater than this one (ids are time-ordered): how `logs -f` follows.
-    pub after_id: Option<String>,
+    /// Only records with a commit position (`seq`) greater than this one: how `logs -f` follows.
+    pub after: Option<u64>,
     pub status: Option<InvocationStatus>,
-    /// Newest first when false (the default); oldest first when true.
+    /// In commit order: newest first when false (the default); oldest first when true.
     #[serde(default)]
     pub ascending: bool,
     pub limit: Option<u32>,

@@ -82,6 +82,8 @@ fn get_user_on(conn: &Connection, project: &str, id: &str) -> Result<Option<User
     .with_context(|| format!("reading user {id}"))
 }
 
+/// Append events in the caller's transaction. Their position is the rowid, which SQLite assigns
+/// here, under the write lock: positions follow commit order.
 fn insert_events(conn: &Connection, project: &str, events: &[NewEvent]) -> Result<()> {
     for e in events {
         let data = serde_json::to_string(&e.data).context("encoding event data")?;
@@ -783,25 +785,28 @@ impl AuthStore for SqliteStore {
     fn list_events(
         &self,
         project: &str,
-        after: Option<&str>,
+        after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<EventRecord>> {
         let limit = limit.clamp(1, MAX_PAGE);
+        // By position (the rowid, assigned at commit), never by id: see the trait.
+        let after = after.unwrap_or(0);
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT id, project, type, subject, data_json, created_at, delivered_at FROM events \
-                 WHERE project = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
+                "SELECT seq, id, project, type, subject, data_json, created_at, delivered_at \
+                 FROM events WHERE project = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )
             .and_then(|mut stmt| {
                 stmt.query_map(params![project, after, limit], |r| {
                     Ok(EventRecord {
-                        id: r.get(0)?,
-                        project: r.get(1)?,
-                        kind: r.get(2)?,
-                        subject: r.get(3)?,
-                        data: json_column(r, 4)?,
-                        created_at: r.get(5)?,
-                        delivered_at: r.get(6)?,
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        project: r.get(2)?,
+                        kind: r.get(3)?,
+                        subject: r.get(4)?,
+                        data: json_column(r, 5)?,
+                        created_at: r.get(6)?,
+                        delivered_at: r.get(7)?,
                     })
                 })?
                 .collect()

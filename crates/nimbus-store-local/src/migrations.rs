@@ -184,7 +184,119 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_project_id ON events (project, id);
     CREATE INDEX events_undelivered ON events (id) WHERE delivered_at IS NULL;
     "#,
+    // 3: commit positions. Invocation records and auth events get a `seq` assigned inside the
+    // transaction that writes them, so that a reader that has seen position N has seen everything
+    // committed before N (ids are made when a request starts, and a slow one commits after faster
+    // ones that started later: paging by id skipped it). Existing rows are numbered in their
+    // current (id) order. Both tables are rebuilt (SQLite cannot add a key column in place); the
+    // same columns exist in every shape migration 1 ever gave `invocations`.
+    r#"
+    -- Counters that only grow, bumped in the transaction that uses them: never reused, even after
+    -- the newest rows are pruned or deleted (a consumer's cursor may point past them).
+    CREATE TABLE sequences (
+        name  TEXT    NOT NULL PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE invocations_v3 (
+        seq               INTEGER NOT NULL, -- commit position, from sequences 'invocations'
+        id                TEXT    NOT NULL, -- UUIDv7, made when the request started
+        project           TEXT    NOT NULL,
+        function          TEXT    NOT NULL,
+        version           INTEGER NOT NULL,
+        "trigger"         TEXT    NOT NULL,
+        started_at        INTEGER NOT NULL,
+        duration_us       INTEGER NOT NULL,
+        queue_us          INTEGER NOT NULL,
+        fuel              INTEGER NOT NULL,
+        peak_memory_bytes INTEGER NOT NULL,
+        status            TEXT    NOT NULL,
+        http_status       INTEGER,
+        error             TEXT,
+        stdout            TEXT    NOT NULL,
+        stderr            TEXT    NOT NULL,
+        logs_truncated    INTEGER NOT NULL,
+        -- Clustered by position within a project: following and listing are range scans, and
+        -- new rows append at the end of their project's range.
+        PRIMARY KEY (project, seq)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO invocations_v3 (seq, id, project, function, version, "trigger", started_at,
+            duration_us, queue_us, fuel, peak_memory_bytes, status, http_status, error, stdout,
+            stderr, logs_truncated)
+        SELECT row_number() OVER (ORDER BY id, project), id, project, function, version,
+            "trigger", started_at, duration_us, queue_us, fuel, peak_memory_bytes, status,
+            http_status, error, stdout, stderr, logs_truncated
+        FROM invocations;
+    INSERT INTO sequences (name, value)
+        SELECT 'invocations', coalesce(max(seq), 0) FROM invocations_v3;
+    DROP TABLE invocations;
+    ALTER TABLE invocations_v3 RENAME TO invocations;
+    -- Unique: a retried batch is not stored twice; also the lookup by id.
+    CREATE UNIQUE INDEX invocations_project_id ON invocations (project, id);
+    CREATE INDEX invocations_project_function_seq ON invocations (project, function, seq);
+
+    -- The rowid is the position: SQLite assigns it under the write lock, and AUTOINCREMENT keeps
+    -- it from being reused after the newest events are deleted.
+    CREATE TABLE events_v3 (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           TEXT    NOT NULL UNIQUE, -- UUIDv7: stable, for deduplication
+        project      TEXT    NOT NULL,
+        type         TEXT    NOT NULL,
+        subject      TEXT    NOT NULL,
+        data_json    TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL,
+        delivered_at INTEGER
+    ) STRICT;
+    INSERT INTO events_v3 (seq, id, project, type, subject, data_json, created_at, delivered_at)
+        SELECT row_number() OVER (ORDER BY id), id, project, type, subject, data_json,
+            created_at, delivered_at
+        FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v3 RENAME TO events;
+    CREATE INDEX events_project_seq ON events (project, seq);
+    CREATE INDEX events_undelivered ON events (seq) WHERE delivered_at IS NULL;
+    "#,
 ];
+
+/// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
+/// database created before that edit says `user_version = 1` but has the original shape, which
+/// the later migrations and every query assume away. This brings such a database to what
+/// migration 1 creates today (its rows into the `default` project, the only one there was), so
+/// that it can carry on from version 1. Detected by shape, since the version number is the same.
+/// Like a migration, never edit this once landed.
+const REPAIR_ORIGINAL_V1: &str = r#"
+    -- Move the original tables aside (their foreign keys and indexes follow the rename); the
+    -- caller then runs today's migration 1 and the copy below.
+    ALTER TABLE functions   RENAME TO original_v1_functions;
+    ALTER TABLE versions    RENAME TO original_v1_versions;
+    ALTER TABLE secrets     RENAME TO original_v1_secrets;
+    ALTER TABLE invocations RENAME TO original_v1_invocations;
+"#;
+
+/// The second half of [`REPAIR_ORIGINAL_V1`], after migration 1's current text has run. The
+/// originals are dropped children first, so that no cascade fires.
+const REPAIR_ORIGINAL_V1_COPY: &str = r#"
+    INSERT INTO functions (project, name, active_version, latest_version, created_at, updated_at)
+        SELECT 'default', name, active_version, latest_version, created_at, updated_at
+        FROM original_v1_functions;
+    INSERT INTO versions (project, function, version, module_sha256, module_size, spec_json,
+            limits_json, created_at)
+        SELECT 'default', function, version, module_sha256, module_size, spec_json, limits_json,
+            created_at
+        FROM original_v1_versions;
+    INSERT INTO secrets (project, function, key, value)
+        SELECT 'default', function, key, value FROM original_v1_secrets;
+    INSERT INTO invocations (id, project, function, version, "trigger", started_at, duration_us,
+            queue_us, fuel, peak_memory_bytes, status, http_status, error, stdout, stderr,
+            logs_truncated)
+        SELECT id, 'default', function, version, "trigger", started_at, duration_us, queue_us,
+            fuel, peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated
+        FROM original_v1_invocations;
+    DROP TABLE original_v1_versions;
+    DROP TABLE original_v1_secrets;
+    DROP TABLE original_v1_functions;
+    DROP TABLE original_v1_invocations;
+"#;
 
 /// Bring the schema up to [`SCHEMA_VERSION`]. Refuses a database written by a newer build.
 ///
@@ -210,11 +322,150 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let Some(sql) = MIGRATIONS.get(current as usize) else {
             return Ok(());
         };
+        if current == 1 && has_original_v1_shape(&tx)? {
+            tracing::warn!("database has migration 1's original shape; bringing it up to date");
+            tx.execute_batch(REPAIR_ORIGINAL_V1)
+                .and_then(|()| tx.execute_batch(MIGRATIONS[0]))
+                .and_then(|()| tx.execute_batch(REPAIR_ORIGINAL_V1_COPY))
+                .context("repairing migration 1's original shape")?;
+        }
         let target = current + 1;
         tx.execute_batch(sql).with_context(|| format!("applying migration {target}"))?;
         tx.pragma_update(None, "user_version", target)
             .with_context(|| format!("recording migration {target}"))?;
         tx.commit().with_context(|| format!("committing migration {target}"))?;
         tracing::info!(version = target, "applied database migration");
+    }
+}
+
+/// Whether the database has the shape migration 1 had before it was edited: `functions` without
+/// a `project` column.
+fn has_original_v1_shape(conn: &Connection) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT count(*) = 0 FROM pragma_table_info('functions') WHERE name = 'project'",
+        [],
+        |row| row.get(0),
+    )
+    .context("inspecting the schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    /// SHA-256 of the text of every landed migration, in order. A landed migration has run on
+    /// databases that exist: editing it changes nothing for them, and leaves them with another
+    /// schema than new databases get (migration 1 was edited three times before this test).
+    /// Append a hash here when a new migration lands; never change one.
+    const LANDED: &[&str] = &[
+        "6553f6fe987d3cfc0ac8e747acd77c71f984199a58b132142ca2b10e054312e9",
+        "5686debec54b8fb19ffe3f4bfd10371aaba06811c63f1dfb7c7b392e35a9c21d",
+        "1b2a5ce5ff08dca48cebff2628dbc7ef6e6dd944263a63de350fc87e073f59bb",
+    ];
+    /// Likewise for the repair of migration 1's original shape.
+    const LANDED_REPAIR: [&str; 2] = [
+        "750d3469757b4c6c041ab21ab80a07e3dfbc27429a8b789f73fd1fa85d9b3c5e",
+        "b838846432a0a79d51cc07bd354a11fc42b8a90064ff3b0bd6789b23ac22f00e",
+    ];
+
+    fn sha256(text: &str) -> String {
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    #[test]
+    fn landed_migrations_are_unchanged() {
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let n = i + 1;
+            let Some(landed) = LANDED.get(i) else {
+                panic!(
+                    "migration {n} has no recorded hash: once it lands, append \"{}\" to LANDED",
+                    sha256(sql)
+                );
+            };
+            assert_eq!(
+                sha256(sql),
+                *landed,
+                "migration {n} has landed and must not be edited: revert the edit and add a new \
+                 migration instead"
+            );
+        }
+        assert_eq!(LANDED.len(), MIGRATIONS.len(), "a landed migration was removed");
+        for (sql, landed) in [REPAIR_ORIGINAL_V1, REPAIR_ORIGINAL_V1_COPY].iter().zip(LANDED_REPAIR)
+        {
+            assert_eq!(sha256(sql), landed, "the repair of migration 1 has landed: do not edit it");
+        }
+    }
+
+    /// A database at version 2, as builds before positions left it, with rows in two projects
+    /// written out of id order.
+    fn at_version_2() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let tx = conn.transaction().unwrap();
+        for (id, project) in [("03", "a"), ("01", "b"), ("04", "b"), ("02", "a")] {
+            tx.execute(
+                "INSERT INTO invocations (id, project, function, version, \"trigger\", \
+                 started_at, duration_us, queue_us, fuel, peak_memory_bytes, status, stdout, \
+                 stderr, logs_truncated) VALUES (?1, ?2, 'f', 1, 'http', 1, 1, 0, 1, 1, 'ok', \
+                 ?1, '', 0)",
+                [id, project],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO events (id, project, type, subject, data_json, created_at) \
+                 VALUES (?1, ?2, 'user.created', 'u', '{}', 1)",
+                [id, project],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        conn
+    }
+
+    fn column(conn: &Connection, sql: &str) -> Vec<(i64, String)> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn positions_are_backfilled_in_id_order_and_continue_after() {
+        let mut conn = at_version_2();
+        migrate(&mut conn).unwrap();
+        let expected: Vec<(i64, String)> = (1..=4).map(|n| (n, format!("{n:02}"))).collect();
+        assert_eq!(column(&conn, "SELECT seq, id FROM invocations ORDER BY seq"), expected);
+        assert_eq!(column(&conn, "SELECT seq, id FROM events ORDER BY seq"), expected);
+        // The counters start after the backfilled rows: new rows are numbered 5 on.
+        assert_eq!(
+            column(&conn, "SELECT value, name FROM sequences"),
+            [(4, "invocations".to_string())]
+        );
+        conn.execute(
+            "INSERT INTO events (id, project, type, subject, data_json, created_at) \
+             VALUES ('00', 'a', 'user.created', 'u', '{}', 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(column(&conn, "SELECT seq, id FROM events WHERE id = '00'"), [(5, "00".into())]);
+    }
+
+    #[test]
+    fn event_positions_are_not_reused_after_the_newest_events_go() {
+        let mut conn = at_version_2();
+        migrate(&mut conn).unwrap();
+        // A project with the newest events is deleted; the next event still gets a new position.
+        conn.execute("DELETE FROM events WHERE seq >= 3", []).unwrap();
+        conn.execute(
+            "INSERT INTO events (id, project, type, subject, data_json, created_at) \
+             VALUES ('05', 'a', 'user.created', 'u', '{}', 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(column(&conn, "SELECT seq, id FROM events WHERE id = '05'"), [(5, "05".into())]);
     }
 }

@@ -226,9 +226,18 @@ fn function_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionInfo> {
     })
 }
 
-const INVOCATION_COLUMNS: &str = "id, project, function, version, \"trigger\", started_at, \
-     duration_us, queue_us, fuel, peak_memory_bytes, status, http_status, error, stdout, stderr, \
-     logs_truncated";
+/// The stored columns of a record but the position (a macro, so that `concat!` can build the
+/// SELECT below from it at compile time).
+macro_rules! invocation_columns {
+    () => {
+        "id, project, function, version, \"trigger\", started_at, duration_us, queue_us, fuel, \
+         peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated"
+    };
+}
+const INVOCATION_COLUMNS: &str = invocation_columns!();
+
+/// What [`invocation_from_row`] reads: the columns above, then the position.
+const INVOCATION_SELECT: &str = concat!("SELECT ", invocation_columns!(), ", seq FROM invocations");
 
 fn invocation_from_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
     let status: String = row.get(10)?;
@@ -256,6 +265,7 @@ fn invocation_from_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
         stdout: row.get(13)?,
         stderr: row.get(14)?,
         logs_truncated: row.get(15)?,
+        seq: row.get(16)?,
     })
 }
 
@@ -535,40 +545,59 @@ impl FunctionStore for SqliteStore {
 // InvocationStore
 
 impl InvocationStore for SqliteStore {
-    /// Idempotent by id: a record whose id is already stored is skipped, so a failed batch can be
-    /// retried whole.
-    fn insert_batch(&self, records: &[InvocationRecord]) -> Result<()> {
+    fn insert_batch(&self, records: &mut [InvocationRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
         self.write("inserting invocation records", |tx| {
-            let mut stmt = tx
+            // Positions for the whole batch, reserved under the write lock: one counter update
+            // per transaction, not per row. A record that is already stored leaves its reserved
+            // position unused; readers only need positions to grow, not to be dense.
+            let n = records.len() as u64;
+            let last: u64 = tx
+                .prepare_cached(
+                    "UPDATE sequences SET value = value + ?1 WHERE name = 'invocations' \
+                     RETURNING value",
+                )
+                .and_then(|mut stmt| stmt.query_row([n], |row| row.get(0)))
+                .context("reserving invocation positions")?;
+            let mut insert = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO invocations ({INVOCATION_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+                    "INSERT INTO invocations (seq, {INVOCATION_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
                      ON CONFLICT (project, id) DO NOTHING"
                 ))
                 .context("preparing the invocation insert")?;
-            for r in records {
-                stmt.execute(params![
-                    r.id,
-                    r.project,
-                    r.function,
-                    r.version,
-                    r.trigger,
-                    r.started_at,
-                    r.duration_us,
-                    r.queue_us,
-                    r.fuel,
-                    r.peak_memory_bytes,
-                    r.status.as_str(),
-                    r.http_status,
-                    r.error,
-                    r.stdout,
-                    r.stderr,
-                    r.logs_truncated,
-                ])
-                .with_context(|| format!("inserting invocation record {}", r.id))?;
+            for (seq, r) in (last - n + 1..).zip(records.iter_mut()) {
+                let inserted = insert
+                    .execute(params![
+                        seq,
+                        r.id,
+                        r.project,
+                        r.function,
+                        r.version,
+                        r.trigger,
+                        r.started_at,
+                        r.duration_us,
+                        r.queue_us,
+                        r.fuel,
+                        r.peak_memory_bytes,
+                        r.status.as_str(),
+                        r.http_status,
+                        r.error,
+                        r.stdout,
+                        r.stderr,
+                        r.logs_truncated,
+                    ])
+                    .with_context(|| format!("inserting invocation record {}", r.id))?;
+                r.seq = if inserted == 1 {
+                    seq
+                } else {
+                    // A retry of a batch that was stored after all: keep the first position.
+                    tx.prepare_cached("SELECT seq FROM invocations WHERE project = ?1 AND id = ?2")
+                        .and_then(|mut stmt| stmt.query_row([&r.project, &r.id], |row| row.get(0)))
+                        .with_context(|| format!("reading the position of record {}", r.id))?
+                };
             }
             Ok(())
         })
@@ -576,15 +605,15 @@ impl InvocationStore for SqliteStore {
 
     fn query(&self, project: &str, query: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
         // The project filter is always the first condition; the others only narrow it.
-        let mut sql = format!("SELECT {INVOCATION_COLUMNS} FROM invocations WHERE project = ?1");
+        let mut sql = format!("{INVOCATION_SELECT} WHERE project = ?1");
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&project];
         if let Some(function) = &query.function {
             args.push(function);
             sql.push_str(&format!(" AND function = ?{}", args.len()));
         }
-        if let Some(after) = &query.after_id {
+        if let Some(after) = &query.after {
             args.push(after);
-            sql.push_str(&format!(" AND id > ?{}", args.len()));
+            sql.push_str(&format!(" AND seq > ?{}", args.len()));
         }
         let status = query.status.map(InvocationStatus::as_str);
         if let Some(status) = &status {
@@ -594,7 +623,7 @@ impl InvocationStore for SqliteStore {
         let limit = query.limit.unwrap_or(DEFAULT_QUERY_LIMIT).min(MAX_QUERY_LIMIT);
         args.push(&limit);
         sql.push_str(&format!(
-            " ORDER BY id {} LIMIT ?{}",
+            " ORDER BY seq {} LIMIT ?{}",
             if query.ascending { "ASC" } else { "DESC" },
             args.len()
         ));
@@ -607,22 +636,21 @@ impl InvocationStore for SqliteStore {
 
     fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>> {
         self.read(|conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {INVOCATION_COLUMNS} FROM invocations WHERE project = ?1 AND id = ?2"
-            ))
-            .and_then(|mut stmt| stmt.query_row([project, id], invocation_from_row).optional())
-            .with_context(|| format!("reading invocation record {id}"))
+            conn.prepare_cached(&format!("{INVOCATION_SELECT} WHERE project = ?1 AND id = ?2"))
+                .and_then(|mut stmt| stmt.query_row([project, id], invocation_from_row).optional())
+                .with_context(|| format!("reading invocation record {id}"))
         })
     }
 
     fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64> {
+        // The counter row is untouched: positions of pruned records are never handed out again.
         self.write("pruning invocation records", |tx| {
             let n = tx
                 .prepare_cached(
-                    "DELETE FROM invocations WHERE started_at < ?1 OR id IN ( \
-                         SELECT id FROM ( \
-                             SELECT id, row_number() OVER ( \
-                                 PARTITION BY project, function ORDER BY id DESC \
+                    "DELETE FROM invocations WHERE started_at < ?1 OR (project, seq) IN ( \
+                         SELECT project, seq FROM ( \
+                             SELECT project, seq, row_number() OVER ( \
+                                 PARTITION BY project, function ORDER BY seq DESC \
                              ) AS rn \
                              FROM invocations \
                          ) WHERE rn > ?2 \

@@ -20,7 +20,9 @@
 //!
 //! Methods that change who exists or who signed in take the [`NewEvent`]s to record, and a backend
 //! writes them in the same transaction as the change: an event exists if and only if its change
-//! committed.
+//! committed. The backend gives each event a position (`seq`) in that transaction, from a
+//! sequence that only grows, so a reader that has seen position N has seen every event committed
+//! before N; readers page by it, never by the event id (made before the transaction).
 
 use nimbus_model::UnixMillis;
 
@@ -181,7 +183,7 @@ pub enum ConsumeOutcome {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
-    /// UUIDv7: ordering by id is chronological.
+    /// UUIDv7: a stable id for deduplication, not an order (see [`EventRecord::seq`]).
     pub id: String,
     /// e.g. `user.created`, `user.deleted`, `user.signed_in`.
     pub kind: String,
@@ -193,6 +195,8 @@ pub struct NewEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {
+    /// Commit position, assigned in the transaction that wrote the event.
+    pub seq: u64,
     pub id: String,
     pub project: String,
     pub kind: String,
@@ -355,11 +359,11 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<ConsumeOutcome>;
 
     // -- events -----------------------------------------------------------------------------------
-    /// Events with an id greater than `after`, oldest first.
+    /// Events with a position (`seq`) greater than `after`, in commit order (oldest first).
     fn list_events(
         &self,
         project: &str,
-        after: Option<&str>,
+        after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<EventRecord>>;
 

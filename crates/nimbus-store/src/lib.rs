@@ -77,13 +77,24 @@ pub trait FunctionStore: Send + Sync + 'static {
 }
 
 /// Invocation records: appended in batches off the request path, queried for logs and usage.
+///
+/// # Commit positions
+///
+/// Each stored record has a `seq` assigned inside the transaction that writes it, from one
+/// counter per store that only grows. A reader that has seen position N has therefore seen every
+/// record committed before N, which an id made when the request started cannot promise (a slow
+/// invocation is written after faster ones that started later). Queries order and page by it.
 pub trait InvocationStore: Send + Sync + 'static {
-    /// Records carry their project.
-    fn insert_batch(&self, records: &[InvocationRecord]) -> Result<()>;
+    /// Store records (they carry their project) in one transaction, setting each one's `seq` to
+    /// its commit position. Idempotent by id: a record already stored is not written again and
+    /// gets its stored position, so a failed batch can be retried whole.
+    fn insert_batch(&self, records: &mut [InvocationRecord]) -> Result<()>;
+    /// Records in commit order (see [`InvocationQuery`]).
     fn query(&self, project: &str, query: &InvocationQuery) -> Result<Vec<InvocationRecord>>;
     fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>>;
-    /// Drop records that started before `before`, and beyond the newest `keep_per_function` of each
-    /// function (of each project). Returns how many were removed.
+    /// Drop records that started before `before`, and beyond the newest (by position)
+    /// `keep_per_function` of each function (of each project). Returns how many were removed.
+    /// Positions are never reused after a prune.
     fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64>;
     /// Drop every record of a project (the project is being deleted). Returns how many.
     fn delete_project(&self, project: &str) -> Result<u64>;

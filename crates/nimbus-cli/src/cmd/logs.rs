@@ -39,15 +39,15 @@ pub struct InvocationsArgs {
     #[arg(long, env = "NIMBUS_INVOCATIONS_STATUS")]
     pub status: Option<String>,
 
-    /// Only invocations after this id
-    #[arg(long, env = "NIMBUS_INVOCATIONS_AFTER")]
-    pub after: Option<String>,
+    /// Only invocations stored after this position (the SEQ of the last one seen)
+    #[arg(long, value_name = "SEQ", env = "NIMBUS_INVOCATIONS_AFTER")]
+    pub after: Option<u64>,
 
     /// How many to show
     #[arg(short = 'n', long, env = "NIMBUS_INVOCATIONS_LIMIT", default_value_t = 50)]
     pub limit: u32,
 
-    /// Sort order by time
+    /// Order, by position (the order in which invocations were stored)
     #[arg(long, env = "NIMBUS_INVOCATIONS_ORDER", value_parser = ["asc", "desc"], default_value = "desc")]
     pub order: String,
 }
@@ -100,7 +100,7 @@ pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut records = invocations_of(&value)?;
-    records.sort_by(|a, b| a.id.cmp(&b.id)); // oldest first, like a log
+    records.sort_by_key(|r| r.seq); // oldest first, like a log
     if records.is_empty() && !args.follow && !g.json {
         eprintln!("No invocations of {} yet.", args.name);
     }
@@ -110,20 +110,19 @@ pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    let last = records.last().map(|r| r.id.clone());
+    // From the last position printed (0 if none: every record stored since the listing), so
+    // that nothing stored in between is missed.
+    let last = records.last().map_or(0, |r| r.seq);
     follow(&client, &args.name, last, g.json).await
 }
 
-/// Follow the SSE stream, reconnecting after the last id seen if the connection drops.
-async fn follow(
-    client: &Client,
-    name: &str,
-    mut last_id: Option<String>,
-    json: bool,
-) -> Result<ExitCode> {
+/// Follow the SSE stream from after position `last_seq`, reconnecting after the last position
+/// seen if the connection drops. Positions are given when records are stored, so a slow
+/// invocation that ends after faster ones is still seen (ids, made at the start, would skip it).
+async fn follow(client: &Client, name: &str, mut last_seq: u64, json: bool) -> Result<ExitCode> {
     let mut backoff = Duration::from_millis(250);
     loop {
-        let resp = match client.logs_follow(name, last_id.as_deref()).await {
+        let resp = match client.logs_follow(name, Some(last_seq)).await {
             Ok(r) => r,
             // The API said no (function deleted, token revoked): nothing to retry.
             Err(e) if e.chain().any(|c| c.is::<ApiError>()) => return Err(e),
@@ -157,12 +156,12 @@ async fn follow(
                         continue;
                     }
                 };
-                // Ids are time-ordered: after a reconnect, skip anything already printed.
-                if last_id.as_deref().is_some_and(|last| record.id.as_str() <= last) {
+                // After a reconnect, skip anything already printed.
+                if record.seq <= last_seq {
                     continue;
                 }
                 print_record(&record, json)?;
-                last_id = Some(record.id);
+                last_seq = record.seq;
             }
         }
         match dropped {
@@ -197,10 +196,12 @@ pub async fn invocations(g: &GlobalArgs, args: InvocationsArgs) -> Result<ExitCo
         eprintln!("No invocations match.");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table =
-        Table::new(&["TIME", "ID", "FUNCTION", "VERSION", "STATUS", "HTTP", "DURATION", "FUEL"]);
+    let mut table = Table::new(&[
+        "SEQ", "TIME", "ID", "FUNCTION", "VERSION", "STATUS", "HTTP", "DURATION", "FUEL",
+    ]);
     for r in &records {
         table.row(vec![
+            r.seq.to_string(),
             format_time(r.started_at),
             r.id.clone(),
             r.function.clone(),
@@ -221,6 +222,7 @@ mod tests {
 
     fn record() -> InvocationRecord {
         InvocationRecord {
+            seq: 42,
             id: "0190a000-0000-7000-8000-000000000001".into(),
             project: "default".into(),
             function: "hello".into(),

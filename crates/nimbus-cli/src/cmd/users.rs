@@ -75,9 +75,9 @@ pub struct SetClaimsArgs {
 
 #[derive(Args)]
 pub struct EventsArgs {
-    /// Only events after this id
-    #[arg(long, value_name = "ID", env = "NIMBUS_EVENTS_AFTER")]
-    pub after: Option<String>,
+    /// Only events recorded after this position (the SEQ of the last event seen)
+    #[arg(long, value_name = "SEQ", env = "NIMBUS_EVENTS_AFTER")]
+    pub after: Option<u64>,
     /// How many events to show
     #[arg(short = 'n', long, env = "NIMBUS_EVENTS_LIMIT")]
     pub limit: Option<u32>,
@@ -122,6 +122,7 @@ impl UserView {
 
 #[derive(Deserialize)]
 struct EventView {
+    seq: u64,
     id: String,
     #[serde(rename = "type")]
     kind: String,
@@ -266,7 +267,7 @@ async fn set_disabled(g: &GlobalArgs, id: &str, disabled: bool) -> Result<()> {
 }
 
 pub async fn events(g: &GlobalArgs, args: EventsArgs) -> Result<ExitCode> {
-    let value = g.client()?.events(args.after.as_deref(), args.limit).await?;
+    let value = g.client()?.events(args.after, args.limit).await?;
     if g.json {
         print_json(&value)?;
         return Ok(ExitCode::SUCCESS);
@@ -276,7 +277,7 @@ pub async fn events(g: &GlobalArgs, args: EventsArgs) -> Result<ExitCode> {
         eprintln!("No events.");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&["TIME", "ID", "TYPE", "SUBJECT", "DATA"]);
+    let mut table = Table::new(&["SEQ", "TIME", "ID", "TYPE", "SUBJECT", "DATA"]);
     for e in &events {
         let data = match &e.data {
             Value::Null => String::new(),
@@ -284,6 +285,7 @@ pub async fn events(g: &GlobalArgs, args: EventsArgs) -> Result<ExitCode> {
             d => d.to_string(),
         };
         table.row(vec![
+            e.seq.to_string(),
             format_time(e.created_at),
             e.id.clone(),
             e.kind.clone(),
@@ -292,6 +294,12 @@ pub async fn events(g: &GlobalArgs, args: EventsArgs) -> Result<ExitCode> {
         ]);
     }
     table.print()?;
+    // A full page (the server's default is 100): there may be more after the last position.
+    if let Some(last) = events.last()
+        && events.len() == args.limit.unwrap_or(100) as usize
+    {
+        eprintln!("More events: `nimbus events --after {}`", last.seq);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,7 @@ use nimbus_auth::{EmailMessage, Event, User, UserPage};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::invocations::parse_position;
 use crate::app::{AppState, Caller};
 use crate::error::{ApiError, ErrorBody};
 
@@ -111,7 +112,11 @@ pub(crate) async fn revoke_sessions(
 
 #[derive(Deserialize, IntoParams)]
 pub(crate) struct EventQuery {
+    /// Only events recorded after this position: the `seq` of the last event seen. Positions
+    /// are given in the transaction that records an event, so paging with them misses none.
+    #[param(value_type = Option<u64>)]
     after: Option<String>,
+    /// 1-1000, default 100.
     limit: Option<u32>,
 }
 
@@ -121,17 +126,17 @@ pub(crate) struct EventList {
     events: Vec<Event>,
 }
 
-/// Auth events (user.created, user.deleted, user.signed_in), oldest first, recorded in the same
-/// transaction as the change.
+/// Auth events (user.created, user.deleted, user.signed_in), recorded in the same transaction as
+/// the change, in the order they were recorded (by `seq`).
 #[utoipa::path(get, path = "/v1/events", tag = "users", params(EventQuery),
-    responses((status = 200, body = EventList)))]
+    responses((status = 200, body = EventList), (status = 400, body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    let events =
-        state.auth.list_events(&caller.project, q.after.as_deref(), q.limit.unwrap_or(100)).await?;
+    let after = parse_position(q.after.as_deref())?;
+    let events = state.auth.list_events(&caller.project, after, q.limit.unwrap_or(100)).await?;
     Ok(Json(EventList { events }))
 }
 

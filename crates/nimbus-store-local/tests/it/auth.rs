@@ -248,3 +248,63 @@ fn pruning_removes_only_what_can_no_longer_be_used() {
         RefreshOutcome::Reused { session: "s1".into() }
     );
 }
+
+/// An event's id is made before its transaction; a slow writer commits it after a faster one
+/// whose id is newer. A reader paging "after the last event seen" by id skipped it; by position
+/// (assigned in the transaction) it does not.
+#[test]
+fn a_reader_gets_an_event_committed_after_a_newer_one() {
+    let (_dir, s) = open();
+    let (slow_id, fast_id) = ("0193-0001", "0193-0002"); // the slow change made its id first
+    let create = |user_id: &str, event_id: &str| {
+        let u = user(user_id, DEFAULT_PROJECT, None);
+        s.create_user(DEFAULT_PROJECT, &u, &[], &[ev(event_id, "user.created", user_id)]).unwrap();
+    };
+    create("fast", fast_id);
+    let seen = s.list_events(DEFAULT_PROJECT, None, 10).unwrap();
+    assert_eq!(seen.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [fast_id]);
+    let cursor = seen[0].seq;
+
+    create("slow", slow_id);
+    let next = s.list_events(DEFAULT_PROJECT, Some(cursor), 10).unwrap();
+    assert_eq!(next.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [slow_id]);
+    assert!(next[0].seq > cursor);
+    assert_eq!(next[0].subject, "slow");
+    // Everything, in commit order.
+    let all = s.list_events(DEFAULT_PROJECT, Some(0), 10).unwrap();
+    assert_eq!(all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [fast_id, slow_id]);
+}
+
+/// Deleting a project removes its events, the newest included; their positions are not given
+/// again, so a consumer reading every project's events past them misses nothing.
+#[test]
+fn event_positions_survive_deleting_the_newest_events() {
+    let (_dir, s) = open();
+    s.create_project(&ProjectRecord {
+        id: "b".into(),
+        slug: "b".into(),
+        name: "B".into(),
+        created_at: 1,
+    })
+    .unwrap();
+    s.create_user(
+        DEFAULT_PROJECT,
+        &user("u1", DEFAULT_PROJECT, None),
+        &[],
+        &[ev("e1", "user.created", "u1")],
+    )
+    .unwrap();
+    s.create_user("b", &user("u2", "b", None), &[], &[ev("e2", "user.created", "u2")]).unwrap();
+    let b_seq = s.list_events("b", None, 10).unwrap()[0].seq;
+    assert!(s.delete_project("b").unwrap());
+    s.create_user(
+        DEFAULT_PROJECT,
+        &user("u3", DEFAULT_PROJECT, None),
+        &[],
+        &[ev("e3", "user.created", "u3")],
+    )
+    .unwrap();
+    let events = s.list_events(DEFAULT_PROJECT, None, 10).unwrap();
+    assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e1", "e3"]);
+    assert!(events[1].seq > b_seq, "{} <= {b_seq}", events[1].seq);
+}

@@ -67,6 +67,7 @@ fn record_in(
     status: InvocationStatus,
 ) -> InvocationRecord {
     InvocationRecord {
+        seq: 0, // given by the store
         // Fixed-width, so string order is numeric order, as with UUIDv7.
         id: format!("{id:020}"),
         project: project.into(),
@@ -197,7 +198,7 @@ fn delete_cascades_but_invocations_remain() {
     deploy(&store, "hello", "one");
     deploy(&store, "hello", "two");
     store.set_secret(P, "hello", "TOKEN", "t").unwrap();
-    store.insert_batch(&[record(1, "hello", 100, InvocationStatus::Ok)]).unwrap();
+    store.insert_batch(&mut [record(1, "hello", 100, InvocationStatus::Ok)]).unwrap();
 
     assert!(store.delete_function(P, "hello").unwrap());
     assert!(!store.delete_function(P, "hello").unwrap());
@@ -221,11 +222,11 @@ fn invocation_round_trip_and_query() {
         let status = if i % 5 == 0 { InvocationStatus::Trap } else { InvocationStatus::Ok };
         records.push(record(i, function, 1000 + i as i64, status));
     }
-    store.insert_batch(&records[..10]).unwrap();
-    store.insert_batch(&records[10..]).unwrap();
+    store.insert_batch(&mut records[..10]).unwrap();
+    store.insert_batch(&mut records[10..]).unwrap();
     // Inserting again is a no-op (retries are safe).
-    store.insert_batch(&records[5..15]).unwrap();
-    store.insert_batch(&[]).unwrap();
+    store.insert_batch(&mut records[5..15]).unwrap();
+    store.insert_batch(&mut []).unwrap();
 
     let got = store.get(P, &records[4].id).unwrap().unwrap();
     assert_eq!(got, records[4]);
@@ -250,9 +251,9 @@ fn invocation_round_trip_and_query() {
     };
     assert_eq!(ids(&store.query(P, &q).unwrap()), [5, 10, 20, 25]);
 
-    // Following: after_id, oldest first, in pages.
+    // Following: after a position, oldest first, in pages.
     let q = InvocationQuery {
-        after_id: Some(records[19].id.clone()),
+        after: Some(records[19].seq),
         ascending: true,
         limit: Some(4),
         ..Default::default()
@@ -268,8 +269,8 @@ fn invocation_round_trip_and_query() {
 #[test]
 fn query_limit_defaults_to_100_and_caps_at_1000() {
     let store = SqliteStore::open_in_memory().unwrap();
-    let records: Vec<_> = (1..=1100).map(|i| record(i, "a", 1, InvocationStatus::Ok)).collect();
-    store.insert_batch(&records).unwrap();
+    let mut records: Vec<_> = (1..=1100).map(|i| record(i, "a", 1, InvocationStatus::Ok)).collect();
+    store.insert_batch(&mut records).unwrap();
     assert_eq!(store.query(P, &InvocationQuery::default()).unwrap().len(), 100);
     let q = InvocationQuery { limit: Some(5000), ..Default::default() };
     assert_eq!(store.query(P, &q).unwrap().len(), 1000);
@@ -283,7 +284,7 @@ fn prune_by_age_and_by_count() {
     let mut records: Vec<_> =
         (1..=10).map(|i| record(i, "a", i as i64 * 100, InvocationStatus::Ok)).collect();
     records.extend((11..=13).map(|i| record(i, "b", i as i64 * 100, InvocationStatus::Ok)));
-    store.insert_batch(&records).unwrap();
+    store.insert_batch(&mut records).unwrap();
 
     // By age only.
     assert_eq!(store.prune(350, u32::MAX).unwrap(), 3);
@@ -304,14 +305,15 @@ fn prune_by_age_and_by_count() {
 fn everything_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nimbus.db");
-    let records: Vec<_> = (1..=5).map(|i| record(i, "hello", 10, InvocationStatus::Ok)).collect();
+    let mut records: Vec<_> =
+        (1..=5).map(|i| record(i, "hello", 10, InvocationStatus::Ok)).collect();
     let before = {
         let store = SqliteStore::open(&path).unwrap();
         deploy(&store, "hello", "one");
         deploy(&store, "hello", "two");
         store.set_active_version(P, "hello", 1).unwrap();
         store.set_secret(P, "hello", "TOKEN", "t").unwrap();
-        store.insert_batch(&records).unwrap();
+        store.insert_batch(&mut records).unwrap();
         store.get_function(P, "hello").unwrap().unwrap()
     };
     let store = SqliteStore::open(&path).unwrap();
@@ -365,11 +367,11 @@ fn readers_are_not_blocked_by_a_writer_thread() {
         std::thread::spawn(move || {
             let mut next = 1u64;
             for _ in 0..40 {
-                let batch: Vec<_> = (next..next + 250)
+                let mut batch: Vec<_> = (next..next + 250)
                     .map(|i| record(i, "hello", 1, InvocationStatus::Ok))
                     .collect();
                 next += 250;
-                store.insert_batch(&batch).unwrap();
+                store.insert_batch(&mut batch).unwrap();
             }
             done.store(true, Ordering::SeqCst);
             next - 1
@@ -441,21 +443,82 @@ fn database_file_is_private() {
     }
 }
 
+/// `logs -f` pages "after the last record seen". A slow invocation's id (UUIDv7, made when it
+/// started) is older than that of a fast one that started later but was stored first: paging by
+/// id skipped it. By position (assigned when stored) the follower still gets it.
 #[test]
-fn uuid_v7_ids_sort_chronologically() {
+fn a_follower_gets_a_slow_invocation_stored_after_a_faster_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let slow_id = uuid::Uuid::now_v7().to_string(); // the slow request starts...
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let fast_id = uuid::Uuid::now_v7().to_string(); // ...then a fast one, which ends first.
+    assert!(slow_id < fast_id, "the scenario needs the slow id to sort first");
+    let at = |id: &str, i| InvocationRecord {
+        id: id.to_string(),
+        ..record(i, "hello", 1, InvocationStatus::Ok)
+    };
+
+    let mut fast = [at(&fast_id, 1)];
+    store.insert_batch(&mut fast).unwrap();
+    let follow = |after| InvocationQuery {
+        function: Some("hello".into()),
+        after,
+        ascending: true,
+        ..Default::default()
+    };
+    let seen = store.query(P, &follow(None)).unwrap();
+    assert_eq!(seen, fast);
+    let cursor = seen.last().unwrap().seq;
+
+    let mut slow = [at(&slow_id, 2)];
+    store.insert_batch(&mut slow).unwrap();
+    assert!(slow[0].seq > cursor, "{} <= {cursor}", slow[0].seq);
+    assert_eq!(store.query(P, &follow(Some(cursor))).unwrap(), slow);
+    // Across functions too, and the listing shows them in the order they were stored.
+    let q = InvocationQuery { after: Some(cursor), ascending: true, ..Default::default() };
+    assert_eq!(store.query(P, &q).unwrap(), slow);
+    let newest_first = store.query(P, &InvocationQuery::default()).unwrap();
+    assert_eq!(newest_first, [slow[0].clone(), fast[0].clone()]);
+}
+
+#[test]
+fn positions_follow_storage_order_and_are_never_reused() {
     let store = SqliteStore::open_in_memory().unwrap();
-    let records: Vec<_> = (0..50)
+    // Stored in reverse id order, in three batches: read back in the order stored.
+    let mut records: Vec<_> = (0..30)
+        .rev()
         .map(|i| InvocationRecord {
             id: uuid::Uuid::now_v7().to_string(),
             ..record(i, "a", 1, InvocationStatus::Ok)
         })
         .collect();
-    // Inserted out of order; read back in creation order.
-    let mut shuffled = records.clone();
-    shuffled.reverse();
-    store.insert_batch(&shuffled).unwrap();
+    for chunk in records.chunks_mut(10) {
+        store.insert_batch(chunk).unwrap();
+    }
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
     let asc = InvocationQuery { ascending: true, ..Default::default() };
     assert_eq!(store.query(P, &asc).unwrap(), records);
+
+    // A retried batch keeps the positions first given; nothing is stored twice.
+    let before: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let mut again = records[5..15].to_vec();
+    for r in &mut again {
+        r.seq = 0;
+    }
+    store.insert_batch(&mut again).unwrap();
+    assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), before[5..15]);
+    assert_eq!(store.query(P, &asc).unwrap().len(), 30);
+
+    // Pruning everything, the newest included, does not hand their positions out again: a
+    // follower whose cursor is at the newest pruned record still sees the next one.
+    let newest = records.last().unwrap().seq;
+    assert_eq!(store.prune(i64::MAX, u32::MAX).unwrap(), 30);
+    let mut next = [record(100, "a", 1, InvocationStatus::Ok)];
+    store.insert_batch(&mut next).unwrap();
+    assert!(next[0].seq > newest, "{} <= {newest}", next[0].seq);
+    let q = InvocationQuery { after: Some(newest), ..Default::default() };
+    assert_eq!(store.query(P, &q).unwrap(), next);
 }
 
 #[test]
@@ -464,7 +527,7 @@ fn reads_do_not_wait_for_an_open_write_transaction() {
     let path = dir.path().join("nimbus.db");
     let store = SqliteStore::open(&path).unwrap();
     deploy(&store, "hello", "one");
-    store.insert_batch(&[record(1, "hello", 1, InvocationStatus::Ok)]).unwrap();
+    store.insert_batch(&mut [record(1, "hello", 1, InvocationStatus::Ok)]).unwrap();
 
     // Another connection holds the database's write lock with uncommitted rows in it.
     let mut other = rusqlite::Connection::open(&path).unwrap();
@@ -617,13 +680,13 @@ fn invocation_records_are_scoped_to_their_project() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     // Same function name in both projects; ids interleave.
-    let records: Vec<_> = (1..=10)
+    let mut records: Vec<_> = (1..=10)
         .map(|i| {
             let project = if i % 2 == 0 { "a" } else { "b" };
             record_in(project, i, "hello", i as i64, InvocationStatus::Ok)
         })
         .collect();
-    store.insert_batch(&records).unwrap();
+    store.insert_batch(&mut records).unwrap();
 
     let asc = InvocationQuery { ascending: true, ..Default::default() };
     let a = store.query("a", &asc).unwrap();
@@ -635,7 +698,7 @@ fn invocation_records_are_scoped_to_their_project() {
     let by_fn = InvocationQuery { function: Some("hello".into()), ..Default::default() };
     assert_eq!(ids(&store.query("b", &by_fn).unwrap()), [9, 7, 5, 3, 1]);
     let follow = InvocationQuery {
-        after_id: Some(records[0].id.clone()),
+        after: Some(records[0].seq),
         ascending: true,
         limit: Some(2),
         ..Default::default()
@@ -656,7 +719,7 @@ fn prune_keeps_the_newest_per_function_of_each_project() {
     let mut records: Vec<_> =
         (1..=5).map(|i| record_in("a", i, "hello", 100, InvocationStatus::Ok)).collect();
     records.extend((6..=8).map(|i| record_in("b", i, "hello", 100, InvocationStatus::Ok)));
-    store.insert_batch(&records).unwrap();
+    store.insert_batch(&mut records).unwrap();
 
     // Keeping 2 per function: 2 of a's and 2 of b's, not 2 of "hello" overall.
     assert_eq!(store.prune(0, 2).unwrap(), 4);
