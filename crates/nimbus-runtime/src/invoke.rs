@@ -10,7 +10,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -139,9 +139,19 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let tick = self.config.epoch_tick.as_nanos().max(1);
-        store.set_epoch_deadline((params.timeout.as_nanos() / tick) as u64 + 1);
-        store.epoch_deadline_trap();
+        // At every epoch tick a guest running wasm gives its thread back (tokio's `yield_now`
+        // puts it behind every other ready task), so spinning guests take turns with the rest
+        // of the pool instead of holding a thread until their timeout; past the deadline the
+        // tick traps instead.
+        let deadline = Instant::now() + params.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
 
         let fail_early = |error: String, on_finish: Box<dyn FnOnce(Outcome) + Send>| {
             on_finish(finish(OutcomeStatus::Error, Some(error), None, 0, 0, Duration::ZERO, &logs));
@@ -178,7 +188,8 @@ impl Runtime {
         let pre = component.pre.clone();
         let timeout = params.timeout;
         let task_logs = logs.clone();
-        let task = tokio::spawn(async move {
+        // On the guest pool, never on the caller's runtime: see `GuestPool`.
+        let task = self.guests.handle().spawn(async move {
             let mut instantiate = Duration::ZERO;
             let run = async {
                 let start = Instant::now();

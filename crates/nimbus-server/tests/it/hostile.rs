@@ -53,6 +53,76 @@ async fn infinite_loop_times_out_while_others_keep_serving() {
     s.stop().await;
 }
 
+/// GET `path` with a hard bound: the time it took, or a panic naming what stalled.
+async fn answers_within(s: &TestServer, path: &str, bound: Duration) -> Duration {
+    let start = Instant::now();
+    let request = match path.starts_with("/v1/") {
+        true => s.api(reqwest::Method::GET, path),
+        false => s.client.get(s.url(path)),
+    };
+    let r = tokio::time::timeout(bound, request.send())
+        .await
+        .unwrap_or_else(|_| panic!("{path} did not answer within {bound:?}"))
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    // The timer runs on the same runtime as the server: if that stalls, it fires late.
+    let took = start.elapsed();
+    assert!(took < bound, "{path} took {took:?}");
+    took
+}
+
+/// Issue 6.1: four times as many spinning guests as this machine's cores, with a long timeout,
+/// must not stall the node's own endpoints or other functions while they spin, and must still be
+/// stopped at their timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guests_never_starve_the_node() {
+    const SPINNERS: usize = 8;
+    const TIMEOUT: Duration = Duration::from_secs(6);
+    const BOUND: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", json!({"name": "hello", "routes": ["/hello"]})).await;
+    s.deploy(
+        "spin",
+        json!({"name": "spin", "routes": ["/spin"], "limits": {"timeout_ms": TIMEOUT.as_millis() as u64}}),
+    )
+    .await;
+
+    let start = Instant::now();
+    let spinners: Vec<_> = (0..SPINNERS)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), s.url("/spin"));
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                (r.status().as_u16(), start.elapsed())
+            })
+        })
+        .collect();
+    // Let every spinner get into its loop, then probe while they spin.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        for path in ["/healthz", "/hello", "/v1/functions"] {
+            worst = worst.max(answers_within(&s, path, BOUND).await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(start.elapsed() < TIMEOUT, "the probes must run while the guests spin");
+    assert!(
+        spinners.iter().all(|t| !t.is_finished()),
+        "the spinners must still be running while the node answers"
+    );
+    for spinner in spinners {
+        let (status, took) = spinner.await.unwrap();
+        assert_eq!(status, 504);
+        assert!(took >= TIMEOUT && took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
+    }
+    let records = s.records("spin", SPINNERS).await;
+    assert!(records.iter().all(|r| r["status"] == "timeout"), "{records:?}");
+    eprintln!("30 probes while {SPINNERS} guests spun; slowest {worst:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn blocked_guest_times_out_too() {
     let dir = tempfile::tempdir().unwrap();
