@@ -133,7 +133,7 @@ impl Runtime {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks { policy: params.outbound.clone() },
+            hooks: OutboundHooks { policy: params.outbound.clone(), net: self.net.clone() },
             limiter: GuestLimiter::new(params.memory_bytes),
             config: params.config.0.clone(),
         };

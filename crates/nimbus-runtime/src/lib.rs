@@ -13,6 +13,7 @@
 mod engine;
 mod host;
 mod invoke;
+mod net;
 mod validate;
 
 use std::path::Path;
@@ -28,6 +29,8 @@ pub use host::OutboundPolicy;
 pub use invoke::{
     BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
 };
+pub use ipnet::IpNet;
+pub use net::{NetPolicy, internal_range};
 pub use validate::DeployError;
 
 use host::HostState;
@@ -46,6 +49,9 @@ pub struct RuntimeConfig {
     /// Threads of the guest pool: the tokio runtime that runs every guest, apart from the
     /// workers that serve I/O, so guests cannot occupy those. 0 means one per core.
     pub guest_threads: usize,
+    /// Networks guests may reach although they are internal (loopback, private, link-local,
+    /// metadata...: denied by default, whatever a function's allow-list says).
+    pub outbound_allow_nets: Vec<IpNet>,
 }
 
 impl Default for RuntimeConfig {
@@ -56,6 +62,7 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(10),
             log_bytes_per_invocation: 64 << 10,
             guest_threads: 0,
+            outbound_allow_nets: Vec::new(),
         }
     }
 }
@@ -78,6 +85,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
     guests: GuestPool,
+    net: Arc<NetPolicy>,
 }
 
 /// The tokio runtime guests run on (`nimbus-guest` threads). A guest yields at every epoch tick,
@@ -149,7 +157,8 @@ impl Runtime {
         let guests = GuestPool::new(config.guest_threads).map_err(RuntimeError::GuestPool)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());
-        Ok(Runtime { engine, linker, config, ticker_stop, guests })
+        let net = Arc::new(NetPolicy::new(config.outbound_allow_nets.clone()));
+        Ok(Runtime { engine, linker, config, ticker_stop, guests, net })
     }
 
     pub fn config(&self) -> &RuntimeConfig {

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub smtp: Option<SmtpConfig>,
     /// Reverse proxies whose `X-Forwarded-For` is believed when counting per-IP rate limits.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Internal networks (loopback, private, link-local, metadata...) that guests may reach with
+    /// outbound HTTP; all others of those are denied, whatever a function's allow-list says.
+    pub outbound_allow_nets: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             smtp: None,
             trusted_proxies: Vec::new(),
+            outbound_allow_nets: Vec::new(),
         }
     }
 }
@@ -99,6 +103,7 @@ impl Server {
             max_instances: config.instance_pool_size,
             max_memory_bytes: config.limits.ceilings.memory_bytes,
             log_bytes_per_invocation: config.log_bytes_per_invocation,
+            outbound_allow_nets: config.outbound_allow_nets.clone(),
             ..RuntimeConfig::default()
         })?;
         let mailer: Arc<dyn Mailer> = match &config.smtp {

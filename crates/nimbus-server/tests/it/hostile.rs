@@ -332,7 +332,10 @@ async fn outbound_http_is_denied_unless_allowed() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path()).await;
+    // The upstream is on loopback, which guests reach only when the operator allows it.
+    let mut config = crate::common::test_config(dir.path());
+    config.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    let s = TestServer::start_with(config).await;
     s.deploy("outbound", json!({"name": "closed", "routes": ["/closed"]})).await;
     s.deploy("outbound", json!({"name": "open", "routes": ["/open"], "outbound_hosts": [format!("127.0.0.1:{port}")]}))
         .await;
@@ -345,5 +348,56 @@ async fn outbound_http_is_denied_unless_allowed() {
     // The allow-list is per host and port.
     let r = s.get(&format!("/open?url=http://127.0.0.1:{}/", port.wrapping_add(1))).await;
     assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
+    s.stop().await;
+}
+
+/// Issue 6.3: a function that puts the node's own address on its allow-list (as an IP, or as a
+/// name that resolves to loopback) still cannot reach it, nor cloud metadata: the operator's
+/// network policy is checked on the resolved address. With the operator's allow-net it works.
+#[tokio::test]
+async fn guests_cannot_reach_internal_addresses_unless_the_operator_allows() {
+    async fn fetch(s: &TestServer, url: &str) -> String {
+        s.get(&format!("/out?url={url}")).await.text().await.unwrap()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let port = s.addr.port();
+    let hosts = [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "169.254.169.254".to_string(),
+    ];
+    s.deploy("outbound", json!({"name": "out", "routes": ["/out"], "outbound_hosts": hosts})).await;
+    for url in [
+        format!("http://127.0.0.1:{port}/metrics"),
+        format!("http://localhost:{port}/metrics"),
+        format!("http://[::1]:{port}/metrics"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ] {
+        let start = Instant::now();
+        let answer = fetch(&s, &url).await;
+        assert_eq!(answer, "error ErrorCode::DestinationIpProhibited", "{url}");
+        assert!(start.elapsed() < Duration::from_secs(5), "denied before connecting: {url}");
+    }
+    s.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::test_config(dir.path());
+    config.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    let s = TestServer::start_with(config).await;
+    let port = s.addr.port();
+    let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")];
+    s.deploy("outbound", json!({"name": "out", "routes": ["/out"], "outbound_hosts": hosts})).await;
+    // `/metrics` answers (whatever its status): the guest reached the node.
+    for url in
+        [format!("http://127.0.0.1:{port}/metrics"), format!("http://localhost:{port}/metrics")]
+    {
+        let answer = fetch(&s, &url).await;
+        assert!(answer.starts_with("ok "), "{url}: {answer}");
+    }
+    // ::1 is loopback too, but not in 127.0.0.0/8.
+    let answer = fetch(&s, &format!("http://[::1]:{port}/metrics")).await;
+    assert_eq!(answer, "error ErrorCode::DestinationIpProhibited");
     s.stop().await;
 }
