@@ -401,3 +401,67 @@ async fn guests_cannot_reach_internal_addresses_unless_the_operator_allows() {
     assert_eq!(answer, "error ErrorCode::DestinationIpProhibited");
     s.stop().await;
 }
+
+/// Send `request` on a fresh connection and read until the server closes it (bounded).
+async fn raw_exchange(s: &TestServer, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 8192];
+        // A reset is as much an end as EOF here: what matters is what arrived before it.
+        while let Ok(n @ 1..) = tcp.read(&mut chunk).await {
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server neither finished nor aborted the response within 10 s");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Issue 6.9: a guest that fails after sending its response head must not produce a response
+/// that looks complete: no terminating chunk, and clients see an error. A finished body still
+/// ends cleanly.
+#[tokio::test]
+async fn a_response_cut_short_by_a_failing_guest_is_not_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("trap", json!({"name": "trap", "routes": ["/trap"], "limits": {"timeout_ms": 500}}))
+        .await;
+    s.deploy("echo", json!({"name": "echo", "routes": ["/echo"]})).await;
+
+    for path in ["/trap?partial=3000&wait_ms=200", "/trap?partial=3000&then=spin"] {
+        let response = raw_exchange(
+            &s,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response:.200}");
+        assert!(response.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{path}");
+        assert!(response.contains(&"x".repeat(3000)), "{path}: the body written so far arrives");
+        assert!(!response.ends_with("0\r\n\r\n"), "{path}: no terminating chunk: {response:?}");
+        let start = Instant::now();
+        // The abort can come before or after hyper has flushed the head: an error either way.
+        let body = match s.client.get(s.url(path)).send().await {
+            Ok(r) => r.bytes().await.map(|b| b.len()),
+            Err(e) => Err(e),
+        };
+        assert!(body.is_err(), "{path}: reqwest must see the response fail: {body:?}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{path}");
+    }
+    let records = s.records("trap", 4).await;
+    assert!(records.iter().any(|r| r["status"] == "trap"), "{records:?}");
+    assert!(records.iter().any(|r| r["status"] == "timeout"), "{records:?}");
+
+    // A body the guest finished ends with the terminating chunk.
+    let response = raw_exchange(
+        &s,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{response}");
+    assert!(response.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{response:?}");
+    s.stop().await;
+}
