@@ -5,6 +5,7 @@
 #   bench/starvation.sh                      # release build of nimbus-cli, then measure
 #   SKIP_BUILD=1 bench/starvation.sh         # reuse target/release/nimbus and the built guests
 #   NIMBUS_BIN=target/debug/nimbus SKIP_BUILD=1 bench/starvation.sh   # against another binary
+#   HELLO_WASM=... SPIN_WASM=...     # other guests (default: examples/hello, test-programs/spin)
 #
 # Knobs (environment): SPINNERS (default 4 x cores), SPIN_TIMEOUT=10s, WRK_DURATION=10s,
 # WRK_CONNECTIONS=2 (each is a closed loop: a prober, not a load test), WRK_TIMEOUT=30s (a stall
@@ -26,8 +27,8 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 BENCH_KEEP=${BENCH_KEEP:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 NIMBUS_BIN=${NIMBUS_BIN:-$TARGET_DIR/release/nimbus}
-HELLO_WASM=$ROOT/examples/target/wasm32-wasip2/release/hello.wasm
-SPIN_WASM=$ROOT/crates/test-programs/target/wasm32-wasip2/release/spin.wasm
+HELLO_WASM=${HELLO_WASM:-$ROOT/examples/target/wasm32-wasip2/release/hello.wasm}
+SPIN_WASM=${SPIN_WASM:-$ROOT/crates/test-programs/target/wasm32-wasip2/release/spin.wasm}
 
 WORK=$(mktemp -d -t nimbus-starvation.XXXXXX)
 SERVER_PID=""
