@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::net::NetPolicy;
 use parking_lot::Mutex;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -36,7 +37,8 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Which hosts a function may reach with outbound HTTP. Empty denies everything.
+/// Which hosts a function may reach with outbound HTTP. Empty denies everything. The addresses
+/// an allowed host resolves to must also pass the operator's [`NetPolicy`].
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
     /// `host`, `host:port`, or `*.domain` (any subdomain, any port unless given).
@@ -72,7 +74,10 @@ impl OutboundPolicy {
 }
 
 pub(crate) struct OutboundHooks {
+    /// The function's host allow-list.
     pub(crate) policy: Arc<OutboundPolicy>,
+    /// The operator's network policy, checked on the resolved address.
+    pub(crate) net: Arc<NetPolicy>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -98,11 +103,8 @@ impl WasiHttpHooks for OutboundHooks {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         drop(fut);
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
-        })
+        let net = self.net.clone();
+        Box::new(crate::net::send_request(net, request, options))
     }
 }
 

@@ -1,7 +1,9 @@
 //! One invocation: a fresh store and instance per request, limits applied, outcome reported.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -30,6 +32,9 @@ pub enum BodyError {
     TooLarge { limit: u64 },
     #[error("body stream failed: {0}")]
     Broken(String),
+    /// The guest failed (trapped, timed out) before finishing its response body.
+    #[error("the function failed before finishing its response body")]
+    Truncated,
 }
 
 /// Per-invocation settings, resolved from the function's version and secrets.
@@ -133,15 +138,25 @@ impl Runtime {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks { policy: params.outbound.clone() },
+            hooks: OutboundHooks { policy: params.outbound.clone(), net: self.net.clone() },
             limiter: GuestLimiter::new(params.memory_bytes),
             config: params.config.0.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let tick = self.config.epoch_tick.as_nanos().max(1);
-        store.set_epoch_deadline((params.timeout.as_nanos() / tick) as u64 + 1);
-        store.epoch_deadline_trap();
+        // At every epoch tick a guest running wasm gives its thread back (tokio's `yield_now`
+        // puts it behind every other ready task), so spinning guests take turns with the rest
+        // of the pool instead of holding a thread until their timeout; past the deadline the
+        // tick traps instead.
+        let deadline = Instant::now() + params.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
 
         let fail_early = |error: String, on_finish: Box<dyn FnOnce(Outcome) + Send>| {
             on_finish(finish(OutcomeStatus::Error, Some(error), None, 0, 0, Duration::ZERO, &logs));
@@ -178,13 +193,20 @@ impl Runtime {
         let pre = component.pre.clone();
         let timeout = params.timeout;
         let task_logs = logs.clone();
-        let task = tokio::spawn(async move {
+        // On the guest pool, never on the caller's runtime: see `GuestPool`.
+        let end = Arc::new(AtomicU8::new(RUNNING));
+        let task_end = end.clone();
+        let task = self.guests.handle().spawn(async move {
+            // Holds the store so that how the guest ended is set before the store (and with it
+            // the sending half of the response body) is dropped, even on a panic.
+            let mut guard = EndGuard { store, end: task_end };
+            let store = &mut guard.store;
             let mut instantiate = Duration::ZERO;
             let run = async {
                 let start = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = pre.instantiate_async(&mut *store).await?;
                 instantiate = start.elapsed();
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                proxy.wasi_http_incoming_handler().call_handle(&mut *store, req, out).await
             };
             // Epoch interruption stops a guest spinning in wasm; this timer also stops one that
             // is parked in a host call (a sleep, a slow outbound request).
@@ -227,13 +249,15 @@ impl Runtime {
                 }
                 code => u16::try_from(code).ok(),
             };
+            let ended = if status == OutcomeStatus::Ok { ENDED_OK } else { ENDED_BADLY };
+            guard.end.store(ended, Ordering::Release);
             on_finish(finish(status, error, response_status, fuel, peak, instantiate, &task_logs));
             status
         });
 
         match rx.await {
             Ok(Ok(response)) => Invocation::Responded(
-                response.map(|body| body.map_err(from_wasi_error).boxed_unsync()),
+                response.map(|inner| CheckedBody { inner, end, done: false }.boxed_unsync()),
             ),
             // The guest set an error, or ended without answering: its task has the details.
             Ok(Err(_)) | Err(_) => match task.await {
@@ -245,6 +269,68 @@ impl Runtime {
                 }
             },
         }
+    }
+}
+
+/// How the guest ended, shared by its task and its response body.
+const RUNNING: u8 = 0;
+const ENDED_OK: u8 = 1;
+const ENDED_BADLY: u8 = 2;
+
+struct EndGuard {
+    store: Store<HostState>,
+    end: Arc<AtomicU8>,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        // A task that panicked or was cancelled never set an outcome: that is not a clean end.
+        // (Runs before the fields drop, so before the store.)
+        let _ =
+            self.end.compare_exchange(RUNNING, ENDED_BADLY, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// The guest's response body, which ends cleanly only if the guest finished it.
+///
+/// wasmtime-wasi-http 48 ends the body with an error when the guest drops its `outgoing-body`
+/// without `finish`, but when the guest traps or times out its store is dropped with the body
+/// unfinished, and the body then just ends, as if complete. Its end looks the same in both
+/// cases, so this tells them apart by when it comes: an end while the guest still runs can only
+/// be a `finish`; an end after the guest failed is a truncation (or, rarely, a finish shortly
+/// before the failure: reported as truncated too, as the guest did fail), and becomes an error,
+/// so hyper aborts the connection instead of sending the last chunk.
+struct CheckedBody {
+    inner: UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>,
+    end: Arc<AtomicU8>,
+    done: bool,
+}
+
+impl http_body::Body for CheckedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(frame) => Some(frame.map_err(from_wasi_error)),
+            None => {
+                self.done = true;
+                match self.end.load(Ordering::Acquire) {
+                    ENDED_BADLY => Some(Err(BodyError::Truncated)),
+                    _ => None,
+                }
+            }
+        })
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -280,7 +366,9 @@ fn to_wasi_error(e: BodyError) -> wasmtime_wasi_http::Error {
         BodyError::TooLarge { limit } => {
             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
         }
-        BodyError::Broken(_) => wasmtime_wasi_http::Error::ConnectionTerminated,
+        BodyError::Broken(_) | BodyError::Truncated => {
+            wasmtime_wasi_http::Error::ConnectionTerminated
+        }
     }
 }
 

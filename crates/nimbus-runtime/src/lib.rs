@@ -13,6 +13,7 @@
 mod engine;
 mod host;
 mod invoke;
+mod net;
 mod validate;
 
 use std::path::Path;
@@ -28,6 +29,8 @@ pub use host::OutboundPolicy;
 pub use invoke::{
     BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
 };
+pub use ipnet::IpNet;
+pub use net::{NetPolicy, internal_range};
 pub use validate::DeployError;
 
 use host::HostState;
@@ -43,6 +46,12 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Bytes of stdout + stderr kept per invocation; the rest is dropped and marked truncated.
     pub log_bytes_per_invocation: usize,
+    /// Threads of the guest pool: the tokio runtime that runs every guest, apart from the
+    /// workers that serve I/O, so guests cannot occupy those. 0 means one per core.
+    pub guest_threads: usize,
+    /// Networks guests may reach although they are internal (loopback, private, link-local,
+    /// metadata...: denied by default, whatever a function's allow-list says).
+    pub outbound_allow_nets: Vec<IpNet>,
 }
 
 impl Default for RuntimeConfig {
@@ -52,6 +61,8 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 512 << 20,
             epoch_tick: Duration::from_millis(10),
             log_bytes_per_invocation: 64 << 10,
+            guest_threads: 0,
+            outbound_allow_nets: Vec::new(),
         }
     }
 }
@@ -62,14 +73,54 @@ pub enum RuntimeError {
     Engine(String),
     #[error("loading compiled artifact {path}: {reason}")]
     Artifact { path: String, reason: String },
+    #[error("starting the guest thread pool: {0}")]
+    GuestPool(std::io::Error),
 }
 
-/// The engine, the linker with every host interface Nimbus offers, and the epoch ticker.
+/// The engine, the linker with every host interface Nimbus offers, the epoch ticker, and the
+/// guest pool.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    guests: GuestPool,
+    net: Arc<NetPolicy>,
+}
+
+/// The tokio runtime guests run on (`nimbus-guest` threads). A guest yields at every epoch tick,
+/// which lets other guests on this pool take turns; keeping the pool apart from the caller's
+/// runtime means that even guests that fill it never hold a worker that serves I/O (`/healthz`,
+/// the API). Response bodies and heads cross the two runtimes through channels.
+struct GuestPool(Option<tokio::runtime::Runtime>);
+
+impl GuestPool {
+    fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("nimbus-guest")
+            .enable_all()
+            .build()?;
+        Ok(GuestPool(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("the guest pool lives as long as the Runtime").handle()
+    }
+}
+
+impl Drop for GuestPool {
+    fn drop(&mut self) {
+        // Dropping a tokio runtime blocks, which panics inside another runtime (tests, and the
+        // server's shutdown); guests still running are abandoned, as at process exit.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A compiled, validated component ready to serialize.
@@ -103,9 +154,11 @@ impl Runtime {
                 })
             })
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let guests = GuestPool::new(config.guest_threads).map_err(RuntimeError::GuestPool)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());
-        Ok(Runtime { engine, linker, config, ticker_stop })
+        let net = Arc::new(NetPolicy::new(config.outbound_allow_nets.clone()));
+        Ok(Runtime { engine, linker, config, ticker_stop, guests, net })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -167,8 +220,9 @@ impl Drop for Runtime {
     }
 }
 
-/// Epoch interruption is how wall-clock timeouts stop a spinning guest: one thread bumps the
-/// engine's epoch every tick, and each store traps once its deadline (in ticks) has passed.
+/// Epochs are how a guest spinning in wasm gives its thread back: one thread bumps the engine's
+/// epoch every tick, and at each tick every running store yields (or traps once its wall-clock
+/// deadline has passed).
 fn spawn_epoch_ticker(engine: &Engine, tick: Duration, stop: Arc<AtomicBool>) {
     let weak = engine.weak();
     std::thread::Builder::new()

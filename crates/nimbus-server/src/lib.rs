@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// Also serve `/metrics` without a token on this address (for Prometheus on a private
     /// interface); on the main listener `/metrics` needs the admin token.
     pub metrics_listen: Option<SocketAddr>,
+    /// Internal networks (loopback, private, link-local, metadata...) that guests may reach with
+    /// outbound HTTP; all others of those are denied, whatever a function's allow-list says.
+    pub outbound_allow_nets: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             connections: ConnectionLimits::default(),
             metrics_listen: None,
+            outbound_allow_nets: Vec::new(),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Server {
             max_instances: config.instance_pool_size,
             max_memory_bytes: config.limits.ceilings.memory_bytes,
             log_bytes_per_invocation: config.log_bytes_per_invocation,
+            outbound_allow_nets: config.outbound_allow_nets.clone(),
             ..RuntimeConfig::default()
         })?;
         let mailer: Arc<dyn Mailer> = match &config.smtp {

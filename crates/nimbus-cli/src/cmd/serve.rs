@@ -168,6 +168,11 @@ pub struct ServeArgs {
     /// on the main listener /metrics needs the admin token
     #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// An internal network (CIDR or IP) guests may reach with outbound HTTP. Loopback, private,
+    /// link-local (cloud metadata), CGNAT, multicast and unspecified addresses are denied unless
+    /// listed here, whatever a function's allow-list says. Repeatable
+    #[arg(long = "outbound-allow-net", env = "NIMBUS_OUTBOUND_ALLOW_NETS", value_delimiter = ',', value_parser = parse_net)]
+    pub outbound_allow_nets: Vec<ipnet::IpNet>,
 }
 
 /// One `--rate-limit` override: `None` turns the limit off.
@@ -322,6 +327,7 @@ impl ServeArgs {
                 body_timeout: self.body_timeout,
             },
             metrics_listen: self.metrics_listen,
+            outbound_allow_nets: self.outbound_allow_nets.clone(),
         })
     }
 }
@@ -488,5 +494,29 @@ mod tests {
             assert!(T::try_parse_from(["nimbus", "--rate-limit", bad]).is_err(), "{bad}");
         }
         assert!(T::try_parse_from(["nimbus", "--trusted-proxy", "10.0.0.0/33"]).is_err());
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn outbound_allow_nets_from_flags() {
+        let t = T::try_parse_from(["nimbus"]).unwrap();
+        assert!(t.s.server_config(&t.g).unwrap().outbound_allow_nets.is_empty(), "none by default");
+        let t = T::try_parse_from([
+            "nimbus",
+            "--outbound-allow-net",
+            "127.0.0.0/8,10.1.0.0/16",
+            "--outbound-allow-net",
+            "fd00::1",
+        ])
+        .unwrap();
+        let nets: Vec<String> =
+            t.s.server_config(&t.g)
+                .unwrap()
+                .outbound_allow_nets
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+        assert_eq!(nets, ["127.0.0.0/8", "10.1.0.0/16", "fd00::1/128"]);
+        assert!(T::try_parse_from(["nimbus", "--outbound-allow-net", "localhost"]).is_err());
     }
 }

@@ -53,6 +53,76 @@ async fn infinite_loop_times_out_while_others_keep_serving() {
     s.stop().await;
 }
 
+/// GET `path` with a hard bound: the time it took, or a panic naming what stalled.
+async fn answers_within(s: &TestServer, path: &str, bound: Duration) -> Duration {
+    let start = Instant::now();
+    let request = match path.starts_with("/v1/") {
+        true => s.api(reqwest::Method::GET, path),
+        false => s.client.get(s.url(path)),
+    };
+    let r = tokio::time::timeout(bound, request.send())
+        .await
+        .unwrap_or_else(|_| panic!("{path} did not answer within {bound:?}"))
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    // The timer runs on the same runtime as the server: if that stalls, it fires late.
+    let took = start.elapsed();
+    assert!(took < bound, "{path} took {took:?}");
+    took
+}
+
+/// Issue 6.1: four times as many spinning guests as this machine's cores, with a long timeout,
+/// must not stall the node's own endpoints or other functions while they spin, and must still be
+/// stopped at their timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guests_never_starve_the_node() {
+    const SPINNERS: usize = 8;
+    const TIMEOUT: Duration = Duration::from_secs(6);
+    const BOUND: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", json!({"name": "hello", "routes": ["/hello"]})).await;
+    s.deploy(
+        "spin",
+        json!({"name": "spin", "routes": ["/spin"], "limits": {"timeout_ms": TIMEOUT.as_millis() as u64}}),
+    )
+    .await;
+
+    let start = Instant::now();
+    let spinners: Vec<_> = (0..SPINNERS)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), s.url("/spin"));
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                (r.status().as_u16(), start.elapsed())
+            })
+        })
+        .collect();
+    // Let every spinner get into its loop, then probe while they spin.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        for path in ["/healthz", "/hello", "/v1/functions"] {
+            worst = worst.max(answers_within(&s, path, BOUND).await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(start.elapsed() < TIMEOUT, "the probes must run while the guests spin");
+    assert!(
+        spinners.iter().all(|t| !t.is_finished()),
+        "the spinners must still be running while the node answers"
+    );
+    for spinner in spinners {
+        let (status, took) = spinner.await.unwrap();
+        assert_eq!(status, 504);
+        assert!(took >= TIMEOUT && took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
+    }
+    let records = s.records("spin", SPINNERS).await;
+    assert!(records.iter().all(|r| r["status"] == "timeout"), "{records:?}");
+    eprintln!("30 probes while {SPINNERS} guests spun; slowest {worst:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn blocked_guest_times_out_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,7 +332,10 @@ async fn outbound_http_is_denied_unless_allowed() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path()).await;
+    // The upstream is on loopback, which guests reach only when the operator allows it.
+    let mut config = crate::common::test_config(dir.path());
+    config.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    let s = TestServer::start_with(config).await;
     s.deploy("outbound", json!({"name": "closed", "routes": ["/closed"]})).await;
     s.deploy("outbound", json!({"name": "open", "routes": ["/open"], "outbound_hosts": [format!("127.0.0.1:{port}")]}))
         .await;
@@ -275,5 +348,120 @@ async fn outbound_http_is_denied_unless_allowed() {
     // The allow-list is per host and port.
     let r = s.get(&format!("/open?url=http://127.0.0.1:{}/", port.wrapping_add(1))).await;
     assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
+    s.stop().await;
+}
+
+/// Issue 6.3: a function that puts the node's own address on its allow-list (as an IP, or as a
+/// name that resolves to loopback) still cannot reach it, nor cloud metadata: the operator's
+/// network policy is checked on the resolved address. With the operator's allow-net it works.
+#[tokio::test]
+async fn guests_cannot_reach_internal_addresses_unless_the_operator_allows() {
+    async fn fetch(s: &TestServer, url: &str) -> String {
+        s.get(&format!("/out?url={url}")).await.text().await.unwrap()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let port = s.addr.port();
+    let hosts = [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "169.254.169.254".to_string(),
+    ];
+    s.deploy("outbound", json!({"name": "out", "routes": ["/out"], "outbound_hosts": hosts})).await;
+    for url in [
+        format!("http://127.0.0.1:{port}/metrics"),
+        format!("http://localhost:{port}/metrics"),
+        format!("http://[::1]:{port}/metrics"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ] {
+        let start = Instant::now();
+        let answer = fetch(&s, &url).await;
+        assert_eq!(answer, "error ErrorCode::DestinationIpProhibited", "{url}");
+        assert!(start.elapsed() < Duration::from_secs(5), "denied before connecting: {url}");
+    }
+    s.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::test_config(dir.path());
+    config.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    let s = TestServer::start_with(config).await;
+    let port = s.addr.port();
+    let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")];
+    s.deploy("outbound", json!({"name": "out", "routes": ["/out"], "outbound_hosts": hosts})).await;
+    // `/metrics` answers (whatever its status): the guest reached the node.
+    for url in
+        [format!("http://127.0.0.1:{port}/metrics"), format!("http://localhost:{port}/metrics")]
+    {
+        let answer = fetch(&s, &url).await;
+        assert!(answer.starts_with("ok "), "{url}: {answer}");
+    }
+    // ::1 is loopback too, but not in 127.0.0.0/8.
+    let answer = fetch(&s, &format!("http://[::1]:{port}/metrics")).await;
+    assert_eq!(answer, "error ErrorCode::DestinationIpProhibited");
+    s.stop().await;
+}
+
+/// Send `request` on a fresh connection and read until the server closes it (bounded).
+async fn raw_exchange(s: &TestServer, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 8192];
+        // A reset is as much an end as EOF here: what matters is what arrived before it.
+        while let Ok(n @ 1..) = tcp.read(&mut chunk).await {
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server neither finished nor aborted the response within 10 s");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Issue 6.9: a guest that fails after sending its response head must not produce a response
+/// that looks complete: no terminating chunk, and clients see an error. A finished body still
+/// ends cleanly.
+#[tokio::test]
+async fn a_response_cut_short_by_a_failing_guest_is_not_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("trap", json!({"name": "trap", "routes": ["/trap"], "limits": {"timeout_ms": 500}}))
+        .await;
+    s.deploy("echo", json!({"name": "echo", "routes": ["/echo"]})).await;
+
+    for path in ["/trap?partial=3000&wait_ms=200", "/trap?partial=3000&then=spin"] {
+        let response = raw_exchange(
+            &s,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response:.200}");
+        assert!(response.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{path}");
+        assert!(response.contains(&"x".repeat(3000)), "{path}: the body written so far arrives");
+        assert!(!response.ends_with("0\r\n\r\n"), "{path}: no terminating chunk: {response:?}");
+        let start = Instant::now();
+        // The abort can come before or after hyper has flushed the head: an error either way.
+        let body = match s.client.get(s.url(path)).send().await {
+            Ok(r) => r.bytes().await.map(|b| b.len()),
+            Err(e) => Err(e),
+        };
+        assert!(body.is_err(), "{path}: reqwest must see the response fail: {body:?}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{path}");
+    }
+    let records = s.records("trap", 4).await;
+    assert!(records.iter().any(|r| r["status"] == "trap"), "{records:?}");
+    assert!(records.iter().any(|r| r["status"] == "timeout"), "{records:?}");
+
+    // A body the guest finished ends with the terminating chunk.
+    let response = raw_exchange(
+        &s,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{response}");
+    assert!(response.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{response:?}");
     s.stop().await;
 }
