@@ -168,6 +168,7 @@ pub struct ServeArgs {
     /// on the main listener /metrics needs the admin token
     #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
     /// An internal network (CIDR or IP) guests may reach with outbound HTTP. Loopback, private,
     /// link-local (cloud metadata), CGNAT, multicast and unspecified addresses are denied unless
     /// listed here, whatever a function's allow-list says. Repeatable
