@@ -59,20 +59,33 @@ impl RateLimit {
     }
 }
 
-/// Limits per client IP and per account (email, or refresh token family) for each guarded action.
-/// `None` disables that limit.
+/// Limits per client IP and per account for each unauthenticated (or cheaply authenticated) auth
+/// endpoint. `None` disables that limit. Every endpoint that a stranger can call has at least a
+/// per-IP limit; "account" is the email named in the request, the user of the bearer token, or
+/// the refresh token's family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
+    /// `signin`, per IP and per email.
     pub sign_in_per_ip: Option<RateLimit>,
     pub sign_in_per_account: Option<RateLimit>,
+    /// `signup` and `upgrade` (both register an email and hash a password), per IP and per email.
     pub sign_up_per_ip: Option<RateLimit>,
     pub sign_up_per_account: Option<RateLimit>,
+    /// `reset-password/request` (sends an email), per IP and per email.
     pub password_reset_per_ip: Option<RateLimit>,
     pub password_reset_per_account: Option<RateLimit>,
+    /// `reset-password` (spends an emailed token, sets a password), per IP.
+    pub reset_password_per_ip: Option<RateLimit>,
+    /// `refresh` and `signout` (both present a refresh token), per IP and per token.
     pub refresh_per_ip: Option<RateLimit>,
     pub refresh_per_account: Option<RateLimit>,
-    /// Anonymous sign-ins and email-verification requests, per IP.
-    pub other_per_ip: Option<RateLimit>,
+    /// `anonymous` (creates a user), per IP.
+    pub anonymous_per_ip: Option<RateLimit>,
+    /// `verify-email/request` (sends an email), per IP and per user.
+    pub verification_request_per_ip: Option<RateLimit>,
+    pub verification_request_per_account: Option<RateLimit>,
+    /// `verify-email` (spends an emailed token), per IP.
+    pub verify_email_per_ip: Option<RateLimit>,
 }
 
 impl Default for RateLimits {
@@ -86,9 +99,14 @@ impl Default for RateLimits {
             sign_up_per_account: Some(RateLimit::new(3, HOUR)),
             password_reset_per_ip: Some(RateLimit::new(10, HOUR)),
             password_reset_per_account: Some(RateLimit::new(3, HOUR)),
+            // A person clicks one link; several people behind one NAT may each click a few.
+            reset_password_per_ip: Some(RateLimit::new(10, MIN * 5)),
             refresh_per_ip: Some(RateLimit::new(300, MIN)),
             refresh_per_account: Some(RateLimit::new(10, MIN)),
-            other_per_ip: Some(RateLimit::new(30, MIN)),
+            anonymous_per_ip: Some(RateLimit::new(30, MIN)),
+            verification_request_per_ip: Some(RateLimit::new(10, HOUR)),
+            verification_request_per_account: Some(RateLimit::new(3, HOUR)),
+            verify_email_per_ip: Some(RateLimit::new(10, MIN * 5)),
         }
     }
 }
@@ -99,22 +117,31 @@ type LimitField = fn(&mut RateLimits) -> &mut Option<RateLimit>;
 impl RateLimits {
     /// Each limit's name, as operators write it, and its field: one table, so names and fields
     /// cannot drift apart.
-    const BY_NAME: [(&'static str, LimitField); 9] = [
+    const BY_NAME: [(&'static str, LimitField); 13] = [
         ("sign_in_per_ip", |l| &mut l.sign_in_per_ip),
         ("sign_in_per_account", |l| &mut l.sign_in_per_account),
         ("sign_up_per_ip", |l| &mut l.sign_up_per_ip),
         ("sign_up_per_account", |l| &mut l.sign_up_per_account),
         ("password_reset_per_ip", |l| &mut l.password_reset_per_ip),
         ("password_reset_per_account", |l| &mut l.password_reset_per_account),
+        ("reset_password_per_ip", |l| &mut l.reset_password_per_ip),
         ("refresh_per_ip", |l| &mut l.refresh_per_ip),
         ("refresh_per_account", |l| &mut l.refresh_per_account),
-        ("other_per_ip", |l| &mut l.other_per_ip),
+        ("anonymous_per_ip", |l| &mut l.anonymous_per_ip),
+        ("verification_request_per_ip", |l| &mut l.verification_request_per_ip),
+        ("verification_request_per_account", |l| &mut l.verification_request_per_account),
+        ("verify_email_per_ip", |l| &mut l.verify_email_per_ip),
     ];
+
+    /// The names [`RateLimits::set`] accepts.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::BY_NAME.iter().map(|(n, _)| *n)
+    }
 
     /// Set one limit by name (`None` turns it off). Errors name the accepted names.
     pub fn set(&mut self, name: &str, limit: Option<RateLimit>) -> Result<(), String> {
         let Some((_, field)) = Self::BY_NAME.iter().find(|(n, _)| *n == name) else {
-            let known: Vec<&str> = Self::BY_NAME.iter().map(|(n, _)| *n).collect();
+            let known: Vec<&str> = Self::names().collect();
             return Err(format!("unknown rate limit {name:?}; known: {}", known.join(", ")));
         };
         *field(self) = limit;
@@ -123,17 +150,11 @@ impl RateLimits {
 
     /// No limits at all (tests that are not about limits).
     pub fn unlimited() -> Self {
-        RateLimits {
-            sign_in_per_ip: None,
-            sign_in_per_account: None,
-            sign_up_per_ip: None,
-            sign_up_per_account: None,
-            password_reset_per_ip: None,
-            password_reset_per_account: None,
-            refresh_per_ip: None,
-            refresh_per_account: None,
-            other_per_ip: None,
+        let mut limits = RateLimits::default();
+        for (_, field) in Self::BY_NAME {
+            *field(&mut limits) = None;
         }
+        limits
     }
 }
 
@@ -188,6 +209,11 @@ pub struct AuthConfig {
     pub password_hash: PasswordHashConfig,
     pub password_policy: PasswordPolicy,
     pub rate_limits: RateLimits,
+    /// Password hashes (and verifications) that may run at once, each on a blocking thread with
+    /// `password_hash.memory_kib` of memory. Default: the number of cores.
+    pub max_concurrent_hashes: usize,
+    /// How long a request waits for a hashing slot before it is answered `Busy` (503).
+    pub hash_wait: Duration,
     /// Base of the links in emails, e.g. `https://nimbus.example.com`. Links are
     /// `{base}/v1/projects/{project}/auth/verify-email?token=…` and `…/auth/reset-password?token=…`.
     pub public_url: String,
@@ -206,6 +232,8 @@ impl std::fmt::Debug for AuthConfig {
             .field("password_hash", &self.password_hash)
             .field("password_policy", &self.password_policy)
             .field("rate_limits", &self.rate_limits)
+            .field("max_concurrent_hashes", &self.max_concurrent_hashes)
+            .field("hash_wait", &self.hash_wait)
             .field("public_url", &self.public_url)
             .finish_non_exhaustive()
     }
@@ -224,9 +252,36 @@ impl Default for AuthConfig {
             password_hash: PasswordHashConfig::default(),
             password_policy: PasswordPolicy::default(),
             rate_limits: RateLimits::default(),
+            max_concurrent_hashes: default_concurrent_hashes(),
+            hash_wait: Duration::from_millis(250),
             public_url: "http://127.0.0.1:8080".into(),
             app_name: "Nimbus".into(),
             clock: Arc::new(SystemClock),
         }
+    }
+}
+
+/// One hash per core: hashing is pure CPU, so more at once only adds memory and latency.
+pub fn default_concurrent_hashes() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_has_its_own_name() {
+        let somes = |l: &RateLimits| format!("{l:?}").matches("Some(").count();
+        // A field missing from the table would stay `Some` here.
+        let mut limits = RateLimits::unlimited();
+        assert_eq!(somes(&limits), 0);
+        let one = Some(RateLimit::new(1, Duration::from_secs(1)));
+        for (i, name) in RateLimits::names().enumerate() {
+            limits.set(name, one).unwrap();
+            assert_eq!(somes(&limits), i + 1, "{name} shares a field with an earlier name");
+        }
+        let err = limits.set("other_per_ip", None).unwrap_err();
+        assert!(err.contains("verify_email_per_ip"), "{err}");
     }
 }

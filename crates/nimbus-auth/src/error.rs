@@ -23,6 +23,10 @@ pub enum AuthError {
     /// Too many attempts: answer 429 with `Retry-After`.
     #[error("too many attempts; retry in {}s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
+    /// Every password-hashing slot stayed taken for the short wait allowed: answer 503 with
+    /// `Retry-After` (the node is saturated, not the client over a limit).
+    #[error("too many password checks at once; retry in {}s", retry_after.as_secs().max(1))]
+    Busy { retry_after: Duration },
     #[error("{0} not found")]
     NotFound(String),
     #[error("conflict: {0}")]

@@ -34,6 +34,20 @@
 //! another process learns of a revocation only when it (re)loads the project, so there revocation
 //! takes effect at the latest when the access token expires.
 //!
+//! # Abuse bounds
+//!
+//! What a stranger can make the node do is bounded, cheapest checks first:
+//! - every endpoint callable without an account (sign-up, sign-in, anonymous sign-in, refresh and
+//!   sign-out, both email flows and their token links, upgrade) is rate-limited per IP, and per
+//!   account where the request names one ([`RateLimits`]);
+//! - input and tokens are checked before any password is hashed: a reset token is looked up (one
+//!   SHA-256, one indexed read) before the new password reaches Argon2, sign-up checks the address
+//!   and the password policy first;
+//! - Argon2 (by default 19 MiB and ~13 ms of a core per hash) runs only on the blocking pool, at
+//!   most [`AuthConfig::max_concurrent_hashes`] at once; a request that finds no slot within
+//!   [`AuthConfig::hash_wait`] gets [`AuthError::Busy`] (503 with `Retry-After`). The count of
+//!   hashes is [`AuthService::password_hashes`].
+//!
 //! # Enumeration resistance
 //!
 //! - Sign-in: unknown email and wrong password are one error (`InvalidCredentials`) after the same
@@ -44,6 +58,8 @@
 //! - Password reset: always `Ok` for a well-formed address; the lookup, token and email happen in
 //!   a background task, so neither the answer nor its timing depends on the address.
 //! - Rate limits are keyed by the address whether or not it exists.
+//! - A `Busy` answer (every hashing slot taken) comes after the account lookup for sign-in and
+//!   before the store for sign-up, the same whether or not the address exists.
 //! - Left as is: upgrading an anonymous user to a taken address answers `Conflict` (the caller is
 //!   already a user of the project, and the sign-up limits apply).
 
@@ -58,7 +74,7 @@ mod types;
 
 pub use config::{
     AuthConfig, Clock, ManualClock, PasswordHashConfig, PasswordPolicy, RateLimit, RateLimits,
-    SystemClock,
+    SystemClock, default_concurrent_hashes,
 };
 pub use error::AuthError;
 pub use jwt::Claims;
@@ -66,7 +82,7 @@ pub use mail::{
     EmailKind, EmailMessage, MailError, Mailer, Outbox, SmtpConfig, SmtpMailer, SmtpSecurity,
 };
 pub use password::{PasswordHasherService, check_policy};
-pub use service::{AuthService, normalize_email, validate_slug};
+pub use service::{AuthService, normalize_email};
 pub use types::{
     ApiKeyInfo, ApiKeyScope, Event, NewApiKey, Project, Session, SignUpOutcome, User, UserPage,
 };

@@ -1,7 +1,9 @@
-//! Password policy and Argon2id hashing.
+//! Password policy and Argon2id hashing, with a bound on how many hashes run at once.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use argon2::password_hash::SaltString;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
@@ -104,6 +106,83 @@ impl PasswordHasherService {
     }
 }
 
+/// How long a client is told to wait (`Retry-After`) when every hashing slot stayed busy.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Every Argon2 computation of the service goes through here: on the blocking pool (Argon2 takes
+/// milliseconds of CPU and megabytes of memory, which must not sit on an async worker), and at most
+/// `max_concurrent` at once, so a flood of sign-ups or sign-ins costs at most that many cores and
+/// `max_concurrent x memory_kib` of memory. A request that finds every slot taken waits up to
+/// `max_wait` (a tokio semaphore is fair: first come, first served), then gets
+/// [`AuthError::Busy`] instead of queueing without bound.
+#[derive(Clone)]
+pub(crate) struct BoundedHasher {
+    hasher: PasswordHasherService,
+    slots: Arc<tokio::sync::Semaphore>,
+    max_wait: Duration,
+    /// Argon2 computations started (hashes and verifications, dummy ones included).
+    computed: Arc<AtomicU64>,
+}
+
+impl BoundedHasher {
+    pub(crate) fn new(
+        hasher: PasswordHasherService,
+        max_concurrent: usize,
+        max_wait: Duration,
+    ) -> Result<Self, AuthError> {
+        if max_concurrent == 0 {
+            return Err(AuthError::InvalidInput(
+                "the number of concurrent password hashes must be at least 1".into(),
+            ));
+        }
+        Ok(BoundedHasher {
+            hasher,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
+            max_wait,
+            computed: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub(crate) fn computed(&self) -> u64 {
+        self.computed.load(Ordering::Relaxed)
+    }
+
+    /// Run `work` with the hasher on the blocking pool once a slot is free. The slot moves into the
+    /// blocking task: if the caller goes away mid-hash, the slot stays taken until the hash ends,
+    /// so the bound holds for the CPU actually in use.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&PasswordHasherService) -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let slot = tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy { retry_after: BUSY_RETRY_AFTER })?
+            .map_err(AuthError::internal)?;
+        let hasher = self.hasher.clone();
+        let computed = self.computed.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            computed.fetch_add(1, Ordering::Relaxed);
+            work(&hasher)
+        })
+        .await
+        .map_err(AuthError::internal)
+    }
+
+    pub(crate) async fn hash(&self, password: String) -> Result<String, AuthError> {
+        self.run(move |h| h.hash(&password)).await?
+    }
+
+    /// See [`PasswordHasherService::verify`]; `None` verifies against the dummy hash.
+    pub(crate) async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, AuthError> {
+        self.run(move |h| h.verify(&password, hash.as_deref())).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +210,24 @@ mod tests {
         assert!(!h.verify("pässwörd two", Some(&hash)));
         assert!(!h.verify("anything", None));
         assert!(!h.verify("x", Some("not a hash")));
+    }
+
+    #[tokio::test]
+    async fn bounded_hasher_answers_busy_beyond_its_slots_and_counts() {
+        let h = PasswordHasherService::new(PasswordHashConfig::insecure_for_tests()).unwrap();
+        let bounded = BoundedHasher::new(h, 1, Duration::from_millis(20)).unwrap();
+        // Hold the only slot, as a long hash would.
+        let held = bounded.slots.clone().acquire_owned().await.unwrap();
+        match bounded.hash("a fine passphrase".into()).await {
+            Err(AuthError::Busy { retry_after }) => assert!(retry_after >= Duration::from_secs(1)),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert_eq!(bounded.computed(), 0, "nothing was hashed while busy");
+        drop(held);
+        let hash = bounded.hash("a fine passphrase".into()).await.unwrap();
+        assert!(bounded.verify("a fine passphrase".into(), Some(hash)).await.unwrap());
+        assert!(!bounded.verify("a fine passphrase".into(), None).await.unwrap());
+        assert_eq!(bounded.computed(), 3);
+        assert!(BoundedHasher::new(bounded.hasher.clone(), 0, Duration::ZERO).is_err());
     }
 }

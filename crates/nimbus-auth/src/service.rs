@@ -11,7 +11,7 @@ use nimbus_model::UnixMillis;
 use nimbus_store::auth::{
     ApiKeyRecord, AuthStore, ConsumeOutcome, DEFAULT_PROJECT, IdentityRecord, NewEvent,
     NewOneTimeToken, NewRefreshToken, PASSWORD_PROVIDER, ProjectRecord, RefreshOutcome,
-    SessionRecord, UserQuery, UserRecord,
+    SessionRecord, TokenCheck, UserQuery, UserRecord,
 };
 use parking_lot::RwLock;
 use rand::RngCore;
@@ -22,7 +22,7 @@ use crate::config::{AuthConfig, RateLimit};
 use crate::error::AuthError;
 use crate::jwt::{Claims, ProjectKeys, generate_key};
 use crate::mail::{EmailKind, EmailMessage, Mailer};
-use crate::password::{PasswordHasherService, check_policy};
+use crate::password::{BoundedHasher, PasswordHasherService, check_policy};
 use crate::ratelimit::Limiter;
 use crate::types::{
     ApiKeyInfo, ApiKeyScope, Event, NewApiKey, Project, Session, SignUpOutcome, User, UserPage,
@@ -34,6 +34,11 @@ const PURPOSE_RESET: &str = "reset_password";
 const VERIFIED_CACHE: usize = 8192;
 const API_KEY_CACHE: usize = 16_384;
 const MAX_CLAIMS_BYTES: usize = 4096;
+const MAX_ROLES: usize = 32;
+const MAX_ROLE_BYTES: usize = 64;
+/// Refresh and one-time tokens we issue are 43 characters; anything much longer is not ours and
+/// is refused before it is hashed or looked up.
+const MAX_TOKEN_BYTES: usize = 256;
 
 /// The identity service. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -45,7 +50,7 @@ struct Inner {
     store: Arc<dyn AuthStore>,
     mailer: Arc<dyn Mailer>,
     config: AuthConfig,
-    hasher: PasswordHasherService,
+    hasher: BoundedHasher,
     limits: Limits,
     /// Per-project keys, verified-token cache and deny list, loaded on first use.
     projects: RwLock<HashMap<String, Arc<ProjectState>>>,
@@ -69,9 +74,13 @@ struct Limits {
     sign_up_account: Option<Limiter>,
     reset_ip: Option<Limiter>,
     reset_account: Option<Limiter>,
+    new_password_ip: Option<Limiter>,
     refresh_ip: Option<Limiter>,
     refresh_account: Option<Limiter>,
-    other_ip: Option<Limiter>,
+    anonymous_ip: Option<Limiter>,
+    verification_request_ip: Option<Limiter>,
+    verification_request_account: Option<Limiter>,
+    verify_email_ip: Option<Limiter>,
 }
 
 fn limiter(limit: Option<RateLimit>) -> Option<Limiter> {
@@ -130,18 +139,25 @@ pub fn normalize_email(email: &str) -> Result<String, AuthError> {
     Ok(email)
 }
 
-/// Project slugs are DNS labels: `[a-z0-9-]{1,40}`, not starting or ending with `-`.
-pub fn validate_slug(slug: &str) -> Result<(), AuthError> {
-    let ok = (1..=40).contains(&slug.len())
-        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.starts_with('-')
-        && !slug.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(AuthError::InvalidInput(format!(
-            "invalid project slug {slug:?}: use 1-40 of a-z, 0-9 and '-', not at either end"
-        )))
+/// Roles travel in access tokens and, joined with commas, in the `x-nimbus-user-roles` header that
+/// functions read: a safe charset (no comma, space or control character) keeps one role one role.
+fn validate_roles(roles: &[String]) -> Result<(), AuthError> {
+    if roles.len() > MAX_ROLES {
+        return Err(AuthError::InvalidInput(format!(
+            "at most {MAX_ROLES} roles, got {}",
+            roles.len()
+        )));
+    }
+    let ok = |r: &str| {
+        (1..=MAX_ROLE_BYTES).contains(&r.len())
+            && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    };
+    match roles.iter().find(|r| !ok(r)) {
+        Some(bad) => Err(AuthError::InvalidInput(format!(
+            "invalid role {bad:?}: use 1-{MAX_ROLE_BYTES} characters of A-Z, a-z, 0-9, '_', '.', \
+             ':' and '-'"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -174,7 +190,11 @@ impl AuthService {
         mailer: Arc<dyn Mailer>,
         config: AuthConfig,
     ) -> Result<Self, AuthError> {
-        let hasher = PasswordHasherService::new(config.password_hash)?;
+        let hasher = BoundedHasher::new(
+            PasswordHasherService::new(config.password_hash)?,
+            config.max_concurrent_hashes,
+            config.hash_wait,
+        )?;
         let r = &config.rate_limits;
         let limits = Limits {
             sign_in_ip: limiter(r.sign_in_per_ip),
@@ -183,9 +203,13 @@ impl AuthService {
             sign_up_account: limiter(r.sign_up_per_account),
             reset_ip: limiter(r.password_reset_per_ip),
             reset_account: limiter(r.password_reset_per_account),
+            new_password_ip: limiter(r.reset_password_per_ip),
             refresh_ip: limiter(r.refresh_per_ip),
             refresh_account: limiter(r.refresh_per_account),
-            other_ip: limiter(r.other_per_ip),
+            anonymous_ip: limiter(r.anonymous_per_ip),
+            verification_request_ip: limiter(r.verification_request_per_ip),
+            verification_request_account: limiter(r.verification_request_per_account),
+            verify_email_ip: limiter(r.verify_email_per_ip),
         };
         Ok(AuthService {
             inner: Arc::new(Inner {
@@ -203,6 +227,13 @@ impl AuthService {
 
     pub fn config(&self) -> &AuthConfig {
         &self.inner.config
+    }
+
+    /// Argon2 computations run so far (password hashes and verifications, the dummy ones for
+    /// unknown emails included): a counter for metrics, and how tests prove that a path does not
+    /// hash at all.
+    pub fn password_hashes(&self) -> u64 {
+        self.inner.hasher.computed()
     }
 
     fn now(&self) -> UnixMillis {
@@ -295,7 +326,9 @@ impl AuthService {
 
     /// Create a project (operator action). Its first signing key is created with it.
     pub async fn create_project(&self, slug: &str, name: &str) -> Result<Project, AuthError> {
-        validate_slug(slug)?;
+        // The one slug rule, shared with everything that reads a slug back (headers, `/@slug/`,
+        // host names), so a project that can be created can be used.
+        nimbus_model::validate_project(slug).map_err(|e| AuthError::InvalidInput(e.to_string()))?;
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
             return Err(AuthError::InvalidInput("project name must be 1-200 bytes".into()));
@@ -556,11 +589,11 @@ impl AuthService {
             created_at: now,
             updated_at: now,
         };
-        let hasher = self.inner.hasher.clone();
-        let (p, u, password) = (project.to_string(), user.clone(), password.to_string());
+        // Every cheap check has passed (`check_new_credentials`); only now the bounded hash.
+        let hash = self.inner.hasher.hash(password.to_string()).await?;
+        let (p, u) = (project.to_string(), user.clone());
         let created = self
             .blocking(move |s| {
-                let hash = hasher.hash(&password)?;
                 let identity = password_identity(&u.id, u.email.as_deref().unwrap_or(""), hash, now);
                 let created = event(
                     "user.created",
@@ -674,19 +707,17 @@ impl AuthService {
         if password.len() > self.inner.config.password_policy.max_bytes {
             return Err(AuthError::InvalidCredentials);
         }
-        let hasher = self.inner.hasher.clone();
-        let (p, password) = (project.to_string(), password.to_string());
-        let user = self
-            .blocking(move |s| {
-                let found = s.find_identity(&p, PASSWORD_PROVIDER, &email)?;
-                let hash = found.as_ref().and_then(|(i, _)| i.secret_hash.as_deref());
-                let ok = hasher.verify(&password, hash);
-                match found {
-                    Some((_, user)) if ok => Ok(user),
-                    _ => Err(AuthError::InvalidCredentials),
-                }
-            })
-            .await?;
+        let p = project.to_string();
+        let found =
+            self.blocking(move |s| Ok(s.find_identity(&p, PASSWORD_PROVIDER, &email)?)).await?;
+        let hash = found.as_ref().and_then(|(i, _)| i.secret_hash.clone());
+        // An unknown email verifies against the dummy hash, through the same bounded hasher, so
+        // its answer (and its chance of `Busy`) matches a wrong password's.
+        let ok = self.inner.hasher.verify(password.to_string(), hash).await?;
+        let user = match found {
+            Some((_, user)) if ok => user,
+            _ => return Err(AuthError::InvalidCredentials),
+        };
         if user.disabled {
             return Err(AuthError::Disabled);
         }
@@ -707,7 +738,7 @@ impl AuthService {
         ip: Option<IpAddr>,
     ) -> Result<Session, AuthError> {
         let state = self.project_state(project).await?;
-        check_ip(&self.inner.limits.other_ip, project, ip)?;
+        check_ip(&self.inner.limits.anonymous_ip, project, ip)?;
         let now = self.now();
         let user = UserRecord {
             id: new_id(),
@@ -744,13 +775,11 @@ impl AuthService {
         ip: Option<IpAddr>,
     ) -> Result<User, AuthError> {
         let email = self.check_new_credentials(project, email, password, ip).await?;
-        let hasher = self.inner.hasher.clone();
+        let hash = self.inner.hasher.hash(password.to_string()).await?;
         let now = self.now();
-        let (p, u, e, password) =
-            (project.to_string(), user.to_string(), email.clone(), password.to_string());
+        let (p, u, e) = (project.to_string(), user.to_string(), email.clone());
         let record = self
             .blocking(move |s| {
-                let hash = hasher.hash(&password)?;
                 let identity = password_identity(&u, &e, hash, now);
                 let upgraded = event(
                     "user.upgraded",
@@ -874,9 +903,20 @@ impl AuthService {
 
     /// End the session a refresh token belongs to. Returns whether a live session was ended
     /// (false for an unknown or already ended one: signing out twice is not an error).
-    pub async fn sign_out(&self, project: &str, refresh_token: &str) -> Result<bool, AuthError> {
+    /// Counted against the refresh limits: it is the other call that presents a refresh token, and
+    /// each one is a write.
+    pub async fn sign_out(
+        &self,
+        project: &str,
+        refresh_token: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<bool, AuthError> {
         let state = self.project_state(project).await?;
-        let (p, hash, now) = (project.to_string(), sha256(refresh_token), self.now());
+        let hash = sha256(refresh_token);
+        let limits = &self.inner.limits;
+        check_ip(&limits.refresh_ip, project, ip)?;
+        check_limit(&limits.refresh_account, project, &hex::encode(&hash[..16]))?;
+        let (p, now) = (project.to_string(), self.now());
         let revoked =
             self.blocking(move |s| Ok(s.revoke_session_by_token(&p, &hash, now)?)).await?;
         match revoked {
@@ -979,8 +1019,9 @@ impl AuthService {
         ip: Option<IpAddr>,
     ) -> Result<(), AuthError> {
         self.project_state(project).await?;
-        check_ip(&self.inner.limits.other_ip, project, ip)?;
-        check_limit(&self.inner.limits.reset_account, project, user)?;
+        let limits = &self.inner.limits;
+        check_ip(&limits.verification_request_ip, project, ip)?;
+        check_limit(&limits.verification_request_account, project, user)?;
         let record = self.get_user_record(project, user).await?;
         match record.email {
             Some(email) if !record.email_verified => {
@@ -991,8 +1032,14 @@ impl AuthService {
     }
 
     /// Spend a verification token. Returns the now verified user.
-    pub async fn verify_email(&self, project: &str, token: &str) -> Result<User, AuthError> {
+    pub async fn verify_email(
+        &self,
+        project: &str,
+        token: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<User, AuthError> {
         self.project_state(project).await?;
+        check_ip(&self.inner.limits.verify_email_ip, project, ip)?;
         let user = self.consume(project, token, PURPOSE_VERIFY).await?;
         let (p, u, now) = (project.to_string(), user.clone(), self.now());
         self.blocking(move |s| {
@@ -1008,6 +1055,9 @@ impl AuthService {
         token: &str,
         purpose: &'static str,
     ) -> Result<String, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::InvalidToken);
+        }
         let (p, hash, now) = (project.to_string(), sha256(token), self.now());
         match self.blocking(move |s| Ok(s.consume_one_time_token(&p, &hash, purpose, now)?)).await?
         {
@@ -1075,19 +1125,34 @@ impl AuthService {
 
     /// Spend a reset token and set a new password. Every session of the user is revoked (refresh
     /// tokens at once, access tokens through the deny list), and the email counts as verified.
+    ///
+    /// Cheap checks come first: the rate limit, then the token (a SHA-256 and one indexed read),
+    /// then the password policy; only a valid token and an acceptable password reach Argon2. The
+    /// token is spent after hashing, so a `Busy` answer leaves it usable for a retry.
     pub async fn reset_password(
         &self,
         project: &str,
         token: &str,
         new_password: &str,
+        ip: Option<IpAddr>,
     ) -> Result<(), AuthError> {
         let state = self.project_state(project).await?;
+        check_ip(&self.inner.limits.new_password_ip, project, ip)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::InvalidToken);
+        }
+        let (p, hash, now) = (project.to_string(), sha256(token), self.now());
+        match self
+            .blocking(move |s| Ok(s.check_one_time_token(&p, &hash, PURPOSE_RESET, now)?))
+            .await?
+        {
+            TokenCheck::Valid { .. } => {}
+            TokenCheck::Expired => return Err(AuthError::TokenExpired),
+            TokenCheck::Invalid => return Err(AuthError::InvalidToken),
+        }
         check_policy(&self.inner.config.password_policy, new_password, None)?;
-        let hasher = self.inner.hasher.clone();
-        let password = new_password.to_string();
-        let hash = tokio::task::spawn_blocking(move || hasher.hash(&password))
-            .await
-            .map_err(AuthError::internal)??;
+        let hash = self.inner.hasher.hash(new_password.to_string()).await?;
+        // Spent atomically: of two concurrent resets with one token, one wins.
         let user = self.consume(project, token, PURPOSE_RESET).await?;
         let (p, now) = (project.to_string(), self.now());
         let sids = self
@@ -1188,9 +1253,7 @@ impl AuthService {
         roles: Vec<String>,
         claims: serde_json::Map<String, serde_json::Value>,
     ) -> Result<User, AuthError> {
-        if roles.iter().any(|r| r.is_empty() || r.len() > 64) || roles.len() > 32 {
-            return Err(AuthError::InvalidInput("roles: at most 32, each 1-64 bytes".into()));
-        }
+        validate_roles(&roles)?;
         let size = serde_json::to_string(&claims).map(|s| s.len()).unwrap_or(usize::MAX);
         if size > MAX_CLAIMS_BYTES {
             return Err(AuthError::InvalidInput(format!(
@@ -1249,16 +1312,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn emails_and_slugs() {
+    fn emails() {
         assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
         for bad in ["", "a", "a@b", "@x.io", "a b@x.io", "a@x.io@y.io", "a@.io", "a@io."] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
-        for good in ["default", "a", "my-app-2", &"a".repeat(40)] {
-            assert!(validate_slug(good).is_ok(), "{good}");
+    }
+
+    #[test]
+    fn roles() {
+        let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            validate_roles(&roles(&["admin", "org:acme.editor", "a_b-c", &"r".repeat(64)])).is_ok()
+        );
+        for bad in ["a,b", "", "a b", "é", "a\nb", "a;b", &"r".repeat(65)] {
+            match validate_roles(&roles(&["ok", bad])) {
+                Err(AuthError::InvalidInput(m)) => assert!(m.contains(&format!("{bad:?}")), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(41)] {
-            assert!(validate_slug(bad).is_err(), "{bad}");
-        }
+        let many: Vec<String> = (0..=MAX_ROLES).map(|i| format!("r{i}")).collect();
+        assert!(validate_roles(&many[..MAX_ROLES]).is_ok());
+        assert!(validate_roles(&many).is_err());
     }
 }

@@ -13,7 +13,9 @@ pub enum SpecError {
     )]
     Name(String),
     #[error(
-        "invalid project {0:?}: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+        "invalid project slug {0:?}: use 1-{max} characters of a-z, 0-9 and '-', \
+         not starting or ending with '-'",
+        max = MAX_PROJECT_SLUG
     )]
     Project(String),
     #[error("invalid route {route:?}: {reason}")]
@@ -249,9 +251,24 @@ pub fn validate_value(name: &str, value: &str) -> Result<(), SpecError> {
 /// The project every installation has; single developers never need to name another.
 pub const DEFAULT_PROJECT: &str = "default";
 
-/// Project slugs appear in host names and URL prefixes: DNS-label shaped, like function names.
+/// The longest project slug. A DNS label may have 63 bytes; 40 is what project creation has always
+/// allowed (so every existing project keeps a valid slug) and leaves the base domain room within
+/// a host name's 253.
+pub const MAX_PROJECT_SLUG: usize = 40;
+
+/// The one rule for project slugs, applied where projects are created (`nimbus-auth`) and where a
+/// slug is read back (the `X-Nimbus-Project` header, `/@slug/` paths, `slug.<base domain>` hosts).
+///
+/// A slug is served as the host name label `<slug>.<base domain>`, so it is an RFC 1123 label:
+/// lowercase letters, digits and `-`, not starting or ending with `-`. RFC 1123 allows a leading
+/// digit, so `1app` is a valid slug (and was always creatable); lowercase only, because host
+/// names are case-insensitive and the slug is an exact-match id everywhere else.
 pub fn validate_project(slug: &str) -> Result<(), SpecError> {
-    validate_name(slug).map_err(|_| SpecError::Project(slug.to_string()))
+    let ok = (1..=MAX_PROJECT_SLUG).contains(&slug.len())
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-');
+    if ok { Ok(()) } else { Err(SpecError::Project(slug.to_string())) }
 }
 
 /// Function names appear in URLs, logs and metric labels: keep them DNS-label shaped.
@@ -308,6 +325,20 @@ mod tests {
         }
         for bad in ["", "Hello", "1abc", "a_b", "a-", "../x", &"a".repeat(64)] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn project_slugs() {
+        for good in ["default", "a", "1app", "42", "my-app-2", &"a".repeat(MAX_PROJECT_SLUG)] {
+            assert!(validate_project(good).is_ok(), "{good}");
+        }
+        let too_long = "a".repeat(MAX_PROJECT_SLUG + 1);
+        for bad in ["", "-a", "a-", "A", "App", "a_b", "a.b", "a b", "@a", "a/b", &too_long] {
+            assert!(
+                matches!(validate_project(bad), Err(SpecError::Project(s)) if s == bad),
+                "{bad}"
+            );
         }
     }
 

@@ -118,6 +118,7 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             AuthError::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
             AuthError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            AuthError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             AuthError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AuthError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AuthError::Disabled => (StatusCode::FORBIDDEN, "user_disabled"),
@@ -125,7 +126,7 @@ impl From<AuthError> for ApiError {
             AuthError::Store(_) | AuthError::Internal(_) => return ApiError::internal(&e),
         };
         let mut api = ApiError::new(status, code, e.to_string());
-        if let AuthError::RateLimited { retry_after } = e {
+        if let AuthError::RateLimited { retry_after } | AuthError::Busy { retry_after } = e {
             api.retry_after = Some(retry_after.as_secs().max(1));
         }
         api

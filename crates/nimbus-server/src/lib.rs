@@ -157,6 +157,12 @@ impl Server {
         })
     }
 
+    /// The identity service this server runs (for embedding and tests: its counters, such as
+    /// [`AuthService::password_hashes`]).
+    pub fn auth(&self) -> &AuthService {
+        &self.state.auth
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound TCP listener has an address")
     }

@@ -7,7 +7,7 @@ use nimbus_model::UnixMillis;
 use nimbus_store::auth::{
     ApiKeyRecord, AuthStore, ConsumeOutcome, EventRecord, IdentityRecord, NewEvent,
     NewOneTimeToken, NewRefreshToken, ProjectRecord, RefreshOutcome, SessionRecord,
-    SigningKeyRecord, UserQuery, UserRecord,
+    SigningKeyRecord, TokenCheck, UserQuery, UserRecord,
 };
 use nimbus_store::{Result, StoreError};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
@@ -779,6 +779,33 @@ impl AuthStore for SqliteStore {
                     Ok(ConsumeOutcome::Consumed { user })
                 }
             }
+        })
+    }
+
+    fn check_one_time_token(
+        &self,
+        project: &str,
+        hash: &[u8],
+        purpose: &str,
+        now: UnixMillis,
+    ) -> Result<TokenCheck> {
+        let row: Option<(String, UnixMillis, Option<UnixMillis>)> = self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT user_id, expires_at, used_at FROM one_time_tokens \
+                 WHERE project = ?1 AND hash = ?2 AND purpose = ?3",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![project, hash, purpose], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .context("looking up a one-time token")
+        })?;
+        Ok(match row {
+            None | Some((_, _, Some(_))) => TokenCheck::Invalid,
+            Some((_, expires_at, None)) if expires_at <= now => TokenCheck::Expired,
+            Some((user, _, None)) => TokenCheck::Valid { user },
         })
     }
 

@@ -181,6 +181,19 @@ pub enum ConsumeOutcome {
     Invalid,
 }
 
+/// What a one-time token is worth now, looked up without spending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// Unused and unexpired: [`AuthStore::consume_one_time_token`] would succeed now (unless
+    /// someone spends it first). Carries its user.
+    Valid {
+        user: String,
+    },
+    Expired,
+    /// Unknown, already used, or for another purpose or project.
+    Invalid,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     /// UUIDv7: a stable id for deduplication, not an order (see [`EventRecord::seq`]).
@@ -357,6 +370,15 @@ pub trait AuthStore: Send + Sync + 'static {
         purpose: &str,
         now: UnixMillis,
     ) -> Result<ConsumeOutcome>;
+    /// Look a token up without spending it (a read): lets the service refuse a bad token before
+    /// any expensive work, such as hashing the new password of a reset.
+    fn check_one_time_token(
+        &self,
+        project: &str,
+        hash: &[u8],
+        purpose: &str,
+        now: UnixMillis,
+    ) -> Result<TokenCheck>;
 
     // -- events -----------------------------------------------------------------------------------
     /// Events with a position (`seq`) greater than `after`, in commit order (oldest first).

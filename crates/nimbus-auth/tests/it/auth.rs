@@ -236,8 +236,8 @@ async fn sign_out_and_sign_out_everywhere() {
     let a = h.user(P, "gina@example.com").await;
     let b = h.auth.sign_in(P, "gina@example.com", PASSWORD, None).await.unwrap();
     let c = h.auth.sign_in(P, "gina@example.com", PASSWORD, None).await.unwrap();
-    assert!(h.auth.sign_out(P, &a.refresh_token).await.unwrap());
-    assert!(!h.auth.sign_out(P, &a.refresh_token).await.unwrap());
+    assert!(h.auth.sign_out(P, &a.refresh_token, None).await.unwrap());
+    assert!(!h.auth.sign_out(P, &a.refresh_token, None).await.unwrap());
     assert!(h.auth.refresh(P, &a.refresh_token, None).await.is_err());
     assert!(h.auth.verify_access_token(P, &a.access_token).await.is_err());
     let b2 = h.auth.refresh(P, &b.refresh_token, None).await.unwrap();
@@ -315,9 +315,9 @@ async fn email_verification_tokens_are_single_use_and_expire() {
         mail.link.as_deref().unwrap().starts_with("http://127.0.0.1:8080/v1/projects/default/")
     );
     let token = token_of(&mail);
-    let user = h.auth.verify_email(P, &token).await.unwrap();
+    let user = h.auth.verify_email(P, &token, None).await.unwrap();
     assert!(user.email_verified);
-    assert!(matches!(h.auth.verify_email(P, &token).await, Err(AuthError::InvalidToken)));
+    assert!(matches!(h.auth.verify_email(P, &token, None).await, Err(AuthError::InvalidToken)));
     let s = h.auth.sign_in(P, "jack@example.com", PASSWORD, None).await.unwrap();
     assert!(h.auth.verify_access_token(P, &s.access_token).await.unwrap().email_verified);
 
@@ -325,11 +325,11 @@ async fn email_verification_tokens_are_single_use_and_expire() {
     h.auth.sign_up(P, "kate@example.com", PASSWORD, None).await.unwrap();
     let token = token_of(&h.mail(P, "kate@example.com", EmailKind::VerifyEmail).await);
     h.clock.advance(Duration::from_secs(24 * 3600 + 1));
-    assert!(matches!(h.auth.verify_email(P, &token).await, Err(AuthError::TokenExpired)));
+    assert!(matches!(h.auth.verify_email(P, &token, None).await, Err(AuthError::TokenExpired)));
     // A reset token is not a verification token.
     h.auth.request_password_reset(P, "kate@example.com", None).await.unwrap();
     let reset = token_of(&h.mail(P, "kate@example.com", EmailKind::PasswordReset).await);
-    assert!(matches!(h.auth.verify_email(P, &reset).await, Err(AuthError::InvalidToken)));
+    assert!(matches!(h.auth.verify_email(P, &reset, None).await, Err(AuthError::InvalidToken)));
 }
 
 #[tokio::test]
@@ -339,13 +339,13 @@ async fn password_reset_is_single_use_expires_and_revokes_sessions() {
     h.auth.request_password_reset(P, "LIAM@example.com", None).await.unwrap();
     let token = token_of(&h.mail(P, "liam@example.com", EmailKind::PasswordReset).await);
     assert!(matches!(
-        h.auth.reset_password(P, &token, "short").await,
+        h.auth.reset_password(P, &token, "short", None).await,
         Err(AuthError::WeakPassword(_))
     ));
     // The weak attempt did not spend the token.
-    h.auth.reset_password(P, &token, "a brand new passphrase").await.unwrap();
+    h.auth.reset_password(P, &token, "a brand new passphrase", None).await.unwrap();
     assert!(matches!(
-        h.auth.reset_password(P, &token, "yet another passphrase").await,
+        h.auth.reset_password(P, &token, "yet another passphrase", None).await,
         Err(AuthError::InvalidToken)
     ));
     assert!(h.auth.refresh(P, &s.refresh_token, None).await.is_err());
@@ -362,7 +362,7 @@ async fn password_reset_is_single_use_expires_and_revokes_sessions() {
     let token = token_of(&h.mail(P, "liam@example.com", EmailKind::PasswordReset).await);
     h.clock.advance(Duration::from_secs(3601));
     assert!(matches!(
-        h.auth.reset_password(P, &token, "a third fine passphrase").await,
+        h.auth.reset_password(P, &token, "a third fine passphrase", None).await,
         Err(AuthError::TokenExpired)
     ));
 }
@@ -492,7 +492,7 @@ async fn projects_are_isolated() {
         h.auth.refresh(bid, &a.refresh_token, None).await,
         Err(AuthError::InvalidToken)
     ));
-    assert!(!h.auth.sign_out(bid, &a.refresh_token).await.unwrap());
+    assert!(!h.auth.sign_out(bid, &a.refresh_token, None).await.unwrap());
     assert!(h.auth.verify_access_token(bid, &a.access_token).await.is_err());
     assert!(matches!(h.auth.get_user(bid, uid).await, Err(AuthError::NotFound(_))));
     assert!(matches!(h.auth.delete_user(bid, uid).await, Err(AuthError::NotFound(_))));
@@ -515,18 +515,18 @@ async fn projects_are_isolated() {
     ));
     // One-time tokens.
     let verify = token_of(&h.mail(P, "pat@example.com", EmailKind::VerifyEmail).await);
-    assert!(matches!(h.auth.verify_email(bid, &verify).await, Err(AuthError::InvalidToken)));
+    assert!(matches!(h.auth.verify_email(bid, &verify, None).await, Err(AuthError::InvalidToken)));
     h.auth.request_password_reset(bid, "pat@example.com", None).await.unwrap();
     assert_eq!(h.count_mail(bid, "pat@example.com", EmailKind::PasswordReset).await, 0);
     h.auth.request_password_reset(P, "pat@example.com", None).await.unwrap();
     let reset = token_of(&h.mail(P, "pat@example.com", EmailKind::PasswordReset).await);
     assert!(matches!(
-        h.auth.reset_password(bid, &reset, "some new passphrase").await,
+        h.auth.reset_password(bid, &reset, "some new passphrase", None).await,
         Err(AuthError::InvalidToken)
     ));
     // ...and they still work in their own project after the failed foreign attempts.
-    h.auth.verify_email(P, &verify).await.unwrap();
-    h.auth.reset_password(P, &reset, "some new passphrase").await.unwrap();
+    h.auth.verify_email(P, &verify, None).await.unwrap();
+    h.auth.reset_password(P, &reset, "some new passphrase", None).await.unwrap();
     // The same email can be registered independently in B.
     h.auth.sign_up(bid, "pat@example.com", PASSWORD, None).await.unwrap();
     let in_b = h.auth.sign_in(bid, "pat@example.com", PASSWORD, None).await.unwrap();
@@ -598,7 +598,7 @@ async fn state_survives_a_restart() {
         auth.sign_up(P, "rita@example.com", PASSWORD, None).await.unwrap();
         let s = auth.sign_in(P, "rita@example.com", PASSWORD, None).await.unwrap();
         let gone = auth.sign_in(P, "rita@example.com", PASSWORD, None).await.unwrap();
-        auth.sign_out(P, &gone.refresh_token).await.unwrap();
+        auth.sign_out(P, &gone.refresh_token, None).await.unwrap();
         (s, gone)
     };
     let auth = make();
@@ -606,4 +606,174 @@ async fn state_survives_a_restart() {
     auth.verify_access_token(P, &s.access_token).await.unwrap();
     assert!(auth.verify_access_token(P, &signed_out.access_token).await.is_err());
     auth.refresh(P, &s.refresh_token, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn cheap_checks_come_before_any_password_hash() {
+    let h = harness(|_| {});
+    let s = h.user(P, "rita@example.com").await; // one hash (sign-up), one verification
+    let hashes = || h.auth.password_hashes();
+    assert_eq!(hashes(), 2);
+
+    // Reset with a garbage, an over-long and an expired token: answered from a SHA-256 and a read.
+    for token in ["garbage", &"x".repeat(10_000)] {
+        assert!(matches!(
+            h.auth.reset_password(P, token, "a brand new passphrase", None).await,
+            Err(AuthError::InvalidToken)
+        ));
+    }
+    h.auth.request_password_reset(P, "rita@example.com", None).await.unwrap();
+    let token = token_of(&h.mail(P, "rita@example.com", EmailKind::PasswordReset).await);
+    h.clock.advance(Duration::from_secs(3601));
+    assert!(matches!(
+        h.auth.reset_password(P, &token, "a brand new passphrase", None).await,
+        Err(AuthError::TokenExpired)
+    ));
+    // A verification token is not a reset token.
+    let verify = token_of(&h.mail(P, "rita@example.com", EmailKind::VerifyEmail).await);
+    assert!(matches!(
+        h.auth.reset_password(P, &verify, "a brand new passphrase", None).await,
+        Err(AuthError::InvalidToken)
+    ));
+    assert!(matches!(h.auth.verify_email(P, "garbage", None).await, Err(AuthError::InvalidToken)));
+    assert_eq!(hashes(), 2, "no bad token reached Argon2");
+
+    // Sign-up: a bad address or a weak password is refused before hashing.
+    for (email, password) in [("not an address", PASSWORD), ("sam@example.com", "qwertyuiop")] {
+        assert!(h.auth.sign_up(P, email, password, None).await.is_err());
+    }
+    // Sign-in with an over-long password is refused before hashing.
+    let long = "p".repeat(10_000);
+    assert!(h.auth.sign_in(P, "rita@example.com", &long, None).await.is_err());
+    assert_eq!(hashes(), 2);
+
+    // An unknown email costs the same one verification as a wrong password (the dummy hash).
+    assert!(h.auth.sign_in(P, "nobody@example.com", PASSWORD, None).await.is_err());
+    assert_eq!(hashes(), 3);
+    assert!(h.auth.sign_in(P, "rita@example.com", "wrong but long enough", None).await.is_err());
+    assert_eq!(hashes(), 4);
+
+    // A good token and password: exactly one hash, and the reset works.
+    h.auth.request_password_reset(P, "rita@example.com", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let token = token_of(&h.mail(P, "rita@example.com", EmailKind::PasswordReset).await);
+    h.auth.reset_password(P, &token, "a brand new passphrase", None).await.unwrap();
+    assert_eq!(hashes(), 5);
+    assert!(h.auth.refresh(P, &s.refresh_token, None).await.is_err(), "sessions revoked");
+}
+
+/// Argon2 parameters that make one hash take a long while (hundreds of ms in a debug build): long
+/// enough that a test can see the only slot taken.
+fn slow_hashes(c: &mut nimbus_auth::AuthConfig) {
+    c.password_hash =
+        nimbus_auth::PasswordHashConfig { memory_kib: 32 * 1024, iterations: 10, parallelism: 1 };
+    c.max_concurrent_hashes = 1;
+    // Zero: take a free slot at once, or answer Busy (never waits, so the test is deterministic).
+    c.hash_wait = Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_beyond_the_bound_answers_busy_and_keeps_the_reset_token() {
+    let h = harness(slow_hashes);
+    h.auth.sign_up(P, "tess@example.com", PASSWORD, None).await.unwrap();
+    h.auth.request_password_reset(P, "tess@example.com", None).await.unwrap();
+    let token = token_of(&h.mail(P, "tess@example.com", EmailKind::PasswordReset).await);
+
+    // A sign-up takes the only slot; the counter moves when its hash starts.
+    let before = h.auth.password_hashes();
+    let auth = h.auth.clone();
+    let long =
+        tokio::spawn(async move { auth.sign_up(P, "uma@example.com", PASSWORD, None).await });
+    while h.auth.password_hashes() == before {
+        tokio::task::yield_now().await;
+    }
+    // Meanwhile: a reset and a sign-in find no slot.
+    match h.auth.reset_password(P, &token, "a brand new passphrase", None).await {
+        Err(AuthError::Busy { retry_after }) => assert!(retry_after >= Duration::from_secs(1)),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(matches!(
+        h.auth.sign_in(P, "tess@example.com", PASSWORD, None).await,
+        Err(AuthError::Busy { .. })
+    ));
+    assert_eq!(h.auth.password_hashes(), before + 1, "nothing else hashed while busy");
+    long.await.unwrap().unwrap();
+    // The busy reset did not spend the token.
+    h.auth.reset_password(P, &token, "a brand new passphrase", None).await.unwrap();
+    h.auth.sign_in(P, "tess@example.com", "a brand new passphrase", None).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_stranger_facing_call_is_rate_limited() {
+    let limit = Some(RateLimit::new(2, Duration::from_secs(3600)));
+    let h = harness(|c| {
+        c.rate_limits.reset_password_per_ip = limit;
+        c.rate_limits.verify_email_per_ip = limit;
+        c.rate_limits.anonymous_per_ip = limit;
+        c.rate_limits.verification_request_per_account = limit;
+        c.rate_limits.refresh_per_ip = limit;
+    });
+    let ip: IpAddr = "203.0.113.9".parse().unwrap();
+    let other: IpAddr = "203.0.113.10".parse().unwrap();
+    let limited = |r: Result<(), AuthError>| matches!(r, Err(AuthError::RateLimited { .. }));
+
+    for _ in 0..2 {
+        let r = h.auth.reset_password(P, "garbage", "a brand new passphrase", Some(ip)).await;
+        assert!(matches!(r, Err(AuthError::InvalidToken)));
+    }
+    assert!(limited(h.auth.reset_password(P, "garbage", "a new passphrase", Some(ip)).await));
+    assert!(!limited(h.auth.reset_password(P, "garbage", "a new passphrase", Some(other)).await));
+
+    for _ in 0..2 {
+        assert!(matches!(
+            h.auth.verify_email(P, "garbage", Some(ip)).await,
+            Err(AuthError::InvalidToken)
+        ));
+    }
+    assert!(limited(h.auth.verify_email(P, "garbage", Some(ip)).await.map(drop)));
+
+    let a = h.auth.sign_in_anonymously(P, Some(ip)).await.unwrap();
+    h.auth.sign_in_anonymously(P, Some(ip)).await.unwrap();
+    assert!(limited(h.auth.sign_in_anonymously(P, Some(ip)).await.map(drop)));
+
+    // Sign-out counts with refresh: both present a refresh token.
+    h.auth.sign_out(P, "garbage", Some(ip)).await.unwrap();
+    h.auth.refresh(P, &a.refresh_token, Some(ip)).await.unwrap();
+    assert!(limited(h.auth.sign_out(P, &a.refresh_token, Some(ip)).await.map(drop)));
+
+    // Verification emails per user, whichever IP asks.
+    let s = h.user(P, "vic@example.com").await;
+    h.auth.request_email_verification(P, &s.user.id, Some(ip)).await.unwrap();
+    h.auth.request_email_verification(P, &s.user.id, Some(other)).await.unwrap();
+    assert!(limited(h.auth.request_email_verification(P, &s.user.id, None).await));
+}
+
+#[tokio::test]
+async fn roles_are_checked_where_they_are_set() {
+    let h = harness(|_| {});
+    let s = h.user(P, "wes@example.com").await;
+    let set = |roles: Vec<String>| h.auth.set_user_claims(P, &s.user.id, roles, Default::default());
+    match set(vec!["editor".into(), "admin,owner".into()]).await {
+        Err(AuthError::InvalidInput(m)) => assert!(m.contains("\"admin,owner\""), "{m}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert!(set((0..33).map(|i| format!("r{i}")).collect()).await.is_err());
+    let u = set(vec!["org:acme.editor".into(), "beta_tester-2".into()]).await.unwrap();
+    assert_eq!(u.roles, ["org:acme.editor", "beta_tester-2"]);
+}
+
+#[tokio::test]
+async fn project_slugs_follow_the_model_rule() {
+    let h = harness(|_| {});
+    // A leading digit is a valid host name label (RFC 1123): creatable, and the model agrees.
+    h.auth.create_project("1app", "One").await.unwrap();
+    assert!(nimbus_model::validate_project("1app").is_ok());
+    h.user("1app", "xena@example.com").await;
+    for bad in ["-app", "app-", "App", "a_b", "a.b", &"a".repeat(41)] {
+        match h.auth.create_project(bad, "x").await {
+            Err(AuthError::InvalidInput(m)) => assert!(m.contains("slug"), "{m}"),
+            other => panic!("{bad}: expected InvalidInput, got {other:?}"),
+        }
+        assert!(nimbus_model::validate_project(bad).is_err(), "{bad}");
+    }
 }

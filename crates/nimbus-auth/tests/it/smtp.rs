@@ -109,6 +109,6 @@ async fn verification_email_reaches_a_real_smtp_server() {
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect();
     assert_eq!(token.len(), 43);
-    let user = auth.verify_email("default", &token).await.unwrap();
+    let user = auth.verify_email("default", &token, None).await.unwrap();
     assert!(user.email_verified);
 }

@@ -136,8 +136,19 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
 
-    /// Change an auth rate limit: NAME=COUNT/WINDOW (sign_in_per_ip=30/1m) or NAME=off. Names:
-    /// {sign_in,sign_up,password_reset,refresh}_per_{ip,account}, other_per_ip. Repeatable
+    /// Password hashes (Argon2id, each with --argon2-memory-kib of memory) that may run at once;
+    /// beyond that, sign-up, sign-in and reset answer 503 with Retry-After (default: the number of
+    /// cores)
+    #[arg(long, env = "NIMBUS_MAX_CONCURRENT_HASHES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_hashes: Option<u32>,
+
+    /// Change an auth rate limit: NAME=COUNT/WINDOW (sign_in_per_ip=30/1m) or NAME=off.
+    /// Repeatable. Per client IP, and per account (the email, user or refresh token): sign_in_per_ip,
+    /// sign_in_per_account, sign_up_per_ip, sign_up_per_account (also upgrades),
+    /// password_reset_per_ip, password_reset_per_account (reset emails), reset_password_per_ip
+    /// (setting a password with a reset token), refresh_per_ip, refresh_per_account (also
+    /// sign-outs), anonymous_per_ip, verification_request_per_ip,
+    /// verification_request_per_account, verify_email_per_ip
     #[arg(long = "rate-limit", env = "NIMBUS_RATE_LIMITS", value_delimiter = ',', value_parser = parse_rate_limit)]
     pub rate_limits: Vec<RateLimitArg>,
 
@@ -316,6 +327,11 @@ impl ServeArgs {
                     parallelism: self.argon2_parallelism,
                 },
                 rate_limits: self.rate_limits()?,
+                max_concurrent_hashes: self
+                    .max_concurrent_hashes
+                    .map_or_else(nimbus_server::nimbus_auth::default_concurrent_hashes, |n| {
+                        n as usize
+                    }),
                 refresh_reuse_grace: self.refresh_reuse_grace,
                 ..Default::default()
             },
@@ -435,6 +451,13 @@ mod tests {
         assert_eq!(c.instance_pool_size, 1000);
         assert_eq!(c.log_keep_per_function, 10_000);
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            c.auth.max_concurrent_hashes,
+            nimbus_server::nimbus_auth::default_concurrent_hashes()
+        );
+        let t = T::try_parse_from(["nimbus", "--max-concurrent-hashes", "3"]).unwrap();
+        assert_eq!(t.s.server_config(&t.g).unwrap().auth.max_concurrent_hashes, 3);
+        assert!(T::try_parse_from(["nimbus", "--max-concurrent-hashes", "0"]).is_err());
     }
 
     #[test]
@@ -485,6 +508,14 @@ mod tests {
         );
         let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+
+        // The flag's help names every limit there is.
+        let command = <T as clap::CommandFactory>::command();
+        let arg = command.get_arguments().find(|a| a.get_id() == "rate_limits").unwrap();
+        let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
+        for name in RateLimits::names() {
+            assert!(help.contains(name), "--rate-limit help lacks {name}: {help}");
+        }
 
         let t = T::try_parse_from(["nimbus", "--rate-limit", "sign_on=5/1m"]).unwrap();
         let err = t.s.server_config(&t.g).unwrap_err().to_string();

@@ -69,7 +69,8 @@ async fn bearer(
     params(("project" = String, Path)), request_body = Credentials, security(()),
     responses((status = 200, description = "{confirmation_sent: true}", body = Object),
               (status = 400, description = "weak password or bad email", body = ErrorBody),
-              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+              (status = 503, description = "password hashing busy; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn signup(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -83,7 +84,9 @@ pub(crate) async fn signup(
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/signin", tag = "auth",
     params(("project" = String, Path)), request_body = Credentials, security(()),
     responses((status = 200, description = "a session", body = Object),
-              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 401, body = ErrorBody),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+              (status = 503, description = "password hashing busy; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn signin(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -96,7 +99,8 @@ pub(crate) async fn signin(
 /// Sign in as a new anonymous user (upgradeable later with `upgrade`).
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/anonymous", tag = "auth",
     params(("project" = String, Path)), security(()),
-    responses((status = 200, description = "a session", body = Object), (status = 429, body = ErrorBody)))]
+    responses((status = 200, description = "a session", body = Object),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn anonymous(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -110,7 +114,8 @@ pub(crate) async fn anonymous(
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/refresh", tag = "auth",
     params(("project" = String, Path)), request_body = RefreshToken, security(()),
     responses((status = 200, description = "a session", body = Object),
-              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 401, body = ErrorBody),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -123,13 +128,15 @@ pub(crate) async fn refresh(
 /// Sign out of one session.
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/signout", tag = "auth",
     params(("project" = String, Path)), request_body = RefreshToken, security(()),
-    responses((status = 204)))]
+    responses((status = 204),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn signout(
     State(state): State<AppState>,
     Path(project): Path<String>,
+    ClientIp(ip): ClientIp,
     Json(r): Json<RefreshToken>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth.sign_out(&project, &r.refresh_token).await?;
+    state.auth.sign_out(&project, &r.refresh_token, Some(ip)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,7 +169,10 @@ pub(crate) async fn user(
 /// Turn the signed-in anonymous user into an email account, keeping its id.
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/upgrade", tag = "auth",
     params(("project" = String, Path)), request_body = Credentials,
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+              (status = 503, description = "password hashing busy; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -180,7 +190,9 @@ pub(crate) async fn upgrade(
 
 /// Send the signed-in user a new verification email.
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/verify-email/request", tag = "auth",
-    params(("project" = String, Path)), responses((status = 204), (status = 401, body = ErrorBody)))]
+    params(("project" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn request_verification(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -195,19 +207,22 @@ pub(crate) async fn request_verification(
 /// Confirm an email address with the single-use token from the email (the emailed link).
 #[utoipa::path(get, path = "/v1/projects/{project}/auth/verify-email", tag = "auth",
     params(("project" = String, Path), TokenQuery), security(()),
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn verify_email(
     State(state): State<AppState>,
     Path(project): Path<String>,
+    ClientIp(ip): ClientIp,
     Query(q): Query<TokenQuery>,
 ) -> Result<Json<User>, ApiError> {
-    Ok(Json(state.auth.verify_email(&project, &q.token).await?))
+    Ok(Json(state.auth.verify_email(&project, &q.token, Some(ip)).await?))
 }
 
 /// Ask for a password-reset email. Always answers 204, whether or not the address exists.
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/reset-password/request", tag = "auth",
     params(("project" = String, Path)), request_body = EmailOnly, security(()),
-    responses((status = 204), (status = 429, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn request_reset(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -219,15 +234,19 @@ pub(crate) async fn request_reset(
 }
 
 /// Set a new password with the single-use token from the reset email; signs out every session.
+/// The token is checked before the password is hashed.
 #[utoipa::path(post, path = "/v1/projects/{project}/auth/reset-password", tag = "auth",
     params(("project" = String, Path)), request_body = NewPassword, security(()),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+              (status = 503, description = "password hashing busy; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn reset_password(
     State(state): State<AppState>,
     Path(project): Path<String>,
+    ClientIp(ip): ClientIp,
     Json(p): Json<NewPassword>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth.reset_password(&project, &p.token, &p.password).await?;
+    state.auth.reset_password(&project, &p.token, &p.password, Some(ip)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -13,7 +13,9 @@ use crate::error::{ApiError, ErrorBody};
 
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct NewProject {
-    /// DNS-label shaped; also the project's id. Immutable.
+    /// Also the project's id, immutable, and the host name label of `<slug>.<base domain>`:
+    /// 1-40 characters of `a-z`, `0-9` and `-`, not starting or ending with `-` (RFC 1123, so a
+    /// leading digit is fine).
     slug: String,
     name: Option<String>,
 }

@@ -51,7 +51,8 @@ pub(crate) async fn show(
 pub(crate) struct UserPatch {
     /// Disable (true) or re-enable (false): a disabled user cannot sign in or refresh.
     disabled: Option<bool>,
-    /// Roles, as they appear in access tokens (`roles`).
+    /// Roles, as they appear in access tokens (`roles`): at most 32, each 1-64 characters of
+    /// `A-Z a-z 0-9 _ . : -` (functions receive them comma-separated).
     roles: Option<Vec<String>>,
     /// Custom claims, as they appear in access tokens (`custom`).
     #[schema(value_type = Option<Object>)]
@@ -61,7 +62,8 @@ pub(crate) struct UserPatch {
 /// Disable or enable a user, or set their roles and custom claims.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path)),
     request_body = UserPatch,
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -69,13 +71,15 @@ pub(crate) async fn update(
     Json(patch): Json<UserPatch>,
 ) -> Result<Json<User>, ApiError> {
     let mut user = state.auth.get_user(&caller.project, &id).await?;
-    if let Some(disabled) = patch.disabled {
-        user = state.auth.set_user_disabled(&caller.project, &id, disabled).await?;
-    }
+    // Roles and claims first: they are what can be refused (400), and a refused patch must not
+    // have disabled the user already.
     if patch.roles.is_some() || patch.claims.is_some() {
         let roles = patch.roles.unwrap_or(user.roles);
         let claims = patch.claims.unwrap_or(user.claims);
         user = state.auth.set_user_claims(&caller.project, &id, roles, claims).await?;
+    }
+    if let Some(disabled) = patch.disabled {
+        user = state.auth.set_user_disabled(&caller.project, &id, disabled).await?;
     }
     Ok(Json(user))
 }

@@ -555,3 +555,176 @@ async fn api_keys_and_project_isolation_across_every_api() {
     assert_eq!(error_code(r).await.0, 401);
     s.stop().await;
 }
+
+/// A server whose `AuthService` the test keeps, to read its password-hash counter.
+struct Counted {
+    base: String,
+    client: reqwest::Client,
+    auth: nimbus_server::nimbus_auth::AuthService,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Counted {
+    async fn start(config: nimbus_server::ServerConfig) -> Counted {
+        let server = nimbus_server::Server::bind(config).await.unwrap();
+        let auth = server.auth().clone();
+        let base = format!("http://{}", server.local_addr());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Counted { base, client: reqwest::Client::new(), auth, stop, task }
+    }
+
+    fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.base)).json(&body)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// `(status, error code, Retry-After)` of an error answer.
+async fn refusal(r: reqwest::Response) -> (u16, String, Option<u64>) {
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().parse().unwrap());
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.expect("a JSON error body");
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_string(), retry)
+}
+
+#[tokio::test]
+async fn reset_password_checks_the_token_before_hashing_and_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let limit = Some(RateLimit::new(3, Duration::from_secs(3600)));
+    config.auth.rate_limits.reset_password_per_ip = limit;
+    config.auth.rate_limits.verify_email_per_ip = limit;
+    config.auth.rate_limits.anonymous_per_ip = limit;
+    let s = Counted::start(config).await;
+    let before = s.auth.password_hashes();
+
+    let reset = json!({"token": "garbage", "password": "a perfectly fine passphrase"});
+    for _ in 0..3 {
+        let r = s.post("/v1/projects/default/auth/reset-password", reset.clone()).send().await;
+        assert_eq!(refusal(r.unwrap()).await, (401, "invalid_token".into(), None));
+    }
+    assert_eq!(s.auth.password_hashes(), before, "a bad token never reaches Argon2");
+    let r = s.post("/v1/projects/default/auth/reset-password", reset).send().await.unwrap();
+    let (status, code, retry) = refusal(r).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    assert!(retry.unwrap() >= 1);
+
+    let verify = |t: &str| {
+        s.client.get(format!("{}/v1/projects/default/auth/verify-email?token={t}", s.base)).send()
+    };
+    for _ in 0..3 {
+        assert_eq!(refusal(verify("garbage").await.unwrap()).await.0, 401);
+    }
+    assert_eq!(refusal(verify("garbage").await.unwrap()).await.0, 429);
+
+    for _ in 0..3 {
+        let r = s.post("/v1/projects/default/auth/anonymous", json!({})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = s.post("/v1/projects/default/auth/anonymous", json!({})).send().await.unwrap();
+    let (status, code, retry) = refusal(r).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    assert!(retry.unwrap() >= 1);
+    assert_eq!(s.auth.password_hashes(), before);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_beyond_the_hash_bound_get_503_busy_and_the_node_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Hashes that take hundreds of milliseconds here, one at a time, 20 ms of patience.
+    config.auth.password_hash = nimbus_server::nimbus_auth::PasswordHashConfig {
+        memory_kib: 32 * 1024,
+        iterations: 10,
+        parallelism: 1,
+    };
+    config.auth.max_concurrent_hashes = 1;
+    config.auth.hash_wait = Duration::from_millis(20);
+    let s = Arc::new(Counted::start(config).await);
+    let before = s.auth.password_hashes();
+
+    let sign_ups: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let body = json!({"email": format!("u{i}@example.com"), "password": PASSWORD});
+                s.post("/v1/projects/default/auth/signup", body).send().await.unwrap()
+            })
+        })
+        .collect();
+    // While a hash runs, the node answers at once: hashing is off the async workers.
+    while s.auth.password_hashes() == before {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let health = tokio::time::timeout(
+        Duration::from_secs(2),
+        s.client.get(format!("{}/healthz", s.base)).send(),
+    )
+    .await
+    .expect("/healthz within 2 s while passwords hash")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let (mut ok, mut busy) = (0u64, 0u64);
+    for task in sign_ups {
+        let r = task.await.unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                let (_, code, retry) = refusal(r).await;
+                assert_eq!(code, "busy");
+                assert!(retry.unwrap() >= 1, "Retry-After on 503");
+                busy += 1;
+            }
+            other => panic!("sign-up answered {other}: {}", r.text().await.unwrap()),
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "{ok} signed up, {busy} told busy");
+    // Every 200 was one hash; every 503 none.
+    assert_eq!(s.auth.password_hashes() - before, ok);
+    let s = Arc::into_inner(s).expect("every request finished");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn roles_with_commas_or_other_separators_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let session = user_session(&s, "default", "gil@example.com").await;
+    let id = session["user"]["id"].as_str().unwrap();
+    let patch = |body: Value| s.api(Method::PATCH, &format!("/v1/users/{id}")).json(&body).send();
+
+    for bad in ["admin,owner", "a b", "x\ny", "", "é", &"r".repeat(65)] {
+        // `disabled` rides along: a refused patch changes nothing.
+        let r = patch(json!({"roles": ["editor", bad], "disabled": true})).await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_input")),
+            "{bad:?}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&serde_json::to_string(bad).unwrap()), "{message}");
+    }
+    let many: Vec<String> = (0..33).map(|i| format!("r{i}")).collect();
+    assert_eq!(error_code(patch(json!({"roles": many})).await.unwrap()).await.0, 400);
+    let user: Value =
+        s.api(Method::GET, &format!("/v1/users/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((user["roles"].clone(), user["disabled"].clone()), (json!([]), json!(false)));
+
+    let r = patch(json!({"roles": ["org:acme.admin", "beta_tester-2"]})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let user: Value = r.json().await.unwrap();
+    assert_eq!(user["roles"], json!(["org:acme.admin", "beta_tester-2"]));
+    s.stop().await;
+}

@@ -172,3 +172,50 @@ async fn deleting_a_project_removes_all_it_held_and_nothing_else() {
     assert_eq!(r.status(), 401, "the old user is gone");
     s.stop().await;
 }
+
+/// One slug rule (nimbus-model's `validate_project`, an RFC 1123 host name label) decides both
+/// what can be created and what routes: `1app` was creatable and then unreachable.
+#[tokio::test]
+async fn a_project_that_can_be_created_can_be_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.create_project("1app").await;
+    assert_eq!(
+        deploy_in(&s, "1app", "hello", json!({"name": "one", "routes": ["/one"]})).await,
+        201,
+        "deploying with x-nimbus-project: 1app"
+    );
+    assert_eq!(s.get("/@1app/one").await.text().await.unwrap(), "Hello from Nimbus!\n");
+    let r = s
+        .client
+        .get(s.url("/one"))
+        .header("host", format!("1app.localhost:{}", s.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "Hello from Nimbus!\n");
+    let list: Value = s
+        .api(Method::GET, "/v1/functions")
+        .header(HEADER, "1app")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["functions"][0]["name"], "one");
+    // Its end users too.
+    user_session(&s, "1app", "ivy@example.com").await;
+
+    // What is not a valid host name label is refused at creation, with the rule in the message.
+    for bad in ["-app", "app-", "App", "a_b", "a.b", &"a".repeat(41)] {
+        let r =
+            s.api(Method::POST, "/v1/projects").json(&json!({ "slug": bad })).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_input")), "{bad}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("slug") && message.contains("a-z, 0-9"), "{message}");
+    }
+    s.stop().await;
+}
