@@ -82,7 +82,7 @@ pub use mail::{
     EmailKind, EmailMessage, MailError, Mailer, Outbox, SmtpConfig, SmtpMailer, SmtpSecurity,
 };
 pub use password::{PasswordHasherService, check_policy};
-pub use service::{AuthService, normalize_email};
+pub use service::{AuthService, is_valid_role, normalize_email};
 pub use types::{
     ApiKeyInfo, ApiKeyScope, Event, NewApiKey, Project, Session, SignUpOutcome, User, UserPage,
 };

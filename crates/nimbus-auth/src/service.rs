@@ -139,6 +139,13 @@ pub fn normalize_email(email: &str) -> Result<String, AuthError> {
     Ok(email)
 }
 
+/// Whether `role` follows the role rule (see [`validate_roles`]). The gateway also drops roles that
+/// do not, which only users given roles before the rule existed can have.
+pub fn is_valid_role(role: &str) -> bool {
+    (1..=MAX_ROLE_BYTES).contains(&role.len())
+        && role.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
 /// Roles travel in access tokens and, joined with commas, in the `x-nimbus-user-roles` header that
 /// functions read: a safe charset (no comma, space or control character) keeps one role one role.
 fn validate_roles(roles: &[String]) -> Result<(), AuthError> {
@@ -148,11 +155,7 @@ fn validate_roles(roles: &[String]) -> Result<(), AuthError> {
             roles.len()
         )));
     }
-    let ok = |r: &str| {
-        (1..=MAX_ROLE_BYTES).contains(&r.len())
-            && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
-    };
-    match roles.iter().find(|r| !ok(r)) {
+    match roles.iter().find(|r| !is_valid_role(r)) {
         Some(bad) => Err(AuthError::InvalidInput(format!(
             "invalid role {bad:?}: use 1-{MAX_ROLE_BYTES} characters of A-Z, a-z, 0-9, '_', '.', \
              ':' and '-'"

@@ -110,7 +110,15 @@ impl Identity {
             Identity::User(claims) => {
                 set("x-nimbus-auth", "user");
                 set("x-nimbus-user-id", &claims.sub);
-                set("x-nimbus-user-roles", &claims.roles.join(","));
+                // Roles given before the role rule existed may hold a comma: never let one role
+                // read as two.
+                let roles: Vec<&str> = claims
+                    .roles
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|r| nimbus_auth::is_valid_role(r))
+                    .collect();
+                set("x-nimbus-user-roles", &roles.join(","));
                 set("x-nimbus-user-anonymous", if claims.anon { "true" } else { "false" });
                 set("x-nimbus-session-id", &claims.sid);
                 if !claims.custom.is_empty() {
