@@ -251,7 +251,7 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
         inv["invocations"].as_array().unwrap().iter().map(|r| &r["version"]).collect();
     assert!(versions.contains(&&Value::from(1)) && versions.contains(&&Value::from(2)), "{inv}");
     let table = s.ok(&["invocations", "--status", "ok", "--limit", "3"]);
-    assert!(table.starts_with("TIME "), "{table}");
+    assert!(table.starts_with("SEQ "), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
 
     assert!(s.ok(&["delete", "hello"]).contains("Deleted hello"));

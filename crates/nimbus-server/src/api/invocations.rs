@@ -35,7 +35,8 @@ pub(crate) struct InvocationList {
 pub(crate) fn parse_position(after: Option<&str>) -> Result<Option<u64>, ApiError> {
     after
         .map(|a| {
-            a.parse::<u64>().map_err(|_| {
+            // Positions are SQLite integers: at most i64::MAX.
+            a.parse::<u64>().ok().filter(|p| i64::try_from(*p).is_ok()).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_query",
                     format!(

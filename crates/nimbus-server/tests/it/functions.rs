@@ -377,8 +377,10 @@ async fn health_metrics_and_openapi() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
     s.deploy("hello", spec("hello", &["/hello"])).await;
-    s.get("/hello").await;
-    s.records("hello", 1).await;
+    // Read the body: a client that drops it early makes the guest's write fail (it then panics).
+    s.get("/hello").await.text().await.unwrap();
+    let records = s.records("hello", 1).await;
+    assert_eq!(records[0]["status"], "ok", "{records:?}");
     let health: Value = s.get("/healthz").await.json().await.unwrap();
     assert_eq!(health["status"], "ok");
     let metrics =

@@ -163,6 +163,9 @@ async fn after_is_a_position_and_an_id_is_refused_clearly() {
         "/v1/functions/logs/logs?after=-1",
         "/v1/functions/logs/logs?follow=true&after=x",
         "/v1/events?after=0190a000-0000-7000-8000-000000000001",
+        // Past SQLite's integer range (schemathesis found this one answering 500).
+        "/v1/events?after=9223372036854775808",
+        "/v1/invocations?after=18446744073709551615",
     ] {
         let r = s.api(Method::GET, path).send().await.unwrap();
         assert_eq!(error_code(r).await, (400, "invalid_query".to_string()), "{path}");
