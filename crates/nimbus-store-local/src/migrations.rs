@@ -184,6 +184,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_project_id ON events (project, id);
     CREATE INDEX events_undelivered ON events (id) WHERE delivered_at IS NULL;
     "#,
+    // KV (nimbus-kv): per project, per bucket byte values with an optional expiry. Self-contained:
+    // touches no other table.
+    r#"
+    -- WITHOUT ROWID: the primary key is the only access path, so the row lives in its B-tree.
+    CREATE TABLE kv_entries (
+        project    TEXT    NOT NULL,
+        bucket     TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        value      BLOB    NOT NULL,
+        expires_at INTEGER,            -- unix ms; NULL never expires
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project, bucket, key)
+    ) STRICT, WITHOUT ROWID;
+    -- For the purge of expired entries across projects.
+    CREATE INDEX kv_entries_expiry ON kv_entries (expires_at) WHERE expires_at IS NOT NULL;
+    "#,
 ];
 
 /// Bring the schema up to [`SCHEMA_VERSION`]. Refuses a database written by a newer build.

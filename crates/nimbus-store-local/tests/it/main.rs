@@ -3,4 +3,5 @@
 
 mod auth;
 mod blob;
+mod kv;
 mod sqlite;
