@@ -13,6 +13,7 @@
 mod engine;
 mod host;
 mod invoke;
+mod keyvalue;
 mod validate;
 
 use std::path::Path;
@@ -25,6 +26,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use host::OutboundPolicy;
+pub use keyvalue::{KeyValueHost, KvHostError};
 pub use invoke::{
     BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
 };
@@ -70,6 +72,8 @@ pub struct Runtime {
     linker: Linker<HostState>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// What `wasi:keyvalue` calls reach; without one, `open` answers `no-such-store`.
+    kv: Option<Arc<dyn KeyValueHost>>,
 }
 
 /// A compiled, validated component ready to serialize.
@@ -94,7 +98,8 @@ impl Runtime {
         // (and sockets/filesystem interfaces, which are linked but have nothing to reach: no
         // preopens, no network permission).
         // Plus `wasi:config/store` (as `wasmtime serve -S config` offers), serving the function's
-        // env vars and secrets.
+        // env vars and secrets. Plus `wasi:keyvalue` (store, atomics, batch) over the project's
+        // KV store, once `with_key_value` gives one.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .and_then(|()| {
@@ -102,10 +107,17 @@ impl Runtime {
                     wasmtime_wasi_config::WasiConfig::from(&*h.config)
                 })
             })
+            .and_then(|()| keyvalue::add_to_linker(&mut linker))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());
-        Ok(Runtime { engine, linker, config, ticker_stop })
+        Ok(Runtime { engine, linker, config, ticker_stop, kv: None })
+    }
+
+    /// Serve `wasi:keyvalue` from `host` (scoped per invocation to its project).
+    pub fn with_key_value(mut self, host: Arc<dyn KeyValueHost>) -> Self {
+        self.kv = Some(host);
+        self
     }
 
     pub fn config(&self) -> &RuntimeConfig {
