@@ -11,6 +11,7 @@ mod client_ip;
 mod data_dir;
 mod error;
 mod gateway;
+mod kv_host;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt as _;
 use nimbus_auth::{AuthConfig, AuthService, Mailer, Outbox, SmtpConfig, SmtpMailer};
 use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
+use nimbus_kv::{KvConfig, KvService};
 use nimbus_model::LimitPolicy;
 use nimbus_runtime::{Runtime, RuntimeConfig};
 use nimbus_store_local::{LocalBlobStore, SqliteStore};
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub smtp: Option<SmtpConfig>,
     /// Reverse proxies whose `X-Forwarded-For` is believed when counting per-IP rate limits.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Key-value store bounds (key and value sizes, batch and page sizes) and purge interval.
+    pub kv: KvConfig,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             smtp: None,
             trusted_proxies: Vec::new(),
+            kv: KvConfig::default(),
         }
     }
 }
@@ -95,12 +100,14 @@ impl Server {
                 .with_context(|| format!("opening {}", dirs.database().display()))?,
         );
         let blobs = Arc::new(LocalBlobStore::new(dirs.blobs()).context("opening the blob store")?);
+        let kv = KvService::new(sqlite.clone(), config.kv.clone());
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: config.instance_pool_size,
             max_memory_bytes: config.limits.ceilings.memory_bytes,
             log_bytes_per_invocation: config.log_bytes_per_invocation,
             ..RuntimeConfig::default()
-        })?;
+        })?
+        .with_key_value(Arc::new(kv_host::KvHost(kv.clone())));
         let mailer: Arc<dyn Mailer> = match &config.smtp {
             Some(smtp) => Arc::new(SmtpMailer::new(smtp).context("configuring SMTP")?),
             None => Arc::new(Outbox::new(1000)),
@@ -123,7 +130,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(Arc::new(functions), auth, admin_token, &config, watch);
+        let state = AppState::new(Arc::new(functions), auth, kv, admin_token, &config, watch);
         Ok(Server { listener, state, shutting_down })
     }
 
@@ -138,6 +145,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "nimbus serving");
         let _housekeeping = AbortOnDrop(spawn_auth_pruner(self.state.auth.clone()));
+        let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
         let app = router(self.state);
         let notify = self.shutting_down;
         let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();

@@ -6,5 +6,6 @@ mod common;
 mod foreign;
 mod functions;
 mod hostile;
+mod kv;
 mod logs;
 mod projects;
