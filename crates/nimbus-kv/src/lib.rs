@@ -112,7 +112,9 @@ impl std::fmt::Debug for KvService {
 pub fn validate_bucket(bucket: &str) -> Result<()> {
     let ok = (1..=64).contains(&bucket.len())
         && bucket.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
     if ok { Ok(()) } else { Err(KvError::InvalidBucket(bucket.to_string())) }
 }
 
@@ -172,7 +174,12 @@ impl KvService {
     }
 
     /// What a write's optional TTL means for the stored expiry.
-    fn expiry(&self, ttl: Option<Duration>, keep_otherwise: bool, now: UnixMillis) -> Result<Expiry> {
+    fn expiry(
+        &self,
+        ttl: Option<Duration>,
+        keep_otherwise: bool,
+        now: UnixMillis,
+    ) -> Result<Expiry> {
         match ttl {
             None if keep_otherwise => Ok(Expiry::Keep),
             None => Ok(Expiry::Never),
@@ -386,9 +393,17 @@ mod tests {
 
     #[test]
     fn bounds_are_enforced_with_clear_errors() {
-        let kv = service(KvConfig { max_key_bytes: 8, max_value_bytes: 4, max_batch: 2, ..Default::default() });
+        let kv = service(KvConfig {
+            max_key_bytes: 8,
+            max_value_bytes: 4,
+            max_batch: 2,
+            ..Default::default()
+        });
         assert!(matches!(kv.set("p", "default", "", b"v", None), Err(KvError::InvalidKey(_))));
-        assert!(matches!(kv.set("p", "default", "123456789", b"v", None), Err(KvError::InvalidKey(_))));
+        assert!(matches!(
+            kv.set("p", "default", "123456789", b"v", None),
+            Err(KvError::InvalidKey(_))
+        ));
         assert!(matches!(kv.set("p", "default", "a\nb", b"v", None), Err(KvError::InvalidKey(_))));
         let e = kv.set("p", "default", "k", b"12345", None).unwrap_err();
         assert_eq!(e.to_string(), "value of 5 bytes is larger than the limit of 4 bytes");

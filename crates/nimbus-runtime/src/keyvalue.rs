@@ -79,8 +79,7 @@ pub trait KeyValueHost: Send + Sync + 'static {
         bucket: &str,
         entries: &[(String, Vec<u8>)],
     ) -> Result<(), KvHostError>;
-    fn delete_many(&self, project: &str, bucket: &str, keys: &[String])
-    -> Result<(), KvHostError>;
+    fn delete_many(&self, project: &str, bucket: &str, keys: &[String]) -> Result<(), KvHostError>;
 }
 
 /// Buckets one invocation may hold open at once, and `list-keys` cursors one bucket hands out:
@@ -132,6 +131,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 
 type GuestResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
+/// What a call on a bucket needs, owned: the backend, the project and the bucket name.
+type Target = (Arc<dyn KeyValueHost>, Arc<str>, Arc<str>);
+
 fn to_guest(e: KvHostError) -> store::Error {
     match e {
         KvHostError::NoSuchStore => store::Error::NoSuchStore,
@@ -143,10 +145,7 @@ fn to_guest(e: KvHostError) -> store::Error {
 impl KvView<'_> {
     /// The host, project and bucket name a call on `bucket` needs, owned so that the call can move
     /// to the blocking pool.
-    fn target(
-        &self,
-        bucket: &Resource<Bucket>,
-    ) -> wasmtime::Result<Result<(Arc<dyn KeyValueHost>, Arc<str>, Arc<str>), store::Error>> {
+    fn target(&self, bucket: &Resource<Bucket>) -> GuestResult<Target> {
         let name = self.table.get(bucket)?.name.clone();
         Ok(match &self.ctx.host {
             Some(host) => Ok((host.clone(), self.ctx.project.clone(), name)),
@@ -169,8 +168,8 @@ impl KvView<'_> {
             };
             let joined = tokio::task::spawn_blocking(move || f(&*host, &project, &name)).await;
             // A panic in the backend is the host's bug, not the guest's: trap rather than answer.
-            let result = joined
-                .map_err(|e| wasmtime::Error::msg(format!("key-value task failed: {e}")))?;
+            let result =
+                joined.map_err(|e| wasmtime::Error::msg(format!("key-value task failed: {e}")))?;
             Ok(result.map_err(to_guest))
         }
     }
@@ -187,7 +186,8 @@ impl store::Host for KvView<'_> {
             ))));
         }
         // The empty identifier is the default bucket (Wasmtime's in-memory host uses "" too).
-        let name: Arc<str> = if identifier.is_empty() { "default".into() } else { identifier.into() };
+        let name: Arc<str> =
+            if identifier.is_empty() { "default".into() } else { identifier.into() };
         let project = self.ctx.project.clone();
         let bucket = name.clone();
         let checked = tokio::task::spawn_blocking(move || host.open(&project, &bucket))
@@ -207,7 +207,12 @@ impl store::HostBucket for KvView<'_> {
         self.run(&bucket, move |h, p, b| h.get(p, b, &key)).await
     }
 
-    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> GuestResult<()> {
+    async fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> GuestResult<()> {
         self.run(&bucket, move |h, p, b| h.set(p, b, &key, &value)).await
     }
 
@@ -300,7 +305,11 @@ impl batch::Host for KvView<'_> {
         self.run(&bucket, move |h, p, b| h.set_many(p, b, &key_values)).await
     }
 
-    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> GuestResult<()> {
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> GuestResult<()> {
         self.run(&bucket, move |h, p, b| h.delete_many(p, b, &keys)).await
     }
 }

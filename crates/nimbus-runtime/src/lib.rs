@@ -26,10 +26,10 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use host::OutboundPolicy;
-pub use keyvalue::{KeyValueHost, KvHostError};
 pub use invoke::{
     BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
 };
+pub use keyvalue::{KeyValueHost, KvHostError};
 pub use validate::DeployError;
 
 use host::HostState;

@@ -6,8 +6,8 @@
 //! connection, which makes them atomic against every other write.
 
 use nimbus_model::UnixMillis;
-use nimbus_store::kv::{Expiry, IncrementError, KeyPage, KvStore, KvValue};
 use nimbus_store::Result;
+use nimbus_store::kv::{Expiry, IncrementError, KeyPage, KvStore, KvValue};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::error::Context;
@@ -219,7 +219,9 @@ impl KvStore for SqliteStore {
             let current = match live_value(tx, project, bucket, key, now)? {
                 None => 0,
                 Some(bytes) => {
-                    match std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<i64>().ok())
+                    match std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i64>().ok())
                     {
                         Some(n) => n,
                         None => return Ok(Err(IncrementError::NotAnInteger(key.to_string()))),

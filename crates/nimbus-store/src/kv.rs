@@ -57,8 +57,13 @@ pub enum Expiry {
 /// Per-project key-value buckets. Every method names its project: no call reaches another
 /// project's entries. Buckets exist implicitly while they hold an entry.
 pub trait KvStore: Send + Sync + 'static {
-    fn get(&self, project: &str, bucket: &str, key: &str, now: UnixMillis)
-    -> Result<Option<KvValue>>;
+    fn get(
+        &self,
+        project: &str,
+        bucket: &str,
+        key: &str,
+        now: UnixMillis,
+    ) -> Result<Option<KvValue>>;
 
     /// Insert or replace. `Expiry::Keep` keeps a live entry's expiry (an expired one's is dropped).
     fn set(
@@ -167,9 +172,12 @@ pub mod conformance {
     const B: &str = "default";
     const T0: UnixMillis = 1_700_000_000_000;
 
+    /// One conformance test: it panics on a failed expectation.
+    pub type Test = fn(&dyn KvStore);
+
     /// Every conformance test taking a borrowed store, by name. [`concurrent_increments`] needs
     /// a shared one and is called on its own.
-    pub const ALL: &[(&str, fn(&dyn KvStore))] = &[
+    pub const ALL: &[(&str, Test)] = &[
         ("set_get_delete", set_get_delete),
         ("binary_values", binary_values),
         ("expiry_hides_entries", expiry_hides_entries),
@@ -279,7 +287,10 @@ pub mod conformance {
             assert!(s.list_keys(P, B, "user:", Some(&after), 3, T0).unwrap().keys.is_empty());
         }
         let all = s.list_keys(P, B, "", None, 100, T0).unwrap();
-        assert_eq!(all.keys, vec!["a", "user", "user:1", "user:2", "user:3", "user;", "users:9", "z"]);
+        assert_eq!(
+            all.keys,
+            vec!["a", "user", "user:1", "user:2", "user:3", "user;", "users:9", "z"]
+        );
         assert_eq!(all.next, None);
         // Prefixes are literal: no wildcard characters.
         s.set(P, B, "100%", b"v", Expiry::Never, T0).unwrap();

@@ -36,7 +36,10 @@ pub(crate) fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/v1/kv", get(list_buckets))
         .route("/v1/kv/{bucket}", get(list_keys).delete(delete_bucket))
-        .route("/v1/kv/{bucket}/{*key}", get(get_value).put(put_value).delete(delete_value).post(op))
+        .route(
+            "/v1/kv/{bucket}/{*key}",
+            get(get_value).put(put_value).delete(delete_value).post(op),
+        )
 }
 
 #[derive(Serialize, ToSchema)]
@@ -106,9 +109,14 @@ fn ttl(query: Option<u64>, headers: &HeaderMap) -> Result<Option<Duration>, ApiE
         Some(s) => Some(s),
         None => match headers.get(TTL_HEADER) {
             None => None,
-            Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(
-                || ApiError::bad_request("invalid_ttl", format!("{TTL_HEADER} must be whole seconds")),
-            )?),
+            Some(v) => {
+                Some(v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_ttl",
+                        format!("{TTL_HEADER} must be whole seconds"),
+                    )
+                })?)
+            }
         },
     };
     Ok(secs.map(Duration::from_secs))
@@ -231,8 +239,7 @@ pub(crate) async fn put_value(
         return Err(too_large());
     }
     let value = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             too_large()
         } else {

@@ -45,7 +45,8 @@ async fn rest_round_trip_and_errors() {
     let bytes: Vec<u8> = (0..=255u8).collect();
 
     // Put raw bytes under a key with a slash and a space, read them back unchanged.
-    let r = s.api(Method::PUT, "/v1/kv/default/user/1%20a").body(bytes.clone()).send().await.unwrap();
+    let r =
+        s.api(Method::PUT, "/v1/kv/default/user/1%20a").body(bytes.clone()).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let r = s.api(Method::GET, "/v1/kv/default/user/1%20a").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -78,8 +79,7 @@ async fn rest_round_trip_and_errors() {
         .await
         .unwrap();
     assert_eq!(page, json!({"keys": ["user/3"], "cursor": null}));
-    let buckets: Value =
-        s.api(Method::GET, "/v1/kv").send().await.unwrap().json().await.unwrap();
+    let buckets: Value = s.api(Method::GET, "/v1/kv").send().await.unwrap().json().await.unwrap();
     assert_eq!(buckets, json!({"buckets": [{"name": "default", "keys": 4}]}));
 
     // Increments: default delta 1, negative deltas, and a key ending in /incr stays addressable.
@@ -113,13 +113,25 @@ async fn rest_round_trip_and_errors() {
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (s.api(Method::PUT, "/v1/kv/Bad!/k").body("v"), 400, "invalid_bucket"),
         (s.api(Method::GET, &format!("/v1/kv/{}", "b".repeat(65))), 400, "invalid_bucket"),
-        (s.api(Method::PUT, &format!("/v1/kv/default/{}", "k".repeat(1025))).body("v"), 400, "invalid_key"),
+        (
+            s.api(Method::PUT, &format!("/v1/kv/default/{}", "k".repeat(1025))).body("v"),
+            400,
+            "invalid_key",
+        ),
         (s.api(Method::PUT, "/v1/kv/default/a%0Ab").body("v"), 400, "invalid_key"),
         (s.api(Method::PUT, "/v1/kv/default/big").body(vec![0u8; 1025]), 413, "value_too_large"),
         (s.api(Method::PUT, "/v1/kv/default/t?ttl=0").body("v"), 400, "invalid_ttl"),
         (s.api(Method::PUT, "/v1/kv/default/t?ttl=-1").body("v"), 400, "invalid_query"),
-        (s.api(Method::PUT, "/v1/kv/default/t").header("x-nimbus-kv-ttl", "soon").body("v"), 400, "invalid_ttl"),
-        (s.api(Method::PUT, "/v1/kv/default/t").header("if-none-match", "\"abc\"").body("v"), 400, "invalid_input"),
+        (
+            s.api(Method::PUT, "/v1/kv/default/t").header("x-nimbus-kv-ttl", "soon").body("v"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            s.api(Method::PUT, "/v1/kv/default/t").header("if-none-match", "\"abc\"").body("v"),
+            400,
+            "invalid_input",
+        ),
         (s.api(Method::POST, "/v1/kv/default/user/2/incr"), 409, "not_an_integer"),
         (s.api(Method::POST, "/v1/kv/default/n/decr"), 404, "not_found"),
         (s.client.get(s.url("/v1/kv/default/n")), 401, "unauthorized"),
@@ -148,7 +160,8 @@ async fn rest_round_trip_and_errors() {
 
     // Documented in OpenAPI.
     let doc: Value = s.get("/v1/openapi.json").await.json().await.unwrap();
-    for path in ["/v1/kv", "/v1/kv/{bucket}", "/v1/kv/{bucket}/{key}", "/v1/kv/{bucket}/{key}/incr"] {
+    for path in ["/v1/kv", "/v1/kv/{bucket}", "/v1/kv/{bucket}/{key}", "/v1/kv/{bucket}/{key}/incr"]
+    {
         assert!(doc["paths"][path].is_object(), "{path} missing from OpenAPI");
     }
     s.stop().await;
@@ -173,7 +186,8 @@ async fn ttl_hides_expired_values() {
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(rest_get(&s, "default", "/v1/kv/default/short").await.0, 404);
-    let page: Value = s.api(Method::GET, "/v1/kv/default").send().await.unwrap().json().await.unwrap();
+    let page: Value =
+        s.api(Method::GET, "/v1/kv/default").send().await.unwrap().json().await.unwrap();
     assert_eq!(page["keys"], json!(["long"]));
     // An expired counter starts again from zero.
     let v: Value = s
@@ -200,14 +214,21 @@ async fn guest_reads_and_writes_through_wasi_keyvalue() {
     assert_eq!(guest(&s, "default", "/get?key=greeting").await, (200, "hello kv".into()));
     assert_eq!(guest(&s, "default", "/exists?key=greeting").await, (200, "true".into()));
     // The guest's default bucket ("" when opened) is the REST API's `default`.
-    assert_eq!(rest_get(&s, "default", "/v1/kv/default/greeting").await, (200, b"hello kv".to_vec()));
-    let r = s.api(Method::PUT, "/v1/kv/default/from-rest").body("set by REST").send().await.unwrap();
+    assert_eq!(
+        rest_get(&s, "default", "/v1/kv/default/greeting").await,
+        (200, b"hello kv".to_vec())
+    );
+    let r =
+        s.api(Method::PUT, "/v1/kv/default/from-rest").body("set by REST").send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(guest(&s, "default", "/get?key=from-rest").await, (200, "set by REST".into()));
 
     // Named buckets, atomics and batches.
     assert_eq!(guest(&s, "default", "/incr?key=n&bucket=counters").await, (200, "1".into()));
-    assert_eq!(guest(&s, "default", "/incr?key=n&bucket=counters&delta=41").await, (200, "42".into()));
+    assert_eq!(
+        guest(&s, "default", "/incr?key=n&bucket=counters&delta=41").await,
+        (200, "42".into())
+    );
     assert_eq!(rest_get(&s, "default", "/v1/kv/counters/n").await, (200, b"42".to_vec()));
     assert_eq!(guest(&s, "default", "/set-many?pairs=a:1,b:2,c:3&bucket=batch").await.0, 204);
     assert_eq!(
@@ -313,7 +334,8 @@ async fn values_survive_a_restart() {
     deploy_kv_in(&s, "default").await;
     assert_eq!(guest(&s, "default", "/set?key=kept&value=across%20restarts").await.0, 204);
     assert_eq!(guest(&s, "default", "/incr?key=n&delta=5").await, (200, "5".into()));
-    let r = s.api(Method::PUT, "/v1/kv/default/rest?ttl=3600").body("by rest").send().await.unwrap();
+    let r =
+        s.api(Method::PUT, "/v1/kv/default/rest?ttl=3600").body("by rest").send().await.unwrap();
     assert_eq!(r.status(), 204);
     s.stop().await;
 
