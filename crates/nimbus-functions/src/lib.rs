@@ -510,6 +510,7 @@ impl FunctionService {
         env.retain(|(k, _)| !secrets.contains_key(k));
         env.extend(secrets);
         let params = InvocationParams {
+            project: info.project.as_str().into(),
             config: env.iter().cloned().collect(),
             env: env.into(),
             timeout: Duration::from_millis(info.limits.timeout_ms),

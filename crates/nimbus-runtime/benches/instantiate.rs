@@ -53,6 +53,7 @@ async fn run_once(
 fn bench(c: &mut Criterion) {
     let (runtime, component, _dir) = setup();
     let params = InvocationParams {
+        project: "default".into(),
         env: Arc::from(Vec::new()),
         config: Default::default(),
         timeout: Duration::from_secs(10),

@@ -23,6 +23,7 @@ pub(crate) struct HostState {
     pub(crate) hooks: OutboundHooks,
     pub(crate) limiter: GuestLimiter,
     pub(crate) config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    pub(crate) kv: crate::keyvalue::KvCtx,
 }
 
 impl WasiView for HostState {

@@ -40,6 +40,8 @@ pub enum BodyError {
 /// Per-invocation settings, resolved from the function's version and secrets.
 #[derive(Clone)]
 pub struct InvocationParams {
+    /// The function's project: what `wasi:keyvalue` calls are scoped to.
+    pub project: Arc<str>,
     pub env: Arc<[(String, String)]>,
     /// What `wasi:config/store` answers (the same pairs as `env`, for guests that read runtime
     /// config the portable way, as on `wasmtime serve -S config` or Spin).
@@ -141,6 +143,7 @@ impl Runtime {
             hooks: OutboundHooks { policy: params.outbound.clone(), net: self.net.clone() },
             limiter: GuestLimiter::new(params.memory_bytes),
             config: params.config.0.clone(),
+            kv: crate::keyvalue::KvCtx::new(self.kv.clone(), params.project.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

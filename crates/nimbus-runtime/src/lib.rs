@@ -14,6 +14,7 @@ mod engine;
 mod host;
 mod invoke;
 mod net;
+mod keyvalue;
 mod validate;
 
 use std::path::Path;
@@ -31,6 +32,7 @@ pub use invoke::{
 };
 pub use ipnet::IpNet;
 pub use net::{NetPolicy, internal_range};
+pub use keyvalue::{KeyValueHost, KvHostError};
 pub use validate::DeployError;
 
 use host::HostState;
@@ -86,6 +88,8 @@ pub struct Runtime {
     ticker_stop: Arc<AtomicBool>,
     guests: GuestPool,
     net: Arc<NetPolicy>,
+    /// What `wasi:keyvalue` calls reach; without one, `open` answers `no-such-store`.
+    kv: Option<Arc<dyn KeyValueHost>>,
 }
 
 /// The tokio runtime guests run on (`nimbus-guest` threads). A guest yields at every epoch tick,
@@ -145,7 +149,8 @@ impl Runtime {
         // (and sockets/filesystem interfaces, which are linked but have nothing to reach: no
         // preopens, no network permission).
         // Plus `wasi:config/store` (as `wasmtime serve -S config` offers), serving the function's
-        // env vars and secrets.
+        // env vars and secrets. Plus `wasi:keyvalue` (store, atomics, batch) over the project's
+        // KV store, once `with_key_value` gives one.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .and_then(|()| {
@@ -153,12 +158,19 @@ impl Runtime {
                     wasmtime_wasi_config::WasiConfig::from(&*h.config)
                 })
             })
+            .and_then(|()| keyvalue::add_to_linker(&mut linker))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let guests = GuestPool::new(config.guest_threads).map_err(RuntimeError::GuestPool)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());
         let net = Arc::new(NetPolicy::new(config.outbound_allow_nets.clone()));
-        Ok(Runtime { engine, linker, config, ticker_stop, guests, net })
+        Ok(Runtime { engine, linker, config, ticker_stop, guests, net, kv: None })
+    }
+
+    /// Serve `wasi:keyvalue` from `host` (scoped per invocation to its project).
+    pub fn with_key_value(mut self, host: Arc<dyn KeyValueHost>) -> Self {
+        self.kv = Some(host);
+        self
     }
 
     pub fn config(&self) -> &RuntimeConfig {

@@ -47,6 +47,7 @@ pub enum CallerKind {
 pub struct AppState {
     pub functions: Arc<FunctionService>,
     pub auth: AuthService,
+    pub kv: nimbus_kv::KvService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -62,6 +63,7 @@ impl AppState {
     pub fn new(
         functions: Arc<FunctionService>,
         auth: AuthService,
+        kv: nimbus_kv::KvService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -69,6 +71,7 @@ impl AppState {
         AppState {
             functions,
             auth,
+            kv,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -93,7 +96,9 @@ impl AppState {
                        Errors are \
                        `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`."
     ),
-    paths(api::functions::invoke),
+    paths(api::functions::invoke, api::kv::list_buckets, api::kv::list_keys,
+          api::kv::delete_bucket, api::kv::get_value, api::kv::put_value, api::kv::delete_value,
+          api::kv::op),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
@@ -101,7 +106,8 @@ impl AppState {
          (name = "projects", description = "Projects (tenants) and their API keys"),
          (name = "users", description = "A project's end users, as its operator sees them"),
          (name = "auth", description = "End-user sign-up, sign-in and sessions (public)"),
-         (name = "invocations", description = "Invocation records and logs"))
+         (name = "invocations", description = "Invocation records and logs"),
+         (name = "kv", description = "The project's key-value buckets (docs/kv.md)"))
 )]
 struct ApiDoc;
 
@@ -230,6 +236,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/invoke", any(api::functions::invoke))
         .route("/v1/functions/{name}/invoke/{*path}", any(api::functions::invoke))
         .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
+        // After the upload limit: KV bounds its bodies itself, with the JSON error shape.
+        .merge(api::kv::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     Router::new()

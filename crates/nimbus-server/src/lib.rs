@@ -13,6 +13,7 @@ mod data_dir;
 mod error;
 mod gateway;
 mod listener;
+mod kv_host;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use nimbus_auth::{AuthConfig, AuthService, Mailer, Outbox, SmtpConfig, SmtpMailer};
 use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
+use nimbus_kv::{KvConfig, KvService};
 use nimbus_model::LimitPolicy;
 use nimbus_runtime::{Runtime, RuntimeConfig};
 use nimbus_store_local::{LocalBlobStore, SqliteStore};
@@ -63,6 +65,8 @@ pub struct ServerConfig {
     /// Internal networks (loopback, private, link-local, metadata...) that guests may reach with
     /// outbound HTTP; all others of those are denied, whatever a function's allow-list says.
     pub outbound_allow_nets: Vec<ipnet::IpNet>,
+    /// Key-value store bounds (key and value sizes, batch and page sizes) and purge interval.
+    pub kv: KvConfig,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             connections: ConnectionLimits::default(),
             metrics_listen: None,
             outbound_allow_nets: Vec::new(),
+            kv: KvConfig::default(),
         }
     }
 }
@@ -110,13 +115,15 @@ impl Server {
                 .with_context(|| format!("opening {}", dirs.database().display()))?,
         );
         let blobs = Arc::new(LocalBlobStore::new(dirs.blobs()).context("opening the blob store")?);
+        let kv = KvService::new(sqlite.clone(), config.kv.clone());
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: config.instance_pool_size,
             max_memory_bytes: config.limits.ceilings.memory_bytes,
             log_bytes_per_invocation: config.log_bytes_per_invocation,
             outbound_allow_nets: config.outbound_allow_nets.clone(),
             ..RuntimeConfig::default()
-        })?;
+        })?
+        .with_key_value(Arc::new(kv_host::KvHost(kv.clone())));
         let mailer: Arc<dyn Mailer> = match &config.smtp {
             Some(smtp) => Arc::new(SmtpMailer::new(smtp).context("configuring SMTP")?),
             None => Arc::new(Outbox::new(1000)),
@@ -161,6 +168,8 @@ impl Server {
     /// [`AuthService::password_hashes`]).
     pub fn auth(&self) -> &AuthService {
         &self.state.auth
+        let state = AppState::new(Arc::new(functions), auth, kv, admin_token, &config, watch);
+        Ok(Server { listener, state, shutting_down })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -195,6 +204,7 @@ impl Server {
             )))
         });
         let conn_metrics = self.state.connections.clone();
+        let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
         let app = router(self.state);
         let notify = self.shutting_down;
         let signal = async move {

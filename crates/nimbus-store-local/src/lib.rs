@@ -5,6 +5,7 @@
 //!   [`InvocationStore`](nimbus_store::InvocationStore) on one SQLite database file (WAL mode,
 //!   `synchronous=NORMAL`, foreign keys on, schema migrations keyed by `PRAGMA user_version`). The
 //!   file holds secrets, so it is created with mode `0600`.
+//! - It also implements [`KvStore`](nimbus_store::kv::KvStore) (table `kv_entries`, see `kv.rs`).
 //! - [`LocalBlobStore`] implements [`BlobStore`](nimbus_store::BlobStore) on a directory, writing each
 //!   blob atomically (temporary file in the same directory, `fsync`, `rename`).
 //!
@@ -27,6 +28,7 @@
 mod auth;
 mod blob;
 mod error;
+mod kv;
 mod migrations;
 mod sqlite;
 

@@ -256,6 +256,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_project_seq ON events (project, seq);
     CREATE INDEX events_undelivered ON events (seq) WHERE delivered_at IS NULL;
     "#,
+    // KV (nimbus-kv): per project, per bucket byte values with an optional expiry. Self-contained:
+    // touches no other table.
+    r#"
+    -- WITHOUT ROWID: the primary key is the only access path, so the row lives in its B-tree.
+    CREATE TABLE kv_entries (
+        project    TEXT    NOT NULL,
+        bucket     TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        value      BLOB    NOT NULL,
+        expires_at INTEGER,            -- unix ms; NULL never expires
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project, bucket, key)
+    ) STRICT, WITHOUT ROWID;
+    -- For the purge of expired entries across projects.
+    CREATE INDEX kv_entries_expiry ON kv_entries (expires_at) WHERE expires_at IS NOT NULL;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -364,6 +380,7 @@ mod tests {
         "6553f6fe987d3cfc0ac8e747acd77c71f984199a58b132142ca2b10e054312e9",
         "5686debec54b8fb19ffe3f4bfd10371aaba06811c63f1dfb7c7b392e35a9c21d",
         "1b2a5ce5ff08dca48cebff2628dbc7ef6e6dd944263a63de350fc87e073f59bb",
+        "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -8,6 +8,7 @@
 //! backend can use a blocking client or its own runtime handle without changing the services.
 
 pub mod auth;
+pub mod kv;
 
 use std::collections::BTreeMap;
 

@@ -3,5 +3,6 @@
 pub(crate) mod auth;
 pub(crate) mod functions;
 pub(crate) mod invocations;
+pub(crate) mod kv;
 pub(crate) mod projects;
 pub(crate) mod users;

@@ -52,8 +52,8 @@ pub(crate) async fn list(
     Ok(Json(ProjectList { projects: state.auth.list_projects().await? }))
 }
 
-/// Delete a project with its functions, invocation records, users, sessions, API keys and
-/// events (admin token only). The default project cannot be deleted.
+/// Delete a project with its functions, invocation records, users, sessions, API keys,
+/// events and key-value entries (admin token only). The default project cannot be deleted.
 #[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects",
     params(("project" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 400, body = ErrorBody),
@@ -76,6 +76,9 @@ pub(crate) async fn delete(
     state.functions.delete_project(&project).await?;
     state.auth.delete_project(&project).await?;
     state.functions.delete_project(&project).await?;
+    // Its key-value entries last: no function of it runs any more to write new ones.
+    let p = project.clone();
+    state.kv.call(move |kv| kv.delete_project(&p)).await?;
     tracing::info!(project, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

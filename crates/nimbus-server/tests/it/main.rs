@@ -8,5 +8,6 @@ mod contract;
 mod foreign;
 mod functions;
 mod hostile;
+mod kv;
 mod logs;
 mod projects;

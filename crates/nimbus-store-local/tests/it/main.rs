@@ -3,5 +3,6 @@
 
 mod auth;
 mod blob;
+mod kv;
 mod sqlite;
 mod upgrade;
