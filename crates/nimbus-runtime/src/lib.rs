@@ -13,8 +13,8 @@
 mod engine;
 mod host;
 mod invoke;
-mod net;
 mod keyvalue;
+mod net;
 mod validate;
 
 use std::path::Path;
@@ -31,8 +31,8 @@ pub use invoke::{
     BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
 };
 pub use ipnet::IpNet;
-pub use net::{NetPolicy, internal_range};
 pub use keyvalue::{KeyValueHost, KvHostError};
+pub use net::{NetPolicy, internal_range};
 pub use validate::DeployError;
 
 use host::HostState;

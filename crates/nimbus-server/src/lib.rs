@@ -12,8 +12,8 @@ mod credentials;
 mod data_dir;
 mod error;
 mod gateway;
-mod listener;
 mod kv_host;
+mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +32,7 @@ pub use app::{AppState, router};
 pub use data_dir::ADMIN_TOKEN_FILE;
 pub use listener::ConnectionLimits;
 pub use nimbus_auth;
+pub use nimbus_kv;
 
 /// The operator's configuration of one server.
 #[derive(Debug, Clone)]
@@ -154,7 +155,7 @@ impl Server {
             None => None,
         };
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(Arc::new(functions), auth, admin_token, &config, watch);
+        let state = AppState::new(Arc::new(functions), auth, kv, admin_token, &config, watch);
         Ok(Server {
             listener,
             metrics_listener,
@@ -168,8 +169,6 @@ impl Server {
     /// [`AuthService::password_hashes`]).
     pub fn auth(&self) -> &AuthService {
         &self.state.auth
-        let state = AppState::new(Arc::new(functions), auth, kv, admin_token, &config, watch);
-        Ok(Server { listener, state, shutting_down })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -185,6 +185,10 @@ pub struct ServeArgs {
     /// listed here, whatever a function's allow-list says. Repeatable
     #[arg(long = "outbound-allow-net", env = "NIMBUS_OUTBOUND_ALLOW_NETS", value_delimiter = ',', value_parser = parse_net)]
     pub outbound_allow_nets: Vec<ipnet::IpNet>,
+
+    /// Largest value in the key-value store
+    #[arg(long, env = "NIMBUS_KV_MAX_VALUE", value_parser = parse_size, default_value = "1MiB")]
+    pub kv_max_value: u64,
 }
 
 /// One `--rate-limit` override: `None` turns the limit off.
@@ -345,6 +349,11 @@ impl ServeArgs {
             },
             metrics_listen: self.metrics_listen,
             outbound_allow_nets: self.outbound_allow_nets.clone(),
+            kv: nimbus_server::nimbus_kv::KvConfig {
+                max_value_bytes: usize::try_from(self.kv_max_value)
+                    .context("--kv-max-value is too large")?,
+                ..Default::default()
+            },
         })
     }
 }
