@@ -55,7 +55,7 @@ pub(crate) struct BucketList {
 }
 
 #[derive(Serialize, ToSchema)]
-pub(crate) struct KeyList {
+pub(crate) struct KvKeyPage {
     /// Keys in ascending byte order.
     keys: Vec<String>,
     /// Pass as `cursor` to get the next page; null on the last page.
@@ -137,13 +137,13 @@ pub(crate) async fn list_buckets(
 /// List a bucket's keys, optionally under a prefix, a page at a time.
 #[utoipa::path(get, path = "/v1/kv/{bucket}", tag = "kv",
     params(("bucket" = String, Path), ListQuery),
-    responses((status = 200, body = KeyList), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = KvKeyPage), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     bucket: Result<Path<String>, PathRejection>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<KeyList>, ApiError> {
+) -> Result<Json<KvKeyPage>, ApiError> {
     let (bucket, q) = (path(bucket)?, query(q)?);
     let page = state
         .kv
@@ -151,7 +151,7 @@ pub(crate) async fn list_keys(
             kv.list_keys(&caller.project, &bucket, &q.prefix, q.cursor.as_deref(), q.limit)
         })
         .await?;
-    Ok(Json(KeyList { keys: page.keys, cursor: page.next }))
+    Ok(Json(KvKeyPage { keys: page.keys, cursor: page.next }))
 }
 
 /// Delete every key of a bucket.
