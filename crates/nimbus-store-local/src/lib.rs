@@ -26,6 +26,8 @@
 
 mod auth;
 mod blob;
+mod documents;
+mod events;
 mod error;
 mod migrations;
 mod sqlite;

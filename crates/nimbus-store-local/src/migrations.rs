@@ -184,8 +184,64 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_project_id ON events (project, id);
     CREATE INDEX events_undelivered ON events (id) WHERE delivered_at IS NULL;
     "#,
-];
+    // 3 (issue 7): the event log, its consumers' cursors, document collections and documents.
+    r#"
+    -- The event log. `position` is assigned inside the writing transaction, and this database has
+    -- one writer at a time, so position order is commit order: a reader that has seen N has seen
+    -- every event committed before N. AUTOINCREMENT so that positions are never reused, even once
+    -- the newest events are pruned (consumers' cursors would otherwise skip new events).
+    -- (A PostgreSQL backend must not use a plain sequence for this: sequence values are taken
+    -- before commit, so a slow writer's smaller position can commit after a reader passed it.)
+    CREATE TABLE event_log (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        id       TEXT    NOT NULL, -- UUIDv7, for deduplication; not an order
+        project  TEXT    NOT NULL,
+        type     TEXT    NOT NULL,
+        source   TEXT    NOT NULL,
+        subject  TEXT    NOT NULL,
+        time     INTEGER NOT NULL,
+        data     TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX event_log_project ON event_log (project, position);
+    -- One durable cursor per consumer (realtime hub, later triggers, push, usage).
+    CREATE TABLE event_consumers (
+        name       TEXT    NOT NULL PRIMARY KEY,
+        position   INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    -- Everything up to `pruned_through` is gone: readers behind it must resynchronise.
+    CREATE TABLE event_log_state (
+        id             INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        pruned_through INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO event_log_state (id, pruned_through) VALUES (1, 0);
 
+    -- A collection's integer id keys its documents and names its indexes (`dix_<id>_<hash>`,
+    -- partial on `coll = <id>`), so that no user text ever becomes an SQL identifier.
+    CREATE TABLE doc_collections (
+        id           INTEGER NOT NULL PRIMARY KEY,
+        project      TEXT    NOT NULL,
+        name         TEXT    NOT NULL,
+        schema_json  TEXT,
+        rules_json   TEXT    NOT NULL,
+        indexes_json TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        UNIQUE (project, name)
+    ) STRICT;
+    -- A document reaches its project through its collection: every method resolves
+    -- (project, collection name) to `coll` first.
+    CREATE TABLE documents (
+        coll       INTEGER NOT NULL REFERENCES doc_collections(id) ON DELETE CASCADE,
+        id         TEXT    NOT NULL,
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        data       BLOB    NOT NULL, -- SQLite JSONB
+        PRIMARY KEY (coll, id)
+    ) STRICT;
+    "#,
+];
 /// Bring the schema up to [`SCHEMA_VERSION`]. Refuses a database written by a newer build.
 ///
 /// The version is read inside each migration's (immediate) transaction, so two processes opening the

@@ -8,6 +8,8 @@
 //! backend can use a blocking client or its own runtime handle without changing the services.
 
 pub mod auth;
+pub mod documents;
+pub mod events;
 
 use std::collections::BTreeMap;
 

@@ -4,3 +4,4 @@
 mod auth;
 mod blob;
 mod sqlite;
+mod documents;
