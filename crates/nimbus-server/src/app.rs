@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use nimbus_auth::{ApiKeyScope, AuthError, AuthService};
 use nimbus_functions::FunctionService;
 use nimbus_model::{DEFAULT_PROJECT, validate_project};
@@ -48,6 +48,7 @@ pub enum CallerKind {
 pub struct AppState {
     pub functions: Arc<FunctionService>,
     pub auth: AuthService,
+    pub documents: nimbus_documents::DocumentService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -61,6 +62,7 @@ impl AppState {
     pub fn new(
         functions: Arc<FunctionService>,
         auth: AuthService,
+        documents: nimbus_documents::DocumentService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -68,11 +70,17 @@ impl AppState {
         AppState {
             functions,
             auth,
+            documents,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
             shutting_down,
         }
+    }
+
+    /// Whether `presented` is the operator's admin token (constant-time).
+    pub(crate) fn is_admin_token(&self, presented: &str) -> bool {
+        bool::from(presented.as_bytes().ct_eq(self.admin_token.as_bytes()))
     }
 
     /// Resolves once shutdown has begun.
@@ -159,6 +167,17 @@ pub fn router(state: AppState) -> Router {
     let admin = api
         .route("/v1/functions/{name}/invoke", any(api::functions::invoke))
         .route("/v1/functions/{name}/invoke/{*path}", any(api::functions::invoke))
+        .route(
+            "/v1/collections",
+            get(api::documents::list_collections).post(api::documents::create_collection),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(api::documents::show_collection)
+                .put(api::documents::replace_collection)
+                .delete(api::documents::delete_collection),
+        )
+        .route("/v1/collections/{name}/explain", get(api::documents::explain))
         .layer(api::functions::deploy_body_limit())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
@@ -174,6 +193,22 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(admin)
         .merge(public)
+        // Documents and realtime: public to apps, under each collection's access rules.
+        .route(
+            "/v1/projects/{project}/collections/{collection}/documents",
+            get(api::documents::list).post(api::documents::create),
+        )
+        .route(
+            "/v1/projects/{project}/collections/{collection}/documents/{id}",
+            get(api::documents::get)
+                .put(api::documents::put)
+                .patch(api::documents::patch)
+                .delete(api::documents::delete),
+        )
+        .route("/v1/projects/{project}/documents/batch", post(api::documents::batch))
+        .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
+        .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))
+        .route("/v1/projects/{project}/realtime/ws", get(api::realtime::ws))
         .route("/v1", any(api_not_found))
         .route("/v1/{*rest}", any(api_not_found))
         .fallback(gateway::handle)

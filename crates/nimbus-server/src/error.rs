@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nimbus_auth::AuthError;
+use nimbus_documents::DocError;
 use nimbus_functions::{FunctionError, InvokeError, Rejection};
 use nimbus_runtime::DeployError;
 use serde::Serialize;
@@ -129,5 +130,24 @@ impl From<AuthError> for ApiError {
             api.retry_after = Some(retry_after.as_secs().max(1));
         }
         api
+    }
+}
+
+impl From<DocError> for ApiError {
+    fn from(e: DocError) -> Self {
+        let (status, code) = match &e {
+            DocError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DocError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code),
+            DocError::Schema { .. } => (StatusCode::BAD_REQUEST, "schema_violation"),
+            DocError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            DocError::PreconditionFailed(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
+            DocError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            DocError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            DocError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            DocError::Store(_) | DocError::Internal(_) => return ApiError::internal(&e),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }

@@ -28,6 +28,7 @@ use nimbus_store_local::{LocalBlobStore, SqliteStore};
 pub use app::{AppState, router};
 pub use data_dir::ADMIN_TOKEN_FILE;
 pub use nimbus_auth;
+pub use nimbus_documents;
 
 /// The operator's configuration of one server.
 #[derive(Debug, Clone)]
@@ -53,6 +54,11 @@ pub struct ServerConfig {
     pub smtp: Option<SmtpConfig>,
     /// Reverse proxies whose `X-Forwarded-For` is believed when counting per-IP rate limits.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Document size limit, realtime queue per subscriber, ...
+    pub documents: nimbus_documents::DocumentsConfig,
+    /// How long events stay in the log once every consumer has passed them: the window in
+    /// which a realtime client can resume without a `resync`.
+    pub event_retention: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +76,8 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             smtp: None,
             trusted_proxies: Vec::new(),
+            documents: nimbus_documents::DocumentsConfig::default(),
+            event_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -79,6 +87,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     state: AppState,
     shutting_down: tokio::sync::watch::Sender<bool>,
+    event_log: Arc<dyn nimbus_events::EventLog>,
+    event_retention: Duration,
 }
 
 /// How long in-flight requests get to finish once shutdown begins.
@@ -107,6 +117,14 @@ impl Server {
         };
         let auth = AuthService::new(sqlite.clone(), mailer, config.auth.clone())
             .context("starting the auth service")?;
+        let documents = nimbus_documents::DocumentService::start(
+            sqlite.clone(),
+            sqlite.clone(),
+            config.documents.clone(),
+        )
+        .await
+        .context("starting the documents service")?;
+        let event_log: Arc<dyn nimbus_events::EventLog> = sqlite.clone();
         let functions = FunctionService::start(
             Arc::new(runtime),
             Stores { functions: sqlite.clone(), invocations: sqlite, blobs },
@@ -123,8 +141,9 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(Arc::new(functions), auth, admin_token, &config, watch);
-        Ok(Server { listener, state, shutting_down })
+        let state =
+            AppState::new(Arc::new(functions), auth, documents, admin_token, &config, watch);
+        Ok(Server { listener, state, shutting_down, event_log, event_retention: config.event_retention })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -138,6 +157,11 @@ impl Server {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "nimbus serving");
         let _housekeeping = AbortOnDrop(spawn_auth_pruner(self.state.auth.clone()));
+        let _event_pruner = AbortOnDrop(nimbus_events::spawn_pruner(
+            self.event_log.clone(),
+            self.event_retention,
+            EVENT_PRUNE_EVERY,
+        ));
         let app = router(self.state);
         let notify = self.shutting_down;
         let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
@@ -171,6 +195,9 @@ impl Server {
         }
     }
 }
+
+/// How often the event log is pruned.
+const EVENT_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// How often used and expired tokens and dead sessions are deleted.
 const AUTH_PRUNE_EVERY: Duration = Duration::from_secs(3600);

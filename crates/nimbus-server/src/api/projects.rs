@@ -73,6 +73,7 @@ pub(crate) async fn delete(
     // working); then functions again, in case a deploy raced the first pass.
     state.functions.delete_project(&project).await?;
     state.auth.delete_project(&project).await?;
+    state.documents.delete_project(&project).await?;
     state.functions.delete_project(&project).await?;
     tracing::info!(project, "project deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -8,3 +8,5 @@ mod functions;
 mod hostile;
 mod logs;
 mod projects;
+mod documents;
+mod realtime;
