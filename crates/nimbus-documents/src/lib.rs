@@ -404,6 +404,10 @@ impl DocumentService {
             Expect::Any | Expect::Exists => BatchWrite::Replace { collection: coll.into(), id: id.into(), data, if_match: None },
         };
         let absent = matches!(expect, Expect::Absent);
+        // `If-Match: *`: only an existing document may be replaced.
+        if expect == Expect::Exists && self.read_doc(project, coll, id).await?.is_none() {
+            return Err(DocError::PreconditionFailed(format!("document {id} does not exist")));
+        }
         let mut out = self.batch(project, vec![write], who).await.map_err(|e| match e {
             DocError::Conflict(m) if absent => DocError::PreconditionFailed(m),
             e => e,

@@ -128,12 +128,17 @@ fn revision_of(expect: Option<Expect>) -> Option<u64> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewCollection {
     name: String,
-    #[serde(flatten)]
-    config: CollectionConfigJson,
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    rules: Option<Value>,
+    #[serde(default)]
+    indexes: Option<Value>,
 }
 
-/// `CollectionConfig` as JSON (its `deny_unknown_fields` cannot sit under `flatten`).
+/// A collection's configuration as sent; checked field by field by `into_config`.
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CollectionConfigJson {
     #[serde(default)]
     schema: Option<Value>,
@@ -167,7 +172,9 @@ pub(crate) async fn create_collection(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: NewCollection = parse_body(&body_bytes(body, CONFIG_BODY_LIMIT).await?)?;
-    let config = body.config.into_config()?;
+    let config =
+        CollectionConfigJson { schema: body.schema, rules: body.rules, indexes: body.indexes }
+            .into_config()?;
     let c = state.documents.create_collection(&caller.project, &body.name, &config).await?;
     Ok((StatusCode::CREATED, Json(c)).into_response())
 }
