@@ -174,7 +174,13 @@ fn pair(e: &Expr, env: &Env, auth: &Value) -> Result<Pair, Untranslatable> {
     })
 }
 
-fn compare(op: RuleOp, a: &Expr, b: &Expr, env: &Env, auth: &Value) -> Result<Pair, Untranslatable> {
+fn compare(
+    op: RuleOp,
+    a: &Expr,
+    b: &Expr,
+    env: &Env,
+    auth: &Value,
+) -> Result<Pair, Untranslatable> {
     let (a, b) = (operand(a, env, auth)?, operand(b, env, auth)?);
     let flip = |op: RuleOp| match op {
         RuleOp::Lt => RuleOp::Gt,
@@ -353,7 +359,10 @@ pub fn decode_cursor(text: &str, sort_keys: usize) -> Result<Cursor> {
     let bad = || DocError::invalid("invalid_cursor", "the cursor is not one this query returned");
     let bytes = B64.decode(text).map_err(|_| bad())?;
     let c: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if c.values.len() != sort_keys || !c.values.iter().all(is_scalar) || c.values.iter().any(Value::is_boolean) {
+    if c.values.len() != sort_keys
+        || !c.values.iter().all(is_scalar)
+        || c.values.iter().any(Value::is_boolean)
+    {
         return Err(bad());
     }
     Ok(c)
@@ -371,22 +380,20 @@ pub fn parse_fields(text: &str) -> Result<Vec<FieldPath>> {
 }
 
 pub fn project(data: &Value, fields: &[FieldPath]) -> Value {
-    let mut out = serde_json::Map::new();
+    let mut out = Value::Object(serde_json::Map::new());
     for f in fields {
         let Some(v) = f.lookup(data) else { continue };
-        let segs = f.segments();
-        let mut obj = &mut out;
-        for s in &segs[..segs.len() - 1] {
-            let entry = obj.entry(s.clone()).or_insert_with(|| Value::Object(Default::default()));
-            if !entry.is_object() {
-                *entry = Value::Object(Default::default());
+        let Some((last, parents)) = f.segments().split_last() else { continue };
+        let mut at = &mut out;
+        for s in parents {
+            if !at.get(s).is_some_and(Value::is_object) {
+                at[s.as_str()] = Value::Object(serde_json::Map::new());
             }
-            let Value::Object(m) = entry else { unreachable!() };
-            obj = m;
+            at = &mut at[s.as_str()];
         }
-        obj.insert(segs[segs.len() - 1].clone(), v.clone());
+        at[last.as_str()] = v.clone();
     }
-    Value::Object(out)
+    out
 }
 
 #[cfg(test)]
@@ -404,10 +411,18 @@ mod tests {
     fn rules_are_pushed_with_auth_substituted() {
         let auth = json!({"id": "u1", "roles": ["user"]});
         let f = t("auth.id != null && doc.owner == auth.id", &auth).unwrap();
-        assert_eq!(f, Filter::Compare(FieldPath::parse("owner").unwrap(), CompareOp::Eq, json!("u1")));
-        assert_eq!(t("auth.id != null && doc.owner == auth.id", &Value::Null).unwrap(), Filter::False);
-        assert_eq!(t("\"admin\" in auth.roles || doc.public == true", &auth).unwrap(),
-            Filter::Compare(FieldPath::parse("public").unwrap(), CompareOp::Eq, json!(true)));
+        assert_eq!(
+            f,
+            Filter::Compare(FieldPath::parse("owner").unwrap(), CompareOp::Eq, json!("u1"))
+        );
+        assert_eq!(
+            t("auth.id != null && doc.owner == auth.id", &Value::Null).unwrap(),
+            Filter::False
+        );
+        assert_eq!(
+            t("\"admin\" in auth.roles || doc.public == true", &auth).unwrap(),
+            Filter::Compare(FieldPath::parse("public").unwrap(), CompareOp::Eq, json!(true))
+        );
         assert!(t("size(doc.title) < 10", &auth).is_err());
         assert!(t("doc.a == doc.b", &auth).is_err());
         // An ordering against a wrong type is an error: neither true nor false.
@@ -432,6 +447,9 @@ mod tests {
         assert!(decode_cursor(&encode_cursor(&c), 1).is_err());
         assert!(decode_cursor("!!!", 0).is_err());
         let fields = parse_fields("a.b,c").unwrap();
-        assert_eq!(project(&json!({"a": {"b": 1, "x": 2}, "c": 3, "d": 4}), &fields), json!({"a": {"b": 1}, "c": 3}));
+        assert_eq!(
+            project(&json!({"a": {"b": 1, "x": 2}, "c": 3, "d": 4}), &fields),
+            json!({"a": {"b": 1}, "c": 3})
+        );
     }
 }

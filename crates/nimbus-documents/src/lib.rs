@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use nimbus_rules::{Caller, Env, Operation, RuleSet, RuleSources};
 use nimbus_store::documents::{
-    Collection, CollectionSpec, Document, DocumentStore, Expect, FailureReason, Filter,
-    IndexSpec, MAX_LIMIT, Plan, Query, SortKey, WriteFailure, WriteOp, WriteOutcome,
+    Collection, CollectionSpec, Document, DocumentStore, Expect, FailureReason, Filter, IndexSpec,
+    MAX_LIMIT, Plan, Query, SortKey, WriteFailure, WriteOp, WriteOutcome,
 };
 use nimbus_store::events::EventLog;
 use parking_lot::RwLock;
@@ -100,15 +100,15 @@ impl Compiled {
         let sources: RuleSources = serde_json::from_value(info.spec.rules.clone())
             .map_err(|e| DocError::Internal(format!("stored rules of {}: {e}", info.name)))?;
         let rules = RuleSet::compile(&Env::documents(), &sources).map_err(|e| {
-            DocError::invalid("invalid_rule", format!("rule for {}: {}", e.operation.as_str(), e.error.message()))
+            DocError::invalid(
+                "invalid_rule",
+                format!("rule for {}: {}", e.operation.as_str(), e.error.message()),
+            )
         })?;
-        let schema = info
-            .spec
-            .schema
-            .as_ref()
-            .map(jsonschema::validator_for)
-            .transpose()
-            .map_err(|e| DocError::invalid("invalid_schema", format!("the schema is not valid: {e}")))?;
+        let schema =
+            info.spec.schema.as_ref().map(jsonschema::validator_for).transpose().map_err(|e| {
+                DocError::invalid("invalid_schema", format!("the schema is not valid: {e}"))
+            })?;
         Ok(Compiled { info, rules, schema })
     }
 
@@ -126,7 +126,13 @@ impl Compiled {
     }
 
     /// May `who` do `op`, with `doc` the stored data and `body` the incoming data?
-    pub fn allows(&self, op: Operation, who: &Principal, doc: Option<&Value>, body: Option<&Value>) -> bool {
+    pub fn allows(
+        &self,
+        op: Operation,
+        who: &Principal,
+        doc: Option<&Value>,
+        body: Option<&Value>,
+    ) -> bool {
         let null = Value::Null;
         let request = match body {
             Some(b) => serde_json::json!({ "body": b }),
@@ -156,7 +162,13 @@ pub struct DocumentView {
 
 impl From<Document> for DocumentView {
     fn from(d: Document) -> Self {
-        DocumentView { id: d.id, revision: d.revision, created_at: d.created_at, updated_at: d.updated_at, data: d.data }
+        DocumentView {
+            id: d.id,
+            revision: d.revision,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            data: d.data,
+        }
     }
 }
 
@@ -275,7 +287,10 @@ impl DocumentService {
         for i in &config.indexes {
             validate::validate_collection_name(&i.name)?;
             if !names.insert(i.name.clone()) {
-                return Err(DocError::invalid("invalid_index", format!("index {} is declared twice", i.name)));
+                return Err(DocError::invalid(
+                    "invalid_index",
+                    format!("index {} is declared twice", i.name),
+                ));
             }
             if i.fields.is_empty() || i.fields.len() > 8 {
                 return Err(DocError::invalid("invalid_index", "an index has 1 to 8 fields"));
@@ -286,27 +301,46 @@ impl DocumentService {
         }
         let spec = CollectionSpec {
             schema: config.schema.clone(),
-            rules: serde_json::to_value(&config.rules).map_err(|e| DocError::Internal(e.to_string()))?,
+            rules: serde_json::to_value(&config.rules)
+                .map_err(|e| DocError::Internal(e.to_string()))?,
             indexes: config.indexes.clone(),
         };
         // Compile now: rule and schema errors go back to the administrator, not to end users.
-        Compiled::build(Collection { project: String::new(), name: String::new(), spec: spec.clone(), created_at: 0, updated_at: 0 })?;
+        Compiled::build(Collection {
+            project: String::new(),
+            name: String::new(),
+            spec: spec.clone(),
+            created_at: 0,
+            updated_at: 0,
+        })?;
         Ok(spec)
     }
 
-    pub async fn create_collection(&self, project: &str, name: &str, config: &CollectionConfig) -> Result<Collection> {
+    pub async fn create_collection(
+        &self,
+        project: &str,
+        name: &str,
+        config: &CollectionConfig,
+    ) -> Result<Collection> {
         validate::validate_collection_name(name)?;
         let spec = Self::spec_of(config)?;
         let (p, n) = (project.to_owned(), name.to_owned());
         let out = self.blocking(move |s| s.create_collection(&p, &n, &spec)).await;
         self.forget(project, name);
         out.map_err(|e| match e {
-            DocError::Store(nimbus_store::StoreError::Conflict(_)) => DocError::Conflict(format!("collection {name} exists")),
+            DocError::Store(nimbus_store::StoreError::Conflict(_)) => {
+                DocError::Conflict(format!("collection {name} exists"))
+            }
             e => e,
         })
     }
 
-    pub async fn update_collection(&self, project: &str, name: &str, config: &CollectionConfig) -> Result<Collection> {
+    pub async fn update_collection(
+        &self,
+        project: &str,
+        name: &str,
+        config: &CollectionConfig,
+    ) -> Result<Collection> {
         let spec = Self::spec_of(config)?;
         let (p, n) = (project.to_owned(), name.to_owned());
         let out = self.blocking(move |s| s.update_collection(&p, &n, &spec)).await;
@@ -371,7 +405,13 @@ impl DocumentService {
         self.blocking(move |s| s.get(&p, &c, &i)).await.map_err(not_found)
     }
 
-    pub async fn get(&self, project: &str, coll: &str, id: &str, who: &Principal) -> Result<Document> {
+    pub async fn get(
+        &self,
+        project: &str,
+        coll: &str,
+        id: &str,
+        who: &Principal,
+    ) -> Result<Document> {
         validate::validate_id(id)?;
         let compiled = self.compiled(project, coll).await?;
         let doc = self
@@ -385,23 +425,53 @@ impl DocumentService {
     }
 
     /// Run one batch against the store, mapping condition failures to errors.
-    async fn commit(&self, project: &str, ops: Vec<WriteOp>) -> Result<std::result::Result<Vec<WriteOutcome>, WriteFailure>> {
+    async fn commit(
+        &self,
+        project: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<std::result::Result<Vec<WriteOutcome>, WriteFailure>> {
         let p = project.to_owned();
         self.blocking(move |s| s.write(&p, &ops)).await
     }
 
     /// Create a document; `id` is the client's choice or a new UUIDv7.
-    pub async fn create(&self, project: &str, coll: &str, id: Option<String>, data: Value, who: &Principal) -> Result<Document> {
-        let mut out = self.batch(project, vec![BatchWrite::Create { collection: coll.into(), id, data }], who).await?;
+    pub async fn create(
+        &self,
+        project: &str,
+        coll: &str,
+        id: Option<String>,
+        data: Value,
+        who: &Principal,
+    ) -> Result<Document> {
+        let mut out = self
+            .batch(project, vec![BatchWrite::Create { collection: coll.into(), id, data }], who)
+            .await?;
         Ok(out.remove(0).document().clone())
     }
 
     /// Replace (or create) a document. `expect` is the request's condition.
-    pub async fn put(&self, project: &str, coll: &str, id: &str, data: Value, expect: Expect, who: &Principal) -> Result<WriteOutcome> {
+    pub async fn put(
+        &self,
+        project: &str,
+        coll: &str,
+        id: &str,
+        data: Value,
+        expect: Expect,
+        who: &Principal,
+    ) -> Result<WriteOutcome> {
         let write = match expect {
-            Expect::Absent => BatchWrite::Create { collection: coll.into(), id: Some(id.into()), data },
-            Expect::Revision(r) => BatchWrite::Replace { collection: coll.into(), id: id.into(), data, if_match: Some(r) },
-            Expect::Any | Expect::Exists => BatchWrite::Replace { collection: coll.into(), id: id.into(), data, if_match: None },
+            Expect::Absent => {
+                BatchWrite::Create { collection: coll.into(), id: Some(id.into()), data }
+            }
+            Expect::Revision(r) => BatchWrite::Replace {
+                collection: coll.into(),
+                id: id.into(),
+                data,
+                if_match: Some(r),
+            },
+            Expect::Any | Expect::Exists => {
+                BatchWrite::Replace { collection: coll.into(), id: id.into(), data, if_match: None }
+            }
         };
         let absent = matches!(expect, Expect::Absent);
         // `If-Match: *`: only an existing document may be replaced.
@@ -415,13 +485,40 @@ impl DocumentService {
         Ok(out.remove(0))
     }
 
-    pub async fn patch(&self, project: &str, coll: &str, id: &str, patch: Value, if_match: Option<u64>, who: &Principal) -> Result<Document> {
-        let mut out = self.batch(project, vec![BatchWrite::Patch { collection: coll.into(), id: id.into(), patch, if_match }], who).await?;
+    pub async fn patch(
+        &self,
+        project: &str,
+        coll: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<u64>,
+        who: &Principal,
+    ) -> Result<Document> {
+        let mut out = self
+            .batch(
+                project,
+                vec![BatchWrite::Patch { collection: coll.into(), id: id.into(), patch, if_match }],
+                who,
+            )
+            .await?;
         Ok(out.remove(0).document().clone())
     }
 
-    pub async fn delete(&self, project: &str, coll: &str, id: &str, if_match: Option<u64>, who: &Principal) -> Result<Document> {
-        let mut out = self.batch(project, vec![BatchWrite::Delete { collection: coll.into(), id: id.into(), if_match }], who).await?;
+    pub async fn delete(
+        &self,
+        project: &str,
+        coll: &str,
+        id: &str,
+        if_match: Option<u64>,
+        who: &Principal,
+    ) -> Result<Document> {
+        let mut out = self
+            .batch(
+                project,
+                vec![BatchWrite::Delete { collection: coll.into(), id: id.into(), if_match }],
+                who,
+            )
+            .await?;
         Ok(out.remove(0).document().clone())
     }
 
@@ -429,18 +526,28 @@ impl DocumentService {
     /// committed in one transaction, or none is. Reads needed by rules, patches and updates are
     /// pinned by revision, so a concurrent write makes the batch retry (or, for a write with its
     /// own `if_match`, fail with a precondition error).
-    pub async fn batch(&self, project: &str, writes: Vec<BatchWrite>, who: &Principal) -> Result<Vec<WriteOutcome>> {
+    pub async fn batch(
+        &self,
+        project: &str,
+        writes: Vec<BatchWrite>,
+        who: &Principal,
+    ) -> Result<Vec<WriteOutcome>> {
         if writes.is_empty() || writes.len() > MAX_BATCH {
-            return Err(DocError::invalid("invalid_batch", format!("a batch has 1 to {MAX_BATCH} writes")));
+            return Err(DocError::invalid(
+                "invalid_batch",
+                format!("a batch has 1 to {MAX_BATCH} writes"),
+            ));
         }
         let max = self.inner.config.max_document_bytes;
         // Server-assigned ids are chosen once, so a retry does not create twice.
         let writes: Vec<BatchWrite> = writes
             .into_iter()
             .map(|w| match w {
-                BatchWrite::Create { collection, id: None, data } => {
-                    BatchWrite::Create { collection, id: Some(uuid::Uuid::now_v7().to_string()), data }
-                }
+                BatchWrite::Create { collection, id: None, data } => BatchWrite::Create {
+                    collection,
+                    id: Some(uuid::Uuid::now_v7().to_string()),
+                    data,
+                },
                 w => w,
             })
             .collect();
@@ -450,7 +557,9 @@ impl DocumentService {
             let mut own_condition = Vec::with_capacity(writes.len());
             for w in &writes {
                 let (coll, id) = match w {
-                    BatchWrite::Create { collection, id, .. } => (collection, id.as_deref().unwrap_or_default()),
+                    BatchWrite::Create { collection, id, .. } => {
+                        (collection, id.as_deref().unwrap_or_default())
+                    }
                     BatchWrite::Replace { collection, id, .. }
                     | BatchWrite::Patch { collection, id, .. }
                     | BatchWrite::Delete { collection, id, .. } => (collection, id.as_str()),
@@ -459,11 +568,17 @@ impl DocumentService {
                 let compiled = self.compiled(project, coll).await?;
                 let current = match w {
                     BatchWrite::Create { .. } => None,
-                    BatchWrite::Replace { if_match: None, .. } if *who == Principal::Service && compiled.schema.is_none() => None,
+                    BatchWrite::Replace { if_match: None, .. }
+                        if *who == Principal::Service && compiled.schema.is_none() =>
+                    {
+                        None
+                    }
                     _ => self.read_doc(project, coll, id).await?,
                 };
                 let if_match = match w {
-                    BatchWrite::Replace { if_match, .. } | BatchWrite::Patch { if_match, .. } | BatchWrite::Delete { if_match, .. } => *if_match,
+                    BatchWrite::Replace { if_match, .. }
+                    | BatchWrite::Patch { if_match, .. }
+                    | BatchWrite::Delete { if_match, .. } => *if_match,
                     BatchWrite::Create { .. } => None,
                 };
                 if let (Some(want), Some(cur)) = (if_match, &current)
@@ -485,15 +600,24 @@ impl DocumentService {
                             (_, Some(r)) => Expect::Revision(*r),
                             (Some(c), None) => Expect::Revision(c.revision),
                             // Not read (service) or absent: create or replace as found.
-                            (None, None) if *who == Principal::Service && compiled.schema.is_none() => Expect::Any,
+                            (None, None)
+                                if *who == Principal::Service && compiled.schema.is_none() =>
+                            {
+                                Expect::Any
+                            }
                             (None, None) => Expect::Absent,
                         };
                         (Some(data.clone()), expect)
                     }
                     BatchWrite::Patch { patch, .. } => {
-                        let cur = current.as_ref().ok_or_else(|| DocError::NotFound(format!("document {id}")))?;
+                        let cur = current
+                            .as_ref()
+                            .ok_or_else(|| DocError::NotFound(format!("document {id}")))?;
                         if !patch.is_object() {
-                            return Err(DocError::invalid("invalid_patch", "a merge patch is a JSON object"));
+                            return Err(DocError::invalid(
+                                "invalid_patch",
+                                "a merge patch is a JSON object",
+                            ));
                         }
                         let mut data = cur.data.clone();
                         json_patch::merge(&mut data, patch);
@@ -501,15 +625,25 @@ impl DocumentService {
                         (Some(data), Expect::Revision(cur.revision))
                     }
                     BatchWrite::Delete { .. } => {
-                        let cur = current.as_ref().ok_or_else(|| DocError::NotFound(format!("document {id}")))?;
+                        let cur = current
+                            .as_ref()
+                            .ok_or_else(|| DocError::NotFound(format!("document {id}")))?;
                         (None, Expect::Revision(cur.revision))
                     }
                 };
                 // Rules, then schema: a denied caller learns nothing about the schema.
                 let (op, allowed) = match (&data, &current) {
-                    (Some(d), None) => (Operation::Create, compiled.allows(Operation::Create, who, None, Some(d))),
-                    (Some(d), Some(c)) => (Operation::Update, compiled.allows(Operation::Update, who, Some(&c.data), Some(d))),
-                    (None, c) => (Operation::Delete, compiled.allows(Operation::Delete, who, c.as_ref().map(|c| &c.data), None)),
+                    (Some(d), None) => {
+                        (Operation::Create, compiled.allows(Operation::Create, who, None, Some(d)))
+                    }
+                    (Some(d), Some(c)) => (
+                        Operation::Update,
+                        compiled.allows(Operation::Update, who, Some(&c.data), Some(d)),
+                    ),
+                    (None, c) => (
+                        Operation::Delete,
+                        compiled.allows(Operation::Delete, who, c.as_ref().map(|c| &c.data), None),
+                    ),
                 };
                 if !allowed {
                     return Err(deny(op, coll));
@@ -529,7 +663,10 @@ impl DocumentService {
                             return Err(DocError::NotFound("collection".into()));
                         }
                         FailureReason::AlreadyExists if own => {
-                            return Err(DocError::Conflict(format!("write {} : the document already exists", f.index)));
+                            return Err(DocError::Conflict(format!(
+                                "write {} : the document already exists",
+                                f.index
+                            )));
                         }
                         FailureReason::RevisionMismatch(cur) if own => {
                             return Err(DocError::PreconditionFailed(format!(
@@ -559,7 +696,12 @@ impl DocumentService {
 
     /// The store query for `params`, and the part of the list rule that could not be pushed
     /// into it (to check in Rust on each candidate).
-    fn plan_query(&self, compiled: &Compiled, params: &ListParams, who: &Principal) -> Result<(Query, Option<nimbus_rules::Rule>)> {
+    fn plan_query(
+        &self,
+        compiled: &Compiled,
+        params: &ListParams,
+        who: &Principal,
+    ) -> Result<(Query, Option<nimbus_rules::Rule>)> {
         let env = compiled.rules.env();
         let mut parts: Vec<Filter> = Vec::new();
         if let Some(text) = params.filter.as_deref().filter(|t| !t.trim().is_empty()) {
@@ -587,7 +729,8 @@ impl DocumentService {
         if limit == 0 || limit > MAX_LIMIT {
             return Err(DocError::invalid("invalid_limit", format!("limit is 1 to {MAX_LIMIT}")));
         }
-        let after = params.cursor.as_deref().map(|c| filter::decode_cursor(c, sort.len())).transpose()?;
+        let after =
+            params.cursor.as_deref().map(|c| filter::decode_cursor(c, sort.len())).transpose()?;
         let filter = match parts.len() {
             0 => None,
             1 => parts.pop(),
@@ -596,7 +739,13 @@ impl DocumentService {
         Ok((Query { filter, sort, after, limit }, residual))
     }
 
-    pub async fn list(&self, project: &str, coll: &str, params: &ListParams, who: &Principal) -> Result<ListResult> {
+    pub async fn list(
+        &self,
+        project: &str,
+        coll: &str,
+        params: &ListParams,
+        who: &Principal,
+    ) -> Result<ListResult> {
         let compiled = self.compiled(project, coll).await?;
         let (query, residual) = self.plan_query(&compiled, params, who)?;
         let fields = params.fields.as_deref().map(filter::parse_fields).transpose()?;
@@ -618,7 +767,10 @@ impl DocumentService {
             let mut cut = None;
             for (i, d) in page.documents.iter().enumerate() {
                 examined += 1;
-                if residual.as_ref().is_none_or(|_| compiled.allows(Operation::List, who, Some(&d.data), None)) {
+                if residual
+                    .as_ref()
+                    .is_none_or(|_| compiled.allows(Operation::List, who, Some(&d.data), None))
+                {
                     documents.push(d.clone());
                     if documents.len() == limit && i + 1 < page.documents.len() {
                         cut = Some(i);
@@ -677,19 +829,32 @@ impl DocumentService {
         })
     }
 
-    async fn count(&self, project: &str, coll: &str, query: &Query, residual: bool, compiled: &Compiled, who: &Principal) -> Result<u64> {
+    async fn count(
+        &self,
+        project: &str,
+        coll: &str,
+        query: &Query,
+        residual: bool,
+        compiled: &Compiled,
+        who: &Principal,
+    ) -> Result<u64> {
         if !residual {
             let (p, c, f) = (project.to_owned(), coll.to_owned(), query.filter.clone());
             return self.blocking(move |s| s.count(&p, &c, f.as_ref())).await;
         }
         // A rule that must be checked in Rust: count by reading, within a bound.
-        let mut q = Query { filter: query.filter.clone(), sort: Vec::new(), after: None, limit: MAX_LIMIT };
+        let mut q =
+            Query { filter: query.filter.clone(), sort: Vec::new(), after: None, limit: MAX_LIMIT };
         let (mut n, mut seen) = (0u64, 0usize);
         loop {
             let (p, c, qq) = (project.to_owned(), coll.to_owned(), q.clone());
             let page = self.blocking(move |s| s.query(&p, &c, &qq)).await?;
             seen += page.documents.len();
-            n += page.documents.iter().filter(|d| compiled.allows(Operation::List, who, Some(&d.data), None)).count() as u64;
+            n += page
+                .documents
+                .iter()
+                .filter(|d| compiled.allows(Operation::List, who, Some(&d.data), None))
+                .count() as u64;
             match page.next {
                 Some(c) if seen < self.inner.config.max_examined * 4 => q.after = Some(c),
                 Some(_) => {
@@ -716,7 +881,11 @@ fn cursor_of(d: &Document, sort: &[SortKey]) -> nimbus_store::documents::Cursor 
     let values = sort
         .iter()
         .map(|k| match &k.field {
-            SortField::Field(p) => p.lookup(&d.data).cloned().filter(|v| !v.is_object() && !v.is_array() && !v.is_boolean()).unwrap_or_else(|| bool_as_sql(p.lookup(&d.data))),
+            SortField::Field(p) => p
+                .lookup(&d.data)
+                .cloned()
+                .filter(|v| !v.is_object() && !v.is_array() && !v.is_boolean())
+                .unwrap_or_else(|| bool_as_sql(p.lookup(&d.data))),
             SortField::Id => Value::String(d.id.clone()),
             SortField::CreatedAt => Value::from(d.created_at),
             SortField::UpdatedAt => Value::from(d.updated_at),

@@ -173,7 +173,11 @@ impl Hub {
 
     /// Register a subscriber. Unknown collections are `NotFound`; an end user needs a `list`
     /// rule (collection and query subscriptions) or a `get` rule (document subscriptions).
-    pub async fn subscribe(&self, service: &DocumentService, req: SubscribeRequest) -> Result<Subscription> {
+    pub async fn subscribe(
+        &self,
+        service: &DocumentService,
+        req: SubscribeRequest,
+    ) -> Result<Subscription> {
         let compiled = service.compiled(&req.project, &req.collection).await?;
         let op = match req.target {
             Target::Document(ref id) => {
@@ -186,9 +190,14 @@ impl Hub {
             return Err(crate::deny(op, &req.collection));
         }
         let filter = match (&req.target, req.filter.as_deref().filter(|f| !f.trim().is_empty())) {
-            (Target::Collection, Some(text)) => Some(crate::filter::parse_filter(text, compiled.rules.env())?.rule),
+            (Target::Collection, Some(text)) => {
+                Some(crate::filter::parse_filter(text, compiled.rules.env())?.rule)
+            }
             (Target::Document(_), Some(_)) => {
-                return Err(DocError::invalid("invalid_filter", "a document subscription takes no filter"));
+                return Err(DocError::invalid(
+                    "invalid_filter",
+                    "a document subscription takes no filter",
+                ));
             }
             (_, None) => None,
         };
@@ -260,7 +269,12 @@ async fn run(hub: Weak<HubInner>, mut tail: Tail) {
             }
         };
         let Some(inner) = hub.upgrade() else { return };
-        let service = inner.service.lock().as_ref().and_then(Weak::upgrade).map(|i| DocumentService { inner: i });
+        let service = inner
+            .service
+            .lock()
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map(|i| DocumentService { inner: i });
         // The collections' compiled rules, looked up (and cached) outside the lock.
         let mut compiled: HashMap<Key, Option<Arc<Compiled>>> = HashMap::new();
         if let Some(service) = &service {
@@ -270,9 +284,10 @@ async fn run(hub: Weak<HubInner>, mut tail: Tail) {
                 }
                 let Some(coll) = e.data.get("collection").and_then(Value::as_str) else { continue };
                 let key = (e.project.clone(), coll.to_owned());
-                if !compiled.contains_key(&key) {
-                    let c = service.compiled(&key.0, &key.1).await.ok();
-                    compiled.insert(key, c);
+                if let std::collections::hash_map::Entry::Vacant(slot) = compiled.entry(key) {
+                    let (p, c) = slot.key();
+                    let found = service.compiled(p, c).await.ok();
+                    slot.insert(found);
                 }
             }
         }
@@ -316,7 +331,9 @@ fn offer(s: &Sub, e: &Arc<Event>, compiled: Option<&Compiled>) -> bool {
 pub enum Next {
     Event(Arc<Event>),
     /// Events were pruned past the client's position: reload, then follow from `position`.
-    Resync { position: u64 },
+    Resync {
+        position: u64,
+    },
     /// The subscription ended: `slow_consumer`, `collection_deleted`, `project_deleted`,
     /// `shutdown`.
     Closed(String),
@@ -378,7 +395,8 @@ impl Subscription {
     }
 
     async fn fill_backlog(&mut self) -> Result<()> {
-        let (log, project, after) = (self.service.log().clone(), self.spec.project.clone(), self.backlog_after);
+        let (log, project, after) =
+            (self.service.log().clone(), self.spec.project.clone(), self.backlog_after);
         let events = tokio::task::spawn_blocking(move || log.read(after, Some(&project), BATCH))
             .await
             .map_err(|e| DocError::Internal(e.to_string()))??;

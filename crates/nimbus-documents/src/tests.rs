@@ -37,7 +37,9 @@ async fn next(s: &mut realtime::Subscription) -> Next {
 async fn resume_beyond_retention_gets_resync_and_within_it_no_gap() {
     let (svc, store) = service(64).await;
     for i in 0..3 {
-        svc.create("p", "c", Some(format!("d{i}")), json!({"i": i}), &Principal::Service).await.unwrap();
+        svc.create("p", "c", Some(format!("d{i}")), json!({"i": i}), &Principal::Service)
+            .await
+            .unwrap();
     }
     // Within the log: everything after position 1, then live.
     let mut s = svc.hub().subscribe(&svc, sub(Some(1))).await.unwrap();
@@ -67,7 +69,9 @@ async fn writes_racing_a_subscription_are_neither_lost_nor_doubled() {
         let svc = svc.clone();
         tokio::spawn(async move {
             for i in 0..300 {
-                svc.create("p", "c", Some(format!("d{i:03}")), json!({}), &Principal::Service).await.unwrap();
+                svc.create("p", "c", Some(format!("d{i:03}")), json!({}), &Principal::Service)
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -98,7 +102,9 @@ async fn a_full_queue_drops_the_subscriber_not_the_others() {
         svc.create("p", "c", Some(format!("d{i}")), json!({}), &Principal::Service).await.unwrap();
         // Let the hub dispatch, then drain the fast one.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        while let Ok(Next::Event(_)) = tokio::time::timeout(Duration::from_millis(50), fast.next()).await {
+        while let Ok(Next::Event(_)) =
+            tokio::time::timeout(Duration::from_millis(50), fast.next()).await
+        {
             fast_got += 1;
         }
     }

@@ -32,7 +32,10 @@ impl Tickets {
         if map.len() >= MAX_TICKETS {
             map.retain(|_, (_, _, exp)| *exp > now);
             if map.len() >= MAX_TICKETS {
-                return Err(DocError::invalid("too_many_tickets", "too many outstanding tickets; retry shortly"));
+                return Err(DocError::invalid(
+                    "too_many_tickets",
+                    "too many outstanding tickets; retry shortly",
+                ));
             }
         }
         map.insert(ticket.clone(), (project.to_owned(), who, now + TICKET_TTL));

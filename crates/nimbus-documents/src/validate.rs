@@ -47,8 +47,9 @@ pub fn parse_document(body: &[u8], max_bytes: usize) -> Result<Value> {
             body.len()
         )));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| DocError::invalid("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        DocError::invalid("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
     check_document(&value, max_bytes)?;
     Ok(value)
 }
@@ -99,10 +100,16 @@ mod tests {
         for _ in 0..40 {
             deep = serde_json::json!({ "a": deep });
         }
-        assert!(matches!(check_document(&deep, 1 << 20), Err(DocError::Invalid { code: "too_deep", .. })));
+        assert!(matches!(
+            check_document(&deep, 1 << 20),
+            Err(DocError::Invalid { code: "too_deep", .. })
+        ));
         assert!(check_document(&serde_json::json!([1]), 1 << 20).is_err());
         assert!(check_document(&serde_json::json!({"a": [1, {"b": 2}]}), 1 << 20).is_ok());
-        assert!(matches!(parse_document(b"{\"a\":", 100), Err(DocError::Invalid { code: "invalid_json", .. })));
+        assert!(matches!(
+            parse_document(b"{\"a\":", 100),
+            Err(DocError::Invalid { code: "invalid_json", .. })
+        ));
         assert!(matches!(parse_document(&[b' '; 200], 100), Err(DocError::TooLarge(_))));
         assert!(validate_id("a-B_9").is_ok());
         for bad in ["", "a/b", "..", "a b", &"x".repeat(129)] {

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use nimbus_store::events::{Event, EventLog, LogBounds, NewEvent};
 use nimbus_store::StoreError;
+pub use nimbus_store::events::{Event, EventLog, LogBounds, NewEvent};
 
 /// A consumer reading the log in commit order.
 pub struct Tail {
@@ -88,7 +88,7 @@ impl Tail {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::backend(e))?
+    tokio::task::spawn_blocking(f).await.map_err(StoreError::backend)?
 }
 
 /// Every `every`, prune events older than `retention` that every consumer has passed.

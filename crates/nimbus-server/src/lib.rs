@@ -143,7 +143,13 @@ impl Server {
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
         let state =
             AppState::new(Arc::new(functions), auth, documents, admin_token, &config, watch);
-        Ok(Server { listener, state, shutting_down, event_log, event_retention: config.event_retention })
+        Ok(Server {
+            listener,
+            state,
+            shutting_down,
+            event_log,
+            event_retention: config.event_retention,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

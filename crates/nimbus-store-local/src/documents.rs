@@ -40,10 +40,9 @@ const COLLECTION_COLUMNS: &str =
 
 fn collection_from_row(row: &Row<'_>) -> rusqlite::Result<CollectionRow> {
     let schema: Option<String> = row.get(3)?;
-    let schema = schema
-        .map(|s| serde_json::from_str(&s))
-        .transpose()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
+    let schema = schema.map(|s| serde_json::from_str(&s)).transpose().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(CollectionRow {
         id: row.get(0)?,
         collection: Collection {
@@ -309,7 +308,11 @@ fn sql_to_json(v: SqlValue) -> Value {
 }
 
 /// The SQL of a query, its parameters, and how many sort columns follow the document columns.
-fn compile_query(coll: &CollectionRow, q: &Query, count_only: bool) -> Result<(String, Vec<SqlValue>)> {
+fn compile_query(
+    coll: &CollectionRow,
+    q: &Query,
+    count_only: bool,
+) -> Result<(String, Vec<SqlValue>)> {
     let indexed: HashSet<FieldPath> =
         coll.collection.spec.indexes.iter().flat_map(|i| i.fields.iter().cloned()).collect();
     let mut b = Sql { params: Vec::new(), indexed: &indexed };
@@ -349,8 +352,7 @@ fn compile_query(coll: &CollectionRow, q: &Query, count_only: bool) -> Result<(S
         let no_nulls = vals.iter().all(|v| !matches!(v, SqlValue::Null));
         if uniform && no_nulls {
             // A row-value comparison: SQLite turns it into an index range.
-            let lhs: Vec<&str> =
-                keys.iter().map(|k| k.0.as_str()).chain(["d.id"]).collect();
+            let lhs: Vec<&str> = keys.iter().map(|k| k.0.as_str()).chain(["d.id"]).collect();
             let rhs: Vec<String> = vals
                 .into_iter()
                 .chain([SqlValue::Text(after.id.clone())])
@@ -377,7 +379,9 @@ fn compile_query(coll: &CollectionRow, q: &Query, count_only: bool) -> Result<(S
             }
             let p = b.bind(SqlValue::Text(after.id.clone()));
             let op = if id_desc { "<" } else { ">" };
-            ors.push(eqs.into_iter().chain([format!("d.id {op} {p}")]).collect::<Vec<_>>().join(" AND "));
+            ors.push(
+                eqs.into_iter().chain([format!("d.id {op} {p}")]).collect::<Vec<_>>().join(" AND "),
+            );
             write!(sql, " AND (({}))", ors.join(") OR (")).ok();
         }
     }
@@ -674,9 +678,7 @@ impl DocumentStore for SqliteStore {
                                 "DELETE FROM documents WHERE coll = ?1 AND id = ?2 \
                                  RETURNING {DOC_COLUMNS}"
                             ))
-                            .and_then(|mut s| {
-                                s.query_row(params![coll, op.id], document_from_row)
-                            })
+                            .and_then(|mut s| s.query_row(params![coll, op.id], document_from_row))
                             .context("deleting a document")
                             .map_err(Abort::Store)?;
                         WriteOutcome::Deleted(old)
@@ -685,8 +687,7 @@ impl DocumentStore for SqliteStore {
                 events.push(document_event(project, &op.collection, &outcome));
                 outcomes.push(outcome);
             }
-            let positions =
-                crate::events::append_in(tx, &events).map_err(Abort::Store)?;
+            let positions = crate::events::append_in(tx, &events).map_err(Abort::Store)?;
             last_position = positions.last().copied();
             Ok(outcomes)
         };

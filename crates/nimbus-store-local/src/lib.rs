@@ -27,8 +27,8 @@
 mod auth;
 mod blob;
 mod documents;
-mod events;
 mod error;
+mod events;
 mod migrations;
 mod sqlite;
 

@@ -194,7 +194,10 @@ pub enum Filter {
     Exists(FieldPath),
     /// The field is null or missing, a list, or (when `strings`, for a string needle) an object
     /// or a string: the values `Contains` is defined on.
-    IsContainer { path: FieldPath, strings: bool },
+    IsContainer {
+        path: FieldPath,
+        strings: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,8 +88,9 @@ async fn body_bytes(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> 
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })
 }
 
 fn etag(revision: u64) -> HeaderValue {
@@ -106,7 +107,12 @@ fn with_etag(status: StatusCode, view: DocumentView) -> Response {
 /// `If-Match`: `*` (exists) or a revision, quoted or not.
 fn if_match(headers: &HeaderMap) -> Result<Option<Expect>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let bad = || ApiError::bad_request("invalid_precondition", "If-Match is `*` or a revision ETag like \"3\"");
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_precondition",
+            "If-Match is `*` or a revision ETag like \"3\"",
+        )
+    };
     let text = v.to_str().map_err(|_| bad())?.trim();
     if text == "*" {
         return Ok(Some(Expect::Exists));

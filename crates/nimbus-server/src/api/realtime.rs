@@ -69,7 +69,12 @@ async fn who(
     }
 }
 
-fn request(project: &str, p: &StreamParams, since: Option<u64>, who: Principal) -> SubscribeRequest {
+fn request(
+    project: &str,
+    p: &StreamParams,
+    since: Option<u64>,
+    who: Principal,
+) -> SubscribeRequest {
     SubscribeRequest {
         project: project.to_owned(),
         collection: p.collection.clone(),
@@ -105,16 +110,23 @@ pub(crate) async fn sse(
     headers: HeaderMap,
     q: Result<Query<StreamParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let p = q.map(|Query(p)| p).map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let p =
+        q.map(|Query(p)| p).map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let who = who(&state, &project, &headers, p.ticket.as_deref()).await?;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(
-            || ApiError::bad_request("invalid_query", "Last-Event-ID is an event position"),
-        )?),
+        Some(v) => {
+            Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+                ApiError::bad_request("invalid_query", "Last-Event-ID is an event position")
+            })?)
+        }
     };
     let since = last_event_id.or(p.since);
-    let sub = state.documents.hub().subscribe(&state.documents, request(&project, &p, since, who)).await?;
+    let sub = state
+        .documents
+        .hub()
+        .subscribe(&state.documents, request(&project, &p, since, who))
+        .await?;
     // Each step yields one SSE event; after a `Closed` it yields the reason, then ends.
     let events = stream::unfold(Some(sub), |sub| async move {
         let mut sub = sub?;
@@ -128,14 +140,18 @@ pub(crate) async fn sse(
                 .event("resync")
                 .data(json!({ "position": position }).to_string()),
             Next::Closed(reason) => {
-                let ev = SseEvent::default().event("error").data(json!({ "reason": reason }).to_string());
+                let ev = SseEvent::default()
+                    .event("error")
+                    .data(json!({ "reason": reason }).to_string());
                 return Some((Ok::<_, Infallible>(ev), None));
             }
         };
         Some((Ok(ev), Some(sub)))
     })
     .take_until(state.clone().shutdown_signal());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 /// How long a WebSocket client has to send its auth message.
@@ -148,7 +164,8 @@ pub(crate) async fn ws(
     q: Result<Query<StreamParams>, QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let p = q.map(|Query(p)| p).map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let p =
+        q.map(|Query(p)| p).map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     // A ticket or a header authenticates before the upgrade (so failures are plain 401s); without
     // either, the first message must.
     let has_header = headers.contains_key(axum::http::header::AUTHORIZATION)
@@ -173,7 +190,13 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
         .await;
 }
 
-async fn serve_ws(state: AppState, project: String, p: StreamParams, who: Option<Principal>, mut socket: WebSocket) {
+async fn serve_ws(
+    state: AppState,
+    project: String,
+    p: StreamParams,
+    who: Option<Principal>,
+    mut socket: WebSocket,
+) {
     let who = match who {
         Some(w) => w,
         None => match ws_auth(&state, &project, &mut socket).await {
@@ -181,11 +204,15 @@ async fn serve_ws(state: AppState, project: String, p: StreamParams, who: Option
             Err(reason) => return close(socket, 4401, &reason).await,
         },
     };
-    let mut sub: Subscription =
-        match state.documents.hub().subscribe(&state.documents, request(&project, &p, p.since, who)).await {
-            Ok(s) => s,
-            Err(e) => return close(socket, 4400, &ApiError::from(e).message).await,
-        };
+    let mut sub: Subscription = match state
+        .documents
+        .hub()
+        .subscribe(&state.documents, request(&project, &p, p.since, who))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return close(socket, 4400, &ApiError::from(e).message).await,
+    };
     let mut shutdown = std::pin::pin!(state.clone().shutdown_signal());
     loop {
         tokio::select! {
@@ -212,7 +239,11 @@ async fn serve_ws(state: AppState, project: String, p: StreamParams, who: Option
     }
 }
 
-async fn ws_auth(state: &AppState, project: &str, socket: &mut WebSocket) -> Result<Principal, String> {
+async fn ws_auth(
+    state: &AppState,
+    project: &str,
+    socket: &mut WebSocket,
+) -> Result<Principal, String> {
     #[derive(Deserialize)]
     struct Auth {
         #[serde(rename = "type")]
@@ -240,4 +271,3 @@ async fn ws_auth(state: &AppState, project: &str, socket: &mut WebSocket) -> Res
         .map_err(|_| "the token is not valid".to_string())?;
     Ok(user_principal(&claims))
 }
-

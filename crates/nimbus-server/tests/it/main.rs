@@ -3,10 +3,10 @@
 
 mod auth;
 mod common;
+mod documents;
 mod foreign;
 mod functions;
 mod hostile;
 mod logs;
 mod projects;
-mod documents;
 mod realtime;

@@ -72,7 +72,11 @@ fn doc_id(m: &Msg) -> String {
 }
 
 async fn write(s: &TestServer, coll: &str, id: &str, data: Value) {
-    let r = admin(s, Method::PUT, &format!("{}/{id}", docs("default", coll))).json(&data).send().await.unwrap();
+    let r = admin(s, Method::PUT, &format!("{}/{id}", docs("default", coll)))
+        .json(&data)
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 }
 
@@ -103,10 +107,13 @@ async fn sse_delivers_in_commit_order_and_resumes_without_gap() {
         write(&s, "feed", &format!("e{i}"), json!({"i": i})).await;
     }
     write(&s, "feed", "e0", json!({"i": 100})).await;
-    let r = admin(&s, Method::DELETE, &format!("{}/e1", docs("default", "feed"))).send().await.unwrap();
+    let r =
+        admin(&s, Method::DELETE, &format!("{}/e1", docs("default", "feed"))).send().await.unwrap();
     assert_eq!(r.status(), 204);
 
-    let mut sse = SseClient::open(admin(&s, Method::GET, url).header("last-event-id", last.to_string())).await;
+    let mut sse =
+        SseClient::open(admin(&s, Method::GET, url).header("last-event-id", last.to_string()))
+            .await;
     let mut got = Vec::new();
     for _ in 0..5 {
         let m = sse.next().await.unwrap();
@@ -114,10 +121,16 @@ async fn sse_delivers_in_commit_order_and_resumes_without_gap() {
         assert!(m.id.unwrap() > last);
         last = m.id.unwrap();
     }
-    let expected: Vec<(String, String)> = [("created", "e5"), ("created", "e6"), ("created", "e7"), ("updated", "e0"), ("deleted", "e1")]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let expected: Vec<(String, String)> = [
+        ("created", "e5"),
+        ("created", "e6"),
+        ("created", "e7"),
+        ("updated", "e0"),
+        ("deleted", "e1"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
     assert_eq!(got, expected);
     // Then live, with nothing repeated in between.
     write(&s, "feed", "e8", json!({"i": 8})).await;
@@ -131,44 +144,87 @@ async fn sse_delivers_in_commit_order_and_resumes_without_gap() {
 async fn realtime_respects_rules_filters_and_tickets() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(test_config(dir.path())).await;
-    collection(&s, "default", json!({"name": "posts", "rules": {
-        "list": "auth.id != null && doc.owner == auth.id",
-        "get": "auth.id != null && doc.owner == auth.id",
-        "create": "auth.id != null && request.body.owner == auth.id",
-    }})).await;
+    collection(
+        &s,
+        "default",
+        json!({"name": "posts", "rules": {
+            "list": "auth.id != null && doc.owner == auth.id",
+            "get": "auth.id != null && doc.owner == auth.id",
+            "create": "auth.id != null && request.body.owner == auth.id",
+        }}),
+    )
+    .await;
     let alice = user_session(&s, "default", "alice@example.com").await;
     let bob = user_session(&s, "default", "bob@example.com").await;
-    let (a_tok, a_id) = (alice["access_token"].as_str().unwrap(), alice["user"]["id"].as_str().unwrap());
-    let (b_tok, b_id) = (bob["access_token"].as_str().unwrap(), bob["user"]["id"].as_str().unwrap());
+    let (a_tok, a_id) =
+        (alice["access_token"].as_str().unwrap(), alice["user"]["id"].as_str().unwrap());
+    let (b_tok, b_id) =
+        (bob["access_token"].as_str().unwrap(), bob["user"]["id"].as_str().unwrap());
 
     // A browser trades its token for a single-use ticket, and puts only that in the URL.
     let tickets = s.url("/v1/projects/default/realtime/tickets");
-    let t: Value = s.client.post(&tickets).bearer_auth(a_tok).send().await.unwrap().json().await.unwrap();
+    let t: Value =
+        s.client.post(&tickets).bearer_auth(a_tok).send().await.unwrap().json().await.unwrap();
     let ticket = t["ticket"].as_str().unwrap().to_string();
-    let url = |t: &str| s.url(&format!("/v1/projects/default/realtime/sse?collection=posts&ticket={t}"));
+    let url =
+        |t: &str| s.url(&format!("/v1/projects/default/realtime/sse?collection=posts&ticket={t}"));
     let mut a_sse = SseClient::open(s.client.get(url(&ticket))).await;
     let r = s.client.get(url(&ticket)).send().await.unwrap();
     assert_eq!(error_code(r).await.0, 401, "a ticket worked twice");
     // A collection without a list rule refuses end users' subscriptions outright.
     collection(&s, "default", json!({"name": "closed"})).await;
-    let r = s.client.get(s.url("/v1/projects/default/realtime/sse?collection=closed")).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/v1/projects/default/realtime/sse?collection=closed"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await.0, 403);
-    let r = s.client.get(s.url("/v1/projects/default/realtime/sse?collection=nope")).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/v1/projects/default/realtime/sse?collection=nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await.0, 404);
 
     // A query subscription (service role) and a document subscription.
-    let mut query = SseClient::open(admin(&s, Method::GET, "/v1/projects/default/realtime/sse?collection=posts&filter=doc.n%20%3E%3D%2010")).await;
+    let mut query = SseClient::open(admin(
+        &s,
+        Method::GET,
+        "/v1/projects/default/realtime/sse?collection=posts&filter=doc.n%20%3E%3D%2010",
+    ))
+    .await;
     let post = |tok: &str, owner: &str, n: i64| {
-        s.client.post(s.url(&docs("default", "posts"))).bearer_auth(tok.to_string()).json(&json!({"owner": owner, "n": n})).send()
+        s.client
+            .post(s.url(&docs("default", "posts")))
+            .bearer_auth(tok.to_string())
+            .json(&json!({"owner": owner, "n": n}))
+            .send()
     };
     let r = post(b_tok, b_id, 10).await.unwrap();
     assert_eq!(r.status(), 201);
     let bobs: Value = r.json().await.unwrap();
     let r = post(a_tok, a_id, 1).await.unwrap();
     let alices: Value = r.json().await.unwrap();
-    let mut doc_sse = SseClient::open(admin(&s, Method::GET, &format!("/v1/projects/default/realtime/sse?collection=posts&doc={}", alices["id"].as_str().unwrap()))).await;
+    let mut doc_sse = SseClient::open(admin(
+        &s,
+        Method::GET,
+        &format!(
+            "/v1/projects/default/realtime/sse?collection=posts&doc={}",
+            alices["id"].as_str().unwrap()
+        ),
+    ))
+    .await;
     post(a_tok, a_id, 20).await.unwrap();
-    let r = s.client.patch(s.url(&format!("{}/{}", docs("default", "posts"), alices["id"].as_str().unwrap()))).bearer_auth(&s.token).json(&json!({"n": 2})).send().await.unwrap();
+    let r = s
+        .client
+        .patch(s.url(&format!("{}/{}", docs("default", "posts"), alices["id"].as_str().unwrap())))
+        .bearer_auth(&s.token)
+        .json(&json!({"n": 2}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // Alice: her two documents and her update, never Bob's.
@@ -179,12 +235,18 @@ async fn realtime_respects_rules_filters_and_tickets() {
         assert_eq!(m.data["document"]["data"]["owner"], a_id, "alice saw {m:?}");
     }
     assert_eq!(doc_id(&m1), alices["id"].as_str().unwrap());
-    assert_eq!((m3.event.as_str(), m3.data["document"]["data"]["n"].clone()), ("updated", json!(2)));
+    assert_eq!(
+        (m3.event.as_str(), m3.data["document"]["data"]["n"].clone()),
+        ("updated", json!(2))
+    );
     assert!(a_sse.quiet(Duration::from_millis(300)).await, "alice received more");
     // The query subscription: only n >= 10 (Bob's 10, Alice's 20).
     let q1 = query.next().await.unwrap();
     let q2 = query.next().await.unwrap();
-    assert_eq!((q1.data["document"]["data"]["n"].clone(), q2.data["document"]["data"]["n"].clone()), (json!(10), json!(20)));
+    assert_eq!(
+        (q1.data["document"]["data"]["n"].clone(), q2.data["document"]["data"]["n"].clone()),
+        (json!(10), json!(20))
+    );
     assert_eq!(doc_id(&q1), bobs["id"].as_str().unwrap());
     assert!(query.quiet(Duration::from_millis(300)).await);
     // The document subscription: only the update of that document.
@@ -211,7 +273,9 @@ async fn a_slow_subscriber_is_disconnected_with_a_reason() {
     let mut head = vec![0u8; 512];
     let n = slow.read(&mut head).await.unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
-    let mut fast = SseClient::open(admin(&s, Method::GET, "/v1/projects/default/realtime/sse?collection=big")).await;
+    let mut fast =
+        SseClient::open(admin(&s, Method::GET, "/v1/projects/default/realtime/sse?collection=big"))
+            .await;
 
     let pad = "x".repeat(100 << 10);
     const N: usize = 200;
@@ -243,7 +307,9 @@ async fn a_slow_subscriber_is_disconnected_with_a_reason() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read_all).await.expect("the slow stream did not end");
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("the slow stream did not end");
     let text = String::from_utf8_lossy(&all);
     assert!(text.contains("event: error") && text.contains("slow_consumer"), "no reason given");
     let delivered = text.matches("event: created").count();
@@ -257,15 +323,33 @@ async fn websocket_with_a_ticket_or_an_auth_message() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
     collection(&s, "default", json!({"name": "ws"})).await;
-    let t: Value = s.client.post(s.url("/v1/projects/default/realtime/tickets")).bearer_auth(&s.token).send().await.unwrap().json().await.unwrap();
-    let url = format!("ws://{}/v1/projects/default/realtime/ws?collection=ws&ticket={}", s.addr, t["ticket"].as_str().unwrap());
+    let t: Value = s
+        .client
+        .post(s.url("/v1/projects/default/realtime/tickets"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!(
+        "ws://{}/v1/projects/default/realtime/ws?collection=ws&ticket={}",
+        s.addr,
+        t["ticket"].as_str().unwrap()
+    );
     let (mut with_ticket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let url = format!("ws://{}/v1/projects/default/realtime/ws?collection=ws", s.addr);
     let (mut with_message, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    with_message.send(Message::Text(json!({"type": "auth", "token": s.token}).to_string().into())).await.unwrap();
+    with_message
+        .send(Message::Text(json!({"type": "auth", "token": s.token}).to_string().into()))
+        .await
+        .unwrap();
     // A bad auth message closes with a reason.
     let (mut bad, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    bad.send(Message::Text(json!({"type": "auth", "token": "nope"}).to_string().into())).await.unwrap();
+    bad.send(Message::Text(json!({"type": "auth", "token": "nope"}).to_string().into()))
+        .await
+        .unwrap();
     match tokio::time::timeout(Duration::from_secs(5), bad.next()).await.unwrap() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4401),
         other => panic!("expected a close frame, got {other:?}"),
@@ -278,9 +362,16 @@ async fn websocket_with_a_ticket_or_an_auth_message() {
     for ws in [&mut with_ticket, &mut with_message] {
         let mut last = 0;
         for i in 0..3 {
-            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
-            assert_eq!((v["event"].as_str().unwrap(), v["document"]["id"].as_str().unwrap()), ("created", format!("w{i}").as_str()));
+            assert_eq!(
+                (v["event"].as_str().unwrap(), v["document"]["id"].as_str().unwrap()),
+                ("created", format!("w{i}").as_str())
+            );
             assert!(v["position"].as_u64().unwrap() > last);
             last = v["position"].as_u64().unwrap();
         }

@@ -10,5 +10,7 @@ fn conformance_in_memory() {
 #[test]
 fn conformance_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    nimbus_store::documents::conformance::run_all(&SqliteStore::open(&dir.path().join("n.db")).unwrap());
+    nimbus_store::documents::conformance::run_all(
+        &SqliteStore::open(&dir.path().join("n.db")).unwrap(),
+    );
 }

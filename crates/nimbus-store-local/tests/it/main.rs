@@ -3,5 +3,5 @@
 
 mod auth;
 mod blob;
-mod sqlite;
 mod documents;
+mod sqlite;

@@ -17,7 +17,10 @@ fn spec(indexes: &[(&str, &[&str])]) -> CollectionSpec {
         rules: json!({}),
         indexes: indexes
             .iter()
-            .map(|(n, f)| IndexSpec { name: n.to_string(), fields: f.iter().map(|p| path(p)).collect() })
+            .map(|(n, f)| IndexSpec {
+                name: n.to_string(),
+                fields: f.iter().map(|p| path(p)).collect(),
+            })
             .collect(),
     }
 }
@@ -64,10 +67,7 @@ pub fn crud_revisions_and_events<S: DocumentStore + EventLog>(s: &S) {
     assert_eq!((doc.revision, doc.data.clone()), (2, json!({"n": 2})));
     // Conditions.
     let absent = WriteOp { expect: Expect::Absent, ..put("crud", "a", json!({})) };
-    assert_eq!(
-        s.write("p1", &[absent]).unwrap().unwrap_err().reason,
-        FailureReason::AlreadyExists
-    );
+    assert_eq!(s.write("p1", &[absent]).unwrap().unwrap_err().reason, FailureReason::AlreadyExists);
     let stale = WriteOp { expect: Expect::Revision(1), ..put("crud", "a", json!({})) };
     assert_eq!(
         s.write("p1", &[stale]).unwrap().unwrap_err().reason,
@@ -77,8 +77,9 @@ pub fn crud_revisions_and_events<S: DocumentStore + EventLog>(s: &S) {
     assert!(s.write("p1", &[fresh]).unwrap().is_ok());
     let missing = WriteOp { expect: Expect::Exists, ..put("crud", "zz", json!({})) };
     assert_eq!(s.write("p1", &[missing]).unwrap().unwrap_err().reason, FailureReason::NotFound);
-    let del = WriteOp { collection: "crud".into(), id: "a".into(), data: None, expect: Expect::Any };
-    let out = s.write("p1", &[del.clone()]).unwrap().unwrap();
+    let del =
+        WriteOp { collection: "crud".into(), id: "a".into(), data: None, expect: Expect::Any };
+    let out = s.write("p1", std::slice::from_ref(&del)).unwrap().unwrap();
     assert!(matches!(&out[0], WriteOutcome::Deleted(d) if d.data == json!({"n": 3})));
     assert_eq!(s.write("p1", &[del]).unwrap().unwrap_err().reason, FailureReason::NotFound);
     assert!(s.get("p1", "crud", "a").unwrap().is_none());
@@ -123,7 +124,10 @@ pub fn filters<S: DocumentStore>(s: &S) {
     s.create_collection("p1", "f", &spec(&[("by_n", &["n"])])).unwrap();
     let docs = [
         ("a", json!({"n": 1, "s": "x", "b": true, "tags": ["red", "blue"], "o": {"k": 1}})),
-        ("b", json!({"n": 2.5, "s": "y", "b": false, "tags": ["green"], "nested": {"deep": {"v": "z"}}})),
+        (
+            "b",
+            json!({"n": 2.5, "s": "y", "b": false, "tags": ["green"], "nested": {"deep": {"v": "z"}}}),
+        ),
         ("c", json!({"n": "1", "s": "xyz", "tags": "a red car"})),
         ("d", json!({"n": null, "b": 1})),
         ("e", json!({"n": 3})),
@@ -282,7 +286,10 @@ pub fn event_log<S: EventLog>(s: &S) {
     assert_eq!(bounds.last, positions[0]);
     let got = s.read(positions[0] - 1, Some("p9"), 10).unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].kind.as_str(), got[0].data.clone()), ("dev.nimbus.test.happened", json!({"k": 1})));
+    assert_eq!(
+        (got[0].kind.as_str(), got[0].data.clone()),
+        ("dev.nimbus.test.happened", json!({"k": 1}))
+    );
     assert!(s.read(0, Some("p-none"), 10).unwrap().is_empty());
     // Cursors hold back pruning; pruning never reuses positions.
     s.set_cursor("slow", 1).unwrap();
