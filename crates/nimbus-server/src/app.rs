@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use nimbus_auth::{ApiKeyScope, AuthError, AuthService};
 use nimbus_functions::FunctionService;
 use nimbus_model::{DEFAULT_PROJECT, validate_project};
@@ -48,6 +48,7 @@ pub struct AppState {
     pub functions: Arc<FunctionService>,
     pub auth: AuthService,
     pub kv: nimbus_kv::KvService,
+    pub documents: nimbus_documents::DocumentService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -64,6 +65,7 @@ impl AppState {
         functions: Arc<FunctionService>,
         auth: AuthService,
         kv: nimbus_kv::KvService,
+        documents: nimbus_documents::DocumentService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -72,12 +74,18 @@ impl AppState {
             functions,
             auth,
             kv,
+            documents,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
             shutting_down,
             connections: Default::default(),
         }
+    }
+
+    /// Whether `presented` is the operator's admin token (constant-time).
+    pub(crate) fn is_admin_token(&self, presented: &str) -> bool {
+        bool::from(presented.as_bytes().ct_eq(self.admin_token.as_bytes()))
     }
 
     /// Resolves once shutdown has begun.
@@ -235,6 +243,17 @@ pub fn router(state: AppState) -> Router {
     let admin = api
         .route("/v1/functions/{name}/invoke", any(api::functions::invoke))
         .route("/v1/functions/{name}/invoke/{*path}", any(api::functions::invoke))
+        .route(
+            "/v1/collections",
+            get(api::documents::list_collections).post(api::documents::create_collection),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(api::documents::show_collection)
+                .put(api::documents::replace_collection)
+                .delete(api::documents::delete_collection),
+        )
+        .route("/v1/collections/{name}/explain", get(api::documents::explain))
         .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
         // After the upload limit: KV bounds its bodies itself, with the JSON error shape.
         .merge(api::kv::router())
@@ -252,6 +271,22 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(admin)
         .merge(public)
+        // Documents and realtime: public to apps, under each collection's access rules.
+        .route(
+            "/v1/projects/{project}/collections/{collection}/documents",
+            get(api::documents::list).post(api::documents::create),
+        )
+        .route(
+            "/v1/projects/{project}/collections/{collection}/documents/{id}",
+            get(api::documents::get)
+                .put(api::documents::put)
+                .patch(api::documents::patch)
+                .delete(api::documents::delete),
+        )
+        .route("/v1/projects/{project}/documents/batch", post(api::documents::batch))
+        .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
+        .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))
+        .route("/v1/projects/{project}/realtime/ws", get(api::realtime::ws))
         .route("/v1", any(api_not_found))
         .route("/v1/{*rest}", any(api_not_found))
         .fallback(gateway::handle)
@@ -298,12 +333,6 @@ pub(crate) fn metrics_router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(open_metrics))
         .with_state(state)
-}
-
-impl AppState {
-    pub(crate) fn is_admin_token(&self, presented: &str) -> bool {
-        bool::from(presented.as_bytes().ct_eq(self.admin_token.as_bytes()))
-    }
 }
 
 async fn api_not_found(request: Request) -> ApiError {

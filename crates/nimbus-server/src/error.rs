@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nimbus_auth::AuthError;
+use nimbus_documents::DocError;
 use nimbus_functions::{FunctionError, InvokeError, Rejection};
 use nimbus_runtime::DeployError;
 use serde::Serialize;
@@ -172,4 +173,23 @@ pub(crate) async fn json_rejections(response: Response) -> Response {
         json.headers_mut().insert(name.clone(), value.clone());
     }
     json
+}
+
+impl From<DocError> for ApiError {
+    fn from(e: DocError) -> Self {
+        let (status, code) = match &e {
+            DocError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DocError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code),
+            DocError::Schema { .. } => (StatusCode::BAD_REQUEST, "schema_violation"),
+            DocError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            DocError::PreconditionFailed(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
+            DocError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            DocError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            DocError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            DocError::Store(_) | DocError::Internal(_) => return ApiError::internal(&e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
 }

@@ -33,6 +33,7 @@ pub use data_dir::ADMIN_TOKEN_FILE;
 pub use listener::ConnectionLimits;
 pub use nimbus_auth;
 pub use nimbus_kv;
+pub use nimbus_documents;
 
 /// The operator's configuration of one server.
 #[derive(Debug, Clone)]
@@ -68,6 +69,11 @@ pub struct ServerConfig {
     pub outbound_allow_nets: Vec<ipnet::IpNet>,
     /// Key-value store bounds (key and value sizes, batch and page sizes) and purge interval.
     pub kv: KvConfig,
+    /// Document size limit, realtime queue per subscriber, ...
+    pub documents: nimbus_documents::DocumentsConfig,
+    /// How long events stay in the log once every consumer has passed them: the window in
+    /// which a realtime client can resume without a `resync`.
+    pub event_retention: Duration,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +95,8 @@ impl Default for ServerConfig {
             metrics_listen: None,
             outbound_allow_nets: Vec::new(),
             kv: KvConfig::default(),
+            documents: nimbus_documents::DocumentsConfig::default(),
+            event_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct Server {
     connections: ConnectionLimits,
     state: AppState,
     shutting_down: tokio::sync::watch::Sender<bool>,
+    event_log: Arc<dyn nimbus_events::EventLog>,
+    event_retention: Duration,
 }
 
 /// How long in-flight requests get to finish once shutdown begins.
@@ -131,6 +141,14 @@ impl Server {
         };
         let auth = AuthService::new(sqlite.clone(), mailer, config.auth.clone())
             .context("starting the auth service")?;
+        let documents = nimbus_documents::DocumentService::start(
+            sqlite.clone(),
+            sqlite.clone(),
+            config.documents.clone(),
+        )
+        .await
+        .context("starting the documents service")?;
+        let event_log: Arc<dyn nimbus_events::EventLog> = sqlite.clone();
         let functions = FunctionService::start(
             Arc::new(runtime),
             Stores { functions: sqlite.clone(), invocations: sqlite, blobs },
@@ -155,13 +173,23 @@ impl Server {
             None => None,
         };
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(Arc::new(functions), auth, kv, admin_token, &config, watch);
+        let state = AppState::new(
+            Arc::new(functions),
+            auth,
+            kv,
+            documents,
+            admin_token,
+            &config,
+            watch,
+        );
         Ok(Server {
             listener,
             metrics_listener,
             connections: config.connections.clone(),
             state,
             shutting_down,
+            event_log,
+            event_retention: config.event_retention,
         })
     }
 
@@ -204,6 +232,11 @@ impl Server {
         });
         let conn_metrics = self.state.connections.clone();
         let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
+        let _event_pruner = AbortOnDrop(nimbus_events::spawn_pruner(
+            self.event_log.clone(),
+            self.event_retention,
+            EVENT_PRUNE_EVERY,
+        ));
         let app = router(self.state);
         let notify = self.shutting_down;
         let signal = async move {
@@ -215,6 +248,9 @@ impl Server {
         Ok(())
     }
 }
+
+/// How often the event log is pruned.
+const EVENT_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// How often used and expired tokens and dead sessions are deleted.
 const AUTH_PRUNE_EVERY: Duration = Duration::from_secs(3600);

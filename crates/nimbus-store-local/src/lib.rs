@@ -27,8 +27,10 @@
 
 mod auth;
 mod blob;
+mod documents;
 mod error;
 mod kv;
+mod events;
 mod migrations;
 mod sqlite;
 

@@ -272,6 +272,63 @@ const MIGRATIONS: &[&str] = &[
     -- For the purge of expired entries across projects.
     CREATE INDEX kv_entries_expiry ON kv_entries (expires_at) WHERE expires_at IS NOT NULL;
     "#,
+    // 5 (issue 7): the event log, its consumers' cursors, document collections and documents.
+    r#"
+    -- The event log. `position` is assigned inside the writing transaction, and this database has
+    -- one writer at a time, so position order is commit order: a reader that has seen N has seen
+    -- every event committed before N. AUTOINCREMENT so that positions are never reused, even once
+    -- the newest events are pruned (consumers' cursors would otherwise skip new events).
+    -- (A PostgreSQL backend must not use a plain sequence for this: sequence values are taken
+    -- before commit, so a slow writer's smaller position can commit after a reader passed it.)
+    CREATE TABLE event_log (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        id       TEXT    NOT NULL, -- UUIDv7, for deduplication; not an order
+        project  TEXT    NOT NULL,
+        type     TEXT    NOT NULL,
+        source   TEXT    NOT NULL,
+        subject  TEXT    NOT NULL,
+        time     INTEGER NOT NULL,
+        data     TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX event_log_project ON event_log (project, position);
+    -- One durable cursor per consumer (realtime hub, later triggers, push, usage).
+    CREATE TABLE event_consumers (
+        name       TEXT    NOT NULL PRIMARY KEY,
+        position   INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    -- Everything up to `pruned_through` is gone: readers behind it must resynchronise.
+    CREATE TABLE event_log_state (
+        id             INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        pruned_through INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO event_log_state (id, pruned_through) VALUES (1, 0);
+
+    -- A collection's integer id keys its documents and names its indexes (`dix_<id>_<hash>`,
+    -- partial on `coll = <id>`), so that no user text ever becomes an SQL identifier.
+    CREATE TABLE doc_collections (
+        id           INTEGER NOT NULL PRIMARY KEY,
+        project      TEXT    NOT NULL,
+        name         TEXT    NOT NULL,
+        schema_json  TEXT,
+        rules_json   TEXT    NOT NULL,
+        indexes_json TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        UNIQUE (project, name)
+    ) STRICT;
+    -- A document reaches its project through its collection: every method resolves
+    -- (project, collection name) to `coll` first.
+    CREATE TABLE documents (
+        coll       INTEGER NOT NULL REFERENCES doc_collections(id) ON DELETE CASCADE,
+        id         TEXT    NOT NULL,
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        data       BLOB    NOT NULL, -- SQLite JSONB
+        PRIMARY KEY (coll, id)
+    ) STRICT;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -381,6 +438,7 @@ mod tests {
         "5686debec54b8fb19ffe3f4bfd10371aaba06811c63f1dfb7c7b392e35a9c21d",
         "1b2a5ce5ff08dca48cebff2628dbc7ef6e6dd944263a63de350fc87e073f59bb",
         "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
+        "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -39,6 +39,10 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     path: Option<PathBuf>,
+    /// The newest committed event position: consumers of the event log wait on it.
+    events: tokio::sync::watch::Sender<u64>,
+    /// Query plans of document queries, by SQL text (see `documents.rs`).
+    pub(crate) plans: Mutex<std::collections::HashMap<String, (Option<String>, bool)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -72,16 +76,20 @@ impl SqliteStore {
                 )
                 .with_context(|| format!("opening database {} for reading", path.display()))?;
                 conn.busy_timeout(BUSY_TIMEOUT).context("setting the busy timeout")?;
+                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<Vec<_>>>()?;
 
         tracing::debug!(path = %path.display(), "opened sqlite store");
+        let last = crate::events::last_position(&writer)?;
         Ok(SqliteStore {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
             path: Some(path.to_path_buf()),
+            events: tokio::sync::watch::Sender::new(last),
+            plans: Mutex::default(),
         })
     }
 
@@ -95,12 +103,29 @@ impl SqliteStore {
             readers: Vec::new(),
             next_reader: AtomicUsize::new(0),
             path: None,
+            events: tokio::sync::watch::Sender::new(0),
+            plans: Mutex::default(),
         })
     }
 
     /// The database file, or `None` in memory.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// Wake the event log's consumers: events up to `position` are committed.
+    pub(crate) fn events_committed(&self, position: u64) {
+        self.events.send_if_modified(|last| {
+            let newer = position > *last;
+            if newer {
+                *last = position;
+            }
+            newer
+        });
+    }
+
+    pub(crate) fn event_watch(&self) -> &tokio::sync::watch::Sender<u64> {
+        &self.events
     }
 
     /// Run `f` on a read-only connection: a free one from the pool if any, else wait for one.
@@ -116,6 +141,11 @@ impl SqliteStore {
             }
         }
         f(&self.readers[start].lock())
+    }
+
+    /// The writer connection, for writes that manage their own transaction.
+    pub(crate) fn writer_lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        self.writer.lock()
     }
 
     /// Run `f` in an immediate transaction on the writer connection, committing if it returns `Ok`.
@@ -155,8 +185,13 @@ fn create_private_file(path: &Path) -> Result<()> {
     }
 }
 
+/// Prepared statements kept per connection: document queries are one statement per collection
+/// and query shape (the collection id is part of the SQL, see `documents.rs`).
+const STATEMENT_CACHE: usize = 256;
+
 fn configure_writer(conn: &Connection, wal: bool) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT).context("setting the busy timeout")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     if wal {
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))

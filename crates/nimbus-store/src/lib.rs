@@ -9,6 +9,8 @@
 
 pub mod auth;
 pub mod kv;
+pub mod documents;
+pub mod events;
 
 use std::collections::BTreeMap;
 

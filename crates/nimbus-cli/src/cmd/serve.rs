@@ -75,6 +75,14 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_LOG_BYTES", value_parser = parse_size, default_value = "64KiB")]
     pub log_bytes: u64,
 
+    /// Largest document the document database accepts
+    #[arg(long, env = "NIMBUS_MAX_DOCUMENT_SIZE", value_parser = parse_size, default_value = "1MiB")]
+    pub max_document_size: u64,
+
+    /// How long events stay in the event log (the realtime resume window)
+    #[arg(long, env = "NIMBUS_EVENT_RETENTION", value_parser = parse_duration, default_value = "24h")]
+    pub event_retention: Duration,
+
     /// How long invocation records and logs are kept
     #[arg(long, env = "NIMBUS_LOG_RETENTION", value_parser = parse_duration, default_value = "7d")]
     pub log_retention: Duration,
@@ -354,6 +362,12 @@ impl ServeArgs {
                     .context("--kv-max-value is too large")?,
                 ..Default::default()
             },
+            documents: nimbus_server::nimbus_documents::DocumentsConfig {
+                max_document_bytes: usize::try_from(self.max_document_size)
+                    .context("--max-document-size is too large")?,
+                ..Default::default()
+            },
+            event_retention: self.event_retention,
         })
     }
 }

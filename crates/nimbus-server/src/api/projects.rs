@@ -75,6 +75,7 @@ pub(crate) async fn delete(
     // working); then functions again, in case a deploy raced the first pass.
     state.functions.delete_project(&project).await?;
     state.auth.delete_project(&project).await?;
+    state.documents.delete_project(&project).await?;
     state.functions.delete_project(&project).await?;
     // Its key-value entries last: no function of it runs any more to write new ones.
     let p = project.clone();

@@ -4,5 +4,6 @@
 mod auth;
 mod blob;
 mod kv;
+mod documents;
 mod sqlite;
 mod upgrade;

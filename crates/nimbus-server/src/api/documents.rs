@@ -1,0 +1,370 @@
+//! The document database over HTTP.
+//!
+//! - Management (admin token or a service key, like the rest of `/v1`): `/v1/collections`
+//!   create, list, show, replace (schema, rules, indexes), delete, and `explain`.
+//! - Data, public to apps under the collection's access rules:
+//!   `/v1/projects/{project}/collections/{collection}/documents[/{id}]` and
+//!   `/v1/projects/{project}/documents/batch`. The caller is an end user (bearer access token),
+//!   anonymous (no credentials, or a public key), or the project's service role (a service key or
+//!   the admin token: rules do not apply).
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use nimbus_auth::{ApiKeyScope, Claims};
+use nimbus_documents::{BatchWrite, CollectionConfig, DocumentView, ListParams, Principal};
+use nimbus_store::documents::{Expect, WriteOutcome};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::{API_KEY_HEADER, AppState, Caller};
+use crate::error::ApiError;
+
+/// The caller of a data endpoint, verified for `project`. Present but invalid credentials are a
+/// 401, never a silent downgrade to anonymous.
+pub(crate) async fn principal(
+    state: &AppState,
+    project: &str,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let key = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim);
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    match (bearer, key) {
+        (Some(token), _) if state.is_admin_token(token) => Ok(Principal::Service),
+        (Some(token), _) if !token.starts_with("nbk_") => {
+            let claims = state.auth.verify_access_token(project, token).await?;
+            Ok(user_principal(&claims))
+        }
+        (Some(key), _) | (None, Some(key)) => {
+            let info = state
+                .auth
+                .verify_api_key(key)
+                .await
+                .map_err(|_| unauthorized("the API key is not valid for this project"))?;
+            if info.project != project {
+                return Err(unauthorized("the API key is not valid for this project"));
+            }
+            Ok(match info.scope {
+                ApiKeyScope::Service => Principal::Service,
+                _ => Principal::anonymous(),
+            })
+        }
+        (None, None) => Ok(Principal::anonymous()),
+    }
+}
+
+/// The `auth` value rules see for a signed-in user.
+pub(crate) fn user_principal(claims: &Claims) -> Principal {
+    Principal::User(json!({
+        "id": claims.sub,
+        "roles": claims.roles,
+        "claims": claims.custom,
+        "project": claims.aud,
+        "anonymous": claims.anon,
+        "email_verified": claims.email_verified,
+    }))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+async fn body_bytes(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit.saturating_add(1)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    })
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })
+}
+
+fn etag(revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn with_etag(status: StatusCode, view: DocumentView) -> Response {
+    let tag = etag(view.revision);
+    let mut r = (status, Json(view)).into_response();
+    r.headers_mut().insert(header::ETAG, tag);
+    r
+}
+
+/// `If-Match`: `*` (exists) or a revision, quoted or not.
+fn if_match(headers: &HeaderMap) -> Result<Option<Expect>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_precondition",
+            "If-Match is `*` or a revision ETag like \"3\"",
+        )
+    };
+    let text = v.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(Some(Expect::Exists));
+    }
+    let rev = text.trim_start_matches("W/").trim_matches('"').parse::<u64>().map_err(|_| bad())?;
+    Ok(Some(Expect::Revision(rev)))
+}
+
+fn revision_of(expect: Option<Expect>) -> Option<u64> {
+    match expect {
+        Some(Expect::Revision(r)) => Some(r),
+        _ => None,
+    }
+}
+
+// -- management -------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewCollection {
+    name: String,
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    rules: Option<Value>,
+    #[serde(default)]
+    indexes: Option<Value>,
+}
+
+/// A collection's configuration as sent; checked field by field by `into_config`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CollectionConfigJson {
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    rules: Option<Value>,
+    #[serde(default)]
+    indexes: Option<Value>,
+}
+
+impl CollectionConfigJson {
+    fn into_config(self) -> Result<CollectionConfig, ApiError> {
+        let v = json!({
+            "schema": self.schema,
+            "rules": self.rules.unwrap_or(json!({})),
+            "indexes": self.indexes.unwrap_or(json!([])),
+        });
+        serde_json::from_value(v).map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))
+}
+
+/// Limit on management bodies (schemas, rules).
+const CONFIG_BODY_LIMIT: usize = 256 << 10;
+
+pub(crate) async fn create_collection(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: NewCollection = parse_body(&body_bytes(body, CONFIG_BODY_LIMIT).await?)?;
+    let config =
+        CollectionConfigJson { schema: body.schema, rules: body.rules, indexes: body.indexes }
+            .into_config()?;
+    let c = state.documents.create_collection(&caller.project, &body.name, &config).await?;
+    Ok((StatusCode::CREATED, Json(c)).into_response())
+}
+
+pub(crate) async fn list_collections(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let list = state.documents.list_collections(&caller.project).await?;
+    Ok(Json(json!({ "collections": list })).into_response())
+}
+
+pub(crate) async fn show_collection(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.documents.get_collection(&caller.project, &name).await?).into_response())
+}
+
+pub(crate) async fn replace_collection(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: CollectionConfigJson = parse_body(&body_bytes(body, CONFIG_BODY_LIMIT).await?)?;
+    let c = state.documents.update_collection(&caller.project, &name, &body.into_config()?).await?;
+    Ok(Json(c).into_response())
+}
+
+pub(crate) async fn delete_collection(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.documents.delete_collection(&caller.project, &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("collection {name} not found")))
+    }
+}
+
+/// How the store would run a list query: the declared index it uses and the plan.
+pub(crate) async fn explain(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(q)?;
+    Ok(Json(state.documents.explain(&caller.project, &name, &params).await?).into_response())
+}
+
+// -- documents --------------------------------------------------------------------------------
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Path((project, coll)): Path<(String, String)>,
+    headers: HeaderMap,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(q)?;
+    let who = principal(&state, &project, &headers).await?;
+    Ok(Json(state.documents.list(&project, &coll, &params, &who).await?).into_response())
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Path((project, coll)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = state.documents.config().max_document_bytes;
+    let bytes = body_bytes(body, max).await?;
+    let who = principal(&state, &project, &headers).await?;
+    let data = nimbus_documents::validate::parse_document(&bytes, max)?;
+    let doc = state.documents.create(&project, &coll, None, data, &who).await?;
+    let location = format!("/v1/projects/{project}/collections/{coll}/documents/{}", doc.id);
+    let mut r = with_etag(StatusCode::CREATED, doc.into());
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path((project, coll, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = principal(&state, &project, &headers).await?;
+    let doc = state.documents.get(&project, &coll, &id, &who).await?;
+    if let Some(v) = headers.get(header::IF_NONE_MATCH)
+        && v.as_bytes() == etag(doc.revision).as_bytes()
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, etag(doc.revision));
+        return Ok(r);
+    }
+    Ok(with_etag(StatusCode::OK, doc.into()))
+}
+
+pub(crate) async fn put(
+    State(state): State<AppState>,
+    Path((project, coll, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = state.documents.config().max_document_bytes;
+    let bytes = body_bytes(body, max).await?;
+    let who = principal(&state, &project, &headers).await?;
+    let mut expect = if_match(&headers)?.unwrap_or(Expect::Any);
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        if v.as_bytes() != b"*" {
+            return Err(ApiError::bad_request(
+                "invalid_precondition",
+                "on a write, If-None-Match takes only `*` (create if absent)",
+            ));
+        }
+        expect = Expect::Absent;
+    }
+    let data = nimbus_documents::validate::parse_document(&bytes, max)?;
+    let out = state.documents.put(&project, &coll, &id, data, expect, &who).await?;
+    Ok(match out {
+        WriteOutcome::Created(d) => with_etag(StatusCode::CREATED, d.into()),
+        WriteOutcome::Updated(d) | WriteOutcome::Deleted(d) => with_etag(StatusCode::OK, d.into()),
+    })
+}
+
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    Path((project, coll, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = state.documents.config().max_document_bytes;
+    let bytes = body_bytes(body, max).await?;
+    let who = principal(&state, &project, &headers).await?;
+    let patch = parse_json(&bytes)?;
+    let rev = revision_of(if_match(&headers)?);
+    let doc = state.documents.patch(&project, &coll, &id, patch, rev, &who).await?;
+    Ok(with_etag(StatusCode::OK, doc.into()))
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path((project, coll, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let who = principal(&state, &project, &headers).await?;
+    let rev = revision_of(if_match(&headers)?);
+    state.documents.delete(&project, &coll, &id, rev, &who).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    writes: Vec<BatchWrite>,
+}
+
+/// Writes across collections that commit together or not at all.
+pub(crate) async fn batch(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = state.documents.config().max_document_bytes;
+    let bytes = body_bytes(body, max.saturating_mul(8)).await?;
+    let who = principal(&state, &project, &headers).await?;
+    let batch: Batch = parse_body(&bytes)?;
+    let outcomes = state.documents.batch(&project, batch.writes, &who).await?;
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|o| {
+            let (kind, d) = match o {
+                WriteOutcome::Created(d) => ("created", d),
+                WriteOutcome::Updated(d) => ("updated", d),
+                WriteOutcome::Deleted(d) => ("deleted", d),
+            };
+            json!({ "result": kind, "document": DocumentView::from(d) })
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })).into_response())
+}
