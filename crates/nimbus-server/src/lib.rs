@@ -32,8 +32,8 @@ pub use app::{AppState, router};
 pub use data_dir::ADMIN_TOKEN_FILE;
 pub use listener::ConnectionLimits;
 pub use nimbus_auth;
-pub use nimbus_kv;
 pub use nimbus_documents;
+pub use nimbus_kv;
 
 /// The operator's configuration of one server.
 #[derive(Debug, Clone)]
@@ -173,15 +173,8 @@ impl Server {
             None => None,
         };
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state = AppState::new(
-            Arc::new(functions),
-            auth,
-            kv,
-            documents,
-            admin_token,
-            &config,
-            watch,
-        );
+        let state =
+            AppState::new(Arc::new(functions), auth, kv, documents, admin_token, &config, watch);
         Ok(Server {
             listener,
             metrics_listener,

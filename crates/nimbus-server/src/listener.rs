@@ -184,13 +184,28 @@ pub(crate) async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             request.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)))
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
         let open = OpenConnection::new(&metrics);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's `auto` builder first reads to tell HTTP/1 from HTTP/2, with no timeout of its
+            // own: a client that connects and sends nothing would hold its slot forever.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                drop((permit, client, open));
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(tcp),
+                    TowerToHyperService::new(service),
+                )
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop((permit, client, open));

@@ -29,8 +29,8 @@ mod auth;
 mod blob;
 mod documents;
 mod error;
-mod kv;
 mod events;
+mod kv;
 mod migrations;
 mod sqlite;
 

@@ -8,9 +8,9 @@
 //! backend can use a blocking client or its own runtime handle without changing the services.
 
 pub mod auth;
-pub mod kv;
 pub mod documents;
 pub mod events;
+pub mod kv;
 
 use std::collections::BTreeMap;
 

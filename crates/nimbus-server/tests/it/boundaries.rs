@@ -327,6 +327,10 @@ async fn many_slow_clients_over_the_global_cap_delay_others_only_until_the_heade
 async fn idle_keep_alive_and_stalled_bodies_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(limited_config(dir.path())).await;
+    // Connected, never a byte sent (the HTTP/1-or-2 sniffing must not wait forever).
+    let silent = TcpStream::connect(s.addr).await.unwrap();
+    let seen = closed_within(silent, Duration::from_secs(4)).await;
+    assert!(seen.is_empty());
     // Idle after a complete request: closed after the header timeout.
     let mut tcp = TcpStream::connect(s.addr).await.unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();

@@ -3,7 +3,7 @@
 
 mod auth;
 mod blob;
-mod kv;
 mod documents;
+mod kv;
 mod sqlite;
 mod upgrade;
