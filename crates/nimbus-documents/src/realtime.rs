@@ -242,7 +242,10 @@ impl Hub {
             resync: None,
             position: dispatched,
         };
-        match req.since {
+        // Without `since`, the subscription starts at the log's head as read above, not at the
+        // hub's dispatch position: events committed before the subscribe call but not yet
+        // dispatched by the hub are not the new subscriber's.
+        match req.since.or(Some(bounds.last)) {
             None => {}
             Some(since) if since < bounds.pruned_through => sub.resync = Some(dispatched),
             Some(since) if since >= dispatched => {
