@@ -38,6 +38,8 @@ async fn schemathesis_finds_no_contract_violations() {
     user_session(&s, "default", "someone@example.com").await;
 
     let report = dir.path().join("schemathesis.xml");
+    // One worker: with two, hypothesis's lambda-source cache raced in its threads once ("AST
+    // constructor recursion depth mismatch", a tool error, not a finding about the API).
     let mut cmd = tokio::process::Command::new(SCHEMATHESIS);
     cmd.arg("run")
         .arg(s.url("/v1/openapi.json"))
@@ -47,7 +49,7 @@ async fn schemathesis_finds_no_contract_violations() {
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_schema_conformance,response_headers_conformance",
         ])
-        .args(["--max-examples", "30", "--max-time", "60", "--workers", "2", "--seed", "6"])
+        .args(["--max-examples", "30", "--max-time", "60", "--workers", "1", "--seed", "6"])
         .args(["--no-color", "--report", "junit", "--report-junit-path"])
         .arg(&report)
         .current_dir(dir.path())
