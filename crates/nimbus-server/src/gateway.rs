@@ -217,11 +217,15 @@ fn host_project(base_domain: &str, request: &Request) -> Option<String> {
     let host = host
         .rsplit_once(':')
         .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-    let host = host.to_ascii_lowercase();
-    host.strip_suffix(base_domain)
-        .and_then(|h| h.strip_suffix('.'))
-        .filter(|slug| validate_project(slug).is_ok())
-        .map(str::to_string)
+    // Compared without allocating (this runs on every gateway request); only a slug that is
+    // found is lowercased.
+    let split = host.len().checked_sub(base_domain.len())?;
+    let domain = host.get(split..)?;
+    if !domain.eq_ignore_ascii_case(base_domain) {
+        return None;
+    }
+    let slug = host.get(..split)?.strip_suffix('.')?.to_ascii_lowercase();
+    validate_project(&slug).is_ok().then_some(slug)
 }
 
 /// wasi:http needs an authority: HTTP/1.1 requests carry it in `Host`; give HTTP/1.0 requests
