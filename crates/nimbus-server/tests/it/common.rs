@@ -68,6 +68,21 @@ impl TestServer {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// GET `path` until it answers 200, failing after 2 s. For slots freed by a request that just
+    /// ended: the client can read the last byte a moment before the server drops the body that
+    /// holds the permit.
+    pub async fn get_until_ok(&self, path: &str) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let status = self.get(path).await.status();
+            if status == 200 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path} still answers {status}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Deploy `wasm` with `spec` (a JSON FunctionSpec); returns (status, body).
     pub async fn deploy_bytes(&self, spec: Value, wasm: Vec<u8>) -> (u16, Value) {
         self.deploy_bytes_in(DEFAULT_PROJECT, spec, wasm).await
