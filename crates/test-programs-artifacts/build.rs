@@ -26,6 +26,11 @@ fn main() {
     for rel in ["Cargo.toml", "Cargo.lock", "common", "guests"] {
         println!("cargo:rerun-if-changed={}", programs.join(rel).display());
     }
+    // The guest SDK, which some guests use.
+    let sdk = programs.join("../../sdk/rust");
+    for rel in ["Cargo.toml", "src"] {
+        println!("cargo:rerun-if-changed={}", sdk.join(rel).display());
+    }
 
     let guests = list_guests(&programs.join("guests"));
     assert!(!guests.is_empty(), "no guests found in {}", programs.display());

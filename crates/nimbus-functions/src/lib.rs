@@ -511,6 +511,7 @@ impl FunctionService {
         env.extend(secrets);
         let params = InvocationParams {
             project: info.project.as_str().into(),
+            function: info.function.as_str().into(),
             config: env.iter().cloned().collect(),
             env: env.into(),
             timeout: Duration::from_millis(info.limits.timeout_ms),

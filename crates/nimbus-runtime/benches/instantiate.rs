@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
     let (runtime, component, _dir) = setup();
     let params = InvocationParams {
         project: "default".into(),
+        function: "hello".into(),
         env: Arc::from(Vec::new()),
         config: Default::default(),
         timeout: Duration::from_secs(10),

@@ -79,6 +79,8 @@ pub(crate) struct OutboundHooks {
     pub(crate) policy: Arc<OutboundPolicy>,
     /// The operator's network policy, checked on the resolved address.
     pub(crate) net: Arc<NetPolicy>,
+    /// The project's in-process API, when the embedder serves one.
+    pub(crate) in_process: Option<crate::in_process::InProcessCtx>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -94,6 +96,19 @@ impl WasiHttpHooks for OutboundHooks {
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let uri = request.uri();
+        // The in-process API needs no allow-list entry and never touches the network.
+        if let Some(api) =
+            self.in_process.as_ref().filter(|_| crate::in_process::is_in_process(uri))
+        {
+            drop(fut);
+            let send = api.send(request);
+            return Box::new(async move {
+                let response = send.await?;
+                let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((response, io))
+            });
+        }
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let allowed = uri.host().is_some_and(|host| {
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });

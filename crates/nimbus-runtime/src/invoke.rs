@@ -20,6 +20,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::host::{GuestLimiter, HostState, LogBuffer, LogPipe, OutboundHooks, Stream};
+use crate::in_process::InProcessCtx;
 use crate::{LoadedComponent, OutboundPolicy, Runtime};
 
 /// The body of a guest's response, streamed while the guest still runs.
@@ -40,8 +41,10 @@ pub enum BodyError {
 /// Per-invocation settings, resolved from the function's version and secrets.
 #[derive(Clone)]
 pub struct InvocationParams {
-    /// The function's project: what `wasi:keyvalue` calls are scoped to.
+    /// The function's project: what `wasi:keyvalue` and the in-process API are scoped to.
     pub project: Arc<str>,
+    /// The function's name (the in-process API names its caller).
+    pub function: Arc<str>,
     pub env: Arc<[(String, String)]>,
     /// What `wasi:config/store` answers (the same pairs as `env`, for guests that read runtime
     /// config the portable way, as on `wasmtime serve -S config` or Spin).
@@ -128,8 +131,26 @@ impl Runtime {
             remaining: self.config.log_bytes_per_invocation,
             ..Default::default()
         }));
-        let wasi = WasiCtxBuilder::new()
-            .envs(&params.env)
+        let in_process = self.in_process.as_ref().map(|api| {
+            InProcessCtx::new(api.clone(), params.project.clone(), params.function.clone())
+        });
+        let mut wasi = WasiCtxBuilder::new();
+        match &in_process {
+            // The runtime's own variables win over a function's env of the same name.
+            Some(api) => {
+                let ours = api.env();
+                wasi.envs(&ours);
+                for (k, v) in params.env.iter() {
+                    if !ours.iter().any(|(name, _)| name == k) {
+                        wasi.env(k, v);
+                    }
+                }
+            }
+            None => {
+                wasi.envs(&params.env);
+            }
+        }
+        let wasi = wasi
             .stdout(LogPipe { buffer: logs.clone(), stream: Stream::Stdout })
             .stderr(LogPipe { buffer: logs.clone(), stream: Stream::Stderr })
             .allow_tcp(false)
@@ -140,7 +161,11 @@ impl Runtime {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks { policy: params.outbound.clone(), net: self.net.clone() },
+            hooks: OutboundHooks {
+                policy: params.outbound.clone(),
+                net: self.net.clone(),
+                in_process,
+            },
             limiter: GuestLimiter::new(params.memory_bytes),
             config: params.config.0.clone(),
             kv: crate::keyvalue::KvCtx::new(self.kv.clone(), params.project.clone()),

@@ -12,6 +12,7 @@
 
 mod engine;
 mod host;
+mod in_process;
 mod invoke;
 mod keyvalue;
 mod net;
@@ -27,6 +28,10 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use host::OutboundPolicy;
+pub use in_process::{
+    IN_PROCESS_AUTHORITY, InProcessApi, InProcessBody, InProcessCaller, PROJECT_ENV, TOKEN_ENV,
+    URL_ENV,
+};
 pub use invoke::{
     BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
 };
@@ -90,6 +95,9 @@ pub struct Runtime {
     net: Arc<NetPolicy>,
     /// What `wasi:keyvalue` calls reach; without one, `open` answers `no-such-store`.
     kv: Option<Arc<dyn KeyValueHost>>,
+    /// Where requests to `http://nimbus.internal` go; without one they are ordinary outbound
+    /// requests (and the allow-list denies them).
+    in_process: Option<Arc<dyn InProcessApi>>,
 }
 
 /// The tokio runtime guests run on (`nimbus-guest` threads). A guest yields at every epoch tick,
@@ -164,12 +172,18 @@ impl Runtime {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());
         let net = Arc::new(NetPolicy::new(config.outbound_allow_nets.clone()));
-        Ok(Runtime { engine, linker, config, ticker_stop, guests, net, kv: None })
+        Ok(Runtime { engine, linker, config, ticker_stop, guests, net, kv: None, in_process: None })
     }
 
     /// Serve `wasi:keyvalue` from `host` (scoped per invocation to its project).
     pub fn with_key_value(mut self, host: Arc<dyn KeyValueHost>) -> Self {
         self.kv = Some(host);
+        self
+    }
+
+    /// Serve the in-process API (`http://nimbus.internal`, see [`InProcessApi`]) from `api`.
+    pub fn with_in_process_api(mut self, api: Arc<dyn InProcessApi>) -> Self {
+        self.in_process = Some(api);
         self
     }
 

@@ -40,6 +40,8 @@ pub enum CallerKind {
     Admin,
     /// A project's service API key.
     Service { key_id: String },
+    /// A function of the project, through the in-process API with its invocation's token.
+    Function { name: String },
 }
 
 /// Shared state of every handler.
@@ -343,14 +345,34 @@ async fn api_not_found(request: Request) -> ApiError {
 /// `X-Nimbus-Project`, default `default`), or a project's service API key (acting on its own
 /// project only). Public keys and end-user tokens never reach the management API.
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let headers = request.headers().clone();
-    match caller(&state, &headers).await {
+    let found = match request.extensions().get::<nimbus_runtime::InProcessCaller>() {
+        Some(in_process) => in_process_caller(in_process),
+        None => caller(&state, request.headers()).await,
+    };
+    match found {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// A function calling the management part of the API in-process (collections, KV): as its
+/// project's service role with the invocation's token; an end user's token never gets this far.
+fn in_process_caller(caller: &nimbus_runtime::InProcessCaller) -> Result<Caller, ApiError> {
+    if !caller.service {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this endpoint needs the function's service token (`Authorization: Bearer \
+             $NIMBUS_API_TOKEN`); end users cannot use it",
+        ));
+    }
+    Ok(Caller {
+        project: caller.project.to_string(),
+        kind: CallerKind::Function { name: caller.function.to_string() },
+    })
 }
 
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -406,7 +428,7 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.kind {
             CallerKind::Admin => Ok(()),
-            CallerKind::Service { .. } => Err(ApiError::new(
+            CallerKind::Service { .. } | CallerKind::Function { .. } => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "only the operator's admin token may do this",

@@ -12,6 +12,7 @@ mod credentials;
 mod data_dir;
 mod error;
 mod gateway;
+mod in_process;
 mod kv_host;
 mod listener;
 
@@ -110,6 +111,7 @@ pub struct Server {
     shutting_down: tokio::sync::watch::Sender<bool>,
     event_log: Arc<dyn nimbus_events::EventLog>,
     event_retention: Duration,
+    in_process: Arc<in_process::InProcessRouter>,
 }
 
 /// How long in-flight requests get to finish once shutdown begins.
@@ -127,6 +129,7 @@ impl Server {
         );
         let blobs = Arc::new(LocalBlobStore::new(dirs.blobs()).context("opening the blob store")?);
         let kv = KvService::new(sqlite.clone(), config.kv.clone());
+        let in_process = Arc::new(in_process::InProcessRouter::default());
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: config.instance_pool_size,
             max_memory_bytes: config.limits.ceilings.memory_bytes,
@@ -134,7 +137,8 @@ impl Server {
             outbound_allow_nets: config.outbound_allow_nets.clone(),
             ..RuntimeConfig::default()
         })?
-        .with_key_value(Arc::new(kv_host::KvHost(kv.clone())));
+        .with_key_value(Arc::new(kv_host::KvHost(kv.clone())))
+        .with_in_process_api(in_process.clone());
         let mailer: Arc<dyn Mailer> = match &config.smtp {
             Some(smtp) => Arc::new(SmtpMailer::new(smtp).context("configuring SMTP")?),
             None => Arc::new(Outbox::new(1000)),
@@ -183,6 +187,7 @@ impl Server {
             shutting_down,
             event_log,
             event_retention: config.event_retention,
+            in_process,
         })
     }
 
@@ -231,6 +236,7 @@ impl Server {
             EVENT_PRUNE_EVERY,
         ));
         let app = router(self.state);
+        self.in_process.set(Some(app.clone()));
         let notify = self.shutting_down;
         let signal = async move {
             shutdown.await;
@@ -238,6 +244,7 @@ impl Server {
         };
         listener::serve(self.listener, app, self.connections, signal, SHUTDOWN_GRACE, conn_metrics)
             .await;
+        self.in_process.set(None);
         Ok(())
     }
 }

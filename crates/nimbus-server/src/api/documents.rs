@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::app::{API_KEY_HEADER, AppState, Caller};
 use crate::error::ApiError;
+use crate::in_process::InProcess;
 
 /// The caller of a data endpoint, verified for `project`. Present but invalid credentials are a
 /// 401, never a silent downgrade to anonymous.
@@ -29,7 +30,22 @@ pub(crate) async fn principal(
     state: &AppState,
     project: &str,
     headers: &HeaderMap,
+    in_process: &InProcess,
 ) -> Result<Principal, ApiError> {
+    // A function's request through the in-process API: its own project only; the invocation's
+    // token makes it the service role, otherwise the credentials it forwards decide.
+    if let Some(Extension(caller)) = in_process {
+        if *caller.project != *project {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a function reaches only its own project's data",
+            ));
+        }
+        if caller.service {
+            return Ok(Principal::Service);
+        }
+    }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -38,7 +54,10 @@ pub(crate) async fn principal(
     let key = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim);
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     match (bearer, key) {
-        (Some(token), _) if state.is_admin_token(token) => Ok(Principal::Service),
+        // In-process, only the invocation's token grants the service role.
+        (Some(token), _) if in_process.is_none() && state.is_admin_token(token) => {
+            Ok(Principal::Service)
+        }
         (Some(token), _) if !token.starts_with("nbk_") => {
             let claims = state.auth.verify_access_token(project, token).await?;
             Ok(user_principal(&claims))
@@ -241,10 +260,11 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Path((project, coll)): Path<(String, String)>,
     headers: HeaderMap,
+    in_process: InProcess,
     q: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(q)?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     Ok(Json(state.documents.list(&project, &coll, &params, &who).await?).into_response())
 }
 
@@ -252,11 +272,12 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     Path((project, coll)): Path<(String, String)>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = state.documents.config().max_document_bytes;
     let bytes = body_bytes(body, max).await?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let data = nimbus_documents::validate::parse_document(&bytes, max)?;
     let doc = state.documents.create(&project, &coll, None, data, &who).await?;
     let location = format!("/v1/projects/{project}/collections/{coll}/documents/{}", doc.id);
@@ -271,8 +292,9 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<Response, ApiError> {
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let doc = state.documents.get(&project, &coll, &id, &who).await?;
     if let Some(v) = headers.get(header::IF_NONE_MATCH)
         && v.as_bytes() == etag(doc.revision).as_bytes()
@@ -288,11 +310,12 @@ pub(crate) async fn put(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = state.documents.config().max_document_bytes;
     let bytes = body_bytes(body, max).await?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let mut expect = if_match(&headers)?.unwrap_or(Expect::Any);
     if let Some(v) = headers.get(header::IF_NONE_MATCH) {
         if v.as_bytes() != b"*" {
@@ -315,11 +338,12 @@ pub(crate) async fn patch(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = state.documents.config().max_document_bytes;
     let bytes = body_bytes(body, max).await?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let patch = parse_json(&bytes)?;
     let rev = revision_of(if_match(&headers)?);
     let doc = state.documents.patch(&project, &coll, &id, patch, rev, &who).await?;
@@ -330,8 +354,9 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<StatusCode, ApiError> {
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let rev = revision_of(if_match(&headers)?);
     state.documents.delete(&project, &coll, &id, rev, &who).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -348,11 +373,12 @@ pub(crate) async fn batch(
     State(state): State<AppState>,
     Path(project): Path<String>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = state.documents.config().max_document_bytes;
     let bytes = body_bytes(body, max.saturating_mul(8)).await?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let batch: Batch = parse_body(&bytes)?;
     let outcomes = state.documents.batch(&project, batch.writes, &who).await?;
     let results: Vec<Value> = outcomes

@@ -254,7 +254,9 @@ pub(crate) async fn invoke(
     let mut request = Request::from_parts(parts, body);
     let identity = match caller.kind {
         CallerKind::Admin => gateway::Identity::Admin,
-        CallerKind::Service { .. } => gateway::Identity::Key(nimbus_auth::ApiKeyScope::Service),
+        CallerKind::Service { .. } | CallerKind::Function { .. } => {
+            gateway::Identity::Key(nimbus_auth::ApiKeyScope::Service)
+        }
     };
     identity.write(&caller.project, request.headers_mut());
     let request = gateway::prepare(request);

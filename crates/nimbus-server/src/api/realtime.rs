@@ -48,7 +48,7 @@ pub(crate) async fn ticket(
     Path(project): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &None).await?;
     let ticket = state.documents.tickets().issue(&project, who)?;
     Ok(Json(json!({
         "ticket": ticket,
@@ -65,7 +65,7 @@ async fn who(
 ) -> Result<Principal, ApiError> {
     match ticket {
         Some(t) => Ok(state.documents.tickets().redeem(project, t)?),
-        None => principal(state, project, headers).await,
+        None => principal(state, project, headers, &None).await,
     }
 }
 

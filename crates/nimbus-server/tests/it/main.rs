@@ -9,6 +9,7 @@ mod documents;
 mod foreign;
 mod functions;
 mod hostile;
+mod in_process;
 mod kv;
 mod logs;
 mod projects;
