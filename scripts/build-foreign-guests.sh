@@ -8,6 +8,7 @@
 #   crates/test-programs/foreign/python-hello/app.py -> target/foreign-guests/python-hello.wasm
 #       built with componentize-py (PyPI), pinned below.
 #   crates/test-programs/foreign/js-hello/app.js -> target/foreign-guests/js-hello.wasm
+#   crates/test-programs/foreign/js-data/app.js -> target/foreign-guests/js-data.wasm (documents + KV)
 #       built with ComponentizeJS (npm), every package pinned by
 #       crates/test-programs/foreign/js-tools/package-lock.json and installed with
 #       `npm ci` into target/foreign-tools/js (never globally).
@@ -108,9 +109,13 @@ ensure_componentize_js() {
     fi
 }
 
-# build_js NAME: crates/test-programs/foreign/NAME/app.js -> target/foreign-guests/NAME.wasm
+# build_js NAME [IMPORT...]: crates/test-programs/foreign/NAME/app.js -> target/foreign-guests/NAME.wasm
+# Each IMPORT (for example `wasi:cli/environment`) is added to the world at the engine's WASI
+# version, so that app.js can `import` it.
 build_js() {
     local name="$1"
+    shift
+    local imports=("$@")
     local src="$foreign/$name"
     local output="$out_dir/$name.wasm"
     if [[ $force == 0 ]] && up_to_date "$output" "$src" "$wit" "$foreign/js-tools" "${BASH_SOURCE[0]}"; then
@@ -154,8 +159,15 @@ build_js() {
             exit 1
         fi
     done
-    printf 'package nimbus:foreign-guests;\n\nworld proxy {\n  include wasi:http/proxy@%s;\n}\n' \
-        "$engine_wasi" > "$tmp_wit/world.wit"
+    {
+        printf 'package nimbus:foreign-guests;\n\nworld proxy {\n  include wasi:http/proxy@%s;\n' \
+            "$engine_wasi"
+        local import
+        for import in "${imports[@]}"; do
+            printf '  import %s@%s;\n' "$import" "$engine_wasi"
+        done
+        printf '}\n'
+    } > "$tmp_wit/world.wit"
     # Run from the source dir so the component's stack traces name `app.js`, not a path here.
     if ! (cd "$src" && "$node" "$componentize_js_dir/src/cli.js" app.js \
         -w "$tmp_wit" -n proxy -o "$tmp"); then
@@ -171,3 +183,5 @@ build_js() {
 mkdir -p "$out_dir"
 build_python python-hello
 build_js js-hello
+# Reads $NIMBUS_API_URL / $NIMBUS_API_TOKEN from the WASI environment.
+build_js js-data wasi:cli/environment

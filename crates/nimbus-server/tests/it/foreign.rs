@@ -19,10 +19,41 @@ async fn js_component_runs_unchanged() {
     runs_unchanged("js-hello", "/js", "Hello from JavaScript!\n").await;
 }
 
-/// Deploys target/foreign-guests/`guest`.wasm on `prefix`/..., checks that it answers `body`
-/// and echoes the path in `x-path-with-query`, then again after a restart. Skips (unless
-/// NIMBUS_REQUIRE_FOREIGN is set) when the guest is not built.
-async fn runs_unchanged(guest: &str, prefix: &str, body: &str) {
+/// A JavaScript function writes and reads documents and KV through the in-process API with
+/// plain `fetch`: the environment gives it the URL and the token, nothing else is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_component_uses_documents_and_kv() {
+    let Some(wasm) = foreign_guest("js-data") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    crate::documents::collection(&s, "default", json!({"name": "notes"})).await;
+    let (status, deployed) =
+        s.deploy_bytes(json!({"name": "js-data", "routes": ["/js-data"]}), wasm).await;
+    assert_eq!(status, 201, "{deployed}");
+    for visits in 1..=2 {
+        let r = s.get(&format!("/js-data?title=note%20{visits}")).await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["title"], format!("note {visits}"));
+        assert_eq!(v["revision"], 1);
+        assert_eq!(v["visits"], visits);
+        // The document is there for clients too.
+        let path = format!(
+            "/v1/projects/default/collections/notes/documents/{}",
+            v["id"].as_str().unwrap()
+        );
+        let doc: serde_json::Value =
+            s.api(reqwest::Method::GET, &path).send().await.unwrap().json().await.unwrap();
+        assert_eq!(doc["data"], json!({"title": format!("note {visits}"), "lang": "js"}));
+    }
+    s.stop().await;
+}
+
+/// The bytes of target/foreign-guests/`guest`.wasm; `None` (the test skips) when it is not built,
+/// unless NIMBUS_REQUIRE_FOREIGN is set.
+fn foreign_guest(guest: &str) -> Option<Vec<u8>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../../target/foreign-guests/{guest}.wasm"));
     if !path.exists() {
@@ -32,11 +63,18 @@ async fn runs_unchanged(guest: &str, prefix: &str, body: &str) {
             path.display()
         );
         eprintln!("SKIPPED: {} not built (run scripts/build-foreign-guests.sh)", path.display());
-        return;
+        return None;
     }
+    Some(std::fs::read(&path).unwrap())
+}
+
+/// Deploys target/foreign-guests/`guest`.wasm on `prefix`/..., checks that it answers `body`
+/// and echoes the path in `x-path-with-query`, then again after a restart. Skips (unless
+/// NIMBUS_REQUIRE_FOREIGN is set) when the guest is not built.
+async fn runs_unchanged(guest: &str, prefix: &str, body: &str) {
+    let Some(wasm) = foreign_guest(guest) else { return };
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
-    let wasm = std::fs::read(&path).unwrap();
     let size = wasm.len();
     let started = Instant::now();
     let (status, deployed) =
