@@ -17,14 +17,8 @@ const BODY: &[u8] = b"Hello from Nimbus!\n";
 impl wasi::exports::http::incoming_handler::Guest for Hello {
     fn handle(_request: IncomingRequest, response_out: ResponseOutparam) {
         let headers = Fields::from_list(&[
-            (
-                "content-type".to_string(),
-                b"text/plain; charset=utf-8".to_vec(),
-            ),
-            (
-                "content-length".to_string(),
-                BODY.len().to_string().into_bytes(),
-            ),
+            ("content-type".to_string(), b"text/plain; charset=utf-8".to_vec()),
+            ("content-length".to_string(), BODY.len().to_string().into_bytes()),
         ])
         .unwrap();
         let response = OutgoingResponse::new(headers);

@@ -32,13 +32,7 @@ const ITEMS: [(u32, &str); 3] = [(1, "apple"), (2, "banana"), (3, "cherry")];
 const MAX_BODY: usize = 64 * 1024;
 
 fn items() -> Vec<Item> {
-    ITEMS
-        .iter()
-        .map(|&(id, name)| Item {
-            id,
-            name: name.to_string(),
-        })
-        .collect()
+    ITEMS.iter().map(|&(id, name)| Item { id, name: name.to_string() }).collect()
 }
 
 /// A response to send: status, extra headers, JSON body.
@@ -74,12 +68,8 @@ enum BodyError {
 
 /// Reads the request body, refusing more than `MAX_BODY` bytes.
 fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, BodyError> {
-    let body = request
-        .consume()
-        .map_err(|()| BodyError::Io("body already read".into()))?;
-    let stream = body
-        .stream()
-        .map_err(|()| BodyError::Io("body already read".into()))?;
+    let body = request.consume().map_err(|()| BodyError::Io("body already read".into()))?;
+    let stream = body.stream().map_err(|()| BodyError::Io("body already read".into()))?;
     let mut buf = Vec::new();
     loop {
         match stream.blocking_read(16 * 1024) {
@@ -117,23 +107,14 @@ fn create_item(request: &IncomingRequest) -> Reply {
         return Reply::error(400, "name must not be empty");
     }
     let id = ITEMS.len() as u32 + 1;
-    Reply::json(
-        201,
-        Item {
-            id,
-            name: name.to_string(),
-        },
-    )
-    .with_header("location", format!("/api/items/{id}"))
+    Reply::json(201, Item { id, name: name.to_string() })
+        .with_header("location", format!("/api/items/{id}"))
 }
 
 fn route(request: &IncomingRequest) -> Reply {
     let path_with_query = request.path_with_query().unwrap_or_default();
     let path = path_with_query.split('?').next().unwrap_or("");
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let method = request.method();
 
     if path == "/api/items" {
@@ -159,10 +140,7 @@ fn send(reply: Reply, response_out: ResponseOutparam) {
     let body = serde_json::to_vec(&reply.body).expect("serializable");
     let mut headers = vec![
         ("content-type".to_string(), b"application/json".to_vec()),
-        (
-            "content-length".to_string(),
-            body.len().to_string().into_bytes(),
-        ),
+        ("content-length".to_string(), body.len().to_string().into_bytes()),
     ];
     headers.extend(reply.headers.into_iter().map(|(k, v)| (k, v.into_bytes())));
     let response = OutgoingResponse::new(Fields::from_list(&headers).unwrap());

@@ -131,3 +131,70 @@ pub fn fetch(
     drop(IncomingBody::finish(incoming));
     Ok(Response { status, headers, body: buf })
 }
+
+/// Reads the body of the request being handled, refusing more than `max` bytes.
+pub fn read_request_body(
+    request: &wasi::http::types::IncomingRequest,
+    max: usize,
+) -> Result<Vec<u8>, Error> {
+    let body = request.consume().map_err(|()| Error::Transport("body already read".into()))?;
+    let mut buf = Vec::new();
+    {
+        let stream = body.stream().map_err(|()| Error::Transport("body stream taken".into()))?;
+        loop {
+            match stream.blocking_read(64 << 10) {
+                Ok(chunk) => buf.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(Error::Transport(e.to_debug_string()));
+                }
+            }
+            if buf.len() > max {
+                return Err(Error::Transport(format!("request body over {max} bytes")));
+            }
+        }
+    }
+    drop(IncomingBody::finish(body));
+    Ok(buf)
+}
+
+/// Answers the request being handled with a complete body.
+pub fn respond(
+    out: wasi::http::types::ResponseOutparam,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    use wasi::http::types::{OutgoingResponse, ResponseOutparam};
+    let len = body.len().to_string();
+    let mut entries: Vec<(String, Vec<u8>)> =
+        headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+    entries.push(("content-length".into(), len.into_bytes()));
+    let Ok(fields) = Fields::from_list(&entries) else {
+        return ResponseOutparam::set(
+            out,
+            Err(wasi::http::types::ErrorCode::InternalError(Some("invalid header".into()))),
+        );
+    };
+    let response = OutgoingResponse::new(fields);
+    let _ = response.set_status_code(status);
+    let Ok(outgoing) = response.body() else { return };
+    ResponseOutparam::set(out, Ok(response));
+    if let Ok(stream) = outgoing.write() {
+        for piece in body.chunks(MAX_BLOCKING_WRITE) {
+            if stream.blocking_write_and_flush(piece).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// Answers with a JSON body.
+pub fn respond_json(
+    out: wasi::http::types::ResponseOutparam,
+    status: u16,
+    body: &serde_json::Value,
+) {
+    respond(out, status, &[("content-type", "application/json")], body.to_string().as_bytes());
+}
