@@ -2,9 +2,11 @@
 //! document events out to subscribers, in commit order.
 //!
 //! - **Rules without reads.** Each document event carries the document (for a delete, as it
-//!   was), so the hub checks the collection's `get` (document subscriptions) or `list` rule
+//!   was; for an update, also the data it replaced), so the hub checks the collection's `get` (document subscriptions) or `list` rule
 //!   (collection and query subscriptions) and the query's filter in memory, with the rule engine;
-//!   no subscriber costs a database read per event.
+//!   no subscriber costs a database read per event. An update that takes a document out of a
+//!   subscriber's view (its rule or filter no longer lets it through) reaches that subscriber as
+//!   a `left` event with the id only.
 //! - **Resume.** Events are numbered by their log position (SSE `id:`). A subscriber that comes
 //!   back with `since` = the last position it saw first gets the events after it from the log,
 //!   then the live ones, with no gap and no duplicate: it is registered, under the hub's lock,
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use nimbus_events::{Event, EventLog, Tail};
 use nimbus_rules::{Operation, Rule};
-use nimbus_store::documents::EVENT_PREFIX;
+use nimbus_store::documents::{EVENT_PREFIX, EVENT_UPDATED};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -60,18 +62,30 @@ struct Spec {
     who: Principal,
 }
 
+/// What one change means to one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Skip,
+    Deliver,
+    /// An update took a document the subscriber could see (rule and filter) out of its view.
+    Left,
+}
+
+/// The event type a subscriber gets when an update moves a document out of its view. Realtime
+/// only: the log holds the `updated` event it comes from.
+pub const EVENT_LEFT: &str = "dev.nimbus.documents.document.left";
+
 impl Spec {
-    fn matches(&self, e: &Event, compiled: Option<&Compiled>) -> bool {
+    fn delivery(&self, e: &Event, compiled: Option<&Compiled>) -> Delivery {
         if e.project != self.project || !e.kind.starts_with(EVENT_PREFIX) {
-            return false;
+            return Delivery::Skip;
         }
         if e.data.get("collection").and_then(Value::as_str) != Some(self.collection.as_str()) {
-            return false;
+            return Delivery::Skip;
         }
         // A collection deleted (and not yet re-created) has no rules: deny.
-        let Some(compiled) = compiled else { return false };
-        let doc = &e.data["document"]["data"];
-        match &self.target {
+        let Some(compiled) = compiled else { return Delivery::Skip };
+        let visible = |doc: &Value| match &self.target {
             Target::Document(id) => {
                 e.data.get("id").and_then(Value::as_str) == Some(id.as_str())
                     && compiled.allows(Operation::Get, &self.who, Some(doc), None)
@@ -86,7 +100,38 @@ impl Spec {
                         f.allows(&ctx)
                     })
             }
+        };
+        if visible(&e.data["document"]["data"]) {
+            Delivery::Deliver
+        } else if e.kind == EVENT_UPDATED && e.data.get("previous").is_some_and(visible) {
+            Delivery::Left
+        } else {
+            Delivery::Skip
         }
+    }
+
+    /// The event as this subscriber receives it, if at all.
+    fn view(&self, e: &Arc<Event>, compiled: Option<&Compiled>) -> Option<Arc<Event>> {
+        match self.delivery(e, compiled) {
+            Delivery::Skip => None,
+            Delivery::Deliver => Some(e.clone()),
+            Delivery::Left => Some(Arc::new(left(e))),
+        }
+    }
+}
+
+/// A `left` event: the position and id of the update, and which document left; not its new
+/// data, which the subscriber may no longer be allowed to see.
+fn left(e: &Event) -> Event {
+    Event {
+        kind: EVENT_LEFT.to_owned(),
+        data: serde_json::json!({
+            "collection": e.data["collection"],
+            "id": e.data["id"],
+            "revision": e.data["revision"],
+            "document": {"id": e.data["id"]},
+        }),
+        ..e.clone()
     }
 }
 
@@ -316,10 +361,8 @@ async fn run(hub: Weak<HubInner>, mut tail: Tail) {
 
 /// Offer an event to a subscriber; false drops the subscriber.
 fn offer(s: &Sub, e: &Arc<Event>, compiled: Option<&Compiled>) -> bool {
-    if !s.spec.matches(e, compiled) {
-        return true;
-    }
-    match s.tx.try_send(e.clone()) {
+    let Some(e) = s.spec.view(e, compiled) else { return true };
+    match s.tx.try_send(e) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             *s.reason.lock() = Some("slow_consumer".into());
@@ -410,8 +453,8 @@ impl Subscription {
                 break;
             }
             last = e.position;
-            if self.spec.matches(&e, compiled.as_deref()) {
-                self.backlog.push_back(Arc::new(e));
+            if let Some(e) = self.spec.view(&Arc::new(e), compiled.as_deref()) {
+                self.backlog.push_back(e);
             }
         }
         self.backlog_after = last;

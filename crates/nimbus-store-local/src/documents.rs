@@ -608,19 +608,22 @@ impl DocumentStore for SqliteStore {
                     }
                 };
                 let coll = coll.ok_or_else(|| fail(FailureReason::NoCollection))?;
-                let current: Option<(u64, i64)> = tx
+                // The old data goes into an update's event (`previous`); a delete returns it
+                // from its DELETE instead, so it is read only for a replacement.
+                let current: Option<(u64, i64, Option<String>)> = tx
                     .prepare_cached(
-                        "SELECT revision, created_at FROM documents WHERE coll = ?1 AND id = ?2",
+                        "SELECT revision, created_at, CASE WHEN ?3 THEN json(data) END \
+                         FROM documents WHERE coll = ?1 AND id = ?2",
                     )
                     .and_then(|mut s| {
-                        s.query_row(params![coll, op.id], |r| {
-                            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                        s.query_row(params![coll, op.id, op.data.is_some()], |r| {
+                            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
                         })
                         .optional()
                     })
                     .context("reading a document's revision")
                     .map_err(Abort::Store)?;
-                match (op.expect, current) {
+                match (op.expect, current.as_ref()) {
                     (Expect::Absent, Some(_)) => return Err(fail(FailureReason::AlreadyExists)),
                     (Expect::Exists, None) => return Err(fail(FailureReason::NotFound)),
                     (Expect::Any, None) if op.data.is_none() => {
@@ -631,6 +634,7 @@ impl DocumentStore for SqliteStore {
                     }
                     _ => {}
                 }
+                let mut previous = None;
                 let outcome = match (&op.data, current) {
                     (Some(data), None) => {
                         let text = serde_json::to_string(data)
@@ -651,7 +655,12 @@ impl DocumentStore for SqliteStore {
                             data: data.clone(),
                         })
                     }
-                    (Some(data), Some((rev, created_at))) => {
+                    (Some(data), Some((rev, created_at, old))) => {
+                        previous = old
+                            .map(|old| serde_json::from_str::<Value>(&old))
+                            .transpose()
+                            .context("decoding a document")
+                            .map_err(Abort::Store)?;
                         let text = serde_json::to_string(data)
                             .context("encoding a document")
                             .map_err(Abort::Store)?;
@@ -684,7 +693,7 @@ impl DocumentStore for SqliteStore {
                         WriteOutcome::Deleted(old)
                     }
                 };
-                events.push(document_event(project, &op.collection, &outcome));
+                events.push(document_event(project, &op.collection, &outcome, previous.as_ref()));
                 outcomes.push(outcome);
             }
             let positions = crate::events::append_in(tx, &events).map_err(Abort::Store)?;

@@ -304,9 +304,15 @@ pub trait DocumentStore: Send + Sync + 'static {
 }
 
 /// The event a backend appends for a write, the same for every backend. `data` holds the
-/// collection, the id, the revision and the document (for a delete, as it was), so consumers
-/// (realtime, triggers) can check rules and filters without reading the store.
-pub fn document_event(project: &str, collection: &str, outcome: &WriteOutcome) -> NewEvent {
+/// collection, the id, the revision and the document (for a delete, as it was), and for an
+/// update the data it replaced (`previous`), so consumers (realtime, triggers) can check rules
+/// and filters, before and after, without reading the store.
+pub fn document_event(
+    project: &str,
+    collection: &str,
+    outcome: &WriteOutcome,
+    previous: Option<&Value>,
+) -> NewEvent {
     let (kind, doc) = match outcome {
         WriteOutcome::Created(d) => (EVENT_CREATED, d),
         WriteOutcome::Updated(d) => (EVENT_UPDATED, d),
@@ -317,11 +323,17 @@ pub fn document_event(project: &str, collection: &str, outcome: &WriteOutcome) -
         kind: kind.to_owned(),
         source: format!("/v1/projects/{project}/collections/{collection}"),
         subject: doc.id.clone(),
-        data: serde_json::json!({
-            "collection": collection,
-            "id": doc.id,
-            "revision": doc.revision,
-            "document": doc,
-        }),
+        data: {
+            let mut data = serde_json::json!({
+                "collection": collection,
+                "id": doc.id,
+                "revision": doc.revision,
+                "document": doc,
+            });
+            if let (WriteOutcome::Updated(_), Some(previous)) = (outcome, previous) {
+                data["previous"] = previous.clone();
+            }
+            data
+        },
     }
 }

@@ -378,3 +378,43 @@ async fn websocket_with_a_ticket_or_an_auth_message() {
     }
     s.stop().await;
 }
+
+/// An update that moves a document out of a query subscription's filter reaches it as `left`,
+/// with the id and without the new data; back in, it arrives as an update again. The same on a
+/// resume from the log.
+#[tokio::test]
+async fn a_document_leaving_a_query_arrives_as_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(test_config(dir.path())).await;
+    collection(&s, "default", json!({"name": "tasks"})).await;
+    let url = "/v1/projects/default/realtime/sse?collection=tasks&filter=doc.status%20%3D%3D%20%22open%22";
+    let mut sse = SseClient::open(admin(&s, Method::GET, url)).await;
+    write(&s, "tasks", "t1", json!({"status": "open", "secret": 1})).await;
+    write(&s, "tasks", "t2", json!({"status": "closed"})).await;
+    write(&s, "tasks", "t1", json!({"status": "closed", "secret": 2})).await;
+    write(&s, "tasks", "t2", json!({"status": "closed", "n": 1})).await;
+    write(&s, "tasks", "t1", json!({"status": "open", "secret": 3})).await;
+
+    let created = sse.next().await.unwrap();
+    assert_eq!((created.event.as_str(), doc_id(&created)), ("created", "t1".to_string()));
+    let left = sse.next().await.unwrap();
+    assert_eq!((left.event.as_str(), doc_id(&left)), ("left", "t1".to_string()));
+    assert_eq!(left.data["type"], "dev.nimbus.documents.document.left");
+    assert!(left.data["document"].get("data").is_none(), "no new data in a left event: {left:?}");
+    let back = sse.next().await.unwrap();
+    assert_eq!((back.event.as_str(), doc_id(&back)), ("updated", "t1".to_string()));
+    assert_eq!(back.data["document"]["data"]["secret"], 3);
+    assert!(sse.quiet(Duration::from_millis(300)).await, "t2 never matched: nothing about it");
+
+    // Resuming from before the leave replays the same view from the log.
+    let since = created.id.unwrap();
+    let mut resumed =
+        SseClient::open(admin(&s, Method::GET, &format!("{url}&since={since}"))).await;
+    let replayed: Vec<(String, String)> =
+        [resumed.next().await.unwrap(), resumed.next().await.unwrap()]
+            .iter()
+            .map(|m| (m.event.clone(), doc_id(m)))
+            .collect();
+    assert_eq!(replayed, [("left".into(), "t1".into()), ("updated".into(), "t1".into())]);
+    s.stop().await;
+}

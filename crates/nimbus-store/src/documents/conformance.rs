@@ -89,6 +89,10 @@ pub fn crud_revisions_and_events<S: DocumentStore + EventLog>(s: &S) {
     assert_eq!(kinds, [EVENT_CREATED, EVENT_UPDATED, EVENT_UPDATED, EVENT_DELETED]);
     assert!(events.windows(2).all(|w| w[0].position < w[1].position));
     assert_eq!(events[1].data["document"]["data"], json!({"n": 2}));
+    // An update carries the data it replaced; a create and a delete do not need to.
+    assert_eq!(events[1].data["previous"], json!({"n": 1}));
+    assert_eq!(events[2].data["previous"], json!({"n": 2}));
+    assert!(events[0].data.get("previous").is_none());
     assert_eq!(events[3].data["document"]["data"], json!({"n": 3}));
     assert_eq!(events[0].subject, "a");
 }
