@@ -117,7 +117,11 @@ impl AppState {
          (name = "users", description = "A project's end users, as its operator sees them"),
          (name = "auth", description = "End-user sign-up, sign-in and sessions (public)"),
          (name = "invocations", description = "Invocation records and logs"),
-         (name = "kv", description = "The project's key-value buckets (docs/kv.md)"))
+         (name = "kv", description = "The project's key-value buckets (docs/kv.md)"),
+         (name = "documents", description = "Collections and documents (docs/documents.md). The \
+                                             data endpoints are public to apps: end users with \
+                                             their access token, anonymous callers, or the \
+                                             service role, under each collection's rules"))
 )]
 struct ApiDoc;
 
@@ -216,6 +220,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api::users::revoke_sessions))
         .routes(routes!(api::users::events))
         .routes(routes!(api::users::outbox))
+        .routes(routes!(api::documents::list_collections, api::documents::create_collection))
+        .routes(routes!(
+            api::documents::show_collection,
+            api::documents::replace_collection,
+            api::documents::delete_collection
+        ))
+        .routes(routes!(api::documents::explain))
         .split_for_parts();
     // End-user authentication: public, outside the management middleware.
     let (public, public_doc) = OpenApiRouter::new()
@@ -233,8 +244,20 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api::auth::reset_password))
         .routes(routes!(api::auth::jwks))
         .split_for_parts();
+    // Documents: public to apps, under each collection's access rules.
+    let (data, data_doc) = OpenApiRouter::new()
+        .routes(routes!(api::documents::list, api::documents::create))
+        .routes(routes!(
+            api::documents::get,
+            api::documents::put,
+            api::documents::patch,
+            api::documents::delete
+        ))
+        .routes(routes!(api::documents::batch))
+        .split_for_parts();
     let mut openapi = openapi;
     openapi.merge(public_doc);
+    openapi.merge(data_doc);
     document_common_responses(&mut openapi);
     let openapi = Arc::new(openapi);
 
@@ -242,20 +265,10 @@ pub fn router(state: AppState) -> Router {
     // JSON error shape. Not on the invoke routes: those answer with the function's own response.
     let api = api.layer(middleware::map_response(crate::error::json_rejections));
     let public = public.layer(middleware::map_response(crate::error::json_rejections));
+    let data = data.layer(middleware::map_response(crate::error::json_rejections));
     let admin = api
         .route("/v1/functions/{name}/invoke", any(api::functions::invoke))
         .route("/v1/functions/{name}/invoke/{*path}", any(api::functions::invoke))
-        .route(
-            "/v1/collections",
-            get(api::documents::list_collections).post(api::documents::create_collection),
-        )
-        .route(
-            "/v1/collections/{name}",
-            get(api::documents::show_collection)
-                .put(api::documents::replace_collection)
-                .delete(api::documents::delete_collection),
-        )
-        .route("/v1/collections/{name}/explain", get(api::documents::explain))
         .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
         // After the upload limit: KV bounds its bodies itself, with the JSON error shape.
         .merge(api::kv::router())
@@ -273,19 +286,8 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(admin)
         .merge(public)
-        // Documents and realtime: public to apps, under each collection's access rules.
-        .route(
-            "/v1/projects/{project}/collections/{collection}/documents",
-            get(api::documents::list).post(api::documents::create),
-        )
-        .route(
-            "/v1/projects/{project}/collections/{collection}/documents/{id}",
-            get(api::documents::get)
-                .put(api::documents::put)
-                .patch(api::documents::patch)
-                .delete(api::documents::delete),
-        )
-        .route("/v1/projects/{project}/documents/batch", post(api::documents::batch))
+        .merge(data)
+        // Realtime: public to apps, under each collection's access rules.
         .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
         .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))
         .route("/v1/projects/{project}/realtime/ws", get(api::realtime::ws))

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{API_KEY_HEADER, AppState, Caller};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::in_process::InProcess;
 
 /// The caller of a data endpoint, verified for `project`. Present but invalid credentials are a
@@ -191,6 +191,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 /// Limit on management bodies (schemas, rules).
 const CONFIG_BODY_LIMIT: usize = 256 << 10;
 
+/// Create a collection: optional JSON Schema, access rules and indexes.
+#[utoipa::path(post, path = "/v1/collections", tag = "documents",
+    request_body(content = schema::NewCollection, content_type = "application/json"),
+    responses((status = 201, body = schema::CollectionInfo),
+              (status = 409, description = "the collection exists", body = ErrorBody)))]
 pub(crate) async fn create_collection(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -204,6 +209,9 @@ pub(crate) async fn create_collection(
     Ok((StatusCode::CREATED, Json(c)).into_response())
 }
 
+/// The project's collections.
+#[utoipa::path(get, path = "/v1/collections", tag = "documents",
+    responses((status = 200, body = schema::CollectionList)))]
 pub(crate) async fn list_collections(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -212,6 +220,9 @@ pub(crate) async fn list_collections(
     Ok(Json(json!({ "collections": list })).into_response())
 }
 
+/// One collection's configuration.
+#[utoipa::path(get, path = "/v1/collections/{name}", tag = "documents",
+    params(("name" = String, Path)), responses((status = 200, body = schema::CollectionInfo)))]
 pub(crate) async fn show_collection(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -220,6 +231,11 @@ pub(crate) async fn show_collection(
     Ok(Json(state.documents.get_collection(&caller.project, &name).await?).into_response())
 }
 
+/// Replace a collection's schema, rules and indexes.
+#[utoipa::path(put, path = "/v1/collections/{name}", tag = "documents",
+    params(("name" = String, Path)),
+    request_body(content = schema::CollectionConfig, content_type = "application/json"),
+    responses((status = 200, body = schema::CollectionInfo)))]
 pub(crate) async fn replace_collection(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -231,6 +247,9 @@ pub(crate) async fn replace_collection(
     Ok(Json(c).into_response())
 }
 
+/// Delete a collection and its documents.
+#[utoipa::path(delete, path = "/v1/collections/{name}", tag = "documents",
+    params(("name" = String, Path)), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_collection(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -244,6 +263,9 @@ pub(crate) async fn delete_collection(
 }
 
 /// How the store would run a list query: the declared index it uses and the plan.
+#[utoipa::path(get, path = "/v1/collections/{name}/explain", tag = "documents",
+    params(("name" = String, Path), schema::ListQuery),
+    responses((status = 200, body = schema::Plan)))]
 pub(crate) async fn explain(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -256,6 +278,11 @@ pub(crate) async fn explain(
 
 // -- documents --------------------------------------------------------------------------------
 
+/// Query a collection: filter, sort, cursor pagination, projection, count. The `list` rule
+/// filters the results.
+#[utoipa::path(get, path = "/v1/projects/{project}/collections/{collection}/documents",
+    tag = "documents", params(("project" = String, Path), ("collection" = String, Path), schema::ListQuery), security((), ("admin_token" = [])),
+    responses((status = 200, body = schema::DocumentPage)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Path((project, coll)): Path<(String, String)>,
@@ -268,6 +295,12 @@ pub(crate) async fn list(
     Ok(Json(state.documents.list(&project, &coll, &params, &who).await?).into_response())
 }
 
+/// Create a document with a server-assigned id.
+#[utoipa::path(post, path = "/v1/projects/{project}/collections/{collection}/documents",
+    tag = "documents", params(("project" = String, Path), ("collection" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 201, body = schema::Document,
+               headers(("etag" = String), ("location" = String)))))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Path((project, coll)): Path<(String, String)>,
@@ -288,6 +321,11 @@ pub(crate) async fn create(
     Ok(r)
 }
 
+/// Read a document (`If-None-Match` with its ETag answers 304).
+#[utoipa::path(get, path = "/v1/projects/{project}/collections/{collection}/documents/{id}",
+    tag = "documents", params(("project" = String, Path), ("collection" = String, Path), ("id" = String, Path)), security((), ("admin_token" = [])),
+    responses((status = 200, body = schema::Document, headers(("etag" = String))),
+              (status = 304, description = "not modified")))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
@@ -306,6 +344,14 @@ pub(crate) async fn get(
     Ok(with_etag(StatusCode::OK, doc.into()))
 }
 
+/// Create or replace a document (`If-Match` makes it conditional, `If-None-Match: *` creates
+/// only).
+#[utoipa::path(put, path = "/v1/projects/{project}/collections/{collection}/documents/{id}",
+    tag = "documents", params(("project" = String, Path), ("collection" = String, Path), ("id" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = schema::Document, headers(("etag" = String))),
+              (status = 201, body = schema::Document, headers(("etag" = String))),
+              (status = 412, description = "a precondition failed", body = ErrorBody)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
@@ -334,6 +380,12 @@ pub(crate) async fn put(
     })
 }
 
+/// Apply a JSON merge patch (RFC 7386).
+#[utoipa::path(patch, path = "/v1/projects/{project}/collections/{collection}/documents/{id}",
+    tag = "documents", params(("project" = String, Path), ("collection" = String, Path), ("id" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = schema::Document, headers(("etag" = String))),
+              (status = 412, description = "a precondition failed", body = ErrorBody)))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
@@ -350,6 +402,11 @@ pub(crate) async fn patch(
     Ok(with_etag(StatusCode::OK, doc.into()))
 }
 
+/// Delete a document.
+#[utoipa::path(delete, path = "/v1/projects/{project}/collections/{collection}/documents/{id}",
+    tag = "documents", params(("project" = String, Path), ("collection" = String, Path), ("id" = String, Path)), security((), ("admin_token" = [])),
+    responses((status = 204, description = "deleted"),
+              (status = 412, description = "a precondition failed", body = ErrorBody)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path((project, coll, id)): Path<(String, String, String)>,
@@ -369,6 +426,12 @@ struct Batch {
 }
 
 /// Writes across collections that commit together or not at all.
+#[utoipa::path(post, path = "/v1/projects/{project}/documents/batch", tag = "documents",
+    params(("project" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = schema::Batch, content_type = "application/json"),
+    responses((status = 200, body = schema::BatchResults),
+              (status = 409, description = "a write's condition failed", body = ErrorBody),
+              (status = 412, description = "a precondition failed", body = ErrorBody)))]
 pub(crate) async fn batch(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -393,4 +456,128 @@ pub(crate) async fn batch(
         })
         .collect();
     Ok(Json(json!({ "results": results })).into_response())
+}
+
+/// Shapes for the OpenAPI document only: the handlers work on `serde_json::Value` and the
+/// services' own types, which do not depend on utoipa.
+pub(crate) mod schema {
+    use serde_json::Value;
+    use utoipa::{IntoParams, ToSchema};
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct NewCollection {
+        /// `[a-z][a-z0-9_]*`, at most 63 characters.
+        name: String,
+        /// A JSON Schema every document must satisfy.
+        schema: Option<Object>,
+        /// Rules per operation: `list`, `get`, `create`, `update`, `delete`.
+        rules: Option<Object>,
+        /// `[{"name": "by_owner", "fields": ["owner", "created"]}]`.
+        indexes: Option<Vec<Object>>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct CollectionConfig {
+        schema: Option<Object>,
+        rules: Option<Object>,
+        indexes: Option<Vec<Object>>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct CollectionInfo {
+        project: String,
+        name: String,
+        schema: Option<Object>,
+        rules: Object,
+        indexes: Vec<Object>,
+        created_at: i64,
+        updated_at: i64,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct CollectionList {
+        collections: Vec<CollectionInfo>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct Plan {
+        /// The declared index the query uses, if any.
+        index: Option<String>,
+        /// True when the query reads the whole collection.
+        scan: bool,
+        detail: Vec<String>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct Document {
+        id: String,
+        /// 1 on creation, +1 on every write: the ETag.
+        revision: u64,
+        /// Milliseconds since the Unix epoch.
+        created_at: i64,
+        updated_at: i64,
+        data: Object,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct DocumentPage {
+        documents: Vec<Document>,
+        /// Pass as `cursor` for the next page; absent on the last page.
+        next_cursor: Option<String>,
+        count: Option<u64>,
+        /// The declared index the query used.
+        index: Option<String>,
+        /// True when the query read the whole collection: declare an index.
+        scan: bool,
+        warning: Option<String>,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    #[allow(dead_code)]
+    pub(crate) struct ListQuery {
+        /// A filter in the rule language, for example `doc.status == "open" && doc.n > 2`.
+        filter: Option<String>,
+        /// Comma-separated fields, `-` for descending; `$id`, `$created`, `$updated`.
+        sort: Option<String>,
+        /// The `next_cursor` of the previous page.
+        cursor: Option<String>,
+        /// Documents per page (default 20, at most 1000).
+        limit: Option<u32>,
+        /// Comma-separated fields of `data` to return.
+        fields: Option<String>,
+        /// Also count every match.
+        count: Option<bool>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct Batch {
+        /// `{"op": "create"|"replace"|"patch"|"delete", "collection", "id", "data"|"patch", "if_match"?}`.
+        writes: Vec<Object>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct BatchResult {
+        /// `created`, `updated` or `deleted`.
+        result: String,
+        document: Document,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct BatchResults {
+        results: Vec<BatchResult>,
+    }
+
+    /// Any JSON object.
+    pub(crate) type Object = serde_json::Map<String, Value>;
 }
