@@ -14,6 +14,9 @@
 //! literal.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::fmt::Write as _;
 
 use nimbus_model::now_millis;
@@ -579,148 +582,35 @@ impl DocumentStore for SqliteStore {
         })
     }
 
+    /// Concurrent writes are committed together (group commit): each caller queues its write,
+    /// and whoever holds the writer connection next runs every queued write in one transaction,
+    /// each under its own savepoint, so a failed condition undoes only its own write. One commit
+    /// (one WAL append) for many writes is what lets many clients insert at once; each write
+    /// still gets its own outcome and events, in queue order.
     fn write(
         &self,
         project: &str,
         ops: &[WriteOp],
     ) -> Result<std::result::Result<Vec<WriteOutcome>, WriteFailure>> {
-        // The condition failure rolls the transaction back: carry it out as an error value.
-        enum Abort {
-            Store(StoreError),
-            Failed(WriteFailure),
-        }
-        let mut last_position = None;
-        let mut run = |tx: &Transaction<'_>| -> std::result::Result<Vec<WriteOutcome>, Abort> {
-            let mut colls: HashMap<&str, Option<i64>> = HashMap::new();
-            let mut outcomes = Vec::with_capacity(ops.len());
-            let mut events = Vec::with_capacity(ops.len());
-            let now = now_millis();
-            for (index, op) in ops.iter().enumerate() {
-                let fail = |reason| Abort::Failed(WriteFailure { index, reason });
-                let coll = match colls.get(op.collection.as_str()) {
-                    Some(c) => *c,
-                    None => {
-                        let c = find_collection(tx, project, &op.collection)
-                            .map_err(Abort::Store)?
-                            .map(|c| c.id);
-                        colls.insert(&op.collection, c);
-                        c
-                    }
-                };
-                let coll = coll.ok_or_else(|| fail(FailureReason::NoCollection))?;
-                // The old data goes into an update's event (`previous`); a delete returns it
-                // from its DELETE instead, so it is read only for a replacement.
-                let current: Option<(u64, i64, Option<String>)> = tx
-                    .prepare_cached(
-                        "SELECT revision, created_at, CASE WHEN ?3 THEN json(data) END \
-                         FROM documents WHERE coll = ?1 AND id = ?2",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row(params![coll, op.id, op.data.is_some()], |r| {
-                            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-                        })
-                        .optional()
-                    })
-                    .context("reading a document's revision")
-                    .map_err(Abort::Store)?;
-                match (op.expect, current.as_ref()) {
-                    (Expect::Absent, Some(_)) => return Err(fail(FailureReason::AlreadyExists)),
-                    (Expect::Exists, None) => return Err(fail(FailureReason::NotFound)),
-                    (Expect::Any, None) if op.data.is_none() => {
-                        return Err(fail(FailureReason::NotFound));
-                    }
-                    (Expect::Revision(r), cur) if cur.map(|c| c.0) != Some(r) => {
-                        return Err(fail(FailureReason::RevisionMismatch(cur.map(|c| c.0))));
-                    }
-                    _ => {}
-                }
-                let mut previous = None;
-                let outcome = match (&op.data, current) {
-                    (Some(data), None) => {
-                        let text = serde_json::to_string(data)
-                            .context("encoding a document")
-                            .map_err(Abort::Store)?;
-                        tx.prepare_cached(
-                            "INSERT INTO documents (coll, id, revision, created_at, updated_at, \
-                             data) VALUES (?1, ?2, 1, ?3, ?3, jsonb(?4))",
-                        )
-                        .and_then(|mut s| s.execute(params![coll, op.id, now, text]))
-                        .context("inserting a document")
-                        .map_err(Abort::Store)?;
-                        WriteOutcome::Created(Document {
-                            id: op.id.clone(),
-                            revision: 1,
-                            created_at: now,
-                            updated_at: now,
-                            data: data.clone(),
-                        })
-                    }
-                    (Some(data), Some((rev, created_at, old))) => {
-                        previous = old
-                            .map(|old| serde_json::from_str::<Value>(&old))
-                            .transpose()
-                            .context("decoding a document")
-                            .map_err(Abort::Store)?;
-                        let text = serde_json::to_string(data)
-                            .context("encoding a document")
-                            .map_err(Abort::Store)?;
-                        tx.prepare_cached(
-                            "UPDATE documents SET revision = ?3, updated_at = ?4, \
-                             data = jsonb(?5) WHERE coll = ?1 AND id = ?2",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![coll, op.id, (rev + 1) as i64, now, text])
-                        })
-                        .context("updating a document")
-                        .map_err(Abort::Store)?;
-                        WriteOutcome::Updated(Document {
-                            id: op.id.clone(),
-                            revision: rev + 1,
-                            created_at,
-                            updated_at: now,
-                            data: data.clone(),
-                        })
-                    }
-                    (None, _) => {
-                        let old = tx
-                            .prepare_cached(&format!(
-                                "DELETE FROM documents WHERE coll = ?1 AND id = ?2 \
-                                 RETURNING {DOC_COLUMNS}"
-                            ))
-                            .and_then(|mut s| s.query_row(params![coll, op.id], document_from_row))
-                            .context("deleting a document")
-                            .map_err(Abort::Store)?;
-                        WriteOutcome::Deleted(old)
-                    }
-                };
-                events.push(document_event(project, &op.collection, &outcome, previous.as_ref()));
-                outcomes.push(outcome);
+        let slot = Arc::new(Mutex::new(None));
+        self.doc_writes.lock().push_back(QueuedWrite {
+            project: project.to_owned(),
+            ops: ops.to_vec(),
+            result: slot.clone(),
+        });
+        let mut conn = self.writer_lock();
+        loop {
+            // A previous holder of the writer may have committed this write already.
+            if let Some(result) = slot.lock().take() {
+                return result;
             }
-            let positions = crate::events::append_in(tx, &events).map_err(Abort::Store)?;
-            last_position = positions.last().copied();
-            Ok(outcomes)
-        };
-        let result = {
-            let mut conn = self.writer_lock();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .context("writing documents: starting a transaction")?;
-            match run(&tx) {
-                Ok(outcomes) => {
-                    tx.commit().context("writing documents: committing")?;
-                    Ok(outcomes)
-                }
-                // Dropping `tx` rolls back.
-                Err(Abort::Failed(f)) => Err(f),
-                Err(Abort::Store(e)) => return Err(e),
-            }
-        };
-        if result.is_ok()
-            && let Some(p) = last_position
-        {
-            self.events_committed(p);
+            let batch: Vec<QueuedWrite> = {
+                let mut queue = self.doc_writes.lock();
+                let n = queue.len().min(GROUP_COMMIT_MAX);
+                queue.drain(..n).collect()
+            };
+            self.commit_group(&mut conn, batch);
         }
-        Ok(result)
     }
 
     fn query(&self, project: &str, collection: &str, q: &Query) -> Result<QueryPage> {
@@ -774,4 +664,195 @@ impl DocumentStore for SqliteStore {
             Ok(Plan { index, scan, detail })
         })
     }
+}
+
+/// A write waiting for the group commit, and where its result goes.
+pub(crate) struct QueuedWrite {
+    project: String,
+    ops: Vec<WriteOp>,
+    result: WriteSlot,
+}
+
+type WriteResult = Result<std::result::Result<Vec<WriteOutcome>, WriteFailure>>;
+type WriteSlot = Arc<Mutex<Option<WriteResult>>>;
+
+/// Most writes committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 256;
+
+/// Why one write stopped: a failed condition (its savepoint rolls back, the others commit) or a
+/// store error.
+enum Abort {
+    Store(StoreError),
+    Failed(WriteFailure),
+}
+
+impl SqliteStore {
+    /// Run `batch` in one transaction on the writer connection and fill every write's slot.
+    fn commit_group(&self, conn: &mut Connection, batch: Vec<QueuedWrite>) {
+        let fail_all = |batch: &[QueuedWrite], what: &str, e: &dyn std::fmt::Display| {
+            for w in batch {
+                *w.result.lock() = Some(Err(StoreError::backend(std::io::Error::other(format!(
+                    "writing documents: {what}: {e}"
+                )))));
+            }
+        };
+        let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(&batch, "starting a transaction", &e),
+        };
+        let mut results = Vec::with_capacity(batch.len());
+        let mut last_position = None;
+        for w in &batch {
+            let outcome = (|| {
+                let mut sp = tx.savepoint().map_err(|e| {
+                    Abort::Store(StoreError::backend(std::io::Error::other(e.to_string())))
+                })?;
+                match apply_write(&sp, &w.project, &w.ops) {
+                    Ok((outcomes, position)) => {
+                        sp.commit().map_err(|e| {
+                            Abort::Store(StoreError::backend(std::io::Error::other(e.to_string())))
+                        })?;
+                        Ok((outcomes, position))
+                    }
+                    Err(abort) => {
+                        // Undo this write only; dropping the savepoint releases it.
+                        let _ = sp.rollback();
+                        Err(abort)
+                    }
+                }
+            })();
+            results.push(match outcome {
+                Ok((outcomes, position)) => {
+                    last_position = position.or(last_position);
+                    Ok(Ok(outcomes))
+                }
+                Err(Abort::Failed(f)) => Ok(Err(f)),
+                Err(Abort::Store(e)) => Err(e),
+            });
+        }
+        if let Err(e) = tx.commit() {
+            return fail_all(&batch, "committing", &e);
+        }
+        if let Some(p) = last_position {
+            self.events_committed(p);
+        }
+        for (w, r) in batch.iter().zip(results) {
+            *w.result.lock() = Some(r);
+        }
+    }
+}
+
+/// One write's changes and events inside the caller's transaction; the position of its last
+/// event.
+fn apply_write(
+    tx: &Connection,
+    project: &str,
+    ops: &[WriteOp],
+) -> std::result::Result<(Vec<WriteOutcome>, Option<u64>), Abort> {
+    let mut colls: HashMap<&str, Option<i64>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(ops.len());
+    let mut events = Vec::with_capacity(ops.len());
+    let now = now_millis();
+    for (index, op) in ops.iter().enumerate() {
+        let fail = |reason| Abort::Failed(WriteFailure { index, reason });
+        let coll = match colls.get(op.collection.as_str()) {
+            Some(c) => *c,
+            None => {
+                let c = find_collection(tx, project, &op.collection)
+                    .map_err(Abort::Store)?
+                    .map(|c| c.id);
+                colls.insert(&op.collection, c);
+                c
+            }
+        };
+        let coll = coll.ok_or_else(|| fail(FailureReason::NoCollection))?;
+        // The old data goes into an update's event (`previous`); a delete returns it
+        // from its DELETE instead, so it is read only for a replacement.
+        let current: Option<(u64, i64, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT revision, created_at, CASE WHEN ?3 THEN json(data) END \
+                     FROM documents WHERE coll = ?1 AND id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![coll, op.id, op.data.is_some()], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .context("reading a document's revision")
+            .map_err(Abort::Store)?;
+        match (op.expect, current.as_ref()) {
+            (Expect::Absent, Some(_)) => return Err(fail(FailureReason::AlreadyExists)),
+            (Expect::Exists, None) => return Err(fail(FailureReason::NotFound)),
+            (Expect::Any, None) if op.data.is_none() => {
+                return Err(fail(FailureReason::NotFound));
+            }
+            (Expect::Revision(r), cur) if cur.map(|c| c.0) != Some(r) => {
+                return Err(fail(FailureReason::RevisionMismatch(cur.map(|c| c.0))));
+            }
+            _ => {}
+        }
+        let mut previous = None;
+        let outcome = match (&op.data, current) {
+            (Some(data), None) => {
+                let text = serde_json::to_string(data)
+                    .context("encoding a document")
+                    .map_err(Abort::Store)?;
+                tx.prepare_cached(
+                    "INSERT INTO documents (coll, id, revision, created_at, updated_at, \
+                         data) VALUES (?1, ?2, 1, ?3, ?3, jsonb(?4))",
+                )
+                .and_then(|mut s| s.execute(params![coll, op.id, now, text]))
+                .context("inserting a document")
+                .map_err(Abort::Store)?;
+                WriteOutcome::Created(Document {
+                    id: op.id.clone(),
+                    revision: 1,
+                    created_at: now,
+                    updated_at: now,
+                    data: data.clone(),
+                })
+            }
+            (Some(data), Some((rev, created_at, old))) => {
+                previous = old
+                    .map(|old| serde_json::from_str::<Value>(&old))
+                    .transpose()
+                    .context("decoding a document")
+                    .map_err(Abort::Store)?;
+                let text = serde_json::to_string(data)
+                    .context("encoding a document")
+                    .map_err(Abort::Store)?;
+                tx.prepare_cached(
+                    "UPDATE documents SET revision = ?3, updated_at = ?4, \
+                         data = jsonb(?5) WHERE coll = ?1 AND id = ?2",
+                )
+                .and_then(|mut s| s.execute(params![coll, op.id, (rev + 1) as i64, now, text]))
+                .context("updating a document")
+                .map_err(Abort::Store)?;
+                WriteOutcome::Updated(Document {
+                    id: op.id.clone(),
+                    revision: rev + 1,
+                    created_at,
+                    updated_at: now,
+                    data: data.clone(),
+                })
+            }
+            (None, _) => {
+                let old = tx
+                    .prepare_cached(&format!(
+                        "DELETE FROM documents WHERE coll = ?1 AND id = ?2 \
+                             RETURNING {DOC_COLUMNS}"
+                    ))
+                    .and_then(|mut s| s.query_row(params![coll, op.id], document_from_row))
+                    .context("deleting a document")
+                    .map_err(Abort::Store)?;
+                WriteOutcome::Deleted(old)
+            }
+        };
+        events.push(document_event(project, &op.collection, &outcome, previous.as_ref()));
+        outcomes.push(outcome);
+    }
+    let positions = crate::events::append_in(tx, &events).map_err(Abort::Store)?;
+    Ok((outcomes, positions.last().copied()))
 }

@@ -5,14 +5,15 @@
 use nimbus_model::{UnixMillis, now_millis};
 use nimbus_store::Result;
 use nimbus_store::events::{Event, EventLog, LogBounds, NewEvent};
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::Context;
 use crate::sqlite::SqliteStore;
 
 /// Append `events` inside the caller's transaction. Returns their positions. The caller notifies
 /// consumers after its commit ([`SqliteStore::events_committed`]).
-pub(crate) fn append_in(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<u64>> {
+/// Append `events` on `tx`: a connection inside a transaction (or a savepoint of one).
+pub(crate) fn append_in(tx: &Connection, events: &[NewEvent]) -> Result<Vec<u64>> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO event_log (id, project, type, source, subject, time, data) \

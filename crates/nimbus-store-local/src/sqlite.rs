@@ -43,6 +43,9 @@ pub struct SqliteStore {
     events: tokio::sync::watch::Sender<u64>,
     /// Query plans of document queries, by SQL text (see `documents.rs`).
     pub(crate) plans: Mutex<std::collections::HashMap<String, (Option<String>, bool)>>,
+    /// Document writes waiting for the group commit (see `documents.rs`). Bounded by the number
+    /// of threads that can be blocked in `write`.
+    pub(crate) doc_writes: Mutex<std::collections::VecDeque<crate::documents::QueuedWrite>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -90,6 +93,7 @@ impl SqliteStore {
             path: Some(path.to_path_buf()),
             events: tokio::sync::watch::Sender::new(last),
             plans: Mutex::default(),
+            doc_writes: Mutex::default(),
         })
     }
 
@@ -105,6 +109,7 @@ impl SqliteStore {
             path: None,
             events: tokio::sync::watch::Sender::new(0),
             plans: Mutex::default(),
+            doc_writes: Mutex::default(),
         })
     }
 

@@ -39,6 +39,7 @@ pub fn run_all<S: DocumentStore + EventLog>(store: &S) {
     indexes(store);
     projects_are_isolated(store);
     event_log(store);
+    concurrent_writes(store);
 }
 
 pub fn collections<S: DocumentStore>(s: &S) {
@@ -316,4 +317,52 @@ pub fn event_log<S: EventLog>(s: &S) {
         }])
         .unwrap();
     assert!(next[0] > bounds.last, "a position was reused after pruning");
+}
+
+/// Many writers at once (a backend may commit them together): each gets its own outcome, a
+/// failed condition fails only its own write, and every committed write has its event, once.
+pub fn concurrent_writes<S: DocumentStore + EventLog>(s: &S) {
+    s.create_collection("p1", "race", &spec(&[])).unwrap();
+    let before = s.bounds().unwrap().last;
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                scope.spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            // Every writer also tries to create the one shared id "same":
+                            // exactly one of those succeeds.
+                            let id = if i == 0 { "same".to_string() } else { format!("t{t}-{i}") };
+                            let op = WriteOp {
+                                expect: Expect::Absent,
+                                ..put("race", &id, json!({"t": t, "i": i}))
+                            };
+                            (id, s.write("p1", &[op]).unwrap())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<_> = outcomes.iter().filter(|(id, r)| id == "same" && r.is_ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one create of the shared id succeeds");
+    for (id, r) in &outcomes {
+        match r {
+            Ok(out) => assert!(matches!(&out[0], WriteOutcome::Created(d) if &d.id == id)),
+            Err(f) => {
+                assert_eq!(id, "same");
+                assert_eq!(f.reason, FailureReason::AlreadyExists);
+            }
+        }
+    }
+    let committed = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
+    assert_eq!(committed, 8 * 24 + 1);
+    let events = s.read(before, Some("p1"), 1000).unwrap();
+    assert_eq!(events.len(), committed, "one event per committed write");
+    let mut subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    assert_eq!(subjects.len(), committed);
+    assert!(events.windows(2).all(|w| w[0].position < w[1].position));
 }
