@@ -207,12 +207,12 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
-    let shared =
-        Arc::new(Shared { start: Instant::now(), delivered: AtomicU64::new(0), errors: AtomicU64::new(0) });
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .tcp_nodelay(true)
-        .build()?;
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).tcp_nodelay(true).build()?;
     let rss_before = rss_kib(args.pid);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -306,12 +306,9 @@ async fn main() -> anyhow::Result<()> {
         _ => "-".to_owned(),
     };
     let delivered = shared.delivered.load(Ordering::Relaxed).max(1) as f64;
-    let cpu = |c: Option<f64>| {
-        c.map_or("-".to_owned(), |c| format!("{c:.2}"))
-    };
-    let per_event = |c: Option<f64>| {
-        c.map_or("-".to_owned(), |c| format!("{:.1}", c * 1e6 / delivered))
-    };
+    let cpu = |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{c:.2}"));
+    let per_event =
+        |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{:.1}", c * 1e6 / delivered));
     println!(
         "result kind={:?} subscribers={ok} failed={failed} commits={} interval_ms={} \
          delivered={}/{expected} errors={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} \
