@@ -10,7 +10,7 @@
 //!
 //! Prints one line per shape: `<shape> <inserts> inserts in <secs> s: <rate> inserts/s`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -36,7 +36,7 @@ fn record(n: u64) -> String {
     )
 }
 
-fn open(path: &PathBuf) -> anyhow::Result<Connection> {
+fn open(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "journal mode {mode}");
@@ -45,7 +45,7 @@ fn open(path: &PathBuf) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-fn as_nimbus(dir: &PathBuf, secs: f64) -> anyhow::Result<(u64, f64)> {
+fn as_nimbus(dir: &Path, secs: f64) -> anyhow::Result<(u64, f64)> {
     let mut conn = open(&dir.join("as-nimbus.db"))?;
     conn.execute_batch(
         r#"
@@ -86,7 +86,7 @@ fn as_nimbus(dir: &PathBuf, secs: f64) -> anyhow::Result<(u64, f64)> {
     })
 }
 
-fn bare(dir: &PathBuf, secs: f64) -> anyhow::Result<(u64, f64)> {
+fn bare(dir: &Path, secs: f64) -> anyhow::Result<(u64, f64)> {
     let mut conn = open(&dir.join("bare.db"))?;
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, data TEXT NOT NULL) STRICT;")?;
     run(secs, |n| {
@@ -112,10 +112,9 @@ fn run(secs: f64, mut insert: impl FnMut(u64) -> anyhow::Result<()>) -> anyhow::
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir)?;
-    for (name, f) in [
-        ("as-nimbus", as_nimbus as fn(&PathBuf, f64) -> anyhow::Result<(u64, f64)>),
-        ("bare", bare),
-    ] {
+    for (name, f) in
+        [("as-nimbus", as_nimbus as fn(&Path, f64) -> anyhow::Result<(u64, f64)>), ("bare", bare)]
+    {
         let (n, secs) = f(&args.dir, args.seconds)?;
         println!("{name} {n} inserts in {secs:.1} s: {:.0} inserts/s", n as f64 / secs);
     }
