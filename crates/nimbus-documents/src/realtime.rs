@@ -21,7 +21,7 @@
 //! does not hold back pruning.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use nimbus_events::{Event, EventLog, Tail};
@@ -111,11 +111,11 @@ impl Spec {
     }
 
     /// The event as this subscriber receives it, if at all.
-    fn view(&self, e: &Arc<Event>, compiled: Option<&Compiled>) -> Option<Arc<Event>> {
+    fn view(&self, e: &Arc<Shared>, compiled: Option<&Compiled>) -> Option<Arc<Shared>> {
         match self.delivery(e, compiled) {
             Delivery::Skip => None,
             Delivery::Deliver => Some(e.clone()),
-            Delivery::Left => Some(Arc::new(left(e))),
+            Delivery::Left => Some(Shared::new(left(e))),
         }
     }
 }
@@ -138,7 +138,7 @@ fn left(e: &Event) -> Event {
 struct Sub {
     id: u64,
     spec: Arc<Spec>,
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: mpsc::Sender<Arc<Shared>>,
     reason: Arc<Mutex<Option<String>>>,
 }
 
@@ -347,7 +347,7 @@ async fn run(hub: Weak<HubInner>, mut tail: Tail) {
                 let key = (e.project.clone(), coll);
                 if let Some(subs) = state.subs.get_mut(&key) {
                     let c = compiled.get(&key).cloned().flatten();
-                    let e = Arc::new(e);
+                    let e = Shared::new(e);
                     subs.retain(|s| offer(s, &e, c.as_deref()));
                     if subs.is_empty() {
                         state.subs.remove(&key);
@@ -360,7 +360,7 @@ async fn run(hub: Weak<HubInner>, mut tail: Tail) {
 }
 
 /// Offer an event to a subscriber; false drops the subscriber.
-fn offer(s: &Sub, e: &Arc<Event>, compiled: Option<&Compiled>) -> bool {
+fn offer(s: &Sub, e: &Arc<Shared>, compiled: Option<&Compiled>) -> bool {
     let Some(e) = s.spec.view(e, compiled) else { return true };
     match s.tx.try_send(e) {
         Ok(()) => true,
@@ -372,10 +372,36 @@ fn offer(s: &Sub, e: &Arc<Event>, compiled: Option<&Compiled>) -> bool {
     }
 }
 
+/// An event as its subscribers share it: the first one to send it renders it, the others reuse
+/// the text, so an event costs one serialization, not one per subscriber.
+#[derive(Debug)]
+pub struct Shared {
+    event: Event,
+    rendered: OnceLock<Arc<str>>,
+}
+
+impl Shared {
+    fn new(event: Event) -> Arc<Shared> {
+        Arc::new(Shared { event, rendered: OnceLock::new() })
+    }
+
+    /// The event rendered by `render`, computed once. Every caller must render the same way.
+    pub fn rendered(&self, render: impl FnOnce(&Event) -> String) -> Arc<str> {
+        self.rendered.get_or_init(|| render(&self.event).into()).clone()
+    }
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
 /// What a subscriber receives next.
 #[derive(Debug)]
 pub enum Next {
-    Event(Arc<Event>),
+    Event(Arc<Shared>),
     /// Events were pruned past the client's position: reload, then follow from `position`.
     Resync {
         position: u64,
@@ -391,10 +417,10 @@ pub struct Subscription {
     key: Key,
     id: u64,
     spec: Arc<Spec>,
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<Arc<Shared>>,
     reason: Arc<Mutex<Option<String>>>,
     service: DocumentService,
-    backlog: VecDeque<Arc<Event>>,
+    backlog: VecDeque<Arc<Shared>>,
     /// Backlog still to read from the log: positions in (after, through].
     backlog_after: u64,
     backlog_through: u64,
@@ -453,7 +479,7 @@ impl Subscription {
                 break;
             }
             last = e.position;
-            if let Some(e) = self.spec.view(&Arc::new(e), compiled.as_deref()) {
+            if let Some(e) = self.spec.view(&Shared::new(e), compiled.as_deref()) {
                 self.backlog.push_back(e);
             }
         }

@@ -26,7 +26,7 @@ use nimbus_documents::Principal;
 use nimbus_documents::realtime::{Next, SubscribeRequest, Subscription, Target};
 use nimbus_store::events::Event;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::api::documents::{principal, user_principal};
 use crate::app::AppState;
@@ -88,9 +88,12 @@ fn request(
     }
 }
 
-/// The JSON of one document event, the same on SSE and WebSocket.
-fn event_json(e: &Event) -> Value {
+/// The JSON text of one document event, the same on SSE and WebSocket (where `event` names the
+/// message; on SSE it repeats the event's name). Rendered once per event and shared by every
+/// subscriber that receives it.
+fn render_event(e: &Event) -> String {
     json!({
+        "event": short_kind(e),
         "position": e.position,
         "id": e.id,
         "type": e.kind,
@@ -98,6 +101,7 @@ fn event_json(e: &Event) -> Value {
         "collection": e.data["collection"],
         "document": e.data["document"],
     })
+    .to_string()
 }
 
 fn short_kind(e: &Event) -> &str {
@@ -134,7 +138,7 @@ pub(crate) async fn sse(
             Next::Event(e) => SseEvent::default()
                 .id(e.position.to_string())
                 .event(short_kind(&e))
-                .data(event_json(&e).to_string()),
+                .data(&*e.rendered(render_event)),
             Next::Resync { position } => SseEvent::default()
                 .id(position.to_string())
                 .event("resync")
@@ -218,15 +222,13 @@ async fn serve_ws(
         tokio::select! {
             next = sub.next() => {
                 let msg = match next {
-                    Next::Event(e) => {
-                        let mut v = event_json(&e);
-                        v["event"] = Value::from(short_kind(&e));
-                        v
+                    Next::Event(e) => e.rendered(render_event).to_string(),
+                    Next::Resync { position } => {
+                        json!({ "event": "resync", "position": position }).to_string()
                     }
-                    Next::Resync { position } => json!({ "event": "resync", "position": position }),
                     Next::Closed(reason) => return close(socket, 4408, &reason).await,
                 };
-                if socket.send(Message::Text(msg.to_string().into())).await.is_err() {
+                if socket.send(Message::Text(msg.into())).await.is_err() {
                     return;
                 }
             }
