@@ -112,35 +112,16 @@ pub fn fetch(
     let status = response.status();
     let headers = response.headers().entries();
     let incoming = response.consume().map_err(|()| invalid("response body"))?;
-    let mut buf = Vec::new();
-    {
-        let stream = incoming.stream().map_err(|()| invalid("response body stream"))?;
-        loop {
-            match stream.blocking_read(64 << 10) {
-                Ok(chunk) => buf.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(Error::Transport(e.to_debug_string()));
-                }
-            }
-            if buf.len() > MAX_RESPONSE_BYTES {
-                return Err(Error::Transport(format!("response over {MAX_RESPONSE_BYTES} bytes")));
-            }
-        }
-    }
-    drop(IncomingBody::finish(incoming));
-    Ok(Response { status, headers, body: buf })
+    let body = read_all(incoming, MAX_RESPONSE_BYTES, "response")?;
+    Ok(Response { status, headers, body })
 }
 
-/// Reads the body of the request being handled, refusing more than `max` bytes.
-pub fn read_request_body(
-    request: &wasi::http::types::IncomingRequest,
-    max: usize,
-) -> Result<Vec<u8>, Error> {
-    let body = request.consume().map_err(|()| Error::Transport("body already read".into()))?;
+/// Reads a whole incoming body, refusing more than `max` bytes.
+fn read_all(body: IncomingBody, max: usize, what: &str) -> Result<Vec<u8>, Error> {
     let mut buf = Vec::new();
     {
-        let stream = body.stream().map_err(|()| Error::Transport("body stream taken".into()))?;
+        let stream =
+            body.stream().map_err(|()| Error::Transport(format!("{what} body stream taken")))?;
         loop {
             match stream.blocking_read(64 << 10) {
                 Ok(chunk) => buf.extend_from_slice(&chunk),
@@ -150,12 +131,21 @@ pub fn read_request_body(
                 }
             }
             if buf.len() > max {
-                return Err(Error::Transport(format!("request body over {max} bytes")));
+                return Err(Error::Transport(format!("{what} body over {max} bytes")));
             }
         }
     }
     drop(IncomingBody::finish(body));
     Ok(buf)
+}
+
+/// Reads the body of the request being handled, refusing more than `max` bytes.
+pub fn read_request_body(
+    request: &wasi::http::types::IncomingRequest,
+    max: usize,
+) -> Result<Vec<u8>, Error> {
+    let body = request.consume().map_err(|()| Error::Transport("body already read".into()))?;
+    read_all(body, max, "request")
 }
 
 /// Answers the request being handled with a complete body.
