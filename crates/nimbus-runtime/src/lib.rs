@@ -1,7 +1,8 @@
 //! The function runtime: everything Nimbus does with Wasmtime.
 //!
 //! - [`Runtime::compile`] validates an upload (a `wasi:http/proxy` component whose imports Nimbus
-//!   provides) and compiles it once with Cranelift into a serialized artifact;
+//!   provides) and compiles it once with Cranelift into a serialized artifact, reusing the
+//!   functions an earlier compile already produced (the compile cache, [`CompileCacheConfig`]);
 //! - [`Runtime::load`] deserializes such an artifact (no recompilation after a restart) and
 //!   pre-instantiates it into a [`LoadedComponent`];
 //! - [`Runtime::invoke`] runs one HTTP request in a fresh instance, with the function's limits, and
@@ -10,6 +11,7 @@
 //! Architecture invariant: this is the only crate that imports `wasmtime`. Nothing in guest memory
 //! survives an invocation: every request gets a new `Store` and a new instance.
 
+mod compile_cache;
 mod engine;
 mod host;
 mod invoke;
@@ -26,6 +28,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+pub use compile_cache::{CacheUse, CompileCacheConfig, CompileCacheStats};
 pub use host::OutboundPolicy;
 pub use invoke::{
     BodyError, ConfigVars, GuestBody, Invocation, InvocationParams, Outcome, OutcomeStatus,
@@ -35,6 +38,7 @@ pub use keyvalue::{KeyValueHost, KvHostError};
 pub use net::{NetPolicy, internal_range};
 pub use validate::DeployError;
 
+use compile_cache::{CompileScope, DiskCache};
 use host::HostState;
 
 /// Operator settings of the runtime.
@@ -54,6 +58,10 @@ pub struct RuntimeConfig {
     /// Networks guests may reach although they are internal (loopback, private, link-local,
     /// metadata...: denied by default, whatever a function's allow-list says).
     pub outbound_allow_nets: Vec<IpNet>,
+    /// Cranelift's compiled functions kept on disk by content, so that recompiling a component
+    /// that shares most of its code with an earlier one (an edited JavaScript or Python function:
+    /// the same language engine) compiles only what changed. None: no cache.
+    pub compile_cache: Option<CompileCacheConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -65,6 +73,7 @@ impl Default for RuntimeConfig {
             log_bytes_per_invocation: 64 << 10,
             guest_threads: 0,
             outbound_allow_nets: Vec::new(),
+            compile_cache: None,
         }
     }
 }
@@ -77,6 +86,8 @@ pub enum RuntimeError {
     Artifact { path: String, reason: String },
     #[error("starting the guest thread pool: {0}")]
     GuestPool(std::io::Error),
+    #[error("opening the compile cache {path}: {source}")]
+    CompileCache { path: String, source: std::io::Error },
 }
 
 /// The engine, the linker with every host interface Nimbus offers, the epoch ticker, and the
@@ -90,6 +101,7 @@ pub struct Runtime {
     net: Arc<NetPolicy>,
     /// What `wasi:keyvalue` calls reach; without one, `open` answers `no-such-store`.
     kv: Option<Arc<dyn KeyValueHost>>,
+    compile_cache: Option<Arc<DiskCache>>,
 }
 
 /// The tokio runtime guests run on (`nimbus-guest` threads). A guest yields at every epoch tick,
@@ -132,6 +144,8 @@ pub struct Compiled {
     /// The serialized artifact (`Component::serialize`): store it and pass it to [`Runtime::load`].
     pub artifact: Vec<u8>,
     pub compile_time: Duration,
+    /// Functions this compile took from the compile cache and compiled afresh (None: no cache).
+    pub cache: Option<CacheUse>,
 }
 
 /// A deployed version, pre-instantiated: instantiating it for a request is just allocation and
@@ -143,7 +157,14 @@ pub struct LoadedComponent {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let engine = engine::build(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let compile_cache = match &config.compile_cache {
+            Some(c) => Some(Arc::new(DiskCache::open(c).map_err(|source| {
+                RuntimeError::CompileCache { path: c.dir.display().to_string(), source }
+            })?)),
+            None => None,
+        };
+        let engine = engine::build(&config, compile_cache.clone())
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         // What `wasmtime serve -S cli` gives a guest: wasi:http plus wasi:cli, clocks, random, io
         // (and sockets/filesystem interfaces, which are linked but have nothing to reach: no
@@ -164,7 +185,7 @@ impl Runtime {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, config.epoch_tick, ticker_stop.clone());
         let net = Arc::new(NetPolicy::new(config.outbound_allow_nets.clone()));
-        Ok(Runtime { engine, linker, config, ticker_stop, guests, net, kv: None })
+        Ok(Runtime { engine, linker, config, ticker_stop, guests, net, kv: None, compile_cache })
     }
 
     /// Serve `wasi:keyvalue` from `host` (scoped per invocation to its project).
@@ -175,6 +196,11 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// The compile cache's counters and size, if it is on.
+    pub fn compile_cache_stats(&self) -> Option<CompileCacheStats> {
+        self.compile_cache.as_ref().map(|c| c.stats())
     }
 
     /// A string that changes whenever an artifact compiled by this engine could no longer be loaded
@@ -190,14 +216,42 @@ impl Runtime {
     pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, DeployError> {
         let start = Instant::now();
         validate::check_header(wasm)?;
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+        let (component, cache) = if self.compile_cache.is_some() {
+            let scope = Arc::new(CompileScope::default());
+            let component = self.compile_in_scope(wasm, scope.clone())?;
+            (component, Some(scope.usage()))
+        } else {
+            (self.new_component(wasm)?, None)
+        };
         // Pre-instantiating checks that every import is one Nimbus provides, then the export.
         self.pre_instantiate(&component)?;
         let artifact = component.serialize().map_err(|e| {
             DeployError::Internal(format!("serializing the compiled component: {e:#}"))
         })?;
-        Ok(Compiled { artifact, compile_time: start.elapsed() })
+        Ok(Compiled { artifact, compile_time: start.elapsed(), cache })
+    }
+
+    fn new_component(&self, wasm: &[u8]) -> Result<Component, DeployError> {
+        Component::new(&self.engine, wasm).map_err(|e| DeployError::Invalid(format!("{e:#}")))
+    }
+
+    /// Compile on a rayon pool of this compile's own (Wasmtime compiles functions in parallel on
+    /// the current rayon pool), whose threads count their cache lookups in `scope`: the cache is
+    /// engine-wide and deploys compile concurrently, so this is what makes the per-deploy figures
+    /// exact without serializing compiles. Threads are cheap next to a compile.
+    fn compile_in_scope(
+        &self,
+        wasm: &[u8],
+        scope: Arc<CompileScope>,
+    ) -> Result<Component, DeployError> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("nimbus-compile-{i}"))
+            .start_handler(move |_| compile_cache::enter_scope(scope.clone()))
+            .build()
+            .map_err(|e| DeployError::Internal(format!("starting compile threads: {e}")))?;
+        pool.install(|| self.new_component(wasm))
     }
 
     /// Load an artifact written by [`Runtime::compile`] from a file (memory-mapped, not recompiled).

@@ -2,6 +2,7 @@
 //! instead of one per file (each link is hundreds of MB and most of the build time).
 
 mod auth;
+mod compile_cache;
 mod boundaries;
 mod common;
 mod contract;
