@@ -113,10 +113,28 @@ fn count_scope(hit: bool) {
 
 type Name = [u8; 32];
 
+/// An indexed entry: its file's size, and which write of the name it is.
+#[derive(Clone, Copy)]
+struct Slot {
+    size: u64,
+    generation: u64,
+}
+
+/// The entries present, least recently used first. Renames into place and deletions of entry
+/// files happen under its lock, checked against the slot's generation, so a thread that found an
+/// entry corrupt (or evicted it) never deletes the fresh copy another thread just wrote.
 struct Index {
-    /// Entry name → file size, least recently used first.
-    lru: LruCache<Name, u64>,
+    lru: LruCache<Name, Slot>,
     bytes: u64,
+    generations: u64,
+}
+
+impl Index {
+    fn remove(&mut self, name: &Name) {
+        if let Some(slot) = self.lru.remove(name) {
+            self.bytes -= slot.size;
+        }
+    }
 }
 
 /// The disk-backed [`CacheStore`].
@@ -185,12 +203,12 @@ impl DiskCache {
         let mut bytes = 0u64;
         for (_, name, size) in found {
             bytes += size;
-            lru.insert(name, size);
+            lru.insert(name, Slot { size, generation: 0 });
         }
         let cache = DiskCache {
             dir,
             max_bytes: config.max_bytes,
-            index: Mutex::new(Index { lru, bytes }),
+            index: Mutex::new(Index { lru, bytes, generations: 0 }),
             tmp_seq: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -230,19 +248,10 @@ impl DiskCache {
         None
     }
 
-    fn forget(&self, name: &Name) {
-        let mut index = self.index.lock();
-        if let Some(size) = index.lru.remove(name) {
-            index.bytes -= size;
-        }
-    }
-
     fn lookup(&self, key: &[u8]) -> Option<Vec<u8>> {
         let name = name_of(key);
         // The index knows every entry: no file system call for a function never seen.
-        if !self.index.lock().lru.contains_key(&name) {
-            return None;
-        }
+        let generation = self.index.lock().lru.peek(&name)?.generation;
         let path = self.path_of(&name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -251,7 +260,10 @@ impl DiskCache {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), error = %e, "reading a compile cache entry");
                 }
-                self.forget(&name);
+                let mut index = self.index.lock();
+                if index.lru.peek(&name).is_some_and(|s| s.generation == generation) {
+                    index.remove(&name);
+                }
                 return None;
             }
         };
@@ -264,8 +276,12 @@ impl DiskCache {
             None => {
                 self.corrupt.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path = %path.display(), "corrupt compile cache entry; removed");
-                self.forget(&name);
-                let _ = fs::remove_file(&path);
+                let mut index = self.index.lock();
+                // Unless another compile has written the entry again since it was read.
+                if index.lru.peek(&name).is_some_and(|s| s.generation == generation) {
+                    index.remove(&name);
+                    let _ = fs::remove_file(&path);
+                }
                 None
             }
         }
@@ -289,24 +305,25 @@ impl DiskCache {
             f.write_all(key)?;
             f.write_all(value)?;
             drop(f);
+            let mut index = self.index.lock();
             match fs::rename(&tmp, &path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir_all(path.parent().expect("entries live in a shard"))?;
-                    fs::rename(&tmp, &path)
+                    fs::rename(&tmp, &path)?;
                 }
-                r => r,
+                r => r?,
             }
+            index.generations += 1;
+            let generation = index.generations;
+            if let Some(old) = index.lru.insert(name, Slot { size, generation }) {
+                index.bytes -= old.size;
+            }
+            index.bytes += size;
+            Ok(())
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(e);
-        }
-        {
-            let mut index = self.index.lock();
-            if let Some(old) = index.lru.insert(name, size) {
-                index.bytes -= old;
-            }
-            index.bytes += size;
         }
         self.inserts.fetch_add(1, Ordering::Relaxed);
         self.evict_if_over();
@@ -323,18 +340,20 @@ impl DiskCache {
             let target = self.max_bytes / 10 * 9;
             let mut victims = Vec::new();
             while index.bytes > target {
-                let Some((name, size)) = index.lru.remove_lru() else { break };
-                index.bytes -= size;
+                let Some((name, slot)) = index.lru.remove_lru() else { break };
+                index.bytes -= slot.size;
                 victims.push(name);
             }
             victims
         };
-        // Files are removed outside the lock, so compiles are not held up. If one is written
-        // again meanwhile, this may delete the fresh copy: the index then names a missing file,
-        // which a lookup treats as a miss and forgets.
+        // One file at a time under the lock, so a long eviction does not hold up compiles; an
+        // entry written again meanwhile is indexed again and stays.
         self.evictions.fetch_add(victims.len() as u64, Ordering::Relaxed);
         for name in victims {
-            let _ = fs::remove_file(self.path_of(&name));
+            let index = self.index.lock();
+            if !index.lru.contains_key(&name) {
+                let _ = fs::remove_file(self.path_of(&name));
+            }
         }
     }
 }

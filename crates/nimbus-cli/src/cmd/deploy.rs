@@ -211,15 +211,13 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
 
 /// One line on the path the compile took: how much came from the compile cache.
 fn describe_compile(c: &CompileReport) -> String {
+    // Even a first compile finds some functions in the cache: a component repeats equal code.
     match (c.cached_functions, c.compiled_functions) {
-        (Some(0), Some(fresh)) => {
-            format!("compile: fresh, {fresh} functions compiled in {} ms", c.ms.round() as u64)
-        }
         (Some(cached), Some(fresh)) => format!(
-            "compile: cached, {cached} functions from the compile cache, {fresh} compiled, in {} ms",
+            "compile: {fresh} functions compiled, {cached} from the compile cache, in {} ms",
             c.ms.round() as u64
         ),
-        _ => format!("compile: no compile cache, {} ms", c.ms.round() as u64),
+        _ => format!("compile: {} ms (no compile cache)", c.ms.round() as u64),
     }
 }
 
