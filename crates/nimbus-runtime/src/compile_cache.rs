@@ -516,7 +516,8 @@ mod tests {
         // What a kill -9 can leave: half-written temporary files, a truncated entry, and stray
         // files that are not entries.
         fs::write(dir.path().join(TMP_DIR).join("123-0"), b"half").unwrap();
-        let bad = dir.path().join(hex::encode(&name_of(b"bad")[..1])).join(hex::encode(name_of(b"bad")));
+        let bad =
+            dir.path().join(hex::encode(&name_of(b"bad")[..1])).join(hex::encode(name_of(b"bad")));
         fs::write(&bad, b"nimbcc01\x00").unwrap();
         fs::write(dir.path().join("stray"), b"x").unwrap();
         fs::create_dir_all(dir.path().join("zz")).unwrap();
@@ -552,7 +553,8 @@ mod tests {
         assert!(cache.get(&key(10)).is_some());
         assert!(cache.get(&key(1)).is_none(), "least recently used entry kept");
         // The files follow the index.
-        let on_disk: u64 = entry_files(dir.path()).iter().map(|p| p.metadata().unwrap().len()).sum();
+        let on_disk: u64 =
+            entry_files(dir.path()).iter().map(|p| p.metadata().unwrap().len()).sum();
         assert_eq!(on_disk, cache.stats().bytes);
 
         for i in 11..200 {
@@ -565,7 +567,8 @@ mod tests {
         drop(cache);
         let cache = open(dir.path(), entry * 3);
         assert!(cache.stats().bytes <= entry * 3);
-        let on_disk: u64 = entry_files(dir.path()).iter().map(|p| p.metadata().unwrap().len()).sum();
+        let on_disk: u64 =
+            entry_files(dir.path()).iter().map(|p| p.metadata().unwrap().len()).sum();
         assert_eq!(on_disk, cache.stats().bytes);
     }
 
@@ -594,7 +597,8 @@ mod tests {
         assert_eq!(s.entries, 100 + 8 * 100);
         assert_eq!(s.corrupt, 0);
         assert_eq!(entry_files(dir.path()).len() as u64, s.entries);
-        let on_disk: u64 = entry_files(dir.path()).iter().map(|p| p.metadata().unwrap().len()).sum();
+        let on_disk: u64 =
+            entry_files(dir.path()).iter().map(|p| p.metadata().unwrap().len()).sum();
         assert_eq!(on_disk, s.bytes);
     }
 

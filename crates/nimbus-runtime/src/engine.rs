@@ -11,7 +11,10 @@ use crate::compile_cache::DiskCache;
 /// Settings the benchmark's bare host copies, so the comparison is like for like.
 pub const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
-pub(crate) fn build(cfg: &RuntimeConfig, cache: Option<Arc<DiskCache>>) -> wasmtime::Result<Engine> {
+pub(crate) fn build(
+    cfg: &RuntimeConfig,
+    cache: Option<Arc<DiskCache>>,
+) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     if let Some(cache) = cache {
         // Cranelift reuses compiled functions by content: an edit recompiles what changed.

@@ -313,7 +313,10 @@ mod tests {
         Runtime::new(RuntimeConfig {
             max_instances: 4,
             guest_threads: 1,
-            compile_cache: Some(CompileCacheConfig { dir: cache.to_path_buf(), max_bytes: 1 << 30 }),
+            compile_cache: Some(CompileCacheConfig {
+                dir: cache.to_path_buf(),
+                max_bytes: 1 << 30,
+            }),
             ..RuntimeConfig::default()
         })
         .unwrap()

@@ -101,14 +101,8 @@ async fn a_redeploy_of_shared_code_is_served_from_the_compile_cache() {
     assert_eq!(r.text().await.unwrap(), "logged\n");
 
     // The counters are on /metrics too.
-    let metrics = s
-        .api(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        s.api(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("nimbus_compile_cache_functions_total{result=\"hit\"}"), "{metrics}");
     assert!(metrics.contains("nimbus_compile_cache_bytes "), "{metrics}");
     s.stop().await;
@@ -197,8 +191,7 @@ async fn the_cache_stays_within_its_budget_and_can_be_off() {
     let s = TestServer::start_with(config).await;
     s.deploy("hello", spec("hello", &["/hello"])).await;
     s.deploy("logs", spec("logs", &["/logs"])).await;
-    let on_disk: u64 =
-        cache_files(dir.path()).iter().map(|f| f.metadata().unwrap().len()).sum();
+    let on_disk: u64 = cache_files(dir.path()).iter().map(|f| f.metadata().unwrap().len()).sum();
     assert!(on_disk > 0 && on_disk <= 64 << 10, "{on_disk} bytes");
     assert_eq!(s.get("/hello").await.text().await.unwrap(), "Hello from Nimbus!\n");
     s.stop().await;

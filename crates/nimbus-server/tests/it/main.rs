@@ -2,9 +2,9 @@
 //! instead of one per file (each link is hundreds of MB and most of the build time).
 
 mod auth;
-mod compile_cache;
 mod boundaries;
 mod common;
+mod compile_cache;
 mod contract;
 mod documents;
 mod foreign;
