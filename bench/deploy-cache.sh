@@ -57,7 +57,8 @@ for lang in js python; do
 done
 
 start_server() {
-    "$nimbus" serve --listen 127.0.0.1:0 --data "$data" > "$work/serve.out" 2>> "$work/serve.log" &
+    : > "$work/serve.out"
+    "$nimbus" serve --listen 127.0.0.1:0 --data "$data" "$@" > "$work/serve.out" 2>> "$work/serve.log" &
     server_pid=$!
     for _ in $(seq 1 600); do
         url="$(sed -n 's/^nimbus listening on //p' "$work/serve.out" | head -1)"
@@ -89,6 +90,20 @@ rps() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
+
+# The reference: a deploy with the compile cache off (what every deploy cost before).
+data="$work/data-nocache"
+start_server --compile-cache-size 0
+for lang in js python; do
+    base=target/foreign-guests/$lang-hello.wasm
+    t0=$(now_ms)
+    "$nimbus" --url "$url" --data "$data" --json deploy "$base" --name "$lang" --route "/$lang/..." > /dev/null
+    echo "$lang: deploy with the compile cache off: $(($(now_ms) - t0)) ms" >> "$work/nocache.txt"
+done
+stop_server
+data="$work/data"
+
 start_server
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  machine: $(nproc) cores, $(uname -sr), load $(cut -d' ' -f1-3 /proc/loadavg)  edits: $edits ($variants distinct)  wrk: -t2 -c$wrk_connections -d${wrk_seconds}s"
 for lang in js python; do
@@ -99,6 +114,7 @@ for lang in js python; do
     size=$(wc -c < "$base")
     ms=""; read -r ms cached compiled < <(deploy "$base" "$lang-hello" "$route/...")
     check
+    grep "^$lang:" "$work/nocache.txt"
     echo "$lang: size $((size / 1024 / 1024)) MiB, first deploy ${ms} ms (cached_functions $cached, compiled_functions $compiled)"
     body="$(curl -fsS "$url$route/")"
     first_rps=$(rps "$route/")
@@ -118,7 +134,7 @@ for lang in js python; do
     echo "$lang: requests/s after first deploy $first_rps, after edited deploy $edited_rps"
 done
 cache_bytes=$(du -sb "$data/compile-cache" | cut -f1)
-entries=$(find "$data/compile-cache" -type f -not -path '*/tmp/*' | wc -l)
+entries=$(find "$data/compile-cache" -path "$data/compile-cache/tmp" -prune -o -type f -print | wc -l)
 echo "compile cache after $edits edits ($variants distinct) of each: $((cache_bytes / 1024 / 1024)) MiB in $entries entries (bound: --compile-cache-size, default 1GiB)"
 
 # kill -9 in the middle of a deploy (after the figures above), then a restart on that data.
