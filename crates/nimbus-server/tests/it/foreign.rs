@@ -105,7 +105,7 @@ async fn edited_redeploy(guest: &str, prefix: &str, edited_body: &str) {
     let (cached, compiled) =
         (count(&second, "cached_functions"), count(&second, "compiled_functions"));
     eprintln!(
-        "{guest}: first deploy {first_took:?} ({total} functions compiled), edited deploy \
+        "{guest}: first deploy {first_took:?} ({total} functions), edited deploy \
          {second_took:?} ({cached} from the cache, {compiled} compiled)"
     );
     // The engine is most of the component: at least 90% of its functions must come from the cache.
