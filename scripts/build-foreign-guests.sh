@@ -17,6 +17,9 @@
 # this script) is newer than its output. Pass --force to rebuild anyway.
 #
 # Usage: scripts/build-foreign-guests.sh [--force]
+#        scripts/build-foreign-guests.sh --one python|js SRC_DIR OUTPUT
+#            build SRC_DIR/app.py or SRC_DIR/app.js (an edited copy of a guest, as
+#            bench/deploy-cache.sh makes) into OUTPUT, with the same pinned toolchain
 # Env:   PYTHON (default python3), NODE (default node), NPM (default npm)
 set -euo pipefail
 
@@ -33,12 +36,19 @@ js_tools="$root/target/foreign-tools/js"
 componentize_js_dir="$js_tools/node_modules/@bytecodealliance/componentize-js"
 
 force=0
-for arg in "$@"; do
-    case "$arg" in
+one=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
         --force) force=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+        --one)
+            [[ $# -ge 4 ]] || { echo "--one needs: python|js SRC_DIR OUTPUT" >&2; exit 2; }
+            one=("$2" "$(cd "$3" && pwd)" "$4")
+            shift 3
+            ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
+    shift
 done
 
 log() { echo "build-foreign-guests: $*" >&2; }
@@ -70,11 +80,12 @@ up_to_date() {
     [[ -z "$(find "$@" -type f -newer "$output" -not -name '*.pyc' -print -quit)" ]]
 }
 
-# build_python NAME: crates/test-programs/foreign/NAME/app.py -> target/foreign-guests/NAME.wasm
+# build_python NAME [SRC OUTPUT]: crates/test-programs/foreign/NAME/app.py ->
+# target/foreign-guests/NAME.wasm (or SRC/app.py -> OUTPUT)
 build_python() {
     local name="$1"
-    local src="$foreign/$name"
-    local output="$out_dir/$name.wasm"
+    local src="${2:-$foreign/$name}"
+    local output="${3:-$out_dir/$name.wasm}"
     if [[ $force == 0 ]] && up_to_date "$output" "$src" "$wit" "${BASH_SOURCE[0]}"; then
         log "$name: up to date ($output)"
         return
@@ -109,15 +120,16 @@ ensure_componentize_js() {
     fi
 }
 
-# build_js NAME [IMPORT...]: crates/test-programs/foreign/NAME/app.js -> target/foreign-guests/NAME.wasm
-# Each IMPORT (for example `wasi:cli/environment`) is added to the world at the engine's WASI
-# version, so that app.js can `import` it.
+# build_js NAME [SRC OUTPUT]: crates/test-programs/foreign/NAME/app.js ->
+# target/foreign-guests/NAME.wasm (or SRC/app.js -> OUTPUT). Each word of $IMPORTS (for example
+# `wasi:cli/environment`) is added to the world at the engine's WASI version, so that app.js can
+# `import` it: `IMPORTS=wasi:cli/environment build_js NAME`.
 build_js() {
     local name="$1"
-    shift
-    local imports=("$@")
-    local src="$foreign/$name"
-    local output="$out_dir/$name.wasm"
+    local src="${2:-$foreign/$name}"
+    local output="${3:-$out_dir/$name.wasm}"
+    local imports
+    read -r -a imports <<< "${IMPORTS:-}"
     if [[ $force == 0 ]] && up_to_date "$output" "$src" "$wit" "$foreign/js-tools" "${BASH_SOURCE[0]}"; then
         log "$name: up to date ($output)"
         return
@@ -181,7 +193,33 @@ build_js() {
 }
 
 mkdir -p "$out_dir"
+if [[ ${#one[@]} -gt 0 ]]; then
+    force=1
+    case "${one[0]}" in
+        python) build_python "$(basename "${one[1]}")" "${one[1]}" "${one[2]}" ;;
+        js) build_js "$(basename "${one[1]}")" "${one[1]}" "${one[2]}" ;;
+        *) echo "--one: python or js, not ${one[0]}" >&2; exit 2 ;;
+    esac
+    exit 0
+fi
 build_python python-hello
 build_js js-hello
 # Reads $NIMBUS_API_URL / $NIMBUS_API_TOKEN from the WASI environment.
-build_js js-data wasi:cli/environment
+IMPORTS=wasi:cli/environment build_js js-data
+
+# An edited copy of each (one line of the user's code changed), for the test that an edited
+# redeploy compiles only what changed (crates/nimbus-server/tests/it/foreign.rs). The copy is
+# rewritten only when it changes, so the up-to-date check still holds.
+# edit NAME FILE FROM TO: crates/test-programs/foreign/NAME/FILE -> target/foreign-guests/NAME-edit.wasm
+edit() {
+    local name="$1" file="$2" from="$3" to="$4"
+    local dir="$out_dir/src/$name-edit"
+    mkdir -p "$dir"
+    sed "s/$from/$to/" "$foreign/$name/$file" > "$dir/$file.new"
+    grep -q "$to" "$dir/$file.new" || { log "$name-edit: the edit did not apply"; exit 1; }
+    if cmp -s "$dir/$file.new" "$dir/$file"; then rm "$dir/$file.new"; else mv "$dir/$file.new" "$dir/$file"; fi
+}
+edit python-hello app.py "Hello from Python!" "Hello again from Python!"
+build_python python-hello-edit "$out_dir/src/python-hello-edit" "$out_dir/python-hello-edit.wasm"
+edit js-hello app.js "Hello from JavaScript!" "Hello again from JavaScript!"
+build_js js-hello-edit "$out_dir/src/js-hello-edit" "$out_dir/js-hello-edit.wasm"

@@ -96,6 +96,17 @@ pub struct DeployResponse {
     pub function: FunctionInfo,
     pub version: VersionInfo,
     pub compile_ms: f64,
+    /// Absent from servers older than the compile cache.
+    #[serde(default)]
+    pub compile: Option<CompileReport>,
+}
+
+/// Which path a deploy's compile took.
+#[derive(Debug, Deserialize)]
+pub struct CompileReport {
+    pub cached_functions: Option<u64>,
+    pub compiled_functions: Option<u64>,
+    pub ms: f64,
 }
 
 /// Filters for `GET /v1/invocations` and `GET /v1/functions/{name}/logs`.

@@ -203,6 +203,7 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
 
     let out = s.ok(&["deploy", hello_wasm(), "--name", "hello", "--route", "/hello"]);
     assert!(out.contains("Deployed hello v1 (sha256 "), "{out}");
+    assert!(out.contains("\n  compile: ") && out.contains(" functions compiled, "), "{out}");
     assert!(out.contains(&format!("{}/hello", s.url)), "{out}");
 
     let list = s.json(&["list"]);

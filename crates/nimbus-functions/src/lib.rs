@@ -23,7 +23,9 @@ use nimbus_model::{
     FunctionInfo, FunctionSpec, InvocationQuery, InvocationRecord, LimitPolicy, SpecError,
     VersionInfo, now_millis,
 };
-use nimbus_runtime::{DeployError, InvocationParams, LoadedComponent, OutboundPolicy, Runtime};
+use nimbus_runtime::{
+    CacheUse, DeployError, InvocationParams, LoadedComponent, OutboundPolicy, Runtime,
+};
 use nimbus_store::{BlobStore, FunctionStore, InvocationStore, NewVersion, StoreError};
 use sha2::Digest;
 use tokio::sync::broadcast;
@@ -135,6 +137,8 @@ pub struct Deployed {
     pub function: FunctionInfo,
     pub version: VersionInfo,
     pub compile: Duration,
+    /// Functions taken from the compile cache and compiled afresh (None: the cache is off).
+    pub cache: Option<CacheUse>,
 }
 
 pub struct FunctionService {
@@ -277,8 +281,8 @@ impl FunctionService {
         let size = wasm.len() as u64;
         let compiled =
             blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
-        self.metrics.compiles.inc();
-        let compile = compiled.compile_time;
+        self.metrics.compiled(compiled.cache, self.runtime.compile_cache_stats());
+        let (compile, cache) = (compiled.compile_time, compiled.cache);
 
         let _changes = self.changes.lock().await;
         self.check_routes(project, &spec.name, &spec)?;
@@ -304,8 +308,8 @@ impl FunctionService {
         let active = self.prepare(version.clone()).await?;
         self.swap_in(active);
         let function = self.info(project, &spec.name).await?;
-        tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, "deployed");
-        Ok(Deployed { function, version, compile })
+        tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, cached_functions = cache.map(|c| c.hits), compiled_functions = cache.map(|c| c.misses), "deployed");
+        Ok(Deployed { function, version, compile, cache })
     }
 
     /// Move traffic to an earlier (or later) existing version, at once.
@@ -560,7 +564,7 @@ impl FunctionService {
         let runtime = self.runtime.clone();
         let compiled =
             blocking(move || runtime.compile(&wasm).map_err(FunctionError::from)).await?;
-        self.metrics.compiles.inc();
+        self.metrics.compiled(compiled.cache, self.runtime.compile_cache_stats());
         write_atomic(&path, &compiled.artifact)?;
         let runtime = self.runtime.clone();
         blocking(move || {

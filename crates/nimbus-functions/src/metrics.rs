@@ -15,6 +15,12 @@ pub struct FunctionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheResultLabel {
+    /// `hit` (taken from the compile cache) or `miss` (compiled).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub project: String,
     pub function: String,
@@ -34,7 +40,28 @@ pub struct Metrics {
     pub instantiation: Histogram,
     pub component_load: Histogram,
     pub compiles: Counter,
+    pub compile_cache_functions: Family<CacheResultLabel, Counter>,
+    pub compile_cache_bytes: Gauge,
     pub registry: Registry,
+}
+
+impl Metrics {
+    /// Count one compile's use of the compile cache.
+    pub(crate) fn compiled(
+        &self,
+        cache: Option<nimbus_runtime::CacheUse>,
+        stats: Option<nimbus_runtime::CompileCacheStats>,
+    ) {
+        self.compiles.inc();
+        if let Some(s) = stats {
+            self.compile_cache_bytes.set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        }
+        if let Some(c) = cache {
+            let label = |r: &str| CacheResultLabel { result: r.to_string() };
+            self.compile_cache_functions.get_or_create(&label("hit")).inc_by(c.hits);
+            self.compile_cache_functions.get_or_create(&label("miss")).inc_by(c.misses);
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -56,6 +83,8 @@ impl Default for Metrics {
         let component_load = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
 
         let compiles = Counter::default();
+        let compile_cache_functions = Family::<CacheResultLabel, Counter>::default();
+        let compile_cache_bytes = Gauge::default();
         let mut registry = Registry::with_prefix("nimbus");
         registry.register(
             "invocations",
@@ -107,6 +136,16 @@ impl Default for Metrics {
             "Components compiled with Cranelift (deploys, and artifacts this engine could not load)",
             compiles.clone(),
         );
+        registry.register(
+            "compile_cache_functions",
+            "Functions of compiled components taken from the compile cache (hit) or compiled (miss)",
+            compile_cache_functions.clone(),
+        );
+        registry.register(
+            "compile_cache_bytes",
+            "Size of the compile cache on disk (bounded by serve --compile-cache-size)",
+            compile_cache_bytes.clone(),
+        );
         Metrics {
             invocations,
             errors,
@@ -118,6 +157,8 @@ impl Default for Metrics {
             instantiation,
             component_load,
             compiles,
+            compile_cache_functions,
+            compile_cache_bytes,
             registry,
         }
     }

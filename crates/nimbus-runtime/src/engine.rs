@@ -1,15 +1,26 @@
 //! Engine configuration: Cranelift, async, fuel for CPU accounting, epochs for timeouts, and a
 //! pooling allocator tuned for a fresh instance per request.
 
+use std::sync::Arc;
+
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::RuntimeConfig;
+use crate::compile_cache::DiskCache;
 
 /// Settings the benchmark's bare host copies, so the comparison is like for like.
 pub const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
-pub(crate) fn build(cfg: &RuntimeConfig) -> wasmtime::Result<Engine> {
+pub(crate) fn build(
+    cfg: &RuntimeConfig,
+    cache: Option<Arc<DiskCache>>,
+) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
+    if let Some(cache) = cache {
+        // Cranelift reuses compiled functions by content: an edit recompiles what changed.
+        // It does not change the code produced, nor `precompile_compatibility_hash`.
+        config.enable_incremental_compilation(cache)?;
+    }
     // CPU accounting: fuel consumed per invocation is what usage metering bills.
     config.consume_fuel(true);
     config.epoch_interruption(true);

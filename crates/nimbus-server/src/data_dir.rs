@@ -1,5 +1,6 @@
 //! The data directory: `nimbus.db` (SQLite), `blobs/` (uploaded components), `artifacts/` (the
-//! compiled-code cache) and `admin-token`.
+//! compiled-code cache), `compile-cache/` (compiled functions shared by every compile) and
+//! `admin-token`.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,10 @@ impl DataDir {
 
     pub(crate) fn artifacts(&self) -> PathBuf {
         self.root.join("artifacts")
+    }
+
+    pub(crate) fn compile_cache(&self) -> PathBuf {
+        self.root.join("compile-cache")
     }
 
     /// Read the admin token, creating a random one (256 bits, hex) on first start.

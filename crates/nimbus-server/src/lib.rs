@@ -26,7 +26,7 @@ use nimbus_auth::{AuthConfig, AuthService, Mailer, Outbox, SmtpConfig, SmtpMaile
 use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
 use nimbus_kv::{KvConfig, KvService};
 use nimbus_model::LimitPolicy;
-use nimbus_runtime::{Runtime, RuntimeConfig};
+use nimbus_runtime::{CompileCacheConfig, Runtime, RuntimeConfig};
 use nimbus_store_local::{LocalBlobStore, SqliteStore};
 
 pub use app::{AppState, router};
@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// How long events stay in the log once every consumer has passed them: the window in
     /// which a realtime client can resume without a `resync`.
     pub event_retention: Duration,
+    /// Bytes the compile cache (`<data>/compile-cache/`, compiled functions reused by later
+    /// compiles) may hold; 0 turns it off.
+    pub compile_cache_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             kv: KvConfig::default(),
             documents: nimbus_documents::DocumentsConfig::default(),
             event_retention: Duration::from_secs(24 * 3600),
+            compile_cache_bytes: DEFAULT_COMPILE_CACHE_BYTES,
         }
     }
 }
@@ -113,6 +117,10 @@ pub struct Server {
     event_retention: Duration,
     in_process: Arc<in_process::InProcessRouter>,
 }
+
+/// The compile cache's default budget: room for a few language engines (ComponentizeJS and
+/// componentize-py each fill tens of MB) and many edits.
+pub const DEFAULT_COMPILE_CACHE_BYTES: u64 = 1 << 30;
 
 /// How long in-flight requests get to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -135,6 +143,10 @@ impl Server {
             max_memory_bytes: config.limits.ceilings.memory_bytes,
             log_bytes_per_invocation: config.log_bytes_per_invocation,
             outbound_allow_nets: config.outbound_allow_nets.clone(),
+            compile_cache: (config.compile_cache_bytes > 0).then(|| CompileCacheConfig {
+                dir: dirs.compile_cache(),
+                max_bytes: config.compile_cache_bytes,
+            }),
             ..RuntimeConfig::default()
         })?
         .with_key_value(Arc::new(kv_host::KvHost(kv.clone())))

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::route_url;
 use crate::GlobalArgs;
-use crate::client::{DeployResponse, parse};
+use crate::client::{CompileReport, DeployResponse, parse};
 use crate::manifest::{
     LoadedManifest, Manifest, Overrides, parse_duration_ms, parse_key_value, parse_size,
 };
@@ -197,6 +197,9 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
         format_bytes(d.version.module_size),
         d.compile_ms.round() as u64,
     );
+    if let Some(c) = &d.compile {
+        outln!("  {}", describe_compile(c));
+    }
     if d.function.routes.is_empty() {
         outln!("  no routes; call it with `nimbus invoke {}`", d.function.name);
     }
@@ -204,6 +207,18 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
         outln!("  {}", route_url(client.base_url(), r));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line on the path the compile took: how much came from the compile cache.
+fn describe_compile(c: &CompileReport) -> String {
+    // Even a first compile finds some functions in the cache: a component repeats equal code.
+    match (c.cached_functions, c.compiled_functions) {
+        (Some(cached), Some(fresh)) => format!(
+            "compile: {fresh} functions compiled, {cached} from the compile cache, in {} ms",
+            c.ms.round() as u64
+        ),
+        _ => format!("compile: {} ms (no compile cache)", c.ms.round() as u64),
+    }
 }
 
 /// The module as a multipart part streamed through [`progress_stream`].

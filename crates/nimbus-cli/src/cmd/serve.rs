@@ -83,6 +83,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_EVENT_RETENTION", value_parser = parse_duration, default_value = "24h")]
     pub event_retention: Duration,
 
+    /// Disk budget of the compile cache (`<data>/compile-cache/`: compiled functions reused when
+    /// an edited component shares code with an earlier one, e.g. a JavaScript or Python engine);
+    /// least recently used entries go beyond it. 0 turns the cache off
+    #[arg(long, env = "NIMBUS_COMPILE_CACHE_SIZE", value_parser = parse_size, default_value = "1GiB")]
+    pub compile_cache_size: u64,
+
     /// How long invocation records and logs are kept
     #[arg(long, env = "NIMBUS_LOG_RETENTION", value_parser = parse_duration, default_value = "7d")]
     pub log_retention: Duration,
@@ -368,6 +374,7 @@ impl ServeArgs {
                 ..Default::default()
             },
             event_retention: self.event_retention,
+            compile_cache_bytes: self.compile_cache_size,
         })
     }
 }

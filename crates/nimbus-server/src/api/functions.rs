@@ -38,6 +38,19 @@ pub(crate) struct Deployed {
     pub version: VersionInfo,
     /// Time to validate and compile the component, in milliseconds.
     pub compile_ms: u64,
+    /// Which path the compile took.
+    pub compile: CompileReport,
+}
+
+/// How a deploy's component was compiled.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(crate) struct CompileReport {
+    /// Functions taken from the compile cache (null when the server runs without one).
+    pub cached_functions: Option<u64>,
+    /// Functions compiled with Cranelift (null when the server runs without a compile cache).
+    pub compiled_functions: Option<u64>,
+    /// Time to validate and compile the component, in milliseconds.
+    pub ms: u64,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -107,6 +120,11 @@ pub(crate) async fn deploy(
             function: deployed.function,
             version: deployed.version,
             compile_ms: deployed.compile.as_millis() as u64,
+            compile: CompileReport {
+                cached_functions: deployed.cache.map(|c| c.hits),
+                compiled_functions: deployed.cache.map(|c| c.misses),
+                ms: deployed.compile.as_millis() as u64,
+            },
         }),
     ))
 }

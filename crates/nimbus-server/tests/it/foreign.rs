@@ -96,3 +96,60 @@ async fn runs_unchanged(guest: &str, prefix: &str, body: &str) {
     assert_eq!(r.text().await.unwrap(), body);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_edit_compiles_only_what_changed() {
+    edited_redeploy("python-hello", "/py", "Hello again from Python!\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_edit_compiles_only_what_changed() {
+    edited_redeploy("js-hello", "/js", "Hello again from JavaScript!\n").await;
+}
+
+/// Deploys `guest`, then `guest`-edit (the same source with one line changed, built by
+/// scripts/build-foreign-guests.sh): the second deploy takes nearly every function from the
+/// compile cache (the language engine did not change) and serves the edited answer.
+async fn edited_redeploy(guest: &str, prefix: &str, edited_body: &str) {
+    let dir_of = |name: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../target/foreign-guests/{name}.wasm"))
+    };
+    let (path, edited) = (dir_of(guest), dir_of(&format!("{guest}-edit")));
+    if !path.exists() || !edited.exists() {
+        assert!(
+            std::env::var_os("NIMBUS_REQUIRE_FOREIGN").is_none(),
+            "{} or {} is missing: run scripts/build-foreign-guests.sh",
+            path.display(),
+            edited.display()
+        );
+        eprintln!("SKIPPED: {} not built (run scripts/build-foreign-guests.sh)", edited.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let route = json!({"name": guest, "routes": [format!("{prefix}/...")]});
+    let started = Instant::now();
+    let (status, first) = s.deploy_bytes(route.clone(), std::fs::read(&path).unwrap()).await;
+    assert_eq!(status, 201, "{first}");
+    let first_took = started.elapsed();
+    let count = |d: &serde_json::Value, k: &str| d["compile"][k].as_u64().unwrap();
+    let total = count(&first, "cached_functions") + count(&first, "compiled_functions");
+
+    let started = Instant::now();
+    let (status, second) = s.deploy_bytes(route, std::fs::read(&edited).unwrap()).await;
+    assert_eq!(status, 201, "{second}");
+    let second_took = started.elapsed();
+    let (cached, compiled) =
+        (count(&second, "cached_functions"), count(&second, "compiled_functions"));
+    eprintln!(
+        "{guest}: first deploy {first_took:?} ({total} functions), edited deploy \
+         {second_took:?} ({cached} from the cache, {compiled} compiled)"
+    );
+    // The engine is most of the component: at least 90% of its functions must come from the cache.
+    assert!(cached * 10 >= total * 9, "{second}");
+    let r = s.get(&format!("{prefix}/")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), edited_body);
+    s.stop().await;
+}

@@ -4,6 +4,7 @@
 mod auth;
 mod boundaries;
 mod common;
+mod compile_cache;
 mod contract;
 mod documents;
 mod foreign;
