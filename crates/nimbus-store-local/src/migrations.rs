@@ -377,6 +377,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (upload_id, number)
     ) STRICT;
     CREATE INDEX object_parts_data ON object_parts (data_id);
+    -- Access keys of the S3-compatible endpoint. SigV4 derives its signing key from the secret
+    -- itself, so unlike API keys the secret cannot be stored hashed; the file is mode 0600, like
+    -- the per-project JWT signing keys it already holds.
+    CREATE TABLE s3_access_keys (
+        access_key TEXT    NOT NULL PRIMARY KEY,
+        project    TEXT    NOT NULL,
+        secret     TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX s3_access_keys_project ON s3_access_keys (project);
     "#,
 ];
 
@@ -488,7 +499,7 @@ mod tests {
         "1b2a5ce5ff08dca48cebff2628dbc7ef6e6dd944263a63de350fc87e073f59bb",
         "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
         "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
-        "45100f1dbe9eb9cd4c68e8677b31cb2de65ddf33a8dc7474618fa19a0f261f88",
+        "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

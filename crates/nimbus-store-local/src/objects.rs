@@ -24,7 +24,7 @@ use nimbus_store::events::NewEvent;
 use nimbus_store::objects::{
     BucketInfo, BucketSettings, EVENT_CREATED, EVENT_DELETED, ListPage, ListQuery, ObjectData,
     ObjectError, ObjectMeta, ObjectResult, ObjectStore, ObjectWrite, PartInfo, RangeSpec,
-    SweepReport, UploadInfo, object_event, prefix_upper_bound,
+    S3KeyInfo, S3KeyStore, SweepReport, UploadInfo, object_event, prefix_upper_bound,
 };
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
@@ -976,5 +976,73 @@ impl ObjectStore for LocalObjectStore {
             }
         }
         Ok(report)
+    }
+}
+
+fn s3_key_from_row(row: &Row<'_>) -> rusqlite::Result<S3KeyInfo> {
+    Ok(S3KeyInfo {
+        access_key: row.get(0)?,
+        project: row.get(1)?,
+        name: row.get(2)?,
+        created_at: row.get(3)?,
+    })
+}
+
+impl S3KeyStore for SqliteStore {
+    fn create_s3_key(&self, info: &S3KeyInfo, secret: &str) -> nimbus_store::Result<()> {
+        self.write("creating an S3 access key", |tx| {
+            tx.execute(
+                "INSERT INTO s3_access_keys (access_key, project, secret, name, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![info.access_key, info.project, secret, info.name, info.created_at],
+            )
+            .context("creating an S3 access key")?;
+            Ok(())
+        })
+    }
+
+    fn list_s3_keys(&self, project: &str) -> nimbus_store::Result<Vec<S3KeyInfo>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT access_key, project, name, created_at FROM s3_access_keys
+                 WHERE project = ?1 ORDER BY created_at, access_key",
+            )
+            .and_then(|mut s| s.query_map([project], s3_key_from_row)?.collect())
+            .context("listing S3 access keys")
+        })
+    }
+
+    fn get_s3_key(&self, access_key: &str) -> nimbus_store::Result<Option<(S3KeyInfo, String)>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT access_key, project, name, created_at, secret FROM s3_access_keys
+                 WHERE access_key = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([access_key], |r| Ok((s3_key_from_row(r)?, r.get(4)?))).optional()
+            })
+            .context("reading an S3 access key")
+        })
+    }
+
+    fn delete_s3_key(&self, project: &str, access_key: &str) -> nimbus_store::Result<bool> {
+        self.write("deleting an S3 access key", |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM s3_access_keys WHERE project = ?1 AND access_key = ?2",
+                    params![project, access_key],
+                )
+                .context("deleting an S3 access key")?;
+            Ok(n > 0)
+        })
+    }
+
+    fn delete_project_s3_keys(&self, project: &str) -> nimbus_store::Result<u64> {
+        self.write("deleting a project's S3 access keys", |tx| {
+            let n = tx
+                .execute("DELETE FROM s3_access_keys WHERE project = ?1", [project])
+                .context("deleting a project's S3 access keys")?;
+            Ok(n as u64)
+        })
     }
 }

@@ -414,3 +414,24 @@ mod tests {
         assert_eq!(RangeSpec::From(0).resolve(0), None);
     }
 }
+
+/// An access key of the S3-compatible endpoint, as listed (never with its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct S3KeyInfo {
+    pub access_key: String,
+    pub project: String,
+    pub name: String,
+    pub created_at: UnixMillis,
+}
+
+/// Access keys of the S3-compatible endpoint. SigV4 needs the secret itself to verify a
+/// signature, so a backend stores it retrievably (protect it like other key material).
+pub trait S3KeyStore: Send + Sync + 'static {
+    fn create_s3_key(&self, info: &S3KeyInfo, secret: &str) -> crate::Result<()>;
+    fn list_s3_keys(&self, project: &str) -> crate::Result<Vec<S3KeyInfo>>;
+    /// The key and its secret, for verifying a request (any project: the key names it).
+    fn get_s3_key(&self, access_key: &str) -> crate::Result<Option<(S3KeyInfo, String)>>;
+    /// Returns whether it existed.
+    fn delete_s3_key(&self, project: &str, access_key: &str) -> crate::Result<bool>;
+    fn delete_project_s3_keys(&self, project: &str) -> crate::Result<u64>;
+}
