@@ -49,6 +49,7 @@ pub struct AppState {
     pub auth: AuthService,
     pub kv: nimbus_kv::KvService,
     pub documents: nimbus_documents::DocumentService,
+    pub files: nimbus_files::FilesService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -66,6 +67,7 @@ impl AppState {
         auth: AuthService,
         kv: nimbus_kv::KvService,
         documents: nimbus_documents::DocumentService,
+        files: nimbus_files::FilesService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -75,6 +77,7 @@ impl AppState {
             auth,
             kv,
             documents,
+            files,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -106,7 +109,9 @@ impl AppState {
     ),
     paths(api::functions::invoke, api::kv::list_buckets, api::kv::list_keys,
           api::kv::delete_bucket, api::kv::get_value, api::kv::put_value, api::kv::delete_value,
-          api::kv::op),
+          api::kv::op, api::files::list_buckets, api::files::create_bucket,
+          api::files::show_bucket, api::files::update_bucket, api::files::delete_bucket,
+          api::files::create_s3_key, api::files::list_s3_keys, api::files::delete_s3_key),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
@@ -115,7 +120,8 @@ impl AppState {
          (name = "users", description = "A project's end users, as its operator sees them"),
          (name = "auth", description = "End-user sign-up, sign-in and sessions (public)"),
          (name = "invocations", description = "Invocation records and logs"),
-         (name = "kv", description = "The project's key-value buckets (docs/kv.md)"))
+         (name = "kv", description = "The project's key-value buckets (docs/kv.md)"),
+         (name = "files", description = "File storage: buckets and S3 access keys (docs/files.md)"))
 )]
 struct ApiDoc;
 
@@ -257,6 +263,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
         // After the upload limit: KV bounds its bodies itself, with the JSON error shape.
         .merge(api::kv::router())
+        .merge(api::files::management_router().layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT)))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     Router::new()
@@ -284,6 +291,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(api::documents::delete),
         )
         .route("/v1/projects/{project}/documents/batch", post(api::documents::batch))
+        // Files: public to apps, under each bucket's access settings; uploads stream unbounded
+        // by the management limit (the bucket's limits apply while streaming).
+        .merge(api::files::data_router())
         .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
         .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))
         .route("/v1/projects/{project}/realtime/ws", get(api::realtime::ws))

@@ -52,11 +52,15 @@ pub enum KeyError {
     TooLong(usize),
     #[error("the key contains a NUL character")]
     Nul,
+    #[error("the key has a `.` or `..` segment, which HTTP clients rewrite before sending")]
+    DotSegment,
 }
 
 /// The one rule for object keys, in every API: 1 to 1024 bytes of UTF-8 (a `&str` is UTF-8 by
-/// construction; callers reject invalid bytes when decoding), without NUL. Anything else (`../`,
-/// `/` at either end, spaces) is allowed: keys are never used as paths.
+/// construction; callers reject invalid bytes when decoding), without NUL, and without `.` or
+/// `..` segments between slashes: not because of paths (keys never become paths), but because
+/// URL normalisation in HTTP clients rewrites them, so such a key could not be addressed
+/// reliably. Anything else (`/` at either end, `//`, spaces) is allowed.
 pub fn validate_key(key: &str) -> Result<(), KeyError> {
     if key.is_empty() {
         Err(KeyError::Empty)
@@ -64,6 +68,8 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
         Err(KeyError::TooLong(key.len()))
     } else if key.contains('\0') {
         Err(KeyError::Nul)
+    } else if key.split('/').any(|seg| seg == "." || seg == "..") {
+        Err(KeyError::DotSegment)
     } else {
         Ok(())
     }
@@ -393,7 +399,10 @@ mod tests {
     #[test]
     fn keys() {
         assert!(validate_key("a").is_ok());
-        assert!(validate_key("../../etc/passwd").is_ok(), "traversal text is only text");
+        assert_eq!(validate_key("../../etc/passwd"), Err(KeyError::DotSegment));
+        assert_eq!(validate_key("a/./b"), Err(KeyError::DotSegment));
+        assert_eq!(validate_key("a/.."), Err(KeyError::DotSegment));
+        assert!(validate_key("a..b/.hidden/..x").is_ok());
         assert_eq!(validate_key(""), Err(KeyError::Empty));
         assert_eq!(validate_key("a\0b"), Err(KeyError::Nul));
         assert!(validate_key(&"k".repeat(1024)).is_ok());

@@ -6,6 +6,7 @@ mod boundaries;
 mod common;
 mod contract;
 mod documents;
+mod files;
 mod foreign;
 mod functions;
 mod hostile;
