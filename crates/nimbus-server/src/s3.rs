@@ -83,7 +83,12 @@ async fn handle(State(s3): State<S3State>, request: Request) -> Response {
         Ok(Ok(permit)) => permit,
         _ => return error_response(s3_error!(SlowDown, "too many requests in flight")),
     };
-    let request = request.map(s3s::Body::http_body_unsync);
+    // A request without Content-Length or Transfer-Encoding has no body (RFC 9112); say so
+    // exactly, since s3s wants a known length for signed payloads and a boxed body hides it.
+    let bodiless = !request.headers().contains_key(http::header::CONTENT_LENGTH)
+        && !request.headers().contains_key(http::header::TRANSFER_ENCODING);
+    let request = request
+        .map(|body| if bodiless { s3s::Body::empty() } else { s3s::Body::http_body_unsync(body) });
     match s3.service.call(request).await {
         Ok(response) => {
             // The slot is held until the response head is ready; a streaming download then

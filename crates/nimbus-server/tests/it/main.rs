@@ -14,3 +14,4 @@ mod kv;
 mod logs;
 mod projects;
 mod realtime;
+mod s3;
