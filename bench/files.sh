@@ -41,8 +41,9 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/nul
 TOKEN=$(cat "$DATA/admin-token")
 API="http://127.0.0.1:$HTTP_PORT"
 AUTH=(-H "authorization: Bearer $TOKEN")
-curl -sf "${AUTH[@]}" -X POST "$API/v1/buckets" -d '{"name":"bench"}' >/dev/null
-KEYS=$(curl -sf "${AUTH[@]}" -X POST "$API/v1/s3-keys" -d '{"name":"bench"}')
+JSON=(-H "content-type: application/json")
+curl -sf "${AUTH[@]}" "${JSON[@]}" -X POST "$API/v1/buckets" -d '{"name":"bench"}' >/dev/null
+KEYS=$(curl -sf "${AUTH[@]}" "${JSON[@]}" -X POST "$API/v1/s3-keys" -d '{"name":"bench"}')
 export AWS_ACCESS_KEY_ID=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["access_key_id"])' "$KEYS")
 export AWS_SECRET_ACCESS_KEY=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["secret_access_key"])' "$KEYS")
 OBJ="$API/v1/projects/default/buckets/bench/objects"
