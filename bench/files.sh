@@ -133,9 +133,12 @@ echo
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$SERVER/status"; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
 IDLE=$(rss)
+# Reset the peak (VmHWM) to the current RSS, so that it measures this round trip alone.
+echo 5 >"/proc/$SERVER/clear_refs" 2>/dev/null || true
 head -c $((STREAM_MIB << 20)) /dev/zero | curl -sf "${AUTH[@]}" -X PUT -T - \
   -H 'content-type: application/octet-stream' "$OBJ/stream.bin" >/dev/null
 curl -sf "${AUTH[@]}" "$OBJ/stream.bin" -o /dev/null
 PEAK=$(hwm)
-echo "Memory: RSS before the $STREAM_MIB MiB round trip $((IDLE / 1024)) MiB; peak RSS of the whole run" \
-  "(VmHWM, including the steps above) $((PEAK / 1024)) MiB: $(((PEAK - IDLE) / 1024)) MiB over that."
+echo "Memory while a $STREAM_MIB MiB object streams up (curl -T -, no length) and down: RSS before" \
+  "$((IDLE / 1024)) MiB, peak during (VmHWM after resetting it) $((PEAK / 1024)) MiB:" \
+  "$(((PEAK - IDLE) / 1024)) MiB over idle."
