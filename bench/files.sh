@@ -64,7 +64,7 @@ T=$(now); dd if="$SCRATCH/dd.bin" of=/dev/null bs=1M status=none; DD_R=$(elapsed
 rm -f "$SCRATCH/dd.bin"
 
 T=$(now); curl -sf "${AUTH[@]}" -X PUT -H 'content-type: application/octet-stream' \
-  --data-binary "@$SRC" "$OBJ/large.bin" >/dev/null; REST_W=$(elapsed "$T")
+  -T "$SRC" "$OBJ/large.bin" >/dev/null; REST_W=$(elapsed "$T")
 sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
 T=$(now); curl -sf "${AUTH[@]}" "$OBJ/large.bin" -o /dev/null; REST_R=$(elapsed "$T")
 
