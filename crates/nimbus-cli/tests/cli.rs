@@ -772,8 +772,18 @@ fn projects_keys_and_users() {
 // ---------------------------------------------------------------------------------------------
 // File storage: kill -9 during uploads
 
+/// A server child that is killed when dropped, so that a failed assertion leaves no process.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Start `nimbus serve` on an existing data directory; returns the child and its URL's address.
-fn serve_on(data: &Path, log: &Path) -> (Child, String) {
+fn serve_on(data: &Path, log: &Path) -> (Killed, String) {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut cmd = StdCommand::new(NIMBUS);
     scrub_env(&mut cmd);
@@ -797,9 +807,10 @@ fn serve_on(data: &Path, log: &Path) -> (Child, String) {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+        let _ = child.kill();
         panic!("nimbus serve did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default())
     });
-    (child, addr)
+    (Killed(child), addr)
 }
 
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`): status and body. The
@@ -908,8 +919,8 @@ fn kill_9_during_uploads_leaves_a_consistent_store() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked: Vec<String> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     let in_flight = files_under(&data.path().join("objects/tmp")).len();
@@ -920,7 +931,7 @@ fn kill_9_during_uploads_leaves_a_consistent_store() {
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, b"never published").unwrap();
 
-    let (mut child, addr) = serve_on(data.path(), &log);
+    let (child, addr) = serve_on(data.path(), &log);
     let (status, body) = http(
         &addr,
         "GET",
@@ -961,8 +972,7 @@ fn kill_9_during_uploads_leaves_a_consistent_store() {
     assert!(!orphan.exists(), "the orphan was not swept");
     assert_eq!(files_under(&root.join("tmp")), Vec::<std::path::PathBuf>::new());
     assert_eq!(files_under(&root.join("data")).len(), objects.len(), "unreferenced bytes remain");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     // Every object that exists has its created event in the log, with its ETag.
     use nimbus_store::events::EventLog;
