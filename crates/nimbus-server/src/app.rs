@@ -62,6 +62,7 @@ pub struct AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         functions: Arc<FunctionService>,
         auth: AuthService,
