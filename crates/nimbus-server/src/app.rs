@@ -51,6 +51,7 @@ pub struct AppState {
     pub auth: AuthService,
     pub kv: nimbus_kv::KvService,
     pub documents: nimbus_documents::DocumentService,
+    pub files: nimbus_files::FilesService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -63,11 +64,13 @@ pub struct AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         functions: Arc<FunctionService>,
         auth: AuthService,
         kv: nimbus_kv::KvService,
         documents: nimbus_documents::DocumentService,
+        files: nimbus_files::FilesService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -77,6 +80,7 @@ impl AppState {
             auth,
             kv,
             documents,
+            files,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -108,7 +112,9 @@ impl AppState {
     ),
     paths(api::functions::invoke, api::kv::list_buckets, api::kv::list_keys,
           api::kv::delete_bucket, api::kv::get_value, api::kv::put_value, api::kv::delete_value,
-          api::kv::op),
+          api::kv::op, api::files::list_buckets, api::files::create_bucket,
+          api::files::show_bucket, api::files::update_bucket, api::files::delete_bucket,
+          api::files::create_s3_key, api::files::list_s3_keys, api::files::delete_s3_key),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
@@ -121,7 +127,8 @@ impl AppState {
          (name = "documents", description = "Collections and documents (docs/documents.md). The \
                                              data endpoints are public to apps: end users with \
                                              their access token, anonymous callers, or the \
-                                             service role, under each collection's rules"))
+                                             service role, under each collection's rules"),
+         (name = "files", description = "File storage: buckets and S3 access keys (docs/files.md)"))
 )]
 struct ApiDoc;
 
@@ -272,6 +279,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
         // After the upload limit: KV bounds its bodies itself, with the JSON error shape.
         .merge(api::kv::router())
+        .merge(api::files::management_router().layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT)))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     Router::new()
@@ -287,6 +295,9 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(public)
         .merge(data)
+        // Files: public to apps, under each bucket's access settings; uploads stream unbounded
+        // by the management limit (the bucket's limits apply while streaming).
+        .merge(api::files::data_router())
         // Realtime: public to apps, under each collection's access rules.
         .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
         .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))

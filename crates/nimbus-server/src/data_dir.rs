@@ -1,6 +1,6 @@
 //! The data directory: `nimbus.db` (SQLite), `blobs/` (uploaded components), `artifacts/` (the
-//! compiled-code cache), `compile-cache/` (compiled functions shared by every compile) and
-//! `admin-token`.
+//! compiled-code cache), `compile-cache/` (compiled functions shared by every compile),
+//! `objects/` (file storage), `admin-token` and `files-secret`.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,25 @@ impl DataDir {
 
     pub(crate) fn compile_cache(&self) -> PathBuf {
         self.root.join("compile-cache")
+    }
+
+    /// File storage: `objects/data/<xx>/<id>` and `objects/tmp/` (see `LocalObjectStore`).
+    pub(crate) fn objects(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+
+    /// The secret that signs file URLs, created (256 bits, mode 0600) on first start.
+    pub(crate) fn files_secret(&self) -> anyhow::Result<Vec<u8>> {
+        let path = self.root.join("files-secret");
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().as_bytes().to_vec()),
+            Ok(_) => anyhow::bail!("{} is empty; delete it to get a new one", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        write_private(&path, secret.as_bytes())?;
+        Ok(secret.into_bytes())
     }
 
     /// Read the admin token, creating a random one (256 bits, hex) on first start.

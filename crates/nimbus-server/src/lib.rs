@@ -15,6 +15,9 @@ mod gateway;
 mod in_process;
 mod kv_host;
 mod listener;
+mod s3;
+
+pub use s3::S3Limits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,17 +26,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nimbus_auth::{AuthConfig, AuthService, Mailer, Outbox, SmtpConfig, SmtpMailer};
+use nimbus_files::{FilesConfig, FilesService};
 use nimbus_functions::{FunctionService, FunctionsConfig, Stores};
 use nimbus_kv::{KvConfig, KvService};
 use nimbus_model::LimitPolicy;
 use nimbus_runtime::{CompileCacheConfig, Runtime, RuntimeConfig};
-use nimbus_store_local::{LocalBlobStore, SqliteStore};
+use nimbus_store_local::{LocalBlobStore, LocalObjectStore, SqliteStore};
 
 pub use app::{AppState, router};
 pub use data_dir::ADMIN_TOKEN_FILE;
 pub use listener::ConnectionLimits;
 pub use nimbus_auth;
 pub use nimbus_documents;
+pub use nimbus_files;
 pub use nimbus_kv;
 
 /// The operator's configuration of one server.
@@ -78,6 +83,14 @@ pub struct ServerConfig {
     /// Bytes the compile cache (`<data>/compile-cache/`, compiled functions reused by later
     /// compiles) may hold; 0 turns it off.
     pub compile_cache_bytes: u64,
+    /// File storage bounds (largest object, page sizes, upload expiry, sweep interval).
+    pub files: FilesConfig,
+    /// Serve the S3-compatible endpoint on this address (off when `None`). It has its own
+    /// listener because SigV4 signs the full path, so it cannot live under a prefix.
+    pub s3_listen: Option<SocketAddr>,
+    /// Limits of the S3 endpoint: requests served at once (more wait), and the largest body of a
+    /// request that is not an object upload (XML documents such as DeleteObjects).
+    pub s3: S3Limits,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +115,9 @@ impl Default for ServerConfig {
             documents: nimbus_documents::DocumentsConfig::default(),
             event_retention: Duration::from_secs(24 * 3600),
             compile_cache_bytes: DEFAULT_COMPILE_CACHE_BYTES,
+            files: FilesConfig::default(),
+            s3_listen: None,
+            s3: S3Limits::default(),
         }
     }
 }
@@ -110,6 +126,8 @@ impl Default for ServerConfig {
 pub struct Server {
     listener: tokio::net::TcpListener,
     metrics_listener: Option<tokio::net::TcpListener>,
+    s3_listener: Option<tokio::net::TcpListener>,
+    s3_limits: S3Limits,
     connections: ConnectionLimits,
     state: AppState,
     shutting_down: tokio::sync::watch::Sender<bool>,
@@ -138,6 +156,14 @@ impl Server {
         let blobs = Arc::new(LocalBlobStore::new(dirs.blobs()).context("opening the blob store")?);
         let kv = KvService::new(sqlite.clone(), config.kv.clone());
         let in_process = Arc::new(in_process::InProcessRouter::default());
+        let objects = Arc::new(
+            LocalObjectStore::open(sqlite.clone(), &dirs.objects())
+                .context("opening the file storage")?,
+        );
+        let files =
+            FilesService::new(objects, sqlite.clone(), config.files.clone(), &dirs.files_secret()?);
+        // Nothing is being written yet: every unreferenced file is a crash's leftover.
+        files.call(|f| f.startup_sweep()).await.context("sweeping the file storage")?;
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: config.instance_pool_size,
             max_memory_bytes: config.limits.ceilings.memory_bytes,
@@ -188,12 +214,30 @@ impl Server {
             ),
             None => None,
         };
+        let s3_listener = match config.s3_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the S3 listener {addr}"))?,
+            ),
+            None => None,
+        };
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
-        let state =
-            AppState::new(Arc::new(functions), auth, kv, documents, admin_token, &config, watch);
+        let state = AppState::new(
+            Arc::new(functions),
+            auth,
+            kv,
+            documents,
+            files,
+            admin_token,
+            &config,
+            watch,
+        );
         Ok(Server {
             listener,
             metrics_listener,
+            s3_listener,
+            s3_limits: config.s3.clone(),
             connections: config.connections.clone(),
             state,
             shutting_down,
@@ -218,6 +262,11 @@ impl Server {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The address of the S3-compatible endpoint, if one was configured.
+    pub fn s3_addr(&self) -> Option<SocketAddr> {
+        self.s3_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serve until `shutdown` resolves, then finish in-flight requests.
     pub async fn run(
         self,
@@ -240,6 +289,22 @@ impl Server {
                 conn_metrics,
             )))
         });
+        let _s3 = self.s3_listener.map(|listener| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving the S3-compatible endpoint");
+            let app = s3::router(self.state.clone(), &self.s3_limits, &self.state.base_domain);
+            let limits = self.connections.clone();
+            let conn_metrics = self.state.connections.clone();
+            let stop = self.state.clone().shutdown_signal();
+            AbortOnDrop(tokio::spawn(listener::serve(
+                listener,
+                app,
+                limits,
+                stop,
+                SHUTDOWN_GRACE,
+                conn_metrics,
+            )))
+        });
+        let _files_sweeper = AbortOnDrop(self.state.files.spawn_sweeper());
         let conn_metrics = self.state.connections.clone();
         let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
         let _event_pruner = AbortOnDrop(nimbus_events::spawn_pruner(

@@ -6,6 +6,8 @@
 //!   `synchronous=NORMAL`, foreign keys on, schema migrations keyed by `PRAGMA user_version`). The
 //!   file holds secrets, so it is created with mode `0600`.
 //! - It also implements [`KvStore`](nimbus_store::kv::KvStore) (table `kv_entries`, see `kv.rs`).
+//! - [`LocalObjectStore`] implements [`ObjectStore`](nimbus_store::objects::ObjectStore): file
+//!   storage, metadata and events in the database (migration 6), bytes under internal ids on disk.
 //! - [`LocalBlobStore`] implements [`BlobStore`](nimbus_store::BlobStore) on a directory, writing each
 //!   blob atomically (temporary file in the same directory, `fsync`, `rename`).
 //!
@@ -32,8 +34,10 @@ mod error;
 mod events;
 mod kv;
 mod migrations;
+mod objects;
 mod sqlite;
 
 pub use blob::LocalBlobStore;
 pub use migrations::SCHEMA_VERSION;
+pub use objects::LocalObjectStore;
 pub use sqlite::{READER_POOL_SIZE, SqliteStore};

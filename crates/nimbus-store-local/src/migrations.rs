@@ -329,6 +329,66 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (coll, id)
     ) STRICT;
     "#,
+    // 6 (issue 8): file storage. Bytes live on disk under `data_id`s (never user keys); these
+    // tables are the metadata, published in the same transaction as the object's event.
+    r#"
+    CREATE TABLE object_buckets (
+        project    TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        settings   TEXT    NOT NULL, -- JSON BucketSettings
+        created_at INTEGER NOT NULL,
+        objects    INTEGER NOT NULL DEFAULT 0, -- kept in each publishing transaction
+        bytes      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (project, name)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE objects (
+        project      TEXT    NOT NULL,
+        bucket       TEXT    NOT NULL,
+        key          TEXT    NOT NULL,
+        data_id      TEXT    NOT NULL,
+        size         INTEGER NOT NULL,
+        content_type TEXT    NOT NULL,
+        etag         TEXT    NOT NULL,
+        metadata     TEXT    NOT NULL, -- JSON object of strings
+        uploader     TEXT    NOT NULL, -- JSON identity
+        created_at   INTEGER NOT NULL,
+        PRIMARY KEY (project, bucket, key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX objects_data ON objects (data_id);
+    CREATE TABLE object_uploads (
+        id           TEXT    NOT NULL PRIMARY KEY,
+        project      TEXT    NOT NULL,
+        bucket       TEXT    NOT NULL,
+        key          TEXT    NOT NULL,
+        content_type TEXT    NOT NULL,
+        metadata     TEXT    NOT NULL,
+        uploader     TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX object_uploads_bucket ON object_uploads (project, bucket, key);
+    CREATE INDEX object_uploads_age ON object_uploads (created_at);
+    CREATE TABLE object_parts (
+        upload_id  TEXT    NOT NULL REFERENCES object_uploads(id) ON DELETE CASCADE,
+        number     INTEGER NOT NULL,
+        data_id    TEXT    NOT NULL,
+        size       INTEGER NOT NULL,
+        etag       TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (upload_id, number)
+    ) STRICT;
+    CREATE INDEX object_parts_data ON object_parts (data_id);
+    -- Access keys of the S3-compatible endpoint. SigV4 derives its signing key from the secret
+    -- itself, so unlike API keys the secret cannot be stored hashed; the file is mode 0600, like
+    -- the per-project JWT signing keys it already holds.
+    CREATE TABLE s3_access_keys (
+        access_key TEXT    NOT NULL PRIMARY KEY,
+        project    TEXT    NOT NULL,
+        secret     TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX s3_access_keys_project ON s3_access_keys (project);
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -439,6 +499,7 @@ mod tests {
         "1b2a5ce5ff08dca48cebff2628dbc7ef6e6dd944263a63de350fc87e073f59bb",
         "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
         "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
+        "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod documents;
 pub mod events;
 pub mod kv;
+pub mod objects;
 
 use std::collections::BTreeMap;
 

@@ -203,6 +203,20 @@ pub struct ServeArgs {
     /// Largest value in the key-value store
     #[arg(long, env = "NIMBUS_KV_MAX_VALUE", value_parser = parse_size, default_value = "1MiB")]
     pub kv_max_value: u64,
+
+    /// Serve the S3-compatible file storage endpoint on this address (off by default). It needs
+    /// its own address: S3 signatures cover the whole path
+    #[arg(long, env = "NIMBUS_S3_LISTEN")]
+    pub s3_listen: Option<SocketAddr>,
+
+    /// Virtual-host style S3 requests: `<bucket>.<domain>` names a bucket (default: the base
+    /// domain)
+    #[arg(long, env = "NIMBUS_S3_DOMAIN")]
+    pub s3_domain: Option<String>,
+
+    /// Largest stored file, whatever a bucket allows
+    #[arg(long, env = "NIMBUS_MAX_OBJECT_SIZE", value_parser = parse_size, default_value = "5120GiB")]
+    pub max_object_size: u64,
 }
 
 /// One `--rate-limit` override: `None` turns the limit off.
@@ -375,6 +389,12 @@ impl ServeArgs {
             },
             event_retention: self.event_retention,
             compile_cache_bytes: self.compile_cache_size,
+            files: nimbus_server::nimbus_files::FilesConfig {
+                max_object_bytes: self.max_object_size,
+                ..Default::default()
+            },
+            s3_listen: self.s3_listen,
+            s3: nimbus_server::S3Limits { domain: self.s3_domain.clone(), ..Default::default() },
         })
     }
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod documents;
+pub(crate) mod files;
 pub(crate) mod functions;
 pub(crate) mod invocations;
 pub(crate) mod kv;

@@ -53,7 +53,7 @@ pub(crate) async fn list(
 }
 
 /// Delete a project with its functions, invocation records, users, sessions, API keys,
-/// events and key-value entries (admin token only). The default project cannot be deleted.
+/// events, key-value entries, buckets, objects and S3 access keys (admin token only). The default project cannot be deleted.
 #[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects",
     params(("project" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 400, body = ErrorBody),
@@ -80,6 +80,9 @@ pub(crate) async fn delete(
     // Its key-value entries last: no function of it runs any more to write new ones.
     let p = project.clone();
     state.kv.call(move |kv| kv.delete_project(&p)).await?;
+    // Its buckets, objects and S3 access keys.
+    let p = project.clone();
+    state.files.call(move |f| f.delete_project(&p)).await?;
     tracing::info!(project, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

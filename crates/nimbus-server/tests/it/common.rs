@@ -15,6 +15,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The `--metrics-listen` address, when the config asked for one.
     pub metrics_addr: Option<SocketAddr>,
+    /// The S3 endpoint's address, when the config asked for one (`test_config` does).
+    pub s3_addr: Option<SocketAddr>,
     pub token: String,
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -31,6 +33,7 @@ impl TestServer {
         let server = Server::bind(config).await.expect("server binds");
         let addr = server.local_addr();
         let metrics_addr = server.metrics_addr();
+        let s3_addr = server.s3_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -40,6 +43,7 @@ impl TestServer {
         TestServer {
             addr,
             metrics_addr,
+            s3_addr,
             token,
             client: reqwest::Client::new(),
             shutdown: Some(tx),
@@ -146,6 +150,7 @@ pub fn test_config(data: &Path) -> ServerConfig {
     let mut config = ServerConfig {
         data_dir: data.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        s3_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..ServerConfig::default()
     };
     config.auth.password_hash =

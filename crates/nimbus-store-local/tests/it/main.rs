@@ -5,5 +5,6 @@ mod auth;
 mod blob;
 mod documents;
 mod kv;
+mod objects;
 mod sqlite;
 mod upgrade;

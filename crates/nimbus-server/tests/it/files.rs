@@ -1,0 +1,481 @@
+//! File storage over REST, on a real server: buckets, streaming uploads and downloads, ranges,
+//! conditional requests, listing, copy, form uploads, signed URLs, access settings, limits and
+//! hostile keys. The S3 endpoint with real clients is in `s3.rs`.
+
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const OBJ: &str = "/v1/projects/default/buckets";
+
+async fn create_bucket(s: &TestServer, body: Value) -> reqwest::Response {
+    s.api(Method::POST, "/v1/buckets").json(&body).send().await.unwrap()
+}
+
+fn obj(bucket: &str, key: &str) -> String {
+    format!("{OBJ}/{bucket}/objects/{key}")
+}
+
+async fn put(s: &TestServer, bucket: &str, key: &str, body: &'static [u8]) -> reqwest::Response {
+    s.api(Method::PUT, &obj(bucket, key))
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_objects_ranges_and_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+
+    assert_eq!(create_bucket(&s, json!({"name": "photos"})).await.status(), 201);
+    assert_eq!(
+        error_code(create_bucket(&s, json!({"name": "photos"})).await).await,
+        (409, "bucket_exists".into())
+    );
+    assert_eq!(
+        error_code(create_bucket(&s, json!({"name": "Bad_Name"})).await).await,
+        (400, "invalid_bucket".into())
+    );
+    let list: Value = s.api(Method::GET, "/v1/buckets").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["buckets"][0]["name"], "photos");
+    assert_eq!(list["buckets"][0]["access"], "private");
+
+    // Upload with metadata; the ETag is the MD5 of the bytes.
+    let r = s
+        .api(Method::PUT, &obj("photos", "a/hello.txt"))
+        .header("content-type", "text/plain")
+        .header("x-nimbus-meta-color", "blue")
+        .body("hello world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let stored: Value = r.json().await.unwrap();
+    let md5 = hex::encode(Md5::digest(b"hello world"));
+    assert_eq!(stored["etag"], md5);
+    assert_eq!(stored["size"], 11);
+
+    let r = s.api(Method::GET, &obj("photos", "a/hello.txt")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], format!("\"{md5}\"").as_str());
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.headers()["x-nimbus-meta-color"], "blue");
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    let last_modified = r.headers()["last-modified"].to_str().unwrap().to_string();
+    assert_eq!(r.text().await.unwrap(), "hello world");
+
+    // Ranges.
+    let get_range = |range: &'static str| {
+        s.api(Method::GET, &obj("photos", "a/hello.txt")).header("range", range).send()
+    };
+    let r = get_range("bytes=0-4").await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 0-4/11");
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let r = get_range("bytes=-5").await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.text().await.unwrap(), "world");
+    let r = get_range("bytes=6-").await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "world");
+    let r = get_range("bytes=11-").await.unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */11");
+
+    // Conditional requests.
+    let r = s
+        .api(Method::GET, &obj("photos", "a/hello.txt"))
+        .header("if-none-match", format!("\"{md5}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = s
+        .api(Method::GET, &obj("photos", "a/hello.txt"))
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .api(Method::GET, &obj("photos", "a/hello.txt"))
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = s
+        .api(Method::GET, &obj("photos", "a/hello.txt"))
+        .header("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // HEAD: headers, no body.
+    let r = s.api(Method::HEAD, &obj("photos", "a/hello.txt")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "11");
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // Listing: prefix, delimiter, pages.
+    for k in ["a/b/1", "a/b/2", "a/c", "z"] {
+        assert_eq!(put(&s, "photos", k, b"x").await.status(), 201);
+    }
+    let page: Value = s
+        .api(Method::GET, &format!("{OBJ}/photos/objects?prefix=a/&delimiter=/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> =
+        page["objects"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a/c", "a/hello.txt"]);
+    assert_eq!(page["common_prefixes"], json!(["a/b/"]));
+    let mut all = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = s
+            .api(Method::GET, &format!("{OBJ}/photos/objects?limit=2&cursor={cursor}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for o in page["objects"].as_array().unwrap() {
+            all.push(o["key"].as_str().unwrap().to_string());
+        }
+        match page["cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(all, ["a/b/1", "a/b/2", "a/c", "a/hello.txt", "z"]);
+    let (status, code) = error_code(
+        s.api(Method::GET, &format!("{OBJ}/photos/objects?cursor=zz")).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "invalid_cursor"));
+
+    // Copy.
+    let r = s
+        .api(Method::POST, &format!("{OBJ}/photos/copy"))
+        .json(&json!({"source_key": "a/hello.txt", "key": "copy.txt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s.api(Method::GET, &obj("photos", "copy.txt")).send().await.unwrap();
+    assert_eq!(r.headers()["x-nimbus-meta-color"], "blue");
+    assert_eq!(r.text().await.unwrap(), "hello world");
+
+    // Delete; then 404.
+    assert_eq!(
+        s.api(Method::DELETE, &obj("photos", "copy.txt")).send().await.unwrap().status(),
+        204
+    );
+    assert_eq!(
+        error_code(s.api(Method::GET, &obj("photos", "copy.txt")).send().await.unwrap()).await,
+        (404, "not_found".into())
+    );
+
+    // A bucket with objects is not deleted unless forced.
+    assert_eq!(
+        error_code(s.api(Method::DELETE, "/v1/buckets/photos").send().await.unwrap()).await,
+        (409, "bucket_not_empty".into())
+    );
+    let r = s.api(Method::DELETE, "/v1/buckets/photos?force=true").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["deleted_objects"], 5);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_uploads_signed_urls_and_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    assert_eq!(create_bucket(&s, json!({"name": "private"})).await.status(), 201);
+    assert_eq!(
+        create_bucket(&s, json!({"name": "public", "access": "public-read"})).await.status(),
+        201
+    );
+    assert_eq!(
+        create_bucket(&s, json!({"name": "homes", "access": "owner-only"})).await.status(),
+        201
+    );
+
+    // A browser's multipart form upload (anonymous is refused on a private bucket).
+    let form = || {
+        reqwest::multipart::Form::new().text("key", "docs/form.txt").part(
+            "file",
+            reqwest::multipart::Part::bytes(b"from a form".to_vec())
+                .file_name("ignored.txt")
+                .mime_str("text/plain")
+                .unwrap(),
+        )
+    };
+    let r = s
+        .client
+        .post(s.url(&format!("{OBJ}/private/objects")))
+        .multipart(form())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    let r = s
+        .api(Method::POST, &format!("{OBJ}/private/objects"))
+        .multipart(form())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["content_type"], "text/plain");
+
+    // Anonymous readers: public yes, private no.
+    assert_eq!(put(&s, "public", "p.txt", b"public").await.status(), 201);
+    let r = s.client.get(s.url(&obj("public", "p.txt"))).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "public");
+    let r = s.client.put(s.url(&obj("public", "p.txt"))).body("nope").send().await.unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    let r = s.client.get(s.url(&obj("private", "docs/form.txt"))).send().await.unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+
+    // Owner-only: a signed-in user writes under their own id only.
+    let session = user_session(&s, "default", "owner@example.com").await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    let uid = session["user"]["id"].as_str().unwrap().to_string();
+    let r = s
+        .client
+        .put(s.url(&obj("homes", &format!("{uid}/avatar.png"))))
+        .bearer_auth(&token)
+        .body("png")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .client
+        .put(s.url(&obj("homes", "someone-else/avatar.png")))
+        .bearer_auth(&token)
+        .body("png")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (403, "forbidden".into()));
+
+    // Signed URLs: GET and PUT without credentials, for one key, until they expire.
+    let sign = |body: Value| s.api(Method::POST, &format!("{OBJ}/private/sign")).json(&body).send();
+    let signed: Value = sign(json!({"key": "docs/form.txt"})).await.unwrap().json().await.unwrap();
+    let url = signed["url"].as_str().unwrap().to_string();
+    let r = s.client.get(s.url(&url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "from a form");
+    let tampered = url.replace("docs/form.txt", "docs/other.txt");
+    assert_eq!(
+        error_code(s.client.get(s.url(&tampered)).send().await.unwrap()).await,
+        (403, "invalid_signature".into())
+    );
+    // A GET signature does not allow a PUT.
+    assert_eq!(
+        error_code(s.client.put(s.url(&url)).body("x").send().await.unwrap()).await,
+        (403, "invalid_signature".into())
+    );
+    let signed: Value = sign(json!({"key": "up/load.bin", "method": "PUT", "expires_in": 1}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put_url = signed["url"].as_str().unwrap().to_string();
+    let r = s.client.put(s.url(&put_url)).body("signed upload").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s.api(Method::GET, &obj("private", "up/load.bin")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "signed upload");
+    // After its expiry the URL is refused.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        error_code(s.client.put(s.url(&put_url)).body("late").send().await.unwrap()).await,
+        (403, "signature_expired".into())
+    );
+    // Only service callers sign.
+    let r = s
+        .client
+        .post(s.url(&format!("{OBJ}/private/sign")))
+        .bearer_auth(&token)
+        .json(&json!({"key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (403, "forbidden".into()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_hostile_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let r = create_bucket(
+        &s,
+        json!({"name": "limited", "max_object_bytes": 3 << 20,
+               "allowed_content_types": ["text/*"], "quota_bytes": 5 << 20}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    // Larger than the management body limit (1 MiB), within the bucket's: fine.
+    let two_mib = vec![7u8; 2 << 20];
+    let r = s
+        .api(Method::PUT, &obj("limited", "two"))
+        .header("content-type", "text/plain")
+        .body(two_mib.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let got =
+        s.api(Method::GET, &obj("limited", "two")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.len(), two_mib.len());
+    assert!(got == two_mib);
+    // Too large, declared: refused before reading.
+    let r = s
+        .api(Method::PUT, &obj("limited", "big"))
+        .header("content-type", "text/plain")
+        .body(vec![0u8; 4 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (413, "payload_too_large".into()));
+    // Too large, streamed without a length: refused while streaming, nothing published.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![1u8; 512 << 10])).collect();
+    let r = s
+        .api(Method::PUT, &obj("limited", "streamed"))
+        .header("content-type", "text/plain")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    // The server answers 413 as soon as the limit is crossed; a client still sending may see
+    // the connection close instead. Either way nothing is stored.
+    if let Ok(r) = r {
+        assert_eq!(error_code(r).await, (413, "payload_too_large".into()));
+    }
+    assert_eq!(
+        s.api(Method::HEAD, &obj("limited", "streamed")).send().await.unwrap().status(),
+        404
+    );
+    // Content types.
+    let r = s
+        .api(Method::PUT, &obj("limited", "img"))
+        .header("content-type", "image/png")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (415, "content_type_not_allowed".into()));
+    // Quota: 2 MiB stored, 3 more do not fit in 5... exactly; 3 MiB + 1 does not.
+    let r = s
+        .api(Method::PUT, &obj("limited", "three"))
+        .header("content-type", "text/plain")
+        .body(vec![0u8; (3 << 20) - 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .api(Method::PUT, &obj("limited", "more"))
+        .header("content-type", "text/plain")
+        .body(vec![0u8; 2])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (413, "quota_exceeded".into()));
+
+    // Hostile keys: clear 400s.
+    assert_eq!(create_bucket(&s, json!({"name": "keys"})).await.status(), 201);
+    // HTTP clients (reqwest's URL parser included) rewrite `..` segments, even encoded, before
+    // sending; a hostile client does not, so these go over a raw socket.
+    for key in ["../../etc/passwd", "%2E%2E/%2E%2E/etc/passwd", "a/./b", "a/%2e%2e"] {
+        let (status, body) = raw_put(&s, &obj("keys", key)).await;
+        assert_eq!(status, 400, "{key}: {body}");
+        assert!(body.contains("\"invalid_key\""), "{key}: {body}");
+    }
+    let long = "k".repeat(2048);
+    for key in ["nul%00byte", long.as_str()] {
+        let r = s.api(Method::PUT, &obj("keys", key)).body("x").send().await.unwrap();
+        assert_eq!(error_code(r).await, (400, "invalid_key".into()), "{key:.40}");
+    }
+    // Invalid UTF-8 in the path.
+    let r = s.api(Method::PUT, &obj("keys", "bad%FF")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Nothing landed outside the object store, and nothing inside either.
+    let listed: Value = s
+        .api(Method::GET, &format!("{OBJ}/keys/objects"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["objects"], json!([]));
+    assert!(!dir.path().join("etc").exists());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_keys_are_managed_per_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let r = s.api(Method::POST, "/v1/s3-keys").json(&json!({"name": "ci"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let id = created["access_key_id"].as_str().unwrap().to_string();
+    assert_eq!(created["secret_access_key"].as_str().unwrap().len(), 60);
+    let listed: Value =
+        s.api(Method::GET, "/v1/s3-keys").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["keys"][0]["access_key"], id.as_str());
+    assert!(
+        listed.to_string().find(created["secret_access_key"].as_str().unwrap()).is_none(),
+        "never listed"
+    );
+    s.create_project("other").await;
+    let r = s
+        .api(Method::DELETE, &format!("/v1/s3-keys/{id}"))
+        .header("x-nimbus-project", "other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "another project's key");
+    assert_eq!(
+        s.api(Method::DELETE, &format!("/v1/s3-keys/{id}")).send().await.unwrap().status(),
+        204
+    );
+    s.stop().await;
+}
+
+/// A PUT with a literal request target and the admin token, over a raw socket: status and body.
+async fn raw_put(s: &TestServer, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let request = format!(
+        "PUT {target} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\
+         content-length: 1\r\nconnection: close\r\n\r\nx",
+        s.token
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
