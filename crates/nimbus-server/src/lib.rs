@@ -9,6 +9,7 @@ mod api;
 mod app;
 mod client_ip;
 mod credentials;
+mod data_caller;
 mod data_dir;
 mod error;
 mod gateway;

@@ -14,82 +14,37 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use nimbus_auth::{ApiKeyScope, Claims};
+use nimbus_auth::Claims;
 use nimbus_documents::{BatchWrite, CollectionConfig, DocumentView, ListParams, Principal};
 use nimbus_store::documents::{Expect, WriteOutcome};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::{API_KEY_HEADER, AppState, Caller};
+use crate::app::{AppState, Caller};
+use crate::data_caller::{DataCaller, data_caller};
 use crate::error::{ApiError, ErrorBody};
 use crate::in_process::InProcess;
 
-/// The caller of a data endpoint, verified for `project`. Present but invalid credentials are a
-/// 401, never a silent downgrade to anonymous.
+/// The caller of a data endpoint, verified for `project` (see `data_caller`).
 pub(crate) async fn principal(
     state: &AppState,
     project: &str,
     headers: &HeaderMap,
     in_process: &InProcess,
 ) -> Result<Principal, ApiError> {
-    // A function's request through the in-process API: its own project only; the invocation's
-    // token makes it the service role, otherwise the credentials it forwards decide.
-    if let Some(Extension(caller)) = in_process {
-        if *caller.project != *project {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a function reaches only its own project's data",
-            ));
+    let in_process = in_process.as_ref().map(|axum::Extension(c)| c);
+    Ok(match data_caller(state, project, headers, in_process).await? {
+        DataCaller::User(auth) => Principal::User(auth),
+        DataCaller::Anonymous => Principal::anonymous(),
+        DataCaller::Admin | DataCaller::ServiceKey { .. } | DataCaller::Function { .. } => {
+            Principal::Service
         }
-        if caller.service {
-            return Ok(Principal::Service);
-        }
-    }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let key = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim);
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    match (bearer, key) {
-        // In-process, only the invocation's token grants the service role.
-        (Some(token), _) if in_process.is_none() && state.is_admin_token(token) => {
-            Ok(Principal::Service)
-        }
-        (Some(token), _) if !token.starts_with("nbk_") => {
-            let claims = state.auth.verify_access_token(project, token).await?;
-            Ok(user_principal(&claims))
-        }
-        (Some(key), _) | (None, Some(key)) => {
-            let info = state
-                .auth
-                .verify_api_key(key)
-                .await
-                .map_err(|_| unauthorized("the API key is not valid for this project"))?;
-            if info.project != project {
-                return Err(unauthorized("the API key is not valid for this project"));
-            }
-            Ok(match info.scope {
-                ApiKeyScope::Service => Principal::Service,
-                _ => Principal::anonymous(),
-            })
-        }
-        (None, None) => Ok(Principal::anonymous()),
-    }
+    })
 }
 
 /// The `auth` value rules see for a signed-in user.
 pub(crate) fn user_principal(claims: &Claims) -> Principal {
-    Principal::User(json!({
-        "id": claims.sub,
-        "roles": claims.roles,
-        "claims": claims.custom,
-        "project": claims.aud,
-        "anonymous": claims.anon,
-        "email_verified": claims.email_verified,
-    }))
+    Principal::User(crate::data_caller::user_auth(claims))
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {

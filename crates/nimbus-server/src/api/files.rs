@@ -26,7 +26,6 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use futures::TryStreamExt;
-use nimbus_auth::ApiKeyScope;
 use nimbus_files::{Bucket, BucketConfig, FilesError, Principal};
 use nimbus_model::now_millis;
 use nimbus_store::objects::{ObjectData, ObjectMeta, RangeSpec, S3KeyInfo};
@@ -34,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::{API_KEY_HEADER, AppState, Caller, CallerKind};
+use crate::app::{AppState, Caller, CallerKind};
+use crate::data_caller::{DataCaller, data_caller};
 use crate::error::{ApiError, ErrorBody};
 
 /// User metadata travels in headers with this prefix (`x-nimbus-meta-color: blue`).
@@ -91,46 +91,19 @@ fn service_principal(caller: &Caller) -> Principal {
     Principal::Service { identity }
 }
 
-/// The caller of a data endpoint, verified for `project`: the admin token or a service key
-/// (service), an end user's access token, a public key or nothing (anonymous). Present but
-/// invalid credentials are a 401, never a silent downgrade.
+/// The caller of a data endpoint, verified for `project` (see `data_caller`). Files are not
+/// served in-process yet, so no in-process caller reaches here.
 async fn principal(
     state: &AppState,
     project: &str,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
-    let bearer = crate::credentials::bearer(headers)?;
-    let key = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim);
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    match (bearer, key) {
-        (Some(token), _) if state.is_admin_token(token) => {
-            Ok(Principal::Service { identity: json!({"kind": "admin"}) })
-        }
-        (Some(token), _) if !token.starts_with("nbk_") => {
-            let claims = state.auth.verify_access_token(project, token).await?;
-            match crate::api::documents::user_principal(&claims) {
-                nimbus_documents::Principal::User(auth) => Ok(Principal::User(auth)),
-                nimbus_documents::Principal::Service => Err(unauthorized("invalid token")),
-            }
-        }
-        (Some(key), _) | (None, Some(key)) => {
-            let info = state
-                .auth
-                .verify_api_key(key)
-                .await
-                .map_err(|_| unauthorized("the API key is not valid for this project"))?;
-            if info.project != project {
-                return Err(unauthorized("the API key is not valid for this project"));
-            }
-            Ok(match info.scope {
-                ApiKeyScope::Service => {
-                    Principal::Service { identity: json!({"kind": "service-key", "id": info.id}) }
-                }
-                _ => Principal::anonymous(),
-            })
-        }
-        (None, None) => Ok(Principal::anonymous()),
-    }
+    let caller = data_caller(state, project, headers, None).await?;
+    Ok(match (caller.service_identity(), caller) {
+        (Some(identity), _) => Principal::Service { identity },
+        (None, DataCaller::User(auth)) => Principal::User(auth),
+        (None, _) => Principal::anonymous(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
