@@ -31,6 +31,9 @@ pub struct Manifest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: ManifestLimits,
+    /// `[[triggers]]`: events that run the function (storage, documents, auth, schedule, queue).
+    #[serde(default)]
+    pub triggers: Vec<nimbus_model::TriggerSpec>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -235,7 +238,9 @@ impl Manifest {
             max_body_bytes: o.max_body_bytes.or(l.max_body.map(|s| s.0)),
         };
         let require_auth = self.require_auth || o.require_auth;
-        let spec = FunctionSpec { name, routes, env, limits, outbound_hosts, require_auth };
+        let triggers = self.triggers.clone();
+        let spec =
+            FunctionSpec { name, routes, env, limits, outbound_hosts, require_auth, triggers };
         spec.validate()?;
         Ok(spec)
     }

@@ -32,6 +32,8 @@ pub enum SpecError {
     TooMany { what: &'static str, max: usize },
     #[error("{what} is too long: at most {max} bytes")]
     TooLong { what: String, max: usize },
+    #[error("{0}")]
+    Trigger(String),
 }
 
 /// Bounds on what one function's spec may hold: it is stored with every version and loaded into
@@ -74,6 +76,9 @@ pub struct FunctionSpec {
     /// learns the verified caller from `x-nimbus-*` headers.
     #[serde(default)]
     pub require_auth: bool,
+    /// Events that run the function besides HTTP requests (see [`TriggerSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::TriggerSpec>,
 }
 
 /// Limits a developer asks for; `None` takes the operator's default.
@@ -228,7 +233,7 @@ impl FunctionSpec {
                 return Err(SpecError::OutboundHost(host.clone()));
             }
         }
-        Ok(())
+        crate::trigger::validate_triggers(&self.triggers)
     }
 }
 

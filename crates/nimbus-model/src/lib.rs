@@ -6,10 +6,12 @@
 mod function;
 mod invocation;
 mod route;
+mod trigger;
 
 pub use function::*;
 pub use invocation::*;
 pub use route::*;
+pub use trigger::*;
 
 /// Milliseconds since the Unix epoch; the one time representation stored and sent over the API.
 pub type UnixMillis = i64;

@@ -36,6 +36,7 @@ mod kv;
 mod migrations;
 mod objects;
 mod sqlite;
+mod triggers;
 
 pub use blob::LocalBlobStore;
 pub use migrations::SCHEMA_VERSION;

@@ -389,6 +389,95 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX s3_access_keys_project ON s3_access_keys (project);
     "#,
+    // 7 (issue 9): event delivery to functions. The dispatcher fans each event out into one
+    // delivery per subscription (with a copy of the event, so pruning the log loses none) in the
+    // transaction that moves its cursor; schedules remember their last tick; asynchronous
+    // invocations keep their request and response; producers' idempotency keys.
+    r#"
+    CREATE TABLE trigger_deliveries (
+        id              INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+        project         TEXT    NOT NULL,
+        function        TEXT    NOT NULL,
+        trigger         TEXT    NOT NULL,
+        event_position  INTEGER NOT NULL,
+        event_id        TEXT    NOT NULL,
+        event_type      TEXT    NOT NULL,
+        event_source    TEXT    NOT NULL,
+        event_subject   TEXT    NOT NULL,
+        event_time      INTEGER NOT NULL,
+        event_data      TEXT    NOT NULL,
+        path            TEXT    NOT NULL,
+        order_key       TEXT,
+        state           TEXT    NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        max_attempts    INTEGER NOT NULL,
+        next_at         INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        leased_until    INTEGER NOT NULL DEFAULT 0,
+        lease_ms        INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        last_error      TEXT,
+        last_invocation TEXT
+    ) STRICT;
+    -- Claims look at due pending deliveries only.
+    CREATE INDEX trigger_deliveries_due ON trigger_deliveries (next_at, id)
+        WHERE state = 'pending';
+    -- An ordered delivery waits for earlier pending ones of its subscription and key.
+    CREATE INDEX trigger_deliveries_order ON trigger_deliveries (project, function, trigger, order_key, id)
+        WHERE state = 'pending' AND order_key IS NOT NULL;
+    CREATE INDEX trigger_deliveries_sub ON trigger_deliveries (project, function, trigger, state);
+    CREATE INDEX trigger_deliveries_age ON trigger_deliveries (state, updated_at);
+    CREATE TABLE trigger_attempts (
+        delivery      INTEGER NOT NULL REFERENCES trigger_deliveries(id) ON DELETE CASCADE,
+        attempt       INTEGER NOT NULL,
+        invocation_id TEXT,
+        started_at    INTEGER NOT NULL,
+        duration_ms   INTEGER NOT NULL,
+        http_status   INTEGER,
+        ok            INTEGER NOT NULL,
+        error         TEXT,
+        PRIMARY KEY (delivery, attempt)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE trigger_schedules (
+        project   TEXT    NOT NULL,
+        function  TEXT    NOT NULL,
+        trigger   TEXT    NOT NULL,
+        last_tick INTEGER NOT NULL,
+        PRIMARY KEY (project, function, trigger)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE async_invocations (
+        id                 TEXT    NOT NULL PRIMARY KEY,
+        project            TEXT    NOT NULL,
+        function           TEXT    NOT NULL,
+        status             TEXT    NOT NULL,
+        method             TEXT    NOT NULL,
+        path               TEXT    NOT NULL,
+        headers            TEXT    NOT NULL, -- JSON [[name, value], ...]
+        body               BLOB    NOT NULL,
+        callback_url       TEXT,
+        created_at         INTEGER NOT NULL,
+        completed_at       INTEGER,
+        attempts           INTEGER NOT NULL DEFAULT 0,
+        invocation_id      TEXT,
+        response_status    INTEGER,
+        response_headers   TEXT    NOT NULL DEFAULT '[]',
+        response_body      BLOB    NOT NULL DEFAULT x'',
+        response_truncated INTEGER NOT NULL DEFAULT 0,
+        error              TEXT
+    ) STRICT;
+    CREATE INDEX async_invocations_done ON async_invocations (completed_at)
+        WHERE completed_at IS NOT NULL;
+    CREATE TABLE idempotency_keys (
+        project    TEXT    NOT NULL,
+        scope      TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        result     TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (project, scope, key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -500,6 +589,7 @@ mod tests {
         "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
         "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
         "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
+        "76c2e54805609fa4ffa12bd7da9d7f02a0c2edb3606f36f86aba60d23af6bb7c",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -12,6 +12,7 @@ pub mod documents;
 pub mod events;
 pub mod kv;
 pub mod objects;
+pub mod triggers;
 
 use std::collections::BTreeMap;
 

@@ -7,4 +7,5 @@ mod documents;
 mod kv;
 mod objects;
 mod sqlite;
+mod triggers;
 mod upgrade;
