@@ -32,7 +32,7 @@ pub enum InvokeError {
 
 impl InvokeError {
     /// The HTTP status the caller gets, kept in the invocation record.
-    fn http_status(&self) -> u16 {
+    pub fn http_status(&self) -> u16 {
         match self {
             InvokeError::Rejected(Rejection::QueueFull, _) => 429,
             InvokeError::Rejected(Rejection::QueueTimeout | Rejection::NodeFull, _) => 503,
@@ -66,7 +66,7 @@ impl FunctionService {
         &self,
         target: Arc<ActiveVersion>,
         request: http::Request<B>,
-        trigger: &'static str,
+        trigger: &str,
     ) -> Invoked
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -163,7 +163,7 @@ impl FunctionService {
     }
 }
 
-fn record_base(target: &ActiveVersion, id: &str, trigger: &'static str) -> InvocationRecord {
+fn record_base(target: &ActiveVersion, id: &str, trigger: &str) -> InvocationRecord {
     InvocationRecord {
         seq: 0, // given by the store when the record is written
         id: id.to_string(),

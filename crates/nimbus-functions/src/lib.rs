@@ -107,6 +107,9 @@ struct Snapshot {
     functions: HashMap<Key, Arc<ActiveVersion>>,
     /// One route table per project: routes never cross projects.
     routes: HashMap<String, RouteTable<ActiveVersion>>,
+    /// Functions with event triggers, per project: what the trigger dispatcher matches each
+    /// event against.
+    triggered: HashMap<String, Vec<Arc<ActiveVersion>>>,
 }
 
 impl Snapshot {
@@ -127,7 +130,11 @@ impl Snapshot {
                 (project.to_string(), table)
             })
             .collect();
-        Snapshot { functions, routes }
+        let mut triggered: HashMap<String, Vec<Arc<ActiveVersion>>> = HashMap::new();
+        for f in functions.values().filter(|f| !f.info.spec.triggers.is_empty()) {
+            triggered.entry(f.info.project.clone()).or_default().push(f.clone());
+        }
+        Snapshot { functions, routes, triggered }
     }
 }
 
@@ -464,6 +471,16 @@ impl FunctionService {
     /// The active version of a function, by project and name.
     pub fn active(&self, project: &str, name: &str) -> Option<Arc<ActiveVersion>> {
         self.snapshot.load().functions.get(&key(project, name)).cloned()
+    }
+
+    /// The active versions of `project` that have event triggers.
+    pub fn triggered(&self, project: &str) -> Vec<Arc<ActiveVersion>> {
+        self.snapshot.load().triggered.get(project).cloned().unwrap_or_default()
+    }
+
+    /// Every active version with event triggers, in every project (the scheduler's view).
+    pub fn all_triggered(&self) -> Vec<Arc<ActiveVersion>> {
+        self.snapshot.load().triggered.values().flatten().cloned().collect()
     }
 
     fn check_routes(&self, project: &str, name: &str, spec: &FunctionSpec) -> Result<()> {

@@ -160,7 +160,13 @@ impl TriggerSpec {
     }
 
     /// Whether this trigger wants `event` (type and data as the log holds them).
-    pub fn matches(&self, function: &str, name: &str, kind: &str, data: &serde_json::Value) -> bool {
+    pub fn matches(
+        &self,
+        function: &str,
+        name: &str,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> bool {
         use event_types::*;
         let str_field = |f: &str| data.get(f).and_then(|v| v.as_str());
         let wanted = |event: &str| self.events.is_empty() || self.events.iter().any(|e| e == event);
@@ -281,7 +287,10 @@ pub(crate) fn validate_triggers(triggers: &[TriggerSpec]) -> Result<(), SpecErro
         };
         for (field, present) in given {
             if present && !allowed.contains(&field) {
-                return Err(bad(format!("`{field}` does not apply to {} triggers", t.kind.as_str())));
+                return Err(bad(format!(
+                    "`{field}` does not apply to {} triggers",
+                    t.kind.as_str()
+                )));
             }
         }
         let required: &[(&str, bool)] = match t.kind {

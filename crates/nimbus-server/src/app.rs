@@ -52,6 +52,7 @@ pub struct AppState {
     pub kv: nimbus_kv::KvService,
     pub documents: nimbus_documents::DocumentService,
     pub files: nimbus_files::FilesService,
+    pub triggers: nimbus_triggers::TriggerService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -71,6 +72,7 @@ impl AppState {
         kv: nimbus_kv::KvService,
         documents: nimbus_documents::DocumentService,
         files: nimbus_files::FilesService,
+        triggers: nimbus_triggers::TriggerService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -81,6 +83,7 @@ impl AppState {
             kv,
             documents,
             files,
+            triggers,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -128,7 +131,10 @@ impl AppState {
                                              data endpoints are public to apps: end users with \
                                              their access token, anonymous callers, or the \
                                              service role, under each collection's rules"),
-         (name = "files", description = "File storage: buckets and S3 access keys (docs/files.md)"))
+         (name = "files", description = "File storage: buckets and S3 access keys (docs/files.md)"),
+         (name = "triggers", description = "Event delivery to functions: subscriptions, \
+                                            deliveries and dead letters, queues, asynchronous \
+                                            invocations (docs/triggers.md)"))
 )]
 struct ApiDoc;
 
@@ -234,6 +240,14 @@ pub fn router(state: AppState) -> Router {
             api::documents::delete_collection
         ))
         .routes(routes!(api::documents::explain))
+        .routes(routes!(api::triggers::list_triggers))
+        .routes(routes!(api::triggers::list_deliveries, api::triggers::purge_all))
+        .routes(routes!(api::triggers::show_delivery, api::triggers::purge_one))
+        .routes(routes!(api::triggers::replay_one))
+        .routes(routes!(api::triggers::replay_all))
+        .routes(routes!(api::triggers::list_queues))
+        .routes(routes!(api::triggers::publish))
+        .routes(routes!(api::triggers::async_status))
         .split_for_parts();
     // End-user authentication: public, outside the management middleware.
     let (public, public_doc) = OpenApiRouter::new()
@@ -338,6 +352,7 @@ fn render_metrics(state: &AppState) -> impl IntoResponse + use<> {
     // Writing into a String cannot fail.
     let _ = encode_registry(&mut out, &state.functions.metrics().registry)
         .and_then(|()| encode_registry(&mut out, state.connections.registry()))
+        .and_then(|()| encode_registry(&mut out, &state.triggers.metrics().registry))
         .and_then(|()| encode_eof(&mut out));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
 }

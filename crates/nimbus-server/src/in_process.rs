@@ -77,7 +77,7 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
     let under = |prefix: &str| {
         path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if under("/v1/kv") || under("/v1/collections") {
+    if under("/v1/kv") || under("/v1/collections") || under("/v1/queues") {
         return Ok(());
     }
     if let Some(rest) = path.strip_prefix("/v1/projects/") {
@@ -99,7 +99,7 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
         "forbidden",
         format!(
             "{path} is not served to functions in-process (documents under \
-             /v1/projects/{{project}}/..., /v1/collections and /v1/kv are)"
+             /v1/projects/{{project}}/..., /v1/collections, /v1/kv and /v1/queues are)"
         ),
     ))
 }

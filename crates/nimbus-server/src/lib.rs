@@ -41,6 +41,7 @@ pub use nimbus_auth;
 pub use nimbus_documents;
 pub use nimbus_files;
 pub use nimbus_kv;
+pub use nimbus_triggers;
 
 /// The operator's configuration of one server.
 #[derive(Debug, Clone)]
@@ -92,6 +93,9 @@ pub struct ServerConfig {
     /// Limits of the S3 endpoint: requests served at once (more wait), and the largest body of a
     /// request that is not an object upload (XML documents such as DeleteObjects).
     pub s3: S3Limits,
+    /// Event delivery: retries, retention of deliveries and dead letters, queue bounds. Its
+    /// `callback_policy` is replaced by `outbound_allow_nets` (callbacks obey guests' policy).
+    pub triggers: nimbus_triggers::TriggersConfig,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +123,7 @@ impl Default for ServerConfig {
             files: FilesConfig::default(),
             s3_listen: None,
             s3: S3Limits::default(),
+            triggers: nimbus_triggers::TriggersConfig::default(),
         }
     }
 }
@@ -194,7 +199,7 @@ impl Server {
         let event_log: Arc<dyn nimbus_events::EventLog> = sqlite.clone();
         let functions = FunctionService::start(
             Arc::new(runtime),
-            Stores { functions: sqlite.clone(), invocations: sqlite, blobs },
+            Stores { functions: sqlite.clone(), invocations: sqlite.clone(), blobs },
             FunctionsConfig {
                 limits: config.limits,
                 queue_timeout: config.queue_timeout,
@@ -204,6 +209,20 @@ impl Server {
             },
         )
         .await?;
+        let functions = Arc::new(functions);
+        let triggers = nimbus_triggers::TriggerService::new(
+            nimbus_triggers::TriggerStores {
+                log: sqlite.clone(),
+                deliveries: sqlite.clone(),
+                schedules: sqlite.clone(),
+                producers: sqlite,
+            },
+            functions.clone(),
+            nimbus_triggers::TriggersConfig {
+                callback_policy: nimbus_runtime::NetPolicy::new(config.outbound_allow_nets.clone()),
+                ..config.triggers.clone()
+            },
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -225,11 +244,12 @@ impl Server {
         };
         let (shutting_down, watch) = tokio::sync::watch::channel(false);
         let state = AppState::new(
-            Arc::new(functions),
+            functions,
             auth,
             kv,
             documents,
             files,
+            triggers,
             admin_token,
             &config,
             watch,
@@ -306,6 +326,7 @@ impl Server {
             )))
         });
         let _files_sweeper = AbortOnDrop(self.state.files.spawn_sweeper());
+        let _triggers = self.state.triggers.start().await.context("starting event delivery")?;
         let conn_metrics = self.state.connections.clone();
         let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
         let _event_pruner = AbortOnDrop(nimbus_events::spawn_pruner(

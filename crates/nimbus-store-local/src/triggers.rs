@@ -7,8 +7,7 @@ use nimbus_store::Result;
 use nimbus_store::events::{Event, NewEvent};
 use nimbus_store::triggers::{
     AfterAttempt, AsyncInvocation, AsyncResult, Attempt, Delivery, DeliveryQuery, DeliveryState,
-    DeliveryStore, Idempotency, NewDelivery, Once, ProducerStore, ScheduleStore,
-    SubscriptionStats,
+    DeliveryStore, Idempotency, NewDelivery, Once, ProducerStore, ScheduleStore, SubscriptionStats,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
@@ -151,6 +150,18 @@ impl DeliveryStore for SqliteStore {
                 );
             }
             Ok(claimed)
+        })
+    }
+
+    fn release(&self, id: u64, next_at: UnixMillis) -> Result<()> {
+        self.write("releasing a delivery", |tx| {
+            tx.prepare_cached(
+                "UPDATE trigger_deliveries SET leased_until = 0, next_at = ?2, \
+                 attempts = max(attempts - 1, 0) WHERE id = ?1 AND state = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![id as i64, next_at]))
+            .context("releasing a delivery")?;
+            Ok(())
         })
     }
 
@@ -377,7 +388,12 @@ impl DeliveryStore for SqliteStore {
 }
 
 impl ScheduleStore for SqliteStore {
-    fn last_tick(&self, project: &str, function: &str, trigger: &str) -> Result<Option<UnixMillis>> {
+    fn last_tick(
+        &self,
+        project: &str,
+        function: &str,
+        trigger: &str,
+    ) -> Result<Option<UnixMillis>> {
         self.read(|conn| {
             conn.prepare_cached(
                 "SELECT last_tick FROM trigger_schedules \
@@ -426,7 +442,12 @@ impl ScheduleStore for SqliteStore {
 }
 
 /// Look up an idempotency key; if it is new (or older than the window), claim it with `result`.
-fn claim_key(tx: &Connection, project: &str, idem: &Idempotency<'_>, result: &serde_json::Value) -> Result<Option<serde_json::Value>> {
+fn claim_key(
+    tx: &Connection,
+    project: &str,
+    idem: &Idempotency<'_>,
+    result: &serde_json::Value,
+) -> Result<Option<serde_json::Value>> {
     let found: Option<(String, i64)> = tx
         .prepare_cached(
             "SELECT result, created_at FROM idempotency_keys \

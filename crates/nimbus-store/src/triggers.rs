@@ -145,6 +145,9 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// attempt for each; never one whose subscription has an earlier pending delivery with the
     /// same order key.
     fn claim(&self, now: UnixMillis, limit: u32) -> Result<Vec<Delivery>>;
+    /// Give a claimed delivery back without counting its attempt (its function had no free
+    /// slot for events): claimable again from `next_at`.
+    fn release(&self, id: u64, next_at: UnixMillis) -> Result<()>;
     /// The earliest `next_at` of a pending delivery not leased, or its lease's end: when a
     /// claimer should look next.
     fn next_due(&self) -> Result<Option<UnixMillis>>;
@@ -155,14 +158,25 @@ pub trait DeliveryStore: Send + Sync + 'static {
     fn get_delivery(&self, project: &str, id: u64) -> Result<Option<(Delivery, Vec<Attempt>)>>;
     /// Dead deliveries matching `q` (or the one `id`) back to pending with fresh attempts and a
     /// fresh age window of `max_age_ms`. Returns how many.
-    fn replay(&self, project: &str, id: Option<u64>, q: &DeliveryQuery, now: UnixMillis, max_age_ms: u64) -> Result<u64>;
+    fn replay(
+        &self,
+        project: &str,
+        id: Option<u64>,
+        q: &DeliveryQuery,
+        now: UnixMillis,
+        max_age_ms: u64,
+    ) -> Result<u64>;
     /// Delete dead deliveries matching `q` (or the one `id`). Returns how many.
     fn purge(&self, project: &str, id: Option<u64>, q: &DeliveryQuery) -> Result<u64>;
     /// Per-subscription counts, of one project or of all (metrics).
     fn subscription_stats(&self, project: Option<&str>) -> Result<Vec<SubscriptionStats>>;
     /// Delete delivered deliveries updated before `delivered_before` and dead ones updated before
     /// `dead_before`, with their attempts. Returns how many.
-    fn prune_deliveries(&self, delivered_before: UnixMillis, dead_before: UnixMillis) -> Result<u64>;
+    fn prune_deliveries(
+        &self,
+        delivered_before: UnixMillis,
+        dead_before: UnixMillis,
+    ) -> Result<u64>;
     /// A function was deleted: drop its pending and dead deliveries.
     fn delete_function_deliveries(&self, project: &str, function: &str) -> Result<u64>;
     /// Everything of the project: deliveries, schedules, async invocations, idempotency keys.
@@ -172,10 +186,18 @@ pub trait DeliveryStore: Send + Sync + 'static {
 /// Schedules: each tick fires once, across restarts and nodes.
 pub trait ScheduleStore: Send + Sync + 'static {
     /// The last tick fired for a schedule.
-    fn last_tick(&self, project: &str, function: &str, trigger: &str) -> Result<Option<UnixMillis>>;
+    fn last_tick(&self, project: &str, function: &str, trigger: &str)
+    -> Result<Option<UnixMillis>>;
     /// Record `tick` as fired and append its events, in one transaction, if no tick at or after it
     /// was fired already (false then: another node or an earlier run fired it).
-    fn fire_tick(&self, project: &str, function: &str, trigger: &str, tick: UnixMillis, events: &[NewEvent]) -> Result<bool>;
+    fn fire_tick(
+        &self,
+        project: &str,
+        function: &str,
+        trigger: &str,
+        tick: UnixMillis,
+        events: &[NewEvent],
+    ) -> Result<bool>;
 }
 
 /// An idempotency key as the producer gives it: the same `key` in `scope` (a queue, a function)
@@ -242,10 +264,21 @@ pub struct AsyncResult {
 pub trait ProducerStore: Send + Sync + 'static {
     /// Append `events` (with `idem`: unless the key was used since `idem.since`, in which case
     /// nothing is written and the first call's `result` comes back).
-    fn append_once(&self, events: &[NewEvent], idem: Option<Idempotency<'_>>, result: &Value) -> Result<Once>;
+    fn append_once(
+        &self,
+        events: &[NewEvent],
+        idem: Option<Idempotency<'_>>,
+        result: &Value,
+    ) -> Result<Once>;
     /// Store an asynchronous invocation and append its event, under the same idempotency rule
     /// (`result` is what a repeated call gets back).
-    fn create_async(&self, inv: &AsyncInvocation, event: &NewEvent, idem: Option<Idempotency<'_>>, result: &Value) -> Result<Once>;
+    fn create_async(
+        &self,
+        inv: &AsyncInvocation,
+        event: &NewEvent,
+        idem: Option<Idempotency<'_>>,
+        result: &Value,
+    ) -> Result<Once>;
     fn get_async(&self, project: &str, id: &str) -> Result<Option<AsyncInvocation>>;
     fn update_async(&self, project: &str, id: &str, result: &AsyncResult) -> Result<()>;
     /// Delete finished asynchronous invocations completed before `before` and idempotency keys

@@ -217,6 +217,30 @@ pub struct ServeArgs {
     /// Largest stored file, whatever a bucket allows
     #[arg(long, env = "NIMBUS_MAX_OBJECT_SIZE", value_parser = parse_size, default_value = "5120GiB")]
     pub max_object_size: u64,
+
+    /// Event deliveries (triggers, queues, schedules, async invocations) running at once
+    #[arg(long, env = "NIMBUS_EVENT_WORKERS", default_value_t = 256)]
+    pub event_workers: usize,
+
+    /// First retry delay of a failed event delivery (doubles per attempt, with jitter)
+    #[arg(long, env = "NIMBUS_EVENT_RETRY_BASE", value_parser = parse_duration, default_value = "1s")]
+    pub event_retry_base: Duration,
+
+    /// Longest retry delay of a failed event delivery
+    #[arg(long, env = "NIMBUS_EVENT_RETRY_MAX", value_parser = parse_duration, default_value = "10m")]
+    pub event_retry_max: Duration,
+
+    /// How long dead letters are kept before they are dropped
+    #[arg(long, env = "NIMBUS_DEAD_LETTER_RETENTION", value_parser = parse_duration, default_value = "14d")]
+    pub dead_letter_retention: Duration,
+
+    /// Undelivered events a project may have before queue publishes and async invocations get 429
+    #[arg(long, env = "NIMBUS_MAX_PENDING_EVENTS", default_value_t = 100_000)]
+    pub max_pending_events: u64,
+
+    /// Allow plain-http callback URLs for asynchronous invocations (default: https only)
+    #[arg(long, env = "NIMBUS_CALLBACK_ALLOW_HTTP")]
+    pub callback_allow_http: bool,
 }
 
 /// One `--rate-limit` override: `None` turns the limit off.
@@ -395,6 +419,15 @@ impl ServeArgs {
             },
             s3_listen: self.s3_listen,
             s3: nimbus_server::S3Limits { domain: self.s3_domain.clone(), ..Default::default() },
+            triggers: nimbus_server::nimbus_triggers::TriggersConfig {
+                max_in_flight: self.event_workers.max(1),
+                retry_base: self.event_retry_base,
+                retry_max: self.event_retry_max.max(self.event_retry_base),
+                dead_retention: self.dead_letter_retention,
+                max_pending_per_project: self.max_pending_events,
+                callback_allow_http: self.callback_allow_http,
+                ..Default::default()
+            },
         })
     }
 }

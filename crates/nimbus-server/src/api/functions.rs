@@ -251,10 +251,19 @@ pub(crate) async fn invoke(
     // Both invoke routes start /v1/functions/{name}/invoke: read the name from the raw path and
     // strip exactly that prefix (a function may be named `invoker`).
     let name = request.uri().path().split('/').nth(3).unwrap_or_default().to_string();
+    let asynchronous = request
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
     let target = state
         .functions
         .active(&caller.project, &name)
         .ok_or_else(|| ApiError::not_found(format!("function {name} not found")))?;
+    // Read before the identity headers are rewritten (every client `x-nimbus-*` goes).
+    let callback = request.headers().get(crate::api::triggers::CALLBACK_URL).cloned();
     let (mut parts, body) = request.into_parts();
     // Re-root the URI at the part after `/invoke`, keeping the query.
     let prefix_len = "/v1/functions/".len() + name.len() + "/invoke".len();
@@ -277,6 +286,9 @@ pub(crate) async fn invoke(
         }
     };
     identity.write(&caller.project, request.headers_mut());
+    if asynchronous {
+        return crate::api::triggers::accept_async(&state, &caller, &name, request, callback).await;
+    }
     let request = gateway::prepare(request);
     Ok(gateway::respond(state.functions.invoke(target, request, "invoke").await))
 }

@@ -8,4 +8,5 @@ pub(crate) mod invocations;
 pub(crate) mod kv;
 pub(crate) mod projects;
 pub(crate) mod realtime;
+pub(crate) mod triggers;
 pub(crate) mod users;

@@ -83,6 +83,8 @@ pub(crate) async fn delete(
     // Its buckets, objects and S3 access keys.
     let p = project.clone();
     state.files.call(move |f| f.delete_project(&p)).await?;
+    // Its deliveries, dead letters, schedules and asynchronous invocations.
+    state.triggers.delete_project(&project).await?;
     tracing::info!(project, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,3 +17,4 @@ mod logs;
 mod projects;
 mod realtime;
 mod s3;
+mod triggers;

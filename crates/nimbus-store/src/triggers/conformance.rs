@@ -70,7 +70,10 @@ pub fn fan_out_moves_the_cursor_atomically<S: DeliveryStore + EventLog>(s: &S) {
     s.fan_out(
         "dispatch-a",
         7,
-        &[delivery("p1", "fa", event("p1", 6, "x"), None), delivery("p1", "fa", event("p1", 7, "y"), None)],
+        &[
+            delivery("p1", "fa", event("p1", 6, "x"), None),
+            delivery("p1", "fa", event("p1", 7, "y"), None),
+        ],
     )
     .unwrap();
     assert_eq!(s.cursor("dispatch-a").unwrap(), Some(7));
@@ -100,11 +103,17 @@ pub fn claims_lease_and_finish<S: DeliveryStore>(s: &S) {
     assert_eq!((d.attempts, d.leased_until), (1, now + 10_000));
     assert!(s.claim(now + 1, 10).unwrap().is_empty(), "a leased delivery is not claimed twice");
     assert_eq!(s.next_due().unwrap(), Some(now + 10_000), "the lease's end is when to look next");
+    // Given back (no slot): claimable again from the given time, the attempt not counted.
+    s.release(d.id, now + 5).unwrap();
+    assert!(s.claim(now + 4, 10).unwrap().is_empty());
+    let back = s.claim(now + 5, 10).unwrap();
+    assert_eq!((back.len(), back[0].attempts), (1, 1), "a release does not count an attempt");
     // The lease expired (the claimer died): claimed again, as a second attempt.
-    let again = s.claim(now + 10_001, 10).unwrap();
+    let again = s.claim(now + 5 + 10_001, 10).unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 2);
     assert!(s.finish(d.id, &attempt(2, false), AfterAttempt::RetryAt(now + 20_000)).unwrap());
+    assert_eq!(s.get_delivery("p1", d.id).unwrap().unwrap().0.leased_until, 0);
     assert!(s.claim(now + 19_999, 10).unwrap().is_empty(), "not before its retry time");
     assert_eq!(s.next_due().unwrap(), Some(now + 20_000));
     let third = s.claim(now + 20_000, 10).unwrap();
@@ -171,7 +180,8 @@ pub fn dead_letters_replay_and_purge<S: DeliveryStore>(s: &S) {
     for d in s.claim(100, 10).unwrap() {
         assert!(s.finish(d.id, &attempt(1, false), AfterAttempt::Dead).unwrap());
     }
-    let dead_q = DeliveryQuery { state: Some(DeliveryState::Dead), limit: 100, ..Default::default() };
+    let dead_q =
+        DeliveryQuery { state: Some(DeliveryState::Dead), limit: 100, ..Default::default() };
     assert_eq!(s.list_deliveries("p1", &dead_q).unwrap().len(), 3);
     let stats = s.subscription_stats(Some("p1")).unwrap();
     let fd = stats.iter().find(|st| st.function == "fd").unwrap();
@@ -236,12 +246,18 @@ pub fn idempotency_keys<S: ProducerStore + EventLog>(s: &S) {
     assert_eq!(again, Once::Repeat(json!({"id": "m1"})), "the same key returns the first result");
     // Outside the window, the key is new again.
     let later = Idempotency { since: i64::MAX, ..idem };
-    assert!(matches!(s.append_once(&[msg(3)], Some(later), &json!({"id": "m3"})).unwrap(), Once::First(_)));
+    assert!(matches!(
+        s.append_once(&[msg(3)], Some(later), &json!({"id": "m3"})).unwrap(),
+        Once::First(_)
+    ));
     // Another scope is another key.
     let other = Idempotency { scope: "queue:r", ..idem };
     assert!(matches!(s.append_once(&[msg(4)], Some(other), &json!({})).unwrap(), Once::First(_)));
     assert!(matches!(s.append_once(&[msg(5)], None, &json!({})).unwrap(), Once::First(_)));
-    let data: Vec<_> = s.read(0, Some("p1"), 1000).unwrap().into_iter()
+    let data: Vec<_> = s
+        .read(0, Some("p1"), 1000)
+        .unwrap()
+        .into_iter()
         .filter(|e| e.kind == "dev.nimbus.queue.message.published")
         .map(|e| e.data["n"].clone())
         .collect();
@@ -277,7 +293,10 @@ pub fn async_invocations<S: ProducerStore + EventLog>(s: &S) {
         data: json!({ "id": "a1", "function": "f" }),
     };
     let idem = Idempotency { scope: "invoke:f", key: "same", since: 0 };
-    assert!(matches!(s.create_async(&inv, &ev, Some(idem), &json!({"id": "a1"})).unwrap(), Once::First(_)));
+    assert!(matches!(
+        s.create_async(&inv, &ev, Some(idem), &json!({"id": "a1"})).unwrap(),
+        Once::First(_)
+    ));
     let second = AsyncInvocation { id: "a2".into(), ..inv.clone() };
     assert_eq!(
         s.create_async(&second, &ev, Some(idem), &json!({"id": "a2"})).unwrap(),
@@ -299,13 +318,24 @@ pub fn async_invocations<S: ProducerStore + EventLog>(s: &S) {
     };
     s.update_async("p1", "a1", &done).unwrap();
     let got = s.get_async("p1", "a1").unwrap().unwrap();
-    assert_eq!((got.status.as_str(), got.response_status, got.response_body.as_slice()), ("succeeded", Some(201), &b"done"[..]));
+    assert_eq!(
+        (got.status.as_str(), got.response_status, got.response_body.as_slice()),
+        ("succeeded", Some(201), &b"done"[..])
+    );
     assert_eq!(s.prune_async(100, 0).unwrap(), 1);
     assert_eq!(s.get_async("p1", "a1").unwrap(), None);
 }
 
 pub fn projects_are_isolated<S: DeliveryStore + ScheduleStore + ProducerStore>(s: &S) {
-    s.fan_out("dispatch-e", 51, &[delivery("p2", "fx", event("p2", 50, "a"), None), delivery("p3", "fx", event("p3", 51, "a"), None)]).unwrap();
+    s.fan_out(
+        "dispatch-e",
+        51,
+        &[
+            delivery("p2", "fx", event("p2", 50, "a"), None),
+            delivery("p3", "fx", event("p3", 51, "a"), None),
+        ],
+    )
+    .unwrap();
     let q = DeliveryQuery { limit: 100, ..Default::default() };
     let p2 = s.list_deliveries("p2", &q).unwrap();
     assert_eq!(p2.len(), 1);

@@ -1,0 +1,565 @@
+//! Event triggers (issue 9): every producer's events reach the subscribed function as CloudEvents
+//! (binary mode); failures retry with backoff, then land in the dead-letter queue, which can be
+//! replayed and purged; queues, schedules and asynchronous invocations ride the same mechanism.
+//! The subscriber is the `events` guest, which prints what it received into its invocation record.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, error_code, test_config};
+
+fn config(dir: &std::path::Path) -> nimbus_server::ServerConfig {
+    let mut c = test_config(dir);
+    // Fast retries, so failure paths take milliseconds.
+    c.triggers.retry_base = Duration::from_millis(20);
+    c.triggers.retry_max = Duration::from_millis(200);
+    c
+}
+
+/// Deploy the `events` guest as `name` with `triggers` (and `env`).
+async fn subscriber(s: &TestServer, name: &str, triggers: Value, env: Value) {
+    s.deploy(
+        "events",
+        json!({"name": name, "routes": [format!("/{name}")], "triggers": triggers, "env": env}),
+    )
+    .await;
+}
+
+/// What the guest printed for each invocation of `function` with a trigger, oldest first, once
+/// there are at least `n` (fails after 10 s).
+async fn received(s: &TestServer, function: &str, n: usize) -> Vec<(Value, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r: Value = s
+            .api(Method::GET, &format!("/v1/invocations?function={function}&order=asc&limit=1000"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got: Vec<(Value, Value)> = r["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["trigger"] != "http")
+            .map(|r| {
+                let line = r["stdout"].as_str().unwrap().lines().next().unwrap_or("null");
+                (r.clone(), serde_json::from_str(line).unwrap_or(Value::Null))
+            })
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{function} got {} of {n} events: {r}", got.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"))
+}
+
+/// Deliveries of `function` in `state`, once there are `n` (fails after 10 s).
+async fn deliveries(s: &TestServer, function: &str, state: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = json_of(
+            s.api(Method::GET, &format!("/v1/deliveries?function={function}&state={state}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let list = v["deliveries"].as_array().unwrap().clone();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "{function}: {} of {n} {state} deliveries", list.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn create_collection(s: &TestServer, name: &str) {
+    let r =
+        s.api(Method::POST, "/v1/collections").json(&json!({"name": name})).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_write_runs_the_subscriber_with_a_cloudevent() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    create_collection(&s, "posts").await;
+    create_collection(&s, "other").await;
+    subscriber(
+        &s,
+        "on-posts",
+        json!([{"kind": "documents", "collection": "posts", "events": ["created"], "path": "/hook"}]),
+        json!({}),
+    )
+    .await;
+    let r = s
+        .api(Method::POST, "/v1/projects/default/collections/other/documents")
+        .json(&json!({"x": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let doc = json_of(
+        s.api(Method::POST, "/v1/projects/default/collections/posts/documents")
+            .json(&json!({"title": "hello"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let got = received(&s, "on-posts", 1).await;
+    let (record, req) = &got[0];
+    assert_eq!(record["trigger"], "documents:documents");
+    assert_eq!(req["method"], "POST");
+    assert_eq!(req["path"], "/hook");
+    let h = &req["headers"];
+    assert_eq!(h["ce-specversion"], "1.0");
+    assert_eq!(h["ce-type"], "dev.nimbus.documents.document.created");
+    assert_eq!(h["ce-source"], "/v1/projects/default/collections/posts");
+    assert_eq!(h["ce-subject"], doc["id"]);
+    assert!(h["ce-id"].as_str().is_some_and(|id| id.len() >= 32), "{h}");
+    assert!(h["ce-time"].as_str().is_some_and(|t| t.ends_with('Z')), "{h}");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(h["x-nimbus-project"], "default");
+    let data: Value = serde_json::from_str(req["body"].as_str().unwrap()).unwrap();
+    assert_eq!(data["document"]["data"]["title"], "hello");
+    // An update is not subscribed, nor is the other collection: nothing more arrives.
+    let r = s
+        .api(
+            Method::PATCH,
+            &format!(
+                "/v1/projects/default/collections/posts/documents/{}",
+                doc["id"].as_str().unwrap()
+            ),
+        )
+        .json(&json!({"title": "again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let delivered = deliveries(&s, "on-posts", "delivered", 1).await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&s, "on-posts", 1).await.len(), 1, "an unsubscribed event was delivered");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_runs_the_storage_trigger_filtered_by_prefix_and_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    let r =
+        s.api(Method::POST, "/v1/buckets").json(&json!({"name": "uploads"})).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    subscriber(
+        &s,
+        "on-upload",
+        json!([{"kind": "storage", "bucket": "uploads", "prefix": "in/", "suffix": ".txt"}]),
+        json!({}),
+    )
+    .await;
+    for key in ["in/a.txt", "in/b.jpg", "out/c.txt", "in/d.txt"] {
+        let r = s
+            .api(Method::PUT, &format!("/v1/projects/default/buckets/uploads/objects/{key}"))
+            .header("content-type", "text/plain")
+            .body(format!("contents of {key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let r = s
+        .api(Method::DELETE, "/v1/projects/default/buckets/uploads/objects/in/a.txt")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let got = received(&s, "on-upload", 3).await;
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|(_, req)| {
+            (
+                req["headers"]["ce-type"].as_str().unwrap().to_owned(),
+                req["headers"]["ce-subject"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        ("dev.nimbus.storage.object.created".to_owned(), "in/a.txt".to_owned()),
+        ("dev.nimbus.storage.object.created".to_owned(), "in/d.txt".to_owned()),
+        ("dev.nimbus.storage.object.deleted".to_owned(), "in/a.txt".to_owned()),
+    ];
+    let mut sorted = seen.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "only matching keys, each once");
+    let data: Value = serde_json::from_str(got[0].1["body"].as_str().unwrap()).unwrap();
+    assert_eq!(data["bucket"], "uploads");
+    assert!(data["size"].as_u64().unwrap() > 0 && data["etag"].is_string(), "{data}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&s, "on-upload", 3).await.len(), 3);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retry_then_dead_letter_and_replay_keeps_the_event_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    // Fails its first three attempts; three attempts are allowed.
+    subscriber(
+        &s,
+        "flaky",
+        json!([{"kind": "queue", "queue": "jobs", "max_attempts": 3}]),
+        json!({"FAIL_ATTEMPTS": "3"}),
+    )
+    .await;
+    let r = s
+        .api(Method::POST, "/v1/queues/jobs/messages")
+        .json(&json!({"body": {"job": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dead = deliveries(&s, "flaky", "dead", 1).await;
+    assert_eq!(dead[0]["attempts"], 3);
+    assert_eq!(dead[0]["last_error"], "the function answered HTTP 500");
+    let id = dead[0]["id"].as_u64().unwrap();
+    let detail =
+        json_of(s.api(Method::GET, &format!("/v1/deliveries/{id}")).send().await.unwrap()).await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| a["ok"] == false && a["http_status"] == 500));
+    // Each attempt links to its invocation record.
+    let inv = attempts[0]["invocation_id"].as_str().unwrap();
+    let got = received(&s, "flaky", 3).await;
+    assert!(got.iter().any(|(r, _)| r["id"] == inv), "attempt not linked to its record");
+    // Backoff between attempts (20 ms base, doubling, half jitter): the gaps are not zero.
+    let starts: Vec<i64> = attempts.iter().map(|a| a["started_at"].as_i64().unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[1] - w[0] >= 10), "no backoff: {starts:?}");
+    let subs = json_of(s.api(Method::GET, "/v1/triggers").send().await.unwrap()).await;
+    let sub = &subs["subscriptions"][0];
+    assert_eq!(
+        (sub["function"].as_str(), sub["trigger"].as_str(), sub["dead"].as_u64()),
+        (Some("flaky"), Some("queue"), Some(1))
+    );
+
+    // Replay: the fourth attempt succeeds, with the same event id as every earlier attempt.
+    let r = s.api(Method::POST, &format!("/v1/deliveries/{id}/replay")).send().await.unwrap();
+    assert_eq!(json_of(r).await["count"], 1);
+    deliveries(&s, "flaky", "delivered", 1).await;
+    let got = received(&s, "flaky", 4).await;
+    let ids: std::collections::HashSet<_> =
+        got.iter().map(|(_, req)| req["headers"]["ce-id"].clone()).collect();
+    assert_eq!(ids.len(), 1, "the event id changed across retries: {ids:?}");
+    let attempts: Vec<_> =
+        got.iter().map(|(_, req)| req["headers"]["x-nimbus-delivery-attempt"].clone()).collect();
+    assert_eq!(attempts, ["1", "2", "3", "4"]);
+
+    // Purge: another message dies (attempts 5.. do not apply: a new delivery starts at 1).
+    let r = s
+        .api(Method::POST, "/v1/queues/jobs/messages")
+        .json(&json!({"body": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    deliveries(&s, "flaky", "dead", 1).await;
+    let r = s.api(Method::DELETE, "/v1/deliveries?function=flaky").send().await.unwrap();
+    assert_eq!(json_of(r).await["count"], 1);
+    let r = s.api(Method::GET, "/v1/deliveries?function=flaky&state=dead").send().await.unwrap();
+    assert_eq!(json_of(r).await["deliveries"], json!([]));
+    // Replaying what is not a dead letter is a 404.
+    let r = s.api(Method::POST, &format!("/v1/deliveries/{id}/replay")).send().await.unwrap();
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_take_delays_idempotency_keys_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    subscriber(&s, "worker", json!([{"kind": "queue", "queue": "mail"}]), json!({})).await;
+    let publish = |body: Value, key: Option<&str>| {
+        let mut r = s.api(Method::POST, "/v1/queues/mail/messages").json(&body);
+        if let Some(k) = key {
+            r = r.header("idempotency-key", k);
+        }
+        r.send()
+    };
+    let first = json_of(publish(json!({"body": {"to": "a"}}), Some("k1")).await.unwrap()).await;
+    let again = json_of(publish(json!({"body": {"to": "b"}}), Some("k1")).await.unwrap()).await;
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(
+        (first["repeated"].as_bool(), again["repeated"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let sent = Instant::now();
+    let delayed =
+        json_of(publish(json!({"body": "later", "delay_seconds": 1}), None).await.unwrap()).await;
+    assert!(delayed["deliver_at"].as_i64().unwrap() > first["deliver_at"].as_i64().unwrap());
+    let got = received(&s, "worker", 2).await;
+    assert!(sent.elapsed() >= Duration::from_millis(900), "the delay was not kept");
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|(_, req)| {
+            serde_json::from_str::<Value>(req["body"].as_str().unwrap()).unwrap()["body"].clone()
+        })
+        .collect();
+    assert_eq!(bodies, [json!({"to": "a"}), json!("later")], "the repeated key queued a message");
+
+    let r = s
+        .api(Method::POST, "/v1/queues/nobody/messages")
+        .json(&json!({"body": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    let big = "x".repeat(300 << 10);
+    let r = publish(json!({"body": big}), None).await.unwrap();
+    assert_eq!(error_code(r).await, (413, "payload_too_large".into()));
+    let r = publish(json!({"body": 1, "delay_seconds": 999_999}), None).await.unwrap();
+    assert_eq!(error_code(r).await.0, 400);
+    let r = publish(json!({"nobody": 1}), None).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let queues = json_of(s.api(Method::GET, "/v1/queues").send().await.unwrap()).await;
+    assert_eq!(queues["queues"], json!([{"name": "mail", "subscribers": ["worker"]}]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_deliveries_of_one_key_run_one_at_a_time_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    // Slow, and failing each message's first attempt: order must survive retries.
+    subscriber(
+        &s,
+        "ordered",
+        json!([{"kind": "queue", "queue": "q", "ordered": true}]),
+        json!({"SLEEP_MS": "30", "FAIL_ATTEMPTS": "1"}),
+    )
+    .await;
+    for i in 0..6 {
+        let key = if i % 2 == 0 { "even" } else { "odd" };
+        let r = s
+            .api(Method::POST, "/v1/queues/q/messages")
+            .json(&json!({"body": i, "ordering_key": key}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    deliveries(&s, "ordered", "delivered", 6).await;
+    let got = received(&s, "ordered", 12).await;
+    let ok: Vec<(i64, i64, i64)> = got
+        .iter()
+        .filter(|(r, _)| r["http_status"] == 200)
+        .map(|(r, req)| {
+            let body: Value = serde_json::from_str(req["body"].as_str().unwrap()).unwrap();
+            let start = r["started_at"].as_i64().unwrap();
+            (
+                body["body"].as_i64().unwrap(),
+                start,
+                start + (r["duration_us"].as_i64().unwrap() / 1000),
+            )
+        })
+        .collect();
+    for parity in [0, 1] {
+        let mut of_key: Vec<_> = ok.iter().filter(|(n, ..)| n % 2 == parity).collect();
+        of_key.sort_by_key(|(_, start, _)| *start);
+        let order: Vec<i64> = of_key.iter().map(|(n, ..)| *n).collect();
+        assert_eq!(order, (0..6).filter(|n| n % 2 == parity).collect::<Vec<_>>());
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_each_tick_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    subscriber(
+        &s,
+        "cron",
+        json!([{"kind": "schedule", "cron": "* * * * * *", "timezone": "Europe/Paris"}]),
+        json!({}),
+    )
+    .await;
+    received(&s, "cron", 2).await;
+    s.stop().await;
+    let s = TestServer::start_with(config(dir.path())).await;
+    let before = received(&s, "cron", 1).await.len();
+    let got = received(&s, "cron", before + 2).await;
+    let ticks: Vec<i64> = got
+        .iter()
+        .map(|(_, req)| {
+            serde_json::from_str::<Value>(req["body"].as_str().unwrap()).unwrap()["tick"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let mut unique = ticks.clone();
+    unique.dedup();
+    assert_eq!(unique, ticks, "a tick fired twice (or out of order): {ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] > w[0] && (w[1] - w[0]) % 1000 == 0), "{ticks:?}");
+    assert_eq!(got[0].1["headers"]["ce-type"], "dev.nimbus.scheduler.tick");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_invocation_answers_202_and_keeps_the_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    c.triggers.callback_allow_http = true;
+    let s = TestServer::start_with(c).await;
+    subscriber(&s, "later", json!([]), json!({"STATUS": "201"})).await;
+
+    // A callback receiver on loopback.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(4);
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(v).await;
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cb = format!("http://{}/cb", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let r = s
+        .api(Method::POST, "/v1/functions/later/invoke/work?x=1")
+        .header("prefer", "respond-async")
+        .header("idempotency-key", "job-7")
+        .header("x-nimbus-callback-url", &cb)
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let accepted = json_of(r).await;
+    assert_eq!(location, format!("/v1/async-invocations/{}", accepted["id"].as_str().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let v = json_of(s.api(Method::GET, &location).send().await.unwrap()).await;
+        if v["status"] == "succeeded" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["response"]["status"], 201);
+    assert_eq!(status["response"]["body"], "payload");
+    let (_, req) = received(&s, "later", 1).await.remove(0);
+    assert_eq!(req["path"], "/work?x=1");
+    assert_eq!(req["method"], "POST");
+    let cb_body = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(cb_body["id"], accepted["id"]);
+    assert_eq!(cb_body["status"], "succeeded");
+    assert_eq!(cb_body["response"]["status"], 201);
+    // The same idempotency key returns the first invocation and runs nothing.
+    let r = s
+        .api(Method::POST, "/v1/functions/later/invoke/work")
+        .header("prefer", "respond-async")
+        .header("idempotency-key", "job-7")
+        .send()
+        .await
+        .unwrap();
+    let again = json_of(r).await;
+    assert_eq!(
+        (again["id"].clone(), again["repeated"].clone()),
+        (accepted["id"].clone(), json!(true))
+    );
+    // A callback to an address the policy denies is refused up front when not https.
+    let r = s
+        .api(Method::POST, "/v1/functions/later/invoke")
+        .header("prefer", "respond-async")
+        .header("x-nimbus-callback-url", "ftp://example.com/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, 400);
+    let r = s.api(Method::GET, "/v1/async-invocations/nope").send().await.unwrap();
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_never_cross_projects_and_event_work_keeps_to_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    s.create_project("other").await;
+    // Same queue name, same function name, another project.
+    let wasm = std::fs::read(test_programs_artifacts::get("events").unwrap()).unwrap();
+    let (status, body) = s
+        .deploy_bytes_in(
+            "other",
+            json!({"name": "w", "triggers": [{"kind": "queue", "queue": "q"}]}),
+            wasm,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Two instances at most: event work gets one of them.
+    s.deploy(
+        "events",
+        json!({"name": "w", "routes": ["/w"], "env": {"SLEEP_MS": "100"},
+               "limits": {"max_concurrency": 2},
+               "triggers": [{"kind": "queue", "queue": "q"}]}),
+    )
+    .await;
+    for i in 0..4 {
+        let r = s
+            .api(Method::POST, "/v1/queues/q/messages")
+            .json(&json!({"body": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    deliveries(&s, "w", "delivered", 4).await;
+    let got = received(&s, "w", 4).await;
+    // One event at a time: no two event invocations overlapped.
+    let mut spans: Vec<(i64, i64)> = got
+        .iter()
+        .map(|(r, _)| {
+            let start = r["started_at"].as_i64().unwrap();
+            (start, start + r["duration_us"].as_i64().unwrap() / 1000)
+        })
+        .collect();
+    spans.sort();
+    assert!(
+        spans.windows(2).all(|w| w[1].0 >= w[0].1 - 1),
+        "event invocations overlapped: {spans:?}"
+    );
+    let other: Value = json_of(
+        s.api(Method::GET, "/v1/invocations?function=w")
+            .header("x-nimbus-project", "other")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(other["invocations"], json!([]), "another project's function got the events");
+    let r = s
+        .api(Method::GET, "/v1/deliveries?function=w")
+        .header("x-nimbus-project", "other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(r).await["deliveries"], json!([]));
+    s.stop().await;
+}

@@ -1,0 +1,276 @@
+//! Event delivery to functions (issue 9): every trigger kind rides one mechanism.
+//!
+//! ```text
+//!  producers ──append in their transaction──▶ event log
+//!    (documents, files, auth, queues,                │  durable consumer "triggers"
+//!     schedules, async invocations)                  ▼
+//!                               dispatcher: match subscriptions, fan out one delivery
+//!                               per subscription + move the cursor (one transaction)
+//!                                                    │
+//!                               workers: claim due deliveries with a lease, POST the
+//!                               event as a CloudEvent to the function, then
+//!                               delivered / retry with backoff + jitter / dead letter
+//! ```
+//!
+//! Subscriptions are the `triggers` of each function's active version (so they are versioned
+//! with the code). Deliveries are invocations: they go through [`FunctionService::invoke`] and so
+//! are admitted, limited, metered and recorded like HTTP ones, with the trigger in the record.
+//! Event work has its own concurrency per function (half the function's `max_concurrency`), so a
+//! burst of events leaves room for HTTP traffic.
+
+mod deliver;
+mod dispatch;
+mod metrics;
+mod producers;
+mod schedule;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_functions::FunctionService;
+use nimbus_store::StoreError;
+use nimbus_store::events::EventLog;
+use nimbus_store::triggers::{
+    Attempt, Delivery, DeliveryQuery, DeliveryStore, ProducerStore, ScheduleStore,
+    SubscriptionStats,
+};
+
+pub use metrics::TriggerMetrics;
+pub use producers::{AsyncRequest, Published};
+
+/// The name of the dispatcher's durable cursor on the event log.
+pub const DISPATCHER: &str = "triggers";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} is too large: at most {max} bytes")]
+    TooLarge { what: &'static str, max: usize },
+    /// The project has too much undelivered work; producers should slow down.
+    #[error("{0}")]
+    Backlog(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = TriggerError> = std::result::Result<T, E>;
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct TriggersConfig {
+    /// Deliveries running at once on this node, across functions.
+    pub max_in_flight: usize,
+    /// First retry delay; doubles per attempt (with jitter) up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long delivered deliveries (and their attempts) stay listable.
+    pub delivered_retention: Duration,
+    /// How long dead letters are kept before they are dropped.
+    pub dead_retention: Duration,
+    /// How long a finished asynchronous invocation's response can be fetched.
+    pub async_retention: Duration,
+    /// The same idempotency key within this window returns the first result.
+    pub idempotency_window: Duration,
+    /// Largest queue message body and asynchronous request body.
+    pub max_message_bytes: usize,
+    /// Longest delay of a queue message.
+    pub max_delay: Duration,
+    /// Largest response body kept for an asynchronous invocation (more is truncated).
+    pub max_async_response_bytes: usize,
+    /// Pending deliveries a project may have before queue publishes and asynchronous
+    /// invocations are refused (events of data changes are never refused: their change has
+    /// committed).
+    pub max_pending_per_project: u64,
+    /// Schedule ticks due less than this long ago run; older ones were missed (server down)
+    /// and are skipped unless the trigger says `catch_up`.
+    pub schedule_grace: Duration,
+    /// Networks that callback URLs may reach although internal (the guests' outbound policy).
+    pub callback_policy: nimbus_runtime::NetPolicy,
+    /// Allow `http://` callback URLs (default: HTTPS only).
+    pub callback_allow_http: bool,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        TriggersConfig {
+            max_in_flight: 256,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(600),
+            delivered_retention: Duration::from_secs(24 * 3600),
+            dead_retention: Duration::from_secs(14 * 24 * 3600),
+            async_retention: Duration::from_secs(24 * 3600),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            max_message_bytes: 256 << 10,
+            max_delay: Duration::from_secs(12 * 3600),
+            max_async_response_bytes: 1 << 20,
+            max_pending_per_project: 100_000,
+            schedule_grace: Duration::from_secs(30),
+            callback_policy: nimbus_runtime::NetPolicy::new(Vec::new()),
+            callback_allow_http: false,
+        }
+    }
+}
+
+/// The storage the service needs.
+#[derive(Clone)]
+pub struct TriggerStores {
+    pub log: Arc<dyn EventLog>,
+    pub deliveries: Arc<dyn DeliveryStore>,
+    pub schedules: Arc<dyn ScheduleStore>,
+    pub producers: Arc<dyn ProducerStore>,
+}
+
+/// The trigger service: cheap to clone.
+#[derive(Clone)]
+pub struct TriggerService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    stores: TriggerStores,
+    functions: Arc<FunctionService>,
+    config: TriggersConfig,
+    metrics: TriggerMetrics,
+    /// Rung when new deliveries were written, so workers claim without waiting for a poll.
+    wake: tokio::sync::Notify,
+    /// Per-function event concurrency.
+    gates: deliver::Gates,
+    /// Pending deliveries per project, as of the last stats refresh (see `metrics.rs`).
+    pending: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl TriggerService {
+    pub fn new(
+        stores: TriggerStores,
+        functions: Arc<FunctionService>,
+        config: TriggersConfig,
+    ) -> Self {
+        TriggerService {
+            inner: Arc::new(Inner {
+                stores,
+                functions,
+                config,
+                metrics: TriggerMetrics::default(),
+                wake: tokio::sync::Notify::new(),
+                gates: Default::default(),
+                pending: Default::default(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &TriggerMetrics {
+        &self.inner.metrics
+    }
+
+    /// Start the dispatcher, the delivery workers, the scheduler and housekeeping. The tasks stop
+    /// when the handles are dropped (see [`Tasks`]).
+    pub async fn start(&self) -> Result<Tasks> {
+        let start = {
+            let log = self.inner.stores.log.clone();
+            blocking(move || Ok(log.bounds()?.last)).await?
+        };
+        Ok(Tasks(vec![
+            tokio::spawn(dispatch::run(self.clone(), start)),
+            tokio::spawn(deliver::run(self.clone())),
+            tokio::spawn(schedule::run(self.clone())),
+            tokio::spawn(metrics::run(self.clone())),
+        ]))
+    }
+
+    /// Per-subscription backlog of a project.
+    pub async fn stats(&self, project: &str) -> Result<Vec<SubscriptionStats>> {
+        let (s, p) = (self.inner.stores.deliveries.clone(), project.to_owned());
+        blocking(move || Ok(s.subscription_stats(Some(&p))?)).await
+    }
+
+    pub async fn deliveries(&self, project: &str, q: DeliveryQuery) -> Result<Vec<Delivery>> {
+        let (s, p) = (self.inner.stores.deliveries.clone(), project.to_owned());
+        blocking(move || Ok(s.list_deliveries(&p, &q)?)).await
+    }
+
+    pub async fn delivery(&self, project: &str, id: u64) -> Result<(Delivery, Vec<Attempt>)> {
+        let (s, p) = (self.inner.stores.deliveries.clone(), project.to_owned());
+        blocking(move || Ok(s.get_delivery(&p, id)?))
+            .await?
+            .ok_or_else(|| TriggerError::NotFound(format!("delivery {id}")))
+    }
+
+    /// Replay dead letters (one, or all matching `q`): delivered again with fresh attempts and
+    /// a fresh age window, keeping their event ids.
+    pub async fn replay(&self, project: &str, id: Option<u64>, q: DeliveryQuery) -> Result<u64> {
+        let (s, p) = (self.inner.stores.deliveries.clone(), project.to_owned());
+        let max_age = nimbus_model::trigger_bounds::DEFAULT_MAX_AGE_SECS * 1000;
+        let n = blocking(move || Ok(s.replay(&p, id, &q, nimbus_model::now_millis(), max_age)?))
+            .await?;
+        if n > 0 {
+            self.inner.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Delete dead letters (one, or all matching `q`).
+    pub async fn purge(&self, project: &str, id: Option<u64>, q: DeliveryQuery) -> Result<u64> {
+        let (s, p) = (self.inner.stores.deliveries.clone(), project.to_owned());
+        blocking(move || Ok(s.purge(&p, id, &q)?)).await
+    }
+
+    /// The largest queue message or asynchronous request body.
+    pub fn max_message_bytes(&self) -> usize {
+        self.inner.config.max_message_bytes
+    }
+
+    /// Delete everything the service keeps for a project (deliveries, dead letters, schedules,
+    /// asynchronous invocations, idempotency keys).
+    pub async fn delete_project(&self, project: &str) -> Result<()> {
+        let (s, p) = (self.inner.stores.deliveries.clone(), project.to_owned());
+        blocking(move || Ok(s.delete_project_triggers(&p)?)).await
+    }
+}
+
+/// The service's background tasks; dropping this stops them.
+pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| TriggerError::Store(StoreError::backend(e)))?
+}
+
+/// Exponential backoff with jitter: attempt `n` (1-based) waits between half and all of
+/// `base * 2^(n-1)`, capped at `max`.
+pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    let half = exp / 2;
+    half + exp.mul_f64(rand::random::<f64>() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 1..30 {
+            let d = backoff(base, max, attempt);
+            let exp = base.saturating_mul(1 << (attempt - 1).min(20)).min(max);
+            assert!(
+                d >= exp / 2 && d <= exp,
+                "attempt {attempt}: {d:?} outside [{:?}, {exp:?}]",
+                exp / 2
+            );
+        }
+        let samples: std::collections::HashSet<_> =
+            (0..20).map(|_| backoff(base, max, 5).as_micros()).collect();
+        assert!(samples.len() > 1, "no jitter");
+    }
+}
