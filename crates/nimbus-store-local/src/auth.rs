@@ -82,21 +82,41 @@ fn get_user_on(conn: &Connection, project: &str, id: &str) -> Result<Option<User
     .with_context(|| format!("reading user {id}"))
 }
 
-/// Append events in the caller's transaction. Their position is the rowid, which SQLite assigns
-/// here, under the write lock: positions follow commit order.
+/// The event-log type of an auth event kind (`user.created` → `dev.nimbus.auth.user.created`).
+const AUTH_TYPE_PREFIX: &str = nimbus_model::event_types::AUTH_PREFIX;
+
+/// Append auth events to the event log in the caller's transaction (the log assigns positions
+/// in commit order). The caller rings the log's bell after its commit ([`notify_events`]).
 fn insert_events(conn: &Connection, project: &str, events: &[NewEvent]) -> Result<()> {
-    for e in events {
-        let data = serde_json::to_string(&e.data).context("encoding event data")?;
-        conn.prepare_cached(
-            "INSERT INTO events (id, project, type, subject, data_json, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![e.id, project, e.kind, e.subject, data, e.created_at])
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let events: Vec<nimbus_store::events::NewEvent> = events
+        .iter()
+        .map(|e| nimbus_store::events::NewEvent {
+            project: project.to_owned(),
+            kind: format!("{AUTH_TYPE_PREFIX}{}", e.kind),
+            source: format!("/v1/projects/{project}/auth"),
+            subject: e.subject.clone(),
+            data: e.data.clone(),
         })
-        .with_context(|| format!("recording event {}", e.kind))?;
-    }
+        .collect();
+    crate::events::append_with_ids(conn, &events, &ids)?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// [`SqliteStore::write`] for changes that append auth events: after the commit, wake the
+    /// event log's consumers.
+    fn write_events<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let out = self.write(what, f)?;
+        if let Ok(last) = self.read(crate::events::last_position) {
+            self.events_committed(last);
+        }
+        Ok(out)
+    }
 }
 
 fn insert_identity(conn: &Connection, project: &str, identity: &IdentityRecord) -> Result<()> {
@@ -174,7 +194,7 @@ impl AuthStore for SqliteStore {
     fn delete_project(&self, id: &str) -> Result<bool> {
         self.write("deleting a project", |tx| {
             // Tables without a foreign key to the project row; the rest cascade from it.
-            for table in ["events", "refresh_tokens", "one_time_tokens"] {
+            for table in ["event_log", "refresh_tokens", "one_time_tokens"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE project = ?1"), [id])
                     .with_context(|| format!("deleting {table} of project {id}"))?;
             }
@@ -330,7 +350,7 @@ impl AuthStore for SqliteStore {
     ) -> Result<()> {
         let roles = serde_json::to_string(&user.roles).context("encoding roles")?;
         let claims = serde_json::to_string(&user.claims).context("encoding claims")?;
-        self.write("creating a user", |tx| {
+        self.write_events("creating a user", |tx| {
             tx.prepare_cached(
                 "INSERT INTO users (id, project, email, email_verified, disabled, anon, roles_json, \
                  claims_json, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -433,7 +453,7 @@ impl AuthStore for SqliteStore {
         events: &[NewEvent],
         now: UnixMillis,
     ) -> Result<UserRecord> {
-        self.write("upgrading an anonymous user", |tx| {
+        self.write_events("upgrading an anonymous user", |tx| {
             let n = tx
                 .prepare_cached(
                     "UPDATE users SET email = ?3, anon = 0, email_verified = 0, updated_at = ?4 \
@@ -452,15 +472,37 @@ impl AuthStore for SqliteStore {
     }
 
     fn set_email_verified(&self, project: &str, user: &str, now: UnixMillis) -> Result<bool> {
-        self.write("marking an email verified", |tx| {
+        self.write_events("marking an email verified", |tx| {
+            // Only a change is an event: verifying twice is not.
             let n = tx
                 .prepare_cached(
                     "UPDATE users SET email_verified = 1, updated_at = ?3 \
-                     WHERE project = ?1 AND id = ?2 AND email IS NOT NULL",
+                     WHERE project = ?1 AND id = ?2 AND email IS NOT NULL AND email_verified = 0",
                 )
                 .and_then(|mut stmt| stmt.execute(params![project, user, now]))
                 .context("marking an email verified")?;
-            Ok(n > 0)
+            if n > 0 {
+                let event = NewEvent {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    kind: "user.email_verified".into(),
+                    subject: user.to_owned(),
+                    data: serde_json::json!({}),
+                    created_at: now,
+                };
+                insert_events(tx, project, &[event])?;
+                return Ok(true);
+            }
+            // Already verified still counts as verified for the caller.
+            let verified: Option<bool> = tx
+                .query_row(
+                    "SELECT email_verified FROM users WHERE project = ?1 AND id = ?2 \
+                     AND email IS NOT NULL",
+                    params![project, user],
+                    |r| r.get(0),
+                )
+                .optional()
+                .context("reading a user")?;
+            Ok(verified.unwrap_or(false))
         })
     }
 
@@ -552,7 +594,7 @@ impl AuthStore for SqliteStore {
         user: &str,
         events: &[NewEvent],
     ) -> Result<Option<Vec<String>>> {
-        self.write("deleting a user", |tx| {
+        self.write_events("deleting a user", |tx| {
             let live: Vec<String> = tx
                 .prepare_cached(
                     "SELECT id FROM sessions WHERE project = ?1 AND user_id = ?2 AND revoked_at IS NULL",
@@ -579,7 +621,7 @@ impl AuthStore for SqliteStore {
         token: &NewRefreshToken,
         events: &[NewEvent],
     ) -> Result<()> {
-        self.write("creating a session", |tx| {
+        self.write_events("creating a session", |tx| {
             // The user must exist in this project: the insert selects it from there.
             let n = tx
                 .prepare_cached(
@@ -820,8 +862,9 @@ impl AuthStore for SqliteStore {
         let after = after.unwrap_or(0);
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT seq, id, project, type, subject, data_json, created_at, delivered_at \
-                 FROM events WHERE project = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT position, id, project, substr(type, 17), subject, data, time, NULL \
+                 FROM event_log WHERE project = ?1 AND position > ?2 \
+                 AND type LIKE 'dev.nimbus.auth.%' ORDER BY position LIMIT ?3",
             )
             .and_then(|mut stmt| {
                 stmt.query_map(params![project, after, limit], |r| {

@@ -14,6 +14,16 @@ use crate::sqlite::SqliteStore;
 /// consumers after its commit ([`SqliteStore::events_committed`]).
 /// Append `events` on `tx`: a connection inside a transaction (or a savepoint of one).
 pub(crate) fn append_in(tx: &Connection, events: &[NewEvent]) -> Result<Vec<u64>> {
+    append_with_ids(tx, events, &[])
+}
+
+/// [`append_in`], keeping the ids that producers gave their events (`ids[i]` for `events[i]`;
+/// a fresh UUIDv7 for the rest).
+pub(crate) fn append_with_ids(
+    tx: &Connection,
+    events: &[NewEvent],
+    ids: &[String],
+) -> Result<Vec<u64>> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO event_log (id, project, type, source, subject, time, data) \
@@ -22,18 +32,11 @@ pub(crate) fn append_in(tx: &Connection, events: &[NewEvent]) -> Result<Vec<u64>
         .context("preparing the event insert")?;
     let now = now_millis();
     let mut positions = Vec::with_capacity(events.len());
-    for e in events {
+    for (i, e) in events.iter().enumerate() {
         let data = serde_json::to_string(&e.data).context("encoding event data")?;
-        stmt.execute(params![
-            uuid::Uuid::now_v7().to_string(),
-            e.project,
-            e.kind,
-            e.source,
-            e.subject,
-            now,
-            data
-        ])
-        .with_context(|| format!("appending event {}", e.kind))?;
+        let id = ids.get(i).cloned().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        stmt.execute(params![id, e.project, e.kind, e.source, e.subject, now, data])
+            .with_context(|| format!("appending event {}", e.kind))?;
         positions.push(tx.last_insert_rowid() as u64);
     }
     Ok(positions)

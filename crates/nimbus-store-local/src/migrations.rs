@@ -477,6 +477,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project, scope, key)
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+    -- Auth events move onto the event log (written in the change's transaction there from now
+    -- on), so triggers can deliver them; the old outbox, which nothing delivered, goes.
+    INSERT INTO event_log (id, project, type, source, subject, time, data)
+        SELECT id, project, 'dev.nimbus.auth.' || type, '/v1/projects/' || project || '/auth',
+               subject, created_at, data_json
+        FROM events ORDER BY seq;
+    DROP TABLE events;
     "#,
 ];
 
@@ -589,7 +596,7 @@ mod tests {
         "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
         "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
         "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
-        "76c2e54805609fa4ffa12bd7da9d7f02a0c2edb3606f36f86aba60d23af6bb7c",
+        "e2a1ee1742dd513a25cbc28c9d7c4c3c74bdb8c03d1d55938e30e5ea6bd181ec",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -659,10 +666,17 @@ mod tests {
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
     }
 
+    /// Apply migration 3 only (later ones moved the auth outbox onto the event log).
+    fn to_version_3(conn: &mut Connection) {
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[2]).unwrap();
+        tx.commit().unwrap();
+    }
+
     #[test]
     fn positions_are_backfilled_in_id_order_and_continue_after() {
         let mut conn = at_version_2();
-        migrate(&mut conn).unwrap();
+        to_version_3(&mut conn);
         let expected: Vec<(i64, String)> = (1..=4).map(|n| (n, format!("{n:02}"))).collect();
         assert_eq!(column(&conn, "SELECT seq, id FROM invocations ORDER BY seq"), expected);
         assert_eq!(column(&conn, "SELECT seq, id FROM events ORDER BY seq"), expected);
@@ -683,7 +697,7 @@ mod tests {
     #[test]
     fn event_positions_are_not_reused_after_the_newest_events_go() {
         let mut conn = at_version_2();
-        migrate(&mut conn).unwrap();
+        to_version_3(&mut conn);
         // A project with the newest events is deleted; the next event still gets a new position.
         conn.execute("DELETE FROM events WHERE seq >= 3", []).unwrap();
         conn.execute(
@@ -693,5 +707,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(column(&conn, "SELECT seq, id FROM events WHERE id = '05'"), [(5, "05".into())]);
+    }
+
+    #[test]
+    fn migration_7_moves_auth_events_onto_the_event_log_in_order() {
+        let mut conn = at_version_2();
+        migrate(&mut conn).unwrap();
+        let moved = column(
+            &conn,
+            "SELECT position, id || ' ' || project || ' ' || type || ' ' || source FROM event_log \
+             ORDER BY position",
+        );
+        let expected: Vec<(i64, String)> = [("01", "b"), ("02", "a"), ("03", "a"), ("04", "b")]
+            .iter()
+            .enumerate()
+            .map(|(i, (id, p))| {
+                (
+                    i as i64 + 1,
+                    format!("{id} {p} dev.nimbus.auth.user.created /v1/projects/{p}/auth"),
+                )
+            })
+            .collect();
+        assert_eq!(moved, expected, "in the outbox's commit order, typed for the log");
+        let outbox: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'events'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(outbox, 0, "the old outbox is gone");
     }
 }

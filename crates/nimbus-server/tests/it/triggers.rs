@@ -563,3 +563,119 @@ async fn events_never_cross_projects_and_event_work_keeps_to_its_share() {
     assert_eq!(json_of(r).await["deliveries"], json!([]));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_and_sign_in_run_the_auth_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    s.create_project("app").await;
+    let wasm = std::fs::read(test_programs_artifacts::get("events").unwrap()).unwrap();
+    let (status, body) = s
+        .deploy_bytes_in(
+            "app",
+            json!({"name": "welcome", "triggers": [{"kind": "auth", "events": ["user.created", "user.signed_in"]}]}),
+            wasm,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = crate::common::user_session(&s, "app", "ada@example.com").await;
+    let user_id = session["user"]["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let types = loop {
+        let r = json_of(
+            s.api(Method::GET, "/v1/invocations?function=welcome&order=asc")
+                .header("x-nimbus-project", "app")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let reqs: Vec<Value> = r["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                serde_json::from_str(r["stdout"].as_str().unwrap().lines().next().unwrap()).unwrap()
+            })
+            .collect();
+        if reqs.len() >= 2 {
+            assert!(
+                reqs.iter().all(|r| r["headers"]["ce-subject"] == user_id.as_str()),
+                "{reqs:?}"
+            );
+            assert!(reqs.iter().all(|r| r["headers"]["x-nimbus-project"] == "app"));
+            break reqs
+                .iter()
+                .map(|r| r["headers"]["ce-type"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut types = types;
+    types.sort();
+    // Not `ordered`: the two may run in either order.
+    assert_eq!(types, ["dev.nimbus.auth.user.created", "dev.nimbus.auth.user.signed_in"]);
+    s.stop().await;
+}
+
+/// The event a function receives parses with the CloudEvents Python SDK (`cloudevents`,
+/// installed by scripts/test.sh), which nobody here wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivered_event_parses_with_the_cloudevents_sdk() {
+    let sdk = std::process::Command::new("python3")
+        .args(["-c", "import cloudevents.http"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sdk {
+        assert!(
+            std::env::var_os("NIMBUS_REQUIRE_CLOUDEVENTS").is_none(),
+            "the cloudevents Python SDK is required (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: the cloudevents Python SDK is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    let r =
+        s.api(Method::POST, "/v1/buckets").json(&json!({"name": "photos"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    subscriber(&s, "sdk", json!([{"kind": "storage", "bucket": "photos"}]), json!({})).await;
+    let r = s
+        .api(Method::PUT, "/v1/projects/default/buckets/photos/objects/cat.jpg")
+        .header("content-type", "image/jpeg")
+        .body(vec![0xffu8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_, req) = received(&s, "sdk", 1).await.remove(0);
+    let script = r#"
+import json, sys
+from cloudevents.http import from_http
+got = json.load(sys.stdin)
+event = from_http(got["headers"], got["body"].encode())
+print(json.dumps({"specversion": event["specversion"], "id": event["id"], "type": event["type"],
+                  "source": event["source"], "subject": event["subject"], "time": event["time"],
+                  "data": event.data}))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the SDK refused the event: {req}");
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(parsed["specversion"], "1.0");
+    assert_eq!(parsed["type"], "dev.nimbus.storage.object.created");
+    assert_eq!(parsed["source"], "/v1/projects/default/buckets/photos");
+    assert_eq!(parsed["subject"], "cat.jpg");
+    assert_eq!(parsed["id"], req["headers"]["ce-id"]);
+    assert_eq!(parsed["data"]["size"], 1000);
+    assert_eq!(parsed["data"]["content_type"], "image/jpeg");
+    s.stop().await;
+}
