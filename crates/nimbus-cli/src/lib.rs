@@ -5,6 +5,7 @@
 
 mod client;
 mod cmd;
+mod config;
 mod manifest;
 mod output;
 mod sse;
@@ -28,36 +29,109 @@ struct Cli {
     command: Command,
 }
 
-/// Flags every command understands.
+/// Flags every client command understands (`serve` has its own: see `cmd::serve::ClientFlags`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct GlobalArgs {
-    /// URL of the Nimbus server
-    #[arg(long, global = true, env = "NIMBUS_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// URL of the Nimbus server (default: the profile's, else http://127.0.0.1:8080)
+    #[arg(long, global = true, env = "NIMBUS_URL")]
+    pub url: Option<String>,
 
-    /// Data directory: where `serve` keeps its state, and where the admin token is read from
-    #[arg(long, global = true, env = "NIMBUS_DATA", default_value = "./nimbus-data")]
-    pub data: PathBuf,
-
-    /// Admin token (default: read from <data>/admin-token)
+    /// Admin token or service API key (default: the profile's, else the server's
+    /// <data-dir>/admin-token)
     #[arg(long, global = true, env = "NIMBUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Project to act on (default: the server's default project)
+    /// Project to act on (default: the profile's, else the server's default project)
     #[arg(long, global = true, env = "NIMBUS_PROJECT")]
     pub project: Option<String>,
 
-    /// Print the API's JSON instead of tables and messages
+    /// Profile of the CLI config to use (see `nimbus login`; default: the config's default)
+    #[arg(long, global = true, env = "NIMBUS_PROFILE")]
+    pub profile: Option<String>,
+
+    /// Read the admin token from this server data directory (default: the profile's token,
+    /// else ./nimbus-data)
+    #[arg(long = "data-dir", value_name = "DIR", global = true, env = "NIMBUS_DATA")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Print JSON instead of tables and messages (errors too, on stderr)
     #[arg(long, global = true, env = "NIMBUS_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
 }
 
 impl GlobalArgs {
-    /// An API client with the admin token resolved.
+    /// An API client with the URL, token and project resolved (see [`config`] for the order).
     pub fn client(&self) -> anyhow::Result<client::Client> {
-        let token = client::resolve_token(self.token.as_deref(), &self.data)?;
-        Ok(client::Client::new(&self.url, token)?.with_project(self.project.clone()))
+        let r = self.resolve()?;
+        Ok(client::Client::new(&r.url, r.token)?.with_project(r.project))
     }
+
+    /// URL, token and project from flags, env, the CLI config's profile and the fallbacks.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        // A config that cannot be located (no home directory) is an empty one; a broken one is
+        // reported, since it was written by someone on purpose.
+        let cfg = match config::config_path() {
+            Ok(path) => config::Config::load(&path)?,
+            Err(_) => config::Config::default(),
+        };
+        let profile = cfg.profile(self.profile.as_deref())?;
+        let url = self
+            .url
+            .clone()
+            .or_else(|| profile.map(|(_, p)| p.url.clone()))
+            .unwrap_or_else(|| DEFAULT_URL.to_string());
+        // The profile applies only to its own server: its token must never go elsewhere.
+        let profile = profile.filter(|(_, p)| config::same_url(&p.url, &url));
+        let token = match (&self.token, &self.data_dir, profile.and_then(|(_, p)| p.token.clone()))
+        {
+            (Some(t), _, _) => t.trim().to_string(),
+            (None, Some(dir), _) => client::resolve_token(None, dir)?,
+            (None, None, Some(t)) => t,
+            (None, None, None) => client::resolve_token(None, std::path::Path::new("./nimbus-data"))
+                .map_err(|e| {
+                    e.context(format!(
+                        "no credentials for {url}: run `nimbus login --url {url}`, or pass \
+                         --token/NIMBUS_TOKEN, or --data-dir/NIMBUS_DATA (the server's data directory)"
+                    ))
+                })?,
+        };
+        let project = self.project.clone().or_else(|| profile.and_then(|(_, p)| p.project.clone()));
+        Ok(Resolved { url, token, project })
+    }
+
+    /// The server's URL alone (flag, env, profile, default), for messages.
+    pub fn server_url(&self) -> String {
+        let cfg = config::config_path().and_then(|p| config::Config::load(&p)).unwrap_or_default();
+        let profile = cfg.profile(self.profile.as_deref()).ok().flatten();
+        self.url
+            .clone()
+            .or_else(|| profile.map(|(_, p)| p.url.clone()))
+            .unwrap_or_else(|| DEFAULT_URL.to_string())
+    }
+
+    /// ` --project P` for commands the CLI suggests, so that they work when pasted.
+    pub fn project_flag(&self) -> String {
+        let project = self.resolve().ok().and_then(|r| r.project);
+        project_flag(project.as_deref())
+    }
+}
+
+/// ` --project P`, or nothing for the default project.
+pub fn project_flag(project: Option<&str>) -> String {
+    match project {
+        Some(p) if p != "default" => format!(" --project {p}"),
+        _ => String::new(),
+    }
+}
+
+/// The server the CLI talks to when nothing says otherwise.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// Where the CLI's settings came to.
+pub struct Resolved {
+    pub url: String,
+    pub token: String,
+    pub project: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +157,9 @@ enum Command {
     Delete {
         /// Function name
         name: String,
+        /// Do not ask for confirmation (needed when stdin is not a terminal)
+        #[arg(short = 'y', long, env = "NIMBUS_YES", value_parser = BoolishValueParser::new())]
+        yes: bool,
     },
     /// List a function's versions
     Versions {
@@ -93,7 +170,8 @@ enum Command {
     Rollback {
         /// Function name
         name: String,
-        /// Version number to activate
+        /// Version to activate, as listed: v2 or 2
+        #[arg(value_parser = cmd::functions::parse_version)]
         version: u32,
     },
     /// Manage a function's secrets (exposed to it as environment variables)
@@ -118,6 +196,15 @@ enum Command {
     Events(cmd::users::EventsArgs),
     /// Show the emails in the development outbox (when no SMTP server is configured)
     Outbox,
+    /// Save a server's URL, token and default project as a profile of the CLI config
+    Login(cmd::profile::LoginArgs),
+    /// List the CLI config's profiles (tokens masked)
+    Profiles,
+    /// Print a shell completion script: `nimbus completions bash > /etc/bash_completion.d/nimbus`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -129,7 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::New(args) => cmd::new::run(g, args),
         Command::List => cmd::functions::list(g).await,
         Command::Show { name } => cmd::functions::show(g, &name).await,
-        Command::Delete { name } => cmd::functions::delete(g, &name).await,
+        Command::Delete { name, yes } => cmd::functions::delete(g, &name, yes).await,
         Command::Versions { name } => cmd::functions::versions(g, &name).await,
         Command::Rollback { name, version } => cmd::functions::rollback(g, &name, version).await,
         Command::Secrets(c) => cmd::secrets::run(g, c).await,
@@ -141,12 +228,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users(c) => cmd::users::users(g, c).await,
         Command::Events(args) => cmd::users::events(g, args).await,
         Command::Outbox => cmd::users::outbox(g).await,
+        Command::Login(args) => cmd::profile::login(g, args).await,
+        Command::Profiles => cmd::profile::list(g),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "nimbus", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 /// Parse the command line, run the command, print any error; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.global.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -160,11 +255,29 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if json => {
+            print_json_error(&err);
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Under `--json`, an error in the API's shape on stderr: `{"error":{"code","message"}}`, with
+/// the HTTP `status` when the server refused the request.
+fn print_json_error(err: &anyhow::Error) {
+    let api = err.chain().find_map(|e| e.downcast_ref::<client::ApiError>());
+    let mut body = serde_json::json!({
+        "code": api.map_or("cli_error", |a| a.code.as_str()),
+        "message": format!("{err:#}"),
+    });
+    if let Some(a) = api {
+        body["status"] = a.status.into();
+    }
+    eprintln!("{}", serde_json::json!({ "error": body }));
 }
 
 /// Output piped into `head` and closed early: the reader has what it wanted.
@@ -194,12 +307,40 @@ mod tests {
     /// mistakes (two arguments with one id, a type mismatch) when it extracts values.
     #[test]
     fn representative_command_lines_parse() {
-        let cli =
-            parse(&["invoke", "f", "-d", "body", "-X", "PUT", "-H", "A: b", "-i", "--data", "/d"]);
-        assert_eq!(cli.global.data, PathBuf::from("/d"));
+        let cli = parse(&[
+            "invoke",
+            "f",
+            "-d",
+            "body",
+            "-X",
+            "PUT",
+            "-H",
+            "A: b",
+            "-i",
+            "--data-dir",
+            "/d",
+        ]);
+        assert_eq!(cli.global.data_dir, Some(PathBuf::from("/d")));
         let Command::Invoke(a) = cli.command else { panic!() };
         assert_eq!(a.body.as_deref(), Some("body"));
         assert!(a.include);
+        // curl's long form is the request body, not a data directory.
+        let Command::Invoke(a) = parse(&["invoke", "f", "--data", r#"{"a":1}"#]).command else {
+            panic!()
+        };
+        assert_eq!(a.body.as_deref(), Some(r#"{"a":1}"#));
+        let Command::Invoke(a) = parse(&["invoke", "f", "--body", "x"]).command else { panic!() };
+        assert_eq!(a.body.as_deref(), Some("x"));
+        let Command::Rollback { version, .. } = parse(&["rollback", "f", "v2"]).command else {
+            panic!()
+        };
+        assert_eq!(version, 2);
+        let Command::Serve(s) = parse(&["serve", "--listen", "8081"]).command else { panic!() };
+        assert_eq!(s.listen, "127.0.0.1:8081".parse().unwrap());
+        parse(&["delete", "f", "--yes"]);
+        parse(&["login", "--url", "http://x:1", "--profile", "p", "--default"]);
+        parse(&["profiles"]);
+        parse(&["completions", "bash"]);
         let cli = parse(&[
             "deploy",
             "x.wasm",
@@ -231,7 +372,20 @@ mod tests {
         assert_eq!(d.routes, ["/a", "/b"]);
         assert_eq!(d.memory, Some(64 << 20));
         assert_eq!(d.timeout, Some(5000));
-        parse(&["serve", "--listen", "127.0.0.1:0", "--data", "/tmp/x", "--log-format", "json"]);
+        let Command::Serve(s) = parse(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            "/tmp/x",
+            "--log-format",
+            "json",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(s.data, PathBuf::from("/tmp/x"));
         parse(&["logs", "f", "-f", "--limit", "5"]);
         parse(&["invocations", "--function", "f", "--status", "ok", "--order", "asc"]);
         parse(&["rollback", "f", "3"]);
