@@ -530,6 +530,10 @@ pub async fn run(_g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         format!("cannot start the server (data directory {})", data_dir.display())
     })?;
     let addr = server.local_addr();
+    // Saved before the "listening" line, so that whoever waits for that line finds the profile.
+    if first_start && !args.no_profile {
+        save_local_profile(&data_dir, addr);
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "nimbus listening on http://{addr}")?;
@@ -539,9 +543,6 @@ pub async fn run(_g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         token_file = %data_dir.join(ADMIN_TOKEN_FILE).display(),
         "admin token for the CLI and API"
     );
-    if first_start && !args.no_profile {
-        save_local_profile(&data_dir, addr);
-    }
     server.run(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
