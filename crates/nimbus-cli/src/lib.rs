@@ -444,6 +444,74 @@ mod tests {
         parse(&["outbox"]);
     }
 
+    /// The `sh` code blocks of docs/guide, in reading order: (file, info string, text).
+    pub(crate) fn guide_blocks() -> Vec<(String, String, String)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/guide");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+            .collect();
+        files.sort();
+        let mut blocks = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let mut lines = text.lines();
+            while let Some(line) = lines.next() {
+                let Some(info) = line.strip_prefix("```") else { continue };
+                let body: Vec<&str> =
+                    lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+                if info == "sh" || info.starts_with("sh ") {
+                    let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                    blocks.push((name, info.to_string(), body.join("\n")));
+                }
+            }
+        }
+        blocks
+    }
+
+    /// Every `nimbus` command of the guide, run or not (`sh norun`), parses with the real CLI.
+    #[test]
+    fn guide_commands_parse() {
+        let mut parsed = 0;
+        for (file, _, text) in guide_blocks() {
+            for line in text.replace("\\\n", " ").lines() {
+                let words =
+                    shlex::split(line).unwrap_or_else(|| panic!("{file}: cannot split {line}"));
+                let mut i = 0;
+                while i < words.len() {
+                    let starts = words[i] == "nimbus" || words[i].ends_with("$(nimbus");
+                    let at_command =
+                        i == 0 || ["|", "&&", "||", ";"].contains(&words[i - 1].as_str());
+                    if !(starts && (at_command || words[i].ends_with("$(nimbus"))) {
+                        i += 1;
+                        continue;
+                    }
+                    let args: Vec<&str> = words[i + 1..]
+                        .iter()
+                        .map(String::as_str)
+                        .take_while(|w| {
+                            !["|", "&&", "||", ";"].contains(w)
+                                && !w.starts_with('>')
+                                && !w.starts_with("2>")
+                        })
+                        .collect();
+                    match Cli::try_parse_from(std::iter::once("nimbus").chain(args.iter().copied()))
+                    {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {}
+                        Err(e) => {
+                            panic!("{file}: `nimbus {}` does not parse:\n{e}", args.join(" "))
+                        }
+                    }
+                    parsed += 1;
+                    i += args.len() + 1;
+                }
+            }
+        }
+        assert!(parsed >= 30, "only {parsed} nimbus commands found in the guide");
+    }
+
     #[test]
     fn broken_pipe_is_recognised_through_context() {
         let err = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))

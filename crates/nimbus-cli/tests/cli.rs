@@ -1278,3 +1278,63 @@ fn completions_for_each_shell() {
     }
     nimbus().args(["completions", "cmd.exe"]).assert().code(2);
 }
+
+/// Every `sh` block of docs/guide (not marked `norun`), in reading order, run by bash against a
+/// real server, as a reader would type it: `nimbus` on the PATH, the server found through the
+/// `local` profile it saved, `./nimbus-data` its data directory, and `hello.wasm` at hand.
+#[test]
+fn guide_samples_run() {
+    let log = tempfile::tempdir().unwrap();
+    let config = log.path().join("config.toml");
+    let s = TestServer::start_with(&["--listen", "127.0.0.1:0"], &config, log);
+    let work = tempfile::tempdir().unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(s.data.path(), work.path().join("nimbus-data")).unwrap();
+    std::fs::copy(hello_wasm(), work.path().join("hello.wasm")).unwrap();
+    let addr = s.url.strip_prefix("http://").unwrap().to_string();
+    let bin_dir = Path::new(NIMBUS).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/guide");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.sort();
+    let mut ran = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let Some(info) = line.strip_prefix("```") else { continue };
+            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+            if info != "sh" {
+                continue; // `sh norun` blocks are only parsed (guide_commands_parse)
+            }
+            let script = body.join("\n").replace("127.0.0.1:8080", &addr);
+            let mut cmd = StdCommand::new("bash");
+            scrub_env(&mut cmd);
+            // -e: a failing command fails the sample (a pipeline's status is its last command's,
+            // so `nimbus ... | grep X` checks the output).
+            let out = cmd
+                .args(["-e", "-c", &script])
+                .current_dir(work.path())
+                .env("PATH", &path)
+                .env("NIMBUS_CONFIG", &config)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: sample failed ({}):\n{script}\n--- stdout\n{}\n--- stderr\n{}",
+                file.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 15, "only {ran} samples ran");
+}

@@ -108,8 +108,12 @@ async fn routes_conflict_across_functions_only() {
     assert_eq!(status, 201);
     assert_eq!(s.get("/api/count").await.text().await.unwrap(), "1");
     assert_eq!(s.get("/api/other").await.text().await.unwrap(), "Hello from Nimbus!\n");
-    // Redeploying a function over its own routes is not a conflict.
-    s.deploy("hello", spec("first", &["/shared", "/api/..."])).await;
+    // Redeploying a function over its own routes is not a conflict (a changed env, so that it
+    // is a new version: an identical redeploy makes none).
+    let mut again = spec("first", &["/shared", "/api/..."]);
+    again["env"] = json!({"V": "2"});
+    let v2 = s.deploy("hello", again).await;
+    assert_eq!(v2["version"]["version"], 2, "{v2}");
     // Method-restricted routes: 405 with Allow.
     s.deploy(
         "hello",
