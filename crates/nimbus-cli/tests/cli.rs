@@ -1212,6 +1212,8 @@ fn rough_edges_of_the_cli() {
     s.logs_until(&["logs", "hello"], " ok 200 ");
     s.logs_until(&["logs", "trap", "-n", "5"], " trap ");
     assert_eq!(s.ok(&["logs", "hello", "-n", "0"]), "");
+    assert_eq!(s.ok(&["invocations", "-n", "0"]), "");
+    assert_eq!(s.json(&["invocations", "-n", "0"])["invocations"], serde_json::json!([]));
     assert_eq!(s.json(&["logs", "hello", "-n", "0"])["invocations"], serde_json::json!([]));
     let traps = s.json(&["logs", "trap", "--status", "trap"]);
     assert_eq!(traps["invocations"].as_array().unwrap().len(), 2, "{traps}");

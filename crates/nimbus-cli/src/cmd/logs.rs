@@ -71,8 +71,9 @@ pub struct InvocationsArgs {
     #[arg(long, value_name = "SEQ", env = "NIMBUS_INVOCATIONS_AFTER")]
     pub after: Option<u64>,
 
-    /// How many to show
-    #[arg(short = 'n', long, env = "NIMBUS_INVOCATIONS_LIMIT", default_value_t = 50)]
+    /// How many to show (at most 1000)
+    #[arg(short = 'n', long, env = "NIMBUS_INVOCATIONS_LIMIT", default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub limit: u32,
 
     /// Order, by position (the order in which invocations were stored)
@@ -235,6 +236,13 @@ pub async fn invocations(g: &GlobalArgs, args: InvocationsArgs) -> Result<ExitCo
         && InvocationStatus::parse(s).is_none()
     {
         bail!("unknown status {s:?}: use ok, trap, timeout, memory_limit, rejected or error");
+    }
+    // `-n 0` asks for none: the server's smallest page is one.
+    if args.limit == 0 {
+        if g.json {
+            print_json(&serde_json::json!({ "invocations": [] }))?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let filter = InvocationFilter {
         function: args.function,

@@ -372,26 +372,48 @@ impl ServeArgs {
             max_queue: self.max_queue,
             max_body_bytes: self.max_body_ceiling,
         };
-        let pairs: [(&str, &str, u64, u64); 5] = [
-            ("--default-timeout", "--max-timeout", defaults.timeout_ms, ceilings.timeout_ms),
-            ("--default-memory", "--max-memory", defaults.memory_bytes, ceilings.memory_bytes),
+        // Values in the units the flags take (`2s`, `1GiB`), not milliseconds and bytes.
+        let count = |n: u64| n.to_string();
+        let pairs: [(&str, &str, u64, u64, fn(u64) -> String); 5] = [
+            (
+                "--default-timeout",
+                "--max-timeout",
+                defaults.timeout_ms,
+                ceilings.timeout_ms,
+                nimbus_model::format_ms,
+            ),
+            (
+                "--default-memory",
+                "--max-memory",
+                defaults.memory_bytes,
+                ceilings.memory_bytes,
+                nimbus_model::format_size,
+            ),
             (
                 "--default-concurrency",
                 "--max-concurrency",
                 defaults.max_concurrency.into(),
                 ceilings.max_concurrency.into(),
+                count,
             ),
             (
                 "--default-queue",
                 "--max-queue",
                 defaults.max_queue.into(),
                 ceilings.max_queue.into(),
+                count,
             ),
-            ("--max-body", "--max-body-ceiling", defaults.max_body_bytes, ceilings.max_body_bytes),
+            (
+                "--max-body",
+                "--max-body-ceiling",
+                defaults.max_body_bytes,
+                ceilings.max_body_bytes,
+                nimbus_model::format_size,
+            ),
         ];
-        for (default, ceiling, d, c) in pairs {
+        for (default, ceiling, d, c, fmt) in pairs {
             if d > c {
-                bail!("{default} ({d}) is above {ceiling} ({c})");
+                bail!("{default} ({}) is above {ceiling} ({})", fmt(d), fmt(c));
             }
             if d == 0 && default != "--default-queue" {
                 bail!("{default} must be greater than zero");
@@ -648,6 +670,7 @@ mod tests {
         let t = T::try_parse_from(["nimbus", "--default-memory", "1GiB"]).unwrap();
         let err = t.s.limit_policy().unwrap_err().to_string();
         assert!(err.contains("--default-memory") && err.contains("--max-memory"), "{err}");
+        assert!(err.contains("(1GiB)") && err.contains("(512MiB)"), "{err}");
     }
 
     #[cfg(feature = "server")]
