@@ -62,7 +62,7 @@ fn above_ceiling(name: &str, value: u64, ceiling: u64) -> String {
 /// Milliseconds in the largest unit that divides them: `2h`, `90s`, `1500ms`.
 pub fn format_ms(ms: u64) -> String {
     for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -72,7 +72,7 @@ pub fn format_ms(ms: u64) -> String {
 /// Bytes in the largest binary unit that divides them: `64MiB`, `1GiB`, `1500B`.
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
