@@ -137,7 +137,7 @@ pub struct Resolved {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Nimbus server
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Build (unless --no-build) and upload a function
     Deploy(cmd::deploy::DeployArgs),
     /// Run the build command of a nimbus.toml and check the component it produces
@@ -210,7 +210,7 @@ enum Command {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
-        Command::Serve(args) => cmd::serve::run(g, args).await,
+        Command::Serve(args) => cmd::serve::run(g, *args).await,
         Command::Deploy(args) => cmd::deploy::deploy(g, args).await,
         Command::Build(args) => cmd::deploy::build(g, args),
         Command::New(args) => cmd::new::run(g, args),
@@ -240,7 +240,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Parse the command line, run the command, print any error; the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error under --json is JSON too; help and version print as usual.
+        Err(e) if e.use_stderr() && json_requested() => {
+            let message = e.render().to_string();
+            let message = message.trim().trim_start_matches("error: ");
+            eprintln!(
+                "{}",
+                serde_json::json!({ "error": { "code": "usage", "message": message } })
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let json = cli.global.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -278,6 +291,14 @@ fn print_json_error(err: &anyhow::Error) {
         body["status"] = a.status.into();
     }
     eprintln!("{}", serde_json::json!({ "error": body }));
+}
+
+/// `--json` on the command line or a true `NIMBUS_JSON`, for errors found before parsing ended.
+fn json_requested() -> bool {
+    std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json")
+        || std::env::var("NIMBUS_JSON").is_ok_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on" | "y")
+        })
 }
 
 /// Output piped into `head` and closed early: the reader has what it wanted.

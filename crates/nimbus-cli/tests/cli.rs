@@ -1180,6 +1180,13 @@ fn rough_edges_of_the_cli() {
     let out = s.cmd().args(["--json", "delete", "nope"]).write_stdin("").output().unwrap();
     let err: Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["error"]["code"], "cli_error", "{err}");
+    // A usage error too (exit code 2, as without --json).
+    let out = s.cmd().args(["--json", "rollback", "hello", "version2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err: Value = serde_json::from_slice(&out.stderr)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(err["error"]["code"], "usage", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("like v2"), "{err}");
     assert_eq!(s.json(&["secrets", "set", "echo", "K", "v"])["set"], "K");
     assert_eq!(s.json(&["secrets", "rm", "echo", "K"])["removed"], "K");
     assert_eq!(s.json(&["delete", "echo", "--yes"])["deleted"], "echo");

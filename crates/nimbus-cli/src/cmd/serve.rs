@@ -374,7 +374,8 @@ impl ServeArgs {
         };
         // Values in the units the flags take (`2s`, `1GiB`), not milliseconds and bytes.
         let count = |n: u64| n.to_string();
-        let pairs: [(&str, &str, u64, u64, fn(u64) -> String); 5] = [
+        type Pair = (&'static str, &'static str, u64, u64, fn(u64) -> String);
+        let pairs: [Pair; 5] = [
             (
                 "--default-timeout",
                 "--max-timeout",
