@@ -58,7 +58,7 @@ done
 
 start_server() {
     : > "$work/serve.out"
-    "$nimbus" serve --listen 127.0.0.1:0 --data "$data" "$@" > "$work/serve.out" 2>> "$work/serve.log" &
+    "$nimbus" serve --no-profile --listen 127.0.0.1:0 --data "$data" "$@" > "$work/serve.out" 2>> "$work/serve.log" &
     server_pid=$!
     for _ in $(seq 1 600); do
         url="$(sed -n 's/^nimbus listening on //p' "$work/serve.out" | head -1)"
@@ -76,7 +76,7 @@ now_ms() { date +%s%3N; }
 deploy() {
     local t0 t1 out
     t0=$(now_ms)
-    out="$("$nimbus" --url "$url" --data "$data" --json deploy "$1" --name "$2" --route "$3")"
+    out="$("$nimbus" --url "$url" --data-dir "$data" --json deploy "$1" --name "$2" --route "$3")"
     t1=$(now_ms)
     python3 -c 'import json,sys; c=json.loads(sys.argv[2])["compile"]; print(sys.argv[1], c["cached_functions"], c["compiled_functions"])' \
         "$((t1 - t0))" "$out"
@@ -98,7 +98,7 @@ start_server --compile-cache-size 0
 for lang in js python; do
     base=target/foreign-guests/$lang-hello.wasm
     t0=$(now_ms)
-    "$nimbus" --url "$url" --data "$data" --json deploy "$base" --name "$lang" --route "/$lang/..." > /dev/null
+    "$nimbus" --url "$url" --data-dir "$data" --json deploy "$base" --name "$lang" --route "/$lang/..." > /dev/null
     echo "$lang: deploy with the compile cache off: $(($(now_ms) - t0)) ms" >> "$work/nocache.txt"
 done
 stop_server
@@ -138,7 +138,7 @@ entries=$(find "$data/compile-cache" -path "$data/compile-cache/tmp" -prune -o -
 echo "compile cache after $edits edits ($variants distinct) of each: $((cache_bytes / 1024 / 1024)) MiB in $entries entries (bound: --compile-cache-size, default 1GiB)"
 
 # kill -9 in the middle of a deploy (after the figures above), then a restart on that data.
-"$nimbus" --url "$url" --data "$data" --json deploy "$variants_dir/js-1.wasm" --name crash --route /crash/... > /dev/null &
+"$nimbus" --url "$url" --data-dir "$data" --json deploy "$variants_dir/js-1.wasm" --name crash --route /crash/... > /dev/null &
 deploy_pid=$!
 sleep 0.3
 kill -9 "$server_pid"

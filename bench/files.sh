@@ -33,7 +33,7 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HTTP_PORT=$(port); S3_PORT=$(port)
-NIMBUS_LOG=warn "$NIMBUS" serve --data "$DATA" --listen "127.0.0.1:$HTTP_PORT" \
+NIMBUS_LOG=warn "$NIMBUS" serve --no-profile --data "$DATA" --listen "127.0.0.1:$HTTP_PORT" \
   --s3-listen "127.0.0.1:$S3_PORT" >"$SCRATCH/server.out" 2>"$SCRATCH/server.log" &
 SERVER=$!
 PIDS+=("$SERVER")

@@ -36,10 +36,10 @@ work=$(mktemp -d -t nimbus-interleaved.XXXXXX)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 NPORT=$(free_port)
 BPORT=$(free_port)
-env "$@" "$NIMBUS" serve --data "$work/data" --listen "127.0.0.1:$NPORT" > "$work/nimbus.log" 2>&1 &
+env "$@" "$NIMBUS" serve --no-profile --data "$work/data" --listen "127.0.0.1:$NPORT" > "$work/nimbus.log" 2>&1 &
 npid=$!
 if [[ -n "${NIMBUS_B:-}" ]]; then
-    env "$@" "$NIMBUS_B" serve --data "$work/data-b" --listen "127.0.0.1:$BPORT" > "$work/bare.log" 2>&1 &
+    env "$@" "$NIMBUS_B" serve --no-profile --data "$work/data-b" --listen "127.0.0.1:$BPORT" > "$work/bare.log" 2>&1 &
     B_NAME="nimbus B ($NIMBUS_B)"
 else
     "$BARE" --listen "127.0.0.1:$BPORT" --component "$HELLO_WASM" > "$work/bare.log" 2>&1 &

@@ -57,7 +57,7 @@ NPORT=$(free_port)
 PPORT=$(free_port)
 N=http://127.0.0.1:$NPORT
 P=http://127.0.0.1:$PPORT
-"$NIMBUS" serve --data "$WORK/nimbus" --listen "127.0.0.1:$NPORT" \
+"$NIMBUS" serve --no-profile --data "$WORK/nimbus" --listen "127.0.0.1:$NPORT" \
     --max-connections 15000 --max-connections-per-client 15000 >"$WORK/nimbus.log" 2>&1 &
 NPID=$!
 "$PB" superuser upsert bench@example.com bench-password-1 --dir "$WORK/pb_data" >/dev/null

@@ -238,7 +238,7 @@ if [[ "$SKIP_NIMBUS" != 1 ]]; then
     NIMBUS_LOGFILE=$WORK/nimbus.log
     export NIMBUS_URL=http://127.0.0.1:$PORT NIMBUS_DATA=$DATA
     log "nimbus: starting on 127.0.0.1:$PORT (data $DATA)"
-    start_server "$NIMBUS_LOGFILE" "$NIMBUS_BIN" serve --data "$DATA" --listen "127.0.0.1:$PORT"
+    start_server "$NIMBUS_LOGFILE" "$NIMBUS_BIN" serve --no-profile --data "$DATA" --listen "127.0.0.1:$PORT"
     wait_http "$NIMBUS_URL/healthz" 60 || { tail -n 30 "$NIMBUS_LOGFILE" >&2; die "nimbus did not become ready"; }
     grep -q "nimbus listening on" "$NIMBUS_LOGFILE" || log "warning: no 'nimbus listening on' line in the log"
 
@@ -271,7 +271,7 @@ if [[ "$SKIP_NIMBUS" != 1 ]]; then
     for i in $(seq 1 "$COLD_REPEATS"); do
         stop_server
         t0=$(now_ns)
-        start_server "$NIMBUS_LOGFILE" "$NIMBUS_BIN" serve --data "$DATA" --listen "127.0.0.1:$PORT"
+        start_server "$NIMBUS_LOGFILE" "$NIMBUS_BIN" serve --no-profile --data "$DATA" --listen "127.0.0.1:$PORT"
         wait_http "$NIMBUS_URL/healthz" 60 || { tail -n 30 "$NIMBUS_LOGFILE" >&2; die "nimbus did not come back after restart $i"; }
         t1=$(now_ns)
         read -r code secs < <(first_request "$NIMBUS_URL/hello")

@@ -35,7 +35,7 @@ fi
 ulimit -n "$(ulimit -Hn)"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 ADDR=127.0.0.1:$PORT
-"$TARGET_DIR/release/nimbus" serve --data "$WORK/data" --listen "$ADDR" >"$WORK/server.log" 2>&1 &
+"$TARGET_DIR/release/nimbus" serve --no-profile --data "$WORK/data" --listen "$ADDR" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 200); do curl -sf "http://$ADDR/healthz" >/dev/null && break; sleep 0.05; done
 

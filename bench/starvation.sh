@@ -74,7 +74,7 @@ fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 export NIMBUS_URL=http://127.0.0.1:$PORT NIMBUS_DATA=$WORK/data
-"$NIMBUS_BIN" serve --data "$NIMBUS_DATA" --listen "127.0.0.1:$PORT" >"$WORK/nimbus.log" 2>&1 &
+"$NIMBUS_BIN" serve --no-profile --data "$NIMBUS_DATA" --listen "127.0.0.1:$PORT" >"$WORK/nimbus.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 600); do
     [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$NIMBUS_URL/healthz" || true)" == 200 ]] && break

@@ -5,7 +5,8 @@
 #   ./scripts/quickstart.sh
 #   curl http://127.0.0.1:8080/hello
 #
-# Installs what it needs: the wasm32-wasip2 target (through rustup) for the sample function.
+# Installs what it needs: the wasm32-wasip2 target (through rustup) for the sample function, and
+# the `nimbus` CLI itself with `cargo install` (into ~/.cargo/bin, which rustup puts on the PATH).
 # Env: NIMBUS_DATA (default ./nimbus-data), NIMBUS_LISTEN (default 127.0.0.1:8080).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,12 +15,13 @@ data="${NIMBUS_DATA:-./nimbus-data}"
 listen="${NIMBUS_LISTEN:-127.0.0.1:8080}"
 
 rustup target add wasm32-wasip2
-echo "quickstart: building nimbus (release; the first build takes several minutes)" >&2
-cargo build --release --locked -p nimbus-cli
+echo "quickstart: installing nimbus (a release build; the first one takes several minutes)" >&2
+# --target-dir: build in the workspace's target/, so a later `cargo build --release` reuses it.
+cargo install --locked --path crates/nimbus-cli --target-dir target
 echo "quickstart: building the sample function examples/hello" >&2
 (cd examples && cargo build --release --locked --target wasm32-wasip2 -p hello)
 
-nimbus="$PWD/target/release/nimbus"
+nimbus="${CARGO_HOME:-$HOME/.cargo}/bin/nimbus"
 "$nimbus" serve --data "$data" --listen "$listen" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT INT TERM
@@ -30,12 +32,15 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-NIMBUS_URL="http://$listen" NIMBUS_DATA="$data" "$nimbus" deploy examples/hello --no-build
+# Save this server as the CLI's `local` profile (the server does so itself on its first start;
+# this covers a data directory that already existed), so `nimbus` works from any directory.
+"$nimbus" login --profile local --url "http://$listen" --data-dir "$data" >/dev/null
+"$nimbus" --profile local deploy examples/hello --no-build
 cat >&2 <<MSG
 
 Nimbus is running at http://$listen with the sample function deployed. Try:
     curl http://$listen/hello
-    NIMBUS_URL=http://$listen NIMBUS_DATA=$data $nimbus list
+    nimbus list
 Press Ctrl-C to stop.
 MSG
 wait "$server"

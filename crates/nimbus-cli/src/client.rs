@@ -95,6 +95,9 @@ pub fn resolve_token(token: Option<&str>, data_dir: &Path) -> Result<String> {
 pub struct DeployResponse {
     pub function: FunctionInfo,
     pub version: VersionInfo,
+    /// The active version was identical: nothing new was deployed (absent from older servers).
+    #[serde(default)]
+    pub unchanged: bool,
     pub compile_ms: f64,
     /// Absent from servers older than the compile cache.
     #[serde(default)]
@@ -444,7 +447,7 @@ impl Client {
 fn api_error(err: ApiError) -> anyhow::Error {
     match err.status {
         401 | 403 => anyhow::Error::new(err).context(
-            "the server refused the admin token or API key (pass the admin token or a service key with --token/NIMBUS_TOKEN, or point --data at the server's data directory)",
+            "the server refused the admin token or API key (log in with `nimbus login`, pass the admin token or a service key with --token/NIMBUS_TOKEN, or point --data-dir at the server's data directory)",
         ),
         _ => anyhow::Error::new(err),
     }

@@ -15,6 +15,34 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// Whether stderr gets colour: a terminal, and `NO_COLOR` unset (https://no-color.org).
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && io::stderr().is_terminal()
+}
+
+/// Ask before something that cannot be undone. `--yes` skips the question; without a terminal to
+/// ask on, the answer is no, and the error says to add `--yes`.
+pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if yes {
+        return Ok(());
+    }
+    let stdin = io::stdin();
+    if !stdin.is_terminal() {
+        anyhow::bail!("{question} Not confirmed: add --yes to run it without a terminal");
+    }
+    eprint!("{question} [y/N] ");
+    io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("cancelled")
+    }
+}
+
 /// Print a JSON value, pretty, as the API sent it.
 pub fn print_json(value: &serde_json::Value) -> io::Result<()> {
     let mut out = io::stdout().lock();

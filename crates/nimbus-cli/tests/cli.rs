@@ -22,13 +22,15 @@ use tempfile::TempDir;
 
 const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
 
-/// Keep the caller's NIMBUS_* settings out of the tests.
+/// Keep the caller's NIMBUS_* settings and CLI config out of the tests: the config is a file
+/// that no test writes unless it sets NIMBUS_CONFIG itself.
 fn scrub_env(cmd: &mut StdCommand) {
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("NIMBUS_") {
+        if key.to_string_lossy().starts_with("NIMBUS_") || key == "NO_COLOR" {
             cmd.env_remove(&key);
         }
     }
+    cmd.env("NIMBUS_CONFIG", std::env::temp_dir().join("nimbus-cli-tests-no-config.toml"));
 }
 
 /// A `nimbus` command with a clean environment and a timeout.
@@ -49,14 +51,25 @@ struct TestServer {
 
 impl TestServer {
     fn start() -> TestServer {
-        let data = tempfile::tempdir().unwrap();
         let log = tempfile::tempdir().unwrap();
+        // Each server saves its `local` profile into a config of its own.
+        let config = log.path().join("config.toml");
+        TestServer::start_with(&["--listen", "127.0.0.1:0"], &config, log)
+    }
+
+    /// `nimbus serve ARGS --data <new tempdir>` with the CLI config at `config`; `log` keeps
+    /// the server's stderr.
+    fn start_with(args: &[&str], config: &Path, log: TempDir) -> TestServer {
+        let data = tempfile::tempdir().unwrap();
         let log_file = std::fs::File::create(log.path().join("server.log")).unwrap();
         let mut cmd = StdCommand::new(NIMBUS);
         scrub_env(&mut cmd);
         let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg("serve")
+            .args(args)
+            .arg("--data")
             .arg(data.path())
+            .env("NIMBUS_CONFIG", config)
             .env("NIMBUS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -86,10 +99,10 @@ impl TestServer {
         std::fs::read_to_string(self.log.path().join("server.log")).unwrap_or_default()
     }
 
-    /// `nimbus --url <server> --data <server's data dir>`.
+    /// `nimbus --url <server> --data-dir <server's data dir>`.
     fn cmd(&self) -> Command {
         let mut cmd = nimbus();
-        cmd.arg("--url").arg(&self.url).arg("--data").arg(self.data.path());
+        cmd.arg("--url").arg(&self.url).arg("--data-dir").arg(self.data.path());
         cmd
     }
 
@@ -255,7 +268,7 @@ fn deploy_list_invoke_route_logs_rollback_delete() {
     assert!(table.starts_with("SEQ "), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
 
-    assert!(s.ok(&["delete", "hello"]).contains("Deleted hello"));
+    assert!(s.ok(&["delete", "hello", "--yes"]).contains("Deleted hello"));
     assert_eq!(s.json(&["list"])["functions"].as_array().unwrap().len(), 0);
     assert_eq!(s.get("/hello").0, 404);
 }
@@ -334,7 +347,7 @@ fn logs_follow_streams_new_invocations() {
     let mut child = cmd
         .arg("--url")
         .arg(&s.url)
-        .arg("--data")
+        .arg("--data-dir")
         .arg(s.data.path())
         .args(["logs", "tail", "-f"])
         .stdout(Stdio::piped())
@@ -389,7 +402,7 @@ fn api_errors_are_reported() {
         .assert()
         .code(1)
         .stderr(contains("error: ").and(contains("HTTP 404")));
-    s.cmd().args(["delete", "nope"]).assert().code(1).stderr(contains("HTTP 404"));
+    s.cmd().args(["delete", "nope", "--yes"]).assert().code(1).stderr(contains("HTTP 404"));
 
     // Not WebAssembly at all: refused before upload.
     let dir = tempfile::tempdir().unwrap();
@@ -430,7 +443,7 @@ fn api_errors_are_reported() {
 
     // The right token passed explicitly works without the data dir.
     let mut cmd = nimbus();
-    cmd.args(["--url", &s.url, "--data", "/nonexistent", "--json", "list"])
+    cmd.args(["--url", &s.url, "--data-dir", "/nonexistent", "--json", "list"])
         .env("NIMBUS_TOKEN", s.token())
         .assert()
         .success();
@@ -476,7 +489,7 @@ fn unreachable_server_is_explained() {
 #[test]
 fn missing_token_file_is_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let out = nimbus().arg("--data").arg(dir.path()).arg("list").assert().code(1);
+    let out = nimbus().arg("--data-dir").arg(dir.path()).arg("list").assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains(&dir.path().join("admin-token").display().to_string()), "{stderr}");
     assert!(stderr.contains("--token"), "{stderr}");
@@ -601,9 +614,10 @@ fn slow_new_build_deploy_and_curl() {
     let logs = s.logs_until(&["logs", "greeter"], "stdout| handling /greeter");
     assert!(logs.contains("stdout| handling /greeter"), "{logs}");
 
-    // Deploying from the directory runs the (now up to date) build again.
+    // Deploying from the directory runs the (now up to date) build again: the same bytes, so
+    // no new version.
     let out = s.ok(&["deploy", dir.to_str().unwrap()]);
-    assert!(out.contains("Deployed greeter v2 "), "{out}");
+    assert!(out.contains("Unchanged: greeter v1 "), "{out}");
 }
 
 /// A plain HTTP/1.0 POST of a JSON body, returning status and body.
@@ -661,7 +675,7 @@ fn projects_keys_and_users() {
     // The key acts on acme without --project and without the admin token.
     let with_key = |args: &[&str]| {
         let mut cmd = nimbus();
-        cmd.args(["--url", &s.url, "--data", "/nonexistent", "--token", &key]).args(args);
+        cmd.args(["--url", &s.url, "--data-dir", "/nonexistent", "--token", &key]).args(args);
         cmd
     };
     let out = with_key(&["--json", "list"]).output().unwrap();
@@ -754,7 +768,7 @@ fn projects_keys_and_users() {
     assert!(kinds.contains(&"user.created"), "{events}");
     assert!(s.ok(&["events"]).contains("user.created"));
 
-    assert!(s.ok(&["users", "delete", &id]).contains(&format!("Deleted user {id}")));
+    assert!(s.ok(&["users", "delete", &id, "--yes"]).contains(&format!("Deleted user {id}")));
     s.cmd().args(["users", "show", &id]).assert().code(1).stderr(contains("HTTP 404"));
     assert_eq!(s.json(&["users", "list"])["users"], serde_json::json!([]));
 
@@ -789,7 +803,7 @@ fn serve_on(data: &Path, log: &Path) -> (Killed, String) {
     let mut cmd = StdCommand::new(NIMBUS);
     scrub_env(&mut cmd);
     let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args(["serve", "--no-profile", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("NIMBUS_LOG", "info")
         .stdin(Stdio::null())
@@ -994,4 +1008,342 @@ fn kill_9_during_uploads_leaves_a_consistent_store() {
         let key = e.data["key"].as_str().unwrap();
         assert_eq!(e.data["etag"].as_str().unwrap(), hex::encode(Md5::digest(object_bytes(key))));
     }
+}
+
+// ---- Issue 12: the first hour and the rough edges ----
+
+/// A `nimbus` command with the CLI config at `config` and nothing else: no --url, no token.
+fn with_config(config: &Path) -> Command {
+    let mut cmd = nimbus();
+    cmd.env("NIMBUS_CONFIG", config);
+    cmd
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn first_start_saves_a_profile_so_deploy_works_from_any_directory() {
+    let s = TestServer::start();
+    let config = s.log.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("serve wrote the CLI config");
+    assert!(text.contains("[profiles.local]") && text.contains(&s.url), "{text}");
+    assert!(text.contains("default_profile = \"local\""), "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the config holds tokens");
+    }
+
+    // A function folder elsewhere, deployed from inside it without any flag (the README's
+    // `cd greeter && nimbus deploy`): no ./nimbus-data there.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("nimbus.toml"),
+        format!("name = \"greeter\"\ncomponent = {:?}\nroutes = [\"/greeter\"]\n", hello_wasm()),
+    )
+    .unwrap();
+    let out = stdout_of(with_config(&config).current_dir(work.path()).arg("deploy"));
+    assert!(out.contains("Deployed greeter v1"), "{out}");
+    assert!(out.contains(&format!("{}/greeter", s.url)), "{out}");
+    assert_eq!(s.get("/greeter").0, 200);
+
+    // The same deploy again is no new version (issue 12 §3).
+    let out = stdout_of(with_config(&config).current_dir(work.path()).arg("deploy"));
+    assert!(out.contains("Unchanged: greeter v1"), "{out}");
+    let v = stdout_of(with_config(&config).args(["--json", "versions", "greeter"]));
+    assert_eq!(serde_json::from_str::<Value>(&v).unwrap()["versions"].as_array().unwrap().len(), 1);
+
+    // Profiles are listed with their token masked, never in full.
+    let token = s.token();
+    let out = stdout_of(with_config(&config).arg("profiles"));
+    assert!(out.contains("local") && out.contains(&s.url), "{out}");
+    assert!(!out.contains(&token), "token printed in full: {out}");
+    let out = stdout_of(with_config(&config).args(["--json", "profiles"]));
+    assert!(!out.contains(&token), "token printed in full: {out}");
+
+    // Precedence: a flag beats the profile (a wrong token is refused)...
+    with_config(&config)
+        .args(["--token", "wrong", "list"])
+        .assert()
+        .code(1)
+        .stderr(contains("HTTP 401"));
+    // ...and so does its env variable.
+    with_config(&config)
+        .env("NIMBUS_TOKEN", "wrong")
+        .arg("list")
+        .assert()
+        .code(1)
+        .stderr(contains("HTTP 401"));
+    // The profile's token is never sent to another server: with another URL, there is none.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let other = format!("http://127.0.0.1:{port}");
+    with_config(&config)
+        .current_dir(work.path())
+        .args(["--url", &other, "list"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!("no credentials for {other}")).and(contains("nimbus login")));
+}
+
+#[test]
+fn login_saves_a_profile_with_a_default_project_and_output_follows_the_project() {
+    let s = TestServer::start();
+    s.ok(&["projects", "create", "acme"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nimbus").join("config.toml");
+
+    // A wrong token is refused before anything is saved.
+    with_config(&config)
+        .args(["--url", &s.url, "--token", "wrong", "login"])
+        .assert()
+        .code(1)
+        .stderr(contains("cannot log in"));
+    assert!(!config.exists());
+
+    // The token from stdin, as a person pastes it.
+    let token = s.token();
+    let out = stdout_of(
+        with_config(&config)
+            .args(["--url", &s.url, "--profile", "acme", "--project", "acme", "login"])
+            .write_stdin(format!("{token}\n")),
+    );
+    assert!(out.contains("Logged in to") && out.contains("profile acme"), "{out}");
+    assert!(!out.contains(&token), "token printed in full: {out}");
+
+    // The profile's project applies: the deploy lands in acme, and its URLs point at acme's routes.
+    let out = stdout_of(with_config(&config).args([
+        "deploy",
+        hello_wasm(),
+        "--name",
+        "hi",
+        "--route",
+        "/hi",
+    ]));
+    assert!(out.contains(&format!("{}/@acme/hi", s.url)), "{out}");
+    assert_eq!(s.get("/@acme/hi").0, 200);
+    assert_eq!(s.get("/hi").0, 404);
+    let show = stdout_of(with_config(&config).args(["show", "hi"]));
+    assert!(show.contains(&format!("{}/@acme/hi", s.url)), "{show}");
+
+    // A hint carries --project, and works when pasted (here: without the profile).
+    let out = stdout_of(with_config(&config).args(["deploy", hello_wasm(), "--name", "bare"]));
+    let hint = out.split('`').nth(1).unwrap_or_else(|| panic!("no hint in {out}")).to_string();
+    assert_eq!(hint, "nimbus --project acme invoke bare", "{out}");
+    let args: Vec<&str> = hint.split_whitespace().skip(1).collect();
+    let pasted = s.ok(&args);
+    assert_eq!(pasted, "Hello from Nimbus!\n");
+
+    // `--project` overrides the profile's project.
+    let list = stdout_of(with_config(&config).args(["--project", "default", "--json", "list"]));
+    assert_eq!(serde_json::from_str::<Value>(&list).unwrap()["functions"], serde_json::json!([]));
+    let key = stdout_of(with_config(&config).args(["keys", "create", "--scope", "service"]));
+    assert!(key.contains("`nimbus --project acme keys revoke "), "{key}");
+}
+
+#[test]
+fn rough_edges_of_the_cli() {
+    let s = TestServer::start();
+    s.ok(&["deploy", hello_wasm(), "--name", "hello", "--route", "/hello"]);
+    s.ok(&["deploy", test_programs_artifacts::LOGS, "--name", "hello", "--route", "/hello"]);
+
+    // `rollback NAME v1`, as listings print versions.
+    assert!(s.ok(&["rollback", "hello", "v1"]).contains("hello is now at v1"));
+    assert!(s.ok(&["rollback", "hello", "2"]).contains("hello is now at v2"));
+    s.cmd().args(["rollback", "hello", "version2"]).assert().code(2).stderr(contains("like v2"));
+
+    // `delete` asks; without a terminal and without --yes it refuses and deletes nothing.
+    s.cmd().args(["delete", "hello"]).write_stdin("").assert().code(1).stderr(contains("--yes"));
+    assert_eq!(s.get("/hello").0, 200);
+
+    // `invoke --data` is the request body, as in curl.
+    s.ok(&["deploy", test_programs_artifacts::ECHO, "--name", "echo"]);
+    assert_eq!(s.ok(&["invoke", "echo", "--data", r#"{"a":1}"#]), r#"{"a":1}"#);
+
+    // --json: errors in the API's shape, and output from every command.
+    let out = s.cmd().args(["--json", "show", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: Value = serde_json::from_slice(&out.stderr)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(err["error"]["code"], "not_found", "{err}");
+    assert_eq!(err["error"]["status"], 404, "{err}");
+    let out = s.cmd().args(["--json", "delete", "nope"]).write_stdin("").output().unwrap();
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "cli_error", "{err}");
+    // A usage error too (exit code 2, as without --json).
+    let out = s.cmd().args(["--json", "rollback", "hello", "version2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err: Value = serde_json::from_slice(&out.stderr)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(err["error"]["code"], "usage", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("like v2"), "{err}");
+    assert_eq!(s.json(&["secrets", "set", "echo", "K", "v"])["set"], "K");
+    assert_eq!(s.json(&["secrets", "rm", "echo", "K"])["removed"], "K");
+    assert_eq!(s.json(&["delete", "echo", "--yes"])["deleted"], "echo");
+
+    // Limit errors in user units, naming the serve flag that raises the ceiling.
+    let out = s
+        .cmd()
+        .args(["deploy", hello_wasm(), "--name", "slow", "--timeout", "2h"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("timeout 2h") && stderr.contains("nimbus serve --max-timeout"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("7200000"), "{stderr}");
+    let out = s
+        .cmd()
+        .args(["deploy", hello_wasm(), "--name", "big", "--memory", "1GiB"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("memory 1GiB") && stderr.contains("--max-memory"), "{stderr}");
+
+    // logs: -n 0 means none; filters by status and time.
+    assert_eq!(s.get("/hello").0, 200);
+    s.ok(&["deploy", test_programs_artifacts::TRAP, "--name", "trap", "--route", "/trap"]);
+    assert_eq!(s.get("/trap").0, 500);
+    assert_eq!(s.get("/trap").0, 500);
+    s.logs_until(&["logs", "hello"], " ok 200 ");
+    s.logs_until(&["logs", "trap", "-n", "5"], " trap ");
+    assert_eq!(s.ok(&["logs", "hello", "-n", "0"]), "");
+    assert_eq!(s.ok(&["invocations", "-n", "0"]), "");
+    assert_eq!(s.json(&["invocations", "-n", "0"])["invocations"], serde_json::json!([]));
+    assert_eq!(s.json(&["logs", "hello", "-n", "0"])["invocations"], serde_json::json!([]));
+    let traps = s.json(&["logs", "trap", "--status", "trap"]);
+    assert_eq!(traps["invocations"].as_array().unwrap().len(), 2, "{traps}");
+    assert_eq!(s.json(&["logs", "trap", "--status", "ok"])["invocations"], serde_json::json!([]));
+    assert_eq!(
+        s.json(&["logs", "trap", "--status", "trap", "-n", "1"])["invocations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.json(&["logs", "hello", "--since", "1h"])["invocations"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        s.json(&["logs", "hello", "--since", "2999-01-01T00:00:00Z"])["invocations"],
+        serde_json::json!([])
+    );
+    s.cmd()
+        .args(["logs", "hello", "--status", "fine"])
+        .assert()
+        .code(2)
+        .stderr(contains("unknown status"));
+
+    // No colour codes in a log file, nor in anything the CLI printed to a pipe.
+    let log = s.log();
+    assert!(log.contains("INFO") && !log.contains('\x1b'), "ANSI codes in the server log:\n{log}");
+}
+
+#[test]
+fn serve_has_its_own_flags_and_takes_a_port_alone() {
+    // `serve --help` lists serve's flags, not the client's.
+    let help = stdout_of(nimbus().args(["serve", "--help"]));
+    assert!(help.contains("--listen") && help.contains("--data <DIR>"), "{help}");
+    for client_flag in ["--url", "--token", "--project", "--profile", "--data-dir", "--json"] {
+        assert!(!help.contains(client_flag), "serve --help lists {client_flag}:\n{help}");
+    }
+    // A client flag given to serve is refused with what to use instead.
+    nimbus().args(["serve", "--url", "http://x"]).assert().code(1).stderr(contains("--listen"));
+    // ...while the client commands keep them.
+    let help = stdout_of(nimbus().args(["list", "--help"]));
+    assert!(help.contains("--url") && help.contains("--data-dir"), "{help}");
+
+    // `--listen 8081`: a port alone means 127.0.0.1.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let log = tempfile::tempdir().unwrap();
+    let config = log.path().join("config.toml");
+    let s = TestServer::start_with(&["--listen", &port], &config, log);
+    assert_eq!(s.url, format!("http://127.0.0.1:{port}"));
+    assert_eq!(s.get("/healthz").0, 200);
+}
+
+#[test]
+fn completions_for_each_shell() {
+    for (shell, needle) in
+        [("bash", "complete -F"), ("zsh", "#compdef nimbus"), ("fish", "complete -c nimbus")]
+    {
+        let out = stdout_of(nimbus().args(["completions", shell]));
+        assert!(
+            out.contains(needle) && out.contains("deploy") && out.contains("rollback"),
+            "{shell}"
+        );
+    }
+    nimbus().args(["completions", "cmd.exe"]).assert().code(2);
+}
+
+/// Every `sh` block of docs/guide (not marked `norun`), in reading order, run by bash against a
+/// real server, as a reader would type it: `nimbus` on the PATH, the server found through the
+/// `local` profile it saved, `./nimbus-data` its data directory, and `hello.wasm` at hand.
+#[test]
+fn guide_samples_run() {
+    let log = tempfile::tempdir().unwrap();
+    let config = log.path().join("config.toml");
+    let s = TestServer::start_with(&["--listen", "127.0.0.1:0"], &config, log);
+    let work = tempfile::tempdir().unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(s.data.path(), work.path().join("nimbus-data")).unwrap();
+    std::fs::copy(hello_wasm(), work.path().join("hello.wasm")).unwrap();
+    let addr = s.url.strip_prefix("http://").unwrap().to_string();
+    let bin_dir = Path::new(NIMBUS).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/guide");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.sort();
+    let mut ran = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let Some(info) = line.strip_prefix("```") else { continue };
+            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+            if info != "sh" {
+                continue; // `sh norun` blocks are only parsed (guide_commands_parse)
+            }
+            let script = body.join("\n").replace("127.0.0.1:8080", &addr);
+            let mut cmd = StdCommand::new("bash");
+            scrub_env(&mut cmd);
+            // -e: a failing command fails the sample (a pipeline's status is its last command's,
+            // so `nimbus ... | grep X` checks the output).
+            let out = cmd
+                .args(["-e", "-c", &script])
+                .current_dir(work.path())
+                .env("PATH", &path)
+                .env("NIMBUS_CONFIG", &config)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: sample failed ({}):\n{script}\n--- stdout\n{}\n--- stderr\n{}",
+                file.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 15, "only {ran} samples ran");
 }

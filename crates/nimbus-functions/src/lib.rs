@@ -143,6 +143,9 @@ impl Snapshot {
 pub struct Deployed {
     pub function: FunctionInfo,
     pub version: VersionInfo,
+    /// The active version already had these bytes, spec and limits: `version` is that version,
+    /// nothing was compiled or written, and `compile` is zero.
+    pub unchanged: bool,
     pub compile: Duration,
     /// Functions taken from the compile cache and compiled afresh (None: the cache is off).
     pub cache: Option<CacheUse>,
@@ -283,6 +286,23 @@ impl FunctionService {
         // Compiling is pure and can take seconds for a big component: it runs outside the lock,
         // so one project's upload never holds up another's deploy, rollback or delete.
         let sha = hex::encode(sha2::Sha256::digest(&wasm));
+        // Redeploying what is already active (the same bytes, spec and resolved limits) makes
+        // no new version and compiles nothing: a version number then means a change.
+        if let Some(active) = self.active_version(project, &spec.name).await?
+            && active.module_sha256 == sha
+            && active.spec == spec
+            && active.limits == limits
+        {
+            let function = self.info(project, &spec.name).await?;
+            tracing::info!(project, function = %spec.name, version = active.version, "deploy unchanged");
+            return Ok(Deployed {
+                function,
+                version: active,
+                unchanged: true,
+                compile: Duration::ZERO,
+                cache: None,
+            });
+        }
         let runtime = self.runtime.clone();
         let module = wasm.clone();
         let size = wasm.len() as u64;
@@ -316,7 +336,18 @@ impl FunctionService {
         self.swap_in(active);
         let function = self.info(project, &spec.name).await?;
         tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, cached_functions = cache.map(|c| c.hits), compiled_functions = cache.map(|c| c.misses), "deployed");
-        Ok(Deployed { function, version, compile, cache })
+        Ok(Deployed { function, version, unchanged: false, compile, cache })
+    }
+
+    /// The active version of a function, if it exists.
+    async fn active_version(&self, project: &str, name: &str) -> Result<Option<VersionInfo>> {
+        let fs = self.stores.functions.clone();
+        let (p, n) = (project.to_string(), name.to_string());
+        blocking(move || {
+            let Some(f) = fs.get_function(&p, &n)? else { return Ok(None) };
+            Ok(fs.get_version(&p, &n, f.active_version)?)
+        })
+        .await
     }
 
     /// Move traffic to an earlier (or later) existing version, at once.

@@ -24,9 +24,9 @@ pub enum SpecError {
     EnvName(String),
     #[error("invalid outbound host {0:?}: give a host name or host:port, without scheme or path")]
     OutboundHost(String),
-    #[error("limit {name} = {value} is above the operator's ceiling of {ceiling}")]
+    #[error("{}", above_ceiling(name, *value, *ceiling))]
     AboveCeiling { name: &'static str, value: u64, ceiling: u64 },
-    #[error("limit {name} must be greater than zero")]
+    #[error("limit {} must be greater than zero", limit_label(name).0)]
     Zero { name: &'static str },
     #[error("too many {what}: at most {max}")]
     TooMany { what: &'static str, max: usize },
@@ -34,6 +34,51 @@ pub enum SpecError {
     TooLong { what: String, max: usize },
     #[error("{0}")]
     Trigger(String),
+}
+
+/// A limit as a developer writes it (`nimbus.toml` / `deploy` flag), how to print its values, and
+/// the `nimbus serve` flag that sets its ceiling: errors speak in these terms, never in the
+/// internal field names and units (`timeout_ms = 7200000`).
+fn limit_label(name: &str) -> (&'static str, fn(u64) -> String, &'static str) {
+    match name {
+        "timeout_ms" => ("timeout", format_ms, "--max-timeout"),
+        "memory_bytes" => ("memory", format_size, "--max-memory"),
+        "max_concurrency" => ("max_concurrency", |n| n.to_string(), "--max-concurrency"),
+        "max_queue" => ("max_queue", |n| n.to_string(), "--max-queue"),
+        "max_body_bytes" => ("max_body", format_size, "--max-body-ceiling"),
+        _ => ("limit", |n| n.to_string(), "its ceiling flags"),
+    }
+}
+
+fn above_ceiling(name: &str, value: u64, ceiling: u64) -> String {
+    let (label, fmt, flag) = limit_label(name);
+    format!(
+        "{label} {} is above this server's ceiling of {}; ask for at most {} (the operator raises \
+         it with `nimbus serve {flag}`)",
+        fmt(value),
+        fmt(ceiling),
+        fmt(ceiling)
+    )
+}
+
+/// Milliseconds in the largest unit that divides them: `2h`, `90s`, `1500ms`.
+pub fn format_ms(ms: u64) -> String {
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Bytes in the largest binary unit that divides them: `64MiB`, `1GiB`, `1500B`.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
 }
 
 /// Bounds on what one function's spec may hold: it is stored with every version and loaded into
@@ -367,6 +412,30 @@ mod tests {
             policy.resolve(&LimitsSpec { timeout_ms: Some(0), ..Default::default() }),
             Err(SpecError::Zero { name: "timeout_ms" })
         );
+    }
+
+    #[test]
+    fn limit_errors_speak_in_user_units_and_name_the_flag() {
+        let policy = LimitPolicy::default();
+        let msg = policy
+            .resolve(&LimitsSpec { timeout_ms: Some(7_200_000), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("timeout 2h") && msg.contains("5m"), "{msg}");
+        assert!(msg.contains("nimbus serve --max-timeout") && !msg.contains("7200000"), "{msg}");
+        let msg = policy
+            .resolve(&LimitsSpec { memory_bytes: Some(1 << 30), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("memory 1GiB") && msg.contains("512MiB"), "{msg}");
+        assert!(msg.contains("--max-memory") && !msg.contains("1073741824"), "{msg}");
+        let msg = policy
+            .resolve(&LimitsSpec { max_body_bytes: Some(1_000_000_000), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--max-body-ceiling"), "{msg}");
+        assert_eq!(format_ms(1500), "1500ms");
+        assert_eq!(format_size(1500), "1500B");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::route_url;
+use super::route_url_in;
 use crate::GlobalArgs;
 use crate::client::{CompileReport, DeployResponse, parse};
 use crate::manifest::{
@@ -189,22 +189,35 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let d: DeployResponse = parse(&value)?;
-    outln!(
-        "Deployed {} v{} (sha256 {}, {}, compiled in {} ms)",
-        d.function.name,
-        d.version.version,
-        short_sha(&d.version.module_sha256),
-        format_bytes(d.version.module_size),
-        d.compile_ms.round() as u64,
-    );
+    if d.unchanged {
+        outln!(
+            "Unchanged: {} v{} already has this component (sha256 {}) and settings; no new version",
+            d.function.name,
+            d.version.version,
+            short_sha(&d.version.module_sha256),
+        );
+    } else {
+        outln!(
+            "Deployed {} v{} (sha256 {}, {}, compiled in {} ms)",
+            d.function.name,
+            d.version.version,
+            short_sha(&d.version.module_sha256),
+            format_bytes(d.version.module_size),
+            d.compile_ms.round() as u64,
+        );
+    }
     if let Some(c) = &d.compile {
         outln!("  {}", describe_compile(c));
     }
     if d.function.routes.is_empty() {
-        outln!("  no routes; call it with `nimbus invoke {}`", d.function.name);
+        outln!(
+            "  no routes; call it with `nimbus{} invoke {}`",
+            crate::project_flag(Some(&d.function.project)),
+            d.function.name
+        );
     }
     for r in &d.function.routes {
-        outln!("  {}", route_url(client.base_url(), r));
+        outln!("  {}", route_url_in(client.base_url(), &d.function.project, r));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 use anyhow::Result;
 use nimbus_model::{FunctionInfo, VersionInfo};
 
-use super::{route_url, routes_cell};
-use crate::GlobalArgs;
+use super::{route_url_in, routes_cell};
 use crate::client::{field, parse};
 use crate::output::{
-    Table, format_bytes, format_limit_bytes, format_ms, format_time, outln, print_json, short_sha,
+    Table, confirm, format_bytes, format_limit_bytes, format_ms, format_time, outln, print_json,
+    short_sha,
 };
+use crate::{GlobalArgs, project_flag};
 
 pub async fn list(g: &GlobalArgs) -> Result<ExitCode> {
     let value = g.client()?.list_functions().await?;
@@ -50,11 +51,15 @@ pub async fn show(g: &GlobalArgs, name: &str) -> Result<ExitCode> {
     outln!("created:        {}", format_time(f.created_at));
     outln!("updated:        {}", format_time(f.updated_at));
     if f.routes.is_empty() {
-        outln!("routes:         none (call it with `nimbus invoke {}`)", f.name);
+        outln!(
+            "routes:         none (call it with `nimbus{} invoke {}`)",
+            project_flag(Some(&f.project)),
+            f.name
+        );
     } else {
         outln!("routes:");
         for r in &f.routes {
-            outln!("  {}", route_url(client.base_url(), r));
+            outln!("  {}", route_url_in(client.base_url(), &f.project, r));
         }
     }
     if f.require_auth {
@@ -90,9 +95,13 @@ pub async fn show(g: &GlobalArgs, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn delete(g: &GlobalArgs, name: &str) -> Result<ExitCode> {
-    g.client()?.delete_function(name).await?;
-    if !g.json {
+pub async fn delete(g: &GlobalArgs, name: &str, yes: bool) -> Result<ExitCode> {
+    let client = g.client()?;
+    confirm(&format!("Delete function {name} with all its versions, secrets and logs?"), yes)?;
+    client.delete_function(name).await?;
+    if g.json {
+        print_json(&serde_json::json!({ "deleted": name }))?;
+    } else {
         outln!("Deleted {name}");
     }
     Ok(ExitCode::SUCCESS)
@@ -136,4 +145,26 @@ pub async fn rollback(g: &GlobalArgs, name: &str, version: u32) -> Result<ExitCo
     let f: FunctionInfo = parse(&value)?;
     outln!("{} is now at v{} (latest v{})", f.name, f.active_version, f.latest_version);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A version as listings print it (`v2`) or as a number (`2`).
+pub fn parse_version(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix(['v', 'V']).unwrap_or(s);
+    match digits.parse::<u32>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("{s:?} is not a version: give it as listed, like v2, or as 2")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_as_listed() {
+        assert_eq!(super::parse_version("v2"), Ok(2));
+        assert_eq!(super::parse_version("V12"), Ok(12));
+        assert_eq!(super::parse_version("3"), Ok(3));
+        for bad in ["v", "v0", "x2", "-1", "2.0"] {
+            assert!(super::parse_version(bad).is_err(), "{bad}");
+        }
+    }
 }

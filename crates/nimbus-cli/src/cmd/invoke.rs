@@ -28,9 +28,14 @@ pub struct InvokeArgs {
     #[arg(short = 'X', long = "request", value_name = "METHOD", env = "NIMBUS_INVOKE_METHOD")]
     pub method: Option<String>,
 
-    /// Request body, as curl's -d: @FILE reads a file, @- reads stdin (long form --body, as
-    /// --data is the global data directory)
-    #[arg(short = 'd', long = "body", value_name = "DATA", env = "NIMBUS_INVOKE_BODY")]
+    /// Request body, as curl's -d/--data: @FILE reads a file, @- reads stdin
+    #[arg(
+        short = 'd',
+        long = "data",
+        visible_alias = "body",
+        value_name = "DATA",
+        env = "NIMBUS_INVOKE_BODY"
+    )]
     pub body: Option<String>,
 
     /// Request header, as 'Name: value' (repeatable)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 use futures::StreamExt as _;
-use nimbus_model::{InvocationRecord, InvocationStatus};
+use nimbus_model::{InvocationRecord, InvocationStatus, UnixMillis};
 
 use crate::GlobalArgs;
 use crate::client::{ApiError, Client, InvocationFilter, invocations_of, root_cause};
@@ -24,9 +24,37 @@ pub struct LogsArgs {
     #[arg(short = 'f', long, env = "NIMBUS_LOGS_FOLLOW", value_parser = clap::builder::BoolishValueParser::new())]
     pub follow: bool,
 
-    /// How many recent invocations to show
-    #[arg(short = 'n', long, env = "NIMBUS_LOGS_LIMIT", default_value_t = 20)]
+    /// How many recent invocations to show (0: none; with -f, only new ones). At most 1000
+    #[arg(short = 'n', long, env = "NIMBUS_LOGS_LIMIT", default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub limit: u32,
+
+    /// Only invocations that ended so: ok, trap, timeout, memory_limit, rejected, error
+    #[arg(long, env = "NIMBUS_LOGS_STATUS", value_parser = parse_status)]
+    pub status: Option<InvocationStatus>,
+
+    /// Only invocations started since then: a duration back from now (10m, 2h, 1d) or an RFC
+    /// 3339 time (2025-01-31T12:00:00Z). Looks at the newest 1000 invocations
+    #[arg(long, value_name = "WHEN", env = "NIMBUS_LOGS_SINCE", value_parser = parse_since)]
+    pub since: Option<UnixMillis>,
+}
+
+fn parse_status(s: &str) -> Result<InvocationStatus, String> {
+    InvocationStatus::parse(s).ok_or_else(|| {
+        format!("unknown status {s:?}: use ok, trap, timeout, memory_limit, rejected or error")
+    })
+}
+
+/// `--since`: `10m` (ago) or an RFC 3339 time, as milliseconds since the epoch.
+fn parse_since(s: &str) -> Result<UnixMillis, String> {
+    let at = match humantime::parse_duration(s) {
+        Ok(d) => std::time::SystemTime::now().checked_sub(d).ok_or("too far back")?,
+        Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+            format!("{s:?} is neither a duration (10m, 2h) nor a time (2025-01-31T12:00:00Z)")
+        })?,
+    };
+    let ms = at.duration_since(std::time::UNIX_EPOCH).map_err(|_| "before 1970")?.as_millis();
+    UnixMillis::try_from(ms).map_err(|_| "too far ahead".to_string())
 }
 
 #[derive(Args)]
@@ -43,8 +71,9 @@ pub struct InvocationsArgs {
     #[arg(long, value_name = "SEQ", env = "NIMBUS_INVOCATIONS_AFTER")]
     pub after: Option<u64>,
 
-    /// How many to show
-    #[arg(short = 'n', long, env = "NIMBUS_INVOCATIONS_LIMIT", default_value_t = 50)]
+    /// How many to show (at most 1000)
+    #[arg(short = 'n', long, env = "NIMBUS_INVOCATIONS_LIMIT", default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub limit: u32,
 
     /// Order, by position (the order in which invocations were stored)
@@ -94,14 +123,34 @@ fn print_record(r: &InvocationRecord, json: bool) -> std::io::Result<()> {
 
 pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
     let client = g.client()?;
-    let value = client.logs(&args.name, None, Some(args.limit)).await?;
+    let filtered = args.status.is_some() || args.since.is_some();
+    // Filters go through the invocations listing (status on the server, the time here), which
+    // holds the same records; the newest 1000 are looked at when a time is given.
+    let value = if filtered {
+        let filter = InvocationFilter {
+            function: Some(args.name.clone()),
+            status: args.status.map(|s| s.as_str().to_string()),
+            limit: Some(if args.since.is_some() { 1000 } else { args.limit.max(1) }),
+            ..Default::default()
+        };
+        client.invocations(&filter).await?
+    } else {
+        // The server wants a limit of at least 1; `-n 0` still learns the newest position, so
+        // that `-n 0 -f` starts after it.
+        client.logs(&args.name, None, Some(args.limit.max(1))).await?
+    };
+    let mut all = invocations_of(&value)?;
+    all.sort_by_key(|r| r.seq); // oldest first, like a log
+    let head = all.last().map_or(0, |r| r.seq);
+    let mut records: Vec<InvocationRecord> =
+        all.into_iter().filter(|r| args.since.is_none_or(|since| r.started_at >= since)).collect();
+    let keep = (args.limit as usize).min(records.len());
+    records.drain(..records.len() - keep);
     if g.json && !args.follow {
-        print_json(&value)?;
+        print_json(&serde_json::json!({ "invocations": records }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut records = invocations_of(&value)?;
-    records.sort_by_key(|r| r.seq); // oldest first, like a log
-    if records.is_empty() && !args.follow && !g.json {
+    if records.is_empty() && !args.follow && !g.json && args.limit > 0 {
         eprintln!("No invocations of {} yet.", args.name);
     }
     for r in &records {
@@ -110,16 +159,22 @@ pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    // From the last position printed (0 if none: every record stored since the listing), so
+    // From the newest position listed (0 if none: every record stored since the listing), so
     // that nothing stored in between is missed.
-    let last = records.last().map_or(0, |r| r.seq);
-    follow(&client, &args.name, last, g.json).await
+    let last = records.last().map_or(head, |r| r.seq).max(head);
+    follow(&client, &args.name, last, g.json, args.status).await
 }
 
 /// Follow the SSE stream from after position `last_seq`, reconnecting after the last position
 /// seen if the connection drops. Positions are given when records are stored, so a slow
 /// invocation that ends after faster ones is still seen (ids, made at the start, would skip it).
-async fn follow(client: &Client, name: &str, mut last_seq: u64, json: bool) -> Result<ExitCode> {
+async fn follow(
+    client: &Client,
+    name: &str,
+    mut last_seq: u64,
+    json: bool,
+    status: Option<InvocationStatus>,
+) -> Result<ExitCode> {
     let mut backoff = Duration::from_millis(250);
     loop {
         let resp = match client.logs_follow(name, Some(last_seq)).await {
@@ -160,8 +215,11 @@ async fn follow(client: &Client, name: &str, mut last_seq: u64, json: bool) -> R
                 if record.seq <= last_seq {
                     continue;
                 }
-                print_record(&record, json)?;
                 last_seq = record.seq;
+                if status.is_some_and(|s| s != record.status) {
+                    continue;
+                }
+                print_record(&record, json)?;
             }
         }
         match dropped {
@@ -178,6 +236,13 @@ pub async fn invocations(g: &GlobalArgs, args: InvocationsArgs) -> Result<ExitCo
         && InvocationStatus::parse(s).is_none()
     {
         bail!("unknown status {s:?}: use ok, trap, timeout, memory_limit, rejected or error");
+    }
+    // `-n 0` asks for none: the server's smallest page is one.
+    if args.limit == 0 {
+        if g.json {
+            print_json(&serde_json::json!({ "invocations": [] }))?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let filter = InvocationFilter {
         function: args.function,

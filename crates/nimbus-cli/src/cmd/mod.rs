@@ -5,6 +5,7 @@ pub mod functions;
 pub mod invoke;
 pub mod logs;
 pub mod new;
+pub mod profile;
 pub mod projects;
 pub mod secrets;
 pub mod serve;
@@ -18,6 +19,15 @@ pub fn route_url(base: &str, route: &RouteSpec) -> String {
         format!("{base}{}", route.path)
     } else {
         format!("{base}{} [{}]", route.path, route.methods.join(", "))
+    }
+}
+
+/// A route as a full URL of `project`'s functions: `/@project/...` outside the default project.
+pub fn route_url_in(base: &str, project: &str, route: &RouteSpec) -> String {
+    if project == "default" {
+        route_url(base, route)
+    } else {
+        route_url(&format!("{base}/@{project}"), route)
     }
 }
 

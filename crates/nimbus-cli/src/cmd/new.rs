@@ -140,7 +140,7 @@ pub fn run(g: &GlobalArgs, args: NewArgs) -> Result<ExitCode> {
         outln!("Next steps:");
         outln!("  cd {}", dir.display());
         outln!("  nimbus deploy        # builds with `{BUILD_COMMAND}` and uploads");
-        outln!("  curl {}/{}", g.url.trim_end_matches('/'), args.name);
+        outln!("  curl {}/{}", g.server_url().trim_end_matches('/'), args.name);
         outln!();
         outln!("Building needs the wasm32-wasip2 target: rustup target add wasm32-wasip2");
     }

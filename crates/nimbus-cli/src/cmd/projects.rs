@@ -181,7 +181,11 @@ pub async fn keys(g: &GlobalArgs, command: KeysCommand) -> Result<ExitCode> {
             match info.expires_at {
                 Some(e) => outln!("It expires at {}.", format_time(e)),
                 None => {
-                    outln!("It does not expire; revoke it with `nimbus keys revoke {}`.", info.id)
+                    outln!(
+                        "It does not expire; revoke it with `nimbus{} keys revoke {}`.",
+                        crate::project_flag(Some(&info.project)),
+                        info.id
+                    )
                 }
             }
             outln!("Copy it now: it is shown only once (the server keeps only a hash).");
@@ -194,7 +198,10 @@ pub async fn keys(g: &GlobalArgs, command: KeysCommand) -> Result<ExitCode> {
             }
             let keys: Vec<KeyView> = field(&value, "keys")?;
             if keys.is_empty() {
-                eprintln!("No API keys yet. Create one with `nimbus keys create --scope service`.");
+                eprintln!(
+                    "No API keys yet. Create one with `nimbus{} keys create --scope service`.",
+                    g.project_flag()
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let now = SystemTime::now()

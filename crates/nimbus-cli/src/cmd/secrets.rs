@@ -47,13 +47,17 @@ pub async fn run(g: &GlobalArgs, command: SecretsCommand) -> Result<ExitCode> {
                 None => read_stdin_value(&key)?,
             };
             g.client()?.set_secret(&name, &key, &value).await?;
-            if !g.json {
+            if g.json {
+                print_json(&json!({ "function": name, "set": key }))?;
+            } else {
                 outln!("Set secret {key} on {name}");
             }
         }
         SecretsCommand::Rm { name, key } => {
             g.client()?.delete_secret(&name, &key).await?;
-            if !g.json {
+            if g.json {
+                print_json(&json!({ "function": name, "removed": key }))?;
+            } else {
                 outln!("Removed secret {key} from {name}");
             }
         }

@@ -4,6 +4,7 @@
 //! `--no-default-features` is a lightweight client whose `serve` only explains what is missing.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,9 +24,20 @@ use crate::manifest::{parse_duration, parse_duration_ms, parse_size};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port)
-    #[arg(long, env = "NIMBUS_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Data directory: the server's state (SQLite, modules, files) and its admin token
+    #[arg(long, value_name = "DIR", env = "NIMBUS_DATA", default_value = "./nimbus-data")]
+    pub data: PathBuf,
+
+    /// Address to listen on, or a port alone for 127.0.0.1 (port 0 picks a free port)
+    #[arg(long, env = "NIMBUS_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
+
+    /// Do not save this server as the `local` profile of the CLI config on its first start
+    #[arg(long, env = "NIMBUS_NO_PROFILE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_profile: bool,
+
+    #[command(flatten)]
+    pub client_flags: ClientFlags,
 
     /// Log format on stderr
     #[arg(long, env = "NIMBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -191,7 +203,7 @@ pub struct ServeArgs {
 
     /// Also serve /metrics without a token on this address (bind it to a private interface);
     /// on the main listener /metrics needs the admin token
-    #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
+    #[arg(long, env = "NIMBUS_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// An internal network (CIDR or IP) guests may reach with outbound HTTP. Loopback, private,
@@ -206,7 +218,7 @@ pub struct ServeArgs {
 
     /// Serve the S3-compatible file storage endpoint on this address (off by default). It needs
     /// its own address: S3 signatures cover the whole path
-    #[arg(long, env = "NIMBUS_S3_LISTEN")]
+    #[arg(long, env = "NIMBUS_S3_LISTEN", value_parser = parse_listen)]
     pub s3_listen: Option<SocketAddr>,
 
     /// Virtual-host style S3 requests: `<bucket>.<domain>` names a bucket (default: the base
@@ -241,6 +253,59 @@ pub struct ServeArgs {
     /// Allow plain-http callback URLs for asynchronous invocations (default: https only)
     #[arg(long, env = "NIMBUS_CALLBACK_ALLOW_HTTP")]
     pub callback_allow_http: bool,
+}
+
+/// The client flags (`--url`, `--token`, ...) are global to the other commands; defining them
+/// here, hidden, keeps clap from propagating them into `serve --help` (it skips ids a subcommand
+/// already has), and `run` refuses them with a pointer to what serve takes instead.
+#[derive(Args, Debug, Default)]
+pub struct ClientFlags {
+    #[arg(long, hide = true)]
+    url: Option<String>,
+    #[arg(long, hide = true)]
+    token: Option<String>,
+    #[arg(long, hide = true)]
+    project: Option<String>,
+    #[arg(long, hide = true)]
+    profile: Option<String>,
+    #[arg(long = "data-dir", hide = true)]
+    data_dir: Option<String>,
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
+impl ClientFlags {
+    fn refuse(&self) -> Result<()> {
+        let given = [
+            ("--url", self.url.is_some(), "--listen ADDR"),
+            ("--token", self.token.is_some(), "the token it writes to <data>/admin-token"),
+            ("--project", self.project.is_some(), "every project"),
+            ("--profile", self.profile.is_some(), "--data DIR and --listen ADDR"),
+            ("--data-dir", self.data_dir.is_some(), "--data DIR"),
+            ("--json", self.json, "--log-format json"),
+        ];
+        if let Some((flag, _, instead)) = given.iter().find(|g| g.1) {
+            bail!(
+                "`serve` does not take {flag} (a flag of the client commands); it uses {instead}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--listen`: `host:port`, or a port alone, which means 127.0.0.1 (like the default; say
+/// `0.0.0.0:PORT` to listen on every interface).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(port) = s.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("{s:?} is not an address: give HOST:PORT like 127.0.0.1:8080 or 0.0.0.0:8080, or a port like 8080")
+    })
 }
 
 /// One `--rate-limit` override: `None` turns the limit off.
@@ -331,26 +396,49 @@ impl ServeArgs {
             max_queue: self.max_queue,
             max_body_bytes: self.max_body_ceiling,
         };
-        let pairs: [(&str, &str, u64, u64); 5] = [
-            ("--default-timeout", "--max-timeout", defaults.timeout_ms, ceilings.timeout_ms),
-            ("--default-memory", "--max-memory", defaults.memory_bytes, ceilings.memory_bytes),
+        // Values in the units the flags take (`2s`, `1GiB`), not milliseconds and bytes.
+        let count = |n: u64| n.to_string();
+        type Pair = (&'static str, &'static str, u64, u64, fn(u64) -> String);
+        let pairs: [Pair; 5] = [
+            (
+                "--default-timeout",
+                "--max-timeout",
+                defaults.timeout_ms,
+                ceilings.timeout_ms,
+                nimbus_model::format_ms,
+            ),
+            (
+                "--default-memory",
+                "--max-memory",
+                defaults.memory_bytes,
+                ceilings.memory_bytes,
+                nimbus_model::format_size,
+            ),
             (
                 "--default-concurrency",
                 "--max-concurrency",
                 defaults.max_concurrency.into(),
                 ceilings.max_concurrency.into(),
+                count,
             ),
             (
                 "--default-queue",
                 "--max-queue",
                 defaults.max_queue.into(),
                 ceilings.max_queue.into(),
+                count,
             ),
-            ("--max-body", "--max-body-ceiling", defaults.max_body_bytes, ceilings.max_body_bytes),
+            (
+                "--max-body",
+                "--max-body-ceiling",
+                defaults.max_body_bytes,
+                ceilings.max_body_bytes,
+                nimbus_model::format_size,
+            ),
         ];
-        for (default, ceiling, d, c) in pairs {
+        for (default, ceiling, d, c, fmt) in pairs {
             if d > c {
-                bail!("{default} ({d}) is above {ceiling} ({c})");
+                bail!("{default} ({}) is above {ceiling} ({})", fmt(d), fmt(c));
             }
             if d == 0 && default != "--default-queue" {
                 bail!("{default} must be greater than zero");
@@ -360,9 +448,9 @@ impl ServeArgs {
     }
 
     #[cfg(feature = "server")]
-    pub fn server_config(&self, g: &GlobalArgs) -> Result<ServerConfig> {
+    pub fn server_config(&self) -> Result<ServerConfig> {
         Ok(ServerConfig {
-            data_dir: g.data.clone(),
+            data_dir: self.data.clone(),
             listen: self.listen,
             limits: self.limit_policy()?,
             log_bytes_per_invocation: usize::try_from(self.log_bytes)
@@ -439,7 +527,11 @@ fn init_tracing(format: LogFormat) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: log files and pipes get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(crate::output::colour_on_stderr());
     // A second initialisation (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -475,6 +567,7 @@ async fn shutdown_signal() {
 
 #[cfg(not(feature = "server"))]
 pub async fn run(_g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    args.client_flags.refuse()?;
     args.limit_policy()?;
     bail!(
         "this nimbus was built without the server (cargo feature `server`); \
@@ -483,14 +576,20 @@ pub async fn run(_g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
 }
 
 #[cfg(feature = "server")]
-pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+pub async fn run(_g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    args.client_flags.refuse()?;
     init_tracing(args.log_format);
-    let config = args.server_config(g)?;
+    let config = args.server_config()?;
     let data_dir = config.data_dir.clone();
+    let first_start = !data_dir.join(ADMIN_TOKEN_FILE).exists();
     let server = Server::bind(config).await.with_context(|| {
         format!("cannot start the server (data directory {})", data_dir.display())
     })?;
     let addr = server.local_addr();
+    // Saved before the "listening" line, so that whoever waits for that line finds the profile.
+    if first_start && !args.no_profile {
+        save_local_profile(&data_dir, addr);
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "nimbus listening on http://{addr}")?;
@@ -504,6 +603,39 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Save this server as the CLI config's `local` profile (the default one if there is none), so
+/// that `nimbus deploy` works from any directory. A failure is only logged: the server runs anyway.
+#[cfg(feature = "server")]
+fn save_local_profile(data_dir: &std::path::Path, addr: SocketAddr) {
+    use crate::config::{Config, LOCAL_PROFILE, Profile, config_path};
+    let result = (|| -> Result<std::path::PathBuf> {
+        let token = std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE))?.trim().to_string();
+        // A wildcard address is reached through loopback from this machine.
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() && addr.is_ipv4() => "127.0.0.1".to_string(),
+            ip if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let path = config_path()?;
+        let mut cfg = Config::load(&path)?;
+        let url = format!("http://{host}:{}", addr.port());
+        cfg.profiles
+            .insert(LOCAL_PROFILE.into(), Profile { url, token: Some(token), project: None });
+        cfg.default_profile.get_or_insert_with(|| LOCAL_PROFILE.into());
+        cfg.save(&path)?;
+        Ok(path)
+    })();
+    match result {
+        Ok(path) => {
+            tracing::info!(config = %path.display(), "saved this server as the CLI profile `local`")
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not save the CLI profile `local`")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,9 +644,17 @@ mod tests {
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
-        g: GlobalArgs,
-        #[command(flatten)]
         s: ServeArgs,
+    }
+
+    #[test]
+    fn listen_takes_a_port_alone() {
+        assert_eq!(parse_listen("8081").unwrap(), "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(parse_listen("localhost:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(parse_listen("0.0.0.0:80").unwrap(), "0.0.0.0:80".parse().unwrap());
+        assert_eq!(parse_listen("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+        assert!(parse_listen("nope").unwrap_err().contains("8080"));
+        assert!(parse_listen("70000").is_err());
     }
 
     #[test]
@@ -527,7 +667,7 @@ mod tests {
     #[test]
     fn server_config_from_defaults() {
         let t = T::try_parse_from(["nimbus"]).unwrap();
-        let c = t.s.server_config(&t.g).unwrap();
+        let c = t.s.server_config().unwrap();
         assert_eq!(c.log_bytes_per_invocation, 64 * 1024);
         assert_eq!(c.log_retention, Duration::from_secs(7 * 86400));
         assert_eq!(c.queue_timeout, Duration::from_secs(10));
@@ -539,7 +679,7 @@ mod tests {
             nimbus_server::nimbus_auth::default_concurrent_hashes()
         );
         let t = T::try_parse_from(["nimbus", "--max-concurrent-hashes", "3"]).unwrap();
-        assert_eq!(t.s.server_config(&t.g).unwrap().auth.max_concurrent_hashes, 3);
+        assert_eq!(t.s.server_config().unwrap().auth.max_concurrent_hashes, 3);
         assert!(T::try_parse_from(["nimbus", "--max-concurrent-hashes", "0"]).is_err());
     }
 
@@ -564,6 +704,7 @@ mod tests {
         let t = T::try_parse_from(["nimbus", "--default-memory", "1GiB"]).unwrap();
         let err = t.s.limit_policy().unwrap_err().to_string();
         assert!(err.contains("--default-memory") && err.contains("--max-memory"), "{err}");
+        assert!(err.contains("(1GiB)") && err.contains("(512MiB)"), "{err}");
     }
 
     #[cfg(feature = "server")]
@@ -580,7 +721,7 @@ mod tests {
             "::1",
         ])
         .unwrap();
-        let c = t.s.server_config(&t.g).unwrap();
+        let c = t.s.server_config().unwrap();
         let limits = c.auth.rate_limits;
         assert_eq!(limits.sign_in_per_ip, Some(RateLimit::new(5, Duration::from_secs(10))));
         assert_eq!(limits.refresh_per_account, None);
@@ -601,7 +742,7 @@ mod tests {
         }
 
         let t = T::try_parse_from(["nimbus", "--rate-limit", "sign_on=5/1m"]).unwrap();
-        let err = t.s.server_config(&t.g).unwrap_err().to_string();
+        let err = t.s.server_config().unwrap_err().to_string();
         assert!(err.contains("sign_on") && err.contains("sign_in_per_ip"), "{err}");
         for bad in
             ["sign_in_per_ip", "sign_in_per_ip=5", "sign_in_per_ip=0/1m", "sign_in_per_ip=x/1m"]
@@ -615,7 +756,7 @@ mod tests {
     #[test]
     fn outbound_allow_nets_from_flags() {
         let t = T::try_parse_from(["nimbus"]).unwrap();
-        assert!(t.s.server_config(&t.g).unwrap().outbound_allow_nets.is_empty(), "none by default");
+        assert!(t.s.server_config().unwrap().outbound_allow_nets.is_empty(), "none by default");
         let t = T::try_parse_from([
             "nimbus",
             "--outbound-allow-net",
@@ -625,7 +766,7 @@ mod tests {
         ])
         .unwrap();
         let nets: Vec<String> =
-            t.s.server_config(&t.g)
+            t.s.server_config()
                 .unwrap()
                 .outbound_allow_nets
                 .iter()

@@ -48,6 +48,9 @@ pub enum UsersCommand {
     Delete {
         /// User id
         id: String,
+        /// Do not ask for confirmation (needed when stdin is not a terminal)
+        #[arg(short = 'y', long, env = "NIMBUS_YES", value_parser = clap::builder::BoolishValueParser::new())]
+        yes: bool,
     },
     /// Revoke all of a user's sessions (their tokens stop working at once)
     RevokeSessions {
@@ -195,7 +198,15 @@ pub async fn users(g: &GlobalArgs, command: UsersCommand) -> Result<ExitCode> {
                 table.print()?;
             }
             if let Some(next) = next {
-                eprintln!("More users: `nimbus users list --after {next}`");
+                // The hint repeats the filters and the project, so the next page is of the same list.
+                let mut hint = format!("nimbus{} users list", g.project_flag());
+                if let Some(e) = &email {
+                    hint.push_str(&format!(" --email '{e}'"));
+                }
+                if let Some(l) = limit {
+                    hint.push_str(&format!(" --limit {l}"));
+                }
+                eprintln!("More users: `{hint} --after {next}`");
             }
         }
         UsersCommand::Show { id } => {
@@ -208,9 +219,12 @@ pub async fn users(g: &GlobalArgs, command: UsersCommand) -> Result<ExitCode> {
         }
         UsersCommand::Disable { id } => set_disabled(g, &id, true).await?,
         UsersCommand::Enable { id } => set_disabled(g, &id, false).await?,
-        UsersCommand::Delete { id } => {
+        UsersCommand::Delete { id, yes } => {
+            crate::output::confirm(&format!("Delete user {id} and their sessions?"), yes)?;
             client.delete_user(&id).await?;
-            if !g.json {
+            if g.json {
+                print_json(&json!({ "deleted": id }))?;
+            } else {
                 outln!("Deleted user {id}");
             }
         }

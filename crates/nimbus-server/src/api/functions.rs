@@ -36,10 +36,13 @@ pub(crate) struct DeployForm {
 pub(crate) struct Deployed {
     pub function: FunctionInfo,
     pub version: VersionInfo,
+    /// The active version already had this component, spec and limits: `version` is that
+    /// version, no new one was made and nothing was compiled (the answer is then 200, not 201).
+    pub unchanged: bool,
     /// Time to validate and compile the component, in milliseconds.
     pub compile_ms: u64,
-    /// Which path the compile took.
-    pub compile: CompileReport,
+    /// Which path the compile took (null when nothing was compiled).
+    pub compile: Option<CompileReport>,
 }
 
 /// How a deploy's component was compiled.
@@ -78,6 +81,7 @@ pub(crate) struct SecretValue {
     request_body(content = DeployForm, content_type = "multipart/form-data"),
     responses(
         (status = 201, body = Deployed),
+        (status = 200, description = "the active version is identical: nothing deployed", body = Deployed),
         (status = 400, description = "invalid spec or component", body = ErrorBody),
         (status = 409, description = "a route is claimed by another function", body = ErrorBody),
         (status = 413, description = "upload too large", body = ErrorBody),
@@ -114,17 +118,19 @@ pub(crate) async fn deploy(
     let spec = spec.ok_or_else(|| bad("the form has no `spec` part".into()))?;
     let module = module.ok_or_else(|| bad("the form has no `module` part".into()))?;
     let deployed = state.functions.deploy(&caller.project, spec, module).await?;
+    let unchanged = deployed.unchanged;
     Ok((
-        StatusCode::CREATED,
+        if unchanged { StatusCode::OK } else { StatusCode::CREATED },
         Json(Deployed {
             function: deployed.function,
             version: deployed.version,
+            unchanged,
             compile_ms: deployed.compile.as_millis() as u64,
-            compile: CompileReport {
+            compile: (!unchanged).then(|| CompileReport {
                 cached_functions: deployed.cache.map(|c| c.hits),
                 compiled_functions: deployed.cache.map(|c| c.misses),
                 ms: deployed.compile.as_millis() as u64,
-            },
+            }),
         }),
     ))
 }

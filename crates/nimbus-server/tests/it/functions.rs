@@ -108,8 +108,12 @@ async fn routes_conflict_across_functions_only() {
     assert_eq!(status, 201);
     assert_eq!(s.get("/api/count").await.text().await.unwrap(), "1");
     assert_eq!(s.get("/api/other").await.text().await.unwrap(), "Hello from Nimbus!\n");
-    // Redeploying a function over its own routes is not a conflict.
-    s.deploy("hello", spec("first", &["/shared", "/api/..."])).await;
+    // Redeploying a function over its own routes is not a conflict (a changed env, so that it
+    // is a new version: an identical redeploy makes none).
+    let mut again = spec("first", &["/shared", "/api/..."]);
+    again["env"] = json!({"V": "2"});
+    let v2 = s.deploy("hello", again).await;
+    assert_eq!(v2["version"]["version"], 2, "{v2}");
     // Method-restricted routes: 405 with Allow.
     s.deploy(
         "hello",
@@ -483,5 +487,69 @@ async fn deleting_functions_removes_modules_nothing_references() {
     s.deploy("hello", spec("a", &["/a"])).await;
     assert!(module(&hello).exists());
     assert_eq!(s.get("/a").await.status(), 200);
+    s.stop().await;
+}
+
+/// Redeploying what is already active makes no new version and compiles nothing; any change to
+/// the bytes or the spec does.
+#[tokio::test]
+async fn an_identical_redeploy_makes_no_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let compiles = || async {
+        let text = s.api(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("nimbus_component_compiles_total "))
+            .unwrap_or_else(|| panic!("no nimbus_component_compiles_total in:\n{text}"))
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let hello = std::fs::read(test_programs_artifacts::HELLO).unwrap();
+    let first = s.deploy("hello", spec("hello", &["/hello"])).await;
+    assert_eq!(first["unchanged"], false, "{first}");
+    let before = compiles().await;
+
+    let (status, again) = s.deploy_bytes(spec("hello", &["/hello"]), hello.clone()).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["unchanged"], true, "{again}");
+    assert_eq!(again["version"]["version"], 1, "{again}");
+    assert!(again["compile"].is_null(), "{again}");
+    assert_eq!(compiles().await, before, "an identical redeploy compiled");
+    let versions: Value = s
+        .api(Method::GET, "/v1/functions/hello/versions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1, "{versions}");
+
+    // A changed spec (same bytes) is a new version; so are other bytes.
+    let mut changed = spec("hello", &["/hello"]);
+    changed["env"] = json!({"A": "1"});
+    let (status, v2) = s.deploy_bytes(changed.clone(), hello.clone()).await;
+    assert_eq!(
+        (status, &v2["version"]["version"], &v2["unchanged"]),
+        (201, &json!(2), &json!(false)),
+        "{v2}"
+    );
+    let v3 = s.deploy("logs", changed).await;
+    assert_eq!(v3["version"]["version"], 3, "{v3}");
+    // After a rollback, the bytes of v3 are not the active ones: deploying them is a change.
+    let r = s
+        .api(Method::POST, "/v1/functions/hello/rollback")
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, back) = s.deploy_bytes(spec("hello", &["/hello"]), hello).await;
+    assert_eq!(
+        (status, &back["unchanged"], &back["version"]["version"]),
+        (200, &json!(true), &json!(1)),
+        "{back}"
+    );
     s.stop().await;
 }

@@ -281,7 +281,10 @@ async fn versions_of_a_function_share_its_concurrency_limit() {
     let (client, url) = (s.client.clone(), s.url("/sleep?ms=3000"));
     let slow = tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    // Version 2 goes live while version 1 still holds the only slot.
+    // Version 2 goes live while version 1 still holds the only slot (an env change: an
+    // identical redeploy would make no new version).
+    let mut spec = spec;
+    spec["env"] = json!({"V": "2"});
     let v2 = s.deploy("sleep", spec).await;
     assert_eq!(v2["version"]["version"], 2, "{v2}");
     let r = s.get("/sleep?ms=10").await;
