@@ -192,8 +192,9 @@ enum Command {
     /// Manage the project's end users
     #[command(subcommand)]
     Users(cmd::users::UsersCommand),
-    /// List the project's auth events (user.created, user.signed_in, ...), oldest first
-    Events(cmd::users::EventsArgs),
+    /// Event subscriptions with their backlog; dead letters (dead, show, replay, purge); the
+    /// auth event log (log); publish to a queue
+    Events(cmd::events::EventsArgs),
     /// Show the emails in the development outbox (when no SMTP server is configured)
     Outbox,
     /// Save a server's URL, token and default project as a profile of the CLI config
@@ -226,7 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projects(c) => cmd::projects::projects(g, c).await,
         Command::Keys(c) => cmd::projects::keys(g, c).await,
         Command::Users(c) => cmd::users::users(g, c).await,
-        Command::Events(args) => cmd::users::events(g, args).await,
+        Command::Events(args) => cmd::events::run(g, args).await,
         Command::Outbox => cmd::users::outbox(g).await,
         Command::Login(args) => cmd::profile::login(g, args).await,
         Command::Profiles => cmd::profile::list(g),
@@ -461,7 +462,12 @@ mod tests {
         let Command::Users(cmd::users::UsersCommand::SetClaims(a)) = cli.command else { panic!() };
         assert_eq!(a.roles, ["a", "b"]);
         assert_eq!(a.claims.unwrap()["x"], 1);
-        parse(&["events", "--after", "41", "--limit", "3"]);
+        parse(&["events"]);
+        parse(&["events", "log", "--after", "41", "--limit", "3"]);
+        parse(&["events", "dead", "--function", "f"]);
+        parse(&["events", "replay", "--all", "--function", "f"]);
+        parse(&["events", "purge", "7", "--yes"]);
+        parse(&["events", "publish", "jobs", r#"{"n":1}"#, "--delay", "5s"]);
         parse(&["outbox"]);
     }
 

@@ -762,11 +762,11 @@ fn projects_keys_and_users() {
     assert!(messages.iter().any(|m| m["to"] == email), "{outbox}");
     assert!(s.ok(&["outbox"]).contains(email));
 
-    let events = s.json(&["events"]);
+    let events = s.json(&["events", "log"]);
     let kinds: Vec<&str> =
         events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"user.created"), "{events}");
-    assert!(s.ok(&["events"]).contains("user.created"));
+    assert!(s.ok(&["events", "log"]).contains("user.created"));
 
     assert!(s.ok(&["users", "delete", &id, "--yes"]).contains(&format!("Deleted user {id}")));
     s.cmd().args(["users", "show", &id]).assert().code(1).stderr(contains("HTTP 404"));
@@ -1346,4 +1346,45 @@ fn guide_samples_run() {
         }
     }
     assert!(ran >= 15, "only {ran} samples ran");
+}
+
+/// A manifest's `[[triggers]]` subscribe the function; `events publish` queues a message; a
+/// failing subscriber's message lands in `events dead`, which `events replay` delivers again and
+/// `events purge` removes.
+#[test]
+fn triggers_from_the_manifest_and_the_dead_letter_commands() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = test_programs_artifacts::get("events").unwrap();
+    std::fs::write(
+        dir.path().join("nimbus.toml"),
+        format!(
+            "name = \"flaky\"\ncomponent = {wasm:?}\n[env]\nFAIL_ATTEMPTS = \"1\"\n\
+             [[triggers]]\nkind = \"queue\"\nqueue = \"jobs\"\nmax_attempts = 1\n"
+        ),
+    )
+    .unwrap();
+    s.ok(&["deploy", dir.path().to_str().unwrap()]);
+    let subs = s.json(&["events"]);
+    assert_eq!(subs["subscriptions"][0]["trigger"], "queue", "{subs}");
+    assert!(s.ok(&["events"]).contains("flaky"));
+    let published = s.json(&["events", "publish", "jobs", r#"{"n": 1}"#]);
+    assert!(published["id"].is_string(), "{published}");
+    let dead = s.json_until(&["events", "dead"], "deliveries", 1);
+    let id = dead["deliveries"][0]["id"].to_string();
+    assert_eq!(dead["deliveries"][0]["event"]["data"]["body"]["n"], 1);
+    assert!(s.ok(&["events", "show", &id]).contains("the function answered HTTP 500"));
+    // The second attempt succeeds (FAIL_ATTEMPTS=1).
+    assert!(s.ok(&["events", "replay", &id]).contains("Replayed 1"));
+    for _ in 0..100 {
+        if s.json(&["events", "dead"])["deliveries"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.json(&["events", "dead"])["deliveries"], serde_json::json!([]));
+    s.ok(&["events", "publish", "jobs", "again"]);
+    s.json_until(&["events", "dead"], "deliveries", 1);
+    s.cmd().args(["events", "purge", "--all"]).assert().failure().stderr(contains("--yes"));
+    assert!(s.ok(&["events", "purge", "--all", "--yes"]).contains("Purged 1"));
 }
