@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use nimbus_model::UnixMillis;
 use nimbus_store::auth::{
-    ApiKeyRecord, AuthStore, ConsumeOutcome, DEFAULT_PROJECT, IdentityRecord, NewEvent,
+    ApiKeyRecord, AuthStore, ConsumeOutcome, DEFAULT_PROJECT, IdentityRecord, NewEvent, NewMail,
     NewOneTimeToken, NewRefreshToken, PASSWORD_PROVIDER, ProjectRecord, RefreshOutcome,
     SessionRecord, TokenCheck, UserQuery, UserRecord,
 };
@@ -57,7 +57,14 @@ struct Inner {
     project_init: tokio::sync::Mutex<()>,
     /// API keys by prefix (positive lookups only); kept exact by `revoke_api_key`.
     api_keys: RwLock<HashMap<String, Arc<ApiKeyRecord>>>,
+    /// Rung when mail is queued; the worker is started on first use (or by the server at start,
+    /// for mail a previous run left).
+    mail_wake: tokio::sync::Notify,
+    mail_worker: std::sync::OnceLock<()>,
 }
+
+/// Attempts at sending one message before it is given up.
+const MAIL_ATTEMPTS: u32 = 8;
 
 struct ProjectState {
     keys: ProjectKeys,
@@ -224,8 +231,25 @@ impl AuthService {
                 projects: RwLock::new(HashMap::new()),
                 project_init: tokio::sync::Mutex::new(()),
                 api_keys: RwLock::new(HashMap::new()),
+                mail_wake: tokio::sync::Notify::new(),
+                mail_worker: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Start the mail worker (once): it sends what the outbox holds, with retries. Needs a tokio
+    /// runtime. Returns the task the first time (the server aborts it when it stops).
+    pub fn start_mail_worker(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut started = None;
+        self.inner.mail_worker.get_or_init(|| {
+            started = Some(tokio::spawn(mail_worker(self.clone())));
+        });
+        started
+    }
+
+    fn wake_mailer(&self) {
+        let _ = self.start_mail_worker();
+        self.inner.mail_wake.notify_one();
     }
 
     pub fn config(&self) -> &AuthConfig {
@@ -253,13 +277,24 @@ impl AuthService {
         tokio::task::spawn_blocking(move || f(&*store)).await.map_err(AuthError::internal)?
     }
 
-    /// Send an email off the request path: the caller's latency never depends on whether (or how
-    /// fast) a message is sent, which keeps sign-up and reset answers uniform.
+    /// Queue an email in the durable outbox; the mail worker sends it off the request path, so
+    /// the caller's latency never depends on whether (or how fast) a message is sent, which keeps
+    /// sign-up and reset answers uniform. Queued off the request path too.
     fn send_later(&self, message: EmailMessage) {
-        let mailer = self.inner.mailer.clone();
+        let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = mailer.send(&message).await {
-                tracing::warn!(project = %message.project, kind = ?message.kind, error = %e, "sending email failed");
+            let now = this.now();
+            let mail = NewMail {
+                message: serde_json::to_value(&message).unwrap_or_default(),
+                created_at: now,
+                expires_at: now + 24 * 3600 * 1000,
+            };
+            let p = message.project.clone();
+            match this.blocking(move |s| Ok(s.enqueue_mail(&p, &mail)?)).await {
+                Ok(()) => this.wake_mailer(),
+                Err(e) => {
+                    tracing::warn!(project = %message.project, error = %e, "queueing email failed")
+                }
             }
         });
     }
@@ -649,7 +684,7 @@ impl AuthService {
         email: &str,
     ) -> Result<(), AuthError> {
         let ttl = self.inner.config.email_verification_ttl;
-        let token = self.issue_one_time_token(project, user, PURPOSE_VERIFY, ttl).await?;
+        let token = random_token();
         let config = &self.inner.config;
         let link = format!(
             "{}/v1/projects/{project}/auth/verify-email?token={token}",
@@ -668,17 +703,20 @@ impl AuthService {
             link: Some(link),
             created_at: self.now(),
         };
-        self.inner.mailer.send(&message).await.map_err(AuthError::internal)
+        self.issue_token_with_mail(project, user, PURPOSE_VERIFY, ttl, token, message).await
     }
 
-    async fn issue_one_time_token(
+    /// Store a one-time token and queue the message that carries it, in one transaction (a
+    /// restart loses neither), then wake the mail worker.
+    async fn issue_token_with_mail(
         &self,
         project: &str,
         user: &str,
         purpose: &'static str,
         ttl: Duration,
-    ) -> Result<String, AuthError> {
-        let token = random_token();
+        token: String,
+        message: EmailMessage,
+    ) -> Result<(), AuthError> {
         let now = self.now();
         let record = NewOneTimeToken {
             hash: sha256(&token),
@@ -687,9 +725,15 @@ impl AuthService {
             created_at: now,
             expires_at: now + ttl.as_millis() as i64,
         };
+        let mail = NewMail {
+            message: serde_json::to_value(&message).map_err(AuthError::internal)?,
+            created_at: now,
+            expires_at: record.expires_at,
+        };
         let p = project.to_string();
-        self.blocking(move |s| Ok(s.insert_one_time_token(&p, &record)?)).await?;
-        Ok(token)
+        self.blocking(move |s| Ok(s.insert_one_time_token_with_mail(&p, &record, &mail)?)).await?;
+        self.wake_mailer();
+        Ok(())
     }
 
     /// Sign in with email + password. A wrong password and an unknown email give the same
@@ -1103,7 +1147,7 @@ impl AuthService {
             return Ok(());
         }
         let ttl = self.inner.config.password_reset_ttl;
-        let token = self.issue_one_time_token(project, &user.id, PURPOSE_RESET, ttl).await?;
+        let token = random_token();
         let config = &self.inner.config;
         let link = format!(
             "{}/v1/projects/{project}/auth/reset-password?token={token}",
@@ -1123,7 +1167,7 @@ impl AuthService {
             link: Some(link),
             created_at: self.now(),
         };
-        self.inner.mailer.send(&message).await.map_err(AuthError::internal)
+        self.issue_token_with_mail(project, &user.id, PURPOSE_RESET, ttl, token, message).await
     }
 
     /// Spend a reset token and set a new password. Every session of the user is revoked (refresh
@@ -1337,5 +1381,58 @@ mod tests {
         let many: Vec<String> = (0..=MAX_ROLES).map(|i| format!("r{i}")).collect();
         assert!(validate_roles(&many[..MAX_ROLES]).is_ok());
         assert!(validate_roles(&many).is_err());
+    }
+}
+
+/// Send what the mail outbox holds: claim (with a lease, so a crash mid-send retries), send,
+/// delete; a failure retries with backoff until [`MAIL_ATTEMPTS`] or the message's expiry (its
+/// link no longer works then).
+async fn mail_worker(auth: AuthService) {
+    const LEASE_MS: i64 = 60_000;
+    loop {
+        let now = auth.now();
+        let claimed = auth.blocking(move |s| Ok(s.claim_mail(now, LEASE_MS, 16)?)).await;
+        let batch = match claimed {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming mail");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), auth.inner.mail_wake.notified()).await;
+            continue;
+        }
+        for m in batch {
+            let message: Result<EmailMessage, _> = serde_json::from_value(m.message.clone());
+            let sent = match &message {
+                Ok(msg) => {
+                    tokio::time::timeout(Duration::from_secs(30), auth.inner.mailer.send(msg))
+                        .await
+                        .map_err(|_| "timed out".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                }
+                Err(e) => Err(format!("unreadable message: {e}")),
+            };
+            let retry_at = match sent {
+                Ok(()) => None,
+                Err(e) => {
+                    let now = auth.now();
+                    if m.attempts >= MAIL_ATTEMPTS || now >= m.expires_at || message.is_err() {
+                        tracing::warn!(project = %m.project, attempts = m.attempts, error = %e, "giving up on an email");
+                        None
+                    } else {
+                        tracing::info!(project = %m.project, attempts = m.attempts, error = %e, "sending email failed; will retry");
+                        let wait = 1000i64 << m.attempts.min(8);
+                        Some(now + wait.min(300_000))
+                    }
+                }
+            };
+            let id = m.id;
+            if let Err(e) = auth.blocking(move |s| Ok(s.finish_mail(id, retry_at)?)).await {
+                tracing::warn!(error = %e, "recording a sent email");
+            }
+        }
     }
 }

@@ -295,6 +295,8 @@ impl Server {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "nimbus serving");
         let _housekeeping = AbortOnDrop(spawn_auth_pruner(self.state.auth.clone()));
+        // Mail a previous run queued but did not send; stopped with the server.
+        let _mail = self.state.auth.start_mail_worker().map(AbortOnDrop);
         let _metrics = self.metrics_listener.map(|listener| {
             tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics without a token");
             let app = app::metrics_router(self.state.clone());

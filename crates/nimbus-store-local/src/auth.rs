@@ -5,8 +5,8 @@
 
 use nimbus_model::UnixMillis;
 use nimbus_store::auth::{
-    ApiKeyRecord, AuthStore, ConsumeOutcome, EventRecord, IdentityRecord, NewEvent,
-    NewOneTimeToken, NewRefreshToken, ProjectRecord, RefreshOutcome, SessionRecord,
+    ApiKeyRecord, AuthStore, ConsumeOutcome, EventRecord, IdentityRecord, NewEvent, NewMail,
+    NewOneTimeToken, NewRefreshToken, ProjectRecord, QueuedMail, RefreshOutcome, SessionRecord,
     SigningKeyRecord, TokenCheck, UserQuery, UserRecord,
 };
 use nimbus_store::{Result, StoreError};
@@ -119,6 +119,41 @@ impl SqliteStore {
     }
 }
 
+fn insert_token(tx: &Connection, project: &str, token: &NewOneTimeToken) -> Result<()> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO one_time_tokens (hash, project, user_id, purpose, created_at, \
+                     expires_at) SELECT ?1, ?2, id, ?4, ?5, ?6 FROM users \
+                     WHERE project = ?2 AND id = ?3",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                token.hash,
+                project,
+                token.user,
+                token.purpose,
+                token.created_at,
+                token.expires_at
+            ])
+        })
+        .map_err(|e| conflict_or(e, "one-time token collision"))?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("user {}", token.user)));
+    }
+    Ok(())
+}
+
+fn insert_mail(tx: &Connection, project: &str, mail: &NewMail) -> Result<()> {
+    let message = serde_json::to_string(&mail.message).context("encoding mail")?;
+    tx.prepare_cached(
+        "INSERT INTO mail_outbox (project, message, next_at, expires_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?3)",
+    )
+    .and_then(|mut s| s.execute(params![project, message, mail.created_at, mail.expires_at]))
+    .context("queueing mail")?;
+    Ok(())
+}
+
 fn insert_identity(conn: &Connection, project: &str, identity: &IdentityRecord) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO identities (id, project, user_id, provider, provider_subject, secret_hash, \
@@ -194,7 +229,7 @@ impl AuthStore for SqliteStore {
     fn delete_project(&self, id: &str) -> Result<bool> {
         self.write("deleting a project", |tx| {
             // Tables without a foreign key to the project row; the rest cascade from it.
-            for table in ["event_log", "refresh_tokens", "one_time_tokens"] {
+            for table in ["event_log", "refresh_tokens", "one_time_tokens", "mail_outbox"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE project = ?1"), [id])
                     .with_context(|| format!("deleting {table} of project {id}"))?;
             }
@@ -764,27 +799,59 @@ impl AuthStore for SqliteStore {
     }
 
     fn insert_one_time_token(&self, project: &str, token: &NewOneTimeToken) -> Result<()> {
-        self.write("storing a one-time token", |tx| {
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO one_time_tokens (hash, project, user_id, purpose, created_at, \
-                     expires_at) SELECT ?1, ?2, id, ?4, ?5, ?6 FROM users \
-                     WHERE project = ?2 AND id = ?3",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        token.hash,
-                        project,
-                        token.user,
-                        token.purpose,
-                        token.created_at,
-                        token.expires_at
-                    ])
-                })
-                .map_err(|e| conflict_or(e, "one-time token collision"))?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("user {}", token.user)));
+        self.write("storing a one-time token", |tx| insert_token(tx, project, token))
+    }
+
+    fn insert_one_time_token_with_mail(
+        &self,
+        project: &str,
+        token: &NewOneTimeToken,
+        mail: &NewMail,
+    ) -> Result<()> {
+        self.write("storing a one-time token and its mail", |tx| {
+            insert_token(tx, project, token)?;
+            insert_mail(tx, project, mail)
+        })
+    }
+
+    fn enqueue_mail(&self, project: &str, mail: &NewMail) -> Result<()> {
+        self.write("queueing mail", |tx| insert_mail(tx, project, mail))
+    }
+
+    fn claim_mail(&self, now: UnixMillis, lease_ms: i64, limit: u32) -> Result<Vec<QueuedMail>> {
+        self.write("claiming mail", |tx| {
+            tx.prepare_cached(
+                "UPDATE mail_outbox SET attempts = attempts + 1, leased_until = ?1 + ?2 \
+                 WHERE id IN (SELECT id FROM mail_outbox WHERE next_at <= ?1 \
+                 AND leased_until <= ?1 ORDER BY next_at LIMIT ?3) \
+                 RETURNING id, project, message, attempts, expires_at",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![now, lease_ms, limit], |r| {
+                    Ok(QueuedMail {
+                        id: r.get(0)?,
+                        project: r.get(1)?,
+                        message: json_column(r, 2)?,
+                        attempts: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                })?
+                .collect()
+            })
+            .context("claiming mail")
+        })
+    }
+
+    fn finish_mail(&self, id: i64, retry_at: Option<UnixMillis>) -> Result<()> {
+        self.write("finishing mail", |tx| {
+            match retry_at {
+                None => tx.execute("DELETE FROM mail_outbox WHERE id = ?1", [id]),
+                Some(at) => tx.execute(
+                    "UPDATE mail_outbox SET next_at = ?2, leased_until = 0 WHERE id = ?1",
+                    params![id, at],
+                ),
             }
+            .context("finishing mail")?;
             Ok(())
         })
     }

@@ -484,6 +484,20 @@ const MIGRATIONS: &[&str] = &[
                subject, created_at, data_json
         FROM events ORDER BY seq;
     DROP TABLE events;
+    -- Verification and reset mail, written in the transaction that issues its one-time token and
+    -- deleted once sent (or given up): a restart loses none. The message holds the token's link
+    -- until then, like the SMTP server it goes to.
+    CREATE TABLE mail_outbox (
+        id           INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+        project      TEXT    NOT NULL,
+        message      TEXT    NOT NULL, -- JSON EmailMessage
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        leased_until INTEGER NOT NULL DEFAULT 0,
+        expires_at   INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX mail_outbox_due ON mail_outbox (next_at);
     "#,
 ];
 
@@ -596,7 +610,7 @@ mod tests {
         "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
         "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
         "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
-        "e2a1ee1742dd513a25cbc28c9d7c4c3c74bdb8c03d1d55938e30e5ea6bd181ec",
+        "0fee7770dedfcdd1bbd6d355cae12b5ff05d88a44c5a30e6be82bcd6f2e43ed4",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -160,6 +160,26 @@ pub enum RefreshOutcome {
     Unknown,
 }
 
+/// A message for the mail outbox (the service's `EmailMessage`, as JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMail {
+    pub message: serde_json::Value,
+    pub created_at: UnixMillis,
+    /// Given up after this (the link it carries has expired).
+    pub expires_at: UnixMillis,
+}
+
+/// A claimed message of the mail outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMail {
+    pub id: i64,
+    pub project: String,
+    pub message: serde_json::Value,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    pub expires_at: UnixMillis,
+}
+
 /// A single-use token (email verification, password reset), stored by hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOneTimeToken {
@@ -361,6 +381,21 @@ pub trait AuthStore: Send + Sync + 'static {
 
     // -- one-time tokens --------------------------------------------------------------------------
     fn insert_one_time_token(&self, project: &str, token: &NewOneTimeToken) -> Result<()>;
+    /// Insert a one-time token and queue the mail that carries it, in one transaction.
+    fn insert_one_time_token_with_mail(
+        &self,
+        project: &str,
+        token: &NewOneTimeToken,
+        mail: &NewMail,
+    ) -> Result<()>;
+
+    // -- the mail outbox --------------------------------------------------------------------------
+    /// Queue a message for the mail worker.
+    fn enqueue_mail(&self, project: &str, mail: &NewMail) -> Result<()>;
+    /// Lease up to `limit` due messages for `lease_ms`, counting an attempt for each.
+    fn claim_mail(&self, now: UnixMillis, lease_ms: i64, limit: u32) -> Result<Vec<QueuedMail>>;
+    /// Sent or given up (`None`: deleted), or to be retried at a time.
+    fn finish_mail(&self, id: i64, retry_at: Option<UnixMillis>) -> Result<()>;
     /// Atomically mark the token used if it exists for `purpose` in the project, is unused and has
     /// not expired.
     fn consume_one_time_token(

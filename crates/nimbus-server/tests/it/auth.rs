@@ -728,3 +728,52 @@ async fn roles_with_commas_or_other_separators_are_refused() {
     assert_eq!(user["roles"], json!(["org:acme.admin", "beta_tester-2"]));
     s.stop().await;
 }
+
+/// Verification mail is queued durably with its token: while the SMTP server is down nothing is
+/// lost, and a restart (here with the development outbox instead) sends what was queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_verification_mail_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // An SMTP "server" that refuses every connection: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut config = test_config(dir.path());
+    config.smtp = Some(nimbus_server::nimbus_auth::SmtpConfig {
+        host: "127.0.0.1".into(),
+        port,
+        security: nimbus_server::nimbus_auth::SmtpSecurity::None,
+        username: None,
+        password: None,
+        from: "Nimbus <no-reply@example.com>".into(),
+        timeout: std::time::Duration::from_secs(2),
+    });
+    let s = TestServer::start_with(config).await;
+    let r = crate::common::post(
+        &s,
+        "/v1/projects/default/auth/signup",
+        json!({"email": "durable@example.com", "password": crate::common::PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Let the first attempt fail against the closed port.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    s.stop().await;
+
+    let s = TestServer::start(dir.path()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let v: Value = s.api(Method::GET, "/v1/outbox").send().await.unwrap().json().await.unwrap();
+        let found = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["to"] == "durable@example.com" && m["kind"] == "verify_email");
+        if found {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the queued mail was lost: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s.stop().await;
+}
