@@ -36,6 +36,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::{AppState, Caller, CallerKind};
 use crate::data_caller::{DataCaller, data_caller};
 use crate::error::{ApiError, ErrorBody};
+use crate::in_process::InProcess;
 
 /// User metadata travels in headers with this prefix (`x-nimbus-meta-color: blue`).
 pub(crate) const META_PREFIX: &str = "x-nimbus-meta-";
@@ -91,14 +92,16 @@ fn service_principal(caller: &Caller) -> Principal {
     Principal::Service { identity }
 }
 
-/// The caller of a data endpoint, verified for `project` (see `data_caller`). Files are not
-/// served in-process yet, so no in-process caller reaches here.
+/// The caller of a data endpoint, verified for `project` (see `data_caller`), including a
+/// function calling through the in-process API.
 async fn principal(
     state: &AppState,
     project: &str,
     headers: &HeaderMap,
+    in_process: &InProcess,
 ) -> Result<Principal, ApiError> {
-    let caller = data_caller(state, project, headers, None).await?;
+    let in_process = in_process.as_ref().map(|axum::Extension(c)| c);
+    let caller = data_caller(state, project, headers, in_process).await?;
     Ok(match (caller.service_identity(), caller) {
         (Some(identity), _) => Principal::Service { identity },
         (None, DataCaller::User(auth)) => Principal::User(auth),
@@ -327,9 +330,10 @@ async fn list_objects(
     p: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<ListParams>, QueryRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<Response, ApiError> {
     let ((project, bucket), q) = (path(p)?, query(q)?);
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     // The cursor is opaque to clients: hex of the store's lower bound (which may hold a NUL).
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
@@ -378,9 +382,10 @@ async fn object_principal(
     method: &Method,
     signed: &SignedParams,
     headers: &HeaderMap,
+    in_process: &InProcess,
 ) -> Result<Principal, ApiError> {
     match (&signed.expires, &signed.signature) {
-        (None, None) => principal(state, project, headers).await,
+        (None, None) => principal(state, project, headers, in_process).await,
         (Some(expires), Some(sig)) => {
             state.files.verify_signature(project, method.as_str(), bucket, key, *expires, sig)?;
             Ok(Principal::SignedUrl)
@@ -522,10 +527,13 @@ async fn get_object(
     p: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<SignedParams>, QueryRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<Response, ApiError> {
     let (project, bucket, key) = path(p)?;
     let signed = query(q)?;
-    let who = object_principal(&state, &project, &bucket, &key, &method, &signed, &headers).await?;
+    let who =
+        object_principal(&state, &project, &bucket, &key, &method, &signed, &headers, &in_process)
+            .await?;
     let range = parse_range(&headers);
     let head = method == Method::HEAD;
     let data: Result<ObjectData, _> = state
@@ -591,12 +599,22 @@ async fn put_object(
     p: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<SignedParams>, QueryRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Body,
 ) -> Result<Response, ApiError> {
     let (project, bucket, key) = path(p)?;
     let signed = query(q)?;
-    let who =
-        object_principal(&state, &project, &bucket, &key, &Method::PUT, &signed, &headers).await?;
+    let who = object_principal(
+        &state,
+        &project,
+        &bucket,
+        &key,
+        &Method::PUT,
+        &signed,
+        &headers,
+        &in_process,
+    )
+    .await?;
     let (ct, meta) = (content_type(&headers)?, metadata(&headers)?);
     let declared = declared_length(&headers);
     let mut reader = body_reader(body);
@@ -616,9 +634,10 @@ async fn delete_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<StatusCode, ApiError> {
     let (project, bucket, key) = path(p)?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let msg = format!("no object {key:?}");
     match state.files.call(move |f| f.delete_object(&project, &bucket, &key, &who)).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
@@ -632,10 +651,11 @@ async fn form_upload(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let (project, bucket) = path(p)?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let mut form = form.map_err(|e| ApiError::bad_request("invalid_form", e.body_text()))?;
     let bad = |m: String| ApiError::bad_request("invalid_form", m);
     let mut key: Option<String> = None;
@@ -718,10 +738,11 @@ async fn copy_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Result<Json<CopyRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let ((project, bucket), c) = (path(p)?, json_body(body)?);
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let stored = state
         .files
         .call(move |f| {
@@ -764,10 +785,11 @@ async fn sign_url(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Result<Json<SignRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let ((project, bucket), r) = (path(p)?, json_body(body)?);
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     if !matches!(who, Principal::Service { .. }) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
