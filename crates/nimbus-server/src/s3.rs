@@ -278,6 +278,53 @@ fn not_modified(
     false
 }
 
+/// `If-Match`, else `If-Unmodified-Since` of GetObject and HeadObject (RFC 9110 13.2.2, as S3
+/// evaluates them): false means 412 `PreconditionFailed`.
+fn preconditions_hold(
+    meta: &ObjectMeta,
+    if_match: Option<&ETagCondition>,
+    unmodified_since: Option<&Timestamp>,
+) -> bool {
+    if let Some(cond) = if_match {
+        return cond.is_any() || cond.as_etag().and_then(|e| e.as_strong()) == Some(&meta.etag);
+    }
+    if let Some(since) = unmodified_since {
+        let since: SystemTime = time::OffsetDateTime::from(since.clone()).into();
+        let modified =
+            SystemTime::UNIX_EPOCH + Duration::from_secs((meta.created_at.max(0) / 1000) as u64);
+        return modified <= since;
+    }
+    true
+}
+
+fn precondition_failed() -> S3Error {
+    s3_error!(PreconditionFailed, "the object does not match If-Match / If-Unmodified-Since")
+}
+
+/// The body reader of a PutObject / UploadPart, checking `Content-MD5` when the client sent one
+/// (a mismatch fails the read, so nothing is published).
+fn verified_reader(
+    body: Option<StreamingBlob>,
+    content_md5: Option<&str>,
+) -> S3Result<Box<dyn std::io::Read + Send>> {
+    let expected = match content_md5 {
+        None => None,
+        Some(v) => Some(
+            crate::api::files::parse_content_md5(v)
+                .ok_or_else(|| s3_error!(InvalidDigest, "Content-MD5 is not base64 of 16 bytes"))?,
+        ),
+    };
+    Ok(crate::api::files::verify_md5(blob_reader(body), expected))
+}
+
+/// A store error, or `BadDigest` when the body failed its `Content-MD5` check.
+fn write_error(e: FilesError) -> S3Error {
+    if crate::api::files::is_bad_digest(&e) {
+        return s3_error!(BadDigest, "the body does not match its Content-MD5; nothing was stored");
+    }
+    to_s3(e)
+}
+
 fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
     match src {
         CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
@@ -377,10 +424,11 @@ impl S3 for NimbusS3 {
         let ct = input.content_type.unwrap_or_else(|| "application/octet-stream".to_string());
         let metadata = metadata_in(input.metadata);
         let declared = input.content_length.and_then(|n| u64::try_from(n).ok());
-        let mut reader = blob_reader(input.body);
+        let mut reader = verified_reader(input.body, input.content_md5.as_deref())?;
         let (bucket, key) = (input.bucket, input.key);
         let meta = self
-            .run(move |f| {
+            .files
+            .call(move |f| {
                 f.put_object(
                     &who.project,
                     &bucket,
@@ -392,7 +440,8 @@ impl S3 for NimbusS3 {
                     &mut reader,
                 )
             })
-            .await?;
+            .await
+            .map_err(write_error)?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&meta.etag)),
             size: Some(meta.size as i64),
@@ -411,6 +460,13 @@ impl S3 for NimbusS3 {
         let data = self
             .run(move |f| f.open_object(&who.project, &bucket, &key, range, &who.principal))
             .await?;
+        if !preconditions_hold(
+            &data.meta,
+            input.if_match.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        ) {
+            return Err(precondition_failed());
+        }
         if not_modified(&data.meta, input.if_none_match.as_ref(), input.if_modified_since.as_ref())
         {
             return Err(s3_error!(NotModified));
@@ -448,6 +504,9 @@ impl S3 for NimbusS3 {
         let (bucket, key) = (input.bucket, input.key);
         let meta =
             self.run(move |f| f.head_object(&who.project, &bucket, &key, &who.principal)).await?;
+        if !preconditions_hold(&meta, input.if_match.as_ref(), input.if_unmodified_since.as_ref()) {
+            return Err(precondition_failed());
+        }
         if not_modified(&meta, input.if_none_match.as_ref(), input.if_modified_since.as_ref()) {
             return Err(s3_error!(NotModified));
         }
@@ -709,10 +768,11 @@ impl S3 for NimbusS3 {
         let input = req.input;
         let number = u32::try_from(input.part_number)
             .map_err(|_| s3_error!(InvalidArgument, "invalid part number"))?;
-        let mut reader = blob_reader(input.body);
+        let mut reader = verified_reader(input.body, input.content_md5.as_deref())?;
         let (bucket, key, upload) = (input.bucket, input.key, input.upload_id);
         let part = self
-            .run(move |f| {
+            .files
+            .call(move |f| {
                 f.put_part(
                     &who.project,
                     &bucket,
@@ -723,7 +783,8 @@ impl S3 for NimbusS3 {
                     &mut reader,
                 )
             })
-            .await?;
+            .await
+            .map_err(write_error)?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(etag(&part.etag)),
             ..Default::default()

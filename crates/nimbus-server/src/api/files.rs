@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use md5::{Digest, Md5};
 use nimbus_files::{Bucket, BucketConfig, FilesError, Principal};
 use nimbus_model::now_millis;
 use nimbus_store::objects::{ObjectData, ObjectMeta, RangeSpec, S3KeyInfo};
@@ -521,6 +522,141 @@ fn not_modified(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
     false
 }
 
+/// Seconds since the epoch of an object's `Last-Modified` (HTTP dates have whole seconds).
+fn modified_secs(meta: &ObjectMeta) -> u64 {
+    (meta.created_at.max(0) / 1000) as u64
+}
+
+fn header_date(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
+    let v = headers.get(name)?.to_str().ok()?;
+    let t = httpdate::parse_http_date(v).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
+}
+
+/// Strong comparison (RFC 9110 8.8.3.2): a weak tag never matches.
+fn strong_match(tag: &str, meta: &ObjectMeta) -> bool {
+    let tag = tag.trim();
+    !tag.starts_with("W/") && tag.trim_matches('"') == meta.etag
+}
+
+/// `If-Match`, else `If-Unmodified-Since` (RFC 9110 13.2.2, steps 1-2): false means 412. An
+/// unparseable date is ignored, as the RFC says.
+fn preconditions_hold(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        let v = v.to_str().unwrap_or("");
+        return v.split(',').any(|t| t.trim() == "*" || strong_match(t, meta));
+    }
+    match header_date(headers, header::IF_UNMODIFIED_SINCE) {
+        Some(since) => modified_secs(meta) <= since,
+        None => true,
+    }
+}
+
+/// `If-Range` (RFC 9110 13.1.5): the range applies only if the validator still matches, by
+/// strong ETag comparison or an exactly equal date; otherwise the whole object is served.
+fn if_range_matches(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
+    let Some(v) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let v = v.trim();
+    if v.starts_with('"') || v.starts_with("W/") {
+        return strong_match(v, meta);
+    }
+    header_date(headers, header::IF_RANGE).is_some_and(|d| d == modified_secs(meta))
+}
+
+fn precondition_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        "the object does not match If-Match / If-Unmodified-Since",
+    )
+}
+
+/// A reader that checks the MD5 a client declared (`Content-MD5`) once the body ends: a mismatch
+/// fails the read, so the store publishes nothing. The store hashes the bytes again for the
+/// ETag; the second pass runs only when a client asks for the check.
+pub(crate) struct Md5Verify<R> {
+    inner: R,
+    md5: Md5,
+    expected: [u8; 16],
+    checked: bool,
+}
+
+/// The error an [`Md5Verify`] fails with, found again in the store's `Body` error.
+#[derive(Debug, thiserror::Error)]
+#[error("the body does not match its Content-MD5")]
+pub(crate) struct BadDigest;
+
+impl<R: Read> Read for Md5Verify<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.checked {
+            self.checked = true;
+            let got: [u8; 16] = self.md5.finalize_reset().into();
+            if got != self.expected {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, BadDigest));
+            }
+        }
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Decode a `Content-MD5` value (base64 of 16 bytes); `None` if it is not one.
+pub(crate) fn parse_content_md5(v: &str) -> Option<[u8; 16]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Wrap `reader` to verify `content_md5` if the client sent one.
+pub(crate) fn verify_md5<R: Read + Send + 'static>(
+    reader: R,
+    content_md5: Option<[u8; 16]>,
+) -> Box<dyn Read + Send> {
+    match content_md5 {
+        None => Box::new(reader),
+        Some(expected) => {
+            Box::new(Md5Verify { inner: reader, md5: Md5::new(), expected, checked: false })
+        }
+    }
+}
+
+/// Whether a store error is an [`Md5Verify`] mismatch.
+pub(crate) fn is_bad_digest(e: &FilesError) -> bool {
+    match e {
+        FilesError::Object(nimbus_store::objects::ObjectError::Body(io)) => {
+            io.get_ref().is_some_and(|inner| inner.is::<BadDigest>())
+        }
+        _ => false,
+    }
+}
+
+fn content_md5(headers: &HeaderMap) -> Result<Option<[u8; 16]>, ApiError> {
+    match headers.get("content-md5") {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().and_then(parse_content_md5).map(Some).ok_or_else(|| {
+            ApiError::bad_request("invalid_digest", "Content-MD5 must be the base64 of 16 bytes")
+        }),
+    }
+}
+
+fn bad_digest() -> ApiError {
+    ApiError::bad_request(
+        "bad_digest",
+        "the body does not match its Content-MD5; nothing was stored",
+    )
+}
+
+/// What opening an object with a range gave.
+enum Opened {
+    Full,
+    Partial,
+    /// The range did not fit; the data is the whole object (If-Range may still want it).
+    Unsatisfiable,
+}
+
 async fn get_object(
     State(state): State<AppState>,
     method: Method,
@@ -536,35 +672,35 @@ async fn get_object(
             .await?;
     let range = parse_range(&headers);
     let head = method == Method::HEAD;
-    let data: Result<ObjectData, _> = state
+    let (p2, b2, k2, who2) = (project.clone(), bucket.clone(), key.clone(), who.clone());
+    let opened: Result<(ObjectData, Opened), _> = state
         .files
         .call(move |f| {
             if head {
                 // No file is opened for HEAD.
                 let meta = f.head_object(&project, &bucket, &key, &who)?;
                 let size = meta.size;
-                return Ok(ObjectData { meta, range: 0..size, reader: Box::new(std::io::empty()) });
+                let data = ObjectData { meta, range: 0..size, reader: Box::new(std::io::empty()) };
+                return Ok((data, Opened::Full));
             }
-            f.open_object(&project, &bucket, &key, range, &who)
+            match f.open_object(&project, &bucket, &key, range, &who) {
+                Ok(d) if range.is_some() => Ok((d, Opened::Partial)),
+                Ok(d) => Ok((d, Opened::Full)),
+                Err(FilesError::Object(
+                    nimbus_store::objects::ObjectError::RangeNotSatisfiable { .. },
+                )) => {
+                    Ok((f.open_object(&project, &bucket, &key, None, &who)?, Opened::Unsatisfiable))
+                }
+                Err(e) => Err(e),
+            }
         })
         .await;
-    let data = match data {
-        Err(FilesError::Object(nimbus_store::objects::ObjectError::RangeNotSatisfiable {
-            size,
-        })) => {
-            let mut r = ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
-                format!("the object has {size} bytes"),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(r);
-        }
-        other => other?,
-    };
+    let (mut data, mut opened) = opened?;
+    // RFC 9110 13.2.2: If-Match / If-Unmodified-Since, then If-None-Match / If-Modified-Since,
+    // then If-Range decides whether Range applies.
+    if !preconditions_hold(&headers, &data.meta) {
+        return Err(precondition_failed());
+    }
     let mut response_headers = HeaderMap::new();
     object_headers(&mut response_headers, &data.meta);
     if not_modified(&headers, &data.meta) {
@@ -573,8 +709,30 @@ async fn get_object(
         r.headers_mut().extend(response_headers);
         return Ok(r);
     }
+    if !matches!(opened, Opened::Full) && !if_range_matches(&headers, &data.meta) {
+        // The client's copy is stale: the whole (current) object instead of a range of it.
+        if matches!(opened, Opened::Partial) {
+            data = state.files.call(move |f| f.open_object(&p2, &b2, &k2, None, &who2)).await?;
+            response_headers.clear();
+            object_headers(&mut response_headers, &data.meta);
+        }
+        opened = Opened::Full;
+    }
+    if matches!(opened, Opened::Unsatisfiable) {
+        let size = data.meta.size;
+        let mut r = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the object has {size} bytes"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        return Ok(r);
+    }
     let len = data.range.end - data.range.start;
-    let partial = range.is_some() && !head;
+    let partial = matches!(opened, Opened::Partial) && !head;
     let status = if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     if partial
         && let Ok(v) = HeaderValue::from_str(&format!(
@@ -617,13 +775,15 @@ async fn put_object(
     .await?;
     let (ct, meta) = (content_type(&headers)?, metadata(&headers)?);
     let declared = declared_length(&headers);
-    let mut reader = body_reader(body);
+    let md5 = content_md5(&headers)?;
+    let mut reader = verify_md5(body_reader(body), md5);
     let stored = state
         .files
         .call(move |f| {
             f.put_object(&project, &bucket, &key, &ct, &meta, &who, declared, &mut reader)
         })
-        .await?;
+        .await
+        .map_err(|e| if is_bad_digest(&e) { bad_digest() } else { e.into() })?;
     let mut r = (StatusCode::CREATED, Json(view(&stored))).into_response();
     object_headers(r.headers_mut(), &stored);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
