@@ -21,8 +21,8 @@ use nimbus_rules::{Caller, Env, Operation, RuleSet, RuleSources};
 use nimbus_store::StoreError;
 use nimbus_store::objects::{
     BucketInfo, BucketSettings, KeyError, ListPage, ListQuery, ObjectData, ObjectError, ObjectMeta,
-    ObjectStore, ObjectWrite, PartInfo, RangeSpec, S3KeyInfo, S3KeyStore, SweepReport, UploadInfo,
-    validate_key,
+    ObjectStore, ObjectWrite, PartInfo, RangeSpec, S3KeyInfo, S3KeyScope, S3KeyStore, SweepReport,
+    UploadInfo, validate_key,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -448,6 +448,20 @@ impl FilesService {
         bucket.settings.max_object_bytes.unwrap_or(u64::MAX).min(self.config.max_object_bytes)
     }
 
+    /// May `who` do `op` on `key` (or under the prefix `key` for `List`) of `bucket`, judged
+    /// without a stored object (bucket-level checks of the S3 endpoint).
+    pub fn authorize_in(
+        &self,
+        project: &str,
+        bucket: &str,
+        op: Op,
+        who: &Principal,
+        key: &str,
+    ) -> Result<()> {
+        let info = self.bucket_info(project, bucket)?;
+        self.authorize(&info, op, who, key, None, &json!({"key": key, "prefix": key}))
+    }
+
     /// Check a declared body length against the limits before reading any of it.
     pub fn check_declared_size(&self, project: &str, bucket: &str, size: u64) -> Result<()> {
         let info = self.bucket_info(project, bucket)?;
@@ -785,7 +799,12 @@ impl FilesService {
     // ---- S3 access keys ----
 
     /// Issue an S3 access key for `project`. Returns the key and its secret (shown once).
-    pub fn create_s3_key(&self, project: &str, name: &str) -> Result<(S3KeyInfo, String)> {
+    pub fn create_s3_key(
+        &self,
+        project: &str,
+        name: &str,
+        scope: S3KeyScope,
+    ) -> Result<(S3KeyInfo, String)> {
         if name.len() > 200 {
             return Err(FilesError::Invalid("the key name is longer than 200 bytes".into()));
         }
@@ -799,6 +818,7 @@ impl FilesService {
             project: project.to_string(),
             name: name.to_string(),
             created_at: now_millis(),
+            scope,
         };
         let secret = hex::encode(secret);
         self.keys.create_s3_key(&info, &secret)?;

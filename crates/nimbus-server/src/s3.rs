@@ -18,8 +18,8 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
-use nimbus_files::{FilesError, FilesService, Principal};
-use nimbus_store::objects::{KeyError, ObjectError, ObjectMeta, RangeSpec};
+use nimbus_files::{FilesError, FilesService, Op, Principal};
+use nimbus_store::objects::{KeyError, ObjectError, ObjectMeta, RangeSpec, S3KeyScope};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::*;
 use s3s::host::{S3Host, VirtualHost};
@@ -39,6 +39,9 @@ pub struct S3Limits {
     pub xml_max_body: usize,
     /// Virtual-host style: `bucket.<domain>` names a bucket. Default: the server's base domain.
     pub domain: Option<String>,
+    /// Requests per second per access key (the burst is the same number); unsigned requests
+    /// share one budget. 0 turns the limit off. Past it: 503 `SlowDown`.
+    pub per_key_rate: u32,
 }
 
 impl Default for S3Limits {
@@ -48,6 +51,7 @@ impl Default for S3Limits {
             queue_timeout: Duration::from_secs(10),
             xml_max_body: 2 << 20,
             domain: None,
+            per_key_rate: 200,
         }
     }
 }
@@ -62,8 +66,18 @@ struct S3State {
 /// The router of the S3 listener: every request goes to s3s, through the concurrency bound.
 pub(crate) fn router(state: AppState, limits: &S3Limits, base_domain: &str) -> Router {
     let domain = limits.domain.clone().unwrap_or_else(|| base_domain.to_string());
-    let mut builder = S3ServiceBuilder::new(NimbusS3 { files: state.files.clone() });
+    // Per-key request budget (s3s leaves rate limits to its embedder): governor's keyed GCRA
+    // limiter, as the auth endpoints use.
+    let limiter = std::num::NonZeroU32::new(limits.per_key_rate).map(|rate| {
+        Arc::new(governor::DefaultKeyedRateLimiter::keyed(governor::Quota::per_second(rate)))
+    });
+    let mut builder = S3ServiceBuilder::new(NimbusS3 {
+        files: state.files.clone(),
+        limiter,
+        checks: Default::default(),
+    });
     builder.set_auth(Keys { files: state.files.clone() });
+    builder.set_access(Unsigned);
     builder.set_host(Host { domain: domain.to_ascii_lowercase() });
     let mut config = s3s::config::S3Config::default();
     config.xml_max_body_size = limits.xml_max_body;
@@ -135,6 +149,21 @@ impl S3Host for Host {
     }
 }
 
+/// Which unsigned requests reach the operations at all (s3s refuses every one by default):
+/// GetObject and HeadObject, which then read as an anonymous caller under the bucket's access
+/// settings (see `NimbusS3::caller`). Signed requests were verified before this.
+struct Unsigned;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Unsigned {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        if cx.credentials().is_some() || matches!(cx.s3_op().name(), "GetObject" | "HeadObject") {
+            return Ok(());
+        }
+        Err(s3_error!(AccessDenied, "sign the request with an access key"))
+    }
+}
+
 /// Secrets of Nimbus-issued access keys, for s3s's SigV4 verification.
 struct Keys {
     files: FilesService,
@@ -192,7 +221,14 @@ fn to_s3(e: FilesError) -> S3Error {
 /// The S3 operations over the files service.
 struct NimbusS3 {
     files: FilesService,
+    limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
+    /// Checks since the limiter last dropped idle keys (memory stays bounded by active keys).
+    checks: std::sync::atomic::AtomicU64,
 }
+
+/// The project unsigned requests address: they name no key, hence no project. Other projects'
+/// public buckets are public over REST (`/v1/projects/{p}/buckets/...`).
+const ANONYMOUS_PROJECT: &str = "default";
 
 /// The caller's project and identity, from the verified access key.
 struct Who {
@@ -333,17 +369,68 @@ fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
 }
 
 impl NimbusS3 {
+    /// The caller of an operation that needs a signed request.
     async fn who<T>(&self, req: &S3Request<T>) -> S3Result<Who> {
-        let creds = req.credentials.as_ref().ok_or_else(|| s3_error!(AccessDenied))?;
+        self.caller(req, false).await
+    }
+
+    /// The caller: a verified access key (service role, or for a `public` key an anonymous
+    /// caller held to the buckets' access settings), or with `anonymous_ok` (GetObject,
+    /// HeadObject) an unsigned request, anonymous on [`ANONYMOUS_PROJECT`]. Each takes one
+    /// request from its key's budget.
+    async fn caller<T>(&self, req: &S3Request<T>, anonymous_ok: bool) -> S3Result<Who> {
+        let Some(creds) = req.credentials.as_ref() else {
+            if !anonymous_ok {
+                return Err(s3_error!(AccessDenied, "sign the request with an access key"));
+            }
+            self.take_budget("")?;
+            return Ok(Who {
+                project: ANONYMOUS_PROJECT.to_string(),
+                principal: Principal::anonymous(),
+            });
+        };
         let key = creds.access_key.clone();
         let found = self.files.call(move |f| f.lookup_s3_key(&key)).await.map_err(to_s3)?;
         let (info, _) = found.ok_or_else(|| s3_error!(InvalidAccessKeyId))?;
-        Ok(Who {
-            project: info.project,
-            principal: Principal::Service {
-                identity: json!({"kind": "s3-key", "id": info.access_key}),
-            },
-        })
+        self.take_budget(&info.access_key)?;
+        let principal = match info.scope {
+            S3KeyScope::Service => {
+                Principal::Service { identity: json!({"kind": "s3-key", "id": info.access_key}) }
+            }
+            // As a public API key: anonymous under the bucket's access settings.
+            S3KeyScope::Public => Principal::anonymous(),
+        };
+        Ok(Who { project: info.project, principal })
+    }
+
+    /// The caller of a bucket-management operation: a `service` key only.
+    async fn service<T>(&self, req: &S3Request<T>) -> S3Result<Who> {
+        let who = self.who(req).await?;
+        if !matches!(who.principal, Principal::Service { .. }) {
+            return Err(s3_error!(AccessDenied, "this operation needs a service-scope access key"));
+        }
+        Ok(who)
+    }
+
+    /// A non-service caller must pass the bucket's access settings for `op` on `key`.
+    async fn check(&self, who: &Who, bucket: &str, op: Op, key: &str) -> S3Result<()> {
+        if matches!(who.principal, Principal::Service { .. }) {
+            return Ok(());
+        }
+        let (project, bucket, key, principal) =
+            (who.project.clone(), bucket.to_string(), key.to_string(), who.principal.clone());
+        self.run(move |f| f.authorize_in(&project, &bucket, op, &principal, &key)).await
+    }
+
+    fn take_budget(&self, key: &str) -> S3Result<()> {
+        use std::sync::atomic::Ordering;
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&key.to_string())
+            .map_err(|_| s3_error!(SlowDown, "this access key's request rate is over its limit"))
     }
 
     async fn run<T: Send + 'static>(
@@ -360,7 +447,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let buckets = self.run(move |f| f.list_buckets(&who.project)).await?;
         let buckets = buckets
             .into_iter()
@@ -377,7 +464,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let name = req.input.bucket.clone();
         let location = format!("/{name}");
         self.run(move |f| f.create_bucket(&who.project, &name, &Default::default())).await?;
@@ -388,7 +475,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let name = req.input.bucket.clone();
         self.run(move |f| f.delete_bucket(&who.project, &name, false, &who.principal)).await?;
         Ok(S3Response::new(DeleteBucketOutput {}))
@@ -400,6 +487,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<HeadBucketOutput>> {
         let who = self.who(&req).await?;
         let name = req.input.bucket.clone();
+        self.check(&who, &name, Op::List, "").await?;
         self.run(move |f| f.get_bucket(&who.project, &name)).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
@@ -410,6 +498,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let who = self.who(&req).await?;
         let name = req.input.bucket.clone();
+        self.check(&who, &name, Op::List, "").await?;
         self.run(move |f| f.get_bucket(&who.project, &name)).await?;
         // Empty: us-east-1, what every client assumes of a single-region endpoint.
         Ok(S3Response::new(GetBucketLocationOutput { location_constraint: None }))
@@ -453,7 +542,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.caller(&req, true).await?;
         let input = req.input;
         let range = range_in(input.range);
         let (bucket, key) = (input.bucket, input.key);
@@ -499,7 +588,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.caller(&req, true).await?;
         let input = req.input;
         let (bucket, key) = (input.bucket, input.key);
         let meta =
@@ -873,6 +962,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let who = self.who(&req).await?;
         let input = req.input;
+        self.check(&who, &input.bucket, Op::Write, &input.key).await?;
         let (bucket, key, upload) = (input.bucket, input.key, input.upload_id);
         self.run(move |f| f.abort_upload(&who.project, &bucket, &key, &upload)).await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
@@ -884,6 +974,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let who = self.who(&req).await?;
         let input = req.input;
+        self.check(&who, &input.bucket, Op::Write, &input.key).await?;
         let marker = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
         let (bucket, key, upload) =
@@ -921,22 +1012,40 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let (bucket, p) = (input.bucket.clone(), prefix.clone());
         let uploads = self.run(move |f| f.list_uploads(&who.project, &bucket, &p)).await?;
         let max = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
-        let truncated = uploads.len() > max;
+        // The page after (key-marker, upload-id-marker) in listing order (key, then start
+        // time): with an upload id, the uploads after that one; with a key only (or an upload
+        // id no longer there), the uploads of later keys.
+        let km = input.key_marker.as_deref().filter(|k| !k.is_empty());
+        let start = match (km, input.upload_id_marker.as_deref()) {
+            (None, _) => 0,
+            (Some(k), id) => id
+                .and_then(|id| uploads.iter().position(|u| u.key == k && u.id == id).map(|i| i + 1))
+                .unwrap_or_else(|| uploads.partition_point(|u| u.key.as_str() <= k)),
+        };
+        let page: Vec<_> = uploads.into_iter().skip(start).collect();
+        let truncated = page.len() > max;
+        let page: Vec<_> = page.into_iter().take(max).collect();
+        let (next_key, next_id) = match page.last() {
+            Some(u) if truncated => (Some(u.key.clone()), Some(u.id.clone())),
+            _ => (None, None),
+        };
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: Some(prefix),
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker: next_key,
+            next_upload_id_marker: next_id,
             max_uploads: Some(max as i32),
             is_truncated: Some(truncated),
             uploads: Some(
-                uploads
-                    .into_iter()
-                    .take(max)
+                page.into_iter()
                     .map(|u| MultipartUpload {
                         key: Some(u.key),
                         upload_id: Some(u.id),

@@ -389,6 +389,11 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX s3_access_keys_project ON s3_access_keys (project);
     "#,
+    // Scopes of S3 access keys, like API keys' (`public` keys obey bucket access settings).
+    r#"
+    ALTER TABLE s3_access_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'service'
+        CHECK (scope IN ('service', 'public'));
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -500,6 +505,7 @@ mod tests {
         "ae10f8b53c7f15a5130b2f8e85c0e9a67b21749c6b7754607888d71036ab9081",
         "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
         "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
+        "883173b0a5c5859f5b02bc80d627b64065ea280c03d6c261c4928edafccd28df",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -24,7 +24,7 @@ use nimbus_store::events::NewEvent;
 use nimbus_store::objects::{
     BucketInfo, BucketSettings, EVENT_CREATED, EVENT_DELETED, ListPage, ListQuery, ObjectData,
     ObjectError, ObjectMeta, ObjectResult, ObjectStore, ObjectWrite, PartInfo, RangeSpec,
-    S3KeyInfo, S3KeyStore, SweepReport, UploadInfo, object_event, prefix_upper_bound,
+    S3KeyInfo, S3KeyScope, S3KeyStore, SweepReport, UploadInfo, object_event, prefix_upper_bound,
 };
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
@@ -798,7 +798,7 @@ impl ObjectStore for LocalObjectStore {
         let rows: Vec<UploadInfo> = self.db.read(|conn| {
             conn.prepare_cached(&format!(
                 "SELECT {UPLOAD_COLUMNS} FROM object_uploads WHERE project = ?1 AND bucket = ?2
-                 ORDER BY key, created_at LIMIT 10000"
+                 ORDER BY key, created_at, id LIMIT 10000"
             ))
             .and_then(|mut s| s.query_map(params![project, bucket], upload_from_row)?.collect())
             .context("listing uploads")
@@ -985,6 +985,16 @@ fn s3_key_from_row(row: &Row<'_>) -> rusqlite::Result<S3KeyInfo> {
         project: row.get(1)?,
         name: row.get(2)?,
         created_at: row.get(3)?,
+        scope: {
+            let s: String = row.get(4)?;
+            S3KeyScope::parse(&s).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Text,
+                    format!("unknown S3 key scope {s:?}").into(),
+                )
+            })?
+        },
     })
 }
 
@@ -992,9 +1002,16 @@ impl S3KeyStore for SqliteStore {
     fn create_s3_key(&self, info: &S3KeyInfo, secret: &str) -> nimbus_store::Result<()> {
         self.write("creating an S3 access key", |tx| {
             tx.execute(
-                "INSERT INTO s3_access_keys (access_key, project, secret, name, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![info.access_key, info.project, secret, info.name, info.created_at],
+                "INSERT INTO s3_access_keys (access_key, project, secret, name, created_at, scope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    info.access_key,
+                    info.project,
+                    secret,
+                    info.name,
+                    info.created_at,
+                    info.scope.as_str()
+                ],
             )
             .context("creating an S3 access key")?;
             Ok(())
@@ -1004,7 +1021,7 @@ impl S3KeyStore for SqliteStore {
     fn list_s3_keys(&self, project: &str) -> nimbus_store::Result<Vec<S3KeyInfo>> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT access_key, project, name, created_at FROM s3_access_keys
+                "SELECT access_key, project, name, created_at, scope FROM s3_access_keys
                  WHERE project = ?1 ORDER BY created_at, access_key",
             )
             .and_then(|mut s| s.query_map([project], s3_key_from_row)?.collect())
@@ -1015,11 +1032,11 @@ impl S3KeyStore for SqliteStore {
     fn get_s3_key(&self, access_key: &str) -> nimbus_store::Result<Option<(S3KeyInfo, String)>> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT access_key, project, name, created_at, secret FROM s3_access_keys
+                "SELECT access_key, project, name, created_at, scope, secret FROM s3_access_keys
                  WHERE access_key = ?1",
             )
             .and_then(|mut s| {
-                s.query_row([access_key], |r| Ok((s3_key_from_row(r)?, r.get(4)?))).optional()
+                s.query_row([access_key], |r| Ok((s3_key_from_row(r)?, r.get(5)?))).optional()
             })
             .context("reading an S3 access key")
         })

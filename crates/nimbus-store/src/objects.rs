@@ -431,6 +431,36 @@ pub struct S3KeyInfo {
     pub project: String,
     pub name: String,
     pub created_at: UnixMillis,
+    /// Like an API key's: `service` acts as the project's service role, `public` is held to
+    /// each bucket's access settings as an anonymous caller.
+    #[serde(default)]
+    pub scope: S3KeyScope,
+}
+
+/// What an S3 access key may do (see [`S3KeyInfo::scope`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum S3KeyScope {
+    #[default]
+    Service,
+    Public,
+}
+
+impl S3KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3KeyScope::Service => "service",
+            S3KeyScope::Public => "public",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<S3KeyScope> {
+        match s {
+            "service" => Some(S3KeyScope::Service),
+            "public" => Some(S3KeyScope::Public),
+            _ => None,
+        }
+    }
 }
 
 /// Access keys of the S3-compatible endpoint. SigV4 needs the secret itself to verify a

@@ -225,6 +225,12 @@ pub(crate) async fn delete_bucket(
 pub(crate) struct NewS3Key {
     #[serde(default)]
     name: String,
+    /// `service` (default): the project's service role, access settings do not apply.
+    /// `public`: an anonymous caller held to each bucket's access settings (like a public API
+    /// key), e.g. for a client app that reads a public-read bucket with an S3 SDK.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    scope: nimbus_store::objects::S3KeyScope,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -243,7 +249,8 @@ pub(crate) struct S3KeyList {
 }
 
 /// Issue an access key for the S3-compatible endpoint, acting on the caller's project with
-/// service rights (like a service API key). The secret is shown once.
+/// service rights (`"scope": "service"`, the default) or held to the buckets' access settings
+/// (`"scope": "public"`), like API keys. The secret is shown once.
 #[utoipa::path(post, path = "/v1/s3-keys", tag = "files", request_body = NewS3Key,
     responses((status = 201, body = CreatedS3Key), (status = 400, body = ErrorBody)))]
 pub(crate) async fn create_s3_key(
@@ -253,7 +260,7 @@ pub(crate) async fn create_s3_key(
 ) -> Result<(StatusCode, Json<CreatedS3Key>), ApiError> {
     let body = json_body(body)?;
     let (info, secret) =
-        state.files.call(move |f| f.create_s3_key(&caller.project, &body.name)).await?;
+        state.files.call(move |f| f.create_s3_key(&caller.project, &body.name, body.scope)).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedS3Key {

@@ -178,6 +178,20 @@ assembled = s3.get_object(Bucket=B, Key="assembled")
 assert assembled["Body"].read() == big[:5 * 1024 * 1024] + b"hello"
 assert assembled["ContentType"] == "application/x-parts"
 fails("NoSuchUpload", s3.list_parts, Bucket=B, Key="assembled", UploadId=uid)
+# ListMultipartUploads in pages: MaxUploads, then KeyMarker + UploadIdMarker.
+ids = [s3.create_multipart_upload(Bucket=B, Key=k)["UploadId"] for k in ["mp/a", "mp/a", "mp/b"]]
+seen = []
+for page in s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=B, Prefix="mp/", PaginationConfig={"PageSize": 1}):
+    assert len(page.get("Uploads", [])) <= 1, page
+    seen += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
+assert seen == [("mp/a", ids[0]), ("mp/a", ids[1]), ("mp/b", ids[2])], (seen, ids)
+after_a = s3.list_multipart_uploads(Bucket=B, Prefix="mp/", KeyMarker="mp/a")
+assert [u["UploadId"] for u in after_a["Uploads"]] == [ids[2]], after_a
+first = s3.list_multipart_uploads(Bucket=B, Prefix="mp/", MaxUploads=2)
+assert first["IsTruncated"] and first["NextUploadIdMarker"] == ids[1], first
+for k, i in zip(["mp/a", "mp/a", "mp/b"], ids):
+    s3.abort_multipart_upload(Bucket=B, Key=k, UploadId=i)
 # Content-MD5 on UploadPart: a mismatch stores no part.
 up = s3.create_multipart_upload(Bucket=B, Key="md5-part")
 fails("BadDigest", s3.upload_part, Bucket=B, Key="md5-part", UploadId=up["UploadId"],
