@@ -61,6 +61,8 @@ pub struct AppState {
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
     /// The listener's connection metrics, rendered at `/metrics` beside the services' own.
     pub connections: Arc<crate::listener::ConnectionMetrics>,
+    /// File storage's request and byte counters (REST and S3).
+    pub files_metrics: Arc<crate::files_metrics::FilesMetrics>,
 }
 
 impl AppState {
@@ -86,6 +88,7 @@ impl AppState {
             trusted_proxies: config.trusted_proxies.clone().into(),
             shutting_down,
             connections: Default::default(),
+            files_metrics: Default::default(),
         }
     }
 
@@ -297,7 +300,10 @@ pub fn router(state: AppState) -> Router {
         .merge(data)
         // Files: public to apps, under each bucket's access settings; uploads stream unbounded
         // by the management limit (the bucket's limits apply while streaming).
-        .merge(api::files::data_router())
+        .merge(api::files::data_router().layer(middleware::from_fn_with_state(
+            state.files_metrics.clone(),
+            crate::files_metrics::rest_layer,
+        )))
         // Realtime: public to apps, under each collection's access rules.
         .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
         .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))
@@ -338,6 +344,7 @@ fn render_metrics(state: &AppState) -> impl IntoResponse + use<> {
     // Writing into a String cannot fail.
     let _ = encode_registry(&mut out, &state.functions.metrics().registry)
         .and_then(|()| encode_registry(&mut out, state.connections.registry()))
+        .and_then(|()| encode_registry(&mut out, state.files_metrics.registry()))
         .and_then(|()| encode_eof(&mut out));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
 }

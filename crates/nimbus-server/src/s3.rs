@@ -59,6 +59,7 @@ impl Default for S3Limits {
 #[derive(Clone)]
 struct S3State {
     service: S3Service,
+    metrics: Arc<crate::files_metrics::FilesMetrics>,
     slots: Arc<tokio::sync::Semaphore>,
     wait: Duration,
 }
@@ -86,6 +87,7 @@ pub(crate) fn router(state: AppState, limits: &S3Limits, base_domain: &str) -> R
     builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
     let s3 = S3State {
         service: builder.build(),
+        metrics: state.files_metrics.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
         wait: limits.queue_timeout,
     };
@@ -93,6 +95,13 @@ pub(crate) fn router(state: AppState, limits: &S3Limits, base_domain: &str) -> R
 }
 
 async fn handle(State(s3): State<S3State>, request: Request) -> Response {
+    let method = request.method().clone();
+    let request = s3.metrics.request_in("s3", request);
+    let response = serve(&s3, request).await;
+    s3.metrics.response_out("s3", &method, response)
+}
+
+async fn serve(s3: &S3State, request: Request) -> Response {
     let permit = match tokio::time::timeout(s3.wait, s3.slots.clone().acquire_owned()).await {
         Ok(Ok(permit)) => permit,
         _ => return error_response(s3_error!(SlowDown, "too many requests in flight")),

@@ -592,5 +592,22 @@ async fn preconditions_if_range_and_content_md5() {
     let keys: Vec<&str> =
         list["objects"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["f.txt", "ok.txt"]);
+
+    // Metrics: requests by method and result class, body bytes both ways.
+    let text = s.api(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value(r#"nimbus_files_requests_total{api="rest",method="PUT",result="2xx"}"#) >= 2);
+    assert!(value(r#"nimbus_files_requests_total{api="rest",method="PUT",result="4xx"}"#) >= 3);
+    assert!(value(r#"nimbus_files_requests_total{api="rest",method="GET",result="4xx"}"#) >= 5);
+    assert!(value(r#"nimbus_files_received_bytes_total{api="rest"}"#) >= 11 + 7 * 2);
+    assert!(value(r#"nimbus_files_sent_bytes_total{api="rest"}"#) >= 11 + 5);
     s.stop().await;
 }
