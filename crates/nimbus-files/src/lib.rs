@@ -568,8 +568,9 @@ impl FilesService {
         Ok(self.store.list(project, bucket, &query)?)
     }
 
-    /// Copy an object (streaming through the store), keeping its content type and metadata
-    /// unless `replace` gives new ones.
+    /// Copy an object, keeping its content type and metadata unless `replace` gives new ones.
+    /// The caller must be allowed to read the source and write the destination, under the
+    /// destination's limits. The store shares the bytes when it can (the local store links).
     #[allow(clippy::too_many_arguments)]
     pub fn copy_object(
         &self,
@@ -582,19 +583,28 @@ impl FilesService {
         who: &Principal,
     ) -> Result<ObjectMeta> {
         validate_key(dst_key)?;
-        let mut src = self.open_object(project, src_bucket, src_key, None, who)?;
+        let src = self.head_object(project, src_bucket, src_key, who)?;
         let (content_type, metadata) =
-            replace.unwrap_or_else(|| (src.meta.content_type.clone(), src.meta.metadata.clone()));
-        self.put_object(
+            replace.unwrap_or_else(|| (src.content_type.clone(), src.metadata.clone()));
+        let info = self.bucket_info(project, dst_bucket)?;
+        let existing = self.store.head(project, dst_bucket, dst_key)?;
+        let request = json!({"key": dst_key, "content_type": content_type, "size": src.size});
+        self.authorize(&info, Op::Write, who, dst_key, existing.as_ref(), &request)?;
+        if !content_type_allowed(&info.settings.allowed_content_types, &content_type) {
+            return Err(FilesError::ContentType(content_type));
+        }
+        check_metadata(&metadata)?;
+        let limit = self.max_bytes(&info);
+        let uploader = who.identity();
+        let write = ObjectWrite {
             project,
-            dst_bucket,
-            dst_key,
-            &content_type,
-            &metadata,
-            who,
-            Some(src.meta.size),
-            &mut src.reader,
-        )
+            bucket: dst_bucket,
+            key: dst_key,
+            content_type: &content_type,
+            metadata: &metadata,
+            uploader: &uploader,
+        };
+        Ok(self.store.copy(src_bucket, src_key, &write, Some(limit))?)
     }
 
     pub fn delete_object(

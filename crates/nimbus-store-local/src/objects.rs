@@ -511,6 +511,73 @@ impl ObjectStore for LocalObjectStore {
         Ok(meta)
     }
 
+    /// A copy shares the source's bytes: data files never change once written (a write makes a
+    /// new file under a new id), so the copy is a hard link under a fresh id, published like a
+    /// put. Every name is still referenced by exactly one row, so deletes and the sweep need no
+    /// reference counts: unlinking one name leaves the other's bytes. A kill -9 between the link
+    /// and the commit leaves an unreferenced name, which the sweep removes (it judges a file's
+    /// age by its ctime too, which the link sets, so the hourly sweep never takes a fresh link of
+    /// old bytes). On a file system without hard links it streams, as the trait's default.
+    fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        write: &ObjectWrite<'_>,
+        max_bytes: Option<u64>,
+    ) -> ObjectResult<ObjectMeta> {
+        self.require_bucket(write.project, write.bucket)?;
+        // The source's file goes away if the source is replaced or deleted between reading its
+        // row and linking: read the row again then, as `open` does.
+        for _ in 0..5 {
+            let Some((src, src_id)) = self.read_meta(write.project, src_bucket, src_key)? else {
+                self.require_bucket(write.project, src_bucket)?;
+                return Err(ObjectError::NoSuchKey(src_key.to_string()));
+            };
+            if let Some(limit) = max_bytes
+                && src.size > limit
+            {
+                return Err(ObjectError::TooLarge { limit });
+            }
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let path = self.data_path(&id);
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+            std::fs::create_dir_all(&dir).map_err(io("creating a data directory"))?;
+            match std::fs::hard_link(self.data_path(&src_id), &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "hard links unavailable; copying the bytes");
+                    let mut data = self.open(write.project, src_bucket, src_key, None)?;
+                    return self.put(write, &mut data.reader, max_bytes);
+                }
+            }
+            let staged = Staged { path, id, size: src.size, md5: [0; 16], keep: false };
+            sync_dir(&dir).map_err(io("syncing a data directory"))?;
+            let meta = ObjectMeta {
+                bucket: write.bucket.to_string(),
+                key: write.key.to_string(),
+                size: src.size,
+                content_type: write.content_type.to_string(),
+                etag: src.etag,
+                metadata: write.metadata.clone(),
+                created_at: now_millis(),
+                uploader: write.uploader.clone(),
+            };
+            let replaced = write_tx(&self.db, "publishing a copy", |tx| {
+                let replaced = publish(tx, write.project, &meta, &staged.id)?;
+                let event = object_event(write.project, EVENT_CREATED, &meta, write.uploader);
+                Ok((replaced, vec![event]))
+            })?;
+            staged.keep();
+            self.remove_data(replaced);
+            return Ok(meta);
+        }
+        Err(ObjectError::Store(backend(
+            "copying an object",
+            format!("{src_key:?} kept changing while being copied"),
+        )))
+    }
+
     fn head(&self, project: &str, bucket: &str, key: &str) -> ObjectResult<Option<ObjectMeta>> {
         Ok(self.read_meta(project, bucket, key)?.map(|(m, _)| m))
     }
@@ -940,8 +1007,25 @@ impl ObjectStore for LocalObjectStore {
 
         let cutoff = std::time::SystemTime::UNIX_EPOCH
             + std::time::Duration::from_millis((now - orphan_grace_ms).max(0) as u64);
+        // A file's age: its last change, including a new hard link to it (a copy), which moves
+        // the ctime, not the mtime.
         let old = |path: &Path| {
-            std::fs::metadata(path).and_then(|m| m.modified()).map(|t| t <= cutoff).unwrap_or(false)
+            std::fs::metadata(path)
+                .and_then(|m| {
+                    let mut t = m.modified()?;
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::MetadataExt;
+                        let ctime = std::time::UNIX_EPOCH
+                            + std::time::Duration::new(
+                                m.ctime().max(0) as u64,
+                                m.ctime_nsec() as u32,
+                            );
+                        t = t.max(ctime);
+                    }
+                    Ok(t <= cutoff)
+                })
+                .unwrap_or(false)
         };
         for entry in std::fs::read_dir(self.root.join("tmp")).map_err(io("listing tmp"))? {
             let path = entry.map_err(io("listing tmp"))?.path();

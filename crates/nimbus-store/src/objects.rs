@@ -299,6 +299,26 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Option<RangeSpec>,
     ) -> ObjectResult<ObjectData>;
     fn list(&self, project: &str, bucket: &str, query: &ListQuery) -> ObjectResult<ListPage>;
+    /// Copy the current version of `src_key` in `src_bucket` (of `write.project`) to `write`'s
+    /// bucket and key, with `write`'s content type, metadata and uploader, and a created event,
+    /// keeping the source's ETag. `TooLarge` if the source exceeds `max_bytes`. The default
+    /// streams the bytes through [`ObjectStore::put`]; a backend whose stored bytes never change
+    /// may share them instead (the local store hard-links).
+    fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        write: &ObjectWrite<'_>,
+        max_bytes: Option<u64>,
+    ) -> ObjectResult<ObjectMeta> {
+        let mut src = self.open(write.project, src_bucket, src_key, None)?;
+        if let Some(limit) = max_bytes
+            && src.meta.size > limit
+        {
+            return Err(ObjectError::TooLarge { limit });
+        }
+        self.put(write, &mut src.reader, max_bytes)
+    }
     /// Delete the object with a deleted event (by `actor`) in one transaction. Returns the
     /// deleted object's metadata, `None` if there was none.
     fn delete(
