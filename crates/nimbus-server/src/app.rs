@@ -117,7 +117,10 @@ impl AppState {
           api::kv::delete_bucket, api::kv::get_value, api::kv::put_value, api::kv::delete_value,
           api::kv::op, api::files::list_buckets, api::files::create_bucket,
           api::files::show_bucket, api::files::update_bucket, api::files::delete_bucket,
-          api::files::create_s3_key, api::files::list_s3_keys, api::files::delete_s3_key),
+          api::files::create_s3_key, api::files::list_s3_keys, api::files::delete_s3_key,
+          api::files::list_objects, api::files::form_upload, api::files::get_object,
+          api::files::put_object, api::files::delete_object, api::files::copy_object,
+          api::files::sign_url),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
@@ -131,7 +134,9 @@ impl AppState {
                                              data endpoints are public to apps: end users with \
                                              their access token, anonymous callers, or the \
                                              service role, under each collection's rules"),
-         (name = "files", description = "File storage: buckets and S3 access keys (docs/files.md)"))
+         (name = "files", description = "File storage (docs/files.md): buckets and S3 access keys \
+                                         (management), and objects, public to apps under each \
+                                         bucket's access settings"))
 )]
 struct ApiDoc;
 

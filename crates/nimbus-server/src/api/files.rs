@@ -324,8 +324,9 @@ fn view(m: &ObjectMeta) -> ObjectView<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct ListParams {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
     #[serde(default)]
     prefix: String,
     delimiter: Option<String>,
@@ -333,7 +334,11 @@ struct ListParams {
     limit: Option<u32>,
 }
 
-async fn list_objects(
+/// List objects: `prefix`, `delimiter` (groups keys into `common_prefixes`), `limit`, `cursor`.
+#[utoipa::path(get, path = "/v1/projects/{project}/buckets/{bucket}/objects", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ListParams), security((), ("admin_token" = [])),
+    responses((status = 200, body = schema::ObjectPage)))]
+pub(crate) async fn list_objects(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<ListParams>, QueryRejection>,
@@ -374,8 +379,10 @@ async fn list_objects(
     .into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct SignedParams {
+/// A signed URL's query (`POST .../sign` makes them): both or neither.
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SignedParams {
     expires: Option<i64>,
     signature: Option<String>,
 }
@@ -664,7 +671,17 @@ enum Opened {
     Unsatisfiable,
 }
 
-async fn get_object(
+/// Download an object (streamed), or a `Range` of it; conditional requests as RFC 9110.
+#[utoipa::path(method(get, head), path = "/v1/projects/{project}/buckets/{bucket}/objects/{key}", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ("key" = String, Path, description = "the object key; `/` is part of it"), SignedParams), security((), ("admin_token" = [])),
+    responses((status = 200, description = "the object's bytes", content_type = "*/*",
+               headers(("etag" = String), ("last-modified" = String))),
+              (status = 206, description = "the requested range", content_type = "*/*",
+               headers(("content-range" = String))),
+              (status = 304, description = "not modified (If-None-Match / If-Modified-Since)"),
+              (status = 412, description = "If-Match / If-Unmodified-Since failed", body = ErrorBody),
+              (status = 416, description = "the range is outside the object", body = ErrorBody)))]
+pub(crate) async fn get_object(
     State(state): State<AppState>,
     method: Method,
     p: Result<Path<(String, String, String)>, PathRejection>,
@@ -759,7 +776,15 @@ async fn get_object(
     Ok(r)
 }
 
-async fn put_object(
+/// Upload an object (raw body, streamed). `Content-MD5` is verified; `X-Nimbus-Meta-*` headers
+/// are its metadata.
+#[utoipa::path(put, path = "/v1/projects/{project}/buckets/{bucket}/objects/{key}", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ("key" = String, Path, description = "the object key; `/` is part of it"), SignedParams), security((), ("admin_token" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = schema::ObjectInfo),
+              (status = 413, description = "over the size limit or quota", body = ErrorBody),
+              (status = 415, description = "content type not allowed", body = ErrorBody)))]
+pub(crate) async fn put_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<SignedParams>, QueryRejection>,
@@ -797,7 +822,10 @@ async fn put_object(
     Ok(r)
 }
 
-async fn delete_object(
+#[utoipa::path(delete, path = "/v1/projects/{project}/buckets/{bucket}/objects/{key}", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ("key" = String, Path, description = "the object key; `/` is part of it")), security((), ("admin_token" = [])),
+    responses((status = 204, description = "deleted")))]
+pub(crate) async fn delete_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -814,7 +842,13 @@ async fn delete_object(
 
 /// A browser's form upload: fields `key` (optional; default: the file's name) and `file` (the
 /// bytes, streamed as they arrive), in that order.
-async fn form_upload(
+#[utoipa::path(post, path = "/v1/projects/{project}/buckets/{bucket}/objects", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = schema::FormUpload, content_type = "multipart/form-data"),
+    responses((status = 201, body = schema::ObjectInfo),
+              (status = 413, description = "over the size limit or quota", body = ErrorBody),
+              (status = 415, description = "content type not allowed", body = ErrorBody)))]
+pub(crate) async fn form_upload(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -890,9 +924,9 @@ async fn form_upload(
     Err(bad("the form has no `file` field".into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CopyRequest {
+pub(crate) struct CopyRequest {
     /// Default: this bucket.
     source_bucket: Option<String>,
     source_key: String,
@@ -901,7 +935,12 @@ struct CopyRequest {
     metadata: Option<BTreeMap<String, String>>,
 }
 
-async fn copy_object(
+/// Copy an object (the bytes are shared, not rewritten).
+#[utoipa::path(post, path = "/v1/projects/{project}/buckets/{bucket}/copy", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = CopyRequest, content_type = "application/json"),
+    responses((status = 201, body = schema::ObjectInfo)))]
+pub(crate) async fn copy_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -927,9 +966,9 @@ async fn copy_object(
     Ok((StatusCode::CREATED, Json(view(&stored))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignRequest {
+pub(crate) struct SignRequest {
     key: String,
     /// `GET` (default) or `PUT`.
     #[serde(default = "default_method")]
@@ -948,7 +987,11 @@ fn default_expiry() -> i64 {
 }
 
 /// Sign a URL (service callers): whoever holds it may GET (or PUT) that one key until it expires.
-async fn sign_url(
+#[utoipa::path(post, path = "/v1/projects/{project}/buckets/{bucket}/sign", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = SignRequest, content_type = "application/json"),
+    responses((status = 200, body = schema::SignedUrl)))]
+pub(crate) async fn sign_url(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -965,7 +1008,11 @@ async fn sign_url(
         ));
     }
     let method = r.method.to_ascii_uppercase();
-    let expires = now_millis() / 1000 + r.expires_in;
+    // Checked: a stranger's huge `expires_in` must be a 400, not an overflow (schemathesis
+    // found the panic); the service rejects anything past its longest validity anyway.
+    let expires = (now_millis() / 1000)
+        .checked_add(r.expires_in)
+        .ok_or_else(|| ApiError::bad_request("invalid_input", "expires_in is out of range"))?;
     let signature = state.files.sign(&project, &method, &bucket, &r.key, expires)?;
     let encoded: String = percent_encoding::utf8_percent_encode(&r.key, KEY_ENCODE).to_string();
     let url = format!(
@@ -1015,5 +1062,51 @@ impl From<FilesError> for ApiError {
             FilesError::Internal(_) => return ApiError::internal(&e),
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Shapes of the object endpoints' bodies, for the OpenAPI document.
+pub(crate) mod schema {
+    use utoipa::ToSchema;
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct ObjectInfo {
+        key: String,
+        size: u64,
+        content_type: String,
+        /// MD5 hex of the bytes (multipart: MD5 of the parts' MD5s, then `-<parts>`).
+        etag: String,
+        /// Milliseconds since the Unix epoch.
+        created_at: i64,
+        metadata: std::collections::BTreeMap<String, String>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct ObjectPage {
+        objects: Vec<ObjectInfo>,
+        common_prefixes: Vec<String>,
+        /// Pass as `cursor` for the next page; null on the last.
+        cursor: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct FormUpload {
+        /// The object key (default: the file's name). Must come before `file`.
+        key: Option<String>,
+        #[schema(value_type = String, format = Binary)]
+        file: Vec<u8>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct SignedUrl {
+        /// A path with `?expires=&signature=`, relative to the server.
+        url: String,
+        method: String,
+        /// Unix seconds.
+        expires: i64,
     }
 }

@@ -609,5 +609,26 @@ async fn preconditions_if_range_and_content_md5() {
     assert!(value(r#"nimbus_files_requests_total{api="rest",method="GET",result="4xx"}"#) >= 5);
     assert!(value(r#"nimbus_files_received_bytes_total{api="rest"}"#) >= 11 + 7 * 2);
     assert!(value(r#"nimbus_files_sent_bytes_total{api="rest"}"#) >= 11 + 5);
+
+    // A huge expiry is a 400, not an overflow (found by schemathesis once signing was documented).
+    let r = s
+        .api(Method::POST, &format!("{OBJ}/docs/sign"))
+        .json(&json!({"key": "f.txt", "expires_in": i64::MAX}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // The object endpoints are in the OpenAPI document.
+    let doc: Value = s.get("/v1/openapi.json").await.json().await.unwrap();
+    let paths = &doc["paths"];
+    let object = &paths["/v1/projects/{project}/buckets/{bucket}/objects/{key}"];
+    for method in ["get", "head", "put", "delete"] {
+        assert!(object[method].is_object(), "{method} missing: {object}");
+    }
+    assert!(object["get"]["responses"]["412"].is_object());
+    assert!(paths["/v1/projects/{project}/buckets/{bucket}/objects"]["post"].is_object());
+    assert!(paths["/v1/projects/{project}/buckets/{bucket}/copy"]["post"].is_object());
+    assert!(paths["/v1/projects/{project}/buckets/{bucket}/sign"]["post"].is_object());
     s.stop().await;
 }
