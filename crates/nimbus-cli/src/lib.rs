@@ -118,6 +118,12 @@ enum Command {
     Events(cmd::users::EventsArgs),
     /// Show the emails in the development outbox (when no SMTP server is configured)
     Outbox,
+    /// Manage the project's file buckets
+    #[command(subcommand)]
+    Buckets(cmd::files::BucketsCommand),
+    /// Upload, download, list and delete files in a bucket
+    #[command(subcommand)]
+    Files(cmd::files::FilesCommand),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -141,6 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users(c) => cmd::users::users(g, c).await,
         Command::Events(args) => cmd::users::events(g, args).await,
         Command::Outbox => cmd::users::outbox(g).await,
+        Command::Buckets(c) => cmd::files::buckets(g, c).await,
+        Command::Files(c) => cmd::files::files(g, c).await,
     }
 }
 
