@@ -389,6 +389,7 @@ pub(crate) struct SignedParams {
 
 /// The principal of an object request: a signed URL's holder when it carries a signature
 /// (checked for this method and key), else from the credentials.
+#[allow(clippy::too_many_arguments)]
 async fn object_principal(
     state: &AppState,
     project: &str,
