@@ -206,6 +206,12 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Manage the project's file buckets
+    #[command(subcommand)]
+    Buckets(cmd::files::BucketsCommand),
+    /// Upload, download, list and delete files in a bucket
+    #[command(subcommand)]
+    Files(cmd::files::FilesCommand),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -236,6 +242,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut command, "nimbus", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Buckets(c) => cmd::files::buckets(g, c).await,
+        Command::Files(c) => cmd::files::files(g, c).await,
     }
 }
 

@@ -1388,3 +1388,64 @@ fn triggers_from_the_manifest_and_the_dead_letter_commands() {
     s.cmd().args(["events", "purge", "--all"]).assert().failure().stderr(contains("--yes"));
     assert!(s.ok(&["events", "purge", "--all", "--yes"]).contains("Purged 1"));
 }
+
+#[test]
+fn buckets_and_files() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    s.ok(&["buckets", "create", "media", "--access", "public-read", "--quota-bytes", "10000000"]);
+    let listed = s.json(&["buckets", "ls"]);
+    assert_eq!(listed["buckets"][0]["name"], "media");
+    assert_eq!(listed["buckets"][0]["access"], "public-read");
+    assert!(s.ok(&["buckets", "ls"]).contains("public-read"));
+
+    // A 3 MiB file streams up and back down byte for byte.
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let src = dir.path().join("big.bin");
+    std::fs::write(&src, &data).unwrap();
+    let stored = s.json(&[
+        "files",
+        "put",
+        "media",
+        "dir/big file.bin",
+        src.to_str().unwrap(),
+        "--content-type",
+        "application/x-test",
+    ]);
+    assert_eq!(stored["size"], data.len());
+    assert_eq!(stored["content_type"], "application/x-test");
+    let out = dir.path().join("back.bin");
+    s.ok(&["files", "get", "media", "dir/big file.bin", "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == data, "the download differs");
+    // To stdout, from stdin.
+    let mut cmd = s.cmd();
+    cmd.args(["files", "put", "media", "notes.txt", "-"])
+        .write_stdin("from stdin")
+        .assert()
+        .success();
+    s.cmd().args(["files", "get", "media", "notes.txt"]).assert().success().stdout("from stdin");
+
+    let listed = s.json(&["files", "ls", "media"]);
+    let keys: Vec<&str> =
+        listed["objects"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["dir/big file.bin", "notes.txt"]);
+    let table = s.ok(&["files", "ls", "media", "--delimiter", "/"]);
+    assert!(table.contains("dir/") && table.contains("notes.txt"), "{table}");
+    assert!(!table.contains("big file"), "{table}");
+
+    s.ok(&["files", "rm", "media", "notes.txt"]);
+    s.cmd()
+        .args(["files", "get", "media", "notes.txt"])
+        .assert()
+        .code(1)
+        .stderr(contains("HTTP 404"));
+    s.cmd()
+        .args(["files", "put", "media", "x", "/nonexistent/file"])
+        .assert()
+        .code(1)
+        .stderr(contains("cannot open"));
+    // Not empty: refused unless forced.
+    s.cmd().args(["buckets", "delete", "media"]).assert().code(1).stderr(contains("HTTP 409"));
+    assert!(s.ok(&["buckets", "delete", "media", "--force"]).contains("1 objects"));
+    assert_eq!(s.json(&["buckets", "ls"])["buckets"], serde_json::json!([]));
+}

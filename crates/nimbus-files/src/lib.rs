@@ -21,8 +21,8 @@ use nimbus_rules::{Caller, Env, Operation, RuleSet, RuleSources};
 use nimbus_store::StoreError;
 use nimbus_store::objects::{
     BucketInfo, BucketSettings, KeyError, ListPage, ListQuery, ObjectData, ObjectError, ObjectMeta,
-    ObjectStore, ObjectWrite, PartInfo, RangeSpec, S3KeyInfo, S3KeyStore, SweepReport, UploadInfo,
-    validate_key,
+    ObjectStore, ObjectWrite, PartInfo, RangeSpec, S3KeyInfo, S3KeyScope, S3KeyStore, SweepReport,
+    UploadInfo, validate_key,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -448,6 +448,20 @@ impl FilesService {
         bucket.settings.max_object_bytes.unwrap_or(u64::MAX).min(self.config.max_object_bytes)
     }
 
+    /// May `who` do `op` on `key` (or under the prefix `key` for `List`) of `bucket`, judged
+    /// without a stored object (bucket-level checks of the S3 endpoint).
+    pub fn authorize_in(
+        &self,
+        project: &str,
+        bucket: &str,
+        op: Op,
+        who: &Principal,
+        key: &str,
+    ) -> Result<()> {
+        let info = self.bucket_info(project, bucket)?;
+        self.authorize(&info, op, who, key, None, &json!({"key": key, "prefix": key}))
+    }
+
     /// Check a declared body length against the limits before reading any of it.
     pub fn check_declared_size(&self, project: &str, bucket: &str, size: u64) -> Result<()> {
         let info = self.bucket_info(project, bucket)?;
@@ -554,8 +568,9 @@ impl FilesService {
         Ok(self.store.list(project, bucket, &query)?)
     }
 
-    /// Copy an object (streaming through the store), keeping its content type and metadata
-    /// unless `replace` gives new ones.
+    /// Copy an object, keeping its content type and metadata unless `replace` gives new ones.
+    /// The caller must be allowed to read the source and write the destination, under the
+    /// destination's limits. The store shares the bytes when it can (the local store links).
     #[allow(clippy::too_many_arguments)]
     pub fn copy_object(
         &self,
@@ -568,19 +583,28 @@ impl FilesService {
         who: &Principal,
     ) -> Result<ObjectMeta> {
         validate_key(dst_key)?;
-        let mut src = self.open_object(project, src_bucket, src_key, None, who)?;
+        let src = self.head_object(project, src_bucket, src_key, who)?;
         let (content_type, metadata) =
-            replace.unwrap_or_else(|| (src.meta.content_type.clone(), src.meta.metadata.clone()));
-        self.put_object(
+            replace.unwrap_or_else(|| (src.content_type.clone(), src.metadata.clone()));
+        let info = self.bucket_info(project, dst_bucket)?;
+        let existing = self.store.head(project, dst_bucket, dst_key)?;
+        let request = json!({"key": dst_key, "content_type": content_type, "size": src.size});
+        self.authorize(&info, Op::Write, who, dst_key, existing.as_ref(), &request)?;
+        if !content_type_allowed(&info.settings.allowed_content_types, &content_type) {
+            return Err(FilesError::ContentType(content_type));
+        }
+        check_metadata(&metadata)?;
+        let limit = self.max_bytes(&info);
+        let uploader = who.identity();
+        let write = ObjectWrite {
             project,
-            dst_bucket,
-            dst_key,
-            &content_type,
-            &metadata,
-            who,
-            Some(src.meta.size),
-            &mut src.reader,
-        )
+            bucket: dst_bucket,
+            key: dst_key,
+            content_type: &content_type,
+            metadata: &metadata,
+            uploader: &uploader,
+        };
+        Ok(self.store.copy(src_bucket, src_key, &write, Some(limit))?)
     }
 
     pub fn delete_object(
@@ -785,7 +809,12 @@ impl FilesService {
     // ---- S3 access keys ----
 
     /// Issue an S3 access key for `project`. Returns the key and its secret (shown once).
-    pub fn create_s3_key(&self, project: &str, name: &str) -> Result<(S3KeyInfo, String)> {
+    pub fn create_s3_key(
+        &self,
+        project: &str,
+        name: &str,
+        scope: S3KeyScope,
+    ) -> Result<(S3KeyInfo, String)> {
         if name.len() > 200 {
             return Err(FilesError::Invalid("the key name is longer than 200 bytes".into()));
         }
@@ -799,6 +828,7 @@ impl FilesService {
             project: project.to_string(),
             name: name.to_string(),
             created_at: now_millis(),
+            scope,
         };
         let secret = hex::encode(secret);
         self.keys.create_s3_key(&info, &secret)?;

@@ -205,7 +205,8 @@ fn signed_urls() {
 fn s3_keys_and_project_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let s = service(dir.path());
-    let (info, secret) = s.create_s3_key(P, "ci").unwrap();
+    let (info, secret) =
+        s.create_s3_key(P, "ci", nimbus_store::objects::S3KeyScope::Service).unwrap();
     assert_eq!(info.access_key.len(), 20);
     assert_eq!(secret.len(), 60);
     let (found, found_secret) = s.lookup_s3_key(&info.access_key).unwrap().unwrap();

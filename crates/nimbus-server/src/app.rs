@@ -62,6 +62,8 @@ pub struct AppState {
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
     /// The listener's connection metrics, rendered at `/metrics` beside the services' own.
     pub connections: Arc<crate::listener::ConnectionMetrics>,
+    /// File storage's request and byte counters (REST and S3).
+    pub files_metrics: Arc<crate::files_metrics::FilesMetrics>,
 }
 
 impl AppState {
@@ -89,6 +91,7 @@ impl AppState {
             trusted_proxies: config.trusted_proxies.clone().into(),
             shutting_down,
             connections: Default::default(),
+            files_metrics: Default::default(),
         }
     }
 
@@ -117,7 +120,10 @@ impl AppState {
           api::kv::delete_bucket, api::kv::get_value, api::kv::put_value, api::kv::delete_value,
           api::kv::op, api::files::list_buckets, api::files::create_bucket,
           api::files::show_bucket, api::files::update_bucket, api::files::delete_bucket,
-          api::files::create_s3_key, api::files::list_s3_keys, api::files::delete_s3_key),
+          api::files::create_s3_key, api::files::list_s3_keys, api::files::delete_s3_key,
+          api::files::list_objects, api::files::form_upload, api::files::get_object,
+          api::files::put_object, api::files::delete_object, api::files::copy_object,
+          api::files::sign_url),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
@@ -131,7 +137,9 @@ impl AppState {
                                              data endpoints are public to apps: end users with \
                                              their access token, anonymous callers, or the \
                                              service role, under each collection's rules"),
-         (name = "files", description = "File storage: buckets and S3 access keys (docs/files.md)"),
+         (name = "files", description = "File storage (docs/files.md): buckets and S3 access keys \
+                                         (management), and objects, public to apps under each \
+                                         bucket's access settings"),
          (name = "triggers", description = "Event delivery to functions: subscriptions, \
                                             deliveries and dead letters, queues, asynchronous \
                                             invocations (docs/triggers.md)"))
@@ -311,7 +319,10 @@ pub fn router(state: AppState) -> Router {
         .merge(data)
         // Files: public to apps, under each bucket's access settings; uploads stream unbounded
         // by the management limit (the bucket's limits apply while streaming).
-        .merge(api::files::data_router())
+        .merge(api::files::data_router().layer(middleware::from_fn_with_state(
+            state.files_metrics.clone(),
+            crate::files_metrics::rest_layer,
+        )))
         // Realtime: public to apps, under each collection's access rules.
         .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
         .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))
@@ -353,6 +364,7 @@ fn render_metrics(state: &AppState) -> impl IntoResponse + use<> {
     let _ = encode_registry(&mut out, &state.functions.metrics().registry)
         .and_then(|()| encode_registry(&mut out, state.connections.registry()))
         .and_then(|()| encode_registry(&mut out, &state.triggers.metrics().registry))
+        .and_then(|()| encode_registry(&mut out, state.files_metrics.registry()))
         .and_then(|()| encode_eof(&mut out));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
 }

@@ -77,12 +77,12 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
     let under = |prefix: &str| {
         path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if under("/v1/kv") || under("/v1/collections") || under("/v1/queues") {
+    if under("/v1/kv") || under("/v1/collections") || under("/v1/buckets") || under("/v1/queues") {
         return Ok(());
     }
     if let Some(rest) = path.strip_prefix("/v1/projects/") {
         let (project, rest) = rest.split_once('/').unwrap_or((rest, ""));
-        let data = ["collections/", "documents/"].iter().any(|p| rest.starts_with(p));
+        let data = ["collections/", "documents/", "buckets/"].iter().any(|p| rest.starts_with(p));
         if data && project != &*caller.project {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -99,7 +99,7 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
         "forbidden",
         format!(
             "{path} is not served to functions in-process (documents under \
-             /v1/projects/{{project}}/..., /v1/collections, /v1/kv and /v1/queues are)"
+             /v1/projects/{{project}}/..., /v1/collections, /v1/buckets, /v1/kv and /v1/queues are)"
         ),
     ))
 }
@@ -119,6 +119,9 @@ mod tests {
             "/v1/collections/posts",
             "/v1/projects/acme/collections/posts/documents",
             "/v1/projects/acme/documents/batch",
+            "/v1/buckets",
+            "/v1/buckets/media",
+            "/v1/projects/acme/buckets/media/objects/a/b.txt",
         ] {
             assert!(reachable(&caller, ok).is_ok(), "{ok}");
         }
@@ -130,6 +133,9 @@ mod tests {
             "/v1/functions",
             "/v1/kvx",
             "/v1/collectionsx",
+            "/v1/bucketsx",
+            "/v1/s3-keys",
+            "/v1/projects/other/buckets/media/objects/a",
             "/hello",
             "/metrics",
         ] {

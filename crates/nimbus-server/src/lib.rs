@@ -12,6 +12,7 @@ mod credentials;
 mod data_caller;
 mod data_dir;
 mod error;
+mod files_metrics;
 mod gateway;
 mod in_process;
 mod kv_host;

@@ -18,8 +18,8 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
-use nimbus_files::{FilesError, FilesService, Principal};
-use nimbus_store::objects::{KeyError, ObjectError, ObjectMeta, RangeSpec};
+use nimbus_files::{FilesError, FilesService, Op, Principal};
+use nimbus_store::objects::{KeyError, ObjectError, ObjectMeta, RangeSpec, S3KeyScope};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::*;
 use s3s::host::{S3Host, VirtualHost};
@@ -39,6 +39,9 @@ pub struct S3Limits {
     pub xml_max_body: usize,
     /// Virtual-host style: `bucket.<domain>` names a bucket. Default: the server's base domain.
     pub domain: Option<String>,
+    /// Requests per second per access key (the burst is the same number); unsigned requests
+    /// share one budget. 0 turns the limit off. Past it: 503 `SlowDown`.
+    pub per_key_rate: u32,
 }
 
 impl Default for S3Limits {
@@ -48,6 +51,7 @@ impl Default for S3Limits {
             queue_timeout: Duration::from_secs(10),
             xml_max_body: 2 << 20,
             domain: None,
+            per_key_rate: 200,
         }
     }
 }
@@ -55,6 +59,7 @@ impl Default for S3Limits {
 #[derive(Clone)]
 struct S3State {
     service: S3Service,
+    metrics: Arc<crate::files_metrics::FilesMetrics>,
     slots: Arc<tokio::sync::Semaphore>,
     wait: Duration,
 }
@@ -62,8 +67,18 @@ struct S3State {
 /// The router of the S3 listener: every request goes to s3s, through the concurrency bound.
 pub(crate) fn router(state: AppState, limits: &S3Limits, base_domain: &str) -> Router {
     let domain = limits.domain.clone().unwrap_or_else(|| base_domain.to_string());
-    let mut builder = S3ServiceBuilder::new(NimbusS3 { files: state.files.clone() });
+    // Per-key request budget (s3s leaves rate limits to its embedder): governor's keyed GCRA
+    // limiter, as the auth endpoints use.
+    let limiter = std::num::NonZeroU32::new(limits.per_key_rate).map(|rate| {
+        Arc::new(governor::DefaultKeyedRateLimiter::keyed(governor::Quota::per_second(rate)))
+    });
+    let mut builder = S3ServiceBuilder::new(NimbusS3 {
+        files: state.files.clone(),
+        limiter,
+        checks: Default::default(),
+    });
     builder.set_auth(Keys { files: state.files.clone() });
+    builder.set_access(Unsigned);
     builder.set_host(Host { domain: domain.to_ascii_lowercase() });
     let mut config = s3s::config::S3Config::default();
     config.xml_max_body_size = limits.xml_max_body;
@@ -72,6 +87,7 @@ pub(crate) fn router(state: AppState, limits: &S3Limits, base_domain: &str) -> R
     builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
     let s3 = S3State {
         service: builder.build(),
+        metrics: state.files_metrics.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
         wait: limits.queue_timeout,
     };
@@ -79,6 +95,13 @@ pub(crate) fn router(state: AppState, limits: &S3Limits, base_domain: &str) -> R
 }
 
 async fn handle(State(s3): State<S3State>, request: Request) -> Response {
+    let method = request.method().clone();
+    let request = s3.metrics.request_in("s3", request);
+    let response = serve(&s3, request).await;
+    s3.metrics.response_out("s3", &method, response)
+}
+
+async fn serve(s3: &S3State, request: Request) -> Response {
     let permit = match tokio::time::timeout(s3.wait, s3.slots.clone().acquire_owned()).await {
         Ok(Ok(permit)) => permit,
         _ => return error_response(s3_error!(SlowDown, "too many requests in flight")),
@@ -132,6 +155,21 @@ impl S3Host for Host {
             return Ok(VirtualHost::new(self.domain.as_str()).with_bucket(bucket.to_string()));
         }
         Ok(VirtualHost::new(name))
+    }
+}
+
+/// Which unsigned requests reach the operations at all (s3s refuses every one by default):
+/// GetObject and HeadObject, which then read as an anonymous caller under the bucket's access
+/// settings (see `NimbusS3::caller`). Signed requests were verified before this.
+struct Unsigned;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Unsigned {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        if cx.credentials().is_some() || matches!(cx.s3_op().name(), "GetObject" | "HeadObject") {
+            return Ok(());
+        }
+        Err(s3_error!(AccessDenied, "sign the request with an access key"))
     }
 }
 
@@ -192,7 +230,14 @@ fn to_s3(e: FilesError) -> S3Error {
 /// The S3 operations over the files service.
 struct NimbusS3 {
     files: FilesService,
+    limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
+    /// Checks since the limiter last dropped idle keys (memory stays bounded by active keys).
+    checks: std::sync::atomic::AtomicU64,
 }
+
+/// The project unsigned requests address: they name no key, hence no project. Other projects'
+/// public buckets are public over REST (`/v1/projects/{p}/buckets/...`).
+const ANONYMOUS_PROJECT: &str = "default";
 
 /// The caller's project and identity, from the verified access key.
 struct Who {
@@ -278,6 +323,53 @@ fn not_modified(
     false
 }
 
+/// `If-Match`, else `If-Unmodified-Since` of GetObject and HeadObject (RFC 9110 13.2.2, as S3
+/// evaluates them): false means 412 `PreconditionFailed`.
+fn preconditions_hold(
+    meta: &ObjectMeta,
+    if_match: Option<&ETagCondition>,
+    unmodified_since: Option<&Timestamp>,
+) -> bool {
+    if let Some(cond) = if_match {
+        return cond.is_any() || cond.as_etag().and_then(|e| e.as_strong()) == Some(&meta.etag);
+    }
+    if let Some(since) = unmodified_since {
+        let since: SystemTime = time::OffsetDateTime::from(since.clone()).into();
+        let modified =
+            SystemTime::UNIX_EPOCH + Duration::from_secs((meta.created_at.max(0) / 1000) as u64);
+        return modified <= since;
+    }
+    true
+}
+
+fn precondition_failed() -> S3Error {
+    s3_error!(PreconditionFailed, "the object does not match If-Match / If-Unmodified-Since")
+}
+
+/// The body reader of a PutObject / UploadPart, checking `Content-MD5` when the client sent one
+/// (a mismatch fails the read, so nothing is published).
+fn verified_reader(
+    body: Option<StreamingBlob>,
+    content_md5: Option<&str>,
+) -> S3Result<Box<dyn std::io::Read + Send>> {
+    let expected = match content_md5 {
+        None => None,
+        Some(v) => Some(
+            crate::api::files::parse_content_md5(v)
+                .ok_or_else(|| s3_error!(InvalidDigest, "Content-MD5 is not base64 of 16 bytes"))?,
+        ),
+    };
+    Ok(crate::api::files::verify_md5(blob_reader(body), expected))
+}
+
+/// A store error, or `BadDigest` when the body failed its `Content-MD5` check.
+fn write_error(e: FilesError) -> S3Error {
+    if crate::api::files::is_bad_digest(&e) {
+        return s3_error!(BadDigest, "the body does not match its Content-MD5; nothing was stored");
+    }
+    to_s3(e)
+}
+
 fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
     match src {
         CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
@@ -286,17 +378,68 @@ fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
 }
 
 impl NimbusS3 {
+    /// The caller of an operation that needs a signed request.
     async fn who<T>(&self, req: &S3Request<T>) -> S3Result<Who> {
-        let creds = req.credentials.as_ref().ok_or_else(|| s3_error!(AccessDenied))?;
+        self.caller(req, false).await
+    }
+
+    /// The caller: a verified access key (service role, or for a `public` key an anonymous
+    /// caller held to the buckets' access settings), or with `anonymous_ok` (GetObject,
+    /// HeadObject) an unsigned request, anonymous on [`ANONYMOUS_PROJECT`]. Each takes one
+    /// request from its key's budget.
+    async fn caller<T>(&self, req: &S3Request<T>, anonymous_ok: bool) -> S3Result<Who> {
+        let Some(creds) = req.credentials.as_ref() else {
+            if !anonymous_ok {
+                return Err(s3_error!(AccessDenied, "sign the request with an access key"));
+            }
+            self.take_budget("")?;
+            return Ok(Who {
+                project: ANONYMOUS_PROJECT.to_string(),
+                principal: Principal::anonymous(),
+            });
+        };
         let key = creds.access_key.clone();
         let found = self.files.call(move |f| f.lookup_s3_key(&key)).await.map_err(to_s3)?;
         let (info, _) = found.ok_or_else(|| s3_error!(InvalidAccessKeyId))?;
-        Ok(Who {
-            project: info.project,
-            principal: Principal::Service {
-                identity: json!({"kind": "s3-key", "id": info.access_key}),
-            },
-        })
+        self.take_budget(&info.access_key)?;
+        let principal = match info.scope {
+            S3KeyScope::Service => {
+                Principal::Service { identity: json!({"kind": "s3-key", "id": info.access_key}) }
+            }
+            // As a public API key: anonymous under the bucket's access settings.
+            S3KeyScope::Public => Principal::anonymous(),
+        };
+        Ok(Who { project: info.project, principal })
+    }
+
+    /// The caller of a bucket-management operation: a `service` key only.
+    async fn service<T>(&self, req: &S3Request<T>) -> S3Result<Who> {
+        let who = self.who(req).await?;
+        if !matches!(who.principal, Principal::Service { .. }) {
+            return Err(s3_error!(AccessDenied, "this operation needs a service-scope access key"));
+        }
+        Ok(who)
+    }
+
+    /// A non-service caller must pass the bucket's access settings for `op` on `key`.
+    async fn check(&self, who: &Who, bucket: &str, op: Op, key: &str) -> S3Result<()> {
+        if matches!(who.principal, Principal::Service { .. }) {
+            return Ok(());
+        }
+        let (project, bucket, key, principal) =
+            (who.project.clone(), bucket.to_string(), key.to_string(), who.principal.clone());
+        self.run(move |f| f.authorize_in(&project, &bucket, op, &principal, &key)).await
+    }
+
+    fn take_budget(&self, key: &str) -> S3Result<()> {
+        use std::sync::atomic::Ordering;
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&key.to_string())
+            .map_err(|_| s3_error!(SlowDown, "this access key's request rate is over its limit"))
     }
 
     async fn run<T: Send + 'static>(
@@ -313,7 +456,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let buckets = self.run(move |f| f.list_buckets(&who.project)).await?;
         let buckets = buckets
             .into_iter()
@@ -330,7 +473,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let name = req.input.bucket.clone();
         let location = format!("/{name}");
         self.run(move |f| f.create_bucket(&who.project, &name, &Default::default())).await?;
@@ -341,7 +484,7 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let name = req.input.bucket.clone();
         self.run(move |f| f.delete_bucket(&who.project, &name, false, &who.principal)).await?;
         Ok(S3Response::new(DeleteBucketOutput {}))
@@ -353,6 +496,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<HeadBucketOutput>> {
         let who = self.who(&req).await?;
         let name = req.input.bucket.clone();
+        self.check(&who, &name, Op::List, "").await?;
         self.run(move |f| f.get_bucket(&who.project, &name)).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
@@ -363,6 +507,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let who = self.who(&req).await?;
         let name = req.input.bucket.clone();
+        self.check(&who, &name, Op::List, "").await?;
         self.run(move |f| f.get_bucket(&who.project, &name)).await?;
         // Empty: us-east-1, what every client assumes of a single-region endpoint.
         Ok(S3Response::new(GetBucketLocationOutput { location_constraint: None }))
@@ -377,10 +522,11 @@ impl S3 for NimbusS3 {
         let ct = input.content_type.unwrap_or_else(|| "application/octet-stream".to_string());
         let metadata = metadata_in(input.metadata);
         let declared = input.content_length.and_then(|n| u64::try_from(n).ok());
-        let mut reader = blob_reader(input.body);
+        let mut reader = verified_reader(input.body, input.content_md5.as_deref())?;
         let (bucket, key) = (input.bucket, input.key);
         let meta = self
-            .run(move |f| {
+            .files
+            .call(move |f| {
                 f.put_object(
                     &who.project,
                     &bucket,
@@ -392,7 +538,8 @@ impl S3 for NimbusS3 {
                     &mut reader,
                 )
             })
-            .await?;
+            .await
+            .map_err(write_error)?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&meta.etag)),
             size: Some(meta.size as i64),
@@ -404,13 +551,20 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.caller(&req, true).await?;
         let input = req.input;
         let range = range_in(input.range);
         let (bucket, key) = (input.bucket, input.key);
         let data = self
             .run(move |f| f.open_object(&who.project, &bucket, &key, range, &who.principal))
             .await?;
+        if !preconditions_hold(
+            &data.meta,
+            input.if_match.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        ) {
+            return Err(precondition_failed());
+        }
         if not_modified(&data.meta, input.if_none_match.as_ref(), input.if_modified_since.as_ref())
         {
             return Err(s3_error!(NotModified));
@@ -443,11 +597,14 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.caller(&req, true).await?;
         let input = req.input;
         let (bucket, key) = (input.bucket, input.key);
         let meta =
             self.run(move |f| f.head_object(&who.project, &bucket, &key, &who.principal)).await?;
+        if !preconditions_hold(&meta, input.if_match.as_ref(), input.if_unmodified_since.as_ref()) {
+            return Err(precondition_failed());
+        }
         if not_modified(&meta, input.if_none_match.as_ref(), input.if_modified_since.as_ref()) {
             return Err(s3_error!(NotModified));
         }
@@ -709,10 +866,11 @@ impl S3 for NimbusS3 {
         let input = req.input;
         let number = u32::try_from(input.part_number)
             .map_err(|_| s3_error!(InvalidArgument, "invalid part number"))?;
-        let mut reader = blob_reader(input.body);
+        let mut reader = verified_reader(input.body, input.content_md5.as_deref())?;
         let (bucket, key, upload) = (input.bucket, input.key, input.upload_id);
         let part = self
-            .run(move |f| {
+            .files
+            .call(move |f| {
                 f.put_part(
                     &who.project,
                     &bucket,
@@ -723,7 +881,8 @@ impl S3 for NimbusS3 {
                     &mut reader,
                 )
             })
-            .await?;
+            .await
+            .map_err(write_error)?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(etag(&part.etag)),
             ..Default::default()
@@ -812,6 +971,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let who = self.who(&req).await?;
         let input = req.input;
+        self.check(&who, &input.bucket, Op::Write, &input.key).await?;
         let (bucket, key, upload) = (input.bucket, input.key, input.upload_id);
         self.run(move |f| f.abort_upload(&who.project, &bucket, &key, &upload)).await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
@@ -823,6 +983,7 @@ impl S3 for NimbusS3 {
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let who = self.who(&req).await?;
         let input = req.input;
+        self.check(&who, &input.bucket, Op::Write, &input.key).await?;
         let marker = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
         let (bucket, key, upload) =
@@ -860,22 +1021,40 @@ impl S3 for NimbusS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        let who = self.who(&req).await?;
+        let who = self.service(&req).await?;
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let (bucket, p) = (input.bucket.clone(), prefix.clone());
         let uploads = self.run(move |f| f.list_uploads(&who.project, &bucket, &p)).await?;
         let max = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
-        let truncated = uploads.len() > max;
+        // The page after (key-marker, upload-id-marker) in listing order (key, then start
+        // time): with an upload id, the uploads after that one; with a key only (or an upload
+        // id no longer there), the uploads of later keys.
+        let km = input.key_marker.as_deref().filter(|k| !k.is_empty());
+        let start = match (km, input.upload_id_marker.as_deref()) {
+            (None, _) => 0,
+            (Some(k), id) => id
+                .and_then(|id| uploads.iter().position(|u| u.key == k && u.id == id).map(|i| i + 1))
+                .unwrap_or_else(|| uploads.partition_point(|u| u.key.as_str() <= k)),
+        };
+        let page: Vec<_> = uploads.into_iter().skip(start).collect();
+        let truncated = page.len() > max;
+        let page: Vec<_> = page.into_iter().take(max).collect();
+        let (next_key, next_id) = match page.last() {
+            Some(u) if truncated => (Some(u.key.clone()), Some(u.id.clone())),
+            _ => (None, None),
+        };
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: Some(prefix),
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker: next_key,
+            next_upload_id_marker: next_id,
             max_uploads: Some(max as i32),
             is_truncated: Some(truncated),
             uploads: Some(
-                uploads
-                    .into_iter()
-                    .take(max)
+                page.into_iter()
                     .map(|u| MultipartUpload {
                         key: Some(u.key),
                         upload_id: Some(u.id),

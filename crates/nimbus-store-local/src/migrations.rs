@@ -499,6 +499,12 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX mail_outbox_due ON mail_outbox (next_at);
     "#,
+    // 8 (issue 8): scopes of S3 access keys, like API keys' (`public` keys obey bucket access
+    // settings).
+    r#"
+    ALTER TABLE s3_access_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'service'
+        CHECK (scope IN ('service', 'public'));
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -611,6 +617,7 @@ mod tests {
         "b58a99c7d5e07db9e3adce9fa165abebda3bd889cbc38f24641e527c49dcd532",
         "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
         "0fee7770dedfcdd1bbd6d355cae12b5ff05d88a44c5a30e6be82bcd6f2e43ed4",
+        "883173b0a5c5859f5b02bc80d627b64065ea280c03d6c261c4928edafccd28df",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

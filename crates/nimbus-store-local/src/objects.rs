@@ -24,7 +24,7 @@ use nimbus_store::events::NewEvent;
 use nimbus_store::objects::{
     BucketInfo, BucketSettings, EVENT_CREATED, EVENT_DELETED, ListPage, ListQuery, ObjectData,
     ObjectError, ObjectMeta, ObjectResult, ObjectStore, ObjectWrite, PartInfo, RangeSpec,
-    S3KeyInfo, S3KeyStore, SweepReport, UploadInfo, object_event, prefix_upper_bound,
+    S3KeyInfo, S3KeyScope, S3KeyStore, SweepReport, UploadInfo, object_event, prefix_upper_bound,
 };
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
@@ -511,6 +511,73 @@ impl ObjectStore for LocalObjectStore {
         Ok(meta)
     }
 
+    /// A copy shares the source's bytes: data files never change once written (a write makes a
+    /// new file under a new id), so the copy is a hard link under a fresh id, published like a
+    /// put. Every name is still referenced by exactly one row, so deletes and the sweep need no
+    /// reference counts: unlinking one name leaves the other's bytes. A kill -9 between the link
+    /// and the commit leaves an unreferenced name, which the sweep removes (it judges a file's
+    /// age by its ctime too, which the link sets, so the hourly sweep never takes a fresh link of
+    /// old bytes). On a file system without hard links it streams, as the trait's default.
+    fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        write: &ObjectWrite<'_>,
+        max_bytes: Option<u64>,
+    ) -> ObjectResult<ObjectMeta> {
+        self.require_bucket(write.project, write.bucket)?;
+        // The source's file goes away if the source is replaced or deleted between reading its
+        // row and linking: read the row again then, as `open` does.
+        for _ in 0..5 {
+            let Some((src, src_id)) = self.read_meta(write.project, src_bucket, src_key)? else {
+                self.require_bucket(write.project, src_bucket)?;
+                return Err(ObjectError::NoSuchKey(src_key.to_string()));
+            };
+            if let Some(limit) = max_bytes
+                && src.size > limit
+            {
+                return Err(ObjectError::TooLarge { limit });
+            }
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let path = self.data_path(&id);
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+            std::fs::create_dir_all(&dir).map_err(io("creating a data directory"))?;
+            match std::fs::hard_link(self.data_path(&src_id), &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "hard links unavailable; copying the bytes");
+                    let mut data = self.open(write.project, src_bucket, src_key, None)?;
+                    return self.put(write, &mut data.reader, max_bytes);
+                }
+            }
+            let staged = Staged { path, id, size: src.size, md5: [0; 16], keep: false };
+            sync_dir(&dir).map_err(io("syncing a data directory"))?;
+            let meta = ObjectMeta {
+                bucket: write.bucket.to_string(),
+                key: write.key.to_string(),
+                size: src.size,
+                content_type: write.content_type.to_string(),
+                etag: src.etag,
+                metadata: write.metadata.clone(),
+                created_at: now_millis(),
+                uploader: write.uploader.clone(),
+            };
+            let replaced = write_tx(&self.db, "publishing a copy", |tx| {
+                let replaced = publish(tx, write.project, &meta, &staged.id)?;
+                let event = object_event(write.project, EVENT_CREATED, &meta, write.uploader);
+                Ok((replaced, vec![event]))
+            })?;
+            staged.keep();
+            self.remove_data(replaced);
+            return Ok(meta);
+        }
+        Err(ObjectError::Store(backend(
+            "copying an object",
+            format!("{src_key:?} kept changing while being copied"),
+        )))
+    }
+
     fn head(&self, project: &str, bucket: &str, key: &str) -> ObjectResult<Option<ObjectMeta>> {
         Ok(self.read_meta(project, bucket, key)?.map(|(m, _)| m))
     }
@@ -798,7 +865,7 @@ impl ObjectStore for LocalObjectStore {
         let rows: Vec<UploadInfo> = self.db.read(|conn| {
             conn.prepare_cached(&format!(
                 "SELECT {UPLOAD_COLUMNS} FROM object_uploads WHERE project = ?1 AND bucket = ?2
-                 ORDER BY key, created_at LIMIT 10000"
+                 ORDER BY key, created_at, id LIMIT 10000"
             ))
             .and_then(|mut s| s.query_map(params![project, bucket], upload_from_row)?.collect())
             .context("listing uploads")
@@ -940,8 +1007,25 @@ impl ObjectStore for LocalObjectStore {
 
         let cutoff = std::time::SystemTime::UNIX_EPOCH
             + std::time::Duration::from_millis((now - orphan_grace_ms).max(0) as u64);
+        // A file's age: its last change, including a new hard link to it (a copy), which moves
+        // the ctime, not the mtime.
         let old = |path: &Path| {
-            std::fs::metadata(path).and_then(|m| m.modified()).map(|t| t <= cutoff).unwrap_or(false)
+            std::fs::metadata(path)
+                .and_then(|m| {
+                    let mut t = m.modified()?;
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::MetadataExt;
+                        let ctime = std::time::UNIX_EPOCH
+                            + std::time::Duration::new(
+                                m.ctime().max(0) as u64,
+                                m.ctime_nsec() as u32,
+                            );
+                        t = t.max(ctime);
+                    }
+                    Ok(t <= cutoff)
+                })
+                .unwrap_or(false)
         };
         for entry in std::fs::read_dir(self.root.join("tmp")).map_err(io("listing tmp"))? {
             let path = entry.map_err(io("listing tmp"))?.path();
@@ -985,6 +1069,16 @@ fn s3_key_from_row(row: &Row<'_>) -> rusqlite::Result<S3KeyInfo> {
         project: row.get(1)?,
         name: row.get(2)?,
         created_at: row.get(3)?,
+        scope: {
+            let s: String = row.get(4)?;
+            S3KeyScope::parse(&s).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Text,
+                    format!("unknown S3 key scope {s:?}").into(),
+                )
+            })?
+        },
     })
 }
 
@@ -992,9 +1086,16 @@ impl S3KeyStore for SqliteStore {
     fn create_s3_key(&self, info: &S3KeyInfo, secret: &str) -> nimbus_store::Result<()> {
         self.write("creating an S3 access key", |tx| {
             tx.execute(
-                "INSERT INTO s3_access_keys (access_key, project, secret, name, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![info.access_key, info.project, secret, info.name, info.created_at],
+                "INSERT INTO s3_access_keys (access_key, project, secret, name, created_at, scope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    info.access_key,
+                    info.project,
+                    secret,
+                    info.name,
+                    info.created_at,
+                    info.scope.as_str()
+                ],
             )
             .context("creating an S3 access key")?;
             Ok(())
@@ -1004,7 +1105,7 @@ impl S3KeyStore for SqliteStore {
     fn list_s3_keys(&self, project: &str) -> nimbus_store::Result<Vec<S3KeyInfo>> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT access_key, project, name, created_at FROM s3_access_keys
+                "SELECT access_key, project, name, created_at, scope FROM s3_access_keys
                  WHERE project = ?1 ORDER BY created_at, access_key",
             )
             .and_then(|mut s| s.query_map([project], s3_key_from_row)?.collect())
@@ -1015,11 +1116,11 @@ impl S3KeyStore for SqliteStore {
     fn get_s3_key(&self, access_key: &str) -> nimbus_store::Result<Option<(S3KeyInfo, String)>> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT access_key, project, name, created_at, secret FROM s3_access_keys
+                "SELECT access_key, project, name, created_at, scope, secret FROM s3_access_keys
                  WHERE access_key = ?1",
             )
             .and_then(|mut s| {
-                s.query_row([access_key], |r| Ok((s3_key_from_row(r)?, r.get(4)?))).optional()
+                s.query_row([access_key], |r| Ok((s3_key_from_row(r)?, r.get(5)?))).optional()
             })
             .context("reading an S3 access key")
         })

@@ -299,6 +299,26 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Option<RangeSpec>,
     ) -> ObjectResult<ObjectData>;
     fn list(&self, project: &str, bucket: &str, query: &ListQuery) -> ObjectResult<ListPage>;
+    /// Copy the current version of `src_key` in `src_bucket` (of `write.project`) to `write`'s
+    /// bucket and key, with `write`'s content type, metadata and uploader, and a created event,
+    /// keeping the source's ETag. `TooLarge` if the source exceeds `max_bytes`. The default
+    /// streams the bytes through [`ObjectStore::put`]; a backend whose stored bytes never change
+    /// may share them instead (the local store hard-links).
+    fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        write: &ObjectWrite<'_>,
+        max_bytes: Option<u64>,
+    ) -> ObjectResult<ObjectMeta> {
+        let mut src = self.open(write.project, src_bucket, src_key, None)?;
+        if let Some(limit) = max_bytes
+            && src.meta.size > limit
+        {
+            return Err(ObjectError::TooLarge { limit });
+        }
+        self.put(write, &mut src.reader, max_bytes)
+    }
     /// Delete the object with a deleted event (by `actor`) in one transaction. Returns the
     /// deleted object's metadata, `None` if there was none.
     fn delete(
@@ -431,6 +451,36 @@ pub struct S3KeyInfo {
     pub project: String,
     pub name: String,
     pub created_at: UnixMillis,
+    /// Like an API key's: `service` acts as the project's service role, `public` is held to
+    /// each bucket's access settings as an anonymous caller.
+    #[serde(default)]
+    pub scope: S3KeyScope,
+}
+
+/// What an S3 access key may do (see [`S3KeyInfo::scope`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum S3KeyScope {
+    #[default]
+    Service,
+    Public,
+}
+
+impl S3KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3KeyScope::Service => "service",
+            S3KeyScope::Public => "public",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<S3KeyScope> {
+        match s {
+            "service" => Some(S3KeyScope::Service),
+            "public" => Some(S3KeyScope::Public),
+            _ => None,
+        }
+    }
 }
 
 /// Access keys of the S3-compatible endpoint. SigV4 needs the secret itself to verify a

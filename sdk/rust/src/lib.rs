@@ -4,7 +4,7 @@
 //! one. This crate wraps the one thing that is Nimbus-specific: the **in-process API**. Each
 //! invocation gets `NIMBUS_API_URL` (`http://nimbus.internal`) and a short-lived token
 //! `NIMBUS_API_TOKEN` in its environment; requests to that URL reach the project's REST API
-//! (documents, key-value store) inside the host, without a socket and without an outbound
+//! (documents, key-value store, files) inside the host, without a socket and without an outbound
 //! allow-list entry. With the token a function acts as its project's service role (rules do not
 //! apply); [`Client::as_user`] forwards an end user's access token instead, so that user's rules
 //! apply.
@@ -100,6 +100,12 @@ impl Client {
 
     pub fn kv(&self, bucket: &str) -> Kv<'_> {
         Kv { client: self, bucket: bucket.to_string() }
+    }
+
+    /// A bucket of the project's file storage (created with the management API, or
+    /// `POST /v1/buckets` through [`Client::request`]).
+    pub fn bucket(&self, name: &str) -> Bucket<'_> {
+        Bucket { client: self, name: name.to_string() }
     }
 
     /// Any request to the API (`path` starts with `/v1/`): for what the typed helpers lack.
@@ -310,6 +316,105 @@ impl Kv<'_> {
     }
 }
 
+/// A stored file's metadata.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FileInfo {
+    pub key: String,
+    pub size: u64,
+    pub content_type: String,
+    /// MD5 of the bytes (hex) for single-part uploads, as S3.
+    pub etag: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// One page of a file listing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FilePage {
+    pub objects: Vec<FileInfo>,
+    /// With a delimiter: the key prefixes that group further keys ("folders").
+    #[serde(default)]
+    pub common_prefixes: Vec<String>,
+    /// Pass to [`Bucket::list`] for the next page; `None` on the last page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// A file as read: its bytes and content type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct File {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub etag: String,
+}
+
+/// A bucket of the project's file storage. Bodies are held whole in the guest's memory (answers
+/// up to 16 MiB); larger files are for the S3 endpoint or signed URLs.
+pub struct Bucket<'a> {
+    client: &'a Client,
+    name: String,
+}
+
+impl Bucket<'_> {
+    fn base(&self) -> String {
+        format!("/v1/projects/{}/buckets/{}", enc(&self.client.project), enc(&self.name))
+    }
+
+    fn path(&self, key: &str) -> String {
+        // `/` stays as it is: keys are paths, and the API takes the rest of the URL as the key.
+        let segments: Vec<String> = key.split('/').map(enc).collect();
+        format!("{}/objects/{}", self.base(), segments.join("/"))
+    }
+
+    /// Store `body` under `key` (replacing what was there).
+    pub fn put(&self, key: &str, body: &[u8], content_type: &str) -> Result<FileInfo, Error> {
+        let r = self.client.request(
+            "PUT",
+            &self.path(key),
+            &[("content-type", content_type)],
+            Some(body),
+        )?;
+        r.error_for_status()?;
+        serde_json::from_slice(&r.body).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// The file `key`, or `None` if there is none.
+    pub fn get(&self, key: &str) -> Result<Option<File>, Error> {
+        let r = self.client.request("GET", &self.path(key), &[], None)?;
+        if r.status == 404 {
+            return Ok(None);
+        }
+        r.error_for_status()?;
+        let header = |n: &str| r.header(n).unwrap_or_default().to_string();
+        Ok(Some(File {
+            content_type: header("content-type"),
+            etag: header("etag").trim_matches('"').to_string(),
+            body: r.body,
+        }))
+    }
+
+    /// Delete `key`; false if there was none.
+    pub fn delete(&self, key: &str) -> Result<bool, Error> {
+        let r = self.client.request("DELETE", &self.path(key), &[], None)?;
+        if r.status == 404 {
+            return Ok(false);
+        }
+        r.error_for_status().map(|()| true)
+    }
+
+    /// One page of the files whose keys start with `prefix`, in key order; `cursor` from the
+    /// previous page's [`FilePage::cursor`].
+    pub fn list(&self, prefix: &str, cursor: Option<&str>) -> Result<FilePage, Error> {
+        let mut path = format!("{}/objects?prefix={}", self.base(), enc(prefix));
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={}", enc(c)));
+        }
+        self.client.json("GET", &path, None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +435,10 @@ mod tests {
         assert_eq!(
             c.collection("posts").path(Some("x/y")),
             "/v1/projects/p/collections/posts/documents/x%2Fy"
+        );
+        assert_eq!(
+            c.bucket("media").path("a b/c?.txt"),
+            "/v1/projects/p/buckets/media/objects/a%20b/c%3F.txt"
         );
     }
 }

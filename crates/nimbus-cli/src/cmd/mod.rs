@@ -2,6 +2,7 @@
 
 pub mod deploy;
 pub mod events;
+pub mod files;
 pub mod functions;
 pub mod invoke;
 pub mod logs;

@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use md5::{Digest, Md5};
 use nimbus_files::{Bucket, BucketConfig, FilesError, Principal};
 use nimbus_model::now_millis;
 use nimbus_store::objects::{ObjectData, ObjectMeta, RangeSpec, S3KeyInfo};
@@ -36,6 +37,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::{AppState, Caller, CallerKind};
 use crate::data_caller::{DataCaller, data_caller};
 use crate::error::{ApiError, ErrorBody};
+use crate::in_process::InProcess;
 
 /// User metadata travels in headers with this prefix (`x-nimbus-meta-color: blue`).
 pub(crate) const META_PREFIX: &str = "x-nimbus-meta-";
@@ -91,14 +93,16 @@ fn service_principal(caller: &Caller) -> Principal {
     Principal::Service { identity }
 }
 
-/// The caller of a data endpoint, verified for `project` (see `data_caller`). Files are not
-/// served in-process yet, so no in-process caller reaches here.
+/// The caller of a data endpoint, verified for `project` (see `data_caller`), including a
+/// function calling through the in-process API.
 async fn principal(
     state: &AppState,
     project: &str,
     headers: &HeaderMap,
+    in_process: &InProcess,
 ) -> Result<Principal, ApiError> {
-    let caller = data_caller(state, project, headers, None).await?;
+    let in_process = in_process.as_ref().map(|axum::Extension(c)| c);
+    let caller = data_caller(state, project, headers, in_process).await?;
     Ok(match (caller.service_identity(), caller) {
         (Some(identity), _) => Principal::Service { identity },
         (None, DataCaller::User(auth)) => Principal::User(auth),
@@ -221,6 +225,12 @@ pub(crate) async fn delete_bucket(
 pub(crate) struct NewS3Key {
     #[serde(default)]
     name: String,
+    /// `service` (default): the project's service role, access settings do not apply.
+    /// `public`: an anonymous caller held to each bucket's access settings (like a public API
+    /// key), e.g. for a client app that reads a public-read bucket with an S3 SDK.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    scope: nimbus_store::objects::S3KeyScope,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -239,7 +249,8 @@ pub(crate) struct S3KeyList {
 }
 
 /// Issue an access key for the S3-compatible endpoint, acting on the caller's project with
-/// service rights (like a service API key). The secret is shown once.
+/// service rights (`"scope": "service"`, the default) or held to the buckets' access settings
+/// (`"scope": "public"`), like API keys. The secret is shown once.
 #[utoipa::path(post, path = "/v1/s3-keys", tag = "files", request_body = NewS3Key,
     responses((status = 201, body = CreatedS3Key), (status = 400, body = ErrorBody)))]
 pub(crate) async fn create_s3_key(
@@ -249,7 +260,7 @@ pub(crate) async fn create_s3_key(
 ) -> Result<(StatusCode, Json<CreatedS3Key>), ApiError> {
     let body = json_body(body)?;
     let (info, secret) =
-        state.files.call(move |f| f.create_s3_key(&caller.project, &body.name)).await?;
+        state.files.call(move |f| f.create_s3_key(&caller.project, &body.name, body.scope)).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedS3Key {
@@ -313,8 +324,9 @@ fn view(m: &ObjectMeta) -> ObjectView<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct ListParams {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
     #[serde(default)]
     prefix: String,
     delimiter: Option<String>,
@@ -322,14 +334,19 @@ struct ListParams {
     limit: Option<u32>,
 }
 
-async fn list_objects(
+/// List objects: `prefix`, `delimiter` (groups keys into `common_prefixes`), `limit`, `cursor`.
+#[utoipa::path(get, path = "/v1/projects/{project}/buckets/{bucket}/objects", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ListParams), security((), ("admin_token" = [])),
+    responses((status = 200, body = schema::ObjectPage)))]
+pub(crate) async fn list_objects(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<ListParams>, QueryRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<Response, ApiError> {
     let ((project, bucket), q) = (path(p)?, query(q)?);
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     // The cursor is opaque to clients: hex of the store's lower bound (which may hold a NUL).
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
@@ -362,14 +379,17 @@ async fn list_objects(
     .into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct SignedParams {
+/// A signed URL's query (`POST .../sign` makes them): both or neither.
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SignedParams {
     expires: Option<i64>,
     signature: Option<String>,
 }
 
 /// The principal of an object request: a signed URL's holder when it carries a signature
 /// (checked for this method and key), else from the credentials.
+#[allow(clippy::too_many_arguments)]
 async fn object_principal(
     state: &AppState,
     project: &str,
@@ -378,9 +398,10 @@ async fn object_principal(
     method: &Method,
     signed: &SignedParams,
     headers: &HeaderMap,
+    in_process: &InProcess,
 ) -> Result<Principal, ApiError> {
     match (&signed.expires, &signed.signature) {
-        (None, None) => principal(state, project, headers).await,
+        (None, None) => principal(state, project, headers, in_process).await,
         (Some(expires), Some(sig)) => {
             state.files.verify_signature(project, method.as_str(), bucket, key, *expires, sig)?;
             Ok(Principal::SignedUrl)
@@ -516,47 +537,195 @@ fn not_modified(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
     false
 }
 
-async fn get_object(
+/// Seconds since the epoch of an object's `Last-Modified` (HTTP dates have whole seconds).
+fn modified_secs(meta: &ObjectMeta) -> u64 {
+    (meta.created_at.max(0) / 1000) as u64
+}
+
+fn header_date(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
+    let v = headers.get(name)?.to_str().ok()?;
+    let t = httpdate::parse_http_date(v).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
+}
+
+/// Strong comparison (RFC 9110 8.8.3.2): a weak tag never matches.
+fn strong_match(tag: &str, meta: &ObjectMeta) -> bool {
+    let tag = tag.trim();
+    !tag.starts_with("W/") && tag.trim_matches('"') == meta.etag
+}
+
+/// `If-Match`, else `If-Unmodified-Since` (RFC 9110 13.2.2, steps 1-2): false means 412. An
+/// unparseable date is ignored, as the RFC says.
+fn preconditions_hold(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        let v = v.to_str().unwrap_or("");
+        return v.split(',').any(|t| t.trim() == "*" || strong_match(t, meta));
+    }
+    match header_date(headers, header::IF_UNMODIFIED_SINCE) {
+        Some(since) => modified_secs(meta) <= since,
+        None => true,
+    }
+}
+
+/// `If-Range` (RFC 9110 13.1.5): the range applies only if the validator still matches, by
+/// strong ETag comparison or an exactly equal date; otherwise the whole object is served.
+fn if_range_matches(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
+    let Some(v) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let v = v.trim();
+    if v.starts_with('"') || v.starts_with("W/") {
+        return strong_match(v, meta);
+    }
+    header_date(headers, header::IF_RANGE).is_some_and(|d| d == modified_secs(meta))
+}
+
+fn precondition_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        "the object does not match If-Match / If-Unmodified-Since",
+    )
+}
+
+/// A reader that checks the MD5 a client declared (`Content-MD5`) once the body ends: a mismatch
+/// fails the read, so the store publishes nothing. The store hashes the bytes again for the
+/// ETag; the second pass runs only when a client asks for the check.
+pub(crate) struct Md5Verify<R> {
+    inner: R,
+    md5: Md5,
+    expected: [u8; 16],
+    checked: bool,
+}
+
+/// The error an [`Md5Verify`] fails with, found again in the store's `Body` error.
+#[derive(Debug, thiserror::Error)]
+#[error("the body does not match its Content-MD5")]
+pub(crate) struct BadDigest;
+
+impl<R: Read> Read for Md5Verify<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.checked {
+            self.checked = true;
+            let got: [u8; 16] = self.md5.finalize_reset().into();
+            if got != self.expected {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, BadDigest));
+            }
+        }
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Decode a `Content-MD5` value (base64 of 16 bytes); `None` if it is not one.
+pub(crate) fn parse_content_md5(v: &str) -> Option<[u8; 16]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Wrap `reader` to verify `content_md5` if the client sent one.
+pub(crate) fn verify_md5<R: Read + Send + 'static>(
+    reader: R,
+    content_md5: Option<[u8; 16]>,
+) -> Box<dyn Read + Send> {
+    match content_md5 {
+        None => Box::new(reader),
+        Some(expected) => {
+            Box::new(Md5Verify { inner: reader, md5: Md5::new(), expected, checked: false })
+        }
+    }
+}
+
+/// Whether a store error is an [`Md5Verify`] mismatch.
+pub(crate) fn is_bad_digest(e: &FilesError) -> bool {
+    match e {
+        FilesError::Object(nimbus_store::objects::ObjectError::Body(io)) => {
+            io.get_ref().is_some_and(|inner| inner.is::<BadDigest>())
+        }
+        _ => false,
+    }
+}
+
+fn content_md5(headers: &HeaderMap) -> Result<Option<[u8; 16]>, ApiError> {
+    match headers.get("content-md5") {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().and_then(parse_content_md5).map(Some).ok_or_else(|| {
+            ApiError::bad_request("invalid_digest", "Content-MD5 must be the base64 of 16 bytes")
+        }),
+    }
+}
+
+fn bad_digest() -> ApiError {
+    ApiError::bad_request(
+        "bad_digest",
+        "the body does not match its Content-MD5; nothing was stored",
+    )
+}
+
+/// What opening an object with a range gave.
+enum Opened {
+    Full,
+    Partial,
+    /// The range did not fit; the data is the whole object (If-Range may still want it).
+    Unsatisfiable,
+}
+
+/// Download an object (streamed), or a `Range` of it; conditional requests as RFC 9110.
+#[utoipa::path(method(get, head), path = "/v1/projects/{project}/buckets/{bucket}/objects/{key}", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ("key" = String, Path, description = "the object key; `/` is part of it"), SignedParams), security((), ("admin_token" = [])),
+    responses((status = 200, description = "the object's bytes", content_type = "*/*",
+               headers(("etag" = String), ("last-modified" = String))),
+              (status = 206, description = "the requested range", content_type = "*/*",
+               headers(("content-range" = String))),
+              (status = 304, description = "not modified (If-None-Match / If-Modified-Since)"),
+              (status = 412, description = "If-Match / If-Unmodified-Since failed", body = ErrorBody),
+              (status = 416, description = "the range is outside the object", body = ErrorBody)))]
+pub(crate) async fn get_object(
     State(state): State<AppState>,
     method: Method,
     p: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<SignedParams>, QueryRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<Response, ApiError> {
     let (project, bucket, key) = path(p)?;
     let signed = query(q)?;
-    let who = object_principal(&state, &project, &bucket, &key, &method, &signed, &headers).await?;
+    let who =
+        object_principal(&state, &project, &bucket, &key, &method, &signed, &headers, &in_process)
+            .await?;
     let range = parse_range(&headers);
     let head = method == Method::HEAD;
-    let data: Result<ObjectData, _> = state
+    let (p2, b2, k2, who2) = (project.clone(), bucket.clone(), key.clone(), who.clone());
+    let opened: Result<(ObjectData, Opened), _> = state
         .files
         .call(move |f| {
             if head {
                 // No file is opened for HEAD.
                 let meta = f.head_object(&project, &bucket, &key, &who)?;
                 let size = meta.size;
-                return Ok(ObjectData { meta, range: 0..size, reader: Box::new(std::io::empty()) });
+                let data = ObjectData { meta, range: 0..size, reader: Box::new(std::io::empty()) };
+                return Ok((data, Opened::Full));
             }
-            f.open_object(&project, &bucket, &key, range, &who)
+            match f.open_object(&project, &bucket, &key, range, &who) {
+                Ok(d) if range.is_some() => Ok((d, Opened::Partial)),
+                Ok(d) => Ok((d, Opened::Full)),
+                Err(FilesError::Object(
+                    nimbus_store::objects::ObjectError::RangeNotSatisfiable { .. },
+                )) => {
+                    Ok((f.open_object(&project, &bucket, &key, None, &who)?, Opened::Unsatisfiable))
+                }
+                Err(e) => Err(e),
+            }
         })
         .await;
-    let data = match data {
-        Err(FilesError::Object(nimbus_store::objects::ObjectError::RangeNotSatisfiable {
-            size,
-        })) => {
-            let mut r = ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
-                format!("the object has {size} bytes"),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(r);
-        }
-        other => other?,
-    };
+    let (mut data, mut opened) = opened?;
+    // RFC 9110 13.2.2: If-Match / If-Unmodified-Since, then If-None-Match / If-Modified-Since,
+    // then If-Range decides whether Range applies.
+    if !preconditions_hold(&headers, &data.meta) {
+        return Err(precondition_failed());
+    }
     let mut response_headers = HeaderMap::new();
     object_headers(&mut response_headers, &data.meta);
     if not_modified(&headers, &data.meta) {
@@ -565,8 +734,30 @@ async fn get_object(
         r.headers_mut().extend(response_headers);
         return Ok(r);
     }
+    if !matches!(opened, Opened::Full) && !if_range_matches(&headers, &data.meta) {
+        // The client's copy is stale: the whole (current) object instead of a range of it.
+        if matches!(opened, Opened::Partial) {
+            data = state.files.call(move |f| f.open_object(&p2, &b2, &k2, None, &who2)).await?;
+            response_headers.clear();
+            object_headers(&mut response_headers, &data.meta);
+        }
+        opened = Opened::Full;
+    }
+    if matches!(opened, Opened::Unsatisfiable) {
+        let size = data.meta.size;
+        let mut r = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the object has {size} bytes"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        return Ok(r);
+    }
     let len = data.range.end - data.range.start;
-    let partial = range.is_some() && !head;
+    let partial = matches!(opened, Opened::Partial) && !head;
     let status = if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     if partial
         && let Ok(v) = HeaderValue::from_str(&format!(
@@ -586,39 +777,63 @@ async fn get_object(
     Ok(r)
 }
 
-async fn put_object(
+/// Upload an object (raw body, streamed). `Content-MD5` is verified; `X-Nimbus-Meta-*` headers
+/// are its metadata.
+#[utoipa::path(put, path = "/v1/projects/{project}/buckets/{bucket}/objects/{key}", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ("key" = String, Path, description = "the object key; `/` is part of it"), SignedParams), security((), ("admin_token" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = schema::ObjectInfo),
+              (status = 413, description = "over the size limit or quota", body = ErrorBody),
+              (status = 415, description = "content type not allowed", body = ErrorBody)))]
+pub(crate) async fn put_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<SignedParams>, QueryRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Body,
 ) -> Result<Response, ApiError> {
     let (project, bucket, key) = path(p)?;
     let signed = query(q)?;
-    let who =
-        object_principal(&state, &project, &bucket, &key, &Method::PUT, &signed, &headers).await?;
+    let who = object_principal(
+        &state,
+        &project,
+        &bucket,
+        &key,
+        &Method::PUT,
+        &signed,
+        &headers,
+        &in_process,
+    )
+    .await?;
     let (ct, meta) = (content_type(&headers)?, metadata(&headers)?);
     let declared = declared_length(&headers);
-    let mut reader = body_reader(body);
+    let md5 = content_md5(&headers)?;
+    let mut reader = verify_md5(body_reader(body), md5);
     let stored = state
         .files
         .call(move |f| {
             f.put_object(&project, &bucket, &key, &ct, &meta, &who, declared, &mut reader)
         })
-        .await?;
+        .await
+        .map_err(|e| if is_bad_digest(&e) { bad_digest() } else { e.into() })?;
     let mut r = (StatusCode::CREATED, Json(view(&stored))).into_response();
     object_headers(r.headers_mut(), &stored);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
-async fn delete_object(
+#[utoipa::path(delete, path = "/v1/projects/{project}/buckets/{bucket}/objects/{key}", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path), ("key" = String, Path, description = "the object key; `/` is part of it")), security((), ("admin_token" = [])),
+    responses((status = 204, description = "deleted")))]
+pub(crate) async fn delete_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
 ) -> Result<StatusCode, ApiError> {
     let (project, bucket, key) = path(p)?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let msg = format!("no object {key:?}");
     match state.files.call(move |f| f.delete_object(&project, &bucket, &key, &who)).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
@@ -628,14 +843,21 @@ async fn delete_object(
 
 /// A browser's form upload: fields `key` (optional; default: the file's name) and `file` (the
 /// bytes, streamed as they arrive), in that order.
-async fn form_upload(
+#[utoipa::path(post, path = "/v1/projects/{project}/buckets/{bucket}/objects", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = schema::FormUpload, content_type = "multipart/form-data"),
+    responses((status = 201, body = schema::ObjectInfo),
+              (status = 413, description = "over the size limit or quota", body = ErrorBody),
+              (status = 415, description = "content type not allowed", body = ErrorBody)))]
+pub(crate) async fn form_upload(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let (project, bucket) = path(p)?;
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let mut form = form.map_err(|e| ApiError::bad_request("invalid_form", e.body_text()))?;
     let bad = |m: String| ApiError::bad_request("invalid_form", m);
     let mut key: Option<String> = None;
@@ -703,9 +925,9 @@ async fn form_upload(
     Err(bad("the form has no `file` field".into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CopyRequest {
+pub(crate) struct CopyRequest {
     /// Default: this bucket.
     source_bucket: Option<String>,
     source_key: String,
@@ -714,14 +936,20 @@ struct CopyRequest {
     metadata: Option<BTreeMap<String, String>>,
 }
 
-async fn copy_object(
+/// Copy an object (the bytes are shared, not rewritten).
+#[utoipa::path(post, path = "/v1/projects/{project}/buckets/{bucket}/copy", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = CopyRequest, content_type = "application/json"),
+    responses((status = 201, body = schema::ObjectInfo)))]
+pub(crate) async fn copy_object(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Result<Json<CopyRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let ((project, bucket), c) = (path(p)?, json_body(body)?);
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     let stored = state
         .files
         .call(move |f| {
@@ -739,9 +967,9 @@ async fn copy_object(
     Ok((StatusCode::CREATED, Json(view(&stored))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignRequest {
+pub(crate) struct SignRequest {
     key: String,
     /// `GET` (default) or `PUT`.
     #[serde(default = "default_method")]
@@ -760,14 +988,19 @@ fn default_expiry() -> i64 {
 }
 
 /// Sign a URL (service callers): whoever holds it may GET (or PUT) that one key until it expires.
-async fn sign_url(
+#[utoipa::path(post, path = "/v1/projects/{project}/buckets/{bucket}/sign", tag = "files",
+    params(("project" = String, Path), ("bucket" = String, Path)), security((), ("admin_token" = [])),
+    request_body(content = SignRequest, content_type = "application/json"),
+    responses((status = 200, body = schema::SignedUrl)))]
+pub(crate) async fn sign_url(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
+    in_process: InProcess,
     body: Result<Json<SignRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let ((project, bucket), r) = (path(p)?, json_body(body)?);
-    let who = principal(&state, &project, &headers).await?;
+    let who = principal(&state, &project, &headers, &in_process).await?;
     if !matches!(who, Principal::Service { .. }) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -776,7 +1009,11 @@ async fn sign_url(
         ));
     }
     let method = r.method.to_ascii_uppercase();
-    let expires = now_millis() / 1000 + r.expires_in;
+    // Checked: a stranger's huge `expires_in` must be a 400, not an overflow (schemathesis
+    // found the panic); the service rejects anything past its longest validity anyway.
+    let expires = (now_millis() / 1000)
+        .checked_add(r.expires_in)
+        .ok_or_else(|| ApiError::bad_request("invalid_input", "expires_in is out of range"))?;
     let signature = state.files.sign(&project, &method, &bucket, &r.key, expires)?;
     let encoded: String = percent_encoding::utf8_percent_encode(&r.key, KEY_ENCODE).to_string();
     let url = format!(
@@ -826,5 +1063,51 @@ impl From<FilesError> for ApiError {
             FilesError::Internal(_) => return ApiError::internal(&e),
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Shapes of the object endpoints' bodies, for the OpenAPI document.
+pub(crate) mod schema {
+    use utoipa::ToSchema;
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct ObjectInfo {
+        key: String,
+        size: u64,
+        content_type: String,
+        /// MD5 hex of the bytes (multipart: MD5 of the parts' MD5s, then `-<parts>`).
+        etag: String,
+        /// Milliseconds since the Unix epoch.
+        created_at: i64,
+        metadata: std::collections::BTreeMap<String, String>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct ObjectPage {
+        objects: Vec<ObjectInfo>,
+        common_prefixes: Vec<String>,
+        /// Pass as `cursor` for the next page; null on the last.
+        cursor: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct FormUpload {
+        /// The object key (default: the file's name). Must come before `file`.
+        key: Option<String>,
+        #[schema(value_type = String, format = Binary)]
+        file: Vec<u8>,
+    }
+
+    #[derive(ToSchema)]
+    #[allow(dead_code)]
+    pub(crate) struct SignedUrl {
+        /// A path with `?expires=&signature=`, relative to the server.
+        url: String,
+        method: String,
+        /// Unix seconds.
+        expires: i64,
     }
 }

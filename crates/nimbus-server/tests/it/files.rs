@@ -490,3 +490,145 @@ async fn raw_put(s: &TestServer, target: &str) -> (u16, String) {
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, text)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preconditions_if_range_and_content_md5() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    assert_eq!(create_bucket(&s, json!({"name": "docs"})).await.status(), 201);
+    assert_eq!(put(&s, "docs", "f.txt", b"hello world").await.status(), 201);
+    let md5 = hex::encode(Md5::digest(b"hello world"));
+    let r = s.api(Method::HEAD, &obj("docs", "f.txt")).send().await.unwrap();
+    let last_modified = r.headers()["last-modified"].to_str().unwrap().to_string();
+    let get = |h: &[(&str, String)]| {
+        let mut req = s.api(Method::GET, &obj("docs", "f.txt"));
+        for (k, v) in h {
+            req = req.header(*k, v);
+        }
+        req.send()
+    };
+    let strong = format!("\"{md5}\"");
+    let past = "Mon, 01 Jan 2001 00:00:00 GMT".to_string();
+    let future = "Fri, 01 Jan 2100 00:00:00 GMT".to_string();
+
+    // If-Match: strong comparison, `*`, lists; a mismatch is 412 with the JSON error.
+    for (v, want) in [
+        (strong.clone(), 200),
+        ("*".to_string(), 200),
+        (format!("\"other\", {strong}"), 200),
+        ("\"other\"".to_string(), 412),
+        (format!("W/{strong}"), 412),
+    ] {
+        let r = get(&[("if-match", v.clone())]).await.unwrap();
+        assert_eq!(r.status(), want, "If-Match {v}");
+        if want == 412 {
+            assert_eq!(error_code(r).await.1, "precondition_failed");
+        }
+    }
+    let r = s
+        .api(Method::HEAD, &obj("docs", "f.txt"))
+        .header("if-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412, "HEAD too");
+    // If-Unmodified-Since; ignored when If-Match is present (RFC 9110 13.1.4).
+    assert_eq!(get(&[("if-unmodified-since", past.clone())]).await.unwrap().status(), 412);
+    assert_eq!(get(&[("if-unmodified-since", future.clone())]).await.unwrap().status(), 200);
+    assert_eq!(get(&[("if-unmodified-since", last_modified.clone())]).await.unwrap().status(), 200);
+    let r = get(&[("if-match", strong.clone()), ("if-unmodified-since", past.clone())]);
+    assert_eq!(r.await.unwrap().status(), 200);
+    // Preconditions come before If-None-Match's 304.
+    let r = get(&[("if-match", "\"x\"".into()), ("if-none-match", strong.clone())]);
+    assert_eq!(r.await.unwrap().status(), 412);
+
+    // If-Range: a matching validator gets the range, a stale one the whole object.
+    let range = ("range", "bytes=0-4".to_string());
+    for (v, status, body) in [
+        (strong.clone(), 206, "hello"),
+        (last_modified.clone(), 206, "hello"),
+        ("\"stale\"".to_string(), 200, "hello world"),
+        (format!("W/{strong}"), 200, "hello world"),
+        (past.clone(), 200, "hello world"),
+    ] {
+        let r = get(&[range.clone(), ("if-range", v.clone())]).await.unwrap();
+        assert_eq!(r.status(), status, "If-Range {v}");
+        assert_eq!(r.text().await.unwrap(), body, "If-Range {v}");
+    }
+    // An unsatisfiable range with a stale If-Range: the whole object, not 416.
+    let r = get(&[("range", "bytes=50-".into()), ("if-range", "\"stale\"".into())]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello world");
+    let r = get(&[("range", "bytes=50-".into()), ("if-range", strong.clone())]).await.unwrap();
+    assert_eq!(r.status(), 416);
+
+    // Content-MD5: a match stores, a mismatch is 400 bad_digest and publishes nothing.
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let put_md5 = |key: &'static str, body: &'static [u8], md5: String| {
+        s.api(Method::PUT, &obj("docs", key)).header("content-md5", md5).body(body).send()
+    };
+    let r = put_md5("ok.txt", b"checked", b64(&Md5::digest(b"checked"))).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = put_md5("bad.txt", b"checked", b64(&Md5::digest(b"something else"))).await.unwrap();
+    assert_eq!(error_code(r).await, (400, "bad_digest".into()));
+    let r = s.api(Method::GET, &obj("docs", "bad.txt")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "a body that failed its digest is not published");
+    // Replacing an existing object with a bad digest leaves the old one.
+    let r = put_md5("f.txt", b"replaced", b64(&Md5::digest(b"nope"))).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s.api(Method::GET, &obj("docs", "f.txt")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello world");
+    let r = put_md5("bad.txt", b"checked", "not base64!".into()).await.unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_digest".into()));
+    let list: Value = s
+        .api(Method::GET, &format!("{OBJ}/docs/objects"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> =
+        list["objects"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["f.txt", "ok.txt"]);
+
+    // Metrics: requests by method and result class, body bytes both ways.
+    let text = s.api(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value(r#"nimbus_files_requests_total{api="rest",method="PUT",result="2xx"}"#) >= 2);
+    assert!(value(r#"nimbus_files_requests_total{api="rest",method="PUT",result="4xx"}"#) >= 3);
+    assert!(value(r#"nimbus_files_requests_total{api="rest",method="GET",result="4xx"}"#) >= 5);
+    assert!(value(r#"nimbus_files_received_bytes_total{api="rest"}"#) >= 11 + 7 * 2);
+    assert!(value(r#"nimbus_files_sent_bytes_total{api="rest"}"#) >= 11 + 5);
+
+    // A huge expiry is a 400, not an overflow (found by schemathesis once signing was documented).
+    let r = s
+        .api(Method::POST, &format!("{OBJ}/docs/sign"))
+        .json(&json!({"key": "f.txt", "expires_in": i64::MAX}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // The object endpoints are in the OpenAPI document.
+    let doc: Value = s.get("/v1/openapi.json").await.json().await.unwrap();
+    let paths = &doc["paths"];
+    let object = &paths["/v1/projects/{project}/buckets/{bucket}/objects/{key}"];
+    for method in ["get", "head", "put", "delete"] {
+        assert!(object[method].is_object(), "{method} missing: {object}");
+    }
+    assert!(object["get"]["responses"]["412"].is_object());
+    assert!(paths["/v1/projects/{project}/buckets/{bucket}/objects"]["post"].is_object());
+    assert!(paths["/v1/projects/{project}/buckets/{bucket}/copy"]["post"].is_object());
+    assert!(paths["/v1/projects/{project}/buckets/{bucket}/sign"]["post"].is_object());
+    s.stop().await;
+}

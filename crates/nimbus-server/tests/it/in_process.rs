@@ -10,7 +10,7 @@ use crate::documents::{admin, collection, docs};
 /// Deploy the `data` guest (no outbound allow-list at all) and return the server.
 async fn server_with_data_guest(dir: &std::path::Path) -> TestServer {
     let s = TestServer::start_with(test_config(dir)).await;
-    s.deploy("data", json!({"name": "data", "routes": ["/typed", "/raw", "/env"]})).await;
+    s.deploy("data", json!({"name": "data", "routes": ["/typed", "/raw", "/env", "/files"]})).await;
     s
 }
 
@@ -165,5 +165,71 @@ async fn in_process_calls_keep_to_their_project_and_the_callers_rules() {
     assert_eq!(status, 403, "a previous invocation's token is not the service role");
     let r = s.client.get(s.url("/v1/kv")).bearer_auth(old).send().await.unwrap();
     assert_eq!(r.status(), 401, "the token is never accepted from outside");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_stores_files_in_its_own_project_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server_with_data_guest(dir.path()).await;
+
+    // The SDK's file helpers: create a bucket (service role), put, get, list, delete.
+    let r = s.get("/files?bucket=fn-files").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v.get("error").is_none(), "{v}");
+    assert_eq!(v["bucket_status"], 201, "{v}");
+    let etag = hex::encode(<md5::Md5 as md5::Digest>::digest(b"hello from a function"));
+    assert_eq!(v["put"], json!({"key": "dir/hello.txt", "size": 21, "etag": etag}));
+    assert_eq!(
+        v["got"],
+        json!({"body": "hello from a function", "content_type": "text/plain", "etag": etag})
+    );
+    assert_eq!(v["listed"], json!(["dir/hello.txt"]));
+    assert_eq!(v["deleted"], true);
+    assert_eq!(v["gone"], true);
+
+    // What a function stores is what clients read.
+    let own = "/v1/projects/default/buckets/fn-files/objects/kept.json";
+    let (status, body) =
+        raw(&s, json!({"method": "PUT", "path": own, "body": {"from": "function"}}), None).await;
+    assert_eq!(status, 201, "{body}");
+    let r = admin(&s, Method::GET, own).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"from":"function"}"#);
+    // Without the service token the bucket's access settings apply (private: sign in first).
+    let (status, body) = raw(&s, json!({"method": "GET", "path": own, "auth": "none"}), None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) =
+        raw(&s, json!({"method": "GET", "path": "/v1/buckets", "auth": "none"}), None).await;
+    assert_eq!(status, 403, "bucket management needs the service token");
+
+    // Another project's bucket, even public-read: never.
+    s.create_project("other").await;
+    let r = admin(&s, Method::POST, "/v1/buckets")
+        .header("x-nimbus-project", "other")
+        .json(&json!({"name": "shared", "access": "public-read"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let theirs = "/v1/projects/other/buckets/shared/objects/secret.txt";
+    let r = admin(&s, Method::PUT, theirs).body("theirs").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(s.client.get(s.url(theirs)).send().await.unwrap().status(), 200, "public outside");
+    for (method, path) in [
+        ("GET", theirs),
+        ("PUT", theirs),
+        ("DELETE", theirs),
+        ("GET", "/v1/projects/other/buckets/shared/objects"),
+    ] {
+        let (status, body) = raw(&s, json!({"method": method, "path": path}), None).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+    }
+    // And the S3 access keys (credentials) are not for functions.
+    let (status, _) = raw(&s, json!({"method": "GET", "path": "/v1/s3-keys"}), None).await;
+    assert_eq!(status, 403);
+    let r = admin(&s, Method::GET, theirs).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "theirs");
     s.stop().await;
 }

@@ -78,6 +78,31 @@ fails(304, s3.get_object, Bucket=B, Key="dir/hello.txt", IfNoneMatch=put["ETag"]
 fails("NoSuchKey", s3.get_object, Bucket=B, Key="missing")
 fails("InvalidRange", s3.get_object, Bucket=B, Key="dir/hello.txt", Range="bytes=1000-")
 
+# Preconditions: If-Match and If-Unmodified-Since (412), on GET and HEAD.
+from datetime import datetime, timezone
+PAST, FUTURE = datetime(2001, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc)
+assert s3.get_object(Bucket=B, Key="dir/hello.txt", IfMatch=put["ETag"])["Body"].read() == body
+fails(412, s3.get_object, Bucket=B, Key="dir/hello.txt", IfMatch='"00000000000000000000000000000000"')
+fails(412, s3.head_object, Bucket=B, Key="dir/hello.txt", IfMatch='"00000000000000000000000000000000"')
+fails(412, s3.get_object, Bucket=B, Key="dir/hello.txt", IfUnmodifiedSince=PAST)
+fails(412, s3.head_object, Bucket=B, Key="dir/hello.txt", IfUnmodifiedSince=PAST)
+s3.head_object(Bucket=B, Key="dir/hello.txt", IfUnmodifiedSince=FUTURE)
+s3.head_object(Bucket=B, Key="dir/hello.txt", IfMatch=put["ETag"], IfUnmodifiedSince=PAST)
+
+# Content-MD5: checked on PutObject; a mismatch is BadDigest and nothing is stored.
+import base64
+
+
+def b64md5(data):
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+s3.put_object(Bucket=B, Key="md5.txt", Body=b"digest", ContentMD5=b64md5(b"digest"))
+fails("BadDigest", s3.put_object, Bucket=B, Key="md5-bad.txt", Body=b"digest",
+      ContentMD5=b64md5(b"other"))
+fails(404, s3.head_object, Bucket=B, Key="md5-bad.txt")
+s3.delete_object(Bucket=B, Key="md5.txt")
+
 # Listing: v2 with prefix, delimiter and continuation; v1 with markers.
 for k in ["dir/a", "dir/b", "dir/sub/c", "dir/sub/d", "top"]:
     s3.put_object(Bucket=B, Key=k, Body=k.encode())
@@ -153,6 +178,29 @@ assembled = s3.get_object(Bucket=B, Key="assembled")
 assert assembled["Body"].read() == big[:5 * 1024 * 1024] + b"hello"
 assert assembled["ContentType"] == "application/x-parts"
 fails("NoSuchUpload", s3.list_parts, Bucket=B, Key="assembled", UploadId=uid)
+# ListMultipartUploads in pages: MaxUploads, then KeyMarker + UploadIdMarker.
+ids = [s3.create_multipart_upload(Bucket=B, Key=k)["UploadId"] for k in ["mp/a", "mp/a", "mp/b"]]
+seen = []
+for page in s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=B, Prefix="mp/", PaginationConfig={"PageSize": 1}):
+    assert len(page.get("Uploads", [])) <= 1, page
+    seen += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
+assert seen == [("mp/a", ids[0]), ("mp/a", ids[1]), ("mp/b", ids[2])], (seen, ids)
+after_a = s3.list_multipart_uploads(Bucket=B, Prefix="mp/", KeyMarker="mp/a")
+assert [u["UploadId"] for u in after_a["Uploads"]] == [ids[2]], after_a
+first = s3.list_multipart_uploads(Bucket=B, Prefix="mp/", MaxUploads=2)
+assert first["IsTruncated"] and first["NextUploadIdMarker"] == ids[1], first
+for k, i in zip(["mp/a", "mp/a", "mp/b"], ids):
+    s3.abort_multipart_upload(Bucket=B, Key=k, UploadId=i)
+# Content-MD5 on UploadPart: a mismatch stores no part.
+up = s3.create_multipart_upload(Bucket=B, Key="md5-part")
+fails("BadDigest", s3.upload_part, Bucket=B, Key="md5-part", UploadId=up["UploadId"],
+      PartNumber=1, Body=b"part", ContentMD5=b64md5(b"not the part"))
+assert s3.list_parts(Bucket=B, Key="md5-part", UploadId=up["UploadId"]).get("Parts", []) == []
+s3.upload_part(Bucket=B, Key="md5-part", UploadId=up["UploadId"], PartNumber=1, Body=b"part",
+               ContentMD5=b64md5(b"part"))
+assert len(s3.list_parts(Bucket=B, Key="md5-part", UploadId=up["UploadId"])["Parts"]) == 1
+s3.abort_multipart_upload(Bucket=B, Key="md5-part", UploadId=up["UploadId"])
 # Abort.
 up = s3.create_multipart_upload(Bucket=B, Key="aborted")
 s3.upload_part(Bucket=B, Key="aborted", UploadId=up["UploadId"], PartNumber=1, Body=b"x")

@@ -120,3 +120,59 @@ fn objects_survive_reopen_and_deleted_bytes_go() {
         "replaced and deleted bytes were unlinked"
     );
 }
+
+/// A copy is a hard link: no byte is read or written, the two names share one inode, and each
+/// name is referenced by its own row, so deleting either leaves the other's bytes.
+#[cfg(unix)]
+#[test]
+fn copies_link_and_the_sweep_spares_fresh_links_of_old_bytes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, s) = open(dir.path());
+    s.create_bucket("p", "b", &BucketSettings::default()).unwrap();
+    let meta = BTreeMap::new();
+    let who = json!(null);
+    let w = |key| ObjectWrite {
+        project: "p",
+        bucket: "b",
+        key,
+        content_type: "x/y",
+        metadata: &meta,
+        uploader: &who,
+    };
+    s.put(&w("src"), &mut &b"shared bytes"[..], None).unwrap();
+    let root = dir.path().join("objects");
+    let [src_file] = files_under(&root).try_into().unwrap();
+    // Make the source's bytes look a day old, as the hourly sweep would see an old object.
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    std::fs::File::options().write(true).open(&src_file).unwrap().set_modified(day_ago).unwrap();
+
+    s.copy("b", "src", &w("dst"), None).unwrap();
+    let files = files_under(&root);
+    assert_eq!(files.len(), 2);
+    let (a, b) = (std::fs::metadata(&files[0]).unwrap(), std::fs::metadata(&files[1]).unwrap());
+    assert_eq!(a.ino(), b.ino(), "the copy shares the source's inode");
+    assert_eq!(a.nlink(), 2);
+
+    // A link made but not yet committed (a copy in flight, or one a kill -9 cut short) of those
+    // day-old bytes: the hourly sweep (6 h grace) leaves it, since the link is new (ctime)...
+    let in_flight = root.join("data/ee/000000000000000000000000000000ee");
+    std::fs::create_dir_all(in_flight.parent().unwrap()).unwrap();
+    std::fs::hard_link(&src_file, &in_flight).unwrap();
+    let r = s.sweep(nimbus_model::now_millis(), 6 * 3_600_000, 0).unwrap();
+    assert_eq!(r.orphans, 0, "a fresh link of old bytes is not an old orphan");
+    assert!(in_flight.exists());
+    // ...and the start-up sweep (no grace: nothing is in flight) removes it.
+    let r = s.sweep(nimbus_model::now_millis() + 1000, 0, 0).unwrap();
+    assert_eq!(r.orphans, 1);
+    assert!(!in_flight.exists());
+
+    // Deleting the source leaves the copy, and its bytes are still shared by nothing else.
+    s.delete("p", "b", "src", &who).unwrap();
+    let files = files_under(&root);
+    assert_eq!(files.len(), 1);
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().nlink(), 1);
+    let mut out = Vec::new();
+    s.open("p", "b", "dst", None).unwrap().reader.read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"shared bytes");
+}

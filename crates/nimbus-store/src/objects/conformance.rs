@@ -29,6 +29,7 @@ pub const ALL: &[(&str, Test)] = &[
     ("isolation_and_project_deletion", isolation_and_project_deletion),
     ("reader_survives_delete", reader_survives_delete),
     ("sweep_expires_uploads", sweep_expires_uploads),
+    ("copy_is_independent_of_its_source", copy_is_independent_of_its_source),
 ];
 
 fn user() -> Value {
@@ -443,4 +444,53 @@ pub fn sweep_expires_uploads(s: &dyn ObjectStore, _: &dyn EventLog) {
     assert_eq!(r.orphans, 0, "every remaining file is referenced");
     assert!(s.get_upload(P, B, &up.id).is_err());
     assert_eq!(read_all(s, "kept", None), b"data");
+}
+
+pub fn copy_is_independent_of_its_source(s: &dyn ObjectStore, log: &dyn EventLog) {
+    bucket(s, P, B);
+    bucket(s, P, "other");
+    let src = put(s, P, B, "src", b"hello world");
+    let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+    let who = user();
+    let w = ObjectWrite {
+        project: P,
+        bucket: "other",
+        key: "dst",
+        content_type: "text/plain",
+        metadata: &meta,
+        uploader: &who,
+    };
+    let before = log.read(0, Some(P), 1000).unwrap().len();
+    let copied = s.copy(B, "src", &w, None).unwrap();
+    assert_eq!((copied.size, copied.etag.as_str()), (11, src.etag.as_str()));
+    assert_eq!((copied.content_type.as_str(), &copied.metadata), ("text/plain", &meta));
+    let events = log.read(0, Some(P), 1000).unwrap();
+    assert_eq!(events.len(), before + 1);
+    assert_eq!(events.last().unwrap().data["key"], "dst");
+    let read = |bucket: &str, key: &str| {
+        let mut out = Vec::new();
+        s.open(P, bucket, key, None).unwrap().reader.read_to_end(&mut out).unwrap();
+        out
+    };
+    // Replacing or deleting the source leaves the copy's bytes alone, and the other way round.
+    put(s, P, B, "src", b"replaced");
+    assert_eq!(read("other", "dst"), b"hello world");
+    s.delete(P, B, "src", &who).unwrap();
+    assert_eq!(read("other", "dst"), b"hello world");
+    s.copy("other", "dst", &ObjectWrite { bucket: B, key: "back", ..w.clone() }, None).unwrap();
+    s.delete(P, "other", "dst", &who).unwrap();
+    assert_eq!(read(B, "back"), b"hello world");
+    // Onto itself: still there.
+    s.copy(B, "back", &ObjectWrite { bucket: B, key: "back", ..w.clone() }, None).unwrap();
+    assert_eq!(read(B, "back"), b"hello world");
+    // A sweep right away finds nothing to remove: every name is referenced.
+    let r = s.sweep(i64::MAX / 4, 0, 0).unwrap();
+    assert_eq!(r.orphans, 0);
+    assert_eq!(read(B, "back"), b"hello world");
+    // Limits and missing sources.
+    let e = s.copy(B, "back", &ObjectWrite { key: "big", ..w.clone() }, Some(5)).unwrap_err();
+    assert!(matches!(e, ObjectError::TooLarge { limit: 5 }), "{e}");
+    let e = s.copy(B, "nothing", &w, None).unwrap_err();
+    assert!(matches!(e, ObjectError::NoSuchKey(_)), "{e}");
+    assert!(s.head(P, "other", "big").unwrap().is_none());
 }

@@ -6,6 +6,8 @@
 //! * `GET /typed?coll=C&bucket=B`: a round trip with the SDK's typed helpers (create, get,
 //!   patch, list, delete a document; set, get, increment, delete a KV key); answers what each
 //!   step returned, as JSON.
+//! * `GET /files?bucket=B`: creates bucket B (service role), then puts, gets, lists, deletes and
+//!   gets again the file `dir/hello.txt` with the SDK's file helpers; answers what each returned.
 //! * `GET /env`: the in-process variables this invocation got (the token only as its length).
 
 use guest_common::wasi;
@@ -96,6 +98,32 @@ fn typed(req: &IncomingRequest) -> Result<Value, nimbus_sdk::Error> {
     }))
 }
 
+fn files(req: &IncomingRequest) -> Result<Value, nimbus_sdk::Error> {
+    let name = guest_common::query_param(req, "bucket").unwrap_or_else(|| "uploads".into());
+    let nimbus = Client::from_env()?;
+    let created = nimbus.request(
+        "POST",
+        "/v1/buckets",
+        &[("content-type", "application/json")],
+        Some(json!({ "name": name }).to_string().as_bytes()),
+    )?;
+    let bucket = nimbus.bucket(&name);
+    let put = bucket.put("dir/hello.txt", b"hello from a function", "text/plain")?;
+    let got = bucket.get("dir/hello.txt")?.expect("just stored");
+    let page = bucket.list("dir/", None)?;
+    let deleted = bucket.delete("dir/hello.txt")?;
+    let gone = bucket.get("dir/hello.txt")?;
+    Ok(json!({
+        "bucket_status": created.status,
+        "put": {"key": put.key, "size": put.size, "etag": put.etag},
+        "got": {"body": String::from_utf8_lossy(&got.body), "content_type": got.content_type,
+                "etag": got.etag},
+        "listed": page.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>(),
+        "deleted": deleted,
+        "gone": gone.is_none(),
+    }))
+}
+
 impl wasi::exports::http::incoming_handler::Guest for Data {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
@@ -106,6 +134,10 @@ impl wasi::exports::http::incoming_handler::Guest for Data {
                 Err(e) => reply(out, 500, &json!({ "error": e })),
             },
             "/typed" => match typed(&request) {
+                Ok(v) => reply(out, 200, &v),
+                Err(e) => reply(out, 500, &json!({ "error": e.to_string() })),
+            },
+            "/files" => match files(&request) {
                 Ok(v) => reply(out, 200, &v),
                 Err(e) => reply(out, 500, &json!({ "error": e.to_string() })),
             },
