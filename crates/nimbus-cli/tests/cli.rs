@@ -22,6 +22,12 @@ use tempfile::TempDir;
 
 const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
 
+// Tests of `nimbus new` templates and `nimbus dev`, in files of their own (one test binary).
+#[path = "cli/templates.rs"]
+mod templates;
+#[path = "cli/dev.rs"]
+mod dev;
+
 /// Keep the caller's NIMBUS_* settings out of the tests.
 fn scrub_env(cmd: &mut StdCommand) {
     for (key, _) in std::env::vars_os() {

@@ -1,6 +1,7 @@
 //! One module per group of commands.
 
 pub mod deploy;
+pub mod dev;
 pub mod functions;
 pub mod invoke;
 pub mod logs;
