@@ -99,7 +99,9 @@ impl ChildServer {
             .strip_prefix("http://")
             .map(|rest| rest.trim_end_matches('/'))
             .filter(|addr| !addr.contains('/'))
-            .with_context(|| format!("cannot start a server for {url}: expected http://HOST:PORT"))?;
+            .with_context(|| {
+                format!("cannot start a server for {url}: expected http://HOST:PORT")
+            })?;
         let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
         if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
             bail!(
@@ -206,8 +208,8 @@ async fn dev_loop(g: &GlobalArgs, args: &DevArgs, root: &Path, name: &str) -> Re
     // kind, and a build *reading* the sources (inotify's open/close events) would then look like
     // a change and rebuild forever.
     let (tx, mut changes) = mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        match res {
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(event) => {
                 let write = match event.kind {
                     EventKind::Create(_) | EventKind::Remove(_) => true,
@@ -223,9 +225,8 @@ async fn dev_loop(g: &GlobalArgs, args: &DevArgs, root: &Path, name: &str) -> Re
                 }
             }
             Err(e) => eprintln!("[nimbus dev] watching failed: {e}"),
-        }
-    })
-    .context("cannot watch for file changes")?;
+        })
+        .context("cannot watch for file changes")?;
     watcher
         .watch(root, RecursiveMode::Recursive)
         .with_context(|| format!("cannot watch {}", root.display()))?;
@@ -260,7 +261,9 @@ async fn dev_loop(g: &GlobalArgs, args: &DevArgs, root: &Path, name: &str) -> Re
             Some(Err(e)) => {
                 eprintln!("[nimbus dev] error: {e:#}");
                 match &last {
-                    Some(d) => eprintln!("[nimbus dev] still serving v{} (the last good build)", d.version),
+                    Some(d) => {
+                        eprintln!("[nimbus dev] still serving v{} (the last good build)", d.version)
+                    }
                     None => eprintln!("[nimbus dev] nothing deployed yet"),
                 }
             }

@@ -111,7 +111,7 @@ pub fn scaffold(name: &str, lang: Lang) -> Result<Vec<(&'static str, String)>> {
         Lang::Rust => {
             files.push(("Cargo.toml", fill(template!("rust/Cargo.toml"))));
             files.push(("src/lib.rs", fill(template!("rust/src/lib.rs"))));
-            files.push((".gitignore", "/target\n".to_string()));
+            files.push((".gitignore", "/target\n/nimbus-data\n".to_string()));
             // The SDK is not on crates.io: each function carries a copy (sdk/rust, verbatim).
             files.push(("nimbus-sdk/Cargo.toml", repo_file!("sdk/rust/Cargo.toml").to_string()));
             files.push(("nimbus-sdk/src/lib.rs", repo_file!("sdk/rust/src/lib.rs").to_string()));
@@ -121,7 +121,7 @@ pub fn scaffold(name: &str, lang: Lang) -> Result<Vec<(&'static str, String)>> {
             files.push(("package.json", package_json(name)?));
             files.push(("package-lock.json", JS_TOOLS_LOCK.replace(JS_TOOLS_NAME, name)));
             files.push(("build.mjs", fill(template!("js/build.mjs"))));
-            files.push((".gitignore", "/node_modules\n/build\n".to_string()));
+            files.push((".gitignore", "/node_modules\n/build\n/nimbus-data\n".to_string()));
             if lang == Lang::Js {
                 files.push(("src/app.js", fill(template!("js/app.js"))));
             } else {
@@ -133,7 +133,7 @@ pub fn scaffold(name: &str, lang: Lang) -> Result<Vec<(&'static str, String)>> {
         Lang::Python => {
             files.push(("src/app.py", fill(template!("python/app.py"))));
             files.push(("build.py", fill(template!("python/build.py"))));
-            files.push((".gitignore", "/build\n__pycache__/\n".to_string()));
+            files.push((".gitignore", "/build\n__pycache__/\n/nimbus-data\n".to_string()));
         }
     }
     if lang != Lang::Rust {
@@ -172,7 +172,9 @@ pub fn run(g: &GlobalArgs, args: NewArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if g.json {
-        print_json(&json!({ "name": args.name, "dir": dir, "lang": args.lang.to_possible_value().map(|v| v.get_name().to_string()) }))?;
+        print_json(
+            &json!({ "name": args.name, "dir": dir, "lang": args.lang.to_possible_value().map(|v| v.get_name().to_string()) }),
+        )?;
     } else {
         outln!("Created {} in {}", args.name, dir.display());
         outln!();

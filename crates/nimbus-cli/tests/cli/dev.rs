@@ -43,7 +43,10 @@ impl Output {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("`nimbus dev` never printed {needle:?} within {timeout:?}; output:\n{}", self.text());
+        panic!(
+            "`nimbus dev` never printed {needle:?} within {timeout:?}; output:\n{}",
+            self.text()
+        );
     }
 }
 

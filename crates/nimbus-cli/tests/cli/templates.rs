@@ -77,7 +77,7 @@ fn builds_deploys_and_answers(lang: &str, needs: &[&str]) {
     };
     let first = call();
     assert_eq!(first["message"], format!("Hello from {name}!"), "{first}");
-    assert_eq!(first["lang"], if lang == "python" { "python" } else { lang }, "{first}");
+    assert_eq!(first["lang"], lang, "{first}");
     assert_eq!(first["api_key_set"], false, "{first}");
     assert_eq!(first["visits"], 1, "{first}");
     let doc = first["document"].as_str().expect("a document id");
