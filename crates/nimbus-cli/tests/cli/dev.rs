@@ -86,10 +86,17 @@ fn slow_dev_builds_deploys_redeploys_on_edit_and_keeps_the_last_good_version() {
     let output = Output::default();
     output.collect(child.stdout.take().unwrap());
     output.collect(child.stderr.take().unwrap());
-    // Whatever happens, do not leave `nimbus dev` (and its server) running.
+    // Whatever happens, do not leave `nimbus dev` (and its server) running: SIGINT first, so
+    // that it stops the server it started (a SIGKILL would leave that server behind).
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
+            let pid = self.0.id().to_string();
+            let _ = StdCommand::new("kill").args(["-INT", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
