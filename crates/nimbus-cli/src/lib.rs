@@ -142,8 +142,10 @@ enum Command {
     Deploy(cmd::deploy::DeployArgs),
     /// Run the build command of a nimbus.toml and check the component it produces
     Build(cmd::deploy::BuildArgs),
-    /// Create a new Rust function project
+    /// Create a new function (Rust, JavaScript, TypeScript or Python)
     New(cmd::new::NewArgs),
+    /// Build, deploy and redeploy on every change, streaming logs (starts a local server if none)
+    Dev(cmd::dev::DevArgs),
     /// List functions
     #[command(visible_alias = "ls")]
     List,
@@ -221,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => cmd::deploy::deploy(g, args).await,
         Command::Build(args) => cmd::deploy::build(g, args),
         Command::New(args) => cmd::new::run(g, args),
+        Command::Dev(args) => cmd::dev::run(g, args).await,
         Command::List => cmd::functions::list(g).await,
         Command::Show { name } => cmd::functions::show(g, &name).await,
         Command::Delete { name, yes } => cmd::functions::delete(g, &name, yes).await,
@@ -424,6 +427,8 @@ mod tests {
         parse(&["secrets", "rm", "f", "K"]);
         parse(&["secrets", "list", "f"]);
         parse(&["new", "f", "--dir", "x"]);
+        parse(&["new", "f", "--lang", "ts"]);
+        parse(&["dev", "--debounce", "1s", "--no-server"]);
         parse(&["build", "."]);
         parse(&["ls"]);
         parse(&["rm", "f"]);

@@ -22,6 +22,12 @@ use tempfile::TempDir;
 
 const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
 
+// Tests of `nimbus new` templates and `nimbus dev`, in files of their own (one test binary).
+#[path = "cli/dev.rs"]
+mod dev;
+#[path = "cli/templates.rs"]
+mod templates;
+
 /// Keep the caller's NIMBUS_* settings and CLI config out of the tests: the config is a file
 /// that no test writes unless it sets NIMBUS_CONFIG itself.
 fn scrub_env(cmd: &mut StdCommand) {
@@ -610,7 +616,10 @@ fn slow_new_build_deploy_and_curl() {
     assert!(out.contains("Deployed greeter v1 "), "{out}");
     assert!(out.contains(&format!("{}/greeter", s.url)), "{out}");
 
-    assert_eq!(s.get("/greeter"), (200, "Hello from greeter!\n".to_string()));
+    let (status, body) = s.get("/greeter");
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["message"], "Hello from greeter!", "{body}");
     let logs = s.logs_until(&["logs", "greeter"], "stdout| handling /greeter");
     assert!(logs.contains("stdout| handling /greeter"), "{logs}");
 

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    WasmBacktraceDetails,
+};
 
 use crate::RuntimeConfig;
 use crate::compile_cache::DiskCache;
@@ -24,6 +27,12 @@ pub(crate) fn build(
     // CPU accounting: fuel consumed per invocation is what usage metering bills.
     config.consume_fuel(true);
     config.epoch_interruption(true);
+    // Trap messages name the guest's frames (from the name section, always) and give file:line
+    // where the component carries DWARF: the artifact keeps the DWARF sections, and they are
+    // only parsed (addr2line) when a trap's backtrace is symbolized. Loading, instantiation and
+    // requests that do not trap are unaffected; the setting changes the engine fingerprint, so
+    // artifacts compiled without it are recompiled once at start.
+    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
 
     let n = cfg.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();

@@ -267,7 +267,7 @@ fn progress_stream(
 }
 
 /// Catch the common mistakes before uploading: not wasm at all, or a core module instead of a component.
-fn check_component(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn check_component(path: &Path, bytes: &[u8]) -> Result<()> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         bail!(
             "{} is not a WebAssembly file (it does not start with the \\0asm magic bytes)",
@@ -286,7 +286,7 @@ fn check_component(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Run a build command with the platform shell in `dir`.
-fn run_build(command: &str, dir: &Path, stdout_to_stderr: bool) -> Result<()> {
+pub(crate) fn run_build(command: &str, dir: &Path, stdout_to_stderr: bool) -> Result<()> {
     let mut cmd = if cfg!(windows) {
         let mut c = std::process::Command::new("cmd");
         c.arg("/C").arg(command);

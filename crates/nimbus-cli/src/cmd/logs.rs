@@ -168,7 +168,7 @@ pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
 /// Follow the SSE stream from after position `last_seq`, reconnecting after the last position
 /// seen if the connection drops. Positions are given when records are stored, so a slow
 /// invocation that ends after faster ones is still seen (ids, made at the start, would skip it).
-async fn follow(
+pub(crate) async fn follow(
     client: &Client,
     name: &str,
     mut last_seq: u64,

@@ -1,6 +1,7 @@
 //! One module per group of commands.
 
 pub mod deploy;
+pub mod dev;
 pub mod events;
 pub mod files;
 pub mod functions;

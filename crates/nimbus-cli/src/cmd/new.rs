@@ -1,10 +1,14 @@
-//! `new`: scaffold a Rust function that builds to a `wasi:http/proxy` component for wasm32-wasip2.
+//! `new`: scaffold a function that builds to a `wasi:http/proxy` component, in Rust, JavaScript,
+//! TypeScript or Python. The templates live in `crates/nimbus-cli/templates/` and are embedded
+//! in the binary; the JavaScript toolchain's pins are those of
+//! `crates/test-programs/foreign/js-tools` and the componentize-py pin that of
+//! `scripts/build-foreign-guests.sh` (a unit test checks it), so there is one set of pins.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::GlobalArgs;
@@ -19,111 +23,146 @@ pub struct NewArgs {
     /// Directory to create (default: ./NAME)
     #[arg(long, env = "NIMBUS_NEW_DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Language of the function
+    #[arg(long, value_enum, env = "NIMBUS_NEW_LANG", default_value = "rust")]
+    pub lang: Lang,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    Rust,
+    Js,
+    Ts,
+    Python,
 }
 
 pub const BUILD_COMMAND: &str = "cargo build --release --target wasm32-wasip2";
 
-/// The files of a new project, as (relative path, contents).
-pub fn scaffold(name: &str) -> Vec<(&'static str, String)> {
-    let lib = name.replace('-', "_");
-    let cargo_toml = format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
+/// The componentize-py release Python functions build with; the same as the test guests'.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
-[lib]
-crate-type = ["cdylib"]
+macro_rules! template {
+    ($path:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/", $path))
+    };
+}
+macro_rules! repo_file {
+    ($path:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../", $path))
+    };
+}
 
-[dependencies]
-wasi = "0.14"
+/// The WIT every non-Rust template builds against: the host's WASI 0.2.12 interfaces, verbatim.
+const WIT_DEPS: &[(&str, &str)] = &[
+    ("wit/deps/cli.wit", repo_file!("crates/test-programs/foreign/wit/deps/cli.wit")),
+    ("wit/deps/clocks.wit", repo_file!("crates/test-programs/foreign/wit/deps/clocks.wit")),
+    ("wit/deps/filesystem.wit", repo_file!("crates/test-programs/foreign/wit/deps/filesystem.wit")),
+    ("wit/deps/http.wit", repo_file!("crates/test-programs/foreign/wit/deps/http.wit")),
+    ("wit/deps/io.wit", repo_file!("crates/test-programs/foreign/wit/deps/io.wit")),
+    ("wit/deps/random.wit", repo_file!("crates/test-programs/foreign/wit/deps/random.wit")),
+    ("wit/deps/sockets.wit", repo_file!("crates/test-programs/foreign/wit/deps/sockets.wit")),
+];
 
-[profile.release]
-opt-level = "s"
-lto = true
-codegen-units = 1
-strip = true
+const JS_TOOLS_PACKAGE: &str = repo_file!("crates/test-programs/foreign/js-tools/package.json");
+const JS_TOOLS_LOCK: &str = repo_file!("crates/test-programs/foreign/js-tools/package-lock.json");
+const JS_TOOLS_NAME: &str = "nimbus-foreign-guest-tools";
 
-# Build on its own, even when created inside another Cargo workspace.
-[workspace]
-"#
-    );
-    let lib_rs = format!(
-        r#"//! {name}: a Nimbus function. `nimbus deploy` builds it and uploads it to the server.
-//!
-//! Nimbus runs it as a `wasi:http/proxy` component: `handle` gets each HTTP request and answers it.
-//! Whatever it prints to stdout or stderr shows up in `nimbus logs {name}`.
+impl Lang {
+    pub fn build_command(self) -> &'static str {
+        match self {
+            Lang::Rust => BUILD_COMMAND,
+            Lang::Js | Lang::Ts => "node build.mjs",
+            Lang::Python => "python3 build.py",
+        }
+    }
 
-use std::io::Write as _;
+    fn component(self, name: &str) -> String {
+        match self {
+            Lang::Rust => format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
+            _ => format!("build/{name}.wasm"),
+        }
+    }
 
-use wasi::http::types::{{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-}};
+    /// What the user needs installed to build.
+    fn needs(self) -> &'static str {
+        match self {
+            Lang::Rust => "the wasm32-wasip2 target: rustup target add wasm32-wasip2",
+            Lang::Js | Lang::Ts => {
+                "Node.js 18+ and npm; the first build installs the locked toolchain into node_modules"
+            }
+            Lang::Python => {
+                "Python 3.10+ with pip; the first build installs componentize-py into ~/.cache/nimbus/tools"
+            }
+        }
+    }
+}
 
-wasi::http::proxy::export!(Function);
+/// The files of a new function, as (relative path, contents).
+pub fn scaffold(name: &str, lang: Lang) -> Result<Vec<(&'static str, String)>> {
+    let fill = |text: &str| {
+        text.replace("{{name}}", name)
+            .replace("{{componentize_py_version}}", COMPONENTIZE_PY_VERSION)
+            .replace("{{build_command}}", lang.build_command())
+            .replace("{{component}}", &lang.component(name))
+    };
+    let mut files = vec![(MANIFEST_FILE, fill(template!("manifest.toml")))];
+    match lang {
+        Lang::Rust => {
+            files.push(("Cargo.toml", fill(template!("rust/Cargo.toml"))));
+            files.push(("src/lib.rs", fill(template!("rust/src/lib.rs"))));
+            files.push((".gitignore", "/target\n/nimbus-data\n".to_string()));
+            // The SDK is not on crates.io: each function carries a copy (sdk/rust, verbatim).
+            files.push(("nimbus-sdk/Cargo.toml", repo_file!("sdk/rust/Cargo.toml").to_string()));
+            files.push(("nimbus-sdk/src/lib.rs", repo_file!("sdk/rust/src/lib.rs").to_string()));
+            files.push(("nimbus-sdk/src/http.rs", repo_file!("sdk/rust/src/http.rs").to_string()));
+        }
+        Lang::Js | Lang::Ts => {
+            files.push(("package.json", package_json(name)?));
+            files.push(("package-lock.json", JS_TOOLS_LOCK.replace(JS_TOOLS_NAME, name)));
+            files.push(("build.mjs", fill(template!("js/build.mjs"))));
+            files.push((".gitignore", "/node_modules\n/build\n/nimbus-data\n".to_string()));
+            if lang == Lang::Js {
+                files.push(("src/app.js", fill(template!("js/app.js"))));
+            } else {
+                files.push(("src/app.ts", fill(template!("ts/app.ts"))));
+                files.push(("src/runtime.d.ts", template!("ts/runtime.d.ts").to_string()));
+                files.push(("tsconfig.json", template!("ts/tsconfig.json").to_string()));
+            }
+        }
+        Lang::Python => {
+            files.push(("src/app.py", fill(template!("python/app.py"))));
+            files.push(("build.py", fill(template!("python/build.py"))));
+            files.push((".gitignore", "/build\n__pycache__/\n/nimbus-data\n".to_string()));
+        }
+    }
+    if lang != Lang::Rust {
+        files.push(("wit/world.wit", template!("world.wit").to_string()));
+        files.extend(WIT_DEPS.iter().map(|(p, t)| (*p, t.to_string())));
+    }
+    Ok(files)
+}
 
-struct Function;
-
-impl wasi::exports::http::incoming_handler::Guest for Function {{
-    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {{
-        let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
-        println!("handling {{path}}");
-
-        let headers = Fields::from_list(&[(
-            "content-type".to_string(),
-            b"text/plain; charset=utf-8".to_vec(),
-        )])
-        .unwrap();
-        let response = OutgoingResponse::new(headers);
-        response.set_status_code(200).unwrap();
-        let body = response.body().unwrap();
-        ResponseOutparam::set(response_out, Ok(response));
-
-        let mut out = body.write().unwrap();
-        out.write_all(b"Hello from {name}!\n").unwrap();
-        out.flush().unwrap();
-        drop(out);
-        OutgoingBody::finish(body, None).unwrap();
-    }}
-}}
-"#
-    );
-    let manifest = format!(
-        r#"# Nimbus function manifest: `nimbus deploy` in this directory builds and uploads the function.
-name = "{name}"
-component = "target/wasm32-wasip2/release/{lib}.wasm"
-routes = ["/{name}"]
-# Hosts the function may call with outbound HTTP, e.g. ["api.example.com"].
-outbound_hosts = []
-
-[build]
-command = "{BUILD_COMMAND}"
-
-[env]
-# GREETING = "hello"
-
-[limits]
-# timeout = "10s"
-# memory = "64MiB"
-# max_concurrency = 64
-# max_queue = 256
-# max_body = "10MiB"
-"#
-    );
-    vec![
-        ("Cargo.toml", cargo_toml),
-        ("src/lib.rs", lib_rs),
-        (MANIFEST_FILE, manifest),
-        (".gitignore", "/target\n".to_string()),
-    ]
+/// The function's package.json: the locked toolchain's dependencies under the function's name
+/// (`npm ci` refuses a package.json that does not match its lock).
+fn package_json(name: &str) -> Result<String> {
+    let tools: serde_json::Value =
+        serde_json::from_str(JS_TOOLS_PACKAGE).context("embedded js-tools/package.json")?;
+    let package = json!({
+        "name": name,
+        "private": true,
+        "description": "A Nimbus function. `node build.mjs` builds it; package-lock.json pins its toolchain.",
+        "scripts": { "build": "node build.mjs" },
+        "dependencies": tools["dependencies"],
+    });
+    Ok(serde_json::to_string_pretty(&package)? + "\n")
 }
 
 pub fn run(g: &GlobalArgs, args: NewArgs) -> Result<ExitCode> {
     nimbus_model::validate_name(&args.name)?;
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
     ensure_empty(&dir)?;
-    for (rel, contents) in scaffold(&args.name) {
+    for (rel, contents) in scaffold(&args.name, args.lang)? {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -133,16 +172,19 @@ pub fn run(g: &GlobalArgs, args: NewArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if g.json {
-        print_json(&json!({ "name": args.name, "dir": dir }))?;
+        print_json(
+            &json!({ "name": args.name, "dir": dir, "lang": args.lang.to_possible_value().map(|v| v.get_name().to_string()) }),
+        )?;
     } else {
         outln!("Created {} in {}", args.name, dir.display());
         outln!();
         outln!("Next steps:");
         outln!("  cd {}", dir.display());
-        outln!("  nimbus deploy        # builds with `{BUILD_COMMAND}` and uploads");
+        outln!("  nimbus deploy        # builds with `{}` and uploads", args.lang.build_command());
+        outln!("  nimbus dev           # or: rebuild and redeploy on every change, with logs");
         outln!("  curl {}/{}", g.server_url().trim_end_matches('/'), args.name);
         outln!();
-        outln!("Building needs the wasm32-wasip2 target: rustup target add wasm32-wasip2");
+        outln!("Building needs {}", args.lang.needs());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -168,11 +210,14 @@ mod tests {
     use super::*;
     use crate::manifest::{Manifest, Overrides};
 
+    fn file<'a>(files: &'a [(&str, String)], path: &str) -> &'a str {
+        &files.iter().find(|(p, _)| *p == path).unwrap_or_else(|| panic!("no {path}")).1
+    }
+
     #[test]
     fn scaffold_manifest_is_valid() {
-        let files = scaffold("hello-world");
-        let (_, manifest) = files.iter().find(|(p, _)| *p == MANIFEST_FILE).unwrap();
-        let m = Manifest::parse(manifest).unwrap();
+        let files = scaffold("hello-world", Lang::Rust).unwrap();
+        let m = Manifest::parse(file(&files, MANIFEST_FILE)).unwrap();
         assert_eq!(
             m.component.as_deref(),
             Some(Path::new("target/wasm32-wasip2/release/hello_world.wasm"))
@@ -180,12 +225,80 @@ mod tests {
         let spec = m.to_spec(&Overrides::default()).unwrap();
         assert_eq!(spec.name, "hello-world");
         assert_eq!(spec.routes[0].path, "/hello-world");
-        let (_, cargo) = files.iter().find(|(p, _)| *p == "Cargo.toml").unwrap();
-        let cargo: toml::Table = toml::from_str(cargo).unwrap();
+        let cargo: toml::Table = toml::from_str(file(&files, "Cargo.toml")).unwrap();
         assert!(cargo.contains_key("workspace"));
         assert_eq!(cargo["lib"]["crate-type"][0].as_str(), Some("cdylib"));
-        let (_, lib) = files.iter().find(|(p, _)| *p == "src/lib.rs").unwrap();
-        assert!(lib.contains("Hello from hello-world!"));
+        // Release builds keep the name section, so traps name their functions.
+        assert_eq!(cargo["profile"]["release"]["strip"].as_bool(), Some(false));
+        assert_eq!(cargo["package"]["name"].as_str(), Some("hello-world"));
+        assert!(file(&files, "src/lib.rs").contains("from hello-world!"));
+        let sdk: toml::Table = toml::from_str(file(&files, "nimbus-sdk/Cargo.toml")).unwrap();
+        assert_eq!(sdk["package"]["name"].as_str(), Some("nimbus-sdk"));
+    }
+
+    #[test]
+    fn every_language_scaffolds_a_valid_manifest_and_no_placeholder() {
+        for (lang, source) in [
+            (Lang::Rust, "src/lib.rs"),
+            (Lang::Js, "src/app.js"),
+            (Lang::Ts, "src/app.ts"),
+            (Lang::Python, "src/app.py"),
+        ] {
+            let files = scaffold("fn-1", lang).unwrap();
+            let m = Manifest::parse(file(&files, MANIFEST_FILE)).unwrap();
+            assert_eq!(m.build.as_ref().unwrap().command, lang.build_command());
+            assert_eq!(m.to_spec(&Overrides::default()).unwrap().env["GREETING"], "Hello");
+            for (path, text) in &files {
+                assert!(!text.contains("{{"), "{lang:?} {path} keeps a placeholder");
+            }
+            let src = file(&files, source);
+            // Each handler reads env and secrets and calls the data APIs.
+            for needle in ["GREETING", "API_KEY", "/v1/kv/app/visits/incr", "visits"] {
+                let needle = if lang == Lang::Rust && needle.starts_with("/v1") {
+                    "increment(\"visits\""
+                } else {
+                    needle
+                };
+                assert!(src.contains(needle), "{lang:?}: {needle}");
+            }
+            if lang != Lang::Rust {
+                assert!(file(&files, "wit/world.wit").contains("include wasi:http/proxy@0.2.12"));
+                assert!(file(&files, "wit/deps/http.wit").contains("world proxy"));
+            }
+        }
+    }
+
+    /// The JavaScript templates lock exactly the toolchain the test guests are built with.
+    #[test]
+    fn js_templates_reuse_the_js_tools_lock() {
+        for lang in [Lang::Js, Lang::Ts] {
+            let files = scaffold("web", lang).unwrap();
+            let package: serde_json::Value =
+                serde_json::from_str(file(&files, "package.json")).unwrap();
+            let lock: serde_json::Value =
+                serde_json::from_str(file(&files, "package-lock.json")).unwrap();
+            let tools: serde_json::Value = serde_json::from_str(JS_TOOLS_PACKAGE).unwrap();
+            assert_eq!(package["name"], "web");
+            assert_eq!(package["dependencies"], tools["dependencies"]);
+            // `npm ci` refuses a package.json whose dependencies differ from the lock's root.
+            assert_eq!(lock["packages"][""]["dependencies"], package["dependencies"]);
+            assert_eq!(lock["packages"][""]["name"], "web");
+            assert!(package["dependencies"]["typescript"].is_string());
+        }
+    }
+
+    #[test]
+    fn componentize_py_pin_matches_the_test_guests() {
+        let script = repo_file!("scripts/build-foreign-guests.sh");
+        assert!(
+            script.contains(&format!("\nCOMPONENTIZE_PY_VERSION={COMPONENTIZE_PY_VERSION}\n")),
+            "scripts/build-foreign-guests.sh pins another componentize-py than COMPONENTIZE_PY_VERSION"
+        );
+        let files = scaffold("py", Lang::Python).unwrap();
+        assert!(
+            file(&files, "build.py")
+                .contains(&format!("COMPONENTIZE_PY_VERSION = \"{COMPONENTIZE_PY_VERSION}\""))
+        );
     }
 
     #[test]

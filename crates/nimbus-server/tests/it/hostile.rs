@@ -174,7 +174,12 @@ async fn traps_and_panics_are_500s_with_logs() {
     let records = s.records("panic", 1).await;
     let r = find(&records, "trap");
     assert!(r["stderr"].as_str().unwrap().contains("guest panicked on purpose"), "{r}");
-    assert!(r["error"].as_str().unwrap().contains("unreachable"), "{r}");
+    let error = r["error"].as_str().unwrap();
+    assert!(error.contains("unreachable"), "{r}");
+    // The guest keeps its name section and line tables: frames are named, with file:line.
+    assert!(error.contains(" - handle\n"), "frames are not named: {error}");
+    assert!(error.contains("core[") && error.contains("::panicking::panic_fmt"), "{error}");
+    assert!(error.contains("guests/panic/src/lib.rs:11:9"), "no file:line: {error}");
     hello_still_answers(&s).await;
     s.stop().await;
 }
