@@ -4,6 +4,7 @@
 //! validation of that data, and nothing that does I/O.
 
 mod function;
+pub mod net;
 mod invocation;
 mod route;
 
