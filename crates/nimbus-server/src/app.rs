@@ -52,6 +52,7 @@ pub struct AppState {
     pub kv: nimbus_kv::KvService,
     pub documents: nimbus_documents::DocumentService,
     pub files: nimbus_files::FilesService,
+    pub push: nimbus_push::PushService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -71,6 +72,7 @@ impl AppState {
         kv: nimbus_kv::KvService,
         documents: nimbus_documents::DocumentService,
         files: nimbus_files::FilesService,
+        push: nimbus_push::PushService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -81,6 +83,7 @@ impl AppState {
             kv,
             documents,
             files,
+            push,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -204,6 +207,9 @@ fn document_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
 /// Largest JSON body of a management request (component uploads have their own limit).
 const MANAGEMENT_BODY_LIMIT: usize = 1 << 20;
 
+/// Largest push request body: a subscription, or a message of at most 4 KiB (base64 in JSON).
+const PUSH_BODY_LIMIT: usize = 64 << 10;
+
 /// Build the whole application; tests call this with a state and `oneshot` requests.
 pub fn router(state: AppState) -> Router {
     // Component uploads may be large; every other management body is small JSON.
@@ -280,6 +286,7 @@ pub fn router(state: AppState) -> Router {
         // After the upload limit: KV bounds its bodies itself, with the JSON error shape.
         .merge(api::kv::router())
         .merge(api::files::management_router().layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT)))
+        .merge(api::push::management_router().layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     Router::new()
@@ -298,6 +305,8 @@ pub fn router(state: AppState) -> Router {
         // Files: public to apps, under each bucket's access settings; uploads stream unbounded
         // by the management limit (the bucket's limits apply while streaming).
         .merge(api::files::data_router())
+        // Push: the VAPID key and end users' own subscriptions.
+        .merge(api::push::data_router().layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)))
         // Realtime: public to apps, under each collection's access rules.
         .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
         .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))

@@ -77,12 +77,12 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
     let under = |prefix: &str| {
         path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if under("/v1/kv") || under("/v1/collections") {
+    if under("/v1/kv") || under("/v1/collections") || under("/v1/push") {
         return Ok(());
     }
     if let Some(rest) = path.strip_prefix("/v1/projects/") {
         let (project, rest) = rest.split_once('/').unwrap_or((rest, ""));
-        let data = ["collections/", "documents/"].iter().any(|p| rest.starts_with(p));
+        let data = ["collections/", "documents/", "push/"].iter().any(|p| rest.starts_with(p));
         if data && project != &*caller.project {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -98,8 +98,8 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
         StatusCode::FORBIDDEN,
         "forbidden",
         format!(
-            "{path} is not served to functions in-process (documents under \
-             /v1/projects/{{project}}/..., /v1/collections and /v1/kv are)"
+            "{path} is not served to functions in-process (documents and push under \
+             /v1/projects/{{project}}/..., /v1/collections, /v1/kv and /v1/push are)"
         ),
     ))
 }

@@ -7,5 +7,6 @@ pub(crate) mod functions;
 pub(crate) mod invocations;
 pub(crate) mod kv;
 pub(crate) mod projects;
+pub(crate) mod push;
 pub(crate) mod realtime;
 pub(crate) mod users;

@@ -83,6 +83,9 @@ pub(crate) async fn delete(
     // Its buckets, objects and S3 access keys.
     let p = project.clone();
     state.files.call(move |f| f.delete_project(&p)).await?;
+    // Its push keys, subscriptions, messages and deliveries (and live connections).
+    let p = project.clone();
+    state.push.call(move |s| s.delete_project(&p)).await?;
     tracing::info!(project, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

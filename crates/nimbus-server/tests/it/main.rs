@@ -15,5 +15,6 @@ mod in_process;
 mod kv;
 mod logs;
 mod projects;
+mod push;
 mod realtime;
 mod s3;
