@@ -119,6 +119,9 @@ mod tests {
             "/v1/collections/posts",
             "/v1/projects/acme/collections/posts/documents",
             "/v1/projects/acme/documents/batch",
+            "/v1/push/messages",
+            "/v1/push/subscriptions/s1/topics/news",
+            "/v1/projects/acme/push/subscriptions",
         ] {
             assert!(reachable(&caller, ok).is_ok(), "{ok}");
         }
@@ -130,6 +133,8 @@ mod tests {
             "/v1/functions",
             "/v1/kvx",
             "/v1/collectionsx",
+            "/v1/pushx",
+            "/v1/projects/other/push/subscriptions",
             "/hello",
             "/metrics",
         ] {
