@@ -109,4 +109,3 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 fn is_v4_compatible(ip: Ipv6Addr) -> bool {
     matches!(ip.segments(), [0, 0, 0, 0, 0, 0, ..])
 }
-

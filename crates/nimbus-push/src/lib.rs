@@ -34,12 +34,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use nimbus_model::{UnixMillis, now_millis};
 use nimbus_store::StoreError;
-pub use nimbus_store::push::{
-    DeliveryCounts, DeliveryInfo, MessageInfo, Outcome, Subscription, Target,
-};
 use nimbus_store::push::{
     Claimed, DeliveryQuery, EnqueueError, NewMessage, NewSubscription, PushStore, SubscribeError,
     VapidKey,
+};
+pub use nimbus_store::push::{
+    DeliveryCounts, DeliveryInfo, MessageInfo, Outcome, Subscription, Target,
 };
 use serde_json::{Value, json};
 use web_push_native::jwt_simple::algorithms::{ECDSAP256PublicKeyLike as _, ES256KeyPair};
@@ -205,13 +205,24 @@ pub struct ProjectKeys {
 /// What one attempt came to, in the provider's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    Delivered { status: u16 },
+    Delivered {
+        status: u16,
+    },
     /// The subscription no longer exists (404/410): remove it.
-    Gone { status: u16 },
+    Gone {
+        status: u16,
+    },
     /// Worth trying again (429, 5xx, a network error), not before `retry_after` if given.
-    Retry { status: Option<u16>, retry_after: Option<Duration>, error: String },
+    Retry {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        error: String,
+    },
     /// Will not succeed by retrying (other 4xx, a denied address, bad keys).
-    Rejected { status: Option<u16>, error: String },
+    Rejected {
+        status: Option<u16>,
+        error: String,
+    },
 }
 
 /// The push service. Cheap to clone.
@@ -571,7 +582,12 @@ impl PushService {
         tokio::spawn(sender::run(self.clone()))
     }
 
-    fn retry_at(&self, attempts: u32, retry_after: Option<Duration>, now: UnixMillis) -> UnixMillis {
+    fn retry_at(
+        &self,
+        attempts: u32,
+        retry_after: Option<Duration>,
+        now: UnixMillis,
+    ) -> UnixMillis {
         let c = &self.inner.config;
         let exp = c.backoff_base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
         let backoff = exp.min(c.backoff_max);

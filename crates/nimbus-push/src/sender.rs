@@ -123,7 +123,12 @@ async fn attempt(service: &PushService, c: Claimed) -> Outcome {
     };
     let result = provider.deliver(&keys, &sub, &c).await;
     if let Attempt::Retry { error, .. } | Attempt::Rejected { error, .. } = &result {
-        tracing::debug!(delivery = c.id, attempts = c.attempts, error, "push attempt not delivered");
+        tracing::debug!(
+            delivery = c.id,
+            attempts = c.attempts,
+            error,
+            "push attempt not delivered"
+        );
     }
     service.outcome(&c, result, now_millis())
 }

@@ -18,7 +18,10 @@ fn input(endpoint: &str) -> SubscriptionInput {
     let key = ES256KeyPair::generate().public_key().public_key().to_bytes_uncompressed();
     SubscriptionInput {
         endpoint: endpoint.into(),
-        keys: SubscriptionKeys { p256dh: URL_SAFE_NO_PAD.encode(key), auth: URL_SAFE_NO_PAD.encode([7u8; 16]) },
+        keys: SubscriptionKeys {
+            p256dh: URL_SAFE_NO_PAD.encode(key),
+            auth: URL_SAFE_NO_PAD.encode([7u8; 16]),
+        },
         expiration_time: None,
         user_id: None,
         topics: vec![],
@@ -139,7 +142,10 @@ async fn send_bounds() {
     let fits = SendRequest { payload: vec![b'x'; 3993], ..send_to(t()) };
     assert!(push.send("p", fits, json!({})).is_ok());
     let long_ttl = SendRequest { ttl: Some(29 * 24 * 3600), ..send_to(t()) };
-    assert!(matches!(push.send("p", long_ttl, json!({})), Err(PushError::Invalid("invalid_ttl", _))));
+    assert!(matches!(
+        push.send("p", long_ttl, json!({})),
+        Err(PushError::Invalid("invalid_ttl", _))
+    ));
     let urgency = SendRequest { urgency: Some("urgent".into()), ..send_to(t()) };
     assert!(matches!(push.send("p", urgency, json!({})), Err(PushError::Invalid(..))));
     let topic = SendRequest { topic: Some("has space".into()), ..send_to(t()) };
@@ -167,10 +173,14 @@ async fn leases_make_a_crash_mid_send_retry_and_outcomes_follow_the_rules() {
     })
     .await;
     for i in 0..3 {
-        push.subscribe("p", &Actor::Service, SubscriptionInput {
-            topics: vec!["t".into()],
-            ..input(&format!("https://push.example.com/{i}"))
-        })
+        push.subscribe(
+            "p",
+            &Actor::Service,
+            SubscriptionInput {
+                topics: vec!["t".into()],
+                ..input(&format!("https://push.example.com/{i}"))
+            },
+        )
         .unwrap();
     }
     let r = push.send("p", send_to(Target::Topic("t".into())), json!({})).unwrap();
@@ -213,7 +223,10 @@ async fn leases_make_a_crash_mid_send_retry_and_outcomes_follow_the_rules() {
             &[
                 (again[0].id, Outcome::Sent { status: 201 }),
                 (again[1].id, push.outcome(&again[1], Attempt::Gone { status: 410 }, now)),
-                (again[2].id, Outcome::Retry { at: now + 60_000, status: Some(503), error: "x".into() }),
+                (
+                    again[2].id,
+                    Outcome::Retry { at: now + 60_000, status: Some(503), error: "x".into() },
+                ),
             ],
             now,
         )
@@ -224,7 +237,10 @@ async fn leases_make_a_crash_mid_send_retry_and_outcomes_follow_the_rules() {
     assert_eq!(store.next_due().unwrap(), Some(now + 60_000));
     assert!(store.claim(now + 59_999, now + 70_000, 10).unwrap().is_empty());
     let d = push.deliveries("p", Some(&r.id), None, None, None).unwrap();
-    assert_eq!(d.iter().map(|d| d.state.as_str()).collect::<Vec<_>>(), ["sent", "failed", "queued"]);
+    assert_eq!(
+        d.iter().map(|d| d.state.as_str()).collect::<Vec<_>>(),
+        ["sent", "failed", "queued"]
+    );
     assert_eq!(d[1].last_status, Some(410));
 }
 

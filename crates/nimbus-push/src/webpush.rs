@@ -47,7 +47,8 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let policy = self.0.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let first_denied = addrs.first().and_then(|a| internal_range(a.ip()));
             let permitted: Vec<SocketAddr> =
                 addrs.into_iter().filter(|a| policy.permits(a.ip())).collect();
@@ -130,7 +131,8 @@ impl WebPush {
 /// `Retry-After` in seconds (the HTTP-date form is rare from push services; it counts as absent
 /// and the backoff applies).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 =
+        headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(24 * 3600)))
 }
 

@@ -52,7 +52,9 @@ fn get_sub(conn: &Connection, project: &str, id: &str) -> Result<Option<Subscrip
         .prepare_cached(&format!(
             "SELECT {SUB_COLUMNS} FROM push_subscriptions WHERE project = ?1 AND id = ?2"
         ))
-        .and_then(|mut stmt| stmt.query_row(params![project, id], |r| sub_from_row(r, 0)).optional())
+        .and_then(|mut stmt| {
+            stmt.query_row(params![project, id], |r| sub_from_row(r, 0)).optional()
+        })
         .context("reading a push subscription")?;
     sub.map(|s| with_topics(conn, project, s)).transpose()
 }
@@ -71,7 +73,10 @@ fn delete_sub_in(conn: &Connection, project: &str, id: &str) -> Result<bool> {
     )
     .context("removing a subscription's topics")?;
     let n = conn
-        .execute("DELETE FROM push_subscriptions WHERE project = ?1 AND id = ?2", params![project, id])
+        .execute(
+            "DELETE FROM push_subscriptions WHERE project = ?1 AND id = ?2",
+            params![project, id],
+        )
         .context("removing a push subscription")?;
     Ok(n > 0)
 }
@@ -382,7 +387,12 @@ impl PushStore for SqliteStore {
                             topic: r.get(4)?,
                             sender: crate::sqlite::json_column(r, 5)?,
                             created_at: r.get(6)?,
-                            deliveries: DeliveryCounts { queued: 0, sent: 0, failed: 0, expired: 0 },
+                            deliveries: DeliveryCounts {
+                                queued: 0,
+                                sent: 0,
+                                failed: 0,
+                                expired: 0,
+                            },
                         })
                     })
                     .optional()
@@ -527,7 +537,9 @@ impl PushStore for SqliteStore {
                     Outcome::Failed { status, error, remove_subscription } => {
                         (FAILED, now, *status, Some(error.as_str()), *remove_subscription)
                     }
-                    Outcome::Expired => (EXPIRED, now, None, Some("the message's TTL ran out"), false),
+                    Outcome::Expired => {
+                        (EXPIRED, now, None, Some("the message's TTL ran out"), false)
+                    }
                 };
                 let row: Option<(String, String)> = update
                     .query_row(params![*id as i64, state, next, status, error, now], |r| {

@@ -331,17 +331,22 @@ fn push_sse(state: &AppState, project: &str, who: Principal) -> Result<Response,
     let events = stream::unfold(Some(sub), |sub| async move {
         let mut sub = sub?;
         match sub.next().await {
-            Ok(text) => {
-                Some((Ok::<_, Infallible>(SseEvent::default().event("notification").data(&*text)), Some(sub)))
-            }
+            Ok(text) => Some((
+                Ok::<_, Infallible>(SseEvent::default().event("notification").data(&*text)),
+                Some(sub),
+            )),
             Err(reason) => {
-                let ev = SseEvent::default().event("error").data(json!({ "reason": reason }).to_string());
+                let ev = SseEvent::default()
+                    .event("error")
+                    .data(json!({ "reason": reason }).to_string());
                 Some((Ok(ev), None))
             }
         }
     })
     .take_until(state.clone().shutdown_signal());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 async fn serve_push_ws(

@@ -189,7 +189,10 @@ async fn an_independent_implementation_decrypts_and_verifies_what_nimbus_sends()
 
     // Delivery records per message and per subscription.
     let d: Value = s
-        .api(Method::GET, &format!("/v1/push/messages/{}/deliveries", to_news["id"].as_str().unwrap()))
+        .api(
+            Method::GET,
+            &format!("/v1/push/messages/{}/deliveries", to_news["id"].as_str().unwrap()),
+        )
         .send()
         .await
         .unwrap()
@@ -198,7 +201,9 @@ async fn an_independent_implementation_decrypts_and_verifies_what_nimbus_sends()
         .unwrap();
     let d = d["deliveries"].as_array().unwrap();
     assert_eq!(d.len(), 2);
-    assert!(d.iter().all(|d| d["state"] == "sent" && d["last_status"] == 201 && d["attempts"] == 1));
+    assert!(
+        d.iter().all(|d| d["state"] == "sent" && d["last_status"] == 201 && d["attempts"] == 1)
+    );
     let per_sub: Value = s
         .api(
             Method::GET,
@@ -238,7 +243,8 @@ async fn gone_subscriptions_are_removed_and_throttled_ones_retried_after_retry_a
     }
     // 429 with Retry-After: 1 was tried again no sooner than a second later, then delivered.
     let received = ps.received().await;
-    let busy: Vec<&Value> = received.iter().filter(|r| r["sub"] == ids["busy"].1.as_str()).collect();
+    let busy: Vec<&Value> =
+        received.iter().filter(|r| r["sub"] == ids["busy"].1.as_str()).collect();
     assert_eq!(busy.len(), 2, "{busy:?}");
     assert_eq!(busy[0]["status"], 429);
     assert_eq!(busy[1]["status"], 201);
@@ -269,7 +275,8 @@ async fn gone_subscriptions_are_removed_and_throttled_ones_retried_after_retry_a
         .unwrap();
     let failed: Vec<&Value> =
         d["deliveries"].as_array().unwrap().iter().filter(|d| d["state"] == "failed").collect();
-    let mut statuses: Vec<u64> = failed.iter().map(|d| d["last_status"].as_u64().unwrap()).collect();
+    let mut statuses: Vec<u64> =
+        failed.iter().map(|d| d["last_status"].as_u64().unwrap()).collect();
     statuses.sort();
     assert_eq!(statuses, [404, 410]);
     s.stop().await;
@@ -457,11 +464,8 @@ async fn tenancy_ownership_bounds_and_the_network_policy() {
     assert_eq!(error_code(r).await, (401, "unauthorized".into()));
     let mut other_user = ps.new_sub("ok").await;
     other_user["user_id"] = json!("someone");
-    let r = public(Method::POST, "/subscriptions", Some(a_tok))
-        .json(&other_user)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        public(Method::POST, "/subscriptions", Some(a_tok)).json(&other_user).send().await.unwrap();
     assert_eq!(error_code(r).await, (400, "invalid_input".into()));
     let mut bad_keys = ps.new_sub("ok").await;
     bad_keys["keys"]["p256dh"] = json!("AAAA");
@@ -542,12 +546,8 @@ async fn signed_in_users_get_their_notifications_live_over_sse() {
     let (a_tok, a_id) =
         (alice["access_token"].as_str().unwrap(), alice["user"]["id"].as_str().unwrap());
     // Anonymous callers get no push channel.
-    let r = s
-        .client
-        .get(s.url("/v1/projects/default/realtime/sse?channel=push"))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        s.client.get(s.url("/v1/projects/default/realtime/sse?channel=push")).send().await.unwrap();
     assert_eq!(error_code(r).await, (403, "forbidden".into()));
     let mut r = s
         .client
