@@ -279,3 +279,42 @@ async fn the_live_channel_hands_a_user_their_notifications_only() {
     drop(alice);
     assert_eq!(push.live().connections(), 1);
 }
+
+#[tokio::test]
+async fn a_host_name_that_resolves_to_an_internal_address_is_refused_when_sending() {
+    // `localhost` passes registration (not an IP literal) but resolves to loopback: the
+    // resolver of the sending client refuses it, and the attempt is not retried.
+    let config = PushConfig::default();
+    let provider = webpush::WebPush::new(&config).unwrap();
+    let sub_input = input("https://localhost:9/push/1");
+    assert!(provider.validate(&sub_input).is_ok());
+    let sub = Subscription {
+        id: "s".into(),
+        kind: "webpush".into(),
+        user_id: None,
+        endpoint: sub_input.endpoint.clone(),
+        p256dh: sub_input.keys.p256dh.clone(),
+        auth: sub_input.keys.auth.clone(),
+        topics: vec![],
+        created_at: 0,
+    };
+    let claimed = Claimed {
+        id: 1,
+        project: "p".into(),
+        message: "m".into(),
+        attempts: 1,
+        subscription: Some(sub.clone()),
+        payload: b"x".to_vec(),
+        ttl: 60,
+        urgency: "normal".into(),
+        topic: None,
+        expires_at: now_millis() + 60_000,
+    };
+    let keys = ProjectKeys { vapid: ES256KeyPair::generate() };
+    match provider.deliver(&keys, &sub, &claimed).await {
+        Attempt::Rejected { status: None, error } => {
+            assert!(error.contains("network policy denies"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
