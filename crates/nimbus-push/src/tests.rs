@@ -150,7 +150,10 @@ async fn send_bounds() {
     assert!(matches!(push.send("p", urgency, json!({})), Err(PushError::Invalid(..))));
     let topic = SendRequest { topic: Some("has space".into()), ..send_to(t()) };
     assert!(matches!(push.send("p", topic, json!({})), Err(PushError::Invalid(..))));
-    assert!(matches!(push.send("p", send_to(Target::Topic("a b".into())), json!({})), Err(_)));
+    assert!(matches!(
+        push.send("p", send_to(Target::Topic("a b".into())), json!({})),
+        Err(PushError::Invalid("invalid_topic", _))
+    ));
 }
 
 #[tokio::test]
