@@ -5,6 +5,7 @@
 
 mod function;
 mod invocation;
+pub mod net;
 mod route;
 mod trigger;
 

@@ -53,6 +53,7 @@ pub struct AppState {
     pub documents: nimbus_documents::DocumentService,
     pub files: nimbus_files::FilesService,
     pub triggers: nimbus_triggers::TriggerService,
+    pub push: nimbus_push::PushService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -75,6 +76,7 @@ impl AppState {
         documents: nimbus_documents::DocumentService,
         files: nimbus_files::FilesService,
         triggers: nimbus_triggers::TriggerService,
+        push: nimbus_push::PushService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -86,6 +88,7 @@ impl AppState {
             documents,
             files,
             triggers,
+            push,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -218,6 +221,9 @@ fn document_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
 /// Largest JSON body of a management request (component uploads have their own limit).
 const MANAGEMENT_BODY_LIMIT: usize = 1 << 20;
 
+/// Largest push request body: a subscription, or a message of at most 4 KiB (base64 in JSON).
+const PUSH_BODY_LIMIT: usize = 64 << 10;
+
 /// Build the whole application; tests call this with a state and `oneshot` requests.
 pub fn router(state: AppState) -> Router {
     // Component uploads may be large; every other management body is small JSON.
@@ -302,6 +308,7 @@ pub fn router(state: AppState) -> Router {
         // After the upload limit: KV bounds its bodies itself, with the JSON error shape.
         .merge(api::kv::router())
         .merge(api::files::management_router().layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT)))
+        .merge(api::push::management_router().layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
 
     Router::new()
@@ -323,6 +330,8 @@ pub fn router(state: AppState) -> Router {
             state.files_metrics.clone(),
             crate::files_metrics::rest_layer,
         )))
+        // Push: the VAPID key and end users' own subscriptions.
+        .merge(api::push::data_router().layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)))
         // Realtime: public to apps, under each collection's access rules.
         .route("/v1/projects/{project}/realtime/tickets", post(api::realtime::ticket))
         .route("/v1/projects/{project}/realtime/sse", get(api::realtime::sse))

@@ -77,12 +77,18 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
     let under = |prefix: &str| {
         path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if under("/v1/kv") || under("/v1/collections") || under("/v1/buckets") || under("/v1/queues") {
+    if under("/v1/kv")
+        || under("/v1/collections")
+        || under("/v1/buckets")
+        || under("/v1/queues")
+        || under("/v1/push")
+    {
         return Ok(());
     }
     if let Some(rest) = path.strip_prefix("/v1/projects/") {
         let (project, rest) = rest.split_once('/').unwrap_or((rest, ""));
-        let data = ["collections/", "documents/", "buckets/"].iter().any(|p| rest.starts_with(p));
+        let data =
+            ["collections/", "documents/", "buckets/", "push/"].iter().any(|p| rest.starts_with(p));
         if data && project != &*caller.project {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -98,8 +104,9 @@ fn reachable(caller: &InProcessCaller, path: &str) -> Result<(), ApiError> {
         StatusCode::FORBIDDEN,
         "forbidden",
         format!(
-            "{path} is not served to functions in-process (documents under \
-             /v1/projects/{{project}}/..., /v1/collections, /v1/buckets, /v1/kv and /v1/queues are)"
+            "{path} is not served to functions in-process (documents, files and push under \
+             /v1/projects/{{project}}/..., /v1/collections, /v1/buckets, /v1/kv, /v1/queues and \
+             /v1/push are)"
         ),
     ))
 }
@@ -122,6 +129,9 @@ mod tests {
             "/v1/buckets",
             "/v1/buckets/media",
             "/v1/projects/acme/buckets/media/objects/a/b.txt",
+            "/v1/push/messages",
+            "/v1/push/subscriptions/s1/topics/news",
+            "/v1/projects/acme/push/subscriptions",
         ] {
             assert!(reachable(&caller, ok).is_ok(), "{ok}");
         }
@@ -136,6 +146,8 @@ mod tests {
             "/v1/bucketsx",
             "/v1/s3-keys",
             "/v1/projects/other/buckets/media/objects/a",
+            "/v1/pushx",
+            "/v1/projects/other/push/subscriptions",
             "/hello",
             "/metrics",
         ] {

@@ -42,6 +42,7 @@ pub use nimbus_auth;
 pub use nimbus_documents;
 pub use nimbus_files;
 pub use nimbus_kv;
+pub use nimbus_push;
 pub use nimbus_triggers;
 
 /// The operator's configuration of one server.
@@ -88,6 +89,8 @@ pub struct ServerConfig {
     pub compile_cache_bytes: u64,
     /// File storage bounds (largest object, page sizes, upload expiry, sweep interval).
     pub files: FilesConfig,
+    /// Push notifications (issue 11); `allow_nets` is taken from `outbound_allow_nets`.
+    pub push: nimbus_push::PushConfig,
     /// Serve the S3-compatible endpoint on this address (off when `None`). It has its own
     /// listener because SigV4 signs the full path, so it cannot live under a prefix.
     pub s3_listen: Option<SocketAddr>,
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
             event_retention: Duration::from_secs(24 * 3600),
             compile_cache_bytes: DEFAULT_COMPILE_CACHE_BYTES,
             files: FilesConfig::default(),
+            push: nimbus_push::PushConfig::default(),
             s3_listen: None,
             s3: S3Limits::default(),
             triggers: nimbus_triggers::TriggersConfig::default(),
@@ -198,6 +202,14 @@ impl Server {
         .await
         .context("starting the documents service")?;
         let event_log: Arc<dyn nimbus_events::EventLog> = sqlite.clone();
+        // Subscription endpoints are user-supplied URLs: the operator's outbound policy applies.
+        let push_config = nimbus_push::PushConfig {
+            allow_nets: config.outbound_allow_nets.clone(),
+            ..config.push.clone()
+        };
+        let push = nimbus_push::PushService::start(sqlite.clone(), event_log.clone(), push_config)
+            .await
+            .context("starting the push service")?;
         let functions = FunctionService::start(
             Arc::new(runtime),
             Stores { functions: sqlite.clone(), invocations: sqlite.clone(), blobs },
@@ -251,6 +263,7 @@ impl Server {
             documents,
             files,
             triggers,
+            push,
             admin_token,
             &config,
             watch,
@@ -332,6 +345,7 @@ impl Server {
         let _triggers = self.state.triggers.start().await.context("starting event delivery")?;
         let conn_metrics = self.state.connections.clone();
         let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
+        let _push_sender = AbortOnDrop(self.state.push.spawn_sender());
         let _event_pruner = AbortOnDrop(nimbus_events::spawn_pruner(
             self.event_log.clone(),
             self.event_retention,

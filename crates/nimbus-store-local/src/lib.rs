@@ -35,6 +35,7 @@ mod events;
 mod kv;
 mod migrations;
 mod objects;
+mod push;
 mod sqlite;
 mod triggers;
 

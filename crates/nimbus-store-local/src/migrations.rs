@@ -505,6 +505,67 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE s3_access_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'service'
         CHECK (scope IN ('service', 'public'));
     "#,
+    // 9 (issue 11): push notifications (nimbus-push): per-project VAPID keys, subscriptions, topics,
+    // messages and one delivery row per (message, subscription).
+    r#"
+    CREATE TABLE push_vapid_keys (
+        project     TEXT    NOT NULL PRIMARY KEY,
+        private_key BLOB    NOT NULL,
+        public_key  BLOB    NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE push_subscriptions (
+        project    TEXT    NOT NULL,
+        id         TEXT    NOT NULL,
+        kind       TEXT    NOT NULL,
+        user_id    TEXT,
+        endpoint   TEXT    NOT NULL,
+        p256dh     TEXT    NOT NULL,
+        auth       TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (project, id),
+        UNIQUE (project, endpoint)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX push_subscriptions_user ON push_subscriptions (project, user_id)
+        WHERE user_id IS NOT NULL;
+    CREATE TABLE push_topic_members (
+        project      TEXT NOT NULL,
+        topic        TEXT NOT NULL,
+        subscription TEXT NOT NULL,
+        PRIMARY KEY (project, topic, subscription)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX push_topic_members_sub ON push_topic_members (project, subscription);
+    CREATE TABLE push_messages (
+        project     TEXT    NOT NULL,
+        id          TEXT    NOT NULL,
+        target_kind TEXT    NOT NULL,
+        target      TEXT    NOT NULL,
+        payload     BLOB    NOT NULL,
+        ttl         INTEGER NOT NULL,
+        urgency     TEXT    NOT NULL,
+        topic       TEXT,
+        sender      TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        PRIMARY KEY (project, id)
+    ) STRICT;
+    CREATE TABLE push_deliveries (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        project         TEXT    NOT NULL,
+        message         TEXT    NOT NULL,
+        subscription    TEXT    NOT NULL,
+        state           TEXT    NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        lease_until     INTEGER NOT NULL DEFAULT 0,
+        last_status     INTEGER,
+        last_error      TEXT,
+        updated_at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX push_deliveries_due ON push_deliveries (next_attempt_at) WHERE state = 'queued';
+    CREATE INDEX push_deliveries_message ON push_deliveries (project, message, id);
+    CREATE INDEX push_deliveries_subscription ON push_deliveries (project, subscription, id);
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -618,6 +679,7 @@ mod tests {
         "897e3fdc0c7e0225a6e1633528f99376e03b762482c1f141113426e4f38ef5e8",
         "0fee7770dedfcdd1bbd6d355cae12b5ff05d88a44c5a30e6be82bcd6f2e43ed4",
         "883173b0a5c5859f5b02bc80d627b64065ea280c03d6c261c4928edafccd28df",
+        "da86ff1df48cb75b8db1451073900052fa749a909540d1cb13d93a98bcc1c74c",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -12,6 +12,7 @@ pub mod documents;
 pub mod events;
 pub mod kv;
 pub mod objects;
+pub mod push;
 pub mod triggers;
 
 use std::collections::BTreeMap;

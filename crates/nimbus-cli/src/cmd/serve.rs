@@ -212,6 +212,19 @@ pub struct ServeArgs {
     #[arg(long = "outbound-allow-net", env = "NIMBUS_OUTBOUND_ALLOW_NETS", value_delimiter = ',', value_parser = parse_net)]
     pub outbound_allow_nets: Vec<ipnet::IpNet>,
 
+    /// Accept push subscription endpoints over plain http:// (a local push service in tests);
+    /// HTTPS only otherwise. Internal addresses still need --outbound-allow-net
+    #[arg(long = "push-allow-http", env = "NIMBUS_PUSH_ALLOW_HTTP")]
+    pub push_allow_http: bool,
+
+    /// The VAPID contact push services see (`mailto:` or `https:` URL)
+    #[arg(
+        long = "push-vapid-subject",
+        env = "NIMBUS_PUSH_VAPID_SUBJECT",
+        default_value = "mailto:push@nimbus.invalid"
+    )]
+    pub push_vapid_subject: String,
+
     /// Largest value in the key-value store
     #[arg(long, env = "NIMBUS_KV_MAX_VALUE", value_parser = parse_size, default_value = "1MiB")]
     pub kv_max_value: u64,
@@ -503,6 +516,11 @@ impl ServeArgs {
             compile_cache_bytes: self.compile_cache_size,
             files: nimbus_server::nimbus_files::FilesConfig {
                 max_object_bytes: self.max_object_size,
+                ..Default::default()
+            },
+            push: nimbus_server::nimbus_push::PushConfig {
+                allow_http: self.push_allow_http,
+                vapid_subject: self.push_vapid_subject.clone(),
                 ..Default::default()
             },
             s3_listen: self.s3_listen,

@@ -7,6 +7,7 @@ pub(crate) mod functions;
 pub(crate) mod invocations;
 pub(crate) mod kv;
 pub(crate) mod projects;
+pub(crate) mod push;
 pub(crate) mod realtime;
 pub(crate) mod triggers;
 pub(crate) mod users;

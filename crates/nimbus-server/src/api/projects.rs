@@ -85,6 +85,9 @@ pub(crate) async fn delete(
     state.files.call(move |f| f.delete_project(&p)).await?;
     // Its deliveries, dead letters, schedules and asynchronous invocations.
     state.triggers.delete_project(&project).await?;
+    // Its push keys, subscriptions, messages and deliveries (and live connections).
+    let p = project.clone();
+    state.push.call(move |s| s.delete_project(&p)).await?;
     tracing::info!(project, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,6 +7,10 @@
 //! opens the stream with `?ticket=`. Other clients may send `Authorization` as usual; a WebSocket
 //! client may instead send `{"type":"auth","token":"..."}` as its first message.
 //!
+//! `?channel=push` (instead of `collection`) follows the signed-in user's push notifications
+//! (the in-app channel, docs/push.md): each message sent to the user arrives as a
+//! `notification` event while the connection is open.
+//!
 //! Each event carries its log position (SSE `id:`); reconnecting with `Last-Event-ID` (SSE) or
 //! `since` resumes without gap or duplicate, or starts with a `resync` event when the position is
 //! older than the log keeps.
@@ -35,7 +39,11 @@ use crate::error::ApiError;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StreamParams {
+    /// Required unless `channel=push`.
+    #[serde(default)]
     collection: String,
+    /// `push`: the signed-in user's notifications instead of document events.
+    channel: Option<String>,
     doc: Option<String>,
     filter: Option<String>,
     since: Option<u64>,
@@ -125,6 +133,9 @@ pub(crate) async fn sse(
             })?)
         }
     };
+    if is_push(&p)? {
+        return push_sse(&state, &project, who);
+    }
     let since = last_event_id.or(p.since);
     let sub = state
         .documents
@@ -179,8 +190,12 @@ pub(crate) async fn ws(
     } else {
         None
     };
+    let push = is_push(&p)?;
+    if let (true, Some(who)) = (push, &who) {
+        push_user(who)?;
+    }
     // Unknown collections and denied subscriptions answer before the upgrade too, when we can.
-    if who.is_some() {
+    if who.is_some() && !push {
         state.documents.compiled(&project, &p.collection).await?;
     }
     Ok(upgrade
@@ -208,6 +223,9 @@ async fn serve_ws(
             Err(reason) => return close(socket, 4401, &reason).await,
         },
     };
+    if p.channel.is_some() {
+        return serve_push_ws(state, project, Some(who), socket).await;
+    }
     let mut sub: Subscription = match state
         .documents
         .hub()
@@ -272,4 +290,99 @@ async fn ws_auth(
         .await
         .map_err(|_| "the token is not valid".to_string())?;
     Ok(user_principal(&claims))
+}
+
+/// Whether the stream is the push channel (and the parameters make sense for what it is).
+fn is_push(p: &StreamParams) -> Result<bool, ApiError> {
+    match p.channel.as_deref() {
+        None if p.collection.is_empty() => {
+            Err(ApiError::bad_request("invalid_query", "collection (or channel=push) is required"))
+        }
+        None => Ok(false),
+        Some("push") if p.collection.is_empty() && p.doc.is_none() && p.filter.is_none() => {
+            Ok(true)
+        }
+        Some("push") => Err(ApiError::bad_request(
+            "invalid_query",
+            "channel=push takes no collection, doc or filter",
+        )),
+        Some(_) => Err(ApiError::bad_request("invalid_query", "the only channel is push")),
+    }
+}
+
+/// The user whose notifications a push-channel connection receives.
+fn push_user(who: &Principal) -> Result<String, ApiError> {
+    match who {
+        Principal::User(auth) => auth.get("id").and_then(|v| v.as_str()).map(str::to_owned),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "the push channel is for signed-in users",
+        )
+    })
+}
+
+fn push_sse(state: &AppState, project: &str, who: Principal) -> Result<Response, ApiError> {
+    let user = push_user(&who)?;
+    let sub = state.push.live().subscribe(project, &user);
+    let events = stream::unfold(Some(sub), |sub| async move {
+        let mut sub = sub?;
+        match sub.next().await {
+            Ok(text) => Some((
+                Ok::<_, Infallible>(SseEvent::default().event("notification").data(&*text)),
+                Some(sub),
+            )),
+            Err(reason) => {
+                let ev = SseEvent::default()
+                    .event("error")
+                    .data(json!({ "reason": reason }).to_string());
+                Some((Ok(ev), None))
+            }
+        }
+    })
+    .take_until(state.clone().shutdown_signal());
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn serve_push_ws(
+    state: AppState,
+    project: String,
+    who: Option<Principal>,
+    mut socket: WebSocket,
+) {
+    let who = match who {
+        Some(w) => w,
+        None => match ws_auth(&state, &project, &mut socket).await {
+            Ok(w) => w,
+            Err(reason) => return close(socket, 4401, &reason).await,
+        },
+    };
+    let user = match push_user(&who) {
+        Ok(u) => u,
+        Err(e) => return close(socket, 4403, &e.message).await,
+    };
+    let mut sub = state.push.live().subscribe(&project, &user);
+    let mut shutdown = std::pin::pin!(state.clone().shutdown_signal());
+    loop {
+        tokio::select! {
+            next = sub.next() => match next {
+                Ok(text) => {
+                    if socket.send(Message::Text(text.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(reason) => return close(socket, 4408, &reason).await,
+            },
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = &mut shutdown => return close(socket, 1001, "shutdown").await,
+        }
+    }
 }

@@ -15,6 +15,7 @@ mod in_process;
 mod kv;
 mod logs;
 mod projects;
+mod push;
 mod realtime;
 mod s3;
 mod triggers;

@@ -1,0 +1,233 @@
+//! The Web Push provider: the payload encrypted for the subscription (RFC 8291, aes128gcm) and a
+//! VAPID header signed with the project's key (RFC 8292), both by `web-push-native`; the POST
+//! goes through a client that applies the operator's network policy to every address it
+//! connects to.
+
+use std::error::Error as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use nimbus_model::net::{NetPolicy, internal_range};
+use nimbus_store::push::{Claimed, Subscription};
+use web_push_native::p256::PublicKey;
+use web_push_native::{Auth, WebPushBuilder};
+
+use crate::{Attempt, ProjectKeys, Provider, PushConfig, PushError, Result, SubscriptionInput};
+
+/// How long the VAPID JWT is valid (RFC 8292: at most 24 hours). Independent of the message's
+/// TTL, which is a header of its own.
+const VAPID_VALIDITY: Duration = Duration::from_secs(12 * 3600);
+
+pub struct WebPush {
+    client: reqwest::Client,
+    policy: Arc<NetPolicy>,
+    allow_http: bool,
+    subject: String,
+    timeout: Duration,
+}
+
+/// An address the network policy denies; found in a send error's source chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to addresses the network policy denies ({range})")]
+struct Denied {
+    host: String,
+    range: &'static str,
+}
+
+/// Resolves host names and keeps only the addresses the policy permits, so the connection goes
+/// to a checked address and nothing resolves the name again. (IP literals never reach a
+/// resolver: [`WebPush::check_url`] checks them.)
+struct PolicyResolver(Arc<NetPolicy>);
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let first_denied = addrs.first().and_then(|a| internal_range(a.ip()));
+            let permitted: Vec<SocketAddr> =
+                addrs.into_iter().filter(|a| policy.permits(a.ip())).collect();
+            if permitted.is_empty() {
+                let range = first_denied.unwrap_or("no address");
+                return Err(Box::new(Denied { host, range }) as _);
+            }
+            Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn b64(field: &str, value: &str) -> Result<Vec<u8>> {
+    let value = value.trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(value)
+        .or_else(|_| URL_SAFE.decode(value))
+        .map_err(|_| PushError::Invalid("invalid_keys", format!("keys.{field} is not base64url")))
+}
+
+fn keys(p256dh: &str, auth: &str) -> Result<(PublicKey, Auth)> {
+    let public = PublicKey::from_sec1_bytes(&b64("p256dh", p256dh)?).map_err(|_| {
+        PushError::Invalid("invalid_keys", "keys.p256dh is not a P-256 public key".into())
+    })?;
+    let auth = b64("auth", auth)?;
+    if auth.len() != 16 {
+        return Err(PushError::Invalid("invalid_keys", "keys.auth is 16 bytes".into()));
+    }
+    Ok((public, Auth::clone_from_slice(&auth)))
+}
+
+impl WebPush {
+    pub fn new(config: &PushConfig) -> Result<WebPush> {
+        let policy = Arc::new(NetPolicy::new(config.allow_nets.clone()));
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
+            // A redirect would go to an unchecked URL; proxies from the environment would
+            // bypass the policy.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(config.request_timeout)
+            .pool_max_idle_per_host(config.concurrency.max(1))
+            .build()
+            .map_err(|e| PushError::Internal(format!("building the push HTTP client: {e}")))?;
+        Ok(WebPush {
+            client,
+            policy,
+            allow_http: config.allow_http,
+            subject: config.vapid_subject.clone(),
+            timeout: config.request_timeout,
+        })
+    }
+
+    /// Scheme, host, and an IP-literal host against the policy.
+    fn check_url(&self, endpoint: &str) -> Result<http::Uri> {
+        let bad = |m: &str| PushError::Invalid("invalid_endpoint", m.to_owned());
+        let uri: http::Uri = endpoint.parse().map_err(|_| bad("the endpoint is not a URL"))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if self.allow_http => {}
+            _ => return Err(bad("the endpoint must be an https:// URL")),
+        }
+        let authority = uri.authority().ok_or_else(|| bad("the endpoint has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("the endpoint cannot contain credentials"));
+        }
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && !self.policy.permits(ip)
+        {
+            return Err(PushError::Forbidden(format!(
+                "the endpoint's address is denied by the network policy ({})",
+                internal_range(ip).unwrap_or("internal")
+            )));
+        }
+        Ok(uri)
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from push services; it counts as absent
+/// and the backoff applies).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 =
+        headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(24 * 3600)))
+}
+
+#[async_trait::async_trait]
+impl Provider for WebPush {
+    fn kind(&self) -> &'static str {
+        "webpush"
+    }
+
+    fn validate(&self, input: &SubscriptionInput) -> Result<()> {
+        self.check_url(&input.endpoint)?;
+        keys(&input.keys.p256dh, &input.keys.auth)?;
+        Ok(())
+    }
+
+    async fn deliver(&self, keys_: &ProjectKeys, sub: &Subscription, msg: &Claimed) -> Attempt {
+        let rejected = |error: String| Attempt::Rejected { status: None, error };
+        let uri = match self.check_url(&sub.endpoint) {
+            Ok(u) => u,
+            Err(e) => return rejected(e.to_string()),
+        };
+        let (public, auth) = match keys(&sub.p256dh, &sub.auth) {
+            Ok(k) => k,
+            Err(e) => return rejected(e.to_string()),
+        };
+        let request = WebPushBuilder::new(uri, public, auth)
+            .with_valid_duration(VAPID_VALIDITY)
+            .with_vapid(&keys_.vapid, &self.subject)
+            .build(msg.payload.clone());
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return rejected(format!("encrypting the payload: {e}")),
+        };
+        let (parts, body) = request.into_parts();
+        let mut headers = parts.headers;
+        // The builder's TTL is the JWT's validity; the message has its own.
+        headers.insert("ttl", msg.ttl.into());
+        headers.remove(http::header::CONTENT_LENGTH);
+        if let Ok(v) = http::HeaderValue::from_str(&msg.urgency) {
+            headers.insert("urgency", v);
+        }
+        if let Some(Ok(v)) = msg.topic.as_deref().map(http::HeaderValue::from_str) {
+            headers.insert("topic", v);
+        }
+        let sent = self
+            .client
+            .post(&sub.endpoint)
+            .headers(headers)
+            .body(body)
+            .timeout(self.timeout)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let mut source = e.source();
+                while let Some(s) = source {
+                    if let Some(d) = s.downcast_ref::<Denied>() {
+                        return rejected(d.to_string());
+                    }
+                    source = s.source();
+                }
+                return Attempt::Retry { status: None, retry_after: None, error: chain(&e) };
+            }
+        };
+        let status = response.status().as_u16();
+        let wait = retry_after(response.headers());
+        match status {
+            200..=299 => Attempt::Delivered { status },
+            404 | 410 => Attempt::Gone { status },
+            429 | 500..=599 => Attempt::Retry {
+                status: Some(status),
+                retry_after: wait,
+                error: format!("the push service answered {status}"),
+            },
+            _ => {
+                // A little of the body says why (push services explain 400/403/413 there).
+                let text = response.text().await.unwrap_or_default();
+                let text: String = text.chars().take(200).collect();
+                Attempt::Rejected {
+                    status: Some(status),
+                    error: format!("the push service answered {status}: {text}"),
+                }
+            }
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
