@@ -117,6 +117,9 @@ pub struct CompileReport {
 pub struct InvocationFilter {
     pub function: Option<String>,
     pub status: Option<String>,
+    pub method: Option<String>,
+    /// A path prefix.
+    pub path: Option<String>,
     /// A commit position (a record's `seq`).
     pub after: Option<u64>,
     pub limit: Option<u32>,
@@ -131,6 +134,12 @@ impl InvocationFilter {
         }
         if let Some(s) = &self.status {
             q.push(("status", s.clone()));
+        }
+        if let Some(m) = &self.method {
+            q.push(("method", m.clone()));
+        }
+        if let Some(p) = &self.path {
+            q.push(("path", p.clone()));
         }
         if let Some(a) = self.after {
             q.push(("after", a.to_string()));

@@ -1458,3 +1458,28 @@ fn buckets_and_files() {
     assert!(s.ok(&["buckets", "delete", "media", "--force"]).contains("1 objects"));
     assert_eq!(s.json(&["buckets", "ls"])["buckets"], serde_json::json!([]));
 }
+
+/// `logs` filters by method and path prefix (kept in each record), listing and following.
+#[test]
+fn logs_filter_by_method_and_path() {
+    let s = TestServer::start();
+    s.ok(&["deploy", hello_wasm(), "--name", "hi", "--route", "/hi/..."]);
+    assert_eq!(http_get(&s.url, "/hi/a").0, 200);
+    assert_eq!(http_get(&s.url, "/hi/b/c").0, 200);
+    assert_eq!(http_post_json(&s.url, "/hi/b/d", &serde_json::json!({})).0, 200);
+    s.json_until(&["logs", "hi"], "invocations", 3);
+    let paths = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["logs", "hi"];
+        all.extend_from_slice(args);
+        s.json(&all)["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["path"].as_str().unwrap()))
+            .collect()
+    };
+    assert_eq!(paths(&["--path", "/hi/b"]), ["GET /hi/b/c", "POST /hi/b/d"]);
+    assert_eq!(paths(&["--method", "post"]), ["POST /hi/b/d"]);
+    assert_eq!(paths(&["--method", "GET", "--path", "/hi/a"]), ["GET /hi/a"]);
+    assert!(s.ok(&["logs", "hi", "--path", "/hi/a"]).contains(" GET /hi/a\n"));
+}

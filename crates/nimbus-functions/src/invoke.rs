@@ -74,7 +74,9 @@ impl FunctionService {
     {
         let id = uuid::Uuid::now_v7().to_string();
         let start = Instant::now();
-        let base = record_base(&target, &id, trigger);
+        let mut base = record_base(&target, &id, trigger);
+        base.method = request.method().as_str().to_owned();
+        base.path = request.uri().path().to_owned();
         let limit = target.info.limits.max_body_bytes;
 
         let declared = request
@@ -171,6 +173,8 @@ fn record_base(target: &ActiveVersion, id: &str, trigger: &str) -> InvocationRec
         function: target.info.function.clone(),
         version: target.info.version,
         trigger: trigger.to_string(),
+        method: String::new(),
+        path: String::new(),
         started_at: now_millis(),
         duration_us: 0,
         queue_us: 0,

@@ -63,8 +63,15 @@ pub struct InvocationRecord {
     pub project: String,
     pub function: String,
     pub version: u32,
-    /// What caused it: `http`, `invoke` (the management API), later `schedule`, `queue`...
+    /// What caused it: `http`, `invoke` (the management API), `async`, or an event trigger as
+    /// `kind:name` (`queue:jobs`, `schedule:schedule`...).
     pub trigger: String,
+    /// The request's method and path as the function saw them (empty in records written before
+    /// they were kept).
+    #[serde(default)]
+    pub method: String,
+    #[serde(default)]
+    pub path: String,
     pub started_at: UnixMillis,
     /// Wall time from admission to the end of the response body, in microseconds.
     pub duration_us: u64,
@@ -92,6 +99,12 @@ pub struct InvocationQuery {
     /// Only records with a commit position (`seq`) greater than this one: how `logs -f` follows.
     pub after: Option<u64>,
     pub status: Option<InvocationStatus>,
+    /// Only requests with this method (`GET`...).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only requests whose path starts with this.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
     /// In commit order: newest first when false (the default); oldest first when true.
     #[serde(default)]
     pub ascending: bool,

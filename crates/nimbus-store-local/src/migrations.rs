@@ -566,6 +566,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX push_deliveries_message ON push_deliveries (project, message, id);
     CREATE INDEX push_deliveries_subscription ON push_deliveries (project, subscription, id);
     "#,
+    // 10 (issue 12): the request's method and path in invocation records, for `logs` filters.
+    r#"
+    ALTER TABLE invocations ADD COLUMN method TEXT NOT NULL DEFAULT '';
+    ALTER TABLE invocations ADD COLUMN path TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -680,6 +685,7 @@ mod tests {
         "0fee7770dedfcdd1bbd6d355cae12b5ff05d88a44c5a30e6be82bcd6f2e43ed4",
         "883173b0a5c5859f5b02bc80d627b64065ea280c03d6c261c4928edafccd28df",
         "da86ff1df48cb75b8db1451073900052fa749a909540d1cb13d93a98bcc1c74c",
+        "aa0735fbe78e67deb5d4afa0a9eb7fafa87cf07e72c2030e69893e3c29cf136d",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

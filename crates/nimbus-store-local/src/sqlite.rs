@@ -271,7 +271,7 @@ fn function_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionInfo> {
 macro_rules! invocation_columns {
     () => {
         "id, project, function, version, \"trigger\", started_at, duration_us, queue_us, fuel, \
-         peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated"
+         peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated, method, path"
     };
 }
 const INVOCATION_COLUMNS: &str = invocation_columns!();
@@ -305,7 +305,9 @@ fn invocation_from_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
         stdout: row.get(13)?,
         stderr: row.get(14)?,
         logs_truncated: row.get(15)?,
-        seq: row.get(16)?,
+        method: row.get(16)?,
+        path: row.get(17)?,
+        seq: row.get(18)?,
     })
 }
 
@@ -604,7 +606,8 @@ impl InvocationStore for SqliteStore {
             let mut insert = tx
                 .prepare_cached(&format!(
                     "INSERT INTO invocations (seq, {INVOCATION_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                     ?18, ?19) \
                      ON CONFLICT (project, id) DO NOTHING"
                 ))
                 .context("preparing the invocation insert")?;
@@ -628,6 +631,8 @@ impl InvocationStore for SqliteStore {
                         r.stdout,
                         r.stderr,
                         r.logs_truncated,
+                        r.method,
+                        r.path,
                     ])
                     .with_context(|| format!("inserting invocation record {}", r.id))?;
                 r.seq = if inserted == 1 {
@@ -659,6 +664,20 @@ impl InvocationStore for SqliteStore {
         if let Some(status) = &status {
             args.push(status);
             sql.push_str(&format!(" AND status = ?{}", args.len()));
+        }
+        if let Some(method) = &query.method {
+            args.push(method);
+            sql.push_str(&format!(" AND method = ?{}", args.len()));
+        }
+        // A prefix as a range (no LIKE: `%` and `_` in a path are not wildcards).
+        let upper = query.path_prefix.as_deref().map(nimbus_store::objects::prefix_upper_bound);
+        if let Some(prefix) = &query.path_prefix {
+            args.push(prefix);
+            sql.push_str(&format!(" AND path >= ?{}", args.len()));
+            if let Some(Some(upper)) = &upper {
+                args.push(upper);
+                sql.push_str(&format!(" AND path < ?{}", args.len()));
+            }
         }
         let limit = query.limit.unwrap_or(DEFAULT_QUERY_LIMIT).min(MAX_QUERY_LIMIT);
         args.push(&limit);

@@ -357,7 +357,8 @@ async fn spawn_logs(client: Client, name: String, json: bool) -> tokio::task::Jo
         Err(_) => 0,
     };
     tokio::spawn(async move {
-        if let Err(e) = super::logs::follow(&client, &name, after, json, None).await {
+        if let Err(e) = super::logs::follow(&client, &name, after, json, &Default::default()).await
+        {
             eprintln!("[nimbus dev] log stream stopped: {e:#}");
         }
     })

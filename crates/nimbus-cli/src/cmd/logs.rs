@@ -37,6 +37,30 @@ pub struct LogsArgs {
     /// 3339 time (2025-01-31T12:00:00Z). Looks at the newest 1000 invocations
     #[arg(long, value_name = "WHEN", env = "NIMBUS_LOGS_SINCE", value_parser = parse_since)]
     pub since: Option<UnixMillis>,
+
+    /// Only requests with this method (GET, POST...)
+    #[arg(long, env = "NIMBUS_LOGS_METHOD", value_parser = |s: &str| Ok::<_, String>(s.to_ascii_uppercase()))]
+    pub method: Option<String>,
+
+    /// Only requests whose path starts with this (/api/ ...)
+    #[arg(long, value_name = "PREFIX", env = "NIMBUS_LOGS_PATH")]
+    pub path: Option<String>,
+}
+
+/// What `logs -f` keeps of the live stream (the server filters the listing).
+#[derive(Default)]
+pub(crate) struct LiveFilter {
+    pub status: Option<InvocationStatus>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+}
+
+impl LiveFilter {
+    fn keeps(&self, r: &InvocationRecord) -> bool {
+        self.status.is_none_or(|s| s == r.status)
+            && self.method.as_ref().is_none_or(|m| *m == r.method)
+            && self.path.as_ref().is_none_or(|p| r.path.starts_with(p.as_str()))
+    }
 }
 
 fn parse_status(s: &str) -> Result<InvocationStatus, String> {
@@ -81,11 +105,23 @@ pub struct InvocationsArgs {
     pub order: String,
 }
 
+/// ` GET /path`, and the trigger when it is not an HTTP request (` [queue:jobs]`).
+fn request_of(r: &InvocationRecord) -> String {
+    let mut s = String::new();
+    if !r.method.is_empty() {
+        s = format!(" {} {}", r.method, r.path);
+    }
+    if !matches!(r.trigger.as_str(), "http" | "invoke" | "") {
+        s.push_str(&format!(" [{}]", r.trigger));
+    }
+    s
+}
+
 /// One invocation as a block: a header line, then its output lines, indented.
 pub fn format_record(r: &InvocationRecord) -> String {
     let http = r.http_status.map_or_else(|| "-".to_string(), |s| s.to_string());
     let mut out = format!(
-        "{} {} v{} {} {} {} {} fuel\n",
+        "{} {} v{} {} {} {} {} fuel{}\n",
         format_time(r.started_at),
         r.id,
         r.version,
@@ -93,6 +129,7 @@ pub fn format_record(r: &InvocationRecord) -> String {
         http,
         format_duration_us(r.duration_us),
         r.fuel,
+        request_of(r),
     );
     if let Some(err) = &r.error {
         for line in err.lines() {
@@ -123,13 +160,18 @@ fn print_record(r: &InvocationRecord, json: bool) -> std::io::Result<()> {
 
 pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
     let client = g.client()?;
-    let filtered = args.status.is_some() || args.since.is_some();
+    let filtered = args.status.is_some()
+        || args.since.is_some()
+        || args.method.is_some()
+        || args.path.is_some();
     // Filters go through the invocations listing (status on the server, the time here), which
     // holds the same records; the newest 1000 are looked at when a time is given.
     let value = if filtered {
         let filter = InvocationFilter {
             function: Some(args.name.clone()),
             status: args.status.map(|s| s.as_str().to_string()),
+            method: args.method.clone(),
+            path: args.path.clone(),
             limit: Some(if args.since.is_some() { 1000 } else { args.limit.max(1) }),
             ..Default::default()
         };
@@ -162,7 +204,8 @@ pub async fn logs(g: &GlobalArgs, args: LogsArgs) -> Result<ExitCode> {
     // From the newest position listed (0 if none: every record stored since the listing), so
     // that nothing stored in between is missed.
     let last = records.last().map_or(head, |r| r.seq).max(head);
-    follow(&client, &args.name, last, g.json, args.status).await
+    let live = LiveFilter { status: args.status, method: args.method, path: args.path };
+    follow(&client, &args.name, last, g.json, &live).await
 }
 
 /// Follow the SSE stream from after position `last_seq`, reconnecting after the last position
@@ -173,7 +216,7 @@ pub(crate) async fn follow(
     name: &str,
     mut last_seq: u64,
     json: bool,
-    status: Option<InvocationStatus>,
+    filter: &LiveFilter,
 ) -> Result<ExitCode> {
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -216,7 +259,7 @@ pub(crate) async fn follow(
                     continue;
                 }
                 last_seq = record.seq;
-                if status.is_some_and(|s| s != record.status) {
+                if !filter.keeps(&record) {
                     continue;
                 }
                 print_record(&record, json)?;
@@ -250,6 +293,7 @@ pub async fn invocations(g: &GlobalArgs, args: InvocationsArgs) -> Result<ExitCo
         after: args.after,
         limit: Some(args.limit),
         order: Some(args.order),
+        ..Default::default()
     };
     let value = g.client()?.invocations(&filter).await?;
     if g.json {
@@ -293,6 +337,8 @@ mod tests {
             function: "hello".into(),
             version: 3,
             trigger: "http".into(),
+            method: "GET".into(),
+            path: "/".into(),
             started_at: 1_700_000_000_123,
             duration_us: 1_500,
             queue_us: 0,
@@ -311,7 +357,7 @@ mod tests {
     fn record_block() {
         assert_eq!(
             format_record(&record()),
-            "2023-11-14T22:13:20.123Z 0190a000-0000-7000-8000-000000000001 v3 ok 200 1.5 ms 12345 fuel\n\
+            "2023-11-14T22:13:20.123Z 0190a000-0000-7000-8000-000000000001 v3 ok 200 1.5 ms 12345 fuel GET /\n\
              \x20 stdout| line one\n\
              \x20 stdout| line two\n\
              \x20 stderr| warn\n"

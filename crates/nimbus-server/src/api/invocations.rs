@@ -55,6 +55,10 @@ pub(crate) struct ListParams {
     function: Option<String>,
     /// ok, trap, timeout, memory_limit, rejected or error.
     status: Option<String>,
+    /// Only requests with this method (`GET`, `POST`...).
+    method: Option<String>,
+    /// Only requests whose path starts with this.
+    path: Option<String>,
     /// Only invocations stored after this position: the `seq` of the last record seen.
     /// Positions follow the order in which records were stored, so paging with them misses none.
     #[param(value_type = Option<u64>)]
@@ -93,6 +97,8 @@ pub(crate) async fn list(
         function: p.function,
         after: parse_position(p.after.as_deref())?,
         status,
+        method: p.method.map(|m| m.to_ascii_uppercase()),
+        path_prefix: p.path,
         ascending,
         limit: p.limit,
     };

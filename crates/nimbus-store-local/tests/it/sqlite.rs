@@ -74,6 +74,8 @@ fn record_in(
         function: function.into(),
         version: 1,
         trigger: "http".into(),
+        method: if id % 2 == 0 { "GET".into() } else { "POST".into() },
+        path: format!("/api/{function}/{id}"),
         started_at,
         duration_us: 1500 + id,
         queue_us: 7,
@@ -259,6 +261,23 @@ fn invocation_round_trip_and_query() {
         ..Default::default()
     };
     assert_eq!(ids(&store.query(P, &q).unwrap()), [21, 22, 23, 24]);
+
+    // Method and path prefix (a prefix, not a pattern).
+    let q = InvocationQuery {
+        function: Some("b".into()),
+        method: Some("GET".into()),
+        ascending: true,
+        ..Default::default()
+    };
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [6, 12, 18, 24, 30]);
+    let q = InvocationQuery {
+        path_prefix: Some("/api/b/1".into()),
+        ascending: true,
+        ..Default::default()
+    };
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [12, 15, 18]);
+    let q = InvocationQuery { path_prefix: Some("/api/b/%".into()), ..Default::default() };
+    assert!(store.query(P, &q).unwrap().is_empty(), "% is not a wildcard");
 
     let q = InvocationQuery { limit: Some(3), ..Default::default() };
     assert_eq!(ids(&store.query(P, &q).unwrap()), [30, 29, 28]);
