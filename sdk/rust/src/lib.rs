@@ -18,6 +18,7 @@
 //! Everything blocks the guest until the answer is there (`wasi:http` through `wasi:io` pollables),
 //! which is what a function that runs one request per instance wants.
 
+pub mod events;
 pub mod http;
 
 use std::fmt;

@@ -679,3 +679,55 @@ print(json.dumps({"specversion": event["specversion"], "id": event["id"], "type"
     assert_eq!(parsed["data"]["content_type"], "image/jpeg");
     s.stop().await;
 }
+
+/// The example of serverless: an upload runs a function (the Rust SDK parses the event) that
+/// reads the file in-process and writes a summary document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_file_is_summarised_into_a_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    let r =
+        s.api(Method::POST, "/v1/buckets").json(&json!({"name": "uploads"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    create_collection(&s, "summaries").await;
+    s.deploy(
+        "upload-summary",
+        json!({"name": "summary", "triggers": [
+            {"kind": "storage", "bucket": "uploads", "suffix": ".txt", "events": ["created"]}]}),
+    )
+    .await;
+    let r = s
+        .api(Method::PUT, "/v1/projects/default/buckets/uploads/objects/notes/today.txt")
+        .header("content-type", "text/plain")
+        .body("hello world\nsecond line here\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let v = json_of(
+            s.api(Method::GET, "/v1/projects/default/collections/summaries/documents")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if let Some(d) = v["documents"].as_array().and_then(|a| a.first()) {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "no summary: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let data = &doc["data"];
+    assert_eq!(data["key"], "notes/today.txt");
+    assert_eq!(
+        (data["lines"].as_u64(), data["words"].as_u64(), data["bytes"].as_u64()),
+        (Some(2), Some(5), Some(29))
+    );
+    assert_eq!(data["first_line"], "hello world");
+    // The document's id is the event's: a retried delivery would overwrite, not duplicate.
+    let delivered = deliveries(&s, "summary", "delivered", 1).await;
+    assert_eq!(doc["id"], delivered[0]["event"]["id"]);
+    s.stop().await;
+}
