@@ -114,7 +114,11 @@ pub async fn run(g: &GlobalArgs, args: EventsArgs) -> Result<ExitCode> {
                     t.row(vec![
                         text(&s["function"]),
                         text(&s["trigger"]),
-                        text(&s["spec"]["kind"]),
+                        match (&s["spec"]["kind"], s["trigger"].as_str()) {
+                            (Value::String(k), _) => k.clone(),
+                            (_, Some("async")) => "async".into(),
+                            _ => "(removed)".into(),
+                        },
                         s["pending"].to_string(),
                         s["retrying"].to_string(),
                         s["dead"].to_string(),

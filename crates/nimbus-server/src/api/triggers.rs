@@ -50,8 +50,10 @@ pub(crate) struct Subscription {
     function: String,
     /// The trigger's name within the function.
     trigger: String,
-    #[schema(value_type = Object)]
-    spec: TriggerSpec,
+    /// The trigger as declared; null for asynchronous invocations (`trigger: "async"`) and for
+    /// triggers that no active version has any more (their backlog is still listed).
+    #[schema(value_type = Option<Object>)]
+    spec: Option<TriggerSpec>,
     /// Deliveries waiting or running.
     pending: u64,
     /// Pending deliveries that failed at least once.
@@ -89,7 +91,7 @@ pub(crate) async fn list_triggers(
                 dead: s.map_or(0, |s| s.dead),
                 oldest_pending_at: s.and_then(|s| s.oldest_pending_at),
                 trigger: name,
-                spec: t.clone(),
+                spec: Some(t.clone()),
             });
         }
     }
@@ -100,7 +102,7 @@ pub(crate) async fn list_triggers(
             subscriptions.push(Subscription {
                 function: s.function,
                 trigger: s.trigger.clone(),
-                spec: TriggerSpec::new(nimbus_model::TriggerKind::Queue),
+                spec: None,
                 pending: s.pending,
                 retrying: s.retrying,
                 dead: s.dead,

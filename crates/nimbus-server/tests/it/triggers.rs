@@ -731,3 +731,24 @@ async fn an_uploaded_file_is_summarised_into_a_document() {
     assert_eq!(doc["id"], delivered[0]["event"]["id"]);
     s.stop().await;
 }
+
+/// Asynchronous invocations' backlog is listed as its own subscription, without a spec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_invocations_are_listed_beside_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    subscriber(&s, "fails", json!([]), json!({"STATUS": "500"})).await;
+    let r = s
+        .api(Method::POST, "/v1/functions/fails/invoke")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    deliveries(&s, "fails", "dead", 1).await;
+    let subs = json_of(s.api(Method::GET, "/v1/triggers").send().await.unwrap()).await;
+    let listed = &subs["subscriptions"][0];
+    assert_eq!((listed["trigger"].as_str(), listed["dead"].as_u64()), (Some("async"), Some(1)));
+    assert_eq!(listed["spec"], Value::Null, "{subs}");
+    s.stop().await;
+}
