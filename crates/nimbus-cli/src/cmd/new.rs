@@ -116,6 +116,10 @@ pub fn scaffold(name: &str, lang: Lang) -> Result<Vec<(&'static str, String)>> {
             files.push(("nimbus-sdk/Cargo.toml", repo_file!("sdk/rust/Cargo.toml").to_string()));
             files.push(("nimbus-sdk/src/lib.rs", repo_file!("sdk/rust/src/lib.rs").to_string()));
             files.push(("nimbus-sdk/src/http.rs", repo_file!("sdk/rust/src/http.rs").to_string()));
+            files.push((
+                "nimbus-sdk/src/events.rs",
+                repo_file!("sdk/rust/src/events.rs").to_string(),
+            ));
         }
         Lang::Js | Lang::Ts => {
             files.push(("package.json", package_json(name)?));
@@ -212,6 +216,19 @@ mod tests {
 
     fn file<'a>(files: &'a [(&str, String)], path: &str) -> &'a str {
         &files.iter().find(|(p, _)| *p == path).unwrap_or_else(|| panic!("no {path}")).1
+    }
+
+    /// The Rust template carries the whole SDK: a module added to `sdk/rust/src` must be copied
+    /// too, or every new Rust function fails to build.
+    #[test]
+    fn the_rust_template_copies_every_sdk_source_file() {
+        let files = scaffold("f", Lang::Rust).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/rust/src");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let path = format!("nimbus-sdk/src/{name}");
+            assert!(files.iter().any(|(p, _)| *p == path), "the template lacks {path}");
+        }
     }
 
     #[test]
