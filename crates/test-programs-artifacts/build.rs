@@ -26,6 +26,11 @@ fn main() {
     for rel in ["Cargo.toml", "Cargo.lock", "common", "guests"] {
         println!("cargo:rerun-if-changed={}", programs.join(rel).display());
     }
+    // Example functions that guests build from their sources.
+    println!(
+        "cargo:rerun-if-changed={}",
+        programs.join("../../examples/upload-summary/src").display()
+    );
     // The guest SDK, which some guests use.
     let sdk = programs.join("../../sdk/rust");
     for rel in ["Cargo.toml", "src"] {

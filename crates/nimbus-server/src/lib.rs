@@ -232,7 +232,9 @@ impl Server {
             },
             functions.clone(),
             nimbus_triggers::TriggersConfig {
-                callback_policy: nimbus_runtime::NetPolicy::new(config.outbound_allow_nets.clone()),
+                callback_policy: nimbus_model::net::NetPolicy::new(
+                    config.outbound_allow_nets.clone(),
+                ),
                 ..config.triggers.clone()
             },
         );

@@ -88,7 +88,7 @@ pub struct TriggersConfig {
     /// and are skipped unless the trigger says `catch_up`.
     pub schedule_grace: Duration,
     /// Networks that callback URLs may reach although internal (the guests' outbound policy).
-    pub callback_policy: nimbus_runtime::NetPolicy,
+    pub callback_policy: nimbus_model::net::NetPolicy,
     /// Allow `http://` callback URLs (default: HTTPS only).
     pub callback_allow_http: bool,
 }
@@ -108,7 +108,7 @@ impl Default for TriggersConfig {
             max_async_response_bytes: 1 << 20,
             max_pending_per_project: 100_000,
             schedule_grace: Duration::from_secs(30),
-            callback_policy: nimbus_runtime::NetPolicy::new(Vec::new()),
+            callback_policy: nimbus_model::net::NetPolicy::new(Vec::new()),
             callback_allow_http: false,
         }
     }

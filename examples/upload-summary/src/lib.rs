@@ -1,5 +1,5 @@
-//! `upload-summary`: the classic serverless example (the test suite runs the same code as its
-//! `upload-summary` test guest). Subscribed to a bucket's object-created events, it reads the
+//! `upload-summary`: the classic serverless example (the test suite builds this very file as its
+//! `upload-summary` guest, crates/test-programs/guests/upload-summary). Subscribed to a bucket's object-created events, it reads the
 //! uploaded text file through the in-process API, counts its lines, words and bytes, and writes a
 //! document `{bucket, key, etag, lines, words, bytes, first_line}` (id = the event id, so a
 //! retried delivery writes the same document) into the `summaries` collection.
