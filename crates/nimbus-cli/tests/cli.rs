@@ -1483,3 +1483,32 @@ fn logs_filter_by_method_and_path() {
     assert_eq!(paths(&["--method", "GET", "--path", "/hi/a"]), ["GET /hi/a"]);
     assert!(s.ok(&["logs", "hi", "--path", "/hi/a"]).contains(" GET /hi/a\n"));
 }
+
+/// `NIMBUS_DATA` (the env variable of both `serve --data` and the client's `--data-dir`) must not
+/// break `serve`: it once panicked on a type mismatch between the two flags.
+#[test]
+fn serve_starts_with_nimbus_data_in_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = StdCommand::new(NIMBUS);
+    scrub_env(&mut cmd);
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-profile"])
+        .env("NIMBUS_DATA", data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !data.path().join("admin-token").exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("serve exited ({status}) with NIMBUS_DATA set:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "serve did not create its data directory in 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

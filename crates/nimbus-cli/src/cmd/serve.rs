@@ -281,21 +281,43 @@ pub struct ClientFlags {
     project: Option<String>,
     #[arg(long, hide = true)]
     profile: Option<String>,
+    // Same type as the global flag: both are the id `data_dir`, and NIMBUS_DATA fills it.
     #[arg(long = "data-dir", hide = true)]
-    data_dir: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
     #[arg(long, hide = true)]
     json: bool,
 }
 
 impl ClientFlags {
     fn refuse(&self) -> Result<()> {
+        // Only flags typed on `serve`'s command line are mistakes: the client's env variables
+        // (NIMBUS_URL, NIMBUS_DATA...) may well be exported in the shell that runs the server,
+        // and clap fills these shadows from them too.
+        let typed = |value: Option<&std::ffi::OsStr>, env: &str| {
+            value.is_some_and(|v| std::env::var_os(env).as_deref() != Some(v))
+        };
+        fn os(v: &Option<String>) -> Option<&std::ffi::OsStr> {
+            v.as_deref().map(std::ffi::OsStr::new)
+        }
         let given = [
-            ("--url", self.url.is_some(), "--listen ADDR"),
-            ("--token", self.token.is_some(), "the token it writes to <data>/admin-token"),
-            ("--project", self.project.is_some(), "every project"),
-            ("--profile", self.profile.is_some(), "--data DIR and --listen ADDR"),
-            ("--data-dir", self.data_dir.is_some(), "--data DIR"),
-            ("--json", self.json, "--log-format json"),
+            ("--url", typed(os(&self.url), "NIMBUS_URL"), "--listen ADDR"),
+            (
+                "--token",
+                typed(os(&self.token), "NIMBUS_TOKEN"),
+                "the token it writes to <data>/admin-token",
+            ),
+            ("--project", typed(os(&self.project), "NIMBUS_PROJECT"), "every project"),
+            (
+                "--profile",
+                typed(os(&self.profile), "NIMBUS_PROFILE"),
+                "--data DIR and --listen ADDR",
+            ),
+            (
+                "--data-dir",
+                typed(self.data_dir.as_deref().map(std::path::Path::as_os_str), "NIMBUS_DATA"),
+                "--data DIR",
+            ),
+            ("--json", self.json && std::env::var_os("NIMBUS_JSON").is_none(), "--log-format json"),
         ];
         if let Some((flag, _, instead)) = given.iter().find(|g| g.1) {
             bail!(
