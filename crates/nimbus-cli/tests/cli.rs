@@ -318,6 +318,42 @@ fn invoke_sends_method_path_headers_and_body() {
 }
 
 #[test]
+fn invoke_async_queues_then_waits_or_shows_the_result() {
+    let s = TestServer::start();
+    s.ok(&["deploy", test_programs_artifacts::ECHO, "--name", "echo"]);
+
+    // --wait prints the response as a plain invoke does, once the worker ran it.
+    let out = s.ok(&["invoke", "echo", "--async", "--wait", "-d", "later", "--path", "/job", "-i"]);
+    assert!(out.contains("x-path-with-query: /job"), "{out}");
+    assert!(out.ends_with("\n\nlater"), "{out}");
+
+    // Without --wait: the id at once, and --result shows the response when it is there.
+    let queued = s.ok(&["invoke", "echo", "--async", "-d", "second", "--idempotency-key", "k1"]);
+    let id = queued.trim().strip_prefix("queued ").expect(&queued).to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = s.ok(&["invoke", "echo", "--result", &id]);
+        if out == "second" {
+            break;
+        }
+        assert!(out.starts_with(&format!("{id}: ")), "{out}");
+        assert!(std::time::Instant::now() < deadline, "never finished: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The same idempotency key answers the first invocation.
+    let again = s.ok(&["invoke", "echo", "--async", "-d", "third", "--idempotency-key", "k1"]);
+    assert_eq!(again.trim(), format!("queued {id} (an earlier call with this key)"));
+    let json: Value =
+        serde_json::from_str(&s.ok(&["--json", "invoke", "x", "--result", &id])).unwrap();
+    assert_eq!(
+        (json["status"].as_str(), json["response"]["body"].as_str()),
+        (Some("succeeded"), Some("second"))
+    );
+    // --wait without --async is a usage error.
+    s.cmd().args(["invoke", "echo", "--wait"]).assert().failure();
+}
+
+#[test]
 fn secrets_and_env() {
     let s = TestServer::start();
     s.ok(&["deploy", test_programs_artifacts::ENV, "--name", "env", "--env", "GREETING=hi there"]);
@@ -791,6 +827,35 @@ fn projects_keys_and_users() {
         .assert()
         .code(1)
         .stderr(contains("default project"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event triggers: kill -9 while changes are made
+
+/// The crash test of issue 9, through the same harness as the figures (`bench/triggers.py crash`):
+/// the server is killed with SIGKILL at random instants while objects are uploaded, documents
+/// written and queue messages published; after the last start every acknowledged change's event
+/// must have been delivered (the harness exits 1 otherwise, or past its deadline).
+#[test]
+fn kill_9_while_changes_are_made_loses_no_event() {
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/triggers.py");
+    let out = StdCommand::new("python3")
+        .arg(&harness)
+        .args(["crash", "--nimbus", NIMBUS, "--guest", test_programs_artifacts::EVENTS])
+        .args(["--rounds", "4", "--deadline", "150"])
+        .output()
+        .expect("python3 runs the harness");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Every kind of change was acknowledged and delivered at least once in the run.
+    for kind in ["upload", "document", "queue"] {
+        let line =
+            stdout.lines().find(|l| l.trim_start().starts_with(&format!("{kind}:"))).unwrap();
+        let acked: u64 =
+            line.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(acked > 0, "{stdout}");
+        assert!(line.ends_with(", 0 acknowledged but not delivered"), "{stdout}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

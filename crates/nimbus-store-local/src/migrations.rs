@@ -571,6 +571,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invocations ADD COLUMN method TEXT NOT NULL DEFAULT '';
     ALTER TABLE invocations ADD COLUMN path TEXT NOT NULL DEFAULT '';
     "#,
+    // 11 (issue 9): durable callbacks of asynchronous invocations. A finished invocation with a
+    // callback URL is `pending` until the callback is acknowledged or runs out of attempts.
+    r#"
+    ALTER TABLE async_invocations ADD COLUMN callback_status TEXT;
+    ALTER TABLE async_invocations ADD COLUMN callback_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE async_invocations ADD COLUMN callback_next_at INTEGER;
+    ALTER TABLE async_invocations ADD COLUMN callback_error TEXT;
+    CREATE INDEX async_invocations_callbacks ON async_invocations (callback_next_at)
+        WHERE callback_status = 'pending';
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -686,6 +696,7 @@ mod tests {
         "883173b0a5c5859f5b02bc80d627b64065ea280c03d6c261c4928edafccd28df",
         "da86ff1df48cb75b8db1451073900052fa749a909540d1cb13d93a98bcc1c74c",
         "aa0735fbe78e67deb5d4afa0a9eb7fafa87cf07e72c2030e69893e3c29cf136d",
+        "39bb479b7a8c57c05382e910b860bfa257f90f8e1d76adec4c34d0444ee1b3d9",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

@@ -6,8 +6,9 @@ use nimbus_model::{UnixMillis, now_millis};
 use nimbus_store::Result;
 use nimbus_store::events::{Event, NewEvent};
 use nimbus_store::triggers::{
-    AfterAttempt, AsyncInvocation, AsyncResult, Attempt, Delivery, DeliveryQuery, DeliveryState,
-    DeliveryStore, Idempotency, NewDelivery, Once, ProducerStore, ScheduleStore, SubscriptionStats,
+    AfterAttempt, AsyncInvocation, AsyncResult, Attempt, CallbackOutcome, CallbackState, Delivery,
+    DeliveryQuery, DeliveryState, DeliveryStore, Idempotency, NewDelivery, Once, ProducerStore,
+    ScheduleStore, SubscriptionStats,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
@@ -503,7 +504,32 @@ impl SqliteStore {
 
 const ASYNC_COLUMNS: &str = "id, project, function, status, method, path, headers, body, \
     callback_url, created_at, completed_at, attempts, invocation_id, response_status, \
-    response_headers, response_body, response_truncated, error";
+    response_headers, response_body, response_truncated, error, callback_status, \
+    callback_attempts, callback_error";
+
+fn async_row(r: &Row<'_>) -> rusqlite::Result<AsyncInvocation> {
+    Ok(AsyncInvocation {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        function: r.get(2)?,
+        status: r.get(3)?,
+        method: r.get(4)?,
+        path: r.get(5)?,
+        headers: json_column(r, 6)?,
+        body: r.get(7)?,
+        callback_url: r.get(8)?,
+        created_at: r.get(9)?,
+        completed_at: r.get(10)?,
+        attempts: r.get(11)?,
+        invocation_id: r.get(12)?,
+        response_status: r.get(13)?,
+        response_headers: json_column(r, 14)?,
+        response_body: r.get(15)?,
+        response_truncated: r.get(16)?,
+        error: r.get(17)?,
+        callback: CallbackState { status: r.get(18)?, attempts: r.get(19)?, error: r.get(20)? },
+    })
+}
 
 impl ProducerStore for SqliteStore {
     fn append_once(
@@ -554,30 +580,7 @@ impl ProducerStore for SqliteStore {
             conn.prepare_cached(&format!(
                 "SELECT {ASYNC_COLUMNS} FROM async_invocations WHERE project = ?1 AND id = ?2"
             ))
-            .and_then(|mut s| {
-                s.query_row(params![project, id], |r| {
-                    Ok(AsyncInvocation {
-                        id: r.get(0)?,
-                        project: r.get(1)?,
-                        function: r.get(2)?,
-                        status: r.get(3)?,
-                        method: r.get(4)?,
-                        path: r.get(5)?,
-                        headers: json_column(r, 6)?,
-                        body: r.get(7)?,
-                        callback_url: r.get(8)?,
-                        created_at: r.get(9)?,
-                        completed_at: r.get(10)?,
-                        attempts: r.get(11)?,
-                        invocation_id: r.get(12)?,
-                        response_status: r.get(13)?,
-                        response_headers: json_column(r, 14)?,
-                        response_body: r.get(15)?,
-                        response_truncated: r.get(16)?,
-                        error: r.get(17)?,
-                    })
-                })
-            })
+            .and_then(|mut s| s.query_row(params![project, id], async_row))
             .optional()
             .context("reading an asynchronous invocation")
         })
@@ -589,7 +592,11 @@ impl ProducerStore for SqliteStore {
             tx.prepare_cached(
                 "UPDATE async_invocations SET status = ?3, attempts = ?4, invocation_id = ?5, \
                  response_status = ?6, response_headers = ?7, response_body = ?8, \
-                 response_truncated = ?9, error = ?10, completed_at = ?11 \
+                 response_truncated = ?9, error = ?10, completed_at = ?11, \
+                 callback_status = CASE WHEN ?11 IS NOT NULL AND callback_url IS NOT NULL \
+                     THEN 'pending' ELSE callback_status END, \
+                 callback_next_at = CASE WHEN ?11 IS NOT NULL AND callback_url IS NOT NULL \
+                     THEN ?11 ELSE callback_next_at END \
                  WHERE project = ?1 AND id = ?2",
             )
             .and_then(|mut s| {
@@ -612,12 +619,65 @@ impl ProducerStore for SqliteStore {
         })
     }
 
+    fn claim_callbacks(
+        &self,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<AsyncInvocation>> {
+        self.write("claiming callbacks", |tx| {
+            let claimed = tx
+                .prepare_cached(&format!(
+                    "UPDATE async_invocations SET callback_attempts = callback_attempts + 1, \
+                     callback_next_at = ?2 \
+                     WHERE id IN (SELECT id FROM async_invocations \
+                         WHERE callback_status = 'pending' AND callback_next_at <= ?1 \
+                         ORDER BY callback_next_at LIMIT ?3) \
+                     RETURNING {ASYNC_COLUMNS}"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(params![now, lease_until, limit], async_row)?.collect()
+                })
+                .context("claiming callbacks")?;
+            Ok(claimed)
+        })
+    }
+
+    fn finish_callback(&self, project: &str, id: &str, outcome: &CallbackOutcome) -> Result<()> {
+        let (status, next_at, error) = match outcome {
+            CallbackOutcome::Delivered => ("delivered", None, None),
+            CallbackOutcome::RetryAt { at, error } => ("pending", Some(*at), Some(error.as_str())),
+            CallbackOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
+        };
+        self.write("recording a callback", |tx| {
+            tx.prepare_cached(
+                "UPDATE async_invocations SET callback_status = ?3, callback_next_at = ?4, \
+                 callback_error = ?5 \
+                 WHERE project = ?1 AND id = ?2 AND callback_status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![project, id, status, next_at, error]))
+            .context("recording a callback")?;
+            Ok(())
+        })
+    }
+
+    fn next_callback_due(&self) -> Result<Option<UnixMillis>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT min(callback_next_at) FROM async_invocations \
+                 WHERE callback_status = 'pending'",
+            )
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .context("reading the next callback")
+        })
+    }
+
     fn prune_async(&self, before: UnixMillis, keys_before: UnixMillis) -> Result<u64> {
         self.write("pruning asynchronous invocations", |tx| {
             let a = tx
                 .execute(
                     "DELETE FROM async_invocations WHERE completed_at IS NOT NULL \
-                     AND completed_at < ?1",
+                     AND completed_at < ?1 AND callback_status IS NOT 'pending'",
                     [before],
                 )
                 .context("pruning asynchronous invocations")?;

@@ -243,6 +243,36 @@ pub struct AsyncInvocation {
     pub response_body: Vec<u8>,
     pub response_truncated: bool,
     pub error: Option<String>,
+    /// Where its callback stands (nothing when it has no callback URL or has not finished).
+    #[serde(default)]
+    pub callback: CallbackState,
+}
+
+/// The callback of a finished asynchronous invocation: kept in the store, so a restart does not
+/// lose it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallbackState {
+    /// pending, delivered, failed; `None` before the invocation finished or without a URL.
+    pub status: Option<String>,
+    /// Calls made so far (a call cut short by a crash counts).
+    pub attempts: u32,
+    /// Why the last call failed.
+    pub error: Option<String>,
+}
+
+/// What became of one callback call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallbackOutcome {
+    Delivered,
+    /// Call again at this time.
+    RetryAt {
+        at: UnixMillis,
+        error: String,
+    },
+    /// Out of attempts.
+    Failed {
+        error: String,
+    },
 }
 
 /// The result of an attempt of an asynchronous invocation.
@@ -280,8 +310,22 @@ pub trait ProducerStore: Send + Sync + 'static {
         result: &Value,
     ) -> Result<Once>;
     fn get_async(&self, project: &str, id: &str) -> Result<Option<AsyncInvocation>>;
+    /// Record an attempt's result. A result with `completed_at` makes the invocation's callback
+    /// (if it has a URL) pending and due at once, in the same write.
     fn update_async(&self, project: &str, id: &str, result: &AsyncResult) -> Result<()>;
-    /// Delete finished asynchronous invocations completed before `before` and idempotency keys
+    /// Claim up to `limit` pending callbacks due at `now`: each counts one more attempt and is
+    /// not due again before `lease_until`, so one that a crash interrupts is claimed again then.
+    fn claim_callbacks(
+        &self,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<AsyncInvocation>>;
+    fn finish_callback(&self, project: &str, id: &str, outcome: &CallbackOutcome) -> Result<()>;
+    /// When the earliest pending callback is due.
+    fn next_callback_due(&self) -> Result<Option<UnixMillis>>;
+    /// Delete finished asynchronous invocations completed before `before` (but not those whose
+    /// callback is still pending) and idempotency keys
     /// created before `keys_before`. Returns how many rows.
     fn prune_async(&self, before: UnixMillis, keys_before: UnixMillis) -> Result<u64>;
 }

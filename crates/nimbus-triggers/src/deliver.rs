@@ -377,26 +377,10 @@ async fn finish_async(
     };
     let (store, project, id) =
         (service.inner.stores.producers.clone(), d.project.clone(), inv.id.clone());
-    let saved = result.clone();
-    if let Err(e) = blocking(move || Ok(store.update_async(&project, &id, &saved)?)).await {
+    if let Err(e) = blocking(move || Ok(store.update_async(&project, &id, &result)?)).await {
         tracing::warn!(error = %e, id = %inv.id, "recording an asynchronous invocation");
     }
-    if completed_at.is_some()
-        && let Some(url) = inv.callback_url.clone()
-    {
-        let done = AsyncInvocation {
-            status: result.status,
-            attempts: result.attempts,
-            invocation_id: result.invocation_id,
-            response_status: result.response_status,
-            response_headers: result.response_headers,
-            response_body: result.response_body,
-            response_truncated: result.response_truncated,
-            error: result.error,
-            completed_at: result.completed_at,
-            ..inv
-        };
-        let service = service.clone();
-        tokio::spawn(async move { crate::producers::call_back(&service, &url, &done).await });
+    if completed_at.is_some() && inv.callback_url.is_some() {
+        service.inner.callback_wake.notify_one();
     }
 }

@@ -18,6 +18,7 @@
 //! Event work has its own concurrency per function (half the function's `max_concurrency`), so a
 //! burst of events leaves room for HTTP traffic.
 
+mod callbacks;
 mod deliver;
 mod dispatch;
 mod metrics;
@@ -91,6 +92,8 @@ pub struct TriggersConfig {
     pub callback_policy: nimbus_model::net::NetPolicy,
     /// Allow `http://` callback URLs (default: HTTPS only).
     pub callback_allow_http: bool,
+    /// Calls of a callback URL before it is given up (backing off like deliveries).
+    pub callback_max_attempts: u32,
 }
 
 impl Default for TriggersConfig {
@@ -110,6 +113,7 @@ impl Default for TriggersConfig {
             schedule_grace: Duration::from_secs(30),
             callback_policy: nimbus_model::net::NetPolicy::new(Vec::new()),
             callback_allow_http: false,
+            callback_max_attempts: 8,
         }
     }
 }
@@ -136,6 +140,8 @@ struct Inner {
     metrics: TriggerMetrics,
     /// Rung when new deliveries were written, so workers claim without waiting for a poll.
     wake: tokio::sync::Notify,
+    /// Rung when an asynchronous invocation finished with a callback to make.
+    callback_wake: tokio::sync::Notify,
     /// Per-function event concurrency.
     gates: deliver::Gates,
     /// Pending deliveries per project, as of the last stats refresh (see `metrics.rs`).
@@ -155,6 +161,7 @@ impl TriggerService {
                 config,
                 metrics: TriggerMetrics::default(),
                 wake: tokio::sync::Notify::new(),
+                callback_wake: tokio::sync::Notify::new(),
                 gates: Default::default(),
                 pending: Default::default(),
             }),
@@ -175,6 +182,7 @@ impl TriggerService {
         Ok(Tasks(vec![
             tokio::spawn(dispatch::run(self.clone(), start)),
             tokio::spawn(deliver::run(self.clone())),
+            tokio::spawn(callbacks::run(self.clone())),
             tokio::spawn(schedule::run(self.clone())),
             tokio::spawn(metrics::run(self.clone())),
         ]))

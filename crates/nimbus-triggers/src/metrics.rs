@@ -102,7 +102,7 @@ impl Default for TriggerMetrics {
         );
         r.register(
             "nimbus_async_callback_failures",
-            "Asynchronous invocation callbacks that failed three times",
+            "Asynchronous invocation callbacks given up after their last attempt",
             m.callback_failures.clone(),
         );
         r.register(

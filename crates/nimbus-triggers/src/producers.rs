@@ -2,7 +2,6 @@
 //! events on the log, written (with their idempotency key) in one transaction; the dispatcher
 //! delivers them like any other event.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -193,6 +192,7 @@ impl TriggerService {
             response_body: Vec::new(),
             response_truncated: false,
             error: None,
+            callback: Default::default(),
         };
         let event = NewEvent {
             project: project.to_owned(),
@@ -256,64 +256,4 @@ pub(crate) fn with_host(mut r: http::Request<Full<Bytes>>) -> http::Request<Full
         r.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
     }
     r
-}
-
-/// POST the finished invocation to its callback URL: resolved once, every address checked against
-/// the operator's network policy (as guests' outbound requests are), and the request pinned to a
-/// checked address. Three tries; a callback is a notification, the result stays readable.
-pub(crate) async fn call_back(service: &TriggerService, url: &str, inv: &AsyncInvocation) {
-    use base64::Engine as _;
-    let body = json!({
-        "id": inv.id,
-        "function": inv.function,
-        "status": inv.status,
-        "attempts": inv.attempts,
-        "invocation_id": inv.invocation_id,
-        "error": inv.error,
-        "response": {
-            "status": inv.response_status,
-            "headers": inv.response_headers,
-            "body_base64": base64::engine::general_purpose::STANDARD.encode(&inv.response_body),
-            "truncated": inv.response_truncated,
-        },
-    });
-    for attempt in 1..=3u32 {
-        match post_checked(service, url, &body).await {
-            Ok(status) if status.is_success() => return,
-            Ok(status) => tracing::info!(%url, %status, attempt, "callback refused"),
-            Err(e) => tracing::info!(%url, error = %e, attempt, "callback failed"),
-        }
-        tokio::time::sleep(crate::backoff(
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-            attempt,
-        ))
-        .await;
-    }
-    service.inner.metrics.callback_failures.inc();
-}
-
-async fn post_checked(
-    service: &TriggerService,
-    url: &str,
-    body: &Value,
-) -> std::result::Result<reqwest::StatusCode, String> {
-    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-    let host = parsed.host_str().ok_or("no host")?.trim_matches(['[', ']']).to_owned();
-    let port = parsed.port_or_known_default().ok_or("no port")?;
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .collect();
-    let policy = &service.inner.config.callback_policy;
-    let Some(addr) = addrs.iter().find(|a| policy.permits(a.ip())) else {
-        return Err(format!("{host} resolves only to addresses the network policy denies"));
-    };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve(&host, *addr)
-        .build()
-        .map_err(|e| e.to_string())?;
-    client.post(url).json(body).send().await.map(|r| r.status()).map_err(|e| e.to_string())
 }

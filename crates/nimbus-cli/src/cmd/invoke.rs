@@ -10,7 +10,8 @@ use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::GlobalArgs;
-use crate::client::{ApiError, Client};
+use crate::client::{ApiError, Client, field};
+use crate::output::{outln, print_json};
 
 /// The header the server adds to every function response.
 const INVOCATION_ID_HEADER: &str = "x-nimbus-invocation-id";
@@ -51,10 +52,39 @@ pub struct InvokeArgs {
     /// Print the response status and headers before the body
     #[arg(short = 'i', long = "include", env = "NIMBUS_INVOKE_INCLUDE", value_parser = clap::builder::BoolishValueParser::new())]
     pub include: bool,
+
+    /// Run it asynchronously: the server queues the request (retried like an event) and answers
+    /// with an invocation id at once; see the result with `nimbus invoke --result ID`
+    #[arg(long = "async", env = "NIMBUS_INVOKE_ASYNC", value_parser = clap::builder::BoolishValueParser::new())]
+    pub run_async: bool,
+
+    /// With --async: wait until it finished, then print its response as a plain invoke does
+    #[arg(long, requires = "run_async")]
+    pub wait: bool,
+
+    /// With --async: a URL the server POSTs the outcome to when it finished
+    #[arg(long, requires = "run_async", env = "NIMBUS_INVOKE_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+
+    /// With --async: the same key within 24 hours returns the first invocation instead of
+    /// running again
+    #[arg(long, requires = "run_async")]
+    pub idempotency_key: Option<String>,
+
+    /// Show an asynchronous invocation by id (NAME is ignored): its status, then its response
+    /// once it finished
+    #[arg(long, value_name = "ID", conflicts_with_all = ["run_async", "body"])]
+    pub result: Option<String>,
 }
+
+/// How often `--wait` asks whether an asynchronous invocation finished.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub async fn run(g: &GlobalArgs, args: InvokeArgs) -> Result<ExitCode> {
     let client = g.client()?;
+    if let Some(id) = &args.result {
+        return show_async(g, &client, id, args.include, false).await;
+    }
     let method = match &args.method {
         Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
             .with_context(|| format!("invalid HTTP method {m:?}"))?,
@@ -68,6 +98,9 @@ pub async fn run(g: &GlobalArgs, args: InvokeArgs) -> Result<ExitCode> {
     }
     if let Some(data) = &args.body {
         req = req.body(read_body(data)?);
+    }
+    if args.run_async {
+        return run_async(g, &client, req, &args).await;
     }
     let resp = client.send_raw(req).await?;
     let status = resp.status();
@@ -103,6 +136,96 @@ pub async fn run(g: &GlobalArgs, args: InvokeArgs) -> Result<ExitCode> {
         out.flush()?;
     }
     Ok(if status.as_u16() >= 400 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `--async`: queue the request, print its id (or, with `--wait`, its response once finished).
+async fn run_async(
+    g: &GlobalArgs,
+    client: &Client,
+    mut req: reqwest::RequestBuilder,
+    args: &InvokeArgs,
+) -> Result<ExitCode> {
+    req = req.header("prefer", "respond-async");
+    if let Some(url) = &args.callback_url {
+        req = req.header("x-nimbus-callback-url", url);
+    }
+    if let Some(key) = &args.idempotency_key {
+        req = req.header("idempotency-key", key);
+    }
+    let accepted = client.json(req).await?;
+    let id: String = field(&accepted, "id")?;
+    if args.wait {
+        return show_async(g, client, &id, args.include, true).await;
+    }
+    if g.json {
+        print_json(&accepted)?;
+    } else {
+        let again =
+            if accepted["repeated"] == true { " (an earlier call with this key)" } else { "" };
+        outln!("queued {id}{again}");
+        eprintln!("see its result: nimbus invoke {} --result {id}", args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An asynchronous invocation: its status while queued or running (or, with `wait`, polled until
+/// it finished); once finished, its response body on stdout as a plain invoke prints it. Exits
+/// non-zero when it failed or the function answered an error.
+async fn show_async(
+    g: &GlobalArgs,
+    client: &Client,
+    id: &str,
+    include: bool,
+    wait: bool,
+) -> Result<ExitCode> {
+    let path = format!("/v1/async-invocations/{}", crate::client::segment(id));
+    let status = loop {
+        let v = client.json(client.request(Method::GET, &path)).await?;
+        let finished = matches!(v["status"].as_str(), Some("succeeded" | "failed"));
+        if finished || !wait {
+            break v;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let state = status["status"].as_str().unwrap_or_default();
+    let response = &status["response"];
+    let failed = state == "failed" || response["status"].as_u64().is_some_and(|s| s >= 400);
+    if g.json {
+        print_json(&status)?;
+    } else if response.is_object() && matches!(state, "succeeded" | "failed") {
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(response["body_base64"].as_str().unwrap_or_default())
+            .context("the server sent a response body that is not base64")?;
+        let mut out = std::io::stdout().lock();
+        if include {
+            writeln!(
+                out,
+                "{} ({state} after {} attempts)",
+                response["status"], status["attempts"]
+            )?;
+            for pair in response["headers"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{}: {}",
+                    pair[0].as_str().unwrap_or(""),
+                    pair[1].as_str().unwrap_or("")
+                )?;
+            }
+            writeln!(out)?;
+        }
+        out.write_all(&body)?;
+        out.flush()?;
+        if response["truncated"] == true {
+            eprintln!("(the response was longer than what the server keeps; cut here)");
+        }
+    } else {
+        outln!("{id}: {state} ({} attempts)", status["attempts"]);
+        if let Some(e) = status["error"].as_str() {
+            outln!("last error: {e}");
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue)> {

@@ -433,6 +433,17 @@ pub(crate) struct AsyncStatus {
     error: Option<String>,
     /// The function's response, once it answered.
     response: Option<AsyncResponse>,
+    /// The callback, when a callback URL was given and the invocation finished.
+    callback: Option<AsyncCallback>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AsyncCallback {
+    /// pending, delivered or failed (after its last attempt).
+    status: String,
+    attempts: u32,
+    /// Why the last call failed.
+    error: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -473,5 +484,10 @@ pub(crate) async fn async_status(
         invocation_id: inv.invocation_id,
         error: inv.error,
         response,
+        callback: inv.callback.status.map(|status| AsyncCallback {
+            status,
+            attempts: inv.callback.attempts,
+            error: inv.callback.error,
+        }),
     }))
 }

@@ -752,3 +752,117 @@ async fn async_invocations_are_listed_beside_triggers() {
     assert_eq!(listed["spec"], Value::Null, "{subs}");
     s.stop().await;
 }
+
+/// A callback URL that refuses is called again with backoff, and the pending callback is kept in
+/// the store: a server stopped while it is pending calls it after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_callback_is_retried_and_survives_a_restart() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let with_callbacks = || {
+        let mut c = config(dir.path());
+        c.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+        c.triggers.callback_allow_http = true;
+        c
+    };
+    let s = TestServer::start_with(with_callbacks()).await;
+    subscriber(&s, "later", json!([]), json!({})).await;
+
+    // The receiver answers 503 until `open`, counting calls.
+    let (open, calls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(4);
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post({
+            let (open, calls) = (open.clone(), calls.clone());
+            move |axum::Json(v): axum::Json<Value>| {
+                let (tx, open, calls) = (tx.clone(), open.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if !open.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let _ = tx.send(v).await;
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cb = format!("http://{}/cb", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let r = s
+        .api(Method::POST, "/v1/functions/later/invoke")
+        .header("prefer", "respond-async")
+        .header("x-nimbus-callback-url", &cb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    // Refused twice at least (retries 20-200 ms apart), and shown as pending meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pending = loop {
+        let v = json_of(s.api(Method::GET, &location).send().await.unwrap()).await;
+        if calls.load(Ordering::SeqCst) >= 2 && v["callback"]["attempts"].as_u64() >= Some(2) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the callback was not retried: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(pending["status"], "succeeded");
+    assert_eq!(pending["callback"]["status"], "pending", "{pending}");
+    assert!(pending["callback"]["error"].as_str().unwrap().contains("503"), "{pending}");
+    s.stop().await;
+
+    // The old build sent callbacks from memory: a stop lost them. Now the next start sends it.
+    open.store(true, Ordering::SeqCst);
+    let s = TestServer::start_with(with_callbacks()).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got["status"], "succeeded");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = json_of(s.api(Method::GET, &location).send().await.unwrap()).await;
+        if v["callback"]["status"] == "delivered" {
+            assert!(v["callback"]["attempts"].as_u64().unwrap() >= 3, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+}
+
+/// A callback is given up after its last attempt, and the invocation says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_is_given_up_after_its_last_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.triggers.callback_allow_http = true;
+    c.triggers.callback_max_attempts = 2;
+    // Loopback is not in the callback policy: every call is refused before it connects.
+    let s = TestServer::start_with(c).await;
+    subscriber(&s, "later", json!([]), json!({})).await;
+    let r = s
+        .api(Method::POST, "/v1/functions/later/invoke")
+        .header("prefer", "respond-async")
+        .header("x-nimbus-callback-url", "http://127.0.0.1:9/cb")
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = json_of(s.api(Method::GET, &location).send().await.unwrap()).await;
+        if v["callback"]["status"] == "failed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(v["callback"]["attempts"], 2);
+    assert!(v["callback"]["error"].as_str().unwrap().contains("network policy"), "{v}");
+    s.stop().await;
+}

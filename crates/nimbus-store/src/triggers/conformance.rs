@@ -284,6 +284,7 @@ pub fn async_invocations<S: ProducerStore + EventLog>(s: &S) {
         response_body: vec![],
         response_truncated: false,
         error: None,
+        callback: Default::default(),
     };
     let ev = crate::events::NewEvent {
         project: "p1".into(),
@@ -322,7 +323,40 @@ pub fn async_invocations<S: ProducerStore + EventLog>(s: &S) {
         (got.status.as_str(), got.response_status, got.response_body.as_slice()),
         ("succeeded", Some(201), &b"done"[..])
     );
-    assert_eq!(s.prune_async(100, 0).unwrap(), 1);
+    assert_eq!(got.callback.status.as_deref(), Some("pending"), "finishing makes the callback due");
+    // A pending callback is claimed with a lease, counted, and kept from pruning.
+    assert_eq!(s.prune_async(100, 0).unwrap(), 0, "a pending callback keeps its invocation");
+    assert_eq!(s.next_callback_due().unwrap(), Some(99));
+    let claimed = s.claim_callbacks(99, 200, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].callback.attempts, 1);
+    assert_eq!(claimed[0].response_body, b"done");
+    assert!(s.claim_callbacks(150, 300, 10).unwrap().is_empty(), "leased until 200");
+    assert_eq!(s.next_callback_due().unwrap(), Some(200));
+    // Unfinished, or without a URL: no callback.
+    let plain = AsyncInvocation { id: "a3".into(), callback_url: None, ..inv.clone() };
+    s.create_async(&plain, &ev, None, &json!({})).unwrap();
+    s.update_async("p1", "a3", &done).unwrap();
+    assert_eq!(s.get_async("p1", "a3").unwrap().unwrap().callback, CallbackState::default());
+    let retry = CallbackOutcome::RetryAt { at: 300, error: "503".into() };
+    s.finish_callback("p1", "a1", &retry).unwrap();
+    assert!(s.claim_callbacks(299, 400, 10).unwrap().is_empty());
+    let again = s.claim_callbacks(300, 400, 10).unwrap();
+    assert_eq!((again.len(), again[0].callback.attempts), (1, 2));
+    s.finish_callback("p1", "a1", &CallbackOutcome::Delivered).unwrap();
+    let got = s.get_async("p1", "a1").unwrap().unwrap();
+    assert_eq!(
+        (got.callback.status.as_deref(), got.callback.attempts, got.callback.error.as_deref()),
+        (Some("delivered"), 2, None)
+    );
+    assert_eq!(s.next_callback_due().unwrap(), None);
+    // A late outcome (a call that outlived its lease) does not reopen a settled callback.
+    s.finish_callback("p1", "a1", &retry).unwrap();
+    assert_eq!(
+        s.get_async("p1", "a1").unwrap().unwrap().callback.status.as_deref(),
+        Some("delivered")
+    );
+    assert_eq!(s.prune_async(100, 0).unwrap(), 2);
     assert_eq!(s.get_async("p1", "a1").unwrap(), None);
 }
 

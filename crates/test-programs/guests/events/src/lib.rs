@@ -1,6 +1,9 @@
 //! `events`: the subscriber of event-trigger tests. It prints what it received as one JSON line
 //! on stdout (so the invocation record holds it: `{"method","path","headers":{...},"body"}`) and
-//! answers with the request body, status 200, unless told otherwise by its env:
+//! answers with the request body, status 200, unless told otherwise by its env. The line also
+//! carries `started_us`, the wall clock when the handler started (microseconds since the epoch),
+//! from which `bench/triggers.py` measures the latency from a change to its function's start.
+//! Its env:
 //!
 //! * `FAIL_ATTEMPTS=n`: answer 500 while `x-nimbus-delivery-attempt` is at most `n`;
 //! * `STATUS=s`: answer `s` (after the failures above);
@@ -17,6 +20,8 @@ fn env_u64(name: &str) -> Option<u64> {
 
 impl wasi::exports::http::incoming_handler::Guest for Events {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let now = wasi::clocks::wall_clock::now();
+        let started_us = now.seconds * 1_000_000 + u64::from(now.nanoseconds / 1_000);
         let mut headers = String::from("{");
         let mut attempt = 0;
         for (i, (name, value)) in request.headers().entries().into_iter().enumerate() {
@@ -37,7 +42,7 @@ impl wasi::exports::http::incoming_handler::Guest for Events {
         let body = guest_common::read_body(&request).unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
         println!(
-            "{{\"method\":{},\"path\":{},\"headers\":{headers},\"body\":{}}}",
+            "{{\"started_us\":{started_us},\"method\":{},\"path\":{},\"headers\":{headers},\"body\":{}}}",
             guest_common::json_string(&method),
             guest_common::json_string(&path),
             guest_common::json_string(&text)
