@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(retry_after(&with("Sun, 06 Nov 1994 08:00:00 GMT"), now), Some(Duration::ZERO));
         // Bounded, and garbage or a negative number is absent.
         assert_eq!(retry_after(&with("999999999"), now), Some(Duration::from_secs(24 * 3600)));
-        assert_eq!(retry_after(&with("Fri, 31 Dec 9999 23:59:59 GMT"), now), Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(
+            retry_after(&with("Fri, 31 Dec 9999 23:59:59 GMT"), now),
+            Some(Duration::from_secs(24 * 3600))
+        );
         for bad in ["-5", "soon", "1.5", "Sun, 06 Nov 1994"] {
             assert_eq!(retry_after(&with(bad), now), None, "{bad}");
         }

@@ -10,9 +10,9 @@ use nimbus_model::UnixMillis;
 use nimbus_store::Result;
 use nimbus_store::events::NewEvent;
 use nimbus_store::push::{
-    Backlog, Claimed, DeliveryCounts, DeliveryInfo, DeliveryQuery, EVENT_QUEUED, EXPIRED, EnqueueError,
-    FAILED, MessageInfo, NewMessage, NewSubscription, Outcome, PushStore, QUEUED, SENT,
-    SubscribeError, Subscription, Target, VapidKey,
+    Backlog, Claimed, DeliveryCounts, DeliveryInfo, DeliveryQuery, EVENT_QUEUED, EXPIRED,
+    EnqueueError, FAILED, MessageInfo, NewMessage, NewSubscription, Outcome, PushStore, QUEUED,
+    SENT, SubscribeError, Subscription, Target, VapidKey,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 

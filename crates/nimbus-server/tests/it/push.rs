@@ -292,8 +292,7 @@ async fn gone_subscriptions_are_removed_and_throttled_ones_retried_after_retry_a
 /// The value of one sample on `/metrics` (`name{labels} value`), if present.
 async fn metric(s: &TestServer, sample: &str) -> Option<f64> {
     let text = s.api(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,8 +80,11 @@ fn enqueue(s: &dyn Backend, project: &str, id: &str, target: Target) -> (u64, u6
 }
 
 fn all_deliveries(s: &dyn Backend, project: &str, message: &str) -> Vec<DeliveryInfo> {
-    s.deliveries(project, &DeliveryQuery { message: Some(message), limit: MANY, ..Default::default() })
-        .unwrap()
+    s.deliveries(
+        project,
+        &DeliveryQuery { message: Some(message), limit: MANY, ..Default::default() },
+    )
+    .unwrap()
 }
 
 fn counts(s: &dyn Backend, project: &str, id: &str) -> DeliveryCounts {
@@ -129,7 +132,10 @@ pub fn endpoints_are_identities_and_owned(s: &dyn Backend) {
             MANY,
         )
         .unwrap();
-    assert_eq!((again.id.as_str(), again.p256dh.as_str(), again.auth.as_str()), ("s1", "key-2", "auth-2"));
+    assert_eq!(
+        (again.id.as_str(), again.p256dh.as_str(), again.auth.as_str()),
+        ("s1", "key-2", "auth-2")
+    );
     assert_eq!(s.get_subscription("p", "s1-again").unwrap(), None);
     // Another user cannot take it over.
     assert!(matches!(
@@ -178,15 +184,22 @@ pub fn subscription_counts_are_bounded(s: &dyn Backend) {
 }
 
 pub fn listing_and_topics(s: &dyn Backend) {
-    for (id, user) in [("s1", Some("alice")), ("s2", None), ("s3", Some("alice")), ("s4", Some("bob"))]
+    for (id, user) in
+        [("s1", Some("alice")), ("s2", None), ("s3", Some("alice")), ("s4", Some("bob"))]
     {
         sub(s, "p", id, user);
     }
     let ids = |subs: Vec<Subscription>| subs.into_iter().map(|s| s.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.list_subscriptions("p", None, None, None, MANY).unwrap()), ["s1", "s2", "s3", "s4"]);
+    assert_eq!(
+        ids(s.list_subscriptions("p", None, None, None, MANY).unwrap()),
+        ["s1", "s2", "s3", "s4"]
+    );
     assert_eq!(ids(s.list_subscriptions("p", None, None, None, 2).unwrap()), ["s1", "s2"]);
     assert_eq!(ids(s.list_subscriptions("p", None, None, Some("s2"), 2).unwrap()), ["s3", "s4"]);
-    assert_eq!(ids(s.list_subscriptions("p", Some("alice"), None, None, MANY).unwrap()), ["s1", "s3"]);
+    assert_eq!(
+        ids(s.list_subscriptions("p", Some("alice"), None, None, MANY).unwrap()),
+        ["s1", "s3"]
+    );
 
     s.join_topic("p", "s1", "news", 2).unwrap();
     s.join_topic("p", "s1", "news", 2).unwrap(); // idempotent
@@ -198,7 +211,10 @@ pub fn listing_and_topics(s: &dyn Backend) {
     s.join_topic("p", "s4", "news", 2).unwrap();
     assert!(matches!(s.join_topic("p", "nope", "news", 2), Err(StoreError::NotFound(_))));
     assert_eq!(s.get_subscription("p", "s1").unwrap().unwrap().topics, ["news", "sports"]);
-    assert_eq!(ids(s.list_subscriptions("p", None, Some("news"), None, MANY).unwrap()), ["s1", "s3", "s4"]);
+    assert_eq!(
+        ids(s.list_subscriptions("p", None, Some("news"), None, MANY).unwrap()),
+        ["s1", "s3", "s4"]
+    );
     assert_eq!(
         ids(s.list_subscriptions("p", Some("alice"), Some("news"), None, MANY).unwrap()),
         ["s1", "s3"]
@@ -207,7 +223,10 @@ pub fn listing_and_topics(s: &dyn Backend) {
     assert_eq!(listed[0].topics, ["news", "sports"], "a listing carries every topic");
     assert!(s.leave_topic("p", "s3", "news").unwrap());
     assert!(!s.leave_topic("p", "s3", "news").unwrap());
-    assert_eq!(ids(s.list_subscriptions("p", None, Some("news"), None, MANY).unwrap()), ["s1", "s4"]);
+    assert_eq!(
+        ids(s.list_subscriptions("p", None, Some("news"), None, MANY).unwrap()),
+        ["s1", "s4"]
+    );
     // Deleting a subscription takes its memberships with it.
     assert!(s.delete_subscription("p", "s1").unwrap());
     assert!(!s.delete_subscription("p", "s1").unwrap());
@@ -295,7 +314,10 @@ pub fn claims_lease_and_outcomes(s: &dyn Backend) {
     assert_eq!((c.payload.as_slice(), c.ttl, c.urgency.as_str()), (&b"payload"[..], 100, "normal"));
     assert_eq!((c.topic.as_deref(), c.expires_at), (Some("tp"), T0 + 100_000));
     let s1 = c.subscription.as_ref().expect("the subscription rides along");
-    assert_eq!((s1.endpoint.as_str(), s1.p256dh.as_str()), (format!("https://push.example/p/{}", s1.id).as_str(), "key-1"));
+    assert_eq!(
+        (s1.endpoint.as_str(), s1.p256dh.as_str()),
+        (format!("https://push.example/p/{}", s1.id).as_str(), "key-1")
+    );
     // The rest, then nothing: leased ones are not due.
     let rest = s.claim(T0, T0 + 1000, 10).unwrap();
     assert_eq!(rest.len(), 2);
@@ -305,20 +327,32 @@ pub fn claims_lease_and_outcomes(s: &dyn Backend) {
     let again = s.claim(T0 + 1000, T0 + 2000, 10).unwrap();
     assert_eq!(again.len(), 5);
     assert!(again.iter().all(|c| c.attempts == 2));
-    let by_sub = |id: &str| again.iter().find(|c| c.subscription.as_ref().unwrap().id == id).unwrap().id;
+    let by_sub =
+        |id: &str| again.iter().find(|c| c.subscription.as_ref().unwrap().id == id).unwrap().id;
 
     let now = T0 + 1500;
     s.complete(
         &[
             (by_sub("s1"), Outcome::Sent { status: 201 }),
-            (by_sub("s2"), Outcome::Retry { at: now + 60_000, status: Some(503), error: "busy".into() }),
+            (
+                by_sub("s2"),
+                Outcome::Retry { at: now + 60_000, status: Some(503), error: "busy".into() },
+            ),
             (
                 by_sub("s3"),
-                Outcome::Failed { status: Some(410), error: "gone".into(), remove_subscription: true },
+                Outcome::Failed {
+                    status: Some(410),
+                    error: "gone".into(),
+                    remove_subscription: true,
+                },
             ),
             (
                 by_sub("s4"),
-                Outcome::Failed { status: Some(400), error: "bad".into(), remove_subscription: false },
+                Outcome::Failed {
+                    status: Some(400),
+                    error: "bad".into(),
+                    remove_subscription: false,
+                },
             ),
             (by_sub("s5"), Outcome::Expired),
         ],
@@ -328,9 +362,15 @@ pub fn claims_lease_and_outcomes(s: &dyn Backend) {
     assert_eq!(counts(s, "p", "m"), DeliveryCounts { queued: 1, sent: 1, failed: 2, expired: 1 });
     let rows = all_deliveries(s, "p", "m");
     let row = |sub: &str| rows.iter().find(|d| d.subscription == sub).unwrap().clone();
-    assert_eq!((row("s1").state.as_str(), row("s1").last_status, row("s1").updated_at), (SENT, Some(201), now));
+    assert_eq!(
+        (row("s1").state.as_str(), row("s1").last_status, row("s1").updated_at),
+        (SENT, Some(201), now)
+    );
     let retry = row("s2");
-    assert_eq!((retry.state.as_str(), retry.next_attempt_at, retry.attempts), (QUEUED, now + 60_000, 2));
+    assert_eq!(
+        (retry.state.as_str(), retry.next_attempt_at, retry.attempts),
+        (QUEUED, now + 60_000, 2)
+    );
     assert_eq!((retry.last_status, retry.last_error.as_deref()), (Some(503), Some("busy")));
     assert_eq!((row("s3").state.as_str(), row("s3").last_status), (FAILED, Some(410)));
     assert_eq!(row("s4").last_error.as_deref(), Some("bad"));
@@ -344,8 +384,11 @@ pub fn claims_lease_and_outcomes(s: &dyn Backend) {
     assert!(s.claim(now + 59_999, now + 70_000, 10).unwrap().is_empty());
     // A late outcome for a delivery already recorded (a duplicate after a lease ran out)
     // changes nothing.
-    s.complete(&[(by_sub("s1"), Outcome::Expired), (by_sub("s3"), Outcome::Sent { status: 201 })], now + 1)
-        .unwrap();
+    s.complete(
+        &[(by_sub("s1"), Outcome::Expired), (by_sub("s3"), Outcome::Sent { status: 201 })],
+        now + 1,
+    )
+    .unwrap();
     assert_eq!(counts(s, "p", "m"), DeliveryCounts { queued: 1, sent: 1, failed: 2, expired: 1 });
 
     // A subscription removed after the send: the claim says so (None) rather than dropping it.
@@ -355,8 +398,14 @@ pub fn claims_lease_and_outcomes(s: &dyn Backend) {
     let orphan = s.claim(T0 + 2000, T0 + 3000, 10).unwrap();
     assert_eq!(orphan.len(), 1);
     assert_eq!((orphan[0].message.as_str(), orphan[0].subscription.as_ref()), ("m2", None));
-    s.complete(&[(orphan[0].id, Outcome::Failed { status: None, error: "removed".into(), remove_subscription: false })], T0 + 2000)
-        .unwrap();
+    s.complete(
+        &[(
+            orphan[0].id,
+            Outcome::Failed { status: None, error: "removed".into(), remove_subscription: false },
+        )],
+        T0 + 2000,
+    )
+    .unwrap();
     assert_eq!(counts(s, "p", "m2").failed, 1);
 }
 
@@ -371,16 +420,28 @@ pub fn delivery_records_page_in_commit_order(s: &dyn Backend) {
     let m1 = page(DeliveryQuery { message: Some("m1"), limit: 2, ..Default::default() });
     assert_eq!(m1.len(), 2);
     assert!(m1[0].id < m1[1].id);
-    let rest = page(DeliveryQuery { message: Some("m1"), after: Some(m1[1].id), limit: 2, ..Default::default() });
+    let rest = page(DeliveryQuery {
+        message: Some("m1"),
+        after: Some(m1[1].id),
+        limit: 2,
+        ..Default::default()
+    });
     assert_eq!(rest.len(), 1);
     assert!(rest[0].id > m1[1].id);
     assert!(rest.iter().chain(&m1).all(|d| d.message == "m1"));
     let s2 = page(DeliveryQuery { subscription: Some("s2"), limit: 10, ..Default::default() });
     assert_eq!(s2.iter().map(|d| d.message.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
-    let both = page(DeliveryQuery { message: Some("m2"), subscription: Some("s3"), limit: 10, ..Default::default() });
+    let both = page(DeliveryQuery {
+        message: Some("m2"),
+        subscription: Some("s3"),
+        limit: 10,
+        ..Default::default()
+    });
     assert_eq!(both.len(), 1);
     assert_eq!(page(DeliveryQuery { limit: 10, ..Default::default() }).len(), 6);
-    assert!(s.deliveries("q", &DeliveryQuery { limit: 10, ..Default::default() }).unwrap().is_empty());
+    assert!(
+        s.deliveries("q", &DeliveryQuery { limit: 10, ..Default::default() }).unwrap().is_empty()
+    );
 }
 
 pub fn backlog_counts_what_is_queued(s: &dyn Backend) {
@@ -420,7 +481,11 @@ pub fn replay_requeues_failed_deliveries_only(s: &dyn Backend) {
             .unwrap()
             .id
     };
-    let failed = |remove| Outcome::Failed { status: Some(500), error: "x".into(), remove_subscription: remove };
+    let failed = |remove| Outcome::Failed {
+        status: Some(500),
+        error: "x".into(),
+        remove_subscription: remove,
+    };
     s.complete(
         &[
             (id_of("m", "s1"), failed(false)),
@@ -459,7 +524,9 @@ pub fn old_finished_messages_are_pruned(s: &dyn Backend) {
     sub(s, "q", "s2", None);
     let to = |id: &str| Target::Subscription(id.into());
     // Three old messages: two finished (sent, failed), one with a delivery still queued.
-    for (project, id, sub_id) in [("p", "done", "s1"), ("q", "failed", "s2"), ("p", "pending", "s1")] {
+    for (project, id, sub_id) in
+        [("p", "done", "s1"), ("q", "failed", "s2"), ("p", "pending", "s1")]
+    {
         s.enqueue(project, &message(id, &to(sub_id), 3600, T0)).unwrap();
     }
     let claimed = s.claim(T0, T0 + 1000, 10).unwrap();
@@ -469,7 +536,11 @@ pub fn old_finished_messages_are_pruned(s: &dyn Backend) {
             "done" => Some((c.id, Outcome::Sent { status: 201 })),
             "failed" => Some((
                 c.id,
-                Outcome::Failed { status: Some(400), error: "x".into(), remove_subscription: false },
+                Outcome::Failed {
+                    status: Some(400),
+                    error: "x".into(),
+                    remove_subscription: false,
+                },
             )),
             _ => None,
         })
