@@ -214,6 +214,9 @@ enum Command {
     /// Upload, download, list and delete files in a bucket
     #[command(subcommand)]
     Files(cmd::files::FilesCommand),
+    /// Push notifications: send, a message's delivery status, replay failed deliveries
+    #[command(subcommand)]
+    Push(cmd::push::PushCommand),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -247,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Buckets(c) => cmd::files::buckets(g, c).await,
         Command::Files(c) => cmd::files::files(g, c).await,
+        Command::Push(c) => cmd::push::run(g, c).await,
     }
 }
 

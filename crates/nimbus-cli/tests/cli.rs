@@ -1577,3 +1577,42 @@ fn serve_starts_with_nimbus_data_in_the_environment() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `push send` queues a message (the API's receipt), `push status` shows its counts, `push
+/// replay` answers how many failed deliveries it queued again, and refuses what is not there.
+#[test]
+fn push_send_status_and_replay() {
+    let s = TestServer::start();
+    // No subscription yet: the message is queued for nobody (and would reach live users).
+    let out = s.ok(&["push", "send", "--user", "u1", r#"{"title": "hi"}"#]);
+    assert!(out.starts_with("Queued message ") && out.contains("for 0 subscription(s)"), "{out}");
+    let sent = s.json(&["push", "send", "--topic", "news", "hello", "--ttl", "60"]);
+    let id = sent["id"].as_str().unwrap().to_string();
+    assert_eq!(sent["deliveries"], 0);
+    let status = s.json(&["push", "status", &id]);
+    assert_eq!(status["message"]["target"], "news");
+    assert_eq!(status["message"]["target_kind"], "topic");
+    assert_eq!(status["message"]["ttl"], 60);
+    assert_eq!(status["deliveries"], serde_json::json!([]));
+    assert!(s.ok(&["push", "status", &id]).contains("0 queued, 0 sent, 0 failed, 0 expired"));
+    assert_eq!(s.json(&["push", "replay", &id]), serde_json::json!({"count": 0}));
+    assert!(s.ok(&["push", "replay", &id]).contains("Queued 0 failed"));
+    s.cmd()
+        .args(["push", "replay", "no-such-message"])
+        .assert()
+        .failure()
+        .stderr(contains("not found"));
+    s.cmd()
+        .args(["push", "replay", "--subscription", "no-such-subscription"])
+        .assert()
+        .failure()
+        .stderr(contains("not found"));
+    // One target, exactly.
+    s.cmd().args(["push", "send", "hi"]).assert().failure();
+    s.cmd().args(["push", "send", "--user", "a", "--topic", "b", "hi"]).assert().failure();
+    s.cmd()
+        .args(["push", "send", "--topic", "a b", "hi"])
+        .assert()
+        .failure()
+        .stderr(contains("invalid topic"));
+}

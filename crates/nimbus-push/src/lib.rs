@@ -23,6 +23,7 @@
 //! blocking (the store is synchronous): call them through [`PushService::call`].
 
 pub mod live;
+pub mod metrics;
 mod sender;
 pub mod webpush;
 
@@ -77,6 +78,9 @@ pub struct PushConfig {
     pub vapid_subject: String,
     /// Pending in-app notifications per live connection before it is dropped as slow.
     pub live_queue: usize,
+    /// How long a message and its delivery records are kept once none of its deliveries is
+    /// queued (the sender prunes hourly).
+    pub retention: Duration,
 }
 
 impl Default for PushConfig {
@@ -100,6 +104,7 @@ impl Default for PushConfig {
             allow_nets: Vec::new(),
             vapid_subject: "mailto:push@nimbus.invalid".into(),
             live_queue: 64,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -165,6 +170,13 @@ pub struct SubscriptionInput {
 pub struct SubscriptionKeys {
     pub p256dh: String,
     pub auth: String,
+}
+
+/// What a replay re-queues the failed deliveries of.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplayTarget<'a> {
+    Message(&'a str),
+    Subscription(&'a str),
 }
 
 /// A send.
@@ -238,6 +250,7 @@ struct Inner {
     keys: parking_lot::Mutex<HashMap<String, Arc<ProjectKeys>>>,
     wake: tokio::sync::Notify,
     live: live::Live,
+    metrics: metrics::PushMetrics,
 }
 
 /// Topic names: the same small alphabet as bucket names, plus `.` and `:` for namespacing.
@@ -280,6 +293,7 @@ impl PushService {
                 keys: Default::default(),
                 wake: tokio::sync::Notify::new(),
                 live,
+                metrics: Default::default(),
             }),
         })
     }
@@ -290,6 +304,20 @@ impl PushService {
 
     pub fn live(&self) -> &live::Live {
         &self.inner.live
+    }
+
+    pub fn metrics(&self) -> &metrics::PushMetrics {
+        &self.inner.metrics
+    }
+
+    /// Read the backlog gauges from the store (blocking; `/metrics` calls it before rendering).
+    pub fn refresh_metrics(&self) -> Result<()> {
+        let backlog = self.inner.store.backlog()?;
+        let m = &self.inner.metrics;
+        m.pending.set(backlog.queued as i64);
+        let age = backlog.oldest_queued_at.map_or(0, |at| (now_millis() - at).max(0) / 1000);
+        m.oldest_pending_seconds.set(age);
+        Ok(())
     }
 
     /// Run blocking service calls on tokio's blocking pool.
@@ -566,6 +594,44 @@ impl PushService {
             .inner
             .store
             .deliveries(project, &DeliveryQuery { message, subscription, after, limit })?)
+    }
+
+    /// Replay: queue the `failed` deliveries of a message, or of a subscription, again (fresh
+    /// attempts, due now). Deliveries whose subscription is gone or whose message's TTL has run
+    /// out stay failed. Returns how many were queued again.
+    pub fn replay(&self, project: &str, target: ReplayTarget<'_>) -> Result<u64> {
+        let (message, subscription) = match target {
+            ReplayTarget::Message(id) => {
+                self.message(project, id)?;
+                (Some(id), None)
+            }
+            ReplayTarget::Subscription(id) => {
+                self.get(project, &Actor::Service, id)?;
+                (None, Some(id))
+            }
+        };
+        let n = self.inner.store.requeue_failed(project, message, subscription, now_millis())?;
+        if n > 0 {
+            self.inner.wake.notify_one();
+        }
+        tracing::info!(project, ?message, ?subscription, requeued = n, "replayed push deliveries");
+        Ok(n)
+    }
+
+    /// Retention: delete the messages older than `retention` with no queued delivery left, and
+    /// their delivery records. Returns how many messages went.
+    pub fn prune(&self) -> Result<u64> {
+        const BATCH: u32 = 1000;
+        let before = now_millis() - self.inner.config.retention.as_millis() as i64;
+        let mut total = 0;
+        // Batches, so the single writer is never held long.
+        loop {
+            let n = self.inner.store.prune_messages(before, BATCH)?;
+            total += n;
+            if n < u64::from(BATCH) {
+                return Ok(total);
+            }
+        }
     }
 
     /// The push part of deleting a project.

@@ -22,6 +22,8 @@ const RECORD_BATCH: usize = 512;
 /// How long the sender sleeps when nothing is due and nothing wakes it (a retry scheduled by
 /// another process, a clock jump): the fallback poll.
 const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How often old messages and their delivery records are pruned (also once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub(crate) async fn run(service: PushService) {
     let concurrency = service.inner.config.concurrency.max(1);
@@ -29,6 +31,7 @@ pub(crate) async fn run(service: PushService) {
     let (done, outcomes) = mpsc::channel::<(u64, Outcome)>(concurrency * 4);
     let recorder = tokio::spawn(record(service.clone(), outcomes));
     let _stop_recorder = AbortOnDrop(recorder);
+    let _stop_pruner = AbortOnDrop(tokio::spawn(prune(service.clone())));
     loop {
         // Wait for a free slot before claiming anything.
         let free = match slots.available_permits() {
@@ -145,12 +148,25 @@ async fn record(service: PushService, mut outcomes: mpsc::Receiver<(u64, Outcome
         })
         .await;
         match r {
-            Ok((Ok(()), _)) => {}
+            Ok((Ok(()), items)) => service.inner.metrics.recorded(&items),
             // The deliveries stay leased and are sent again after the lease: at least once.
             Ok((Err(e), items)) => {
                 tracing::warn!(error = %e, n = items.len(), "push sender: recording outcomes")
             }
             Err(e) => tracing::warn!(error = %e, "push sender: recording task failed"),
+        }
+    }
+}
+
+/// Retention: prune at start, then every [`PRUNE_EVERY`].
+async fn prune(service: PushService) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        match service.call(|p| p.prune()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "pruned old push messages"),
+            Err(e) => tracing::warn!(error = %e, "pruning push messages"),
         }
     }
 }

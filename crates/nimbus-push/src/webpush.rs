@@ -128,12 +128,27 @@ impl WebPush {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from push services; it counts as absent
-/// and the backoff applies).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: u64 =
-        headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs.min(24 * 3600)))
+/// The longest `Retry-After` honoured: a push service asking for more is asked again sooner
+/// (the message's TTL and the attempt limit still bound the retries).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After` (RFC 9110 section 10.2.3): delay-seconds, or an HTTP-date (parsed by
+/// `httpdate`: IMF-fixdate and the two obsolete forms RFC 9110 says recipients accept) taken
+/// relative to `now`; a date in the past means "now". Anything else counts as absent, and the
+/// backoff applies.
+pub(crate) fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[async_trait::async_trait]
@@ -199,7 +214,7 @@ impl Provider for WebPush {
             }
         };
         let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
+        let wait = retry_after(response.headers(), std::time::SystemTime::now());
         match status {
             200..=299 => Attempt::Delivered { status },
             404 | 410 => Attempt::Gone { status },
@@ -230,4 +245,47 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    use super::retry_after;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        // 1994-11-06 08:49:37 UTC, RFC 9110's example date.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after(&with("120"), now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(&with(" 0 "), now), Some(Duration::ZERO));
+        // The three date forms RFC 9110 has recipients accept, 90 s after `now`.
+        for date in [
+            "Sun, 06 Nov 1994 08:51:07 GMT",
+            "Sunday, 06-Nov-94 08:51:07 GMT",
+            "Sun Nov  6 08:51:07 1994",
+        ] {
+            assert_eq!(retry_after(&with(date), now), Some(Duration::from_secs(90)), "{date}");
+        }
+        // A date already past: retry now (the backoff still applies as the floor).
+        assert_eq!(retry_after(&with("Sun, 06 Nov 1994 08:00:00 GMT"), now), Some(Duration::ZERO));
+        // Bounded, and garbage or a negative number is absent.
+        assert_eq!(retry_after(&with("999999999"), now), Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(
+            retry_after(&with("Fri, 31 Dec 9999 23:59:59 GMT"), now),
+            Some(Duration::from_secs(24 * 3600))
+        );
+        for bad in ["-5", "soon", "1.5", "Sun, 06 Nov 1994"] {
+            assert_eq!(retry_after(&with(bad), now), None, "{bad}");
+        }
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
 }

@@ -126,7 +126,13 @@ impl AppState {
           api::files::create_s3_key, api::files::list_s3_keys, api::files::delete_s3_key,
           api::files::list_objects, api::files::form_upload, api::files::get_object,
           api::files::put_object, api::files::delete_object, api::files::copy_object,
-          api::files::sign_url),
+          api::files::sign_url, api::push::m_vapid_key, api::push::m_list,
+          api::push::m_subscribe, api::push::m_get, api::push::m_delete, api::push::m_join,
+          api::push::m_leave, api::push::m_sub_deliveries, api::push::m_sub_replay,
+          api::push::m_send, api::push::m_message, api::push::m_msg_deliveries,
+          api::push::m_msg_replay, api::push::d_vapid_key, api::push::d_list,
+          api::push::d_subscribe, api::push::d_get, api::push::d_delete, api::push::d_join,
+          api::push::d_leave),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
     security(("admin_token" = [])),
@@ -145,7 +151,11 @@ impl AppState {
                                          bucket's access settings"),
          (name = "triggers", description = "Event delivery to functions: subscriptions, \
                                             deliveries and dead letters, queues, asynchronous \
-                                            invocations (docs/triggers.md)"))
+                                            invocations (docs/triggers.md)"),
+         (name = "push", description = "Push notifications (docs/push.md): Web Push \
+                                        subscriptions and topics, sends and their delivery \
+                                        records (management); the VAPID key and end users' own \
+                                        subscriptions (public to apps)"))
 )]
 struct ApiDoc;
 
@@ -351,7 +361,10 @@ async fn healthz() -> impl IntoResponse {
 /// (`--metrics-listen`) serves it without one, for scrapers on a private interface.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match crate::credentials::bearer(&headers) {
-        Ok(Some(token)) if state.is_admin_token(token) => render_metrics(&state).into_response(),
+        Ok(Some(token)) if state.is_admin_token(token) => {
+            refresh_metrics(&state).await;
+            render_metrics(&state).into_response()
+        }
         Ok(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -363,7 +376,16 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 async fn open_metrics(State(state): State<AppState>) -> Response {
+    refresh_metrics(&state).await;
     render_metrics(&state).into_response()
+}
+
+/// Gauges of durable state that are read from the store when scraped (the push backlog). A
+/// failed read leaves the last values and is logged: the scrape still answers.
+async fn refresh_metrics(state: &AppState) {
+    if let Err(e) = state.push.call(|p| p.refresh_metrics()).await {
+        tracing::warn!(error = %e, "reading the push backlog for /metrics");
+    }
 }
 
 fn render_metrics(state: &AppState) -> impl IntoResponse + use<> {
@@ -374,6 +396,7 @@ fn render_metrics(state: &AppState) -> impl IntoResponse + use<> {
         .and_then(|()| encode_registry(&mut out, state.connections.registry()))
         .and_then(|()| encode_registry(&mut out, &state.triggers.metrics().registry))
         .and_then(|()| encode_registry(&mut out, state.files_metrics.registry()))
+        .and_then(|()| encode_registry(&mut out, &state.push.metrics().registry))
         .and_then(|()| encode_eof(&mut out));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
 }

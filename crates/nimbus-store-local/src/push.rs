@@ -10,9 +10,9 @@ use nimbus_model::UnixMillis;
 use nimbus_store::Result;
 use nimbus_store::events::NewEvent;
 use nimbus_store::push::{
-    Claimed, DeliveryCounts, DeliveryInfo, DeliveryQuery, EVENT_QUEUED, EXPIRED, EnqueueError,
-    FAILED, MessageInfo, NewMessage, NewSubscription, Outcome, PushStore, QUEUED, SENT,
-    SubscribeError, Subscription, Target, VapidKey,
+    Backlog, Claimed, DeliveryCounts, DeliveryInfo, DeliveryQuery, EVENT_QUEUED, EXPIRED,
+    EnqueueError, FAILED, MessageInfo, NewMessage, NewSubscription, Outcome, PushStore, QUEUED,
+    SENT, SubscribeError, Subscription, Target, VapidKey,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -563,6 +563,100 @@ impl PushStore for SqliteStore {
                 |r| r.get(0),
             )
             .context("finding the next push delivery")
+        })
+    }
+
+    fn backlog(&self) -> Result<Backlog> {
+        self.read(|conn| {
+            // Both over the partial index of queued rows; ids are insertion order, so the
+            // smallest is the oldest queued delivery (a replayed one keeps its message's age).
+            let (queued, first): (i64, Option<i64>) = conn
+                .query_row(
+                    "SELECT count(*), min(id) FROM push_deliveries WHERE state = 'queued'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .context("counting queued push deliveries")?;
+            let oldest_queued_at = match first {
+                None => None,
+                Some(id) => conn
+                    .query_row(
+                        "SELECT m.created_at FROM push_deliveries d
+                         JOIN push_messages m ON m.project = d.project AND m.id = d.message
+                         WHERE d.id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .context("reading the oldest queued push message")?,
+            };
+            Ok(Backlog { queued: queued as u64, oldest_queued_at })
+        })
+    }
+
+    fn requeue_failed(
+        &self,
+        project: &str,
+        message: Option<&str>,
+        subscription: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<u64> {
+        self.write("replaying push deliveries", |tx| {
+            // Only the given filters, so the (project, message|subscription, id) indexes apply.
+            let mut sql = String::from(
+                "UPDATE push_deliveries SET state = 'queued', attempts = 0, next_attempt_at = :now,
+                     lease_until = 0, updated_at = :now
+                 WHERE project = :project AND state = 'failed'
+                   AND EXISTS (SELECT 1 FROM push_subscriptions s
+                               WHERE s.project = push_deliveries.project
+                                 AND s.id = push_deliveries.subscription)
+                   AND EXISTS (SELECT 1 FROM push_messages m
+                               WHERE m.project = push_deliveries.project
+                                 AND m.id = push_deliveries.message AND m.expires_at > :now)",
+            );
+            let mut p: Vec<(&str, &dyn rusqlite::ToSql)> =
+                vec![(":project", &project), (":now", &now)];
+            if let Some(m) = &message {
+                sql.push_str(" AND message = :message");
+                p.push((":message", m));
+            }
+            if let Some(s) = &subscription {
+                sql.push_str(" AND subscription = :subscription");
+                p.push((":subscription", s));
+            }
+            tx.execute(&sql, p.as_slice()).map(|n| n as u64).context("replaying push deliveries")
+        })
+    }
+
+    fn prune_messages(&self, before: UnixMillis, limit: u32) -> Result<u64> {
+        self.write("pruning push messages", |tx| {
+            // No index on created_at (no migration for it): the scan goes in rowid order, which
+            // is insertion order, so old messages come first and LIMIT stops it early; when
+            // nothing is old it reads the table once (hourly).
+            let old: Vec<(String, String)> = tx
+                .prepare_cached(
+                    "SELECT project, id FROM push_messages m WHERE created_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM push_deliveries d
+                                       WHERE d.project = m.project AND d.message = m.id
+                                         AND d.state = 'queued')
+                     LIMIT ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![before, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .context("finding old push messages")?;
+            let mut deliveries = tx
+                .prepare_cached("DELETE FROM push_deliveries WHERE project = ?1 AND message = ?2")
+                .context("preparing the delivery prune")?;
+            let mut messages = tx
+                .prepare_cached("DELETE FROM push_messages WHERE project = ?1 AND id = ?2")
+                .context("preparing the message prune")?;
+            for (project, id) in &old {
+                deliveries.execute(params![project, id]).context("pruning push deliveries")?;
+                messages.execute(params![project, id]).context("pruning a push message")?;
+            }
+            Ok(old.len() as u64)
         })
     }
 

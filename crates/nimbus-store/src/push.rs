@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use crate::Result;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 /// The event a send appends, in its transaction.
 pub const EVENT_QUEUED: &str = "dev.nimbus.push.message.queued";
 
@@ -185,6 +188,15 @@ pub enum Outcome {
     Expired,
 }
 
+/// The sender's backlog across projects, for the lag gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Deliveries in state `queued` (due, leased, or waiting for a retry).
+    pub queued: u64,
+    /// When the message of the oldest queued delivery was sent (`None`: nothing queued).
+    pub oldest_queued_at: Option<UnixMillis>,
+}
+
 /// Filters of the delivery listing.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryQuery<'a> {
@@ -240,6 +252,23 @@ pub trait PushStore: Send + Sync + 'static {
     fn complete(&self, outcomes: &[(u64, Outcome)], now: UnixMillis) -> Result<()>;
     /// The earliest next attempt of a queued delivery, if any (the sender sleeps until then).
     fn next_due(&self) -> Result<Option<UnixMillis>>;
+    /// How many deliveries are queued, and since when the oldest one's message waits.
+    fn backlog(&self) -> Result<Backlog>;
+    /// Replay: put the `failed` deliveries of one message and/or one subscription of `project`
+    /// back in the queue, due at `now` with fresh attempts. Deliveries whose subscription is gone
+    /// (removed, or a 404/410) or whose message's TTL has run out at `now` stay `failed`.
+    /// Returns how many were queued again.
+    fn requeue_failed(
+        &self,
+        project: &str,
+        message: Option<&str>,
+        subscription: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<u64>;
+
+    /// Retention, across projects: delete up to `limit` messages sent before `before` that have
+    /// no queued delivery left, with their delivery records. Returns how many messages went.
+    fn prune_messages(&self, before: UnixMillis, limit: u32) -> Result<u64>;
 
     /// The push part of deleting a project: keys, subscriptions, topics, messages, deliveries.
     fn delete_project(&self, project: &str) -> Result<u64>;

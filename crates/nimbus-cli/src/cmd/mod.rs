@@ -10,6 +10,7 @@ pub mod logs;
 pub mod new;
 pub mod profile;
 pub mod projects;
+pub mod push;
 pub mod secrets;
 pub mod serve;
 pub mod users;

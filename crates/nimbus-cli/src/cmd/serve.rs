@@ -225,6 +225,10 @@ pub struct ServeArgs {
     )]
     pub push_vapid_subject: String,
 
+    /// How long push messages and their delivery records are kept once delivered or failed
+    #[arg(long, env = "NIMBUS_PUSH_RETENTION", value_parser = parse_duration, default_value = "7d")]
+    pub push_retention: Duration,
+
     /// Largest value in the key-value store
     #[arg(long, env = "NIMBUS_KV_MAX_VALUE", value_parser = parse_size, default_value = "1MiB")]
     pub kv_max_value: u64,
@@ -543,6 +547,7 @@ impl ServeArgs {
             push: nimbus_server::nimbus_push::PushConfig {
                 allow_http: self.push_allow_http,
                 vapid_subject: self.push_vapid_subject.clone(),
+                retention: self.push_retention,
                 ..Default::default()
             },
             s3_listen: self.s3_listen,

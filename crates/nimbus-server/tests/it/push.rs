@@ -225,15 +225,15 @@ async fn gone_subscriptions_are_removed_and_throttled_ones_retried_after_retry_a
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(config(dir.path())).await;
     let mut ids = std::collections::HashMap::new();
-    for behavior in ["ok", "gone", "notfound", "busy", "fail5xx"] {
+    for behavior in ["ok", "gone", "notfound", "busy", "busydate", "fail5xx"] {
         let sub = ps.new_sub(behavior).await;
         let reg = register(&s, &sub, &["t"]).await;
         ids.insert(behavior, (reg["id"].as_str().unwrap().to_string(), sub_id(&sub)));
     }
     let m = send(&s, json!({"to": {"topic": "t"}, "payload": "x"})).await;
-    assert_eq!(m["deliveries"], 5);
+    assert_eq!(m["deliveries"], 6);
     let m = settled(&s, m["id"].as_str().unwrap(), Duration::from_secs(20)).await;
-    assert_eq!(m["deliveries"], json!({"queued": 0, "sent": 3, "failed": 2, "expired": 0}));
+    assert_eq!(m["deliveries"], json!({"queued": 0, "sent": 4, "failed": 2, "expired": 0}));
 
     // 404 and 410 removed the subscription; the others remain.
     for (behavior, (id, _)) in &ids {
@@ -251,6 +251,13 @@ async fn gone_subscriptions_are_removed_and_throttled_ones_retried_after_retry_a
     assert_eq!(busy[1]["verified"], true);
     let gap = busy[1]["time"].as_f64().unwrap() - busy[0]["time"].as_f64().unwrap();
     assert!(gap >= 0.95, "Retry-After: 1 honoured, retried after {gap:.3} s");
+    // Retry-After as an HTTP-date (RFC 9110): at least a second ahead when it was sent, and
+    // honoured (the backoff alone would have retried after 0.1 to 0.2 s).
+    let dated: Vec<&Value> =
+        received.iter().filter(|r| r["sub"] == ids["busydate"].1.as_str()).collect();
+    assert_eq!(dated.iter().map(|r| r["status"].clone()).collect::<Vec<_>>(), [429, 201]);
+    let gap = dated[1]["time"].as_f64().unwrap() - dated[0]["time"].as_f64().unwrap();
+    assert!(gap >= 0.95, "Retry-After as a date honoured, retried after {gap:.3} s");
     let flaky: Vec<&Value> =
         received.iter().filter(|r| r["sub"] == ids["fail5xx"].1.as_str()).collect();
     assert_eq!(flaky.iter().map(|r| r["status"].clone()).collect::<Vec<_>>(), [503, 201]);
@@ -279,6 +286,99 @@ async fn gone_subscriptions_are_removed_and_throttled_ones_retried_after_retry_a
         failed.iter().map(|d| d["last_status"].as_u64().unwrap()).collect();
     statuses.sort();
     assert_eq!(statuses, [404, 410]);
+    s.stop().await;
+}
+
+/// The value of one sample on `/metrics` (`name{labels} value`), if present.
+async fn metric(s: &TestServer, sample: &str) -> Option<f64> {
+    let text = s.api(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_replayed_and_the_sender_lag_is_on_metrics() {
+    let Some(ps) = PushService::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    let mut ids = std::collections::HashMap::new();
+    for behavior in ["ok", "gone", "fail400"] {
+        let sub = ps.new_sub(behavior).await;
+        let reg = register(&s, &sub, &["r"]).await;
+        ids.insert(behavior, (reg["id"].as_str().unwrap().to_string(), sub_id(&sub)));
+    }
+    let m = send(&s, json!({"to": {"topic": "r"}, "payload": "again"})).await;
+    let id = m["id"].as_str().unwrap().to_string();
+    let m = settled(&s, &id, Duration::from_secs(20)).await;
+    assert_eq!(m["deliveries"], json!({"queued": 0, "sent": 1, "failed": 2, "expired": 0}));
+    assert_eq!(metric(&s, r#"nimbus_push_deliveries_total{outcome="sent"}"#).await, Some(1.0));
+    assert_eq!(metric(&s, r#"nimbus_push_deliveries_total{outcome="failed"}"#).await, Some(2.0));
+    assert_eq!(metric(&s, r#"nimbus_push_deliveries_total{outcome="expired"}"#).await, Some(0.0));
+    assert_eq!(metric(&s, "nimbus_push_subscriptions_removed_total").await, Some(1.0));
+    assert_eq!(metric(&s, "nimbus_push_pending_deliveries").await, Some(0.0));
+    assert_eq!(metric(&s, "nimbus_push_oldest_pending_seconds").await, Some(0.0));
+
+    // Replay: the 400 is queued again and now delivered; the 410's subscription is gone, so its
+    // delivery stays failed.
+    let replay = |path: String| {
+        let s = &s;
+        async move { s.api(Method::POST, &path).send().await.unwrap() }
+    };
+    let r = replay(format!("/v1/push/messages/{id}/replay")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"count": 1}));
+    let m = settled(&s, &id, Duration::from_secs(20)).await;
+    assert_eq!(m["deliveries"], json!({"queued": 0, "sent": 2, "failed": 1, "expired": 0}));
+    let received = ps.received().await;
+    let retried: Vec<&Value> =
+        received.iter().filter(|r| r["sub"] == ids["fail400"].1.as_str()).collect();
+    assert_eq!(retried.iter().map(|r| r["status"].clone()).collect::<Vec<_>>(), [400, 201]);
+    assert_eq!(retried[1]["payload"], "again");
+    assert_eq!(retried[1]["verified"], true);
+    let d: Value = s
+        .api(Method::GET, &format!("/v1/push/subscriptions/{}/deliveries", ids["fail400"].0))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["deliveries"][0]["state"], "sent");
+    assert_eq!(d["deliveries"][0]["attempts"], 1, "a replay starts with fresh attempts");
+    // Nothing left to replay; unknown message or removed subscription: 404.
+    let r = replay(format!("/v1/push/messages/{id}/replay")).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"count": 0}));
+    let r = replay(format!("/v1/push/subscriptions/{}/replay", ids["fail400"].0)).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"count": 0}));
+    let r = replay(format!("/v1/push/subscriptions/{}/replay", ids["gone"].0)).await;
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    let r = replay("/v1/push/messages/no-such-message/replay".into()).await;
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    // Another project cannot replay this one's message.
+    s.create_project("other").await;
+    let r = s
+        .api(Method::POST, &format!("/v1/push/messages/{id}/replay"))
+        .header("x-nimbus-project", "other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    assert_eq!(metric(&s, r#"nimbus_push_deliveries_total{outcome="sent"}"#).await, Some(2.0));
+
+    // Lag: a push service that keeps answering 429 with Retry-After: 3600 leaves a delivery
+    // pending; the gauges show it and its age.
+    let busy = ps.new_sub("busylong").await;
+    let reg = register(&s, &busy, &[]).await;
+    send(&s, json!({"to": {"subscription": reg["id"]}, "payload": "later"})).await;
+    let start = Instant::now();
+    while !ps.received().await.iter().any(|r| r["sub"] == sub_id(&busy).as_str()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(metric(&s, "nimbus_push_pending_deliveries").await, Some(1.0));
+    let age = metric(&s, "nimbus_push_oldest_pending_seconds").await.unwrap();
+    assert!((1.0..30.0).contains(&age), "oldest pending {age} s");
+    assert!(metric(&s, "nimbus_push_retries_total").await.unwrap() >= 1.0);
     s.stop().await;
 }
 
@@ -577,5 +677,57 @@ async fn signed_in_users_get_their_notifications_live_over_sse() {
     assert_eq!(v["id"], m["id"]);
     assert_eq!(v["payload"], "live for alice");
     drop(r);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_in_users_get_their_notifications_live_over_websocket() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config(dir.path())).await;
+    let alice = user_session(&s, "default", "alice@example.com").await;
+    let (a_tok, a_id) =
+        (alice["access_token"].as_str().unwrap(), alice["user"]["id"].as_str().unwrap());
+    let url = format!("ws://{}/v1/projects/default/realtime/ws?channel=push", s.addr);
+    // The service role is not a user: no push channel for it.
+    let (mut service, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    service
+        .send(Message::Text(json!({"type": "auth", "token": s.token}).to_string().into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), service.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4403),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::Text(json!({"type": "auth", "token": a_tok}).to_string().into()))
+        .await
+        .unwrap();
+    // The channel starts at the head once the auth message is processed: send until one
+    // arrives (each to someone else first, which must never show up).
+    let start = Instant::now();
+    let got = loop {
+        assert!(start.elapsed() < Duration::from_secs(10), "no notification over the WebSocket");
+        send(&s, json!({"to": {"user": "somebody-else"}, "payload": "not for alice"})).await;
+        send(&s, json!({"to": {"user": a_id}, "payload": "ws for alice"})).await;
+        if let Ok(msg) = tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+            break msg.unwrap().unwrap().into_text().unwrap().to_string();
+        }
+    };
+    let v: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["event"], "notification");
+    assert_eq!(v["payload"], "ws for alice");
+    // The first one it carries is one of Alice's (a send to her, not the other user's).
+    let listed: Value = s
+        .api(Method::GET, &format!("/v1/push/messages/{}", v["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["target"], a_id, "{listed}");
+    drop(ws);
     s.stop().await;
 }

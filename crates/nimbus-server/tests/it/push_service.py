@@ -8,8 +8,10 @@ subscription's private key (RFC 8291 via `http_ece`, the library pywebpush uses)
 code Nimbus sends with (web-push-native), so a pass is a real interoperability check.
 
 Behaviours per subscription (`GET /new?behavior=`): `ok` (201), `gone` (410), `notfound` (404),
-`busy` (429 with `Retry-After: 1` on the first attempt, then 201), `fail5xx` (503 on the first
-attempt, then 201), `slow` (answers after 2 s).
+`busy` (429 with `Retry-After: 1` on the first attempt, then 201), `busydate` (429 with
+`Retry-After` as an HTTP-date 2 s ahead on the first attempt, then 201), `busylong` (429 with
+`Retry-After: 3600`, always), `fail5xx` (503 on the first attempt, then 201), `fail400` (400 on
+the first attempt, then 201), `slow` (answers after 2 s).
 
 Endpoints: `GET /new?behavior=`, `POST /new-many?n=&behavior=` (bench), `GET /received`
 (every delivery, in order), `GET /stats`. Prints `PORT <n>` on stdout once listening.
@@ -18,6 +20,7 @@ Python and would otherwise be what is measured).
 """
 
 import base64
+import email.utils
 import json
 import os
 import sys
@@ -164,8 +167,15 @@ class Handler(BaseHTTPRequestHandler):
             status, extra = 404, []
         elif behavior == "busy" and attempt == 1:
             status, extra = 429, [("Retry-After", "1")]
+        elif behavior == "busydate" and attempt == 1:
+            # RFC 9110's preferred IMF-fixdate; whole seconds, so the wait is between 1 and 2 s.
+            status, extra = 429, [("Retry-After", email.utils.formatdate(time.time() + 2, usegmt=True))]
+        elif behavior == "busylong":
+            status, extra = 429, [("Retry-After", "3600")]
         elif behavior == "fail5xx" and attempt == 1:
             status, extra = 503, []
+        elif behavior == "fail400" and attempt == 1:
+            status, extra = 400, []
         else:
             status, extra = 201, [("Location", f"/messages/{sid}-{attempt}")]
         if status == 201 and (n % VERIFY_EVERY == 0 or VERIFY_EVERY == 1):

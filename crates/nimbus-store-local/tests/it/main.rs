@@ -6,6 +6,7 @@ mod blob;
 mod documents;
 mod kv;
 mod objects;
+mod push;
 mod sqlite;
 mod triggers;
 mod upgrade;
