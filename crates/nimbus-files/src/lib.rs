@@ -10,6 +10,8 @@
 //! Architecture invariant: no HTTP and no SQL here. Methods block (the store is synchronous, and
 //! bodies are `std::io::Read`): call them on blocking threads, e.g. through [`FilesService::call`].
 
+pub mod body;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -180,9 +181,26 @@ pub(crate) async fn serve(
             tracing::debug!(error = %e, "setting TCP_NODELAY");
         }
         let body_timeout = limits.body_timeout;
-        let service = app.clone().map_request(move |mut request: http::Request<Incoming>| {
+        let app = app.clone();
+        let service = tower::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            request.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)))
+            let http1 = matches!(
+                request.version(),
+                http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11
+            );
+            let ended = Arc::new(AtomicBool::new(false));
+            let request = request.map(|body| {
+                let body = EndTracked::new(body, ended.clone());
+                axum::body::Body::new(TimeoutBody::new(body_timeout, body))
+            });
+            let app = app.clone();
+            async move {
+                let mut response = app.oneshot(request).await?;
+                if http1 && !ended.load(Ordering::Acquire) {
+                    close_after(&mut response);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let open = OpenConnection::new(&metrics);
         let builder = builder.clone();
@@ -215,6 +233,67 @@ pub(crate) async fn serve(
     tracing::info!(connections = graceful.count(), "shutting down: finishing in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still running after {grace:?}; stopping anyway");
+    }
+}
+
+/// A request body that records whether it was read to its end.
+///
+/// A handler may answer without reading the body (a bad key, a failed authorisation, a size
+/// over the limit). hyper then drains what already arrived and, if the body is not complete, closes
+/// the connection after the response, but it decides that only after writing the response
+/// head, which therefore still promises keep-alive. A client that reuses the connection in that
+/// instant gets a reset instead of an answer (boto3 with `Expect: 100-continue` sends the body
+/// only after a `100 Continue`, so its bodies were never there: one hostile-key request in a
+/// few failed so). [`close_after`] says `Connection: close` in the head instead.
+struct EndTracked<B> {
+    inner: B,
+    ended: Arc<AtomicBool>,
+}
+
+impl<B: hyper::body::Body> EndTracked<B> {
+    fn new(inner: B, ended: Arc<AtomicBool>) -> Self {
+        if inner.is_end_stream() {
+            ended.store(true, Ordering::Release);
+        }
+        EndTracked { inner, ended }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for EndTracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.ended.store(true, Ordering::Release),
+            std::task::Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.ended.store(true, Ordering::Release);
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Announce that the connection closes after `response` (HTTP/1: the request body was not read
+/// to its end, so the connection cannot carry another request; see [`EndTracked`]).
+fn close_after(response: &mut http::Response<axum::body::Body>) {
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     }
 }
 

@@ -269,13 +269,14 @@ fn range_in(r: Option<Range>) -> Option<RangeSpec> {
     })
 }
 
-/// A request body as a blocking reader (bounded bridge; see `api::files::body_reader`).
+/// A request body as a blocking reader (received ahead in bounded batches; see
+/// `api::files::body_reader`).
 fn blob_reader(body: Option<StreamingBlob>) -> Box<dyn std::io::Read + Send> {
     match body {
         None => Box::new(std::io::empty()),
         Some(blob) => {
             let stream = blob.map_err(std::io::Error::other);
-            Box::new(tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream)))
+            Box::new(nimbus_files::body::stream_reader(stream))
         }
     }
 }

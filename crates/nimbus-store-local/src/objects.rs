@@ -32,8 +32,12 @@ use serde_json::Value;
 use crate::error::{Context, backend};
 use crate::sqlite::SqliteStore;
 
-/// Copy buffer of uploads and assembly (big enough for disk throughput, small per request).
-const CHUNK: usize = 256 << 10;
+/// Copy buffer of uploads (big enough that per-chunk costs vanish next to hashing and writing,
+/// small per request; the size of the batches `nimbus_files::body` hands over).
+const CHUNK: usize = 1 << 20;
+
+/// The first read of an upload (most objects are small: no 1 MiB buffer for them).
+const FIRST_CHUNK: usize = 64 << 10;
 
 /// Files and metadata of the objects of every project.
 pub struct LocalObjectStore {
@@ -73,6 +77,20 @@ impl Drop for Staged {
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> ObjectError + '_ {
     move |e| ObjectError::Store(backend(what, e))
+}
+
+/// Read into `buf` until it is full or `data` ends; the number of bytes read.
+fn fill(data: &mut dyn Read, buf: &mut [u8]) -> ObjectResult<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match data.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ObjectError::Body(e)),
+        }
+    }
+    Ok(n)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -257,27 +275,77 @@ impl LocalObjectStore {
 
     /// Stream `data` into a new file under `data/` (via `tmp/`, fsync, rename, fsync of the
     /// directory) and return it unreferenced.
+    ///
+    /// Bodies over one [`CHUNK`] are hashed on this thread and written by a second one, fed
+    /// through a channel of one chunk: MD5 (the slowest step, serial by nature) and the writes
+    /// overlap instead of adding up. Three chunk buffers at most are alive per upload. A body
+    /// that fits in one chunk is written inline (no thread for small objects).
     fn stage(&self, data: &mut dyn Read, max_bytes: Option<u64>) -> ObjectResult<Staged> {
         let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
             .map_err(io("creating a temporary file"))?;
         let mut md5 = Md5::new();
         let mut size: u64 = 0;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ObjectError::Body(e)),
-            };
+        let mut take = |n: usize| {
             size += n as u64;
-            if let Some(limit) = max_bytes
-                && size > limit
-            {
-                return Err(ObjectError::TooLarge { limit });
+            match max_bytes {
+                Some(limit) if size > limit => Err(ObjectError::TooLarge { limit }),
+                _ => Ok(()),
             }
-            md5.update(&buf[..n]);
+        };
+        // Small objects are common: read the first bytes into a small buffer, grown if more come.
+        let mut buf = vec![0u8; FIRST_CHUNK];
+        let mut n = fill(data, &mut buf)?;
+        if n == FIRST_CHUNK {
+            buf.resize(CHUNK, 0);
+            n += fill(data, &mut buf[FIRST_CHUNK..])?;
+        }
+        take(n)?;
+        md5.update(&buf[..n]);
+        if n < CHUNK {
             tmp.write_all(&buf[..n]).map_err(io("writing an object"))?;
+        } else {
+            let file = tmp.as_file();
+            std::thread::scope(|scope| -> ObjectResult<()> {
+                let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+                let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+                let writer = std::thread::Builder::new()
+                    .name("nimbus-obj-write".into())
+                    .spawn_scoped(scope, move || -> std::io::Result<()> {
+                        let mut file = file;
+                        for (buf, n) in full_rx {
+                            file.write_all(&buf[..n])?;
+                            let _ = free_tx.send(buf);
+                        }
+                        Ok(())
+                    })
+                    .map_err(io("starting an object writer"))?;
+                let mut chunk = (buf, n);
+                let read = loop {
+                    let last = chunk.1 < CHUNK;
+                    if full_tx.send(chunk).is_err() {
+                        break Ok(()); // the writer failed: its error is reported below
+                    }
+                    if last {
+                        break Ok(());
+                    }
+                    // At most 3 buffers exist: one queued, one being written, this one.
+                    let mut buf = free_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+                    let n = match fill(data, &mut buf) {
+                        Ok(n) => n,
+                        Err(e) => break Err(e),
+                    };
+                    if let Err(e) = take(n) {
+                        break Err(e);
+                    }
+                    md5.update(&buf[..n]);
+                    chunk = (buf, n);
+                };
+                drop(full_tx);
+                let written =
+                    writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                read?;
+                written.map_err(io("writing an object"))
+            })?;
         }
         self.finish_stage(tmp, size, md5.finalize().into())
     }

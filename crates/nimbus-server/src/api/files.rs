@@ -442,12 +442,12 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// A reader over a request body, for the blocking store: the async stream is bridged (bounded:
-/// the bridge pulls one chunk at a time), so an upload is never buffered whole. Create it on an
-/// async worker and use it on a blocking thread.
+/// A reader over a request body, for the blocking store: a task receives the body ahead of the
+/// store in bounded batches (`nimbus_files::body`), so an upload is never buffered whole and
+/// receiving overlaps hashing and writing. Create it on an async worker and use it on a blocking
+/// thread.
 pub(crate) fn body_reader(body: Body) -> impl Read + Send + 'static {
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
+    nimbus_files::body::stream_reader(body.into_data_stream().map_err(std::io::Error::other))
 }
 
 /// Stream `data` to a response body: a blocking thread reads chunks into a small channel.
@@ -885,8 +885,7 @@ pub(crate) async fn form_upload(
                 // Stream the field: a channel between the async multipart parser and the store.
                 let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
                 let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-                let mut reader =
-                    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+                let mut reader = nimbus_files::body::stream_reader(stream);
                 let files = state.files.clone();
                 let (p2, b2, who2) = (project.clone(), bucket.clone(), who.clone());
                 let store = tokio::spawn(async move {

@@ -176,3 +176,77 @@ fn copies_link_and_the_sweep_spares_fresh_links_of_old_bytes() {
     s.open("p", "b", "dst", None).unwrap().reader.read_to_end(&mut out).unwrap();
     assert_eq!(out, b"shared bytes");
 }
+
+/// A reader that hands out `body` in `piece`-byte reads, then fails with `fail_at` if set.
+struct Pieces<'a> {
+    body: &'a [u8],
+    pos: usize,
+    piece: usize,
+    fail_at: Option<usize>,
+}
+
+impl Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.fail_at.is_some_and(|at| self.pos >= at) {
+            return Err(std::io::Error::other("client went away"));
+        }
+        let n = buf.len().min(self.piece).min(self.body.len() - self.pos);
+        buf[..n].copy_from_slice(&self.body[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Bodies on both sides of the store's chunk sizes (64 KiB first read, 1 MiB chunks hashed on
+/// one thread and written by another) are stored byte for byte with their MD5 as ETag, from
+/// readers with odd read sizes; a body over the limit or failing midway leaves no file behind.
+#[test]
+fn bodies_across_chunk_boundaries_are_stored_exactly() {
+    use md5::{Digest, Md5};
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, s) = open(dir.path());
+    s.create_bucket("p", "b", &BucketSettings::default()).unwrap();
+    let (meta, who) = (BTreeMap::new(), json!(null));
+    let mib = 1usize << 20;
+    let body: Vec<u8> = (0..3 * mib + 12_345).map(|i| (i * 7 + i / 4093) as u8).collect();
+    let sizes = [0, 1, 64 << 10, (64 << 10) + 1, mib - 1, mib, mib + 1, 2 * mib, body.len()];
+    for (i, &size) in sizes.iter().enumerate() {
+        for piece in [7_777, 1 << 20, 3 << 20] {
+            let key = format!("k{i}-{piece}");
+            let w = ObjectWrite {
+                project: "p",
+                bucket: "b",
+                key: &key,
+                content_type: "x/y",
+                metadata: &meta,
+                uploader: &who,
+            };
+            let mut r = Pieces { body: &body[..size], pos: 0, piece, fail_at: None };
+            let stored = s.put(&w, &mut r, Some(body.len() as u64)).unwrap();
+            assert_eq!(stored.size, size as u64, "{key}");
+            assert_eq!(stored.etag, hex::encode(Md5::digest(&body[..size])), "{key}");
+            let mut out = Vec::new();
+            s.open("p", "b", &key, None).unwrap().reader.read_to_end(&mut out).unwrap();
+            assert!(out == body[..size], "{key}: the bytes read back differ");
+        }
+    }
+    let root = dir.path().join("objects");
+    let stored_files = files_under(&root).len();
+    let w = ObjectWrite {
+        project: "p",
+        bucket: "b",
+        key: "failing",
+        content_type: "x/y",
+        metadata: &meta,
+        uploader: &who,
+    };
+    // Over the limit in the third chunk, and a reader failing in the third chunk.
+    let mut r = Pieces { body: &body, pos: 0, piece: 7_777, fail_at: None };
+    let err = s.put(&w, &mut r, Some(2 * mib as u64 + 5)).unwrap_err();
+    assert!(matches!(err, nimbus_store::objects::ObjectError::TooLarge { .. }), "{err:?}");
+    let mut r = Pieces { body: &body, pos: 0, piece: 7_777, fail_at: Some(2 * mib + 100) };
+    let err = s.put(&w, &mut r, None).unwrap_err();
+    assert!(matches!(err, nimbus_store::objects::ObjectError::Body(_)), "{err:?}");
+    assert!(s.head("p", "b", "failing").unwrap().is_none());
+    assert_eq!(files_under(&root).len(), stored_files, "no temporary or staged file is left");
+}
