@@ -8,7 +8,11 @@
 #     (a repeat of earlier content still compiles in full: deploys never skip the compile),
 #   - requests/s (wrk) after the first deploy and after the last edited deploy,
 #   - the compile cache's size after the edits,
-#   - a kill -9 of the server in the middle of a deploy, then a restart and a deploy.
+#   - a kill -9 of the server in the middle of a deploy, then a restart and a deploy,
+#   - where the time of a deploy goes (the server's "deploy phases" debug event): SHA-256,
+#     compile (parse, validate, Cranelift through the cache; cache read/write time summed over
+#     the compile threads), link check, serialize, blob store write, artifact write, database,
+#     load; for the first deploy and the median over the edits.
 # Everything runs against a release `nimbus serve` on a temporary data directory.
 #
 # Usage: bench/deploy-cache.sh   (EDITS=20 VARIANTS=5 WRK_SECONDS=10 WRK_CONNECTIONS=16;
@@ -58,7 +62,9 @@ done
 
 start_server() {
     : > "$work/serve.out"
-    "$nimbus" serve --no-profile --listen 127.0.0.1:0 --data "$data" "$@" > "$work/serve.out" 2>> "$work/serve.log" &
+    # JSON logs with nimbus_functions at debug: the "deploy phases" events below.
+    NIMBUS_LOG_FORMAT=json NIMBUS_LOG="info,nimbus_functions=debug" \
+        "$nimbus" serve --no-profile --listen 127.0.0.1:0 --data "$data" "$@" > "$work/serve.out" 2>> "$work/serve.log" &
     server_pid=$!
     for _ in $(seq 1 600); do
         url="$(sed -n 's/^nimbus listening on //p' "$work/serve.out" | head -1)"
@@ -83,6 +89,41 @@ deploy() {
 }
 # A failed deploy inside `< <(...)` would not stop the script: check what was read.
 check() { [[ -n "${ms:-}" && -n "${compiled:-}" ]] || { echo "deploy failed; log: $work/serve.log" >&2; tail -20 "$work/serve.log" >&2; exit 1; }; }
+
+# The last "deploy phases" event of the server's log, as one JSON line.
+last_phases() {
+    python3 - "$work/serve.log" <<'PY'
+import json, sys
+last = None
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        f = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    if f.get("message") == "deploy phases":
+        last = f
+print(json.dumps(last))
+PY
+}
+
+# phases LABEL FILE: one line per phase, the median over the JSON lines of FILE.
+phases() {
+    python3 - "$1" "$2" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[2]) if l.strip() and l.strip() != "null"]
+if not rows:
+    print(f"{sys.argv[1]}: no deploy phases logged"); sys.exit()
+med = lambda k: statistics.median(r.get(k, 0) for r in rows)
+mib = lambda b: b / 1048576
+print(f"{sys.argv[1]} phases (ms, median of {len(rows)}): total {med('total_ms'):.0f} = "
+      f"sha {med('sha_ms'):.0f} + compile {med('compile_ms'):.0f} "
+      f"[cache read {med('cache_read_ms'):.0f} of {mib(med('cache_read_bytes')):.0f} MiB, "
+      f"cache write {med('cache_write_ms'):.0f}, summed over threads] + link {med('link_ms'):.0f} "
+      f"+ serialize {med('serialize_ms'):.0f} ({mib(med('artifact_bytes')):.0f} MiB) "
+      f"+ blob put {med('blob_put_ms'):.0f} + artifact write {med('artifact_write_ms'):.0f} "
+      f"+ db {med('db_ms'):.0f} + load {med('load_ms'):.0f}")
+PY
+}
 
 rps() {
     wrk -t2 -c"$wrk_connections" -d"${wrk_seconds}s" "$url$1" | awk '/Requests\/sec/ {print $2}'
@@ -116,14 +157,18 @@ for lang in js python; do
     check
     grep "^$lang:" "$work/nocache.txt"
     echo "$lang: size $((size / 1024 / 1024)) MiB, first deploy ${ms} ms (cached_functions $cached, compiled_functions $compiled)"
+    last_phases > "$work/$lang.first-phases"
+    phases "$lang: first deploy" "$work/$lang.first-phases"
     body="$(curl -fsS "$url$route/")"
     first_rps=$(rps "$route/")
     : > "$work/$lang.times"
+    : > "$work/$lang.phases"
     for i in $(seq 1 "$edits"); do
         v=$(( (i - 1) % variants + 1 ))
         ms=""; read -r ms cached compiled < <(deploy "$variants_dir/$lang-$v.wasm" "$lang-hello" "$route/...")
         check
         echo "$ms" >> "$work/$lang.times"
+        last_phases >> "$work/$lang.phases"
         body="$(curl -fsS "$url$route/")"
         [[ "$body" == *"(edit $v)"* ]] || { echo "edit $i (variant $v) not live: $body" >&2; exit 1; }
         [[ $i == 1 || $i == "$edits" ]] &&
@@ -131,6 +176,7 @@ for lang in js python; do
     done
     edited_rps=$(rps "$route/")
     echo "$lang: edited deploy median $(median < "$work/$lang.times") ms, max $(sort -n "$work/$lang.times" | tail -1) ms over $edits edits"
+    phases "$lang: edited deploy" "$work/$lang.phases"
     echo "$lang: requests/s after first deploy $first_rps, after edited deploy $edited_rps"
 done
 cache_bytes=$(du -sb "$data/compile-cache" | cut -f1)

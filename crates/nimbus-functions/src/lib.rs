@@ -285,7 +285,9 @@ impl FunctionService {
 
         // Compiling is pure and can take seconds for a big component: it runs outside the lock,
         // so one project's upload never holds up another's deploy, rollback or delete.
+        let started = Instant::now();
         let sha = hex::encode(sha2::Sha256::digest(&wasm));
+        let sha_time = started.elapsed();
         // Redeploying what is already active (the same bytes, spec and resolved limits) makes
         // no new version and compiles nothing: a version number then means a change.
         if let Some(active) = self.active_version(project, &spec.name).await?
@@ -315,10 +317,17 @@ impl FunctionService {
         self.check_routes(project, &spec.name, &spec)?;
         let blobs = self.stores.blobs.clone();
         let key = module_key(&sha);
+        let t = Instant::now();
         blocking(move || blobs.put(&key, &wasm).map_err(FunctionError::from)).await?;
+        let blob_time = t.elapsed();
         let artifact = self.artifact_path(&sha);
+        let t = Instant::now();
         write_atomic(&artifact, &compiled.artifact)?;
+        let artifact_time = t.elapsed();
+        let phases = compiled.phases;
+        drop(compiled);
 
+        let t = Instant::now();
         let fs = self.stores.functions.clone();
         let (spec2, sha2, project2) = (spec.clone(), sha.clone(), project.to_string());
         let version = blocking(move || {
@@ -332,9 +341,35 @@ impl FunctionService {
             .map_err(FunctionError::from)
         })
         .await?;
+        let db_time = t.elapsed();
+        let t = Instant::now();
         let active = self.prepare(version.clone()).await?;
+        let load_time = t.elapsed();
         self.swap_in(active);
         let function = self.info(project, &spec.name).await?;
+        // Where a deploy's time goes (bench/deploy-cache.sh prints these; issue 13). Cache
+        // times are summed over the compile's threads, so they can exceed `compile_ms`.
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let io = phases.cache_io.unwrap_or_default();
+        tracing::debug!(
+            project,
+            function = %spec.name,
+            module_bytes = size,
+            sha_ms = ms(sha_time),
+            compile_ms = ms(phases.compile),
+            cache_read_ms = ms(io.read),
+            cache_read_bytes = io.read_bytes,
+            cache_write_ms = ms(io.write),
+            link_ms = ms(phases.link),
+            serialize_ms = ms(phases.serialize),
+            artifact_bytes = phases.artifact_bytes,
+            blob_put_ms = ms(blob_time),
+            artifact_write_ms = ms(artifact_time),
+            db_ms = ms(db_time),
+            load_ms = ms(load_time),
+            total_ms = ms(started.elapsed()),
+            "deploy phases"
+        );
         tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, cached_functions = cache.map(|c| c.hits), compiled_functions = cache.map(|c| c.misses), "deployed");
         Ok(Deployed { function, version, unchanged: false, compile, cache })
     }

@@ -34,7 +34,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use hashlink::LruCache;
 use parking_lot::Mutex;
@@ -82,6 +82,21 @@ pub struct CacheUse {
 pub(crate) struct CompileScope {
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Time the compile's threads spent in lookups (reading and checking entries) and in
+    /// inserts (writing them), summed over threads, and the bytes of entries read: the deploy's
+    /// per-phase breakdown.
+    read_nanos: AtomicU64,
+    read_bytes: AtomicU64,
+    write_nanos: AtomicU64,
+}
+
+/// Time a compile's threads spent in the cache, summed over threads (they run in parallel, so
+/// this can exceed the compile's wall time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheIo {
+    pub read: Duration,
+    pub read_bytes: u64,
+    pub write: Duration,
 }
 
 impl CompileScope {
@@ -89,6 +104,14 @@ impl CompileScope {
         CacheUse {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn io(&self) -> CacheIo {
+        CacheIo {
+            read: Duration::from_nanos(self.read_nanos.load(Ordering::Relaxed)),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            write: Duration::from_nanos(self.write_nanos.load(Ordering::Relaxed)),
         }
     }
 }
@@ -107,6 +130,20 @@ fn count_scope(hit: bool) {
         if let Some(scope) = &*s.borrow() {
             let c = if hit { &scope.hits } else { &scope.misses };
             c.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+fn time_scope(read: bool, since: Instant, bytes: u64) {
+    let nanos = since.elapsed().as_nanos() as u64;
+    SCOPE.with(|s| {
+        if let Some(scope) = &*s.borrow() {
+            if read {
+                scope.read_nanos.fetch_add(nanos, Ordering::Relaxed);
+                scope.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+            } else {
+                scope.write_nanos.fetch_add(nanos, Ordering::Relaxed);
+            }
         }
     });
 }
@@ -360,7 +397,10 @@ impl DiskCache {
 
 impl CacheStore for DiskCache {
     fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
-        match self.lookup(key) {
+        let start = Instant::now();
+        let found = self.lookup(key);
+        time_scope(true, start, found.as_ref().map_or(0, |v| v.len() as u64));
+        match found {
             Some(value) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 count_scope(true);
@@ -371,7 +411,10 @@ impl CacheStore for DiskCache {
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        match self.store(key, &value) {
+        let start = Instant::now();
+        let stored = self.store(key, &value);
+        time_scope(false, start, 0);
+        match stored {
             Ok(stored) => stored,
             Err(e) => {
                 // A full disk or a permission problem costs speed, never a deploy.

@@ -137,7 +137,7 @@ async fn edited_redeploy(guest: &str, prefix: &str, edited_body: &str) {
     let total = count(&first, "cached_functions") + count(&first, "compiled_functions");
 
     let started = Instant::now();
-    let (status, second) = s.deploy_bytes(route, std::fs::read(&edited).unwrap()).await;
+    let (status, second) = s.deploy_bytes(route.clone(), std::fs::read(&edited).unwrap()).await;
     assert_eq!(status, 201, "{second}");
     let second_took = started.elapsed();
     let (cached, compiled) =
@@ -151,5 +151,12 @@ async fn edited_redeploy(guest: &str, prefix: &str, edited_body: &str) {
     let r = s.get(&format!("{prefix}/")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), edited_body);
+
+    // Going back to the first version compiles nothing at all: every one of its functions is
+    // in the cache under a key that depends only on the function (before the patch in
+    // vendor/wasmtime-internal-cranelift, dozens missed on every compile).
+    let (status, back) = s.deploy_bytes(route, std::fs::read(&path).unwrap()).await;
+    assert_eq!(status, 201, "{back}");
+    assert_eq!((count(&back, "cached_functions"), count(&back, "compiled_functions")), (total, 0));
     s.stop().await;
 }
