@@ -27,7 +27,7 @@ cargo build -q --release --target wasm32-wasip2 -p events \
 
 echo "## Event triggers (issue 9), $(date -u '+%Y-%m-%d %H:%M') UTC, \`bench/triggers.sh\`"
 echo
-echo "Release build, commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)'), $(nproc) cores."
+echo "Binary \`${NIMBUS#$ROOT/}\`, commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)'), $(nproc) cores."
 echo
 echo '```'
 python3 bench/triggers.py latency --nimbus "$NIMBUS" --guest "$GUEST" --n "${LATENCY_N:-300}"
