@@ -571,6 +571,37 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invocations ADD COLUMN method TEXT NOT NULL DEFAULT '';
     ALTER TABLE invocations ADD COLUMN path TEXT NOT NULL DEFAULT '';
     "#,
+    // 11 (issue 10): usage metering and quotas. The two record columns are what GB-seconds and
+    // egress are counted from; `usage_hourly` is bumped in the transaction that inserts the
+    // records and is never pruned (days and months are sums of hours).
+    r#"
+    ALTER TABLE invocations ADD COLUMN memory_limit_mb INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN outbound_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE usage_hourly (
+        project        TEXT    NOT NULL,
+        hour           INTEGER NOT NULL, -- unix ms of the UTC hour's start
+        function       TEXT    NOT NULL,
+        requests       INTEGER NOT NULL,
+        exec_ms        INTEGER NOT NULL,
+        mb_ms          INTEGER NOT NULL,
+        fuel           INTEGER NOT NULL,
+        outbound_bytes INTEGER NOT NULL,
+        events         INTEGER NOT NULL,
+        PRIMARY KEY (project, hour, function)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX usage_hourly_hour ON usage_hourly (hour);
+    CREATE TABLE project_quotas (
+        project TEXT NOT NULL PRIMARY KEY,
+        quotas  TEXT NOT NULL -- JSON: nimbus_model::usage::Quotas
+    ) STRICT;
+    -- One row per soft threshold crossed: its event is written once per quota and month.
+    CREATE TABLE quota_thresholds (
+        project TEXT    NOT NULL,
+        quota   TEXT    NOT NULL,
+        period  INTEGER NOT NULL, -- unix ms of the UTC month's start
+        PRIMARY KEY (project, quota, period)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -686,6 +717,7 @@ mod tests {
         "883173b0a5c5859f5b02bc80d627b64065ea280c03d6c261c4928edafccd28df",
         "da86ff1df48cb75b8db1451073900052fa749a909540d1cb13d93a98bcc1c74c",
         "aa0735fbe78e67deb5d4afa0a9eb7fafa87cf07e72c2030e69893e3c29cf136d",
+        "14ba569bbe8c83adbafacdc8bd2f7ae358e1083636dc51c54f1ab77b4ec96244",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

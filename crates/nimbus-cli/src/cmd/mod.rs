@@ -12,6 +12,7 @@ pub mod profile;
 pub mod projects;
 pub mod secrets;
 pub mod serve;
+pub mod usage;
 pub mod users;
 
 use nimbus_model::RouteSpec;

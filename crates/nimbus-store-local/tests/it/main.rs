@@ -9,3 +9,4 @@ mod objects;
 mod sqlite;
 mod triggers;
 mod upgrade;
+mod usage;
