@@ -8,8 +8,8 @@
 mod admission;
 mod invoke;
 mod metrics;
-mod recorder;
 mod quota;
+mod recorder;
 mod router;
 pub mod usage;
 
@@ -34,8 +34,8 @@ use tokio::sync::broadcast;
 
 pub use admission::Rejection;
 pub use invoke::{InvokeError, Invoked};
-pub use quota::QuotaExceeded;
 pub use metrics::Metrics;
+pub use quota::QuotaExceeded;
 pub use router::RouteMatch;
 
 use admission::Admission;
@@ -210,7 +210,8 @@ impl FunctionService {
             let month = nimbus_model::usage::month_of(now);
             let mut out = Vec::new();
             for (project, q) in usage.all_quotas()? {
-                let used = usage.usage_total(&project, month, nimbus_model::usage::next_month(now))?;
+                let used =
+                    usage.usage_total(&project, month, nimbus_model::usage::next_month(now))?;
                 out.push((project, q, used));
             }
             Ok(out)

@@ -124,11 +124,8 @@ impl QuotaGate {
         let Some(gate) = self.projects.read().get(project).cloned() else { return Ok(None) };
         gate.roll(now);
         let q = gate.quotas.load();
-        let exceeded = |quota, resets_at| QuotaExceeded {
-            project: project.to_string(),
-            quota,
-            resets_at,
-        };
+        let exceeded =
+            |quota, resets_at| QuotaExceeded { project: project.to_string(), quota, resets_at };
         let resets_at = gate.resets_at.load(Ordering::Acquire);
         if q.invocations_per_month.is_some_and(|l| gate.requests.load(Ordering::Acquire) >= l) {
             return Err(exceeded(QUOTA_INVOCATIONS, Some(resets_at)));

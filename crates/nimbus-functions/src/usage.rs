@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nimbus_model::UnixMillis;
+use nimbus_model::usage::rfc3339;
 use nimbus_model::usage::{
     Cost, DataGauges, FreeLeft, PriceSheet, UsageCounters, UsageRow, day_of, month_of,
     storage_cost_per_month,
@@ -202,14 +203,7 @@ impl UsageService {
         for p in &mut projects {
             p.gb_seconds = p.counters.gb_seconds();
         }
-        UsageReport {
-            from,
-            to,
-            by,
-            currency: sheet.map(|s| s.currency.clone()),
-            lines,
-            projects,
-        }
+        UsageReport { from, to, by, currency: sheet.map(|s| s.currency.clone()), lines, projects }
     }
 }
 
@@ -275,12 +269,6 @@ impl UsageService {
         }
         Ok(out)
     }
-}
-
-fn rfc3339(t: UnixMillis) -> String {
-    chrono::DateTime::from_timestamp_millis(t)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// `[from, to)` on whole hours, checked.

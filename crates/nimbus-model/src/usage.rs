@@ -180,6 +180,11 @@ pub fn next_month(t: UnixMillis) -> UnixMillis {
     Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().map_or(0, |m| m.timestamp_millis())
 }
 
+/// `t` as RFC 3339 in UTC, to the second: `2026-12-01T00:00:00Z`.
+pub fn rfc3339(t: UnixMillis) -> String {
+    utc(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// A time as the usage API and CLI take it: unix milliseconds, a UTC date (`2026-12-01`, its
 /// midnight), or RFC 3339 (`2026-12-01T10:00:00Z`).
 pub fn parse_time(s: &str) -> Option<UnixMillis> {

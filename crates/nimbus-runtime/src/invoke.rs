@@ -200,11 +200,21 @@ impl Runtime {
         });
 
         let fail_early = |error: String, on_finish: Box<dyn FnOnce(Outcome) + Send>| {
-            on_finish(finish(OutcomeStatus::Error, Some(error), None, 0, 0, 0, Duration::ZERO, &logs));
+            on_finish(finish(
+                OutcomeStatus::Error,
+                Some(error),
+                None,
+                0,
+                0,
+                0,
+                Duration::ZERO,
+                &logs,
+            ));
             Invocation::Failed(OutcomeStatus::Error)
         };
-        if let Err(e) =
-            store.set_fuel(FUEL_BUDGET).and_then(|()| store.fuel_async_yield_interval(Some(FUEL_SLICE)))
+        if let Err(e) = store
+            .set_fuel(FUEL_BUDGET)
+            .and_then(|()| store.fuel_async_yield_interval(Some(FUEL_SLICE)))
         {
             return fail_early(format!("setting fuel: {e:#}"), Box::new(on_finish));
         }

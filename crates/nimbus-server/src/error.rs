@@ -139,12 +139,7 @@ impl From<InvokeError> for ApiError {
 
 /// 429 naming the quota and when it resets.
 fn quota_error(q: &nimbus_functions::QuotaExceeded) -> ApiError {
-    let resets = q.resets_at.map(|t| {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64);
-                time::OffsetDateTime::from(t)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    });
+    let resets = q.resets_at.map(nimbus_model::usage::rfc3339);
     let message = match &resets {
         Some(at) => format!(
             "project {}'s quota {} is used up until {at} (the start of the next UTC month)",

@@ -231,7 +231,8 @@ impl Server {
         )
         .await?;
         let functions = Arc::new(functions);
-        let usage = nimbus_functions::usage::UsageService::new(sqlite.clone(), config.prices.clone());
+        let usage =
+            nimbus_functions::usage::UsageService::new(sqlite.clone(), config.prices.clone());
         let triggers = nimbus_triggers::TriggerService::new(
             nimbus_triggers::TriggerStores {
                 log: sqlite.clone(),

@@ -150,9 +150,7 @@ impl UsageStore for SqliteStore {
         self.read(|conn| {
             let rows: Vec<(String, String)> = conn
                 .prepare_cached("SELECT project, quotas FROM project_quotas ORDER BY project")
-                .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
-                })
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
                 .context("listing quotas")?;
             rows.into_iter()
                 .map(|(p, j)| Ok((p, serde_json::from_str(&j).context("decoding quotas")?)))
@@ -208,9 +206,7 @@ impl UsageStore for SqliteStore {
                 "SELECT DISTINCT project FROM usage_hourly WHERE hour >= ?1 AND hour < ?2 \
                  ORDER BY project",
             )
-            .and_then(|mut stmt| {
-                stmt.query_map(params![from, to], |row| row.get(0))?.collect()
-            })
+            .and_then(|mut stmt| stmt.query_map(params![from, to], |row| row.get(0))?.collect())
             .context("listing projects with usage")
         })
     }

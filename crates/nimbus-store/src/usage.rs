@@ -115,7 +115,13 @@ pub mod conformance {
         assert_eq!(seen[0]["used"], 8);
         assert_eq!(seen[0]["limit"], 10);
         // The next month is another period.
-        store.insert_batch(&mut (0..9).map(|i| record(&format!("r{i}"), "q", "f", T0 + 31 * 24 * H + i)).collect::<Vec<_>>()).unwrap();
+        store
+            .insert_batch(
+                &mut (0..9)
+                    .map(|i| record(&format!("r{i}"), "q", "f", T0 + 31 * 24 * H + i))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
         assert_eq!(events(store).len(), 2);
         assert_eq!(
             store.usage_total("q", T0, T0 + 24 * H).unwrap().requests,
@@ -181,7 +187,9 @@ pub mod conformance {
         // One project's view never shows another's.
         let all = store.usage_hours(None, T0, T0 + H).unwrap();
         assert!(all.iter().any(|r| r.project == "u3"));
-        assert!(store.usage_hours(Some("u2"), T0, T0 + H).unwrap().iter().all(|r| r.project == "u2"));
+        assert!(
+            store.usage_hours(Some("u2"), T0, T0 + H).unwrap().iter().all(|r| r.project == "u2")
+        );
         assert_eq!(store.data_gauges("u2").unwrap(), Default::default());
     }
 }

@@ -61,7 +61,8 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
         }
         q
     };
-    let report = client.json(client.request(Method::GET, "/v1/usage").query(&query(args.by))).await?;
+    let report =
+        client.json(client.request(Method::GET, "/v1/usage").query(&query(args.by))).await?;
     if g.json {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -86,7 +87,8 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
     } else {
         client.json(client.request(Method::GET, "/v1/usage").query(&query(step))).await?
     };
-    let series = per_period(&trend, from, to, if step == By::Hour { 3_600_000 } else { 86_400_000 });
+    let series =
+        per_period(&trend, from, to, if step == By::Hour { 3_600_000 } else { 86_400_000 });
     if series.iter().any(|&n| n > 0) {
         let unit = if step == By::Hour { "hour" } else { "day" };
         println!(
@@ -170,7 +172,11 @@ fn table(lines: &[Value], by: By, priced: bool) -> Table {
 fn csv(lines: &[Value], by: By, priced: bool) -> String {
     // Hand-written: every cell is a slug, a number or a time, so quoting is only a safeguard.
     fn cell(s: &str) -> String {
-        if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.into() }
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.into()
+        }
     }
     let mut out = headers(by, priced)
         .iter()
@@ -179,7 +185,9 @@ fn csv(lines: &[Value], by: By, priced: bool) -> String {
         .join(",");
     out.push('\n');
     for l in lines {
-        out.push_str(&cells(l, by, priced, false).iter().map(|c| cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str(
+            &cells(l, by, priced, false).iter().map(|c| cell(c)).collect::<Vec<_>>().join(","),
+        );
         out.push('\n');
     }
     out

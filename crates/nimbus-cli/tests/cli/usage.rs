@@ -145,7 +145,10 @@ fn usage_reconciles_with_the_records_across_kill_9() {
     // Never more than was sent; never less than what completed before the loss window.
     assert!(billed <= sent, "billed {billed} of {sent} sent");
     let settled = done.iter().filter(|&&t| t + 1000 <= killed_at).count() as u64;
-    assert!(settled <= billed, "{settled} requests completed >= 1 s before the kill, {billed} billed");
+    assert!(
+        settled <= billed,
+        "{settled} requests completed >= 1 s before the kill, {billed} billed"
+    );
     let completed = done.len() as u64;
     eprintln!(
         "kill -9 after {killed_at} ms: sent {sent}, completed {completed}, billed {billed}; \
@@ -170,7 +173,10 @@ fn usage_as_a_table_json_and_csv() {
     let table = s.ok(&["usage", "--from", "2020-01-01"]);
     assert!(table.contains("PROJECT") && table.contains("FUNCTION"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("default") && l.contains("hello")), "{table}");
-    assert!(table.contains("Requests per day: ") || table.contains("Requests per hour: "), "{table}");
+    assert!(
+        table.contains("Requests per day: ") || table.contains("Requests per hour: "),
+        "{table}"
+    );
     let csv = s.ok(&["usage", "--by", "day", "--csv"]);
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some("day,project,requests,exec_ms,gb_s,fuel,egress,events"));

@@ -1,9 +1,9 @@
 //! `GET /v1/usage`: metered usage (requests, execution time, GB-seconds, fuel, egress, events)
 //! per project and function, day or hour, with costs from the operator's price sheet.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::Extension;
 use nimbus_functions::usage::{GroupBy, UsageReport};
 use nimbus_model::now_millis;
 use nimbus_model::usage::{month_of, parse_time};
@@ -158,10 +158,7 @@ pub(crate) async fn export(
     let to = time("to", p.to.as_deref(), now)?;
     let events = state.usage.export(project.as_deref(), from, to, &node_source()).await?;
     let body = serde_json::to_vec(&events).map_err(|e| ApiError::internal(&e))?;
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/cloudevents-batch+json")],
-        body,
-    )
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/cloudevents-batch+json")], body)
         .into_response())
 }
 

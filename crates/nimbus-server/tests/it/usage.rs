@@ -33,8 +33,8 @@ async fn all_records(s: &TestServer, project: &str) -> Vec<Value> {
 fn expected(records: &[Value]) -> HashMap<String, [u64; 4]> {
     let mut out: HashMap<String, [u64; 4]> = HashMap::new();
     for r in records.iter().filter(|r| r["status"] != "rejected") {
-        let ms = (r["duration_us"].as_u64().unwrap() - r["queue_us"].as_u64().unwrap())
-            .div_ceil(1000);
+        let ms =
+            (r["duration_us"].as_u64().unwrap() - r["queue_us"].as_u64().unwrap()).div_ceil(1000);
         let e = out.entry(r["function"].as_str().unwrap().to_string()).or_default();
         e[0] += 1;
         e[1] += ms;
@@ -177,8 +177,12 @@ async fn usage_is_priced_after_the_free_tier_and_scoped_to_the_caller() {
 
     // The operator sees every project; by day, one line per project and day.
     let all = usage(&s, "from=2020-01-01&by=day").await;
-    let projects: Vec<&str> =
-        all["projects"].as_array().unwrap().iter().map(|p| p["project"].as_str().unwrap()).collect();
+    let projects: Vec<&str> = all["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project"].as_str().unwrap())
+        .collect();
     assert_eq!(projects, ["acme", "default"]);
     assert!(all["lines"].as_array().unwrap().iter().all(|l| l["period"].is_i64()));
 
