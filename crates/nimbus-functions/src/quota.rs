@@ -31,9 +31,15 @@ pub(crate) struct ProjectGate {
     quotas: ArcSwap<Quotas>,
     /// When the month counted below ends.
     resets_at: AtomicI64,
+    /// Requests of the month, each counted when it is admitted (not when it ends: a client that
+    /// has its response may send the next request before the guest's task has ended, and two
+    /// admissions at once must not both take the last one).
     requests: AtomicU64,
     mb_ms: AtomicU64,
     in_flight: AtomicU32,
+    /// Bumped when the counters are reseeded (`QuotaGate::set`) or reset (a new month), so that
+    /// a permit taken before does not adjust counters that no longer include it.
+    generation: AtomicU64,
 }
 
 impl ProjectGate {
@@ -47,28 +53,47 @@ impl ProjectGate {
         {
             self.requests.store(0, Ordering::Release);
             self.mb_ms.store(0, Ordering::Release);
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
 
-/// Taken when an invocation is admitted; counts it as running until dropped, and adds its usage
-/// to the month when [`QuotaPermit::finish`] is called.
+/// Taken when an invocation is admitted: its request is counted and it runs until dropped; its
+/// MiB-ms are added to the month by [`QuotaPermit::finish`]. Dropped without a finished run (the
+/// invocation was refused after all, so it is not billed), its request is given back.
 pub(crate) struct QuotaPermit {
     gate: Arc<ProjectGate>,
+    /// The gate's generation and month when the request was counted.
+    generation: u64,
+    month_end: UnixMillis,
+    billed: bool,
 }
 
 impl QuotaPermit {
-    pub(crate) fn finish(&self, used: Option<UsageCounters>) {
-        if let Some(u) = used {
-            self.gate.requests.fetch_add(u.requests, Ordering::Relaxed);
-            self.gate.mb_ms.fetch_add(u.mb_ms, Ordering::Relaxed);
+    pub(crate) fn finish(mut self, used: Option<UsageCounters>) {
+        let Some(u) = used else { return };
+        self.billed = true;
+        let gate = &self.gate;
+        gate.mb_ms.fetch_add(u.mb_ms, Ordering::Relaxed);
+        // Reseeded since admission (same month): the seed, read after a flush, did not include
+        // this still-running invocation.
+        if gate.generation.load(Ordering::Acquire) != self.generation
+            && gate.resets_at.load(Ordering::Acquire) == self.month_end
+        {
+            gate.requests.fetch_add(u.requests, Ordering::Relaxed);
         }
     }
 }
 
 impl Drop for QuotaPermit {
     fn drop(&mut self) {
-        self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let gate = &self.gate;
+        gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.billed && gate.generation.load(Ordering::Acquire) == self.generation {
+            let _ = gate.requests.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+        }
     }
 }
 
@@ -101,12 +126,14 @@ impl QuotaGate {
                         requests: AtomicU64::new(0),
                         mb_ms: AtomicU64::new(0),
                         in_flight: AtomicU32::new(0),
+                        generation: AtomicU64::new(0),
                     })
                 });
                 gate.quotas.store(Arc::new(q));
                 gate.resets_at.store(next_month(now), Ordering::Release);
                 gate.requests.store(month_used.requests, Ordering::Release);
                 gate.mb_ms.store(month_used.mb_ms, Ordering::Release);
+                gate.generation.fetch_add(1, Ordering::AcqRel);
             }
         }
         self.any.store(!map.is_empty(), Ordering::Release);
@@ -127,14 +154,23 @@ impl QuotaGate {
         let exceeded =
             |quota, resets_at| QuotaExceeded { project: project.to_string(), quota, resets_at };
         let resets_at = gate.resets_at.load(Ordering::Acquire);
-        if q.invocations_per_month.is_some_and(|l| gate.requests.load(Ordering::Acquire) >= l) {
-            return Err(exceeded(QUOTA_INVOCATIONS, Some(resets_at)));
-        }
         if q.mb_ms_per_month().is_some_and(|l| gate.mb_ms.load(Ordering::Acquire) >= l) {
             return Err(exceeded(QUOTA_GB_SECONDS, Some(resets_at)));
         }
+        // The generation is read before the request is counted: a reseed in between makes the
+        // permit treat its request as not in the seed, at worst counting it twice (never zero).
+        let generation = gate.generation.load(Ordering::Acquire);
+        let limit = q.invocations_per_month.unwrap_or(u64::MAX);
+        if gate
+            .requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_err()
+        {
+            return Err(exceeded(QUOTA_INVOCATIONS, Some(resets_at)));
+        }
         let running = gate.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        let permit = QuotaPermit { gate: gate.clone() };
+        let permit =
+            QuotaPermit { gate: gate.clone(), generation, month_end: resets_at, billed: false };
         if q.concurrent_executions.is_some_and(|c| running > c) {
             drop(permit);
             return Err(exceeded(QUOTA_CONCURRENCY, None));
@@ -164,6 +200,32 @@ mod tests {
         assert_eq!(e.resets_at, Some(1_706_745_600_000)); // 2024-02-01
         assert!(gate.admit("q", T).unwrap().is_none(), "another project is not limited");
         assert!(gate.admit("p", 1_706_745_600_000).unwrap().is_some(), "a new month");
+    }
+
+    /// Requests are counted at admission: one still running (its response already sent, its
+    /// task not yet ended) holds its place, and one refused later gives it back.
+    #[test]
+    fn a_request_counts_from_its_admission() {
+        let gate = QuotaGate::default();
+        let q = Quotas { invocations_per_month: Some(2), ..Default::default() };
+        gate.set("p", Some(q), UsageCounters::default(), T);
+        let running = gate.admit("p", T).unwrap().unwrap();
+        let refused_later = gate.admit("p", T).unwrap().unwrap();
+        assert_eq!(gate.admit("p", T).err().unwrap().quota, QUOTA_INVOCATIONS);
+        drop(refused_later); // never ran: not billed
+        let third = gate.admit("p", T).unwrap().unwrap();
+        let one = UsageCounters { requests: 1, mb_ms: 10, ..Default::default() };
+        running.finish(Some(one));
+        third.finish(Some(one));
+        assert_eq!(gate.admit("p", T).err().unwrap().quota, QUOTA_INVOCATIONS);
+        // A reseed while one runs: the seed (from the store) does not hold it yet; its end does.
+        let q = Quotas { invocations_per_month: Some(3), ..Default::default() };
+        gate.set("p", Some(q), UsageCounters { requests: 1, ..Default::default() }, T);
+        let a = gate.admit("p", T).unwrap().unwrap();
+        gate.set("p", Some(q), UsageCounters { requests: 1, ..Default::default() }, T);
+        a.finish(Some(one));
+        let _b = gate.admit("p", T).expect("1 seeded + 1 ended = 2 of 3").unwrap();
+        assert_eq!(gate.admit("p", T).err().unwrap().quota, QUOTA_INVOCATIONS);
     }
 
     #[test]
