@@ -1,8 +1,8 @@
 //! Per-project quotas on the request path: O(1), no store read per request.
 //!
-//! Each project with quotas has in-memory counters of its current UTC month (requests and
-//! MiB-ms, added when an invocation ends, from the same record the store counts) and of its
-//! invocations running now. They are seeded from the store's usage at start and whenever the
+//! Each project with quotas has in-memory counters of its current UTC month (requests, taken at
+//! admission and given back if the invocation is refused later; MiB-ms, added when an invocation
+//! ends, from the same record the store counts) and of its invocations running now. They are seeded from the store's usage at start and whenever the
 //! operator sets the quotas (after the recorder has flushed, so the seed is exact), and reset at
 //! the start of each UTC month. One node only: a second node would need the counters shared (see
 //! ARCHITECTURE.md, "Usage and quotas").
@@ -90,9 +90,9 @@ impl Drop for QuotaPermit {
         let gate = &self.gate;
         gate.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.billed && gate.generation.load(Ordering::Acquire) == self.generation {
-            let _ = gate.requests.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
+            let _ = gate
+                .requests
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
         }
     }
 }
