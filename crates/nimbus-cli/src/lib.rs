@@ -185,6 +185,9 @@ enum Command {
     Logs(cmd::logs::LogsArgs),
     /// List invocations across functions
     Invocations(cmd::logs::InvocationsArgs),
+    /// Metered usage and cost per project, function, day or hour (--project narrows it; without,
+    /// the admin token sees every project): a table with a trend line, --json or --csv
+    Usage(cmd::usage::UsageArgs),
     /// Create and list projects (admin token only)
     #[command(subcommand)]
     Projects(cmd::projects::ProjectsCommand),
@@ -236,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke(args) => cmd::invoke::run(g, args).await,
         Command::Logs(args) => cmd::logs::logs(g, args).await,
         Command::Invocations(args) => cmd::logs::invocations(g, args).await,
+        Command::Usage(args) => cmd::usage::usage(g, args).await,
         Command::Projects(c) => cmd::projects::projects(g, c).await,
         Command::Keys(c) => cmd::projects::keys(g, c).await,
         Command::Users(c) => cmd::users::users(g, c).await,

@@ -27,6 +27,8 @@ const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
 mod dev;
 #[path = "cli/templates.rs"]
 mod templates;
+#[path = "cli/usage.rs"]
+mod usage;
 
 /// Keep the caller's NIMBUS_* settings and CLI config out of the tests: the config is a file
 /// that no test writes unless it sets NIMBUS_CONFIG itself.

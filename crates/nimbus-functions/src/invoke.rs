@@ -28,6 +28,13 @@ pub enum InvokeError {
     Trap,
     #[error("the function failed to produce a response")]
     Failed,
+    /// Invocation records are not being written fast enough (or the store is down): nothing new
+    /// runs until they are, so that nothing runs unrecorded.
+    #[error("the node is catching up on writing invocation records; try again shortly")]
+    RecorderBacklog,
+    /// A hard quota of the project is used up.
+    #[error("project {}'s quota {} is used up", .0.project, .0.quota)]
+    Quota(crate::QuotaExceeded),
 }
 
 impl InvokeError {
@@ -39,6 +46,8 @@ impl InvokeError {
             InvokeError::BodyTooLarge(_) => 413,
             InvokeError::Timeout => 504,
             InvokeError::MemoryLimit | InvokeError::Trap | InvokeError::Failed => 500,
+            InvokeError::RecorderBacklog => 503,
+            InvokeError::Quota(_) => 429,
         }
     }
 }
@@ -89,6 +98,19 @@ impl FunctionService {
             return Invoked { id, result: Err(error) };
         }
 
+        if !self.recorder.has_room() {
+            // Not recorded either: the backlog is what is bounded (see `recorder.rs`).
+            target.metrics.rejections.inc();
+            return Invoked { id, result: Err(InvokeError::RecorderBacklog) };
+        }
+        let quota = match self.quotas.admit(&target.info.project, base.started_at) {
+            Ok(q) => q,
+            Err(exceeded) => {
+                let error = InvokeError::Quota(exceeded);
+                self.reject(&target, base, &error);
+                return Invoked { id, result: Err(error) };
+            }
+        };
         let m = &target.metrics;
         let (permit, waited) = match target.admission.admit().await {
             Ok(p) => p,
@@ -143,6 +165,10 @@ impl FunctionService {
                 r.duration_us = start.elapsed().as_micros() as u64;
                 fill(&mut r, outcome, http_status);
                 observe(&metrics, &target.metrics, &r);
+                if let Some(q) = quota {
+                    // Counted into the month now, from the record the store will count.
+                    q.finish(nimbus_model::usage::UsageCounters::of(&r));
+                }
                 recorder.record_now(r);
             }
         };
@@ -180,6 +206,8 @@ fn record_base(target: &ActiveVersion, id: &str, trigger: &str) -> InvocationRec
         queue_us: 0,
         fuel: 0,
         peak_memory_bytes: 0,
+        memory_limit_mb: target.info.limits.memory_bytes.div_ceil(1 << 20),
+        outbound_bytes: 0,
         status: InvocationStatus::Rejected,
         http_status: None,
         error: None,
@@ -221,6 +249,7 @@ fn fill(r: &mut InvocationRecord, o: Outcome, http_status: Option<u16>) {
     };
     r.fuel = o.fuel;
     r.peak_memory_bytes = o.peak_memory_bytes;
+    r.outbound_bytes = o.outbound_bytes;
     r.http_status = http_status;
     r.error = o.error;
     r.stdout = o.stdout;

@@ -8,8 +8,10 @@
 mod admission;
 mod invoke;
 mod metrics;
+mod quota;
 mod recorder;
 mod router;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +35,7 @@ use tokio::sync::broadcast;
 pub use admission::Rejection;
 pub use invoke::{InvokeError, Invoked};
 pub use metrics::Metrics;
+pub use quota::QuotaExceeded;
 pub use router::RouteMatch;
 
 use admission::Admission;
@@ -53,6 +56,11 @@ pub enum FunctionError {
     Store(StoreError),
     #[error("{0}")]
     Internal(String),
+    /// A usage range that is empty, reversed or too long.
+    #[error("{0}")]
+    InvalidRange(String),
+    #[error("{0}")]
+    InvalidQuotas(String),
 }
 
 impl From<StoreError> for FunctionError {
@@ -63,6 +71,9 @@ impl From<StoreError> for FunctionError {
         }
     }
 }
+
+/// How long a graceful shutdown waits for the store to take the queued records.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
 
 type Result<T, E = FunctionError> = std::result::Result<T, E>;
 
@@ -83,6 +94,8 @@ pub struct Stores {
     pub functions: Arc<dyn FunctionStore>,
     pub invocations: Arc<dyn InvocationStore>,
     pub blobs: Arc<dyn BlobStore>,
+    /// Usage totals and quotas (the invocation store counts usage as it writes records).
+    pub usage: Arc<dyn nimbus_store::usage::UsageStore>,
 }
 
 /// One function's active version, loaded and ready to invoke.
@@ -160,6 +173,7 @@ pub struct FunctionService {
     /// snapshot swaps cannot interleave.
     changes: tokio::sync::Mutex<()>,
     recorder: Recorder,
+    quotas: quota::QuotaGate,
     metrics: Arc<Metrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -173,6 +187,80 @@ impl Drop for FunctionService {
 }
 
 impl FunctionService {
+    /// Write every invocation record still queued (graceful shutdown, after the listener has
+    /// stopped). Bounded: a store that stays down for [`SHUTDOWN_FLUSH`] loses what is queued,
+    /// and says how much.
+    pub async fn shutdown(&self) {
+        let backlog = self.recorder.backlog();
+        if tokio::time::timeout(SHUTDOWN_FLUSH, self.recorder.flush()).await.is_err() {
+            tracing::error!(
+                records = self.recorder.backlog(),
+                "the store did not take the queued invocation records in time; they are lost"
+            );
+        } else if backlog > 0 {
+            tracing::info!(records = backlog, "wrote the queued invocation records");
+        }
+    }
+
+    /// Seed every project's quota counters from the store (start-up).
+    async fn seed_quotas(&self) -> Result<()> {
+        let usage = self.stores.usage.clone();
+        let now = nimbus_model::now_millis();
+        let seeds = blocking(move || {
+            let month = nimbus_model::usage::month_of(now);
+            let mut out = Vec::new();
+            for (project, q) in usage.all_quotas()? {
+                let used =
+                    usage.usage_total(&project, month, nimbus_model::usage::next_month(now))?;
+                out.push((project, q, used));
+            }
+            Ok(out)
+        })
+        .await?;
+        for (project, q, used) in seeds {
+            self.quotas.set(&project, Some(q), used, now);
+        }
+        Ok(())
+    }
+
+    /// A project's quotas, if it has any.
+    pub async fn quotas(&self, project: &str) -> Result<Option<nimbus_model::usage::Quotas>> {
+        let (usage, p) = (self.stores.usage.clone(), project.to_string());
+        blocking(move || Ok(usage.quotas(&p)?)).await
+    }
+
+    /// Set (or remove) a project's quotas: stored, then the in-memory counters reseeded from the
+    /// month's usage once every queued record is written (so the seed misses none).
+    pub async fn set_quotas(
+        &self,
+        project: &str,
+        quotas: Option<nimbus_model::usage::Quotas>,
+    ) -> Result<()> {
+        if let Some(q) = &quotas {
+            q.validate().map_err(FunctionError::InvalidQuotas)?;
+        }
+        let (usage, p) = (self.stores.usage.clone(), project.to_string());
+        blocking(move || Ok(usage.set_quotas(&p, quotas.as_ref())?)).await?;
+        self.recorder.flush().await;
+        let (usage, p) = (self.stores.usage.clone(), project.to_string());
+        let now = nimbus_model::now_millis();
+        let used = blocking(move || {
+            Ok(usage.usage_total(
+                &p,
+                nimbus_model::usage::month_of(now),
+                nimbus_model::usage::next_month(now),
+            )?)
+        })
+        .await?;
+        self.quotas.set(project, quotas, used, now);
+        Ok(())
+    }
+
+    /// Records queued and not yet stored (for metrics and tests).
+    pub fn record_backlog(&self) -> usize {
+        self.recorder.backlog()
+    }
+
     /// Start the service: load the active version of every function (deserializing artifacts,
     /// recompiling only those this engine cannot load) and start the record writer and pruner.
     pub async fn start(
@@ -192,6 +280,7 @@ impl FunctionService {
             snapshot: ArcSwap::from_pointee(Snapshot::new(HashMap::new())),
             changes: tokio::sync::Mutex::new(()),
             recorder,
+            quotas: quota::QuotaGate::default(),
             metrics: Arc::new(Metrics::default()),
             tasks: vec![writer, pruner],
         };
@@ -210,6 +299,7 @@ impl FunctionService {
             }
         }
         tracing::info!(functions = loaded.len(), "functions loaded");
+        service.seed_quotas().await?;
         service.snapshot.store(Arc::new(Snapshot::new(loaded)));
         {
             let _changes = service.changes.lock().await;

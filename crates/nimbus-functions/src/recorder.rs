@@ -1,8 +1,18 @@
 //! Invocation records leave the request path through a channel; one task batches them into the
 //! store and then tells log followers, with the commit position (`seq`) the store gave each.
-//! Billing and quotas will read the same records.
+//! The store counts usage (billing, quotas) in the transaction that writes each batch, so a
+//! record written is a record billed, and a record is never given up.
+//!
+//! Bounded with back-pressure, without a task per record: the channel itself never refuses (the
+//! record of a finished invocation is sent from a synchronous callback on the guest's task, which
+//! must not block), but every record queued and not yet committed is counted, and while that
+//! count is at [`BACKLOG`] the service admits no new invocation (503 `recorder_backlog`). What is
+//! held is therefore at most `BACKLOG` + the invocations already running when it filled up. A
+//! store that stays down keeps the writer retrying (backoff up to [`MAX_BACKOFF`]) and the node
+//! refusing new invocations until the store is back: nothing ran that is not recorded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nimbus_model::InvocationRecord;
@@ -10,8 +20,11 @@ use nimbus_store::InvocationStore;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 const BATCH: usize = 1024;
-const CHANNEL: usize = 16_384;
+/// Records held in memory (queued, or in a batch being written) beyond which new invocations are
+/// refused. At ~1 KiB a record (more with logs) this is tens of MiB.
+pub(crate) const BACKLOG: usize = 16_384;
 const LINGER: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 // Records are nearly every message: boxing them would cost an allocation each to shrink the
 // rare flush.
@@ -24,52 +37,55 @@ enum Msg {
 
 #[derive(Clone)]
 pub(crate) struct Recorder {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Records queued and not yet committed.
+    pending: Arc<AtomicUsize>,
     pub(crate) followers: broadcast::Sender<Arc<InvocationRecord>>,
 }
 
 impl Recorder {
     pub(crate) fn spawn(store: Arc<dyn InvocationStore>) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(CHANNEL);
+        let (tx, rx) = mpsc::unbounded_channel();
         let (followers, _) = broadcast::channel(1024);
-        let task = tokio::spawn(run(store, rx, followers.clone()));
-        (Recorder { tx, followers }, task)
+        let pending = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(store, rx, followers.clone(), pending.clone()));
+        (Recorder { tx, pending, followers }, task)
     }
 
-    /// Queue a record without waiting; if the writer is far behind, hand it to a task that
-    /// waits (back-pressure instead of losing a billable record).
+    /// Whether a new invocation may start: the backlog of unwritten records is under its bound.
+    pub(crate) fn has_room(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) < BACKLOG
+    }
+
+    /// Records queued and not yet in the store.
+    pub(crate) fn backlog(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Queue a record without waiting (bounded by admission, see the module doc).
     pub(crate) fn record_now(&self, record: InvocationRecord) {
-        match self.tx.try_send(Msg::Record(record)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Msg::Record(record))) => {
-                let recorder = self.clone();
-                tokio::spawn(async move { recorder.record(record).await });
-            }
-            Err(_) => tracing::error!("invocation recorder has stopped; record lost"),
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Record(record)).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            // Only after the writer task ended (the service is being dropped).
+            tracing::error!("invocation recorder has stopped; record lost");
         }
     }
 
     /// Wait until every record queued so far is written.
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.await;
-        }
-    }
-
-    /// Queue a record. Waits only if the writer is far behind (back-pressure instead of losing
-    /// billable records); callers run this after the response has been handed over.
-    pub(crate) async fn record(&self, record: InvocationRecord) {
-        if self.tx.send(Msg::Record(record)).await.is_err() {
-            tracing::error!("invocation recorder has stopped; record lost");
         }
     }
 }
 
 async fn run(
     store: Arc<dyn InvocationStore>,
-    mut rx: mpsc::Receiver<Msg>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
     followers: broadcast::Sender<Arc<InvocationRecord>>,
+    pending: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -96,7 +112,9 @@ async fn run(
             })
             .collect();
         if !records.is_empty() {
+            let n = records.len();
             write(&store, records, &followers).await;
+            pending.fetch_sub(n, Ordering::Relaxed);
         }
         for ack in flushes {
             let _ = ack.send(());
@@ -109,32 +127,122 @@ async fn write(
     records: Vec<InvocationRecord>,
     followers: &broadcast::Sender<Arc<InvocationRecord>>,
 ) {
-    let store = store.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let mut records = records;
-        // Retry a failing backend a few times before giving the batch up, loudly.
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=5 {
-            match store.insert_batch(&mut records) {
-                Ok(()) => return Some(records),
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, n = records.len(), "writing invocation records");
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
+    let mut records = Some(records);
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 0u32;
+    // Retried until it is stored (`insert_batch` is idempotent by id, so a batch whose commit
+    // succeeded but whose answer was lost is neither duplicated nor counted twice).
+    let written = loop {
+        attempt += 1;
+        let (s, batch) = (store.clone(), records.take().expect("kept between attempts"));
+        let result = tokio::task::spawn_blocking(move || {
+            let mut batch = batch;
+            let r = s.insert_batch(&mut batch);
+            (r, batch)
+        })
+        .await;
+        match result {
+            Ok((Ok(()), batch)) => break batch,
+            Ok((Err(e), batch)) => {
+                tracing::warn!(error = %e, attempt, n = batch.len(), "writing invocation records; retrying");
+                records = Some(batch);
+            }
+            Err(e) => {
+                // The blocking task panicked: the batch went with it. Not expected from a store;
+                // nothing to retry with.
+                tracing::error!(error = %e, "invocation record writer panicked; batch lost");
+                return;
             }
         }
-        tracing::error!(n = records.len(), "dropping invocation records after 5 failed writes");
-        None
-    })
-    .await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_BACKOFF);
+    };
     // Sent after the commit, with the positions the store assigned, in position order (one
     // writer task, one batch at a time): a follower can drop what it already read from the store
     // by comparing positions.
-    if let Ok(Some(records)) = written {
-        for r in records {
-            // No follower is not an error.
-            let _ = followers.send(Arc::new(r));
+    for r in written {
+        // No follower is not an error.
+        let _ = followers.send(Arc::new(r));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_model::{InvocationQuery, InvocationStatus, UnixMillis};
+    use nimbus_store::{Result, StoreError};
+    use parking_lot::Mutex;
+
+    /// A store that fails its first `failures` writes, then keeps what it is given.
+    struct Flaky {
+        failures: Mutex<u32>,
+        kept: Mutex<Vec<InvocationRecord>>,
+    }
+
+    impl InvocationStore for Flaky {
+        fn insert_batch(&self, records: &mut [InvocationRecord]) -> Result<()> {
+            let mut f = self.failures.lock();
+            if *f > 0 {
+                *f -= 1;
+                return Err(StoreError::Conflict("the disk is full".into()));
+            }
+            self.kept.lock().extend(records.iter().cloned());
+            Ok(())
         }
+        fn query(&self, _: &str, _: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
+            Ok(vec![])
+        }
+        fn get(&self, _: &str, _: &str) -> Result<Option<InvocationRecord>> {
+            Ok(None)
+        }
+        fn prune(&self, _: UnixMillis, _: u32) -> Result<u64> {
+            Ok(0)
+        }
+        fn delete_project(&self, _: &str) -> Result<u64> {
+            Ok(0)
+        }
+    }
+
+    fn record(id: u32) -> InvocationRecord {
+        InvocationRecord {
+            seq: 0,
+            id: id.to_string(),
+            project: "p".into(),
+            function: "f".into(),
+            version: 1,
+            trigger: "http".into(),
+            method: String::new(),
+            path: String::new(),
+            started_at: 0,
+            duration_us: 0,
+            queue_us: 0,
+            fuel: 0,
+            peak_memory_bytes: 0,
+            memory_limit_mb: 0,
+            outbound_bytes: 0,
+            status: InvocationStatus::Ok,
+            http_status: None,
+            error: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs_truncated: false,
+        }
+    }
+
+    /// The old writer gave a batch up after five failed writes; this one keeps it until the
+    /// store takes it (six failures: 50+100+...+1600 ms of backoff), counted as backlog meanwhile.
+    #[tokio::test]
+    async fn a_failing_store_loses_nothing() {
+        let store = Arc::new(Flaky { failures: Mutex::new(6), kept: Mutex::new(vec![]) });
+        let (recorder, _task) = Recorder::spawn(store.clone());
+        for i in 0..100 {
+            recorder.record_now(record(i));
+        }
+        assert_eq!(recorder.backlog(), 100);
+        recorder.flush().await;
+        assert_eq!(store.kept.lock().len(), 100);
+        assert_eq!(*store.failures.lock(), 0, "it failed 6 times first");
+        assert_eq!(recorder.backlog(), 0);
+        assert!(recorder.has_room());
     }
 }

@@ -81,6 +81,13 @@ pub struct InvocationRecord {
     pub fuel: u64,
     /// Largest linear memory the instance reached, in bytes.
     pub peak_memory_bytes: u64,
+    /// The function's configured memory limit in MiB (rounded up), what GB-seconds are billed
+    /// on (0 in records written before usage was metered).
+    #[serde(default)]
+    pub memory_limit_mb: u64,
+    /// Bytes the function's outbound HTTP requests wrote to the network.
+    #[serde(default)]
+    pub outbound_bytes: u64,
     pub status: InvocationStatus,
     /// HTTP status sent to the client, if a response started.
     pub http_status: Option<u16>,

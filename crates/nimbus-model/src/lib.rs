@@ -8,6 +8,7 @@ mod invocation;
 pub mod net;
 mod route;
 mod trigger;
+pub mod usage;
 
 pub use function::*;
 pub use invocation::*;

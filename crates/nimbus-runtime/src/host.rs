@@ -75,6 +75,8 @@ impl OutboundPolicy {
 }
 
 pub(crate) struct OutboundHooks {
+    /// Bytes written to the network by this invocation's outbound connections.
+    pub(crate) egress: Arc<std::sync::atomic::AtomicU64>,
     /// The function's host allow-list.
     pub(crate) policy: Arc<OutboundPolicy>,
     /// The operator's network policy, checked on the resolved address.
@@ -120,7 +122,7 @@ impl WasiHttpHooks for OutboundHooks {
         }
         drop(fut);
         let net = self.net.clone();
-        Box::new(crate::net::send_request(net, request, options))
+        Box::new(crate::net::send_request(net, request, options, self.egress.clone()))
     }
 }
 

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -26,6 +27,58 @@ pub use nimbus_model::net::{NetPolicy, internal_range};
 
 trait TokioStream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T> TokioStream for T where T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+
+/// A connection that counts the bytes written to it (an invocation's egress, for usage). Bytes
+/// the connection writes after the guest has ended (hyper finishing a body) are not seen by the
+/// record, which is read when the guest ends.
+struct Counted<S> {
+    inner: S,
+    written: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Rustls' client configuration with the webpki roots, built once per process (as cheap to share
 /// as an `Arc`).
@@ -82,6 +135,7 @@ pub(crate) async fn send_request(
     policy: Arc<NetPolicy>,
     mut req: http::Request<WasiBody>,
     options: Option<RequestOptions>,
+    egress: Arc<AtomicU64>,
 ) -> Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error> {
     let uri = req.uri();
     let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
@@ -99,6 +153,8 @@ pub(crate) async fn send_request(
     let stream = tokio::time::timeout(connect_timeout, connect_checked(&policy, &authority))
         .await
         .map_err(|_| Error::ConnectionTimeout)??;
+    // Counted below TLS: what leaves the node, as a network bill would count it.
+    let stream = Counted { inner: stream, written: egress };
     let stream: Box<dyn TokioStream> = if use_tls {
         let connector = tokio_rustls::TlsConnector::from(tls_config());
         let domain = tls_server_name(&authority)?;

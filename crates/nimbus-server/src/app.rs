@@ -54,6 +54,8 @@ pub struct AppState {
     pub files: nimbus_files::FilesService,
     pub triggers: nimbus_triggers::TriggerService,
     pub push: nimbus_push::PushService,
+    /// Usage reports and prices.
+    pub usage: nimbus_functions::usage::UsageService,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -77,6 +79,7 @@ impl AppState {
         files: nimbus_files::FilesService,
         triggers: nimbus_triggers::TriggerService,
         push: nimbus_push::PushService,
+        usage: nimbus_functions::usage::UsageService,
         admin_token: String,
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -89,6 +92,7 @@ impl AppState {
             files,
             triggers,
             push,
+            usage,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -155,7 +159,8 @@ impl AppState {
          (name = "push", description = "Push notifications (docs/push.md): Web Push \
                                         subscriptions and topics, sends and their delivery \
                                         records (management); the VAPID key and end users' own \
-                                        subscriptions (public to apps)"))
+                                        subscriptions (public to apps)"),
+         (name = "usage", description = "Metered usage and its cost (docs/usage.md)"))
 )]
 struct ApiDoc;
 
@@ -248,6 +253,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api::functions::set_secret, api::functions::delete_secret))
         .routes(routes!(api::invocations::logs))
         .routes(routes!(api::invocations::list))
+        .routes(routes!(api::usage::report))
+        .routes(routes!(api::usage::export))
+        .routes(routes!(api::usage::get_quotas, api::usage::set_quotas, api::usage::delete_quotas))
         .routes(routes!(api::projects::create, api::projects::list))
         .routes(routes!(api::projects::delete))
         .routes(routes!(api::projects::create_key, api::projects::list_keys))

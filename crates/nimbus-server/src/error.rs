@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// For `quota_exceeded`: which quota, and when it resets (RFC 3339).
+    pub quota: Option<(&'static str, Option<String>)>,
 }
 
 /// The error body every endpoint answers with.
@@ -31,11 +33,18 @@ pub struct ErrorDetail {
     /// Stable, machine-readable: `not_found`, `invalid_module`, `route_conflict`, `timeout`...
     pub code: String,
     pub message: String,
+    /// With `quota_exceeded`: the quota that is used up (`invocations_per_month`,
+    /// `gb_seconds_per_month`, `concurrent_executions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    /// With `quota_exceeded` of a monthly quota: when it resets (the next UTC month, RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError { status, code, message: message.into(), retry_after: None, quota: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -58,8 +67,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        let (quota, resets_at) = match self.quota {
+            Some((q, r)) => (Some(q.to_string()), r),
+            None => (None, None),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.into(), message: self.message, quota, resets_at },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -80,6 +94,12 @@ impl From<FunctionError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "route_conflict", e.to_string())
             }
             FunctionError::NotFound(_) => ApiError::not_found(e.to_string()),
+            FunctionError::InvalidRange(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_range", e.to_string())
+            }
+            FunctionError::InvalidQuotas(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_quotas", e.to_string())
+            }
             FunctionError::Store(_) | FunctionError::Internal(_) => ApiError::internal(&e),
         }
     }
@@ -102,13 +122,41 @@ impl From<InvokeError> for ApiError {
             InvokeError::MemoryLimit => (StatusCode::INTERNAL_SERVER_ERROR, "memory_limit"),
             InvokeError::Trap => (StatusCode::INTERNAL_SERVER_ERROR, "function_crashed"),
             InvokeError::Failed => (StatusCode::INTERNAL_SERVER_ERROR, "function_failed"),
+            InvokeError::RecorderBacklog => (StatusCode::SERVICE_UNAVAILABLE, "recorder_backlog"),
+            InvokeError::Quota(ref q) => {
+                return quota_error(q);
+            }
         };
         let mut api = ApiError::new(status, code, e.to_string());
-        if let InvokeError::Rejected(_, retry) = e {
-            api.retry_after = Some(retry.as_secs().max(1));
+        match e {
+            InvokeError::Rejected(_, retry) => api.retry_after = Some(retry.as_secs().max(1)),
+            InvokeError::RecorderBacklog => api.retry_after = Some(1),
+            _ => {}
         }
         api
     }
+}
+
+/// 429 naming the quota and when it resets.
+fn quota_error(q: &nimbus_functions::QuotaExceeded) -> ApiError {
+    let resets = q.resets_at.map(nimbus_model::usage::rfc3339);
+    let message = match &resets {
+        Some(at) => format!(
+            "project {}'s quota {} is used up until {at} (the start of the next UTC month)",
+            q.project, q.quota
+        ),
+        None => format!(
+            "project {}'s quota {} is used up: try again when one of its invocations ends",
+            q.project, q.quota
+        ),
+    };
+    let mut api = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
+    api.retry_after = Some(match q.resets_at {
+        Some(t) => ((t - nimbus_model::now_millis()).max(1000) / 1000) as u64,
+        None => 1,
+    });
+    api.quota = Some((q.quota, resets));
+    api
 }
 
 impl From<AuthError> for ApiError {

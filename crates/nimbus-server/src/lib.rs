@@ -100,6 +100,8 @@ pub struct ServerConfig {
     /// Event delivery: retries, retention of deliveries and dead letters, queue bounds. Its
     /// `callback_policy` is replaced by `outbound_allow_nets` (callbacks obey guests' policy).
     pub triggers: nimbus_triggers::TriggersConfig,
+    /// The operator's price sheet (`serve --pricing`): usage reports carry costs when set.
+    pub prices: Option<nimbus_model::usage::PriceSheet>,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +131,7 @@ impl Default for ServerConfig {
             s3_listen: None,
             s3: S3Limits::default(),
             triggers: nimbus_triggers::TriggersConfig::default(),
+            prices: None,
         }
     }
 }
@@ -212,7 +215,12 @@ impl Server {
             .context("starting the push service")?;
         let functions = FunctionService::start(
             Arc::new(runtime),
-            Stores { functions: sqlite.clone(), invocations: sqlite.clone(), blobs },
+            Stores {
+                functions: sqlite.clone(),
+                invocations: sqlite.clone(),
+                blobs,
+                usage: sqlite.clone(),
+            },
             FunctionsConfig {
                 limits: config.limits,
                 queue_timeout: config.queue_timeout,
@@ -223,6 +231,8 @@ impl Server {
         )
         .await?;
         let functions = Arc::new(functions);
+        let usage =
+            nimbus_functions::usage::UsageService::new(sqlite.clone(), config.prices.clone());
         let triggers = nimbus_triggers::TriggerService::new(
             nimbus_triggers::TriggerStores {
                 log: sqlite.clone(),
@@ -266,6 +276,7 @@ impl Server {
             files,
             triggers,
             push,
+            usage,
             admin_token,
             &config,
             watch,
@@ -353,6 +364,7 @@ impl Server {
             self.event_retention,
             EVENT_PRUNE_EVERY,
         ));
+        let functions = self.state.functions.clone();
         let app = router(self.state);
         self.in_process.set(Some(app.clone()));
         let notify = self.shutting_down;
@@ -363,6 +375,9 @@ impl Server {
         listener::serve(self.listener, app, self.connections, signal, SHUTDOWN_GRACE, conn_metrics)
             .await;
         self.in_process.set(None);
+        // Every request has been answered; write the records (and usage) still queued, so a
+        // graceful stop loses none.
+        functions.shutdown().await;
         Ok(())
     }
 }

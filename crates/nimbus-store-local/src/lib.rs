@@ -38,6 +38,7 @@ mod objects;
 mod push;
 mod sqlite;
 mod triggers;
+mod usage;
 
 pub use blob::LocalBlobStore;
 pub use migrations::SCHEMA_VERSION;

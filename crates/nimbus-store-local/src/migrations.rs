@@ -581,6 +581,37 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX async_invocations_callbacks ON async_invocations (callback_next_at)
         WHERE callback_status = 'pending';
     "#,
+    // 12 (issue 10): usage metering and quotas. The two record columns are what GB-seconds and
+    // egress are counted from; `usage_hourly` is bumped in the transaction that inserts the
+    // records and is never pruned (days and months are sums of hours).
+    r#"
+    ALTER TABLE invocations ADD COLUMN memory_limit_mb INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN outbound_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE usage_hourly (
+        project        TEXT    NOT NULL,
+        hour           INTEGER NOT NULL, -- unix ms of the UTC hour's start
+        function       TEXT    NOT NULL,
+        requests       INTEGER NOT NULL,
+        exec_ms        INTEGER NOT NULL,
+        mb_ms          INTEGER NOT NULL,
+        fuel           INTEGER NOT NULL,
+        outbound_bytes INTEGER NOT NULL,
+        events         INTEGER NOT NULL,
+        PRIMARY KEY (project, hour, function)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX usage_hourly_hour ON usage_hourly (hour);
+    CREATE TABLE project_quotas (
+        project TEXT NOT NULL PRIMARY KEY,
+        quotas  TEXT NOT NULL -- JSON: nimbus_model::usage::Quotas
+    ) STRICT;
+    -- One row per soft threshold crossed: its event is written once per quota and month.
+    CREATE TABLE quota_thresholds (
+        project TEXT    NOT NULL,
+        quota   TEXT    NOT NULL,
+        period  INTEGER NOT NULL, -- unix ms of the UTC month's start
+        PRIMARY KEY (project, quota, period)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -697,6 +728,7 @@ mod tests {
         "da86ff1df48cb75b8db1451073900052fa749a909540d1cb13d93a98bcc1c74c",
         "aa0735fbe78e67deb5d4afa0a9eb7fafa87cf07e72c2030e69893e3c29cf136d",
         "39bb479b7a8c57c05382e910b860bfa257f90f8e1d76adec4c34d0444ee1b3d9",
+        "14ba569bbe8c83adbafacdc8bd2f7ae358e1083636dc51c54f1ab77b4ec96244",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [

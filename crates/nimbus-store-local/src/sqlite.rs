@@ -1,6 +1,6 @@
 //! [`SqliteStore`]: functions, versions, secrets and invocation records in one SQLite file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 
 use crate::error::{Context, backend};
 use crate::migrations;
+use nimbus_model::usage::{UsageCounters, hour_of, month_of};
 
 /// Read-only connections kept next to the writer of a file-backed store.
 pub const READER_POOL_SIZE: usize = 4;
@@ -271,7 +272,8 @@ fn function_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionInfo> {
 macro_rules! invocation_columns {
     () => {
         "id, project, function, version, \"trigger\", started_at, duration_us, queue_us, fuel, \
-         peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated, method, path"
+         peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated, method, path, \
+         memory_limit_mb, outbound_bytes"
     };
 }
 const INVOCATION_COLUMNS: &str = invocation_columns!();
@@ -307,7 +309,9 @@ fn invocation_from_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
         logs_truncated: row.get(15)?,
         method: row.get(16)?,
         path: row.get(17)?,
-        seq: row.get(18)?,
+        memory_limit_mb: row.get(18)?,
+        outbound_bytes: row.get(19)?,
+        seq: row.get(20)?,
     })
 }
 
@@ -607,11 +611,13 @@ impl InvocationStore for SqliteStore {
                 .prepare_cached(&format!(
                     "INSERT INTO invocations (seq, {INVOCATION_COLUMNS}) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                     ?18, ?19) \
+                     ?18, ?19, ?20, ?21) \
                      ON CONFLICT (project, id) DO NOTHING"
                 ))
                 .context("preparing the invocation insert")?;
-            for (seq, r) in (last - n + 1..).zip(records.iter_mut()) {
+            let mut usage: HashMap<(&str, i64, &str), UsageCounters> = HashMap::new();
+            let mut seqs = Vec::with_capacity(records.len());
+            for (seq, r) in (last - n + 1..).zip(records.iter()) {
                 let inserted = insert
                     .execute(params![
                         seq,
@@ -633,9 +639,18 @@ impl InvocationStore for SqliteStore {
                         r.logs_truncated,
                         r.method,
                         r.path,
+                        r.memory_limit_mb,
+                        r.outbound_bytes,
                     ])
                     .with_context(|| format!("inserting invocation record {}", r.id))?;
-                r.seq = if inserted == 1 {
+                let seq = if inserted == 1 {
+                    // Counted only when stored, so a retried batch is not counted twice.
+                    if let Some(c) = UsageCounters::of(r) {
+                        usage
+                            .entry((r.project.as_str(), hour_of(r.started_at), r.function.as_str()))
+                            .or_default()
+                            .add(&c);
+                    }
                     seq
                 } else {
                     // A retry of a batch that was stored after all: keep the first position.
@@ -643,8 +658,55 @@ impl InvocationStore for SqliteStore {
                         .and_then(|mut stmt| stmt.query_row([&r.project, &r.id], |row| row.get(0)))
                         .with_context(|| format!("reading the position of record {}", r.id))?
                 };
+                seqs.push(seq);
             }
-            Ok(())
+            let mut bump = tx
+                .prepare_cached(
+                    "INSERT INTO usage_hourly (project, hour, function, requests, exec_ms, mb_ms, \
+                     fuel, outbound_bytes, events) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                     ON CONFLICT (project, hour, function) DO UPDATE SET \
+                     requests = requests + excluded.requests, \
+                     exec_ms = exec_ms + excluded.exec_ms, \
+                     mb_ms = mb_ms + excluded.mb_ms, \
+                     fuel = fuel + excluded.fuel, \
+                     outbound_bytes = outbound_bytes + excluded.outbound_bytes, \
+                     events = events + excluded.events",
+                )
+                .context("preparing the usage update")?;
+            for ((project, hour, function), c) in &usage {
+                bump.execute(params![
+                    project,
+                    hour,
+                    function,
+                    c.requests,
+                    c.exec_ms,
+                    c.mb_ms,
+                    c.fuel,
+                    c.outbound_bytes,
+                    c.events
+                ])
+                .context("counting usage")?;
+            }
+            let mut months: Vec<(&str, i64)> =
+                usage.keys().map(|(p, hour, _)| (*p, month_of(*hour))).collect();
+            months.sort_unstable();
+            months.dedup();
+            let mut last_event = None;
+            for (project, month) in months {
+                if let Some(p) = crate::usage::thresholds_crossed(tx, project, month)? {
+                    last_event = Some(p);
+                }
+            }
+            drop(usage);
+            for (r, seq) in records.iter_mut().zip(seqs) {
+                r.seq = seq;
+            }
+            Ok(last_event)
+        })
+        .map(|last_event| {
+            if let Some(p) = last_event {
+                self.events_committed(p);
+            }
         })
     }
 

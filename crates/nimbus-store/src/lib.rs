@@ -14,6 +14,7 @@ pub mod kv;
 pub mod objects;
 pub mod push;
 pub mod triggers;
+pub mod usage;
 
 use std::collections::BTreeMap;
 

@@ -344,6 +344,8 @@ mod tests {
             queue_us: 0,
             fuel: 12_345,
             peak_memory_bytes: 1 << 16,
+            memory_limit_mb: 128,
+            outbound_bytes: 0,
             status: InvocationStatus::Ok,
             http_status: Some(200),
             error: None,

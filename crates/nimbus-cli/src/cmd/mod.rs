@@ -13,6 +13,7 @@ pub mod projects;
 pub mod push;
 pub mod secrets;
 pub mod serve;
+pub mod usage;
 pub mod users;
 
 use nimbus_model::RouteSpec;

@@ -101,6 +101,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_COMPILE_CACHE_SIZE", value_parser = parse_size, default_value = "1GiB")]
     pub compile_cache_size: u64,
 
+    /// Price sheet (TOML: currency, per_million_requests, per_gb_second, per_gb_month_stored,
+    /// per_gb_egress, [free_tier] requests/gb_seconds/egress_gb/stored_gb); usage reports
+    /// (`nimbus usage`, GET /v1/usage) then carry costs. See docs/usage.md
+    #[arg(long, value_name = "FILE", env = "NIMBUS_PRICING")]
+    pub pricing: Option<PathBuf>,
+
     /// How long invocation records and logs are kept
     #[arg(long, env = "NIMBUS_LOG_RETENTION", value_parser = parse_duration, default_value = "7d")]
     pub log_retention: Duration,
@@ -560,6 +566,17 @@ impl ServeArgs {
                 max_pending_per_project: self.max_pending_events,
                 callback_allow_http: self.callback_allow_http,
                 ..Default::default()
+            },
+            prices: match &self.pricing {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading the price sheet {}", path.display()))?;
+                    Some(
+                        nimbus_model::usage::PriceSheet::from_toml(&text)
+                            .with_context(|| format!("in {}", path.display()))?,
+                    )
+                }
             },
         })
     }

@@ -10,4 +10,5 @@ pub(crate) mod projects;
 pub(crate) mod push;
 pub(crate) mod realtime;
 pub(crate) mod triggers;
+pub(crate) mod usage;
 pub(crate) mod users;

@@ -19,3 +19,4 @@ mod push;
 mod realtime;
 mod s3;
 mod triggers;
+mod usage;

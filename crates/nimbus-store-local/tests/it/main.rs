@@ -10,3 +10,4 @@ mod push;
 mod sqlite;
 mod triggers;
 mod upgrade;
+mod usage;

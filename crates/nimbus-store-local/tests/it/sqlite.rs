@@ -81,6 +81,8 @@ fn record_in(
         queue_us: 7,
         fuel: u64::from(u32::MAX) * 3,
         peak_memory_bytes: 1 << 20,
+        memory_limit_mb: 128,
+        outbound_bytes: id * 10,
         status,
         http_status: (status == InvocationStatus::Ok).then_some(200),
         error: (status != InvocationStatus::Ok).then(|| "boom".to_string()),

@@ -1,0 +1,286 @@
+//! Usage reports: the stored hourly counters grouped by function, day or hour, priced with the
+//! operator's price sheet (free tier per project and UTC month, consumed in time order), plus the
+//! data services' gauges.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use nimbus_model::UnixMillis;
+use nimbus_model::usage::rfc3339;
+use nimbus_model::usage::{
+    Cost, DataGauges, FreeLeft, PriceSheet, UsageCounters, UsageRow, day_of, month_of,
+    storage_cost_per_month,
+};
+use nimbus_store::usage::UsageStore;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use sha2::Digest as _;
+
+use crate::{FunctionError, Result, blocking};
+
+/// The longest range a report covers, and the most rows it returns.
+pub const MAX_RANGE_MS: i64 = 400 * 24 * 3_600_000;
+pub const MAX_ROWS: usize = 50_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    Function,
+    Day,
+    Hour,
+}
+
+/// One line of a report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageLine {
+    pub project: String,
+    /// Set when grouped by function.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Start of the day or hour (unix ms, UTC), when grouped by day or hour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<UnixMillis>,
+    #[serde(flatten)]
+    pub counters: UsageCounters,
+    pub gb_seconds: f64,
+    /// After the free tier; absent without a price sheet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+}
+
+/// A project's totals over the range, and what its data services hold now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProjectUsage {
+    pub project: String,
+    #[serde(flatten)]
+    pub counters: UsageCounters,
+    pub gb_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+    pub data: DataGauges,
+    /// What a month of holding `data` costs at today's size (storage is a gauge, not metered
+    /// over time); absent without a price sheet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_cost_per_month: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    pub from: UnixMillis,
+    pub to: UnixMillis,
+    pub by: GroupBy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    pub lines: Vec<UsageLine>,
+    pub projects: Vec<ProjectUsage>,
+}
+
+#[derive(Clone)]
+pub struct UsageService {
+    store: Arc<dyn UsageStore>,
+    prices: Option<Arc<PriceSheet>>,
+}
+
+impl UsageService {
+    pub fn new(store: Arc<dyn UsageStore>, prices: Option<PriceSheet>) -> Self {
+        UsageService { store, prices: prices.map(Arc::new) }
+    }
+
+    pub fn prices(&self) -> Option<&PriceSheet> {
+        self.prices.as_deref()
+    }
+
+    /// Usage in `[from, to)` (whole hours: `from` rounds down, `to` up), for one project or all.
+    pub async fn report(
+        &self,
+        project: Option<&str>,
+        from: UnixMillis,
+        to: UnixMillis,
+        by: GroupBy,
+    ) -> Result<UsageReport> {
+        let (from, to) = hours(from, to)?;
+        // Rows from the start of `from`'s month: the free tier is used up in time order, so a
+        // report starting mid-month must know what the month used before it.
+        let (store, p) = (self.store.clone(), project.map(str::to_owned));
+        let start = month_of(from);
+        let (rows, gauges) = blocking(move || {
+            let rows = store.usage_hours(p.as_deref(), start, to)?;
+            if rows.len() > MAX_ROWS * 4 {
+                return Err(FunctionError::InvalidRange(format!(
+                    "more than {MAX_ROWS} rows of usage: ask for a shorter range"
+                )));
+            }
+            let mut projects: Vec<String> = match &p {
+                Some(p) => vec![p.clone()],
+                None => store.usage_projects(from, to)?,
+            };
+            projects.dedup();
+            let mut gauges = BTreeMap::new();
+            for project in projects {
+                let g = store.data_gauges(&project)?;
+                gauges.insert(project, g);
+            }
+            Ok((rows, gauges))
+        })
+        .await?;
+        Ok(self.build(rows, gauges, from, to, by))
+    }
+
+    fn build(
+        &self,
+        rows: Vec<UsageRow>,
+        gauges: BTreeMap<String, DataGauges>,
+        from: UnixMillis,
+        to: UnixMillis,
+        by: GroupBy,
+    ) -> UsageReport {
+        let sheet = self.prices.as_deref();
+        // (project, month) -> free tier left; rows come in (hour, project, function) order.
+        let mut free: BTreeMap<(String, UnixMillis), FreeLeft> = BTreeMap::new();
+        let mut lines: BTreeMap<(String, Option<String>, Option<UnixMillis>), UsageLine> =
+            BTreeMap::new();
+        let mut projects: BTreeMap<String, ProjectUsage> = BTreeMap::new();
+        for row in rows {
+            let cost = sheet.map(|sheet| {
+                free.entry((row.project.clone(), month_of(row.hour)))
+                    .or_insert_with(|| FreeLeft::new(&sheet.free_tier))
+                    .charge(sheet, &row.counters)
+            });
+            if row.hour < from {
+                continue; // counted only for the free tier
+            }
+            let key = match by {
+                GroupBy::Function => (row.project.clone(), Some(row.function.clone()), None),
+                GroupBy::Day => (row.project.clone(), None, Some(day_of(row.hour))),
+                GroupBy::Hour => (row.project.clone(), None, Some(row.hour)),
+            };
+            let line = lines.entry(key.clone()).or_insert_with(|| UsageLine {
+                project: key.0,
+                function: key.1,
+                period: key.2,
+                counters: UsageCounters::default(),
+                gb_seconds: 0.0,
+                cost: sheet.map(|_| Cost::default()),
+            });
+            line.counters.add(&row.counters);
+            let total = projects.entry(row.project.clone()).or_insert_with(|| ProjectUsage {
+                project: row.project.clone(),
+                counters: UsageCounters::default(),
+                gb_seconds: 0.0,
+                cost: sheet.map(|_| Cost::default()),
+                data: DataGauges::default(),
+                storage_cost_per_month: None,
+            });
+            total.counters.add(&row.counters);
+            if let Some(c) = &cost {
+                line.cost.get_or_insert_default().add(c);
+                total.cost.get_or_insert_default().add(c);
+            }
+        }
+        for (project, g) in gauges {
+            let p = projects.entry(project.clone()).or_insert_with(|| ProjectUsage {
+                project,
+                counters: UsageCounters::default(),
+                gb_seconds: 0.0,
+                cost: sheet.map(|_| Cost::default()),
+                data: DataGauges::default(),
+                storage_cost_per_month: None,
+            });
+            p.data = g;
+            p.storage_cost_per_month = sheet.map(|s| storage_cost_per_month(s, g.stored_bytes()));
+        }
+        let mut lines: Vec<UsageLine> = lines.into_values().collect();
+        for l in &mut lines {
+            l.gb_seconds = l.counters.gb_seconds();
+        }
+        // By time: in time order; by function: by project, then function (the map's order).
+        if by != GroupBy::Function {
+            lines.sort_by(|a, b| (a.period, &a.project).cmp(&(b.period, &b.project)));
+        }
+        lines.truncate(MAX_ROWS);
+        let mut projects: Vec<ProjectUsage> = projects.into_values().collect();
+        for p in &mut projects {
+            p.gb_seconds = p.counters.gb_seconds();
+        }
+        UsageReport { from, to, by, currency: sheet.map(|s| s.currency.clone()), lines, projects }
+    }
+}
+
+impl UsageService {
+    /// Usage as CloudEvents for OpenMeter's ingest API: one event per (project, function, hour,
+    /// meter) with a nonzero value, over complete hours only (an hour still counting would be
+    /// exported again with a larger value under the same id, and deduplicated away). The id is
+    /// a hash of (project, function, hour, meter), so re-exporting a range sends the same ids and
+    /// OpenMeter keeps each once.
+    pub async fn export(
+        &self,
+        project: Option<&str>,
+        from: UnixMillis,
+        to: UnixMillis,
+        source: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        let now_hour = nimbus_model::usage::hour_of(nimbus_model::now_millis());
+        let (from, to) = hours(from, to)?;
+        let to = to.min(now_hour);
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let (store, p) = (self.store.clone(), project.map(str::to_owned));
+        let rows = blocking(move || Ok(store.usage_hours(p.as_deref(), from, to)?)).await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let c = &row.counters;
+            let meters: [(&str, serde_json::Value); 6] = [
+                ("requests", c.requests.into()),
+                ("execution_ms", c.exec_ms.into()),
+                ("gb_seconds", c.gb_seconds().into()),
+                ("fuel", c.fuel.into()),
+                ("outbound_bytes", c.outbound_bytes.into()),
+                ("events", c.events.into()),
+            ];
+            for (meter, value) in meters {
+                if value.as_f64() == Some(0.0) {
+                    continue;
+                }
+                if out.len() >= MAX_ROWS {
+                    return Err(FunctionError::InvalidRange(format!(
+                        "more than {MAX_ROWS} events: ask for a shorter range"
+                    )));
+                }
+                let key = format!("{}\n{}\n{}\n{meter}", row.project, row.function, row.hour);
+                let id = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
+                out.push(serde_json::json!({
+                    "specversion": "1.0",
+                    "id": id,
+                    "source": source,
+                    "type": "nimbus.usage",
+                    "subject": row.project,
+                    "time": rfc3339(row.hour),
+                    "datacontenttype": "application/json",
+                    "data": {
+                        "meter": meter,
+                        "value": value,
+                        "function": row.function,
+                        "hour_start": rfc3339(row.hour),
+                    },
+                }));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `[from, to)` on whole hours, checked.
+fn hours(from: UnixMillis, to: UnixMillis) -> Result<(UnixMillis, UnixMillis)> {
+    const H: i64 = 3_600_000;
+    let from = nimbus_model::usage::hour_of(from);
+    let to = nimbus_model::usage::hour_of(to.saturating_add(H - 1));
+    if to <= from {
+        return Err(FunctionError::InvalidRange("`to` must be after `from`".into()));
+    }
+    if to - from > MAX_RANGE_MS {
+        return Err(FunctionError::InvalidRange("the range is longer than 400 days".into()));
+    }
+    Ok((from, to))
+}

@@ -1,0 +1,378 @@
+//! Usage metering and prices: what a project used, per function and hour, and what it costs.
+//!
+//! Usage is counted from invocation records, in the store transaction that writes them (so it is
+//! exact and survives pruning). These are the rules every backend applies, so they live here.
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{InvocationRecord, InvocationStatus, UnixMillis};
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Counters of one (project, function, hour). All integers, so sums are exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageCounters {
+    /// Invocations that ran (refused ones are not billed).
+    pub requests: u64,
+    /// Execution time: each invocation's wall time from admission to the end of its response,
+    /// without its queue wait, rounded up to the millisecond.
+    pub exec_ms: u64,
+    /// Configured memory (MiB) x execution ms, summed: GB-seconds x 1,024,000.
+    pub mb_ms: u64,
+    /// CPU, in fuel units (about one per wasm instruction).
+    pub fuel: u64,
+    /// Bytes written to the network by outbound HTTP requests.
+    pub outbound_bytes: u64,
+    /// Invocations caused by an event (a trigger `kind:name`).
+    pub events: u64,
+}
+
+impl UsageCounters {
+    /// What one record adds; `None` for a refused invocation (it never ran).
+    pub fn of(r: &InvocationRecord) -> Option<UsageCounters> {
+        if r.status == InvocationStatus::Rejected {
+            return None;
+        }
+        let exec_ms = r.duration_us.saturating_sub(r.queue_us).div_ceil(1000);
+        Some(UsageCounters {
+            requests: 1,
+            exec_ms,
+            mb_ms: exec_ms.saturating_mul(r.memory_limit_mb),
+            fuel: r.fuel,
+            outbound_bytes: r.outbound_bytes,
+            events: u64::from(r.trigger.contains(':')),
+        })
+    }
+
+    pub fn add(&mut self, o: &UsageCounters) {
+        self.requests += o.requests;
+        self.exec_ms += o.exec_ms;
+        self.mb_ms += o.mb_ms;
+        self.fuel = self.fuel.saturating_add(o.fuel);
+        self.outbound_bytes += o.outbound_bytes;
+        self.events += o.events;
+    }
+
+    /// GB-seconds (1 GB = 1024 MiB, as Lambda bills).
+    pub fn gb_seconds(&self) -> f64 {
+        self.mb_ms as f64 / 1024.0 / 1000.0
+    }
+}
+
+/// One stored row: a function's usage in one UTC hour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    pub project: String,
+    pub function: String,
+    /// Start of the hour (unix ms, UTC).
+    pub hour: UnixMillis,
+    #[serde(flatten)]
+    pub counters: UsageCounters,
+}
+
+/// Data held by a project's services now (gauges, read at query time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DataGauges {
+    pub documents: u64,
+    /// Stored document bytes (JSONB size).
+    pub document_bytes: u64,
+    pub kv_bytes: u64,
+    pub file_bytes: u64,
+}
+
+impl DataGauges {
+    pub fn stored_bytes(&self) -> u64 {
+        self.document_bytes + self.kv_bytes + self.file_bytes
+    }
+}
+
+/// A project's quotas (the operator sets them; `None` is unlimited). Monthly quotas reset at the
+/// start of each UTC month.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    #[serde(default)]
+    pub invocations_per_month: Option<u64>,
+    #[serde(default)]
+    pub gb_seconds_per_month: Option<f64>,
+    /// Invocations of the project's functions running at once.
+    #[serde(default)]
+    pub concurrent_executions: Option<u32>,
+    /// Documents + KV + file bytes: reported against, not enforced yet (see docs/usage.md).
+    #[serde(default)]
+    pub stored_bytes: Option<u64>,
+    /// Percent of a monthly quota at which one `dev.nimbus.quota.threshold_crossed` event is
+    /// written (once per quota and month). Default 80.
+    #[serde(default = "default_soft")]
+    pub soft_threshold_percent: u8,
+}
+
+fn default_soft() -> u8 {
+    80
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            invocations_per_month: None,
+            gb_seconds_per_month: None,
+            concurrent_executions: None,
+            stored_bytes: None,
+            soft_threshold_percent: default_soft(),
+        }
+    }
+}
+
+impl Quotas {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.soft_threshold_percent) {
+            return Err("soft_threshold_percent is 1 to 100".into());
+        }
+        if self.gb_seconds_per_month.is_some_and(|g| !g.is_finite() || g < 0.0) {
+            return Err("gb_seconds_per_month must be finite and >= 0".into());
+        }
+        Ok(())
+    }
+
+    /// The monthly GB-second quota in the counters' unit (MiB-ms).
+    pub fn mb_ms_per_month(&self) -> Option<u64> {
+        self.gb_seconds_per_month.map(|g| (g * 1024.0 * 1000.0) as u64)
+    }
+}
+
+/// Names of the quotas, as error codes and events carry them.
+pub const QUOTA_INVOCATIONS: &str = "invocations_per_month";
+pub const QUOTA_GB_SECONDS: &str = "gb_seconds_per_month";
+pub const QUOTA_CONCURRENCY: &str = "concurrent_executions";
+
+/// The type of the event written when a monthly quota crosses its soft threshold.
+pub const THRESHOLD_EVENT: &str = "dev.nimbus.quota.threshold_crossed";
+
+/// The start of the UTC hour holding `t`.
+pub fn hour_of(t: UnixMillis) -> UnixMillis {
+    t.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// The start of the UTC day holding `t`.
+pub fn day_of(t: UnixMillis) -> UnixMillis {
+    t.div_euclid(24 * HOUR_MS) * 24 * HOUR_MS
+}
+
+fn utc(t: UnixMillis) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(t).single().unwrap_or_default()
+}
+
+/// The start of the UTC month holding `t`.
+pub fn month_of(t: UnixMillis) -> UnixMillis {
+    let d = utc(t);
+    Utc.with_ymd_and_hms(d.year(), d.month(), 1, 0, 0, 0)
+        .single()
+        .map_or(0, |m| m.timestamp_millis())
+}
+
+/// The start of the UTC month after the one holding `t`: when monthly quotas and free tiers
+/// start again.
+pub fn next_month(t: UnixMillis) -> UnixMillis {
+    let d = utc(t);
+    let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().map_or(0, |m| m.timestamp_millis())
+}
+
+/// `t` as RFC 3339 in UTC, to the second: `2026-12-01T00:00:00Z`.
+pub fn rfc3339(t: UnixMillis) -> String {
+    utc(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A time as the usage API and CLI take it: unix milliseconds, a UTC date (`2026-12-01`, its
+/// midnight), or RFC 3339 (`2026-12-01T10:00:00Z`).
+pub fn parse_time(s: &str) -> Option<UnixMillis> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return (ms >= 0).then_some(ms);
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis());
+    }
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+}
+
+/// The operator's price sheet (`serve --pricing FILE`, TOML). Prices in one currency; every
+/// field defaults to 0, so a sheet names only what it charges for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriceSheet {
+    /// A label only, e.g. `USD`.
+    pub currency: String,
+    pub per_million_requests: f64,
+    pub per_gb_second: f64,
+    /// Per GiB stored for a month (documents, KV and files).
+    pub per_gb_month_stored: f64,
+    /// Per GiB of outbound HTTP traffic.
+    pub per_gb_egress: f64,
+    /// Free each month, per project, before anything is charged.
+    pub free_tier: FreeTier,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FreeTier {
+    pub requests: u64,
+    pub gb_seconds: f64,
+    pub egress_gb: f64,
+    pub stored_gb: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("price sheet: {0}")]
+pub struct PriceSheetError(String);
+
+impl PriceSheet {
+    pub fn from_toml(text: &str) -> Result<PriceSheet, PriceSheetError> {
+        let sheet: PriceSheet = toml::from_str(text).map_err(|e| PriceSheetError(e.to_string()))?;
+        let prices = [
+            sheet.per_million_requests,
+            sheet.per_gb_second,
+            sheet.per_gb_month_stored,
+            sheet.per_gb_egress,
+            sheet.free_tier.gb_seconds,
+            sheet.free_tier.egress_gb,
+            sheet.free_tier.stored_gb,
+        ];
+        if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
+            return Err(PriceSheetError("prices and free amounts must be finite and >= 0".into()));
+        }
+        Ok(sheet)
+    }
+}
+
+/// Cost of some usage, after the free tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Cost {
+    pub requests: f64,
+    pub compute: f64,
+    pub egress: f64,
+    pub total: f64,
+}
+
+impl Cost {
+    pub fn add(&mut self, o: &Cost) {
+        self.requests += o.requests;
+        self.compute += o.compute;
+        self.egress += o.egress;
+        self.total += o.total;
+    }
+}
+
+/// What is left of a project's free tier in one month, consumed in time order.
+#[derive(Debug, Clone)]
+pub struct FreeLeft {
+    requests: u64,
+    /// In MiB-ms, like the counters, so that consumption is exact.
+    mb_ms: u64,
+    outbound_bytes: u64,
+}
+
+impl FreeLeft {
+    pub fn new(tier: &FreeTier) -> FreeLeft {
+        FreeLeft {
+            requests: tier.requests,
+            mb_ms: (tier.gb_seconds * 1024.0 * 1000.0) as u64,
+            outbound_bytes: (tier.egress_gb * (1u64 << 30) as f64) as u64,
+        }
+    }
+
+    /// The cost of `c` at `sheet`'s prices, after taking what is left of the free tier.
+    pub fn charge(&mut self, sheet: &PriceSheet, c: &UsageCounters) -> Cost {
+        fn take(left: &mut u64, used: u64) -> u64 {
+            let free = (*left).min(used);
+            *left -= free;
+            used - free
+        }
+        let requests = take(&mut self.requests, c.requests);
+        let mb_ms = take(&mut self.mb_ms, c.mb_ms);
+        let bytes = take(&mut self.outbound_bytes, c.outbound_bytes);
+        let requests = requests as f64 / 1e6 * sheet.per_million_requests;
+        let compute = mb_ms as f64 / 1024.0 / 1000.0 * sheet.per_gb_second;
+        let egress = bytes as f64 / (1u64 << 30) as f64 * sheet.per_gb_egress;
+        Cost { requests, compute, egress, total: requests + compute + egress }
+    }
+}
+
+/// What a month of storing `bytes` costs after the free tier.
+pub fn storage_cost_per_month(sheet: &PriceSheet, bytes: u64) -> f64 {
+    let gb = bytes as f64 / (1u64 << 30) as f64;
+    (gb - sheet.free_tier.stored_gb).max(0.0) * sheet.per_gb_month_stored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_ms_dates_or_rfc3339() {
+        assert_eq!(parse_time("1709214300000"), Some(1_709_214_300_000));
+        assert_eq!(parse_time("2024-02-01"), Some(1_706_745_600_000));
+        assert_eq!(parse_time("2024-02-01T01:00:00+01:00"), Some(1_706_745_600_000));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("-5"), None);
+    }
+
+    #[test]
+    fn months_and_hours_in_utc() {
+        // 2024-02-29T13:45:00Z
+        let t = 1_709_214_300_000;
+        assert_eq!(hour_of(t), 1_709_211_600_000);
+        assert_eq!(month_of(t), 1_706_745_600_000); // 2024-02-01
+        assert_eq!(next_month(t), 1_709_251_200_000); // 2024-03-01
+        assert_eq!(next_month(1_733_011_200_000 + 5), 1_735_689_600_000); // Dec 2024 -> 2025-01-01
+    }
+
+    #[test]
+    fn the_free_tier_is_used_up_in_order_and_then_charged() {
+        let sheet = PriceSheet {
+            per_million_requests: 0.2,
+            per_gb_second: 1.0,
+            free_tier: FreeTier { requests: 1_500_000, gb_seconds: 1.0, ..Default::default() },
+            ..Default::default()
+        };
+        let mut left = FreeLeft::new(&sheet.free_tier);
+        let c = UsageCounters { requests: 1_000_000, mb_ms: 1024 * 1000, ..Default::default() };
+        assert_eq!(left.charge(&sheet, &c).total, 0.0, "all inside the free tier");
+        let cost = left.charge(&sheet, &c);
+        assert!((cost.requests - 0.1).abs() < 1e-12, "{cost:?}");
+        assert!((cost.compute - 1.0).abs() < 1e-12, "{cost:?}");
+    }
+
+    #[test]
+    fn a_record_counts_ms_rounded_up_without_its_queue_wait() {
+        let r = InvocationRecord {
+            seq: 0,
+            id: "x".into(),
+            project: "p".into(),
+            function: "f".into(),
+            version: 1,
+            trigger: "queue:jobs".into(),
+            method: String::new(),
+            path: String::new(),
+            started_at: 0,
+            duration_us: 5_001 + 700,
+            queue_us: 700,
+            fuel: 9,
+            peak_memory_bytes: 0,
+            memory_limit_mb: 128,
+            outbound_bytes: 3,
+            status: InvocationStatus::Timeout,
+            http_status: None,
+            error: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs_truncated: false,
+        };
+        let c = UsageCounters::of(&r).unwrap();
+        assert_eq!((c.requests, c.exec_ms, c.mb_ms, c.fuel, c.events), (1, 6, 768, 9, 1));
+        let refused = InvocationRecord { status: InvocationStatus::Rejected, ..r };
+        assert_eq!(UsageCounters::of(&refused), None);
+    }
+}

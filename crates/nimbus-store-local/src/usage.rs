@@ -1,0 +1,240 @@
+//! [`UsageStore`] on SQLite: `usage_hourly` rows (written by `insert_batch` in `sqlite.rs`, in
+//! the records' transaction) and the data gauges read from the services' own tables.
+
+use nimbus_model::UnixMillis;
+use nimbus_model::usage::{
+    DataGauges, QUOTA_GB_SECONDS, QUOTA_INVOCATIONS, Quotas, THRESHOLD_EVENT, UsageCounters,
+    UsageRow, next_month,
+};
+use nimbus_store::Result;
+use nimbus_store::events::NewEvent;
+use nimbus_store::usage::UsageStore;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::Context;
+use crate::sqlite::SqliteStore;
+
+const SELECT: &str = "SELECT project, function, hour, requests, exec_ms, mb_ms, fuel, \
+                      outbound_bytes, events FROM usage_hourly";
+
+fn quotas_on(conn: &Connection, project: &str) -> Result<Option<Quotas>> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT quotas FROM project_quotas WHERE project = ?1")
+        .and_then(|mut s| s.query_row([project], |r| r.get(0)).optional())
+        .context("reading quotas")?;
+    json.map(|j| serde_json::from_str(&j).context("decoding quotas")).transpose()
+}
+
+fn total_on(
+    conn: &Connection,
+    project: &str,
+    from: UnixMillis,
+    to: UnixMillis,
+) -> Result<UsageCounters> {
+    conn.prepare_cached(
+        "SELECT coalesce(sum(requests), 0), coalesce(sum(exec_ms), 0), coalesce(sum(mb_ms), 0), \
+         coalesce(sum(fuel), 0), coalesce(sum(outbound_bytes), 0), coalesce(sum(events), 0) \
+         FROM usage_hourly WHERE project = ?1 AND hour >= ?2 AND hour < ?3",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![project, from, to], |r| {
+            Ok(UsageCounters {
+                requests: r.get(0)?,
+                exec_ms: r.get(1)?,
+                mb_ms: r.get(2)?,
+                fuel: r.get(3)?,
+                outbound_bytes: r.get(4)?,
+                events: r.get(5)?,
+            })
+        })
+    })
+    .context("summing usage")
+}
+
+/// In `insert_batch`'s transaction, after the usage of `project`'s `month` grew: write one
+/// threshold event for each monthly quota whose soft threshold the month has now reached, unless
+/// that quota's event for the month was written already. Returns the last event's position.
+pub(crate) fn thresholds_crossed(
+    tx: &Connection,
+    project: &str,
+    month: UnixMillis,
+) -> Result<Option<u64>> {
+    let Some(quotas) = quotas_on(tx, project)? else { return Ok(None) };
+    let total = total_on(tx, project, month, next_month(month))?;
+    let soft = u128::from(quotas.soft_threshold_percent);
+    let mut last = None;
+    let checks = [
+        (QUOTA_INVOCATIONS, quotas.invocations_per_month, total.requests),
+        (QUOTA_GB_SECONDS, quotas.mb_ms_per_month(), total.mb_ms),
+    ];
+    for (quota, limit, used) in checks {
+        let Some(limit) = limit else { continue };
+        // used / limit >= soft %, in integers.
+        if u128::from(used) * 100 < u128::from(limit) * soft {
+            continue;
+        }
+        let first = tx
+            .prepare_cached(
+                "INSERT INTO quota_thresholds (project, quota, period) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![project, quota, month]))
+            .context("marking a quota threshold")?
+            == 1;
+        if !first {
+            continue;
+        }
+        let (used_v, limit_v) = if quota == QUOTA_GB_SECONDS {
+            (
+                serde_json::json!(used as f64 / 1024.0 / 1000.0),
+                serde_json::json!(quotas.gb_seconds_per_month),
+            )
+        } else {
+            (serde_json::json!(used), serde_json::json!(limit))
+        };
+        let event = NewEvent {
+            project: project.to_string(),
+            kind: THRESHOLD_EVENT.to_string(),
+            source: format!("/v1/projects/{project}/quotas"),
+            subject: quota.to_string(),
+            data: serde_json::json!({
+                "quota": quota,
+                "used": used_v,
+                "limit": limit_v,
+                "threshold_percent": quotas.soft_threshold_percent,
+                "period_start": month,
+                "resets_at": next_month(month),
+            }),
+        };
+        last = crate::events::append_in(tx, &[event])?.last().copied();
+    }
+    Ok(last)
+}
+
+impl UsageStore for SqliteStore {
+    fn usage_total(
+        &self,
+        project: &str,
+        from: UnixMillis,
+        to: UnixMillis,
+    ) -> Result<UsageCounters> {
+        self.read(|conn| total_on(conn, project, from, to))
+    }
+
+    fn set_quotas(&self, project: &str, quotas: Option<&Quotas>) -> Result<()> {
+        self.write("setting quotas", |tx| {
+            match quotas {
+                Some(q) => {
+                    let json = serde_json::to_string(q).context("encoding quotas")?;
+                    tx.execute(
+                        "INSERT INTO project_quotas (project, quotas) VALUES (?1, ?2) \
+                         ON CONFLICT (project) DO UPDATE SET quotas = excluded.quotas",
+                        params![project, json],
+                    )
+                    .context("writing quotas")?;
+                }
+                None => {
+                    tx.execute("DELETE FROM project_quotas WHERE project = ?1", [project])
+                        .context("removing quotas")?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn quotas(&self, project: &str) -> Result<Option<Quotas>> {
+        self.read(|conn| quotas_on(conn, project))
+    }
+
+    fn all_quotas(&self) -> Result<Vec<(String, Quotas)>> {
+        self.read(|conn| {
+            let rows: Vec<(String, String)> = conn
+                .prepare_cached("SELECT project, quotas FROM project_quotas ORDER BY project")
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .context("listing quotas")?;
+            rows.into_iter()
+                .map(|(p, j)| Ok((p, serde_json::from_str(&j).context("decoding quotas")?)))
+                .collect()
+        })
+    }
+
+    fn usage_hours(
+        &self,
+        project: Option<&str>,
+        from: UnixMillis,
+        to: UnixMillis,
+    ) -> Result<Vec<UsageRow>> {
+        self.read(|conn| {
+            let sql = match project {
+                Some(_) => format!(
+                    "{SELECT} WHERE project = ?3 AND hour >= ?1 AND hour < ?2 \
+                     ORDER BY hour, function"
+                ),
+                None => format!(
+                    "{SELECT} WHERE hour >= ?1 AND hour < ?2 ORDER BY hour, project, function"
+                ),
+            };
+            let mut stmt = conn.prepare_cached(&sql).context("preparing the usage query")?;
+            let map = |row: &rusqlite::Row<'_>| {
+                Ok(UsageRow {
+                    project: row.get(0)?,
+                    function: row.get(1)?,
+                    hour: row.get(2)?,
+                    counters: UsageCounters {
+                        requests: row.get(3)?,
+                        exec_ms: row.get(4)?,
+                        mb_ms: row.get(5)?,
+                        fuel: row.get(6)?,
+                        outbound_bytes: row.get(7)?,
+                        events: row.get(8)?,
+                    },
+                })
+            };
+            let rows = match project {
+                Some(p) => stmt.query_map(params![from, to, p], map),
+                None => stmt.query_map(params![from, to], map),
+            }
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .context("reading usage")?;
+            Ok(rows)
+        })
+    }
+
+    fn usage_projects(&self, from: UnixMillis, to: UnixMillis) -> Result<Vec<String>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT DISTINCT project FROM usage_hourly WHERE hour >= ?1 AND hour < ?2 \
+                 ORDER BY project",
+            )
+            .and_then(|mut stmt| stmt.query_map(params![from, to], |row| row.get(0))?.collect())
+            .context("listing projects with usage")
+        })
+    }
+
+    fn data_gauges(&self, project: &str) -> Result<DataGauges> {
+        // Sums over the project's rows (each table's primary key starts with the project, or
+        // with its collection for documents): a scan of the project's data, run only when
+        // usage is asked for, never on the request path.
+        self.read(|conn| {
+            let (documents, document_bytes): (u64, u64) = conn
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(length(d.data)), 0) FROM documents d \
+                     JOIN doc_collections c ON c.id = d.coll WHERE c.project = ?1",
+                )
+                .and_then(|mut s| s.query_row([project], |r| Ok((r.get(0)?, r.get(1)?))))
+                .context("measuring documents")?;
+            let kv_bytes: u64 = conn
+                .prepare_cached(
+                    "SELECT coalesce(sum(length(key) + length(value)), 0) FROM kv_entries \
+                     WHERE project = ?1",
+                )
+                .and_then(|mut s| s.query_row([project], |r| r.get(0)))
+                .context("measuring KV entries")?;
+            let file_bytes: u64 = conn
+                .prepare_cached("SELECT coalesce(sum(size), 0) FROM objects WHERE project = ?1")
+                .and_then(|mut s| s.query_row([project], |r| r.get(0)))
+                .context("measuring files")?;
+            Ok(DataGauges { documents, document_bytes, kv_bytes, file_bytes })
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! Usage counters: per (project, function, UTC hour), written by
+//! [`InvocationStore::insert_batch`](crate::InvocationStore::insert_batch) in the transaction that
+//! stores the records (so a record is counted exactly once, and pruning records never touches
+//! usage), read here. Days and months are sums of hours.
+
+use nimbus_model::UnixMillis;
+use nimbus_model::usage::{DataGauges, Quotas, UsageCounters, UsageRow};
+
+use crate::Result;
+
+pub trait UsageStore: Send + Sync + 'static {
+    /// Hourly rows with `from <= hour < to`, ordered by hour, project, function. `project: None`
+    /// reads every project (the operator's view).
+    fn usage_hours(
+        &self,
+        project: Option<&str>,
+        from: UnixMillis,
+        to: UnixMillis,
+    ) -> Result<Vec<UsageRow>>;
+
+    /// What the project's data services hold now.
+    fn data_gauges(&self, project: &str) -> Result<DataGauges>;
+
+    /// Projects with any usage in `[from, to)` (for the operator's view of all projects).
+    fn usage_projects(&self, from: UnixMillis, to: UnixMillis) -> Result<Vec<String>>;
+
+    /// A project's usage summed over `[from, to)` (hours), e.g. its month so far.
+    fn usage_total(&self, project: &str, from: UnixMillis, to: UnixMillis)
+    -> Result<UsageCounters>;
+
+    /// Set (replace) a project's quotas; `None` removes them. `insert_batch` reads them in its
+    /// transaction to write one `dev.nimbus.quota.threshold_crossed` event per quota and month
+    /// when a monthly quota's soft threshold is crossed.
+    fn set_quotas(&self, project: &str, quotas: Option<&Quotas>) -> Result<()>;
+    fn quotas(&self, project: &str) -> Result<Option<Quotas>>;
+    /// Every project's quotas (start-up: the in-memory quota counters are seeded from these).
+    fn all_quotas(&self) -> Result<Vec<(String, Quotas)>>;
+}
+
+/// The backend-independent tests every [`UsageStore`] must pass.
+#[cfg(feature = "conformance")]
+pub mod conformance {
+    use nimbus_model::usage::{UsageCounters, hour_of};
+    use nimbus_model::{InvocationRecord, InvocationStatus};
+
+    use nimbus_model::usage::{Quotas, THRESHOLD_EVENT};
+
+    use super::UsageStore;
+    use crate::InvocationStore;
+    use crate::events::EventLog;
+
+    const H: i64 = 3_600_000;
+    // 2024-01-01T00:00:00Z
+    const T0: i64 = 1_704_067_200_000;
+
+    fn record(id: &str, project: &str, function: &str, at: i64) -> InvocationRecord {
+        InvocationRecord {
+            seq: 0,
+            id: id.into(),
+            project: project.into(),
+            function: function.into(),
+            version: 1,
+            trigger: "http".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            started_at: at,
+            duration_us: 2_500 + 1_000,
+            queue_us: 1_000,
+            fuel: 1_000_000,
+            peak_memory_bytes: 1 << 20,
+            memory_limit_mb: 64,
+            outbound_bytes: 10,
+            status: InvocationStatus::Ok,
+            http_status: Some(200),
+            error: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs_truncated: false,
+        }
+    }
+
+    pub fn run_all<S: InvocationStore + UsageStore + EventLog>(store: &S) {
+        counts_each_record_once_per_hour(store);
+        survives_pruning_and_is_scoped(store);
+        one_threshold_event_per_quota_and_month(store);
+    }
+
+    fn one_threshold_event_per_quota_and_month<S: InvocationStore + UsageStore + EventLog>(
+        store: &S,
+    ) {
+        let quotas = Quotas { invocations_per_month: Some(10), ..Default::default() };
+        store.set_quotas("q", Some(&quotas)).unwrap();
+        assert_eq!(store.quotas("q").unwrap(), Some(quotas));
+        assert!(store.all_quotas().unwrap().iter().any(|(p, q)| p == "q" && *q == quotas));
+        let events = |store: &S| -> Vec<serde_json::Value> {
+            store
+                .read(0, Some("q"), 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == THRESHOLD_EVENT)
+                .map(|e| e.data)
+                .collect()
+        };
+        // 7 of 10: under 80%.
+        let mut batch: Vec<_> =
+            (0..7).map(|i| record(&format!("q{i}"), "q", "f", T0 + i)).collect();
+        store.insert_batch(&mut batch).unwrap();
+        assert!(events(store).is_empty());
+        // 8 and 9: one event, written with the batch that crossed.
+        store.insert_batch(&mut vec![record("q7", "q", "f", T0 + 7)]).unwrap();
+        store.insert_batch(&mut vec![record("q8", "q", "f", T0 + 8)]).unwrap();
+        let seen = events(store);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0]["quota"], "invocations_per_month");
+        assert_eq!(seen[0]["used"], 8);
+        assert_eq!(seen[0]["limit"], 10);
+        // The next month is another period.
+        store
+            .insert_batch(
+                &mut (0..9)
+                    .map(|i| record(&format!("r{i}"), "q", "f", T0 + 31 * 24 * H + i))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        assert_eq!(events(store).len(), 2);
+        assert_eq!(
+            store.usage_total("q", T0, T0 + 24 * H).unwrap().requests,
+            9,
+            "the first month's total"
+        );
+        store.set_quotas("q", None).unwrap();
+        assert_eq!(store.quotas("q").unwrap(), None);
+    }
+
+    fn counts_each_record_once_per_hour<S: InvocationStore + UsageStore>(store: &S) {
+        let mut batch = vec![
+            record("a1", "u1", "f", T0 + 5),
+            record("a2", "u1", "f", T0 + H - 1),
+            record("a3", "u1", "f", T0 + H), // the next hour
+            InvocationRecord { trigger: "queue:jobs".into(), ..record("a4", "u1", "g", T0 + 7) },
+            // Refused: stored as a record, not billed.
+            InvocationRecord {
+                status: InvocationStatus::Rejected,
+                ..record("a5", "u1", "f", T0 + 9)
+            },
+        ];
+        store.insert_batch(&mut batch).unwrap();
+        // A retried batch (the first write committed but its answer was lost) and a batch that
+        // overlaps it are not counted again.
+        store.insert_batch(&mut batch.clone()).unwrap();
+        store.insert_batch(&mut vec![batch[0].clone(), record("a6", "u1", "f", T0 + 11)]).unwrap();
+
+        let rows = store.usage_hours(Some("u1"), T0, T0 + 2 * H).unwrap();
+        let got: Vec<(String, i64, u64)> =
+            rows.iter().map(|r| (r.function.clone(), r.hour, r.counters.requests)).collect();
+        assert_eq!(
+            got,
+            [("f".to_string(), T0, 3), ("g".to_string(), T0, 1), ("f".to_string(), T0 + H, 1)]
+        );
+        let f0 = &rows[0].counters;
+        // 2.5 ms without the queue wait, rounded up: 3 ms each, at 64 MiB.
+        assert_eq!(
+            *f0,
+            UsageCounters {
+                requests: 3,
+                exec_ms: 9,
+                mb_ms: 9 * 64,
+                fuel: 3_000_000,
+                outbound_bytes: 30,
+                events: 0
+            }
+        );
+        assert_eq!(rows[1].counters.events, 1);
+        assert_eq!(rows[0].hour, hour_of(T0 + 5));
+        // The range is half-open on hours.
+        assert_eq!(store.usage_hours(Some("u1"), T0 + H, T0 + 2 * H).unwrap().len(), 1);
+        assert_eq!(store.usage_projects(T0, T0 + 2 * H).unwrap(), ["u1".to_string()]);
+    }
+
+    fn survives_pruning_and_is_scoped<S: InvocationStore + UsageStore>(store: &S) {
+        let mut batch = vec![record("b1", "u2", "f", T0), record("b2", "u3", "f", T0)];
+        store.insert_batch(&mut batch).unwrap();
+        // Every record is pruned; usage stays.
+        store.prune(T0 + 100 * H, 0).unwrap();
+        assert_eq!(store.usage_hours(Some("u2"), T0, T0 + H).unwrap()[0].counters.requests, 1);
+        assert_eq!(store.usage_hours(Some("u1"), T0, T0 + 2 * H).unwrap().len(), 3);
+        // One project's view never shows another's.
+        let all = store.usage_hours(None, T0, T0 + H).unwrap();
+        assert!(all.iter().any(|r| r.project == "u3"));
+        assert!(
+            store.usage_hours(Some("u2"), T0, T0 + H).unwrap().iter().all(|r| r.project == "u2")
+        );
+        assert_eq!(store.data_gauges("u2").unwrap(), Default::default());
+    }
+}
