@@ -102,6 +102,7 @@ impl From<InvokeError> for ApiError {
             InvokeError::MemoryLimit => (StatusCode::INTERNAL_SERVER_ERROR, "memory_limit"),
             InvokeError::Trap => (StatusCode::INTERNAL_SERVER_ERROR, "function_crashed"),
             InvokeError::Failed => (StatusCode::INTERNAL_SERVER_ERROR, "function_failed"),
+            InvokeError::Unavailable => (StatusCode::INTERNAL_SERVER_ERROR, "function_unavailable"),
         };
         let mut api = ApiError::new(status, code, e.to_string());
         if let InvokeError::Rejected(_, retry) = e {

@@ -18,4 +18,5 @@ mod projects;
 mod push;
 mod realtime;
 mod s3;
+mod scaling;
 mod triggers;
