@@ -48,9 +48,13 @@ pub struct BuildSection {
 pub struct ManifestLimits {
     pub timeout: Option<HumanDuration>,
     pub memory: Option<ByteSize>,
+    /// `max_instances` is the same limit under its autoscaling name.
+    #[serde(alias = "max_instances")]
     pub max_concurrency: Option<u32>,
     pub max_queue: Option<u32>,
     pub max_body: Option<ByteSize>,
+    /// Keep the code resident (never scaled to zero) when above 0.
+    pub min_warm: Option<u32>,
 }
 
 /// A route as written in the manifest: `"/x"` or `{ path = "/x", methods = ["GET"] }`.
@@ -236,6 +240,7 @@ impl Manifest {
             max_concurrency: o.max_concurrency.or(l.max_concurrency),
             max_queue: o.max_queue.or(l.max_queue),
             max_body_bytes: o.max_body_bytes.or(l.max_body.map(|s| s.0)),
+            min_warm: l.min_warm,
         };
         let require_auth = self.require_auth || o.require_auth;
         let triggers = self.triggers.clone();
@@ -406,6 +411,16 @@ max_body = 1048576
         assert_eq!(parse_key_value("A="), Ok(("A".into(), "".into())));
         assert!(parse_key_value("A").is_err());
         assert!(parse_key_value("=x").is_err());
+    }
+
+    #[test]
+    fn autoscaling_limits() {
+        let m = Manifest::parse(
+            "name = \"a\"\ncomponent = \"a.wasm\"\n[limits]\nmax_instances = 4\nmin_warm = 1\n",
+        )
+        .unwrap();
+        let spec = m.to_spec(&Overrides::default()).unwrap();
+        assert_eq!((spec.limits.max_concurrency, spec.limits.min_warm), (Some(4), Some(1)));
     }
 
     #[test]

@@ -642,9 +642,11 @@ fn slow_new_build_deploy_and_curl() {
     let dir = work.path().join("greeter");
     s.cmd().args(["new", "greeter", "--dir"]).arg(&dir).assert().success();
 
+    // A target dir in the environment does not move the artifact the manifest names.
     s.cmd()
         .arg("build")
         .arg(&dir)
+        .env("CARGO_TARGET_DIR", work.path().join("elsewhere"))
         .timeout(Duration::from_secs(900))
         .assert()
         .success()

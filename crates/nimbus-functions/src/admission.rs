@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Ids of admissions: the node's fair-share gate tells functions apart by them.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -20,23 +24,35 @@ pub enum Rejection {
 }
 
 pub(crate) struct Admission {
+    /// Stable for the function while its versions share this admission.
+    pub(crate) id: u64,
+    /// The function's `queue_length` gauge: requests waiting here or at the node's gate.
+    pub(crate) queued: Gauge,
     permits: Arc<Semaphore>,
     waiting: AtomicU32,
     max_queue: u32,
     queue_timeout: Duration,
 }
 
-struct Waiting<'a>(&'a AtomicU32);
+struct Waiting<'a>(&'a AtomicU32, &'a Gauge);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.dec();
     }
 }
 
 impl Admission {
-    pub(crate) fn new(max_concurrency: u32, max_queue: u32, queue_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        max_concurrency: u32,
+        max_queue: u32,
+        queue_timeout: Duration,
+        queued: Gauge,
+    ) -> Self {
         Admission {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            queued,
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
             waiting: AtomicU32::new(0),
             max_queue,
@@ -50,7 +66,8 @@ impl Admission {
             return Ok((permit, false));
         }
         let before = self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.waiting);
+        self.queued.inc();
+        let _waiting = Waiting(&self.waiting, &self.queued);
         if before >= self.max_queue {
             return Err(Rejection::QueueFull);
         }
@@ -72,7 +89,7 @@ mod tests {
 
     #[tokio::test]
     async fn queue_then_reject() {
-        let a = Arc::new(Admission::new(1, 1, Duration::from_millis(200)));
+        let a = Arc::new(Admission::new(1, 1, Duration::from_millis(200), Gauge::default()));
         let (held, waited) = a.admit().await.unwrap();
         assert!(!waited);
         // One waiter fits in the queue...

@@ -35,6 +35,9 @@ pub enum InvokeError {
     /// A hard quota of the project is used up.
     #[error("project {}'s quota {} is used up", .0.project, .0.quota)]
     Quota(crate::QuotaExceeded),
+    /// Its compiled code could not be loaded (the operator's log has why).
+    #[error("the function's code could not be loaded")]
+    Unavailable,
 }
 
 impl InvokeError {
@@ -45,7 +48,10 @@ impl InvokeError {
             InvokeError::Rejected(Rejection::QueueTimeout | Rejection::NodeFull, _) => 503,
             InvokeError::BodyTooLarge(_) => 413,
             InvokeError::Timeout => 504,
-            InvokeError::MemoryLimit | InvokeError::Trap | InvokeError::Failed => 500,
+            InvokeError::MemoryLimit
+            | InvokeError::Trap
+            | InvokeError::Failed
+            | InvokeError::Unavailable => 500,
             InvokeError::RecorderBacklog => 503,
             InvokeError::Quota(_) => 429,
         }
@@ -122,13 +128,42 @@ impl FunctionService {
                 return Invoked { id, result: Err(error) };
             }
         };
+        // Then a slot of the node, shared fairly with the other functions.
+        let (node_permit, node_waited) =
+            match self.gate.acquire(target.admission.id, &m.queued).await {
+                Ok(p) => p,
+                Err(()) => {
+                    m.rejections.inc();
+                    let error = InvokeError::Rejected(Rejection::NodeFull, Duration::from_secs(1));
+                    self.reject(&target, base, &error);
+                    return Invoked { id, result: Err(error) };
+                }
+            };
         let queue = start.elapsed();
-        if waited {
+        if waited || node_waited {
             m.queue_wait.observe(queue.as_secs_f64());
         }
-        if !target.warm.load(Ordering::Relaxed) && !target.warm.swap(true, Ordering::Relaxed) {
-            m.cold_starts.inc();
-        }
+        // Scale from zero: the code is loaded by the first request that needs it.
+        let component = match target.code.resident() {
+            Some(c) => c,
+            None => match self.load_code(&target.code).await {
+                Ok((c, loaded)) => {
+                    if loaded {
+                        m.cold_starts.inc();
+                        self.metrics
+                            .cold_start
+                            .observe(start.elapsed().as_secs_f64() - queue.as_secs_f64());
+                    }
+                    c
+                }
+                Err(e) => {
+                    tracing::error!(project = %target.info.project, function = %target.info.function, error = %e, "loading the function's code");
+                    let error = InvokeError::Unavailable;
+                    self.reject(&target, base, &error);
+                    return Invoked { id, result: Err(error) };
+                }
+            },
+        };
         m.in_use.inc();
 
         // A body without Content-Length is cut at the limit as it streams.
@@ -153,6 +188,7 @@ impl FunctionService {
             let too_large = too_large.clone();
             move |outcome: Outcome| {
                 drop(permit);
+                drop(node_permit);
                 target.metrics.in_use.dec();
                 let failure = failure(&outcome, too_large.load(Ordering::Relaxed), limit);
                 let http_status =
@@ -173,7 +209,7 @@ impl FunctionService {
             }
         };
 
-        match self.runtime.invoke(&target.component, request, &target.params, finish).await {
+        match self.runtime.invoke(&component, request, &target.params, finish).await {
             Invocation::Responded(response) => Invoked { id, result: Ok(response) },
             Invocation::Failed(status) => {
                 let error = failure_of(status, too_large.load(Ordering::Relaxed), limit);

@@ -6,17 +6,18 @@
 //! `nimbus-runtime`.
 
 mod admission;
+mod fair;
 mod invoke;
 mod metrics;
 mod quota;
 mod recorder;
+mod residency;
 mod router;
 pub mod usage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -29,6 +30,7 @@ use nimbus_runtime::{
     CacheUse, DeployError, InvocationParams, LoadedComponent, OutboundPolicy, Runtime,
 };
 use nimbus_store::{BlobStore, FunctionStore, InvocationStore, NewVersion, StoreError};
+use residency::{CodeSlot, Residency};
 use sha2::Digest;
 use tokio::sync::broadcast;
 
@@ -86,6 +88,9 @@ pub struct FunctionsConfig {
     pub artifact_dir: PathBuf,
     pub log_retention: Duration,
     pub log_keep_per_function: u32,
+    /// Bytes of compiled code (artifact sizes) kept resident; beyond it the least recently used
+    /// functions are evicted and reload on their next request. 0: no budget.
+    pub code_memory_budget: u64,
 }
 
 /// The storage the service needs, as traits.
@@ -98,14 +103,13 @@ pub struct Stores {
     pub usage: Arc<dyn nimbus_store::usage::UsageStore>,
 }
 
-/// One function's active version, loaded and ready to invoke.
+/// One function's active version, routed and ready to invoke; its code is loaded on demand.
 pub struct ActiveVersion {
     pub info: VersionInfo,
-    component: LoadedComponent,
+    /// The compiled code, resident or scaled to zero (loaded by the next request).
+    code: Arc<CodeSlot>,
     params: InvocationParams,
     admission: Arc<Admission>,
-    /// False until the first invocation: that one is a cold start.
-    warm: AtomicBool,
     metrics: metrics::FunctionMetrics,
 }
 
@@ -162,6 +166,9 @@ pub struct Deployed {
     pub compile: Duration,
     /// Functions taken from the compile cache and compiled afresh (None: the cache is off).
     pub cache: Option<CacheUse>,
+    /// Nothing was compiled: these bytes had been compiled before (another function or version
+    /// runs them) and their artifact was reused.
+    pub reused_artifact: bool,
 }
 
 pub struct FunctionService {
@@ -175,6 +182,10 @@ pub struct FunctionService {
     recorder: Recorder,
     quotas: quota::QuotaGate,
     metrics: Arc<Metrics>,
+    /// Which versions' code is resident, within the operator's budget.
+    residency: Arc<Residency>,
+    /// The node's instance slots, shared fairly between functions.
+    gate: Arc<fair::NodeGate>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -261,8 +272,10 @@ impl FunctionService {
         self.recorder.backlog()
     }
 
-    /// Start the service: load the active version of every function (deserializing artifacts,
-    /// recompiling only those this engine cannot load) and start the record writer and pruner.
+    /// Start the service: route the active version of every function without loading its code
+    /// (scale to zero: the first request loads it), except functions with `min_warm > 0` and
+    /// versions whose artifact is missing (compiled now, not on a request); then start the record
+    /// writer and pruner.
     pub async fn start(
         runtime: Arc<Runtime>,
         stores: Stores,
@@ -273,6 +286,13 @@ impl FunctionService {
         })?;
         let (recorder, writer) = Recorder::spawn(stores.invocations.clone());
         let pruner = spawn_pruner(stores.invocations.clone(), &config);
+        let metrics = Arc::new(Metrics::default());
+        let residency = Residency::new(config.code_memory_budget, metrics.residency.clone());
+        let gate = fair::NodeGate::new(
+            runtime.config().max_instances,
+            config.queue_timeout,
+            metrics.node.clone(),
+        );
         let service = FunctionService {
             runtime,
             stores,
@@ -281,15 +301,23 @@ impl FunctionService {
             changes: tokio::sync::Mutex::new(()),
             recorder,
             quotas: quota::QuotaGate::default(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            residency,
+            gate,
             tasks: vec![writer, pruner],
         };
         let fs = service.stores.functions.clone();
         let active = blocking(move || fs.active_versions().map_err(FunctionError::from)).await?;
         let mut loaded = HashMap::new();
+        let (mut resident, total) = (0, active.len());
         for info in active {
             let k = key(&info.project, &info.function);
-            match service.prepare(info).await {
+            // A missing artifact (deleted cache, engine upgrade) is compiled now rather than by
+            // some unlucky first request.
+            let load =
+                info.limits.min_warm > 0 || !service.artifact_path(&info.module_sha256).exists();
+            resident += usize::from(load);
+            match service.prepare(info, load).await {
                 Ok(v) => {
                     loaded.insert(k, v);
                 }
@@ -298,7 +326,7 @@ impl FunctionService {
                 }
             }
         }
-        tracing::info!(functions = loaded.len(), "functions loaded");
+        tracing::info!(functions = loaded.len(), of = total, resident, "functions ready");
         service.seed_quotas().await?;
         service.snapshot.store(Arc::new(Snapshot::new(loaded)));
         {
@@ -393,15 +421,26 @@ impl FunctionService {
                 unchanged: true,
                 compile: Duration::ZERO,
                 cache: None,
+                reused_artifact: true,
             });
         }
-        let runtime = self.runtime.clone();
-        let module = wasm.clone();
         let size = wasm.len() as u64;
-        let compiled =
-            blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
-        self.metrics.compiled(compiled.cache, self.runtime.compile_cache_stats());
-        let (compile, cache) = (compiled.compile_time, compiled.cache);
+        let artifact = self.artifact_path(&sha);
+        // These exact bytes were compiled (and validated) by this engine before, for another
+        // function or version: the artifact is reused, and loading it below checks it.
+        let compiled = if artifact.exists() {
+            None
+        } else {
+            let (runtime, module) = (self.runtime.clone(), wasm.clone());
+            let compiled =
+                blocking(move || runtime.compile(&module).map_err(FunctionError::from)).await?;
+            self.metrics.compiled(compiled.cache, self.runtime.compile_cache_stats());
+            Some(compiled)
+        };
+        let (compile, cache) = match &compiled {
+            Some(c) => (c.compile_time, c.cache),
+            None => (Duration::ZERO, None),
+        };
 
         let _changes = self.changes.lock().await;
         self.check_routes(project, &spec.name, &spec)?;
@@ -410,12 +449,12 @@ impl FunctionService {
         let t = Instant::now();
         blocking(move || blobs.put(&key, &wasm).map_err(FunctionError::from)).await?;
         let blob_time = t.elapsed();
-        let artifact = self.artifact_path(&sha);
         let t = Instant::now();
-        write_atomic(&artifact, &compiled.artifact)?;
+        if let Some(compiled) = &compiled {
+            write_atomic(&artifact, &compiled.artifact)?;
+        }
         let artifact_time = t.elapsed();
-        let phases = compiled.phases;
-        drop(compiled);
+        let phases = compiled.as_ref().map(|c| c.phases).unwrap_or_default();
 
         let t = Instant::now();
         let fs = self.stores.functions.clone();
@@ -433,7 +472,8 @@ impl FunctionService {
         .await?;
         let db_time = t.elapsed();
         let t = Instant::now();
-        let active = self.prepare(version.clone()).await?;
+        // Loaded now: the new version is resident for its first requests.
+        let active = self.prepare(version.clone(), true).await?;
         let load_time = t.elapsed();
         self.swap_in(active);
         let function = self.info(project, &spec.name).await?;
@@ -461,7 +501,8 @@ impl FunctionService {
             "deploy phases"
         );
         tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, cached_functions = cache.map(|c| c.hits), compiled_functions = cache.map(|c| c.misses), "deployed");
-        Ok(Deployed { function, version, unchanged: false, compile, cache })
+        let reused_artifact = compiled.is_none();
+        Ok(Deployed { function, version, unchanged: false, compile, cache, reused_artifact })
     }
 
     /// The active version of a function, if it exists.
@@ -487,7 +528,7 @@ impl FunctionService {
             })?;
         self.check_routes(project, name, &info.spec)?;
         // Load before switching, so the switch itself cannot fail and no request sees a gap.
-        let active = self.prepare(info).await?;
+        let active = self.prepare(info, true).await?;
         let fs = self.stores.functions.clone();
         let (p, n) = (project.to_string(), name.to_string());
         blocking(move || fs.set_active_version(&p, &n, version).map_err(FunctionError::from))
@@ -666,18 +707,28 @@ impl FunctionService {
 
     async fn reload_params(&self, project: &str, name: &str) -> Result<()> {
         if let Some(current) = self.active(project, name) {
-            let active = self.prepare(current.info.clone()).await?;
+            // Same version: its code slot (resident or not) carries over.
+            let active = self.prepare(current.info.clone(), false).await?;
             self.swap_in(active);
         }
         Ok(())
     }
 
-    /// Load a version's component (from the artifact cache, compiling from the stored module if
-    /// the cache lacks it or this engine cannot load it) and resolve its invocation parameters.
-    async fn prepare(&self, info: VersionInfo) -> Result<Arc<ActiveVersion>> {
-        let start = Instant::now();
-        let component = self.load_component(&info.module_sha256).await?;
-        self.metrics.component_load.observe(start.elapsed().as_secs_f64());
+    /// Resolve a version's invocation parameters and give it a code slot: the current active
+    /// version's if it has the same module (a secret change), else a new one, loaded now if
+    /// `load` (a deploy or rollback, or a pinned function) and on first use otherwise.
+    async fn prepare(&self, info: VersionInfo, load: bool) -> Result<Arc<ActiveVersion>> {
+        let pinned = info.limits.min_warm > 0;
+        let current = self.active(&info.project, &info.function);
+        let code = match &current {
+            Some(c) if c.code.sha == info.module_sha256 && c.code.pinned == pinned => {
+                c.code.clone()
+            }
+            _ => self.residency.slot(&info.module_sha256, pinned),
+        };
+        if load || pinned {
+            self.load_code(&code).await?;
+        }
         let fs = self.stores.functions.clone();
         let (project, name) = (info.project.clone(), info.function.clone());
         let secrets =
@@ -699,32 +750,48 @@ impl FunctionService {
         // Versions of one function share its slots while the limits stay the same: in-flight
         // requests of the old version still count against the new one. (The queue timeout is
         // the service's, the same for every version.)
-        let admission = match self.active(&info.project, &info.function) {
+        let metrics = self.metrics.function(&info.project, &info.function);
+        let admission = match current {
             Some(current)
                 if current.info.limits.max_concurrency == max_concurrency
                     && current.info.limits.max_queue == max_queue =>
             {
                 current.admission.clone()
             }
-            _ => Arc::new(Admission::new(max_concurrency, max_queue, self.config.queue_timeout)),
+            _ => Arc::new(Admission::new(
+                max_concurrency,
+                max_queue,
+                self.config.queue_timeout,
+                metrics.queued.clone(),
+            )),
         };
-        let metrics = self.metrics.function(&info.project, &info.function);
-        Ok(Arc::new(ActiveVersion {
-            info,
-            component,
-            params,
-            admission,
-            warm: AtomicBool::new(false),
-            metrics,
-        }))
+        Ok(Arc::new(ActiveVersion { info, code, params, admission, metrics }))
     }
 
-    async fn load_component(&self, sha: &str) -> Result<LoadedComponent> {
+    /// The slot's code, loading it (once, however many callers ask at the same time) if it is
+    /// not resident. The flag says whether this call loaded it.
+    async fn load_code(&self, slot: &CodeSlot) -> Result<(Arc<LoadedComponent>, bool)> {
+        slot.get_or_load(|| async {
+            let start = Instant::now();
+            let loaded = self.load_component(&slot.sha).await?;
+            self.metrics.component_load.observe(start.elapsed().as_secs_f64());
+            Ok::<_, FunctionError>(loaded)
+        })
+        .await
+    }
+
+    /// Load a module's artifact (memory-mapped), compiling it from the stored module if the
+    /// artifact is missing or this engine cannot load it. Returns it with the artifact's size.
+    async fn load_component(&self, sha: &str) -> Result<(LoadedComponent, u64)> {
         let path = self.artifact_path(sha);
         let runtime = self.runtime.clone();
         let p = path.clone();
         if path.exists() {
-            match blocking(move || Ok(runtime.load_file(&p))).await? {
+            let loaded = blocking(move || {
+                let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                Ok(runtime.load_file(&p).map(|c| (c, size)))
+            });
+            match loaded.await? {
                 Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!(error = %e, "cached artifact unusable; recompiling"),
             }
@@ -739,9 +806,11 @@ impl FunctionService {
             blocking(move || runtime.compile(&wasm).map_err(FunctionError::from)).await?;
         self.metrics.compiled(compiled.cache, self.runtime.compile_cache_stats());
         write_atomic(&path, &compiled.artifact)?;
+        let size = compiled.artifact.len() as u64;
         let runtime = self.runtime.clone();
         blocking(move || {
-            runtime.load_file(&path).map_err(|e| FunctionError::Internal(e.to_string()))
+            let c = runtime.load_file(&path).map_err(|e| FunctionError::Internal(e.to_string()))?;
+            Ok((c, size))
         })
         .await
     }

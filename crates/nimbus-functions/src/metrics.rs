@@ -42,6 +42,10 @@ pub struct Metrics {
     pub compiles: Counter,
     pub compile_cache_functions: Family<CacheResultLabel, Counter>,
     pub compile_cache_bytes: Gauge,
+    pub cold_start: Histogram,
+    pub queue_length: Family<FunctionLabel, Gauge>,
+    pub(crate) residency: crate::residency::ResidencyMetrics,
+    pub(crate) node: crate::fair::GateMetrics,
     pub registry: Registry,
 }
 
@@ -85,6 +89,11 @@ impl Default for Metrics {
         let compiles = Counter::default();
         let compile_cache_functions = Family::<CacheResultLabel, Counter>::default();
         let compile_cache_bytes = Gauge::default();
+        // 100 us .. ~13 s
+        let cold_start = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        let queue_length = Family::<FunctionLabel, Gauge>::default();
+        let residency = crate::residency::ResidencyMetrics::default();
+        let node = crate::fair::GateMetrics::default();
         let mut registry = Registry::with_prefix("nimbus");
         registry.register(
             "invocations",
@@ -113,7 +122,8 @@ impl Default for Metrics {
         );
         registry.register(
             "cold_starts",
-            "First invocations of a version after it was loaded (deploy or restart)",
+            "Invocations that had to load their function's code first (first request after a \
+             start, or after the code was evicted)",
             cold_starts.clone(),
         );
         registry.register(
@@ -146,7 +156,46 @@ impl Default for Metrics {
             "Size of the compile cache on disk (bounded by serve --compile-cache-size)",
             compile_cache_bytes.clone(),
         );
+        registry.register(
+            "cold_start_seconds",
+            "Time a request spent loading its function's code (memory-map + pre-instantiate)",
+            cold_start.clone(),
+        );
+        registry.register(
+            "queue_length",
+            "Requests waiting for a slot, per function (its own limit or the node's fair share)",
+            queue_length.clone(),
+        );
+        registry.register(
+            "resident_functions",
+            "Function versions whose compiled code is loaded (the rest are scaled to zero)",
+            residency.resident_functions.clone(),
+        );
+        registry.register(
+            "resident_code_bytes",
+            "Bytes of compiled code resident (artifact sizes), bounded by serve --code-memory-budget",
+            residency.resident_bytes.clone(),
+        );
+        registry.register(
+            "code_evictions",
+            "Function versions whose code was evicted, least recently used, beyond the budget",
+            residency.evictions.clone(),
+        );
+        registry.register(
+            "node_instances_in_use",
+            "Instance slots of the node in use, all functions together",
+            node.in_use.clone(),
+        );
+        registry.register(
+            "node_queue_length",
+            "Requests waiting for a slot of the node (it is full or their function is at its share)",
+            node.queued.clone(),
+        );
         Metrics {
+            cold_start,
+            queue_length,
+            residency,
+            node,
             invocations,
             errors,
             duration,
@@ -175,6 +224,7 @@ pub(crate) struct FunctionMetrics {
     pub(crate) rejections: Counter,
     pub(crate) cold_starts: Counter,
     pub(crate) in_use: Gauge,
+    pub(crate) queued: Gauge,
 }
 
 impl Metrics {
@@ -188,6 +238,7 @@ impl Metrics {
             rejections: self.rejections.get_or_create(&label).clone(),
             cold_starts: self.cold_starts.get_or_create(&label).clone(),
             in_use: self.instances_in_use.get_or_create(&label).clone(),
+            queued: self.queue_length.get_or_create(&label).clone(),
         }
     }
 

@@ -34,6 +34,11 @@ pub enum SpecError {
     TooLong { what: String, max: usize },
     #[error("{0}")]
     Trigger(String),
+    #[error(
+        "min_warm {min_warm} is above the function's max_instances (max_concurrency) of \
+         {max_instances}: capacity kept warm cannot exceed the instances allowed"
+    )]
+    MinWarmAboveMax { min_warm: u32, max_instances: u32 },
 }
 
 /// A limit as a developer writes it (`nimbus.toml` / `deploy` flag), how to print its values, and
@@ -45,6 +50,7 @@ fn limit_label(name: &str) -> (&'static str, fn(u64) -> String, &'static str) {
         "memory_bytes" => ("memory", format_size, "--max-memory"),
         "max_concurrency" => ("max_concurrency", |n| n.to_string(), "--max-concurrency"),
         "max_queue" => ("max_queue", |n| n.to_string(), "--max-queue"),
+        "min_warm" => ("min_warm", |n| n.to_string(), "--max-min-warm"),
         "max_body_bytes" => ("max_body", format_size, "--max-body-ceiling"),
         _ => ("limit", |n| n.to_string(), "its ceiling flags"),
     }
@@ -132,9 +138,16 @@ pub struct FunctionSpec {
 pub struct LimitsSpec {
     pub timeout_ms: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// Instances of the function running at once; `max_instances` is accepted as another name
+    /// for it (one instance serves one request, so the two are the same number).
+    #[serde(alias = "max_instances")]
     pub max_concurrency: Option<u32>,
     pub max_queue: Option<u32>,
     pub max_body_bytes: Option<u64>,
+    /// Keep the function's compiled code resident: loaded at start and never evicted by the
+    /// node's code memory budget (0, the default, lets it scale to zero). At most
+    /// `max_concurrency`.
+    pub min_warm: Option<u32>,
 }
 
 /// Limits in force for one version of a function.
@@ -150,6 +163,10 @@ pub struct Limits {
     pub max_queue: u32,
     /// Largest request body accepted; beyond it, 413.
     pub max_body_bytes: u64,
+    /// Above zero the function's code stays resident (never evicted, loaded at start).
+    /// Absent in versions written before it existed: 0.
+    #[serde(default)]
+    pub min_warm: u32,
 }
 
 /// The operator's defaults and ceilings for [`Limits`].
@@ -168,6 +185,7 @@ impl Default for LimitPolicy {
                 max_concurrency: 64,
                 max_queue: 256,
                 max_body_bytes: 10 << 20,
+                min_warm: 0,
             },
             ceilings: Limits {
                 timeout_ms: 300_000,
@@ -175,6 +193,7 @@ impl Default for LimitPolicy {
                 max_concurrency: 1000,
                 max_queue: 10_000,
                 max_body_bytes: 100 << 20,
+                min_warm: 1000,
             },
         }
     }
@@ -190,7 +209,7 @@ impl LimitPolicy {
             ceiling: u64,
         ) -> Result<u64, SpecError> {
             let value = asked.unwrap_or(default);
-            if value == 0 && name != "max_queue" {
+            if value == 0 && name != "max_queue" && name != "min_warm" {
                 return Err(SpecError::Zero { name });
             }
             if value > ceiling {
@@ -199,7 +218,7 @@ impl LimitPolicy {
             Ok(value)
         }
         let (d, c) = (&self.defaults, &self.ceilings);
-        Ok(Limits {
+        let limits = Limits {
             timeout_ms: pick("timeout_ms", spec.timeout_ms, d.timeout_ms, c.timeout_ms)?,
             memory_bytes: pick("memory_bytes", spec.memory_bytes, d.memory_bytes, c.memory_bytes)?,
             max_concurrency: pick(
@@ -220,7 +239,20 @@ impl LimitPolicy {
                 d.max_body_bytes,
                 c.max_body_bytes,
             )?,
-        })
+            min_warm: pick(
+                "min_warm",
+                spec.min_warm.map(u64::from),
+                d.min_warm.into(),
+                c.min_warm.into(),
+            )? as u32,
+        };
+        if limits.min_warm > limits.max_concurrency {
+            return Err(SpecError::MinWarmAboveMax {
+                min_warm: limits.min_warm,
+                max_instances: limits.max_concurrency,
+            });
+        }
+        Ok(limits)
     }
 }
 
@@ -390,6 +422,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn min_warm_and_max_instances() {
+        let policy = LimitPolicy::default();
+        // Nothing asked: nothing pinned.
+        assert_eq!(policy.resolve(&LimitsSpec::default()).unwrap().min_warm, 0);
+        // `max_instances` is another name for `max_concurrency`.
+        let spec: LimitsSpec =
+            serde_json::from_str(r#"{"max_instances": 3, "min_warm": 2}"#).unwrap();
+        let l = policy.resolve(&spec).unwrap();
+        assert_eq!((l.max_concurrency, l.min_warm), (3, 2));
+        // Warm capacity beyond the instances allowed is refused, naming both.
+        let spec = LimitsSpec { max_concurrency: Some(2), min_warm: Some(3), ..Default::default() };
+        let e = policy.resolve(&spec).unwrap_err();
+        assert_eq!(e, SpecError::MinWarmAboveMax { min_warm: 3, max_instances: 2 });
+        assert!(e.to_string().contains("max_instances"), "{e}");
+        // The operator's ceiling applies (0 forbids pinning).
+        let mut strict = policy;
+        strict.ceilings.min_warm = 0;
+        let e =
+            strict.resolve(&LimitsSpec { min_warm: Some(1), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("--max-min-warm"), "{e}");
+        // Versions stored before the field existed read as 0.
+        let old = r#"{"timeout_ms":1,"memory_bytes":1,"max_concurrency":1,"max_queue":0,"max_body_bytes":1}"#;
+        assert_eq!(serde_json::from_str::<Limits>(old).unwrap().min_warm, 0);
     }
 
     #[test]

@@ -126,6 +126,7 @@ impl From<InvokeError> for ApiError {
             InvokeError::Quota(ref q) => {
                 return quota_error(q);
             }
+            InvokeError::Unavailable => (StatusCode::INTERNAL_SERVER_ERROR, "function_unavailable"),
         };
         let mut api = ApiError::new(status, code, e.to_string());
         match e {

@@ -87,6 +87,9 @@ pub struct ServerConfig {
     /// Bytes the compile cache (`<data>/compile-cache/`, compiled functions reused by later
     /// compiles) may hold; 0 turns it off.
     pub compile_cache_bytes: u64,
+    /// Bytes of compiled code kept resident (artifact sizes); beyond it the least recently used
+    /// functions are evicted and reload on their next request. 0: no budget.
+    pub code_memory_budget: u64,
     /// File storage bounds (largest object, page sizes, upload expiry, sweep interval).
     pub files: FilesConfig,
     /// Push notifications (issue 11); `allow_nets` is taken from `outbound_allow_nets`.
@@ -126,6 +129,7 @@ impl Default for ServerConfig {
             documents: nimbus_documents::DocumentsConfig::default(),
             event_retention: Duration::from_secs(24 * 3600),
             compile_cache_bytes: DEFAULT_COMPILE_CACHE_BYTES,
+            code_memory_budget: 1 << 30,
             files: FilesConfig::default(),
             push: nimbus_push::PushConfig::default(),
             s3_listen: None,
@@ -227,6 +231,7 @@ impl Server {
                 artifact_dir: dirs.artifacts(),
                 log_retention: config.log_retention,
                 log_keep_per_function: config.log_keep_per_function,
+                code_memory_budget: config.code_memory_budget,
             },
         )
         .await?;

@@ -296,7 +296,9 @@ pub(crate) fn run_build(command: &str, dir: &Path, stdout_to_stderr: bool) -> Re
         c.arg("-c").arg(command);
         c
     };
-    cmd.current_dir(dir).stdin(Stdio::null());
+    // The manifest names its artifact relative to the project (`target/wasm32-wasip2/...`): a
+    // target dir from the caller's environment (a workspace's, CI's) would build it elsewhere.
+    cmd.current_dir(dir).stdin(Stdio::null()).env_remove("CARGO_TARGET_DIR");
     if stdout_to_stderr {
         cmd.stdout(Stdio::from(std::io::stderr()));
     }

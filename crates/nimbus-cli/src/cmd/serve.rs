@@ -67,6 +67,17 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_MAX_CONCURRENCY", default_value_t = 1000)]
     pub max_concurrency: u32,
 
+    /// Largest `min_warm` a function may ask for (functions with min_warm > 0 keep their code
+    /// resident whatever the code memory budget); 0 forbids it
+    #[arg(long, env = "NIMBUS_MAX_MIN_WARM", default_value_t = 1000)]
+    pub max_min_warm: u32,
+
+    /// Memory budget for resident compiled code (the mapped size of loaded artifacts): beyond
+    /// it the least recently used functions are evicted and reload on their next request.
+    /// Functions with min_warm > 0 are never evicted. 0 means no budget
+    #[arg(long, env = "NIMBUS_CODE_MEMORY_BUDGET", value_parser = parse_size, default_value = "1GiB")]
+    pub code_memory_budget: u64,
+
     /// Queue length of functions that do not set one
     #[arg(long, env = "NIMBUS_DEFAULT_QUEUE", default_value_t = 256)]
     pub default_queue: u32,
@@ -433,6 +444,7 @@ impl ServeArgs {
             max_concurrency: self.default_concurrency,
             max_queue: self.default_queue,
             max_body_bytes: self.max_body,
+            min_warm: 0,
         };
         let ceilings = Limits {
             timeout_ms: self.max_timeout,
@@ -440,6 +452,7 @@ impl ServeArgs {
             max_concurrency: self.max_concurrency,
             max_queue: self.max_queue,
             max_body_bytes: self.max_body_ceiling,
+            min_warm: self.max_min_warm,
         };
         // Values in the units the flags take (`2s`, `1GiB`), not milliseconds and bytes.
         let count = |n: u64| n.to_string();
@@ -546,6 +559,7 @@ impl ServeArgs {
             },
             event_retention: self.event_retention,
             compile_cache_bytes: self.compile_cache_size,
+            code_memory_budget: self.code_memory_budget,
             files: nimbus_server::nimbus_files::FilesConfig {
                 max_object_bytes: self.max_object_size,
                 ..Default::default()

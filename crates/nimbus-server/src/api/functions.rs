@@ -126,7 +126,7 @@ pub(crate) async fn deploy(
             version: deployed.version,
             unchanged,
             compile_ms: deployed.compile.as_millis() as u64,
-            compile: (!unchanged).then(|| CompileReport {
+            compile: (!unchanged && !deployed.reused_artifact).then(|| CompileReport {
                 cached_functions: deployed.cache.map(|c| c.hits),
                 compiled_functions: deployed.cache.map(|c| c.misses),
                 ms: deployed.compile.as_millis() as u64,

@@ -304,23 +304,31 @@ async fn a_full_instance_pool_answers_503_not_500() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::common::test_config(dir.path());
     config.instance_pool_size = 2;
+    // A request waits this long for a slot of the full node before its 503.
+    config.queue_timeout = Duration::from_millis(300);
     let s = TestServer::start_with(config).await;
-    s.deploy("sleep", json!({"name": "sleep", "routes": ["/sleep"]})).await;
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url) = (s.client.clone(), s.url("/sleep?ms=800"));
+    // Two functions fill the node's two slots (each may hold one: the fair share keeps a slot
+    // for others when the pool has two).
+    s.deploy("sleep", json!({"name": "a", "routes": ["/a"]})).await;
+    s.deploy("sleep", json!({"name": "b", "routes": ["/b"]})).await;
+    let slow: Vec<_> = ["/a?ms=1200", "/b?ms=1200"]
+        .into_iter()
+        .map(|path| {
+            let (client, url) = (s.client.clone(), s.url(path));
             tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let r = s.get("/sleep?ms=10").await;
+    let started = Instant::now();
+    let r = s.get("/a?ms=10").await;
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(error_code(r).await, (503, "node_full".to_string()));
+    assert!(started.elapsed() >= Duration::from_millis(280), "it waited the queue timeout first");
     for t in slow {
         assert_eq!(t.await.unwrap(), 200);
     }
-    s.get_until_ok("/sleep?ms=10").await; // slots come back to the pool
-    let records = s.records("sleep", 4).await;
+    s.get_until_ok("/a?ms=10").await; // slots come back to the pool
+    let records = s.records("a", 3).await;
     let rejected = find(&records, "rejected");
     assert_eq!(rejected["http_status"], 503, "{rejected}");
     s.stop().await;

@@ -18,5 +18,6 @@ mod projects;
 mod push;
 mod realtime;
 mod s3;
+mod scaling;
 mod triggers;
 mod usage;
