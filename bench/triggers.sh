@@ -18,7 +18,7 @@ cd "$ROOT"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 NIMBUS=${NIMBUS_BIN:-$TARGET_DIR/release/nimbus}
 if [[ ! -x $NIMBUS ]]; then
-  CARGO_INCREMENTAL=0 cargo build --release -p nimbus-cli >&2
+  CARGO_INCREMENTAL=0 cargo build --release --locked -p nimbus-cli -p nimbus-bench >&2
 fi
 GUEST_TARGET=$TARGET_DIR/bench-guests
 GUEST=$GUEST_TARGET/wasm32-wasip2/release/events.wasm

@@ -25,6 +25,8 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 pub const IN_PROCESS_AUTHORITY: &str = "nimbus.internal";
 /// Environment variable with the base URL of the in-process API.
 pub const URL_ENV: &str = "NIMBUS_API_URL";
+/// Its value (a test checks that it names [`IN_PROCESS_AUTHORITY`]).
+const URL: &str = "http://nimbus.internal";
 /// Environment variable with the invocation's service token.
 pub const TOKEN_ENV: &str = "NIMBUS_API_TOKEN";
 /// Environment variable with the function's project.
@@ -82,7 +84,7 @@ impl InProcessCtx {
     /// project's service role.
     pub(crate) fn env(&self) -> [(&'static str, String); 3] {
         [
-            (URL_ENV, format!("http://{IN_PROCESS_AUTHORITY}")),
+            (URL_ENV, URL.to_owned()),
             (TOKEN_ENV, self.token.clone()),
             (PROJECT_ENV, self.project.to_string()),
         ]
@@ -139,6 +141,11 @@ pub(crate) fn is_in_process(uri: &http::Uri) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_url_names_the_authority() {
+        assert_eq!(URL, format!("http://{IN_PROCESS_AUTHORITY}"));
+    }
 
     #[test]
     fn the_token_is_taken_only_when_it_matches() {

