@@ -208,6 +208,13 @@ fn to_s3(e: FilesError) -> S3Error {
         | FilesError::BadSignature
         | FilesError::Expired => S3ErrorCode::AccessDenied,
         FilesError::TooManyBuckets(_) => S3ErrorCode::TooManyBuckets,
+        // S3 has no code for this; s3s passes a custom one through. 403, not 429 or 503: SDKs
+        // retry those (boto3 four times, with backoff), and only deleting data frees it.
+        FilesError::StorageFull(_) => {
+            let mut err = S3Error::with_message(S3ErrorCode::Custom("QuotaExceeded".into()), msg);
+            err.set_status_code(http::StatusCode::FORBIDDEN);
+            return err;
+        }
         FilesError::Object(o) => match o {
             ObjectError::NoSuchBucket(_) => S3ErrorCode::NoSuchBucket,
             ObjectError::NoSuchKey(_) => S3ErrorCode::NoSuchKey,

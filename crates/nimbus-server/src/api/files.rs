@@ -1044,6 +1044,7 @@ impl From<FilesError> for ApiError {
             FilesError::BadSignature => (StatusCode::FORBIDDEN, "invalid_signature"),
             FilesError::Expired => (StatusCode::FORBIDDEN, "signature_expired"),
             FilesError::TooManyBuckets(_) => (StatusCode::CONFLICT, "too_many_buckets"),
+            FilesError::StorageFull(full) => return crate::error::storage_full(full),
             FilesError::Object(o) => match o {
                 O::NoSuchBucket(_) | O::NoSuchKey(_) | O::NoSuchUpload(_) => {
                     (StatusCode::NOT_FOUND, "not_found")
