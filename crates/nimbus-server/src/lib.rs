@@ -377,6 +377,7 @@ impl Server {
             EVENT_PRUNE_EVERY,
         ));
         let functions = self.state.functions.clone();
+        let usage = self.state.usage.clone();
         let app = router(self.state);
         self.in_process.set(Some(app.clone()));
         let notify = self.shutting_down;
@@ -390,6 +391,11 @@ impl Server {
         // Every request has been answered; write the records (and usage) still queued, so a
         // graceful stop loses none.
         functions.shutdown().await;
+        // Downloads still streaming after the grace count what they sent when dropped, with
+        // the server; what has been counted by now is written.
+        if let Err(e) = usage.egress().flush().await {
+            tracing::error!(error = %e, "writing the last file egress usage failed; it is lost");
+        }
         Ok(())
     }
 }
