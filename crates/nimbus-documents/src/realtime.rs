@@ -317,12 +317,8 @@ async fn run(hub: Weak<HubInner>, mut tail: Tail) {
             }
         };
         let Some(inner) = hub.upgrade() else { return };
-        let service = inner
-            .service
-            .lock()
-            .as_ref()
-            .and_then(Weak::upgrade)
-            .map(|i| DocumentService {
+        let service =
+            inner.service.lock().as_ref().and_then(Weak::upgrade).map(|i| DocumentService {
                 inner: i,
                 // The hub only reads.
                 guard: Arc::new(nimbus_store::usage::Unlimited),

@@ -21,12 +21,12 @@ use hmac::{Hmac, Mac};
 use nimbus_model::{UnixMillis, now_millis};
 use nimbus_rules::{Caller, Env, Operation, RuleSet, RuleSources};
 use nimbus_store::StoreError;
-use nimbus_store::usage::{StorageFull, StorageGuard, Unlimited};
 use nimbus_store::objects::{
     BucketInfo, BucketSettings, KeyError, ListPage, ListQuery, ObjectData, ObjectError, ObjectMeta,
     ObjectStore, ObjectWrite, PartInfo, RangeSpec, S3KeyInfo, S3KeyScope, S3KeyStore, SweepReport,
     UploadInfo, validate_key,
 };
+use nimbus_store::usage::{StorageFull, StorageGuard, Unlimited};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -176,7 +176,8 @@ impl Server {
         // functions service keeps its limits with the other quotas.
         let storage_quota = nimbus_functions::StorageQuota::new(sqlite.clone());
         let guard: Arc<dyn nimbus_store::usage::StorageGuard> = storage_quota.clone();
-        let kv = KvService::new(sqlite.clone(), config.kv.clone()).with_storage_guard(guard.clone());
+        let kv =
+            KvService::new(sqlite.clone(), config.kv.clone()).with_storage_guard(guard.clone());
         let in_process = Arc::new(in_process::InProcessRouter::default());
         let objects = Arc::new(
             LocalObjectStore::open(sqlite.clone(), &dirs.objects())

@@ -823,6 +823,7 @@ mod tests {
         "aa0735fbe78e67deb5d4afa0a9eb7fafa87cf07e72c2030e69893e3c29cf136d",
         "39bb479b7a8c57c05382e910b860bfa257f90f8e1d76adec4c34d0444ee1b3d9",
         "14ba569bbe8c83adbafacdc8bd2f7ae358e1083636dc51c54f1ab77b4ec96244",
+        "3a392430bb5ea090749369f76f6ff178062cbecdcbe8e2d0f9aacda09e77daf2",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -996,11 +997,9 @@ mod tests {
             )
             .unwrap();
             let bytes = tx
-                .query_row(
-                    "SELECT sum(length(data)) FROM documents WHERE coll = 1",
-                    [],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT sum(length(data)) FROM documents WHERE coll = 1", [], |r| {
+                    r.get(0)
+                })
                 .unwrap();
             tx.commit().unwrap();
             bytes

@@ -123,7 +123,7 @@ pub mod conformance {
         store.add_usage(&[row(100), row(20)]).unwrap();
         store.add_usage(&[row(3)]).unwrap();
         store.add_usage(&[]).unwrap();
-        store.insert_batch(&mut vec![record("e1", "eg", "f", T0 + 1)]).unwrap();
+        store.insert_batch(&mut [record("e1", "eg", "f", T0 + 1)]).unwrap();
         let rows = store.usage_hours(Some("eg"), T0, T0 + H).unwrap();
         let got: Vec<(&str, u64, u64)> = rows
             .iter()
@@ -137,7 +137,9 @@ pub mod conformance {
     /// The data gauges follow every write of the data services, in the write's own transaction:
     /// created, replaced, deleted, per project. (Objects have their own test beside the object
     /// store, which is a separate type.)
-    pub fn gauges_follow_writes<S: UsageStore + crate::kv::KvStore + crate::documents::DocumentStore>(
+    pub fn gauges_follow_writes<
+        S: UsageStore + crate::kv::KvStore + crate::documents::DocumentStore,
+    >(
         store: &S,
     ) {
         use crate::documents::{CollectionSpec, Expect, WriteOp};
@@ -163,14 +165,20 @@ pub mod conformance {
         store
             .write(
                 "gw",
-                &[doc("a", Some(serde_json::json!({"x": "hello"}))), doc("b", Some(serde_json::json!({})))],
+                &[
+                    doc("a", Some(serde_json::json!({"x": "hello"}))),
+                    doc("b", Some(serde_json::json!({}))),
+                ],
             )
             .unwrap()
             .unwrap();
         let two = g("gw");
         assert_eq!(two.documents, 2);
         assert!(two.document_bytes > 0);
-        store.write("gw", &[doc("a", Some(serde_json::json!({"x": "hello, world"})))]).unwrap().unwrap();
+        store
+            .write("gw", &[doc("a", Some(serde_json::json!({"x": "hello, world"})))])
+            .unwrap()
+            .unwrap();
         let grown = g("gw");
         assert_eq!(grown.documents, 2, "an update is not a new document");
         assert!(grown.document_bytes > two.document_bytes, "{grown:?} after {two:?}");
@@ -204,8 +212,8 @@ pub mod conformance {
         store.insert_batch(&mut batch).unwrap();
         assert!(events(store).is_empty());
         // 8 and 9: one event, written with the batch that crossed.
-        store.insert_batch(&mut vec![record("q7", "q", "f", T0 + 7)]).unwrap();
-        store.insert_batch(&mut vec![record("q8", "q", "f", T0 + 8)]).unwrap();
+        store.insert_batch(&mut [record("q7", "q", "f", T0 + 7)]).unwrap();
+        store.insert_batch(&mut [record("q8", "q", "f", T0 + 8)]).unwrap();
         let seen = events(store);
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!(seen[0]["quota"], "invocations_per_month");
@@ -245,7 +253,7 @@ pub mod conformance {
         // A retried batch (the first write committed but its answer was lost) and a batch that
         // overlaps it are not counted again.
         store.insert_batch(&mut batch.clone()).unwrap();
-        store.insert_batch(&mut vec![batch[0].clone(), record("a6", "u1", "f", T0 + 11)]).unwrap();
+        store.insert_batch(&mut [batch[0].clone(), record("a6", "u1", "f", T0 + 11)]).unwrap();
 
         let rows = store.usage_hours(Some("u1"), T0, T0 + 2 * H).unwrap();
         let got: Vec<(String, i64, u64)> =

@@ -130,17 +130,8 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
 
 /// `OUTBOUND` is functions' outbound HTTP, `FILE EGRESS` object downloads (both priced as
 /// egress), `PUSH` push messages delivered.
-const COLUMNS: [&str; 9] = [
-    "REQUESTS",
-    "EXEC MS",
-    "GB-S",
-    "FUEL",
-    "OUTBOUND",
-    "FILE EGRESS",
-    "EVENTS",
-    "PUSH",
-    "COST",
-];
+const COLUMNS: [&str; 9] =
+    ["REQUESTS", "EXEC MS", "GB-S", "FUEL", "OUTBOUND", "FILE EGRESS", "EVENTS", "PUSH", "COST"];
 
 fn key_cells(l: &Value, by: By) -> Vec<String> {
     let project = l["project"].as_str().unwrap_or("").to_string();
@@ -258,14 +249,17 @@ mod tests {
 
     #[test]
     fn csv_has_a_header_and_raw_numbers() {
-        let lines = vec![json!({
-            "project": "default", "function": "hello", "requests": 3, "exec_ms": 7,
-            "mb_ms": 448, "gb_seconds": 0.0004375, "fuel": 99, "outbound_bytes": 1500,
-            "events": 1, "cost": {"total": 0.5}
-        }), json!({
-            "project": "default", "function": "", "file_egress_bytes": 4096, "push_sent": 2,
-            "cost": {"total": 0.25}
-        })];
+        let lines = vec![
+            json!({
+                "project": "default", "function": "hello", "requests": 3, "exec_ms": 7,
+                "mb_ms": 448, "gb_seconds": 0.0004375, "fuel": 99, "outbound_bytes": 1500,
+                "events": 1, "cost": {"total": 0.5}
+            }),
+            json!({
+                "project": "default", "function": "", "file_egress_bytes": 4096, "push_sent": 2,
+                "cost": {"total": 0.25}
+            }),
+        ];
         assert_eq!(
             csv(&lines, By::Function, true),
             "project,function,requests,exec_ms,gb_s,fuel,outbound,file_egress,events,push,cost\n\

@@ -390,7 +390,10 @@ async fn a_guest_over_the_stored_bytes_quota_cannot_set() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(guest(&s, "default", &format!("/set?key=big&value={}", "v".repeat(60))).await.0, 204);
+    assert_eq!(
+        guest(&s, "default", &format!("/set?key=big&value={}", "v".repeat(60))).await.0,
+        204
+    );
     let (status, body) = guest(&s, "default", "/set?key=more&value=x").await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("stored_bytes") && body.contains("deleted"), "{body}");

@@ -493,7 +493,9 @@ async fn assert_storage_full(r: reqwest::Response, what: &str) {
     assert!(e.get("resets_at").is_none(), "{what}: {body}");
     let message = e["message"].as_str().unwrap();
     assert!(
-        message.contains("stored_bytes") && message.contains("deleted") && message.contains("not at the start of a month"),
+        message.contains("stored_bytes")
+            && message.contains("deleted")
+            && message.contains("not at the start of a month"),
         "{what}: {message}"
     );
 }
@@ -529,7 +531,8 @@ async fn the_stored_bytes_quota_refuses_writes_until_data_is_deleted() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = s.api(Method::POST, "/v1/buckets").json(&json!({"name": "quota"})).send().await.unwrap();
+    let r =
+        s.api(Method::POST, "/v1/buckets").json(&json!({"name": "quota"})).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let r = s.api(Method::POST, "/v1/collections").json(&json!({"name": "notes"})).send();
     assert_eq!(r.await.unwrap().status(), 201);
@@ -571,8 +574,8 @@ async fn the_stored_bytes_quota_refuses_writes_until_data_is_deleted() {
     assert_eq!(stored().await["file_bytes"], 0);
 
     // KV: keys `k0`.. (2 bytes) with 450-byte values.
-    let n = fill("kv", |i| async move { put_kv(format!("k{i}"), vec![1; 450]).await.unwrap() })
-        .await;
+    let n =
+        fill("kv", |i| async move { put_kv(format!("k{i}"), vec![1; 450]).await.unwrap() }).await;
     assert_eq!(n, 3);
     assert_eq!(stored().await["kv_bytes"], 3 * 452);
     all_refused().await;
@@ -636,7 +639,8 @@ async fn file_downloads_are_metered_as_file_egress() {
     let mut config = test_config(dir.path());
     config.prices = Some(PriceSheet { per_gb_egress: 1.0, ..Default::default() });
     let s = TestServer::start_with(config).await;
-    let r = s.api(Method::POST, "/v1/buckets").json(&json!({"name": "egress"})).send().await.unwrap();
+    let r =
+        s.api(Method::POST, "/v1/buckets").json(&json!({"name": "egress"})).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let obj = |key: &str| format!("/v1/projects/default/buckets/egress/objects/{key}");
     let r = s.api(Method::PUT, &obj("five")).body(vec![5u8; 5000]).send().await.unwrap();

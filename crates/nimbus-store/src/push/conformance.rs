@@ -620,7 +620,10 @@ pub fn delivered_messages_are_metered_once(s: &dyn Backend) {
         (id("s1"), Outcome::Sent { status: 201 }),
         (id("s2"), Outcome::Sent { status: 201 }),
         (id("s3"), Outcome::Retry { at: now + 10, status: Some(503), error: "busy".into() }),
-        (id("other"), Outcome::Failed { status: Some(400), error: "bad".into(), remove_subscription: false }),
+        (
+            id("other"),
+            Outcome::Failed { status: Some(400), error: "bad".into(), remove_subscription: false },
+        ),
     ];
     s.complete(&outcomes, now).unwrap();
     // Recorded again (a sender retrying its batch): the deliveries left `queued`, nothing counts.
