@@ -381,3 +381,33 @@ fn hours(from: UnixMillis, to: UnixMillis) -> Result<(UnixMillis, UnixMillis)> {
     }
     Ok((from, to))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Downloads add to one sum per project and hour; a flush writes each sum once, under the
+    /// empty function name, and a flush with nothing counted writes nothing.
+    #[tokio::test]
+    async fn egress_is_summed_per_project_and_written_once() {
+        let store = Arc::new(nimbus_store_local::SqliteStore::open_in_memory().unwrap());
+        let meter = EgressMeter::new(store.clone());
+        meter.add("a", 100);
+        meter.add("a", 23);
+        meter.add("b", 7);
+        meter.add("c", 0);
+        assert_eq!(meter.pending.lock().len(), 2, "one entry per project and hour");
+        meter.flush().await.unwrap();
+        meter.flush().await.unwrap();
+        // Summed over a range around now (an hour may turn between the adds).
+        let hour = nimbus_model::usage::hour_of(nimbus_model::now_millis());
+        let (from, to) = (hour - 3_600_000, hour + 3_600_000);
+        let rows = store.usage_hours(None, from, to).unwrap();
+        assert!(rows.iter().all(|r| r.function.is_empty() && r.counters.requests == 0));
+        let total = |p: &str| store.usage_total(p, from, to).unwrap().file_egress_bytes;
+        assert_eq!((total("a"), total("b"), total("c")), (123, 7, 0));
+        meter.add("a", 1);
+        meter.flush().await.unwrap();
+        assert_eq!(total("a"), 124);
+    }
+}
