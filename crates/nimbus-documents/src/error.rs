@@ -28,6 +28,9 @@ pub enum DocError {
     /// A credential (realtime ticket) that is unknown, used or expired.
     #[error("{0}")]
     Unauthorized(String),
+    /// The project's stored-bytes quota is used up (deletes still work).
+    #[error(transparent)]
+    StorageFull(#[from] nimbus_store::usage::StorageFull),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal: {0}")]

@@ -21,6 +21,7 @@ use nimbus_store::documents::{
     MAX_LIMIT, Plan, Query, SortKey, WriteFailure, WriteOp, WriteOutcome,
 };
 use nimbus_store::events::EventLog;
+use nimbus_store::usage::{StorageGuard, Unlimited};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -217,6 +218,9 @@ pub const MAX_BATCH: usize = 500;
 #[derive(Clone)]
 pub struct DocumentService {
     inner: Arc<Inner>,
+    /// Asked before a batch that adds data (the stored-bytes quota). Outside `Inner` so that it
+    /// can be set after `start` (the realtime hub's copy only reads).
+    guard: Arc<dyn StorageGuard>,
 }
 
 struct Inner {
@@ -249,9 +253,16 @@ impl DocumentService {
                 hub,
                 tickets: tickets::Tickets::default(),
             }),
+            guard: Arc::new(Unlimited),
         };
         service.inner.hub.attach(service.clone());
         Ok(service)
+    }
+
+    /// Check `guard` (the stored-bytes quota) before every write that adds data.
+    pub fn with_storage_guard(mut self, guard: Arc<dyn StorageGuard>) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub fn config(&self) -> &DocumentsConfig {
@@ -653,6 +664,14 @@ impl DocumentService {
                 }
                 own_condition.push(if_match.is_some() || matches!(w, BatchWrite::Create { .. }));
                 ops.push(WriteOp { collection: coll.clone(), id: id.to_owned(), data, expect });
+            }
+            // A batch that only deletes always goes through; one that writes data is refused
+            // while the project is at or over its stored-bytes quota.
+            if attempt == 0 && ops.iter().any(|o| o.data.is_some()) {
+                let (guard, p) = (self.guard.clone(), project.to_owned());
+                tokio::task::spawn_blocking(move || guard.may_store(&p))
+                    .await
+                    .map_err(|e| DocError::Internal(e.to_string()))??;
             }
             match self.commit(project, ops).await? {
                 Ok(outcomes) => return Ok(outcomes),

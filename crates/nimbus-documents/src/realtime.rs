@@ -317,12 +317,12 @@ async fn run(hub: Weak<HubInner>, mut tail: Tail) {
             }
         };
         let Some(inner) = hub.upgrade() else { return };
-        let service = inner
-            .service
-            .lock()
-            .as_ref()
-            .and_then(Weak::upgrade)
-            .map(|i| DocumentService { inner: i });
+        let service =
+            inner.service.lock().as_ref().and_then(Weak::upgrade).map(|i| DocumentService {
+                inner: i,
+                // The hub only reads.
+                guard: Arc::new(nimbus_store::usage::Unlimited),
+            });
         // The collections' compiled rules, looked up (and cached) outside the lock.
         let mut compiled: HashMap<Key, Option<Arc<Compiled>>> = HashMap::new();
         if let Some(service) = &service {

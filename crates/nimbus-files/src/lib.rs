@@ -26,6 +26,7 @@ use nimbus_store::objects::{
     ObjectStore, ObjectWrite, PartInfo, RangeSpec, S3KeyInfo, S3KeyScope, S3KeyStore, SweepReport,
     UploadInfo, validate_key,
 };
+use nimbus_store::usage::{StorageFull, StorageGuard, Unlimited};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -180,6 +181,10 @@ pub enum FilesError {
     Expired,
     #[error("a project may have at most {0} buckets")]
     TooManyBuckets(usize),
+    /// The project's stored-bytes quota is used up: writes that add data are refused until
+    /// it deletes some (deletes and reads still work).
+    #[error(transparent)]
+    StorageFull(#[from] StorageFull),
     #[error(transparent)]
     Object(ObjectError),
     #[error("{0}")]
@@ -236,6 +241,8 @@ pub struct FilesService {
     /// The server's signing secret; each project signs with a key derived from it.
     secret: Arc<[u8]>,
     env: Env,
+    /// Asked before every write that adds data (the stored-bytes quota).
+    guard: Arc<dyn StorageGuard>,
 }
 
 impl std::fmt::Debug for FilesService {
@@ -261,7 +268,14 @@ impl FilesService {
             config: Arc::new(config),
             secret: secret.into(),
             env: Env::files(),
+            guard: Arc::new(Unlimited),
         }
+    }
+
+    /// Check `guard` (the stored-bytes quota) before every write that adds data.
+    pub fn with_storage_guard(mut self, guard: Arc<dyn StorageGuard>) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub fn config(&self) -> &FilesConfig {
@@ -494,6 +508,7 @@ impl FilesService {
         let existing = self.store.head(project, bucket, key)?;
         let request = json!({"key": key, "content_type": content_type, "size": declared_size});
         self.authorize(&info, Op::Write, who, key, existing.as_ref(), &request)?;
+        self.guard.may_store(project)?;
         if !content_type_allowed(&info.settings.allowed_content_types, content_type) {
             return Err(FilesError::ContentType(content_type.to_string()));
         }
@@ -592,6 +607,7 @@ impl FilesService {
         let existing = self.store.head(project, dst_bucket, dst_key)?;
         let request = json!({"key": dst_key, "content_type": content_type, "size": src.size});
         self.authorize(&info, Op::Write, who, dst_key, existing.as_ref(), &request)?;
+        self.guard.may_store(project)?;
         if !content_type_allowed(&info.settings.allowed_content_types, &content_type) {
             return Err(FilesError::ContentType(content_type));
         }
@@ -680,6 +696,7 @@ impl FilesService {
         let info = self.bucket_info(project, bucket)?;
         self.get_upload(project, bucket, key, upload)?;
         self.authorize(&info, Op::Write, who, key, None, &json!({"key": key}))?;
+        self.guard.may_store(project)?;
         let limit = self.max_bytes(&info);
         Ok(self.store.put_part(project, bucket, upload, number, data, Some(limit))?)
     }
@@ -718,6 +735,7 @@ impl FilesService {
         self.get_upload(project, bucket, key, upload)?;
         let existing = self.store.head(project, bucket, key)?;
         self.authorize(&info, Op::Write, who, key, existing.as_ref(), &json!({"key": key}))?;
+        self.guard.may_store(project)?;
         let limit = self.max_bytes(&info);
         Ok(self.store.complete_upload(project, bucket, upload, parts, Some(limit))?)
     }

@@ -37,7 +37,7 @@ use tokio::sync::broadcast;
 pub use admission::Rejection;
 pub use invoke::{InvokeError, Invoked};
 pub use metrics::Metrics;
-pub use quota::QuotaExceeded;
+pub use quota::{QuotaExceeded, StorageQuota};
 pub use router::RouteMatch;
 
 use admission::Admission;
@@ -101,6 +101,9 @@ pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
     /// Usage totals and quotas (the invocation store counts usage as it writes records).
     pub usage: Arc<dyn nimbus_store::usage::UsageStore>,
+    /// The stored-bytes quota the data services check; the service keeps its limits in step
+    /// with the quotas it stores.
+    pub storage_quota: Arc<StorageQuota>,
 }
 
 /// One function's active version, routed and ready to invoke; its code is loaded on demand.
@@ -229,6 +232,7 @@ impl FunctionService {
         })
         .await?;
         for (project, q, used) in seeds {
+            self.stores.storage_quota.set(&project, q.stored_bytes);
             self.quotas.set(&project, Some(q), used, now);
         }
         Ok(())
@@ -263,6 +267,7 @@ impl FunctionService {
             )?)
         })
         .await?;
+        self.stores.storage_quota.set(project, quotas.and_then(|q| q.stored_bytes));
         self.quotas.set(project, quotas, used, now);
         Ok(())
     }

@@ -16,6 +16,7 @@ use nimbus_model::UnixMillis;
 use nimbus_model::usage::{
     QUOTA_CONCURRENCY, QUOTA_GB_SECONDS, QUOTA_INVOCATIONS, Quotas, UsageCounters, next_month,
 };
+use nimbus_store::usage::{StorageFull, StorageGuard, UsageStore};
 use parking_lot::RwLock;
 
 /// A hard quota is used up until `resets_at` (for the concurrency quota: until an invocation
@@ -176,6 +177,57 @@ impl QuotaGate {
             return Err(exceeded(QUOTA_CONCURRENCY, None));
         }
         Ok(Some(permit))
+    }
+}
+
+/// The stored-bytes quota, for the data services: each asks [`StorageGuard::may_store`] before a
+/// write that adds data. The limits are in memory (set with the other quotas); what a project
+/// stores is one row the store keeps exactly in every change's transaction, read per guarded
+/// write (a primary-key read on a reader connection, only for projects with the quota).
+///
+/// "Already over" is checked before the write, so the write that crosses the limit finishes
+/// (by at most its own size, and by what concurrent writes add): refusing a write that would
+/// cross it would need its size before it runs, which a streamed upload does not have.
+pub struct StorageQuota {
+    /// False while no project has the quota: writes then skip the map.
+    any: AtomicBool,
+    limits: RwLock<HashMap<String, u64>>,
+    store: Arc<dyn UsageStore>,
+}
+
+impl StorageQuota {
+    pub fn new(store: Arc<dyn UsageStore>) -> Arc<StorageQuota> {
+        Arc::new(StorageQuota { any: AtomicBool::new(false), limits: Default::default(), store })
+    }
+
+    pub(crate) fn set(&self, project: &str, limit: Option<u64>) {
+        let mut map = self.limits.write();
+        match limit {
+            Some(l) => map.insert(project.to_string(), l),
+            None => map.remove(project),
+        };
+        self.any.store(!map.is_empty(), Ordering::Release);
+    }
+}
+
+impl StorageGuard for StorageQuota {
+    fn may_store(&self, project: &str) -> Result<(), StorageFull> {
+        if !self.any.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(limit) = self.limits.read().get(project).copied() else { return Ok(()) };
+        match self.store.data_gauges(project) {
+            Ok(g) if g.stored_bytes() >= limit => {
+                Err(StorageFull { project: project.to_string(), stored: g.stored_bytes(), limit })
+            }
+            Ok(_) => Ok(()),
+            // The write itself goes to the same store and reports its failure; refusing data
+            // for a failed read would turn a store hiccup into a quota error.
+            Err(e) => {
+                tracing::warn!(project, error = %e, "reading stored bytes for the quota failed");
+                Ok(())
+            }
+        }
     }
 }
 

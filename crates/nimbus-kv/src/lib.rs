@@ -15,6 +15,7 @@ use std::time::Duration;
 use nimbus_model::{UnixMillis, now_millis};
 use nimbus_store::StoreError;
 use nimbus_store::kv::{Expiry, IncrementError, KeyPage, KvStore, KvValue};
+use nimbus_store::usage::{StorageFull, StorageGuard, Unlimited};
 
 /// The bucket guests get from `wasi:keyvalue/store.open("")` and REST clients name `default`.
 pub const DEFAULT_BUCKET: &str = "default";
@@ -71,6 +72,10 @@ pub enum KvError {
     BatchTooLarge { count: usize, limit: usize },
     #[error(transparent)]
     Increment(IncrementError),
+    /// The project's stored-bytes quota is used up: writes that add data are refused until
+    /// it deletes some (deletes and reads still work).
+    #[error(transparent)]
+    StorageFull(#[from] StorageFull),
     #[error(transparent)]
     Store(StoreError),
     #[error("{0}")]
@@ -99,6 +104,8 @@ pub type Result<T, E = KvError> = std::result::Result<T, E>;
 pub struct KvService {
     store: Arc<dyn KvStore>,
     config: Arc<KvConfig>,
+    /// Asked before every write that adds data (the stored-bytes quota).
+    guard: Arc<dyn StorageGuard>,
 }
 
 impl std::fmt::Debug for KvService {
@@ -120,7 +127,13 @@ pub fn validate_bucket(bucket: &str) -> Result<()> {
 
 impl KvService {
     pub fn new(store: Arc<dyn KvStore>, config: KvConfig) -> Self {
-        KvService { store, config: Arc::new(config) }
+        KvService { store, config: Arc::new(config), guard: Arc::new(Unlimited) }
+    }
+
+    /// Check `guard` (the stored-bytes quota) before every write that adds data.
+    pub fn with_storage_guard(mut self, guard: Arc<dyn StorageGuard>) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -213,6 +226,7 @@ impl KvService {
         self.check_value(value)?;
         let now = now_millis();
         let expiry = self.expiry(ttl, false, now)?;
+        self.guard.may_store(project)?;
         Ok(self.store.set(project, bucket, key, value, expiry, now)?)
     }
 
@@ -264,6 +278,7 @@ impl KvService {
         self.check_key(key)?;
         let now = now_millis();
         let expiry = self.expiry(ttl, true, now)?;
+        self.guard.may_store(project)?;
         Ok(self.store.increment(project, bucket, key, delta, expiry, now)?)
     }
 
@@ -282,6 +297,7 @@ impl KvService {
         self.check_value(value)?;
         let now = now_millis();
         let expiry = self.expiry(ttl, false, now)?;
+        self.guard.may_store(project)?;
         Ok(self.store.compare_and_swap(project, bucket, key, expected, value, expiry, now)?)
     }
 
@@ -313,6 +329,7 @@ impl KvService {
         }
         let now = now_millis();
         let expiry = self.expiry(ttl, false, now)?;
+        self.guard.may_store(project)?;
         Ok(self.store.set_many(project, bucket, entries, expiry, now)?)
     }
 

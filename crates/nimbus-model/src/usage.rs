@@ -27,6 +27,15 @@ pub struct UsageCounters {
     pub outbound_bytes: u64,
     /// Invocations caused by an event (a trigger `kind:name`).
     pub events: u64,
+    /// Object body bytes sent to clients (REST GET, signed URLs, S3 GetObject), as streamed: a
+    /// download the client broke off counts what went out. Stored under the empty function
+    /// name (data services are not functions).
+    #[serde(default)]
+    pub file_egress_bytes: u64,
+    /// Push messages delivered (one per subscription a push service accepted), under the empty
+    /// function name.
+    #[serde(default)]
+    pub push_sent: u64,
 }
 
 impl UsageCounters {
@@ -43,6 +52,8 @@ impl UsageCounters {
             fuel: r.fuel,
             outbound_bytes: r.outbound_bytes,
             events: u64::from(r.trigger.contains(':')),
+            file_egress_bytes: 0,
+            push_sent: 0,
         })
     }
 
@@ -53,6 +64,14 @@ impl UsageCounters {
         self.fuel = self.fuel.saturating_add(o.fuel);
         self.outbound_bytes += o.outbound_bytes;
         self.events += o.events;
+        self.file_egress_bytes += o.file_egress_bytes;
+        self.push_sent += o.push_sent;
+    }
+
+    /// Bytes that left the node: function outbound HTTP plus file downloads (what
+    /// `per_gb_egress` prices).
+    pub fn egress_bytes(&self) -> u64 {
+        self.outbound_bytes.saturating_add(self.file_egress_bytes)
     }
 
     /// GB-seconds (1 GB = 1024 MiB, as Lambda bills).
@@ -100,7 +119,8 @@ pub struct Quotas {
     /// Invocations of the project's functions running at once.
     #[serde(default)]
     pub concurrent_executions: Option<u32>,
-    /// Documents + KV + file bytes: reported against, not enforced yet (see docs/usage.md).
+    /// Documents + KV + file bytes. Not monthly: a project at or over it cannot add data until
+    /// it deletes some (see docs/usage.md).
     #[serde(default)]
     pub stored_bytes: Option<u64>,
     /// Percent of a monthly quota at which one `dev.nimbus.quota.threshold_crossed` event is
@@ -146,6 +166,21 @@ impl Quotas {
 pub const QUOTA_INVOCATIONS: &str = "invocations_per_month";
 pub const QUOTA_GB_SECONDS: &str = "gb_seconds_per_month";
 pub const QUOTA_CONCURRENCY: &str = "concurrent_executions";
+pub const QUOTA_STORED_BYTES: &str = "stored_bytes";
+
+/// A write that would add data to a project whose stored bytes are at or over its
+/// `stored_bytes` quota. Unlike the monthly quotas it does not reset with time: it frees when
+/// the project deletes data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "project {project}'s quota stored_bytes is used up ({stored} of {limit} bytes stored): \
+     it frees when data is deleted, not at the start of a month"
+)]
+pub struct StorageFull {
+    pub project: String,
+    pub stored: u64,
+    pub limit: u64,
+}
 
 /// The type of the event written when a monthly quota crosses its soft threshold.
 pub const THRESHOLD_EVENT: &str = "dev.nimbus.quota.threshold_crossed";
@@ -209,7 +244,8 @@ pub struct PriceSheet {
     pub per_gb_second: f64,
     /// Per GiB stored for a month (documents, KV and files).
     pub per_gb_month_stored: f64,
-    /// Per GiB of outbound HTTP traffic.
+    /// Per GiB that leaves the node: functions' outbound HTTP and file downloads alike (one
+    /// price for data out, as clouds charge it).
     pub per_gb_egress: f64,
     /// Free each month, per project, before anything is charged.
     pub free_tier: FreeTier,
@@ -271,7 +307,8 @@ pub struct FreeLeft {
     requests: u64,
     /// In MiB-ms, like the counters, so that consumption is exact.
     mb_ms: u64,
-    outbound_bytes: u64,
+    /// Egress bytes (outbound HTTP + file downloads).
+    egress_bytes: u64,
 }
 
 impl FreeLeft {
@@ -279,7 +316,7 @@ impl FreeLeft {
         FreeLeft {
             requests: tier.requests,
             mb_ms: (tier.gb_seconds * 1024.0 * 1000.0) as u64,
-            outbound_bytes: (tier.egress_gb * (1u64 << 30) as f64) as u64,
+            egress_bytes: (tier.egress_gb * (1u64 << 30) as f64) as u64,
         }
     }
 
@@ -292,7 +329,7 @@ impl FreeLeft {
         }
         let requests = take(&mut self.requests, c.requests);
         let mb_ms = take(&mut self.mb_ms, c.mb_ms);
-        let bytes = take(&mut self.outbound_bytes, c.outbound_bytes);
+        let bytes = take(&mut self.egress_bytes, c.egress_bytes());
         let requests = requests as f64 / 1e6 * sheet.per_million_requests;
         let compute = mb_ms as f64 / 1024.0 / 1000.0 * sheet.per_gb_second;
         let egress = bytes as f64 / (1u64 << 30) as f64 * sheet.per_gb_egress;
@@ -343,6 +380,26 @@ mod tests {
         let cost = left.charge(&sheet, &c);
         assert!((cost.requests - 0.1).abs() < 1e-12, "{cost:?}");
         assert!((cost.compute - 1.0).abs() < 1e-12, "{cost:?}");
+    }
+
+    /// One egress price and free tier for data out: function outbound HTTP and file downloads.
+    #[test]
+    fn egress_prices_outbound_and_file_downloads_together() {
+        let sheet = PriceSheet {
+            per_gb_egress: 1.0,
+            free_tier: FreeTier { egress_gb: 1.0, ..Default::default() },
+            ..Default::default()
+        };
+        let mut left = FreeLeft::new(&sheet.free_tier);
+        let gib = 1u64 << 30;
+        let c = UsageCounters {
+            outbound_bytes: gib / 2,
+            file_egress_bytes: gib,
+            push_sent: 7,
+            ..Default::default()
+        };
+        let cost = left.charge(&sheet, &c);
+        assert!((cost.egress - 0.5).abs() < 1e-12, "half a GiB over the free GiB: {cost:?}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
     /// With `quota_exceeded`: the quota that is used up (`invocations_per_month`,
-    /// `gb_seconds_per_month`, `concurrent_executions`).
+    /// `gb_seconds_per_month`, `concurrent_executions`, `stored_bytes`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<String>,
     /// With `quota_exceeded` of a monthly quota: when it resets (the next UTC month, RFC 3339).
@@ -138,6 +138,14 @@ impl From<InvokeError> for ApiError {
     }
 }
 
+/// 429 `quota_exceeded` for a write refused by the stored-bytes quota. No `resets_at` and no
+/// `Retry-After`: time does not free it, deleting data does (the message says so).
+pub(crate) fn storage_full(e: &nimbus_model::usage::StorageFull) -> ApiError {
+    let mut api = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string());
+    api.quota = Some((nimbus_model::usage::QUOTA_STORED_BYTES, None));
+    api
+}
+
 /// 429 naming the quota and when it resets.
 fn quota_error(q: &nimbus_functions::QuotaExceeded) -> ApiError {
     let resets = q.resets_at.map(nimbus_model::usage::rfc3339);
@@ -237,6 +245,7 @@ impl From<DocError> for ApiError {
             DocError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             DocError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             DocError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            DocError::StorageFull(full) => return storage_full(full),
             DocError::Store(_) | DocError::Internal(_) => return ApiError::internal(&e),
         };
         ApiError::new(status, code, e.to_string())

@@ -155,3 +155,47 @@ pub(crate) async fn rest_layer(
     let response = next.run(request).await;
     metrics.response_out("rest", &method, response)
 }
+
+/// A download body that counts the object bytes it hands to the connection and adds them to
+/// the project's file egress once, when it ends or is dropped (a client that breaks off counts
+/// what went out before it did). The count is local to the body: no lock or I/O per chunk.
+pub(crate) struct Metered<S> {
+    inner: S,
+    sent: u64,
+    meter: std::sync::Arc<nimbus_functions::usage::EgressMeter>,
+    project: String,
+}
+
+impl<S> Metered<S> {
+    pub(crate) fn new(
+        inner: S,
+        meter: std::sync::Arc<nimbus_functions::usage::EgressMeter>,
+        project: String,
+    ) -> Self {
+        Metered { inner, sent: 0, meter, project }
+    }
+}
+
+impl<S> futures::Stream for Metered<S>
+where
+    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+{
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
+            self.sent += chunk.len() as u64;
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Metered<S> {
+    fn drop(&mut self) {
+        self.meter.add(&self.project, self.sent);
+    }
+}

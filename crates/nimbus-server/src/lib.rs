@@ -172,14 +172,20 @@ impl Server {
                 .with_context(|| format!("opening {}", dirs.database().display()))?,
         );
         let blobs = Arc::new(LocalBlobStore::new(dirs.blobs()).context("opening the blob store")?);
-        let kv = KvService::new(sqlite.clone(), config.kv.clone());
+        // The stored-bytes quota: the data services ask it before writes that add data; the
+        // functions service keeps its limits with the other quotas.
+        let storage_quota = nimbus_functions::StorageQuota::new(sqlite.clone());
+        let guard: Arc<dyn nimbus_store::usage::StorageGuard> = storage_quota.clone();
+        let kv =
+            KvService::new(sqlite.clone(), config.kv.clone()).with_storage_guard(guard.clone());
         let in_process = Arc::new(in_process::InProcessRouter::default());
         let objects = Arc::new(
             LocalObjectStore::open(sqlite.clone(), &dirs.objects())
                 .context("opening the file storage")?,
         );
         let files =
-            FilesService::new(objects, sqlite.clone(), config.files.clone(), &dirs.files_secret()?);
+            FilesService::new(objects, sqlite.clone(), config.files.clone(), &dirs.files_secret()?)
+                .with_storage_guard(guard.clone());
         // Nothing is being written yet: every unreferenced file is a crash's leftover.
         files.call(|f| f.startup_sweep()).await.context("sweeping the file storage")?;
         let runtime = Runtime::new(RuntimeConfig {
@@ -207,7 +213,8 @@ impl Server {
             config.documents.clone(),
         )
         .await
-        .context("starting the documents service")?;
+        .context("starting the documents service")?
+        .with_storage_guard(guard);
         let event_log: Arc<dyn nimbus_events::EventLog> = sqlite.clone();
         // Subscription endpoints are user-supplied URLs: the operator's outbound policy applies.
         let push_config = nimbus_push::PushConfig {
@@ -224,6 +231,7 @@ impl Server {
                 invocations: sqlite.clone(),
                 blobs,
                 usage: sqlite.clone(),
+                storage_quota,
             },
             FunctionsConfig {
                 limits: config.limits,
@@ -370,6 +378,7 @@ impl Server {
             EVENT_PRUNE_EVERY,
         ));
         let functions = self.state.functions.clone();
+        let usage = self.state.usage.clone();
         let app = router(self.state);
         self.in_process.set(Some(app.clone()));
         let notify = self.shutting_down;
@@ -383,6 +392,11 @@ impl Server {
         // Every request has been answered; write the records (and usage) still queued, so a
         // graceful stop loses none.
         functions.shutdown().await;
+        // Downloads still streaming after the grace count what they sent when dropped, with
+        // the server; what has been counted by now is written.
+        if let Err(e) = usage.egress().flush().await {
+            tracing::error!(error = %e, "writing the last file egress usage failed; it is lost");
+        }
         Ok(())
     }
 }

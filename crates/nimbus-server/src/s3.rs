@@ -74,6 +74,7 @@ pub(crate) fn router(state: AppState, limits: &S3Limits, base_domain: &str) -> R
     });
     let mut builder = S3ServiceBuilder::new(NimbusS3 {
         files: state.files.clone(),
+        egress: state.usage.egress().clone(),
         limiter,
         checks: Default::default(),
     });
@@ -208,6 +209,13 @@ fn to_s3(e: FilesError) -> S3Error {
         | FilesError::BadSignature
         | FilesError::Expired => S3ErrorCode::AccessDenied,
         FilesError::TooManyBuckets(_) => S3ErrorCode::TooManyBuckets,
+        // S3 has no code for this; s3s passes a custom one through. 403, not 429 or 503: SDKs
+        // retry those (boto3 four times, with backoff), and only deleting data frees it.
+        FilesError::StorageFull(_) => {
+            let mut err = S3Error::with_message(S3ErrorCode::Custom("QuotaExceeded".into()), msg);
+            err.set_status_code(http::StatusCode::FORBIDDEN);
+            return err;
+        }
         FilesError::Object(o) => match o {
             ObjectError::NoSuchBucket(_) => S3ErrorCode::NoSuchBucket,
             ObjectError::NoSuchKey(_) => S3ErrorCode::NoSuchKey,
@@ -230,6 +238,8 @@ fn to_s3(e: FilesError) -> S3Error {
 /// The S3 operations over the files service.
 struct NimbusS3 {
     files: FilesService,
+    /// GetObject bodies count as the project's file egress.
+    egress: Arc<nimbus_functions::usage::EgressMeter>,
     limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// Checks since the limiter last dropped idle keys (memory stays bounded by active keys).
     checks: std::sync::atomic::AtomicU64,
@@ -281,8 +291,13 @@ fn blob_reader(body: Option<StreamingBlob>) -> Box<dyn std::io::Read + Send> {
     }
 }
 
-/// Stream an open object out (bounded channel; see `api::files::body_from_reader`).
-fn blob_from_reader(mut reader: Box<dyn std::io::Read + Send>) -> StreamingBlob {
+/// Stream an open object out (bounded channel; see `api::files::body_from_reader`), counting
+/// what it hands out as `project`'s file egress.
+fn blob_from_reader(
+    mut reader: Box<dyn std::io::Read + Send>,
+    meter: Arc<nimbus_functions::usage::EgressMeter>,
+    project: String,
+) -> StreamingBlob {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         loop {
@@ -303,7 +318,8 @@ fn blob_from_reader(mut reader: Box<dyn std::io::Read + Send>) -> StreamingBlob 
             }
         }
     });
-    StreamingBlob::wrap(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    StreamingBlob::wrap(crate::files_metrics::Metered::new(stream, meter, project))
 }
 
 /// `If-None-Match` / `If-Modified-Since` of GetObject and HeadObject.
@@ -556,6 +572,7 @@ impl S3 for NimbusS3 {
         let input = req.input;
         let range = range_in(input.range);
         let (bucket, key) = (input.bucket, input.key);
+        let project = who.project.clone();
         let data = self
             .run(move |f| f.open_object(&who.project, &bucket, &key, range, &who.principal))
             .await?;
@@ -586,7 +603,7 @@ impl S3 for NimbusS3 {
             ..Default::default()
         };
         let mut output = output;
-        output.body = Some(blob_from_reader(data.reader));
+        output.body = Some(blob_from_reader(data.reader, self.egress.clone(), project));
         let mut response = S3Response::new(output);
         if range.is_some() {
             response.status = Some(http::StatusCode::PARTIAL_CONTENT);

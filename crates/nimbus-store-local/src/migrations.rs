@@ -612,6 +612,100 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project, quota, period)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 13 (issue 10): what each project stores, kept exactly by triggers in the transaction of
+    // every change to documents, KV entries and objects (the stored-bytes quota reads it before
+    // every write that adds data, so it must be one row, not a scan), seeded here from the rows
+    // there are. File egress and push messages sent are hourly usage like the functions'; data
+    // services' rows use the empty function name.
+    r#"
+    ALTER TABLE usage_hourly ADD COLUMN file_egress_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_hourly ADD COLUMN push_sent INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE project_storage (
+        project        TEXT    NOT NULL PRIMARY KEY,
+        documents      INTEGER NOT NULL DEFAULT 0,
+        document_bytes INTEGER NOT NULL DEFAULT 0, -- JSONB size
+        kv_bytes       INTEGER NOT NULL DEFAULT 0, -- key (UTF-8) + value bytes
+        file_bytes     INTEGER NOT NULL DEFAULT 0  -- object sizes
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO project_storage (project)
+        SELECT project FROM doc_collections
+        UNION SELECT project FROM kv_entries
+        UNION SELECT project FROM objects;
+    UPDATE project_storage SET
+        documents = (SELECT count(*) FROM documents d JOIN doc_collections c ON c.id = d.coll
+                     WHERE c.project = project_storage.project),
+        document_bytes = (SELECT coalesce(sum(length(d.data)), 0) FROM documents d
+                          JOIN doc_collections c ON c.id = d.coll
+                          WHERE c.project = project_storage.project),
+        kv_bytes = (SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0)
+                    FROM kv_entries WHERE project = project_storage.project),
+        file_bytes = (SELECT coalesce(sum(size), 0) FROM objects
+                      WHERE project = project_storage.project);
+
+    -- A document reaches its project through its collection (still there: collections are
+    -- deleted after their documents). Rows are created with INSERT ... WHERE NOT EXISTS, not
+    -- INSERT OR IGNORE: an outer statement's conflict clause (an upsert's) overrides the one of
+    -- a statement in its trigger.
+    CREATE TRIGGER documents_stored_insert AFTER INSERT ON documents BEGIN
+        INSERT INTO project_storage (project)
+            SELECT project FROM doc_collections c WHERE id = NEW.coll
+            AND NOT EXISTS (SELECT 1 FROM project_storage s WHERE s.project = c.project);
+        UPDATE project_storage SET documents = documents + 1,
+            document_bytes = document_bytes + length(NEW.data)
+            WHERE project = (SELECT project FROM doc_collections WHERE id = NEW.coll);
+    END;
+    -- A document never changes collection (the key is (coll, id)): only its data changes.
+    CREATE TRIGGER documents_stored_update AFTER UPDATE OF data ON documents BEGIN
+        UPDATE project_storage
+            SET document_bytes = document_bytes - length(OLD.data) + length(NEW.data)
+            WHERE project = (SELECT project FROM doc_collections WHERE id = NEW.coll);
+    END;
+    CREATE TRIGGER documents_stored_delete AFTER DELETE ON documents BEGIN
+        UPDATE project_storage SET documents = documents - 1,
+            document_bytes = document_bytes - length(OLD.data)
+            WHERE project = (SELECT project FROM doc_collections WHERE id = OLD.coll);
+    END;
+
+    CREATE TRIGGER kv_entries_stored_insert AFTER INSERT ON kv_entries BEGIN
+        INSERT INTO project_storage (project) SELECT NEW.project
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage
+            SET kv_bytes = kv_bytes + length(CAST(NEW.key AS BLOB)) + length(NEW.value)
+            WHERE project = NEW.project;
+    END;
+    CREATE TRIGGER kv_entries_stored_update AFTER UPDATE OF project, key, value ON kv_entries BEGIN
+        UPDATE project_storage
+            SET kv_bytes = kv_bytes - length(CAST(OLD.key AS BLOB)) - length(OLD.value)
+            WHERE project = OLD.project;
+        INSERT INTO project_storage (project) SELECT NEW.project
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage
+            SET kv_bytes = kv_bytes + length(CAST(NEW.key AS BLOB)) + length(NEW.value)
+            WHERE project = NEW.project;
+    END;
+    CREATE TRIGGER kv_entries_stored_delete AFTER DELETE ON kv_entries BEGIN
+        UPDATE project_storage
+            SET kv_bytes = kv_bytes - length(CAST(OLD.key AS BLOB)) - length(OLD.value)
+            WHERE project = OLD.project;
+    END;
+
+    -- Objects are published with an upsert (an UPDATE when the key exists): `INSERT OR REPLACE`
+    -- would delete the old row without firing the delete trigger (recursive_triggers is off).
+    CREATE TRIGGER objects_stored_insert AFTER INSERT ON objects BEGIN
+        INSERT INTO project_storage (project) SELECT NEW.project
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage SET file_bytes = file_bytes + NEW.size WHERE project = NEW.project;
+    END;
+    CREATE TRIGGER objects_stored_update AFTER UPDATE OF project, size ON objects BEGIN
+        UPDATE project_storage SET file_bytes = file_bytes - OLD.size WHERE project = OLD.project;
+        INSERT INTO project_storage (project) SELECT NEW.project
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage SET file_bytes = file_bytes + NEW.size WHERE project = NEW.project;
+    END;
+    CREATE TRIGGER objects_stored_delete AFTER DELETE ON objects BEGIN
+        UPDATE project_storage SET file_bytes = file_bytes - OLD.size WHERE project = OLD.project;
+    END;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -729,6 +823,7 @@ mod tests {
         "aa0735fbe78e67deb5d4afa0a9eb7fafa87cf07e72c2030e69893e3c29cf136d",
         "39bb479b7a8c57c05382e910b860bfa257f90f8e1d76adec4c34d0444ee1b3d9",
         "14ba569bbe8c83adbafacdc8bd2f7ae358e1083636dc51c54f1ab77b4ec96244",
+        "3a392430bb5ea090749369f76f6ff178062cbecdcbe8e2d0f9aacda09e77daf2",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -865,5 +960,61 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'events'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(outbox, 0, "the old outbox is gone");
+    }
+
+    /// A database at version 12 with documents, KV entries and objects in two projects: the
+    /// upgrade seeds `project_storage` from them, and the triggers keep it from then on.
+    #[test]
+    fn migration_13_seeds_stored_bytes_from_existing_rows() {
+        use nimbus_store::kv::{Expiry, KvStore};
+        use nimbus_store::usage::UsageStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.db");
+        let expected_doc_bytes: i64 = {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..12] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 12).unwrap();
+            tx.execute_batch(
+                r#"
+                INSERT INTO doc_collections (id, project, name, rules_json, indexes_json,
+                    created_at, updated_at) VALUES (1, 'a', 'c', '{}', '[]', 1, 1),
+                    (2, 'b', 'c', '{}', '[]', 1, 1);
+                INSERT INTO documents (coll, id, revision, created_at, updated_at, data) VALUES
+                    (1, 'x', 1, 1, 1, jsonb('{"name":"ünïcode","n":[1,2,3]}')),
+                    (1, 'y', 1, 1, 1, jsonb('{}')),
+                    (2, 'z', 1, 1, 1, jsonb('{"other":"project"}'));
+                INSERT INTO kv_entries (project, bucket, key, value, expires_at, updated_at)
+                    VALUES ('a', 'b', 'ké', x'00010203', NULL, 1), ('b', 'b', 'k', x'00', NULL, 1);
+                INSERT INTO objects (project, bucket, key, data_id, size, content_type, etag,
+                    metadata, uploader, created_at) VALUES
+                    ('a', 'files', 'one', 'd1', 1000, 'text/plain', 'e', '{}', 'null', 1),
+                    ('a', 'files', 'two', 'd2', 24, 'text/plain', 'e', '{}', 'null', 1),
+                    ('c', 'files', 'only', 'd3', 5, 'text/plain', 'e', '{}', 'null', 1);
+                "#,
+            )
+            .unwrap();
+            let bytes = tx
+                .query_row("SELECT sum(length(data)) FROM documents WHERE coll = 1", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            tx.commit().unwrap();
+            bytes
+        };
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let a = store.data_gauges("a").unwrap();
+        assert_eq!(a.documents, 2);
+        assert_eq!(a.document_bytes, expected_doc_bytes as u64);
+        assert_eq!(a.kv_bytes, 3 + 4, "`ké` is 3 bytes of UTF-8");
+        assert_eq!(a.file_bytes, 1024);
+        assert_eq!(store.data_gauges("b").unwrap().kv_bytes, 2);
+        assert_eq!(store.data_gauges("c").unwrap().file_bytes, 5);
+        assert_eq!(store.data_gauges("none").unwrap(), Default::default());
+        // From here on the triggers keep it.
+        store.set("a", "b", "ké", b"", Expiry::Never, 2).unwrap();
+        assert_eq!(store.data_gauges("a").unwrap().kv_bytes, 3);
     }
 }

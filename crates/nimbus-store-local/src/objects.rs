@@ -214,8 +214,14 @@ fn publish(
         return Err(ObjectError::QuotaExceeded { quota });
     }
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO objects (project, bucket, key, data_id, size, content_type, etag,
-             metadata, uploader, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        // An upsert, not `INSERT OR REPLACE`: a replaced row is then an UPDATE, which the
+        // stored-bytes trigger (migration 13) sees; REPLACE's delete fires no trigger.
+        "INSERT INTO objects (project, bucket, key, data_id, size, content_type, etag,
+             metadata, uploader, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (project, bucket, key) DO UPDATE SET data_id = excluded.data_id,
+             size = excluded.size, content_type = excluded.content_type, etag = excluded.etag,
+             metadata = excluded.metadata, uploader = excluded.uploader,
+             created_at = excluded.created_at",
     )
     .and_then(|mut s| {
         s.execute(params![

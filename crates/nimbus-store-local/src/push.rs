@@ -528,6 +528,7 @@ impl PushStore for SqliteStore {
                      RETURNING project, subscription",
                 )
                 .context("preparing the delivery update")?;
+            let mut sent: std::collections::BTreeMap<String, u64> = Default::default();
             for (id, outcome) in outcomes {
                 let (state, next, status, error, remove) = match outcome {
                     Outcome::Sent { status } => (SENT, now, Some(*status), None, false),
@@ -547,9 +548,19 @@ impl PushStore for SqliteStore {
                     })
                     .optional()
                     .context("recording a push delivery")?;
+                // Metered here, in the outcome's transaction: a delivery leaves `queued` once,
+                // so each message delivered counts exactly once.
+                if let (Outcome::Sent { .. }, Some((project, _))) = (outcome, &row) {
+                    *sent.entry(project.clone()).or_default() += 1;
+                }
                 if let (true, Some((project, sub))) = (remove, row) {
                     delete_sub_in(tx, &project, &sub)?;
                 }
+            }
+            let hour = nimbus_model::usage::hour_of(now);
+            for (project, n) in sent {
+                let c = nimbus_model::usage::UsageCounters { push_sent: n, ..Default::default() };
+                crate::usage::add_hourly(tx, &project, hour, "", &c)?;
             }
             Ok(())
         })

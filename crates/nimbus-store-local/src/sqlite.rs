@@ -660,32 +660,8 @@ impl InvocationStore for SqliteStore {
                 };
                 seqs.push(seq);
             }
-            let mut bump = tx
-                .prepare_cached(
-                    "INSERT INTO usage_hourly (project, hour, function, requests, exec_ms, mb_ms, \
-                     fuel, outbound_bytes, events) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                     ON CONFLICT (project, hour, function) DO UPDATE SET \
-                     requests = requests + excluded.requests, \
-                     exec_ms = exec_ms + excluded.exec_ms, \
-                     mb_ms = mb_ms + excluded.mb_ms, \
-                     fuel = fuel + excluded.fuel, \
-                     outbound_bytes = outbound_bytes + excluded.outbound_bytes, \
-                     events = events + excluded.events",
-                )
-                .context("preparing the usage update")?;
             for ((project, hour, function), c) in &usage {
-                bump.execute(params![
-                    project,
-                    hour,
-                    function,
-                    c.requests,
-                    c.exec_ms,
-                    c.mb_ms,
-                    c.fuel,
-                    c.outbound_bytes,
-                    c.events
-                ])
-                .context("counting usage")?;
+                crate::usage::add_hourly(tx, project, *hour, function, c)?;
             }
             let mut months: Vec<(&str, i64)> =
                 usage.keys().map(|(p, hour, _)| (*p, month_of(*hour))).collect();

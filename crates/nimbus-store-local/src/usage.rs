@@ -1,10 +1,11 @@
 //! [`UsageStore`] on SQLite: `usage_hourly` rows (written by `insert_batch` in `sqlite.rs`, in
-//! the records' transaction) and the data gauges read from the services' own tables.
+//! the records' transaction; push deliveries by `push.rs` in the outcome's transaction; file
+//! egress by `add_usage` in batches) and the data gauges (`project_storage`, kept by triggers).
 
 use nimbus_model::UnixMillis;
 use nimbus_model::usage::{
     DataGauges, QUOTA_GB_SECONDS, QUOTA_INVOCATIONS, Quotas, THRESHOLD_EVENT, UsageCounters,
-    UsageRow, next_month,
+    UsageRow, hour_of, next_month,
 };
 use nimbus_store::Result;
 use nimbus_store::events::NewEvent;
@@ -15,7 +16,61 @@ use crate::error::Context;
 use crate::sqlite::SqliteStore;
 
 const SELECT: &str = "SELECT project, function, hour, requests, exec_ms, mb_ms, fuel, \
-                      outbound_bytes, events FROM usage_hourly";
+                      outbound_bytes, events, file_egress_bytes, push_sent FROM usage_hourly";
+
+/// Add `c` to the (project, hour, function) row, in the caller's transaction.
+pub(crate) fn add_hourly(
+    tx: &Connection,
+    project: &str,
+    hour: UnixMillis,
+    function: &str,
+    c: &UsageCounters,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO usage_hourly (project, hour, function, requests, exec_ms, mb_ms, fuel, \
+         outbound_bytes, events, file_egress_bytes, push_sent) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT (project, hour, function) DO UPDATE SET \
+         requests = requests + excluded.requests, \
+         exec_ms = exec_ms + excluded.exec_ms, \
+         mb_ms = mb_ms + excluded.mb_ms, \
+         fuel = fuel + excluded.fuel, \
+         outbound_bytes = outbound_bytes + excluded.outbound_bytes, \
+         events = events + excluded.events, \
+         file_egress_bytes = file_egress_bytes + excluded.file_egress_bytes, \
+         push_sent = push_sent + excluded.push_sent",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            project,
+            hour,
+            function,
+            c.requests,
+            c.exec_ms,
+            c.mb_ms,
+            c.fuel,
+            c.outbound_bytes,
+            c.events,
+            c.file_egress_bytes,
+            c.push_sent
+        ])
+    })
+    .context("counting usage")?;
+    Ok(())
+}
+
+fn counters(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UsageCounters> {
+    Ok(UsageCounters {
+        requests: r.get(at)?,
+        exec_ms: r.get(at + 1)?,
+        mb_ms: r.get(at + 2)?,
+        fuel: r.get(at + 3)?,
+        outbound_bytes: r.get(at + 4)?,
+        events: r.get(at + 5)?,
+        file_egress_bytes: r.get(at + 6)?,
+        push_sent: r.get(at + 7)?,
+    })
+}
 
 fn quotas_on(conn: &Connection, project: &str) -> Result<Option<Quotas>> {
     let json: Option<String> = conn
@@ -33,21 +88,11 @@ fn total_on(
 ) -> Result<UsageCounters> {
     conn.prepare_cached(
         "SELECT coalesce(sum(requests), 0), coalesce(sum(exec_ms), 0), coalesce(sum(mb_ms), 0), \
-         coalesce(sum(fuel), 0), coalesce(sum(outbound_bytes), 0), coalesce(sum(events), 0) \
+         coalesce(sum(fuel), 0), coalesce(sum(outbound_bytes), 0), coalesce(sum(events), 0), \
+         coalesce(sum(file_egress_bytes), 0), coalesce(sum(push_sent), 0) \
          FROM usage_hourly WHERE project = ?1 AND hour >= ?2 AND hour < ?3",
     )
-    .and_then(|mut s| {
-        s.query_row(params![project, from, to], |r| {
-            Ok(UsageCounters {
-                requests: r.get(0)?,
-                exec_ms: r.get(1)?,
-                mb_ms: r.get(2)?,
-                fuel: r.get(3)?,
-                outbound_bytes: r.get(4)?,
-                events: r.get(5)?,
-            })
-        })
-    })
+    .and_then(|mut s| s.query_row(params![project, from, to], |r| counters(r, 0)))
     .context("summing usage")
 }
 
@@ -180,14 +225,7 @@ impl UsageStore for SqliteStore {
                     project: row.get(0)?,
                     function: row.get(1)?,
                     hour: row.get(2)?,
-                    counters: UsageCounters {
-                        requests: row.get(3)?,
-                        exec_ms: row.get(4)?,
-                        mb_ms: row.get(5)?,
-                        fuel: row.get(6)?,
-                        outbound_bytes: row.get(7)?,
-                        events: row.get(8)?,
-                    },
+                    counters: counters(row, 3)?,
                 })
             };
             let rows = match project {
@@ -212,29 +250,38 @@ impl UsageStore for SqliteStore {
     }
 
     fn data_gauges(&self, project: &str) -> Result<DataGauges> {
-        // Sums over the project's rows (each table's primary key starts with the project, or
-        // with its collection for documents): a scan of the project's data, run only when
-        // usage is asked for, never on the request path.
+        // One row, kept by triggers in each change's transaction (migration 13): read before
+        // every write that adds data, so never a scan.
         self.read(|conn| {
-            let (documents, document_bytes): (u64, u64) = conn
-                .prepare_cached(
-                    "SELECT count(*), coalesce(sum(length(d.data)), 0) FROM documents d \
-                     JOIN doc_collections c ON c.id = d.coll WHERE c.project = ?1",
-                )
-                .and_then(|mut s| s.query_row([project], |r| Ok((r.get(0)?, r.get(1)?))))
-                .context("measuring documents")?;
-            let kv_bytes: u64 = conn
-                .prepare_cached(
-                    "SELECT coalesce(sum(length(key) + length(value)), 0) FROM kv_entries \
-                     WHERE project = ?1",
-                )
-                .and_then(|mut s| s.query_row([project], |r| r.get(0)))
-                .context("measuring KV entries")?;
-            let file_bytes: u64 = conn
-                .prepare_cached("SELECT coalesce(sum(size), 0) FROM objects WHERE project = ?1")
-                .and_then(|mut s| s.query_row([project], |r| r.get(0)))
-                .context("measuring files")?;
-            Ok(DataGauges { documents, document_bytes, kv_bytes, file_bytes })
+            conn.prepare_cached(
+                "SELECT documents, document_bytes, kv_bytes, file_bytes FROM project_storage \
+                 WHERE project = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([project], |r| {
+                    Ok(DataGauges {
+                        documents: r.get(0)?,
+                        document_bytes: r.get(1)?,
+                        kv_bytes: r.get(2)?,
+                        file_bytes: r.get(3)?,
+                    })
+                })
+                .optional()
+            })
+            .map(Option::unwrap_or_default)
+            .context("reading what a project stores")
+        })
+    }
+
+    fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write("adding usage", |tx| {
+            for r in rows {
+                add_hourly(tx, &r.project, hour_of(r.hour), &r.function, &r.counters)?;
+            }
+            Ok(())
         })
     }
 }

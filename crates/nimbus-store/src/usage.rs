@@ -18,8 +18,14 @@ pub trait UsageStore: Send + Sync + 'static {
         to: UnixMillis,
     ) -> Result<Vec<UsageRow>>;
 
-    /// What the project's data services hold now.
+    /// What the project's data services hold now. Cheap enough for every write (the stored-bytes
+    /// quota reads it): a backend keeps these as counters maintained in the transaction of each
+    /// change (SQLite: triggers into `project_storage`), never a scan.
     fn data_gauges(&self, project: &str) -> Result<DataGauges>;
+
+    /// Add `rows`' counters to the hourly usage (creating rows as needed). For usage metered
+    /// outside invocation records, in batches: file egress, under the empty function name.
+    fn add_usage(&self, rows: &[UsageRow]) -> Result<()>;
 
     /// Projects with any usage in `[from, to)` (for the operator's view of all projects).
     fn usage_projects(&self, from: UnixMillis, to: UnixMillis) -> Result<Vec<String>>;
@@ -37,10 +43,29 @@ pub trait UsageStore: Send + Sync + 'static {
     fn all_quotas(&self) -> Result<Vec<(String, Quotas)>>;
 }
 
+/// Whether a project may add data: each data service (documents, KV, files) asks before a write
+/// that adds data, with the project it writes to. Deletes and reads never ask. The usage side
+/// provides the implementation (quotas + the store's counter); a service without one allows
+/// everything ([`Unlimited`]).
+pub trait StorageGuard: Send + Sync + 'static {
+    fn may_store(&self, project: &str) -> std::result::Result<(), StorageFull>;
+}
+
+/// The guard of a service that enforces no stored-bytes quota (tests, tools).
+pub struct Unlimited;
+
+impl StorageGuard for Unlimited {
+    fn may_store(&self, _project: &str) -> std::result::Result<(), StorageFull> {
+        Ok(())
+    }
+}
+
+pub use nimbus_model::usage::StorageFull;
+
 /// The backend-independent tests every [`UsageStore`] must pass.
 #[cfg(feature = "conformance")]
 pub mod conformance {
-    use nimbus_model::usage::{UsageCounters, hour_of};
+    use nimbus_model::usage::{UsageCounters, UsageRow, hour_of};
     use nimbus_model::{InvocationRecord, InvocationStatus};
 
     use nimbus_model::usage::{Quotas, THRESHOLD_EVENT};
@@ -83,6 +108,86 @@ pub mod conformance {
         counts_each_record_once_per_hour(store);
         survives_pruning_and_is_scoped(store);
         one_threshold_event_per_quota_and_month(store);
+        added_usage_sums_into_hours(store);
+    }
+
+    /// `add_usage` (file egress batches) sums into the hour's row of the empty function, beside
+    /// the functions' rows, and into totals.
+    fn added_usage_sums_into_hours<S: InvocationStore + UsageStore>(store: &S) {
+        let row = |bytes| UsageRow {
+            project: "eg".into(),
+            function: String::new(),
+            hour: T0,
+            counters: UsageCounters { file_egress_bytes: bytes, ..Default::default() },
+        };
+        store.add_usage(&[row(100), row(20)]).unwrap();
+        store.add_usage(&[row(3)]).unwrap();
+        store.add_usage(&[]).unwrap();
+        store.insert_batch(&mut [record("e1", "eg", "f", T0 + 1)]).unwrap();
+        let rows = store.usage_hours(Some("eg"), T0, T0 + H).unwrap();
+        let got: Vec<(&str, u64, u64)> = rows
+            .iter()
+            .map(|r| (r.function.as_str(), r.counters.file_egress_bytes, r.counters.requests))
+            .collect();
+        assert_eq!(got, [("", 123, 0), ("f", 0, 1)]);
+        let total = store.usage_total("eg", T0, T0 + H).unwrap();
+        assert_eq!((total.file_egress_bytes, total.requests, total.push_sent), (123, 1, 0));
+    }
+
+    /// The data gauges follow every write of the data services, in the write's own transaction:
+    /// created, replaced, deleted, per project. (Objects have their own test beside the object
+    /// store, which is a separate type.)
+    pub fn gauges_follow_writes<
+        S: UsageStore + crate::kv::KvStore + crate::documents::DocumentStore,
+    >(
+        store: &S,
+    ) {
+        use crate::documents::{CollectionSpec, Expect, WriteOp};
+        use crate::kv::Expiry;
+        let g = |p: &str| store.data_gauges(p).unwrap();
+        assert_eq!(g("gw"), Default::default());
+        store.set("gw", "b", "key", b"0123456789", Expiry::Never, 1).unwrap();
+        store.set("other", "b", "k", b"xx", Expiry::Never, 1).unwrap();
+        assert_eq!(g("gw").kv_bytes, 13);
+        store.set("gw", "b", "key", b"01234", Expiry::Never, 2).unwrap();
+        assert_eq!(g("gw").kv_bytes, 8, "a replaced value counts once");
+        assert!(store.delete("gw", "b", "key", 3).unwrap());
+        assert_eq!(g("gw").kv_bytes, 0);
+        assert_eq!(g("other").kv_bytes, 3);
+
+        store.create_collection("gw", "c", &CollectionSpec::default()).unwrap();
+        let doc = |id: &str, v: Option<serde_json::Value>| WriteOp {
+            collection: "c".into(),
+            id: id.into(),
+            data: v,
+            expect: Expect::Any,
+        };
+        store
+            .write(
+                "gw",
+                &[
+                    doc("a", Some(serde_json::json!({"x": "hello"}))),
+                    doc("b", Some(serde_json::json!({}))),
+                ],
+            )
+            .unwrap()
+            .unwrap();
+        let two = g("gw");
+        assert_eq!(two.documents, 2);
+        assert!(two.document_bytes > 0);
+        store
+            .write("gw", &[doc("a", Some(serde_json::json!({"x": "hello, world"})))])
+            .unwrap()
+            .unwrap();
+        let grown = g("gw");
+        assert_eq!(grown.documents, 2, "an update is not a new document");
+        assert!(grown.document_bytes > two.document_bytes, "{grown:?} after {two:?}");
+        store.write("gw", &[doc("b", None)]).unwrap().unwrap();
+        assert_eq!(g("gw").documents, 1);
+        store.write("gw", &[doc("b", Some(serde_json::json!({})))]).unwrap().unwrap();
+        store.delete_collection("gw", "c").unwrap();
+        assert_eq!(g("gw"), Default::default(), "deleting a collection deletes its bytes");
+        assert_eq!(g("gw").stored_bytes(), 0);
     }
 
     fn one_threshold_event_per_quota_and_month<S: InvocationStore + UsageStore + EventLog>(
@@ -107,8 +212,8 @@ pub mod conformance {
         store.insert_batch(&mut batch).unwrap();
         assert!(events(store).is_empty());
         // 8 and 9: one event, written with the batch that crossed.
-        store.insert_batch(&mut vec![record("q7", "q", "f", T0 + 7)]).unwrap();
-        store.insert_batch(&mut vec![record("q8", "q", "f", T0 + 8)]).unwrap();
+        store.insert_batch(&mut [record("q7", "q", "f", T0 + 7)]).unwrap();
+        store.insert_batch(&mut [record("q8", "q", "f", T0 + 8)]).unwrap();
         let seen = events(store);
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!(seen[0]["quota"], "invocations_per_month");
@@ -148,7 +253,7 @@ pub mod conformance {
         // A retried batch (the first write committed but its answer was lost) and a batch that
         // overlaps it are not counted again.
         store.insert_batch(&mut batch.clone()).unwrap();
-        store.insert_batch(&mut vec![batch[0].clone(), record("a6", "u1", "f", T0 + 11)]).unwrap();
+        store.insert_batch(&mut [batch[0].clone(), record("a6", "u1", "f", T0 + 11)]).unwrap();
 
         let rows = store.usage_hours(Some("u1"), T0, T0 + 2 * H).unwrap();
         let got: Vec<(String, i64, u64)> =
@@ -167,7 +272,9 @@ pub mod conformance {
                 mb_ms: 9 * 64,
                 fuel: 3_000_000,
                 outbound_bytes: 30,
-                events: 0
+                events: 0,
+                file_egress_bytes: 0,
+                push_sent: 0,
             }
         );
         assert_eq!(rows[1].counters.events, 1);

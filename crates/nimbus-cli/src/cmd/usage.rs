@@ -101,11 +101,14 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
     for p in report["projects"].as_array().into_iter().flatten() {
         let d = &p["data"];
         let mut line = format!(
-            "\n{}: {} requests, {:.3} GB-s, {} egress; stored: {} documents ({}), KV {}, files {}",
+            "\n{}: {} requests, {:.3} GB-s, {} outbound + {} file egress, {} push sent; \
+             stored: {} documents ({}), KV {}, files {}",
             p["project"].as_str().unwrap_or("?"),
             p["requests"].as_u64().unwrap_or(0),
             p["gb_seconds"].as_f64().unwrap_or(0.0),
             format_bytes(p["outbound_bytes"].as_u64().unwrap_or(0)),
+            format_bytes(p["file_egress_bytes"].as_u64().unwrap_or(0)),
+            p["push_sent"].as_u64().unwrap_or(0),
             d["documents"].as_u64().unwrap_or(0),
             format_bytes(d["document_bytes"].as_u64().unwrap_or(0)),
             format_bytes(d["kv_bytes"].as_u64().unwrap_or(0)),
@@ -125,12 +128,19 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const COLUMNS: [&str; 7] = ["REQUESTS", "EXEC MS", "GB-S", "FUEL", "EGRESS", "EVENTS", "COST"];
+/// `OUTBOUND` is functions' outbound HTTP, `FILE EGRESS` object downloads (both priced as
+/// egress), `PUSH` push messages delivered.
+const COLUMNS: [&str; 9] =
+    ["REQUESTS", "EXEC MS", "GB-S", "FUEL", "OUTBOUND", "FILE EGRESS", "EVENTS", "PUSH", "COST"];
 
 fn key_cells(l: &Value, by: By) -> Vec<String> {
     let project = l["project"].as_str().unwrap_or("").to_string();
     match by {
-        By::Function => vec![project, l["function"].as_str().unwrap_or("").to_string()],
+        // The data services (file egress, push) are metered under the empty function name.
+        By::Function => match l["function"].as_str().unwrap_or("") {
+            "" => vec![project, "(data services)".into()],
+            f => vec![project, f.to_string()],
+        },
         By::Day => vec![format_time(l["period"].as_i64().unwrap_or(0))[..10].to_string(), project],
         By::Hour => vec![format_time(l["period"].as_i64().unwrap_or(0))[..16].to_string(), project],
     }
@@ -143,8 +153,11 @@ fn cells(l: &Value, by: By, priced: bool, human: bool) -> Vec<String> {
     c.push(n("exec_ms").to_string());
     c.push(format!("{:.3}", l["gb_seconds"].as_f64().unwrap_or(0.0)));
     c.push(n("fuel").to_string());
-    c.push(if human { format_bytes(n("outbound_bytes")) } else { n("outbound_bytes").to_string() });
+    let bytes = |k: &str| if human { format_bytes(n(k)) } else { n(k).to_string() };
+    c.push(bytes("outbound_bytes"));
+    c.push(bytes("file_egress_bytes"));
     c.push(n("events").to_string());
+    c.push(n("push_sent").to_string());
     if priced {
         c.push(money(l["cost"]["total"].as_f64().unwrap_or(0.0)));
     }
@@ -157,7 +170,7 @@ fn headers(by: By, priced: bool) -> Vec<&'static str> {
         By::Day => vec!["DAY", "PROJECT"],
         By::Hour => vec!["HOUR", "PROJECT"],
     };
-    h.extend_from_slice(&COLUMNS[..if priced { 7 } else { 6 }]);
+    h.extend_from_slice(&COLUMNS[..if priced { COLUMNS.len() } else { COLUMNS.len() - 1 }]);
     h
 }
 
@@ -236,15 +249,22 @@ mod tests {
 
     #[test]
     fn csv_has_a_header_and_raw_numbers() {
-        let lines = vec![json!({
-            "project": "default", "function": "hello", "requests": 3, "exec_ms": 7,
-            "mb_ms": 448, "gb_seconds": 0.0004375, "fuel": 99, "outbound_bytes": 1500,
-            "events": 1, "cost": {"total": 0.5}
-        })];
+        let lines = vec![
+            json!({
+                "project": "default", "function": "hello", "requests": 3, "exec_ms": 7,
+                "mb_ms": 448, "gb_seconds": 0.0004375, "fuel": 99, "outbound_bytes": 1500,
+                "events": 1, "cost": {"total": 0.5}
+            }),
+            json!({
+                "project": "default", "function": "", "file_egress_bytes": 4096, "push_sent": 2,
+                "cost": {"total": 0.25}
+            }),
+        ];
         assert_eq!(
             csv(&lines, By::Function, true),
-            "project,function,requests,exec_ms,gb_s,fuel,egress,events,cost\n\
-             default,hello,3,7,0.000,99,1500,1,0.5000\n"
+            "project,function,requests,exec_ms,gb_s,fuel,outbound,file_egress,events,push,cost\n\
+             default,hello,3,7,0.000,99,1500,0,1,0,0.5000\n\
+             default,(data services),0,0,0.000,0,0,4096,0,2,0.2500\n"
         );
     }
 

@@ -450,8 +450,12 @@ pub(crate) fn body_reader(body: Body) -> impl Read + Send + 'static {
     nimbus_files::body::stream_reader(body.into_data_stream().map_err(std::io::Error::other))
 }
 
-/// Stream `data` to a response body: a blocking thread reads chunks into a small channel.
-pub(crate) fn body_from_reader(mut reader: Box<dyn Read + Send>) -> Body {
+/// Stream `data` to a response body: a blocking thread reads chunks into a small channel. With
+/// `egress`, the bytes the body hands out count as the project's file egress.
+pub(crate) fn body_from_reader(
+    mut reader: Box<dyn Read + Send>,
+    egress: Option<(std::sync::Arc<nimbus_functions::usage::EgressMeter>, String)>,
+) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(DOWNLOAD_QUEUE);
     tokio::task::spawn_blocking(move || {
         loop {
@@ -472,7 +476,13 @@ pub(crate) fn body_from_reader(mut reader: Box<dyn Read + Send>) -> Body {
             }
         }
     });
-    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    match egress {
+        Some((meter, project)) => {
+            Body::from_stream(crate::files_metrics::Metered::new(stream, meter, project))
+        }
+        None => Body::from_stream(stream),
+    }
 }
 
 fn http_date(millis: i64) -> String {
@@ -695,6 +705,7 @@ pub(crate) async fn get_object(
     let who =
         object_principal(&state, &project, &bucket, &key, &method, &signed, &headers, &in_process)
             .await?;
+    let egress_project = project.clone();
     let range = parse_range(&headers);
     let head = method == Method::HEAD;
     let (p2, b2, k2, who2) = (project.clone(), bucket.clone(), key.clone(), who.clone());
@@ -770,7 +781,9 @@ pub(crate) async fn get_object(
         response_headers.insert(header::CONTENT_RANGE, v);
     }
     response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    let body = if head { Body::empty() } else { body_from_reader(data.reader) };
+    // A function's download through the in-process API never leaves the node: not egress.
+    let egress = in_process.is_none().then(|| (state.usage.egress().clone(), egress_project));
+    let body = if head { Body::empty() } else { body_from_reader(data.reader, egress) };
     let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut().extend(response_headers);
@@ -1044,6 +1057,7 @@ impl From<FilesError> for ApiError {
             FilesError::BadSignature => (StatusCode::FORBIDDEN, "invalid_signature"),
             FilesError::Expired => (StatusCode::FORBIDDEN, "signature_expired"),
             FilesError::TooManyBuckets(_) => (StatusCode::CONFLICT, "too_many_buckets"),
+            FilesError::StorageFull(full) => return crate::error::storage_full(full),
             FilesError::Object(o) => match o {
                 O::NoSuchBucket(_) | O::NoSuchKey(_) | O::NoSuchUpload(_) => {
                     (StatusCode::NOT_FOUND, "not_found")

@@ -318,6 +318,7 @@ impl From<KvError> for ApiError {
     fn from(e: KvError) -> Self {
         use nimbus_store::kv::IncrementError;
         let (status, code) = match &e {
+            KvError::StorageFull(full) => return crate::error::storage_full(full),
             KvError::InvalidBucket(_) => (StatusCode::BAD_REQUEST, "invalid_bucket"),
             KvError::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
             KvError::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),

@@ -1,5 +1,6 @@
-//! `GET /v1/usage`: metered usage (requests, execution time, GB-seconds, fuel, egress, events)
-//! per project and function, day or hour, with costs from the operator's price sheet.
+//! `GET /v1/usage`: metered usage (requests, execution time, GB-seconds, fuel, egress, events,
+//! file egress, push messages sent) per project and function, day or hour, with costs from the
+//! operator's price sheet.
 
 use axum::Extension;
 use axum::Json;
@@ -94,7 +95,9 @@ pub(crate) async fn get_quotas(
 /// `concurrent_executions`, `stored_bytes` (each absent or null = unlimited) and
 /// `soft_threshold_percent` (default 80). Beyond a hard quota the project's functions answer
 /// 429 `quota_exceeded`; crossing the soft threshold of a monthly quota writes one
-/// `dev.nimbus.quota.threshold_crossed` event per quota and month.
+/// `dev.nimbus.quota.threshold_crossed` event per quota and month. At or over `stored_bytes`,
+/// writes that add documents, KV entries or files answer 429 `quota_exceeded` until data is
+/// deleted (S3: `QuotaExceeded`, 403).
 #[utoipa::path(put, path = "/v1/projects/{project}/quotas", tag = "usage",
     params(("project" = String, Path)), request_body = nimbus_model::usage::Quotas,
     responses((status = 200, body = QuotaStatus), (status = 400, body = ErrorBody),
@@ -139,7 +142,8 @@ pub(crate) struct ExportParams {
 
 /// Usage as a batch of CloudEvents in the format OpenMeter ingests
 /// (`application/cloudevents-batch+json`): one event per project, function, complete hour and
-/// meter (`requests`, `execution_ms`, `gb_seconds`, `fuel`, `outbound_bytes`, `events`), type
+/// meter (`requests`, `execution_ms`, `gb_seconds`, `fuel`, `outbound_bytes`, `events`, and
+/// the data services' `file_egress_bytes` and `push_sent` under the function `""`), type
 /// `nimbus.usage`, subject the project, data `{meter, value, function, hour_start}`, and an id
 /// derived from (project, function, hour, meter), so a re-export is deduplicated.
 #[utoipa::path(get, path = "/v1/usage/export", tag = "usage", params(ExportParams),

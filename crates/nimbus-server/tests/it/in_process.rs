@@ -233,3 +233,41 @@ async fn a_function_stores_files_in_its_own_project_only() {
     assert_eq!(r.text().await.unwrap(), "theirs");
     s.stop().await;
 }
+
+/// The stored-bytes quota holds for functions too: over it, a document write and a KV put
+/// through the in-process API get 429 `quota_exceeded`; reads and deletes still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_writes_through_the_in_process_api_obey_the_stored_bytes_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server_with_data_guest(dir.path()).await;
+    collection(&s, "default", json!({"name": "notes"})).await;
+    let r = s
+        .api(Method::PUT, "/v1/projects/default/quotas")
+        .json(&json!({"stored_bytes": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let own = format!("{}/mine", docs("default", "notes"));
+    let (status, body) =
+        raw(&s, json!({"method": "PUT", "path": own, "body": {"text": "x".repeat(200)}}), None)
+            .await;
+    assert!(status == 200 || status == 201, "under the quota: {status} {body}");
+    let (status, body) =
+        raw(&s, json!({"method": "POST", "path": docs("default", "notes"), "body": {}}), None)
+            .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert_eq!(body["error"]["quota"], "stored_bytes");
+    let (status, body) =
+        raw(&s, json!({"method": "PUT", "path": "/v1/kv/b/k", "body": "v"}), None).await;
+    assert_eq!((status, &body["error"]["quota"]), (429, &json!("stored_bytes")), "{body}");
+    let (status, _) = raw(&s, json!({"method": "GET", "path": own}), None).await;
+    assert_eq!(status, 200, "reads work");
+    let (status, _) = raw(&s, json!({"method": "DELETE", "path": own}), None).await;
+    assert!(status == 200 || status == 204, "deletes work: {status}");
+    let (status, body) =
+        raw(&s, json!({"method": "PUT", "path": "/v1/kv/b/k", "body": "v"}), None).await;
+    assert!(status < 300, "room again: {status} {body}");
+    s.stop().await;
+}

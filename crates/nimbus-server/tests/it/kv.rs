@@ -375,3 +375,30 @@ async fn concurrent_guest_increments_are_atomic() {
     assert_eq!(guest(&s, "default", "/get?key=hits").await, (200, N.to_string()));
     s.stop().await;
 }
+
+/// The stored-bytes quota holds for `wasi:keyvalue` too: over it, a guest's set fails with an
+/// error naming the quota, its get still works, and its delete makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_over_the_stored_bytes_quota_cannot_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    deploy_kv_in(&s, "default").await;
+    let r = s
+        .api(Method::PUT, "/v1/projects/default/quotas")
+        .json(&json!({"stored_bytes": 50}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        guest(&s, "default", &format!("/set?key=big&value={}", "v".repeat(60))).await.0,
+        204
+    );
+    let (status, body) = guest(&s, "default", "/set?key=more&value=x").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("stored_bytes") && body.contains("deleted"), "{body}");
+    assert_eq!(guest(&s, "default", "/get?key=big").await.0, 200);
+    assert_eq!(guest(&s, "default", "/delete?key=big").await.0, 204);
+    assert_eq!(guest(&s, "default", "/set?key=more&value=x").await.0, 204);
+    s.stop().await;
+}

@@ -234,6 +234,12 @@ async fn gone_subscriptions_are_removed_and_throttled_ones_retried_after_retry_a
     assert_eq!(m["deliveries"], 6);
     let m = settled(&s, m["id"].as_str().unwrap(), Duration::from_secs(20)).await;
     assert_eq!(m["deliveries"], json!({"queued": 0, "sent": 4, "failed": 2, "expired": 0}));
+    // Usage counts the four delivered (not the failures), with their outcomes.
+    let usage: Value =
+        s.api(Method::GET, "/v1/usage?project=default").send().await.unwrap().json().await.unwrap();
+    assert_eq!(usage["projects"][0]["push_sent"], 4, "{usage}");
+    let line = usage["lines"].as_array().unwrap().iter().find(|l| l["function"] == "").unwrap();
+    assert_eq!(line["push_sent"], 4);
 
     // 404 and 410 removed the subscription; the others remain.
     for (behavior, (id, _)) in &ids {

@@ -356,3 +356,41 @@ async fn boto3_aws_chunked_uploads_are_stored_exactly() {
     assert_eq!(head.headers()["content-length"], (3 * 1024 * 1024 + 17).to_string().as_str());
     s.stop().await;
 }
+
+/// Over the stored-bytes quota, boto3 gets `QuotaExceeded` (403, so it does not retry) on every
+/// S3 write that adds data; reads and deletes work (`s3_quota.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_over_the_stored_bytes_quota_gets_quota_exceeded() {
+    if !clients("boto3", available("python3", &["-c", "import boto3"])) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (s, url, id, secret) = server_with_key(dir.path()).await;
+    let r = s
+        .api(Method::PUT, "/v1/projects/default/quotas")
+        .json(&json!({"stored_bytes": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(include_str!("s3_quota.py"))
+        .env("NIMBUS_S3_URL", &url)
+        .env("AWS_ACCESS_KEY_ID", &id)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_CONFIG_FILE", dir.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the script finished within 2 minutes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "quota script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
+}

@@ -406,6 +406,19 @@ async fn export_is_openmeter_cloudevents_with_ids_stable_across_exports() {
             past_record("e4", "default", "hello", hour + 1), // the current hour: not exported
         ];
         db.insert_batch(&mut batch).unwrap();
+        // The data services' usage: file egress (the meter's batches) and push messages sent.
+        use nimbus_store::usage::UsageStore;
+        db.add_usage(&[nimbus_model::usage::UsageRow {
+            project: "default".into(),
+            function: String::new(),
+            hour: hour - 2 * 3_600_000,
+            counters: nimbus_model::usage::UsageCounters {
+                file_egress_bytes: 4096,
+                push_sent: 3,
+                ..Default::default()
+            },
+        }])
+        .unwrap();
     }
     let export = |q: String| {
         let s = &s;
@@ -418,8 +431,13 @@ async fn export_is_openmeter_cloudevents_with_ids_stable_across_exports() {
     };
     let first = export(format!("from={}", since())).await;
     // hello's hour and other's hour, four nonzero meters each (requests, execution_ms,
-    // gb_seconds, fuel).
-    assert_eq!(first.len(), 8, "{first:#?}");
+    // gb_seconds, fuel), and the data services' two.
+    assert_eq!(first.len(), 10, "{first:#?}");
+    let data = |meter: &str| {
+        first.iter().find(|e| e["data"]["meter"] == meter && e["data"]["function"] == "").cloned()
+    };
+    assert_eq!(data("file_egress_bytes").unwrap()["data"]["value"], 4096);
+    assert_eq!(data("push_sent").unwrap()["data"]["value"], 3);
     for e in &first {
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(e["type"], "nimbus.usage");
@@ -444,7 +462,7 @@ async fn export_is_openmeter_cloudevents_with_ids_stable_across_exports() {
     };
     let mut unique = ids(&first);
     unique.dedup();
-    assert_eq!(unique.len(), 8);
+    assert_eq!(unique.len(), 10);
     assert_eq!(ids(&export(format!("from={}", since())).await), ids(&first));
     // A narrower range is a subset with the same ids.
     let later = export_range(&s, hour - 3_600_000).await;
@@ -461,4 +479,215 @@ async fn export_range(s: &TestServer, from: i64) -> Vec<Value> {
         .json()
         .await
         .unwrap()
+}
+
+/// A refused write of the stored-bytes quota: 429 `quota_exceeded` naming the quota, saying
+/// that deleting data frees it, with no reset time (it does not reset by the month).
+async fn assert_storage_full(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status(), 429, "{what}");
+    assert!(r.headers().get("retry-after").is_none(), "{what}: time does not free it");
+    let body: Value = r.json().await.unwrap();
+    let e = &body["error"];
+    assert_eq!(e["code"], "quota_exceeded", "{what}: {body}");
+    assert_eq!(e["quota"], "stored_bytes", "{what}: {body}");
+    assert!(e.get("resets_at").is_none(), "{what}: {body}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("stored_bytes")
+            && message.contains("deleted")
+            && message.contains("not at the start of a month"),
+        "{what}: {message}"
+    );
+}
+
+/// Writes of `n` until the first refusal (at most 20): how many went through.
+async fn fill<F, Fut>(what: &str, mut write: F) -> usize
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    for n in 0..20 {
+        let r = write(n).await;
+        if r.status() == 429 {
+            assert_storage_full(r, what).await;
+            return n;
+        }
+        assert!(r.status().is_success(), "{what} {n}: {}", r.text().await.unwrap());
+    }
+    panic!("{what}: 20 writes and no refusal");
+}
+
+/// The stored-bytes quota over real HTTP: filled through documents, KV and files in turn, each
+/// kind of write is refused at the limit (and the others with it), reads and deletes still work,
+/// and a delete makes room again. The gauges in `/v1/usage` are the same counter.
+#[tokio::test]
+async fn the_stored_bytes_quota_refuses_writes_until_data_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    let r = s
+        .api(Method::PUT, "/v1/projects/default/quotas")
+        .json(&json!({"stored_bytes": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r =
+        s.api(Method::POST, "/v1/buckets").json(&json!({"name": "quota"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s.api(Method::POST, "/v1/collections").json(&json!({"name": "notes"})).send();
+    assert_eq!(r.await.unwrap().status(), 201);
+    let obj = |key: &str| format!("/v1/projects/default/buckets/quota/objects/{key}");
+    let docs = "/v1/projects/default/collections/notes/documents";
+    let put_file = |key: String, bytes: Vec<u8>| {
+        s.api(Method::PUT, &obj(&key)).header("content-type", "text/plain").body(bytes).send()
+    };
+    let put_kv = |key: String, bytes: Vec<u8>| {
+        s.api(Method::PUT, &format!("/v1/kv/quota/{key}")).body(bytes).send()
+    };
+    let post_doc = |text: String| s.api(Method::POST, docs).json(&json!({"text": text})).send();
+    // Every kind of write is refused while the project is at or over the quota.
+    let all_refused = || async {
+        assert_storage_full(put_file("x".into(), vec![1]).await.unwrap(), "file").await;
+        assert_storage_full(put_kv("x".into(), vec![1]).await.unwrap(), "kv").await;
+        assert_storage_full(post_doc("x".into()).await.unwrap(), "document").await;
+    };
+    let stored = || async {
+        let u = usage(&s, "project=default").await;
+        u["projects"][0]["data"].clone()
+    };
+
+    // Files: 400 bytes at a time; the write that crosses 1000 finishes, the next is refused.
+    let n = fill("file", |i| async move { put_file(format!("f{i}"), vec![7; 400]).await.unwrap() })
+        .await;
+    assert_eq!(n, 3, "400 + 400 + 400 crosses 1000 and finishes; the fourth is refused");
+    assert_eq!(stored().await["file_bytes"], 1200);
+    all_refused().await;
+    let r = s.api(Method::GET, &obj("f0")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "reads work over the quota");
+    assert_eq!(r.bytes().await.unwrap().len(), 400);
+    let r = s.api(Method::DELETE, &obj("f0")).send().await.unwrap();
+    assert_eq!(r.status(), 204, "deletes work over the quota");
+    assert_eq!(put_file("again".into(), vec![1; 10]).await.unwrap().status(), 201);
+    for key in ["f1", "f2", "again"] {
+        assert_eq!(s.api(Method::DELETE, &obj(key)).send().await.unwrap().status(), 204);
+    }
+    assert_eq!(stored().await["file_bytes"], 0);
+
+    // KV: keys `k0`.. (2 bytes) with 450-byte values.
+    let n =
+        fill("kv", |i| async move { put_kv(format!("k{i}"), vec![1; 450]).await.unwrap() }).await;
+    assert_eq!(n, 3);
+    assert_eq!(stored().await["kv_bytes"], 3 * 452);
+    all_refused().await;
+    let r = s.api(Method::GET, "/v1/kv/quota/k0").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for k in ["k0", "k1"] {
+        let r = s.api(Method::DELETE, &format!("/v1/kv/quota/{k}")).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    assert!(put_kv("after".into(), vec![1; 10]).await.unwrap().status().is_success());
+    for k in ["k2", "after"] {
+        s.api(Method::DELETE, &format!("/v1/kv/quota/{k}")).send().await.unwrap();
+    }
+    assert_eq!(stored().await["kv_bytes"], 0);
+
+    // Documents: about 310 bytes of JSONB each.
+    let n = fill("document", |_| async move { post_doc("d".repeat(300)).await.unwrap() }).await;
+    assert_eq!(n, 4, "310 x 3 < 1000: the fourth crosses and finishes");
+    let data = stored().await;
+    assert_eq!(data["documents"], 4);
+    assert!(data["document_bytes"].as_u64().unwrap() >= 1000, "{data}");
+    all_refused().await;
+    let list: Value = s.api(Method::GET, docs).send().await.unwrap().json().await.unwrap();
+    let first = list["documents"][0]["id"].as_str().unwrap().to_string();
+    let r = s.api(Method::DELETE, &format!("{docs}/{first}")).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(post_doc("fits again".into()).await.unwrap().status(), 201);
+
+    // Without the quota, nothing is refused.
+    let r = s.api(Method::DELETE, "/v1/projects/default/quotas").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(put_file("free".into(), vec![1; 2000]).await.unwrap().status(), 201);
+    s.stop().await;
+}
+
+/// The project's file egress in the current report (the data services' line has the empty
+/// function name).
+async fn file_egress(s: &TestServer) -> u64 {
+    let u = usage(s, "project=default").await;
+    u["projects"][0]["file_egress_bytes"].as_u64().unwrap_or(0)
+}
+
+/// Waits (at most 10 s) until file egress reaches `want`, then checks it stays there: the
+/// meter writes every second, and a download is counted once.
+async fn egress_settles_at(s: &TestServer, want: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while file_egress(s).await < want {
+        assert!(tokio::time::Instant::now() < deadline, "file egress stayed below {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(file_egress(s).await, want);
+}
+
+/// Object downloads count the body bytes sent: REST GET whole and ranged, a signed URL; HEAD
+/// sends none; a client that breaks off a large download counts only part of it. Shown in
+/// `/v1/usage` under the empty function name, and priced as egress.
+#[tokio::test]
+async fn file_downloads_are_metered_as_file_egress() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.prices = Some(PriceSheet { per_gb_egress: 1.0, ..Default::default() });
+    let s = TestServer::start_with(config).await;
+    let r =
+        s.api(Method::POST, "/v1/buckets").json(&json!({"name": "egress"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let obj = |key: &str| format!("/v1/projects/default/buckets/egress/objects/{key}");
+    let r = s.api(Method::PUT, &obj("five")).body(vec![5u8; 5000]).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(file_egress(&s).await, 0, "uploads are not egress");
+
+    let whole = s.api(Method::GET, &obj("five")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(whole.len(), 5000);
+    let part = s.api(Method::GET, &obj("five")).header("range", "bytes=0-99").send().await;
+    assert_eq!(part.unwrap().bytes().await.unwrap().len(), 100);
+    let head = s.api(Method::HEAD, &obj("five")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let signed: Value = s
+        .api(Method::POST, "/v1/projects/default/buckets/egress/sign")
+        .json(&json!({"key": "five"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = s.url(signed["url"].as_str().unwrap());
+    assert_eq!(s.client.get(url).send().await.unwrap().bytes().await.unwrap().len(), 5000);
+    egress_settles_at(&s, 10_100).await;
+    let u = usage(&s, "project=default").await;
+    let line = u["lines"].as_array().unwrap().iter().find(|l| l["function"] == "").unwrap();
+    assert_eq!(line["file_egress_bytes"], 10_100);
+    assert_eq!(line["requests"], 0);
+    let cost = line["cost"]["egress"].as_f64().unwrap();
+    assert!((cost - 10_100.0 / (1u64 << 30) as f64).abs() < 1e-15, "priced as egress: {cost}");
+
+    // 32 MiB, of which the client reads a little and hangs up: more than nothing is counted,
+    // and far less than the object (loopback buffers hold a few MiB).
+    let big = 32usize << 20;
+    let r = s.api(Method::PUT, &obj("big")).body(vec![1u8; big]).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let mut r = s.api(Method::GET, &obj("big")).send().await.unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(r);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while file_egress(&s).await == 10_100 {
+        assert!(tokio::time::Instant::now() < deadline, "the broken-off download was not counted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let counted = file_egress(&s).await - 10_100;
+    assert!(counted > 0 && counted < big as u64 / 2, "counted {counted} of {big}");
+    s.stop().await;
 }

@@ -250,3 +250,46 @@ fn bodies_across_chunk_boundaries_are_stored_exactly() {
     assert!(s.head("p", "b", "failing").unwrap().is_none());
     assert_eq!(files_under(&root).len(), stored_files, "no temporary or staged file is left");
 }
+
+/// The project's stored file bytes (`project_storage`, kept by triggers in each publishing
+/// transaction) follow puts, overwrites, copies, completed multipart uploads and every kind of
+/// delete.
+#[test]
+fn stored_file_bytes_follow_every_change() {
+    use nimbus_store::usage::UsageStore;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, s) = open(dir.path());
+    let files = |p: &str| db.data_gauges(p).unwrap().file_bytes;
+    s.create_bucket("p", "b", &BucketSettings::default()).unwrap();
+    s.create_bucket("p", "c", &BucketSettings::default()).unwrap();
+    let (meta, who) = (BTreeMap::new(), json!({"kind": "service"}));
+    let w = |bucket: &'static str, key: &'static str| ObjectWrite {
+        project: "p",
+        bucket,
+        key,
+        content_type: "text/plain",
+        metadata: &meta,
+        uploader: &who,
+    };
+    s.put(&w("b", "one"), &mut &[7u8; 100][..], None).unwrap();
+    assert_eq!(files("p"), 100);
+    s.put(&w("b", "one"), &mut &[7u8; 30][..], None).unwrap();
+    assert_eq!(files("p"), 30, "an overwrite replaces the old size");
+    s.copy("b", "one", &w("c", "copy"), None).unwrap();
+    assert_eq!(files("p"), 60, "a copy stores its bytes again, as far as the quota knows");
+    let up = s.create_upload(&w("b", "multi")).unwrap();
+    let p1 = s.put_part("p", "b", &up.id, 1, &mut &[1u8; 5 << 20][..], None).unwrap();
+    let p2 = s.put_part("p", "b", &up.id, 2, &mut &[2u8; 10][..], None).unwrap();
+    assert_eq!(files("p"), 60, "parts are not objects yet");
+    s.complete_upload("p", "b", &up.id, &[(1, p1.etag), (2, p2.etag)], None).unwrap();
+    assert_eq!(files("p"), 60 + (5 << 20) + 10);
+    s.delete("p", "b", "multi", &who).unwrap();
+    assert_eq!(files("p"), 60);
+    s.delete_bucket("p", "c", true, &who).unwrap();
+    assert_eq!(files("p"), 30);
+    s.put(&w("b", "two"), &mut &[0u8; 9][..], None).unwrap();
+    assert_eq!(files("p"), 39);
+    assert_eq!(files("other"), 0);
+    s.delete_project("p").unwrap();
+    assert_eq!(files("p"), 0);
+}

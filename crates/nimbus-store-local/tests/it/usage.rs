@@ -26,3 +26,8 @@ fn kv_bytes_are_a_gauge_of_keys_and_values() {
     let g = store.data_gauges("p").unwrap();
     assert_eq!((g.kv_bytes, g.file_bytes, g.documents), (13, 0, 0));
 }
+
+#[test]
+fn gauges_follow_kv_and_document_writes() {
+    nimbus_store::usage::conformance::gauges_follow_writes(&SqliteStore::open_in_memory().unwrap());
+}

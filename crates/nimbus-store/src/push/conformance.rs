@@ -9,9 +9,9 @@ use super::*;
 use crate::StoreError;
 use crate::events::EventLog;
 
-/// What the suite needs of a backend.
-pub trait Backend: PushStore + EventLog {}
-impl<T: PushStore + EventLog> Backend for T {}
+/// What the suite needs of a backend (usage: delivered messages are metered with their outcome).
+pub trait Backend: PushStore + EventLog + crate::usage::UsageStore {}
+impl<T: PushStore + EventLog + crate::usage::UsageStore> Backend for T {}
 
 /// One conformance test: it panics on a failed expectation.
 pub type Test = fn(&dyn Backend);
@@ -28,6 +28,7 @@ pub const ALL: &[(&str, Test)] = &[
     ("replay_requeues_failed_deliveries_only", replay_requeues_failed_deliveries_only),
     ("old_finished_messages_are_pruned", old_finished_messages_are_pruned),
     ("projects_are_isolated_and_deleted", projects_are_isolated_and_deleted),
+    ("delivered_messages_are_metered_once", delivered_messages_are_metered_once),
 ];
 
 const T0: UnixMillis = 1_700_000_000_000;
@@ -595,4 +596,46 @@ pub fn projects_are_isolated_and_deleted(s: &dyn Backend) {
     let claimed = s.claim(T0, T0 + 1000, 10).unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].project, "q");
+}
+
+/// Each delivery that a push service accepted counts once in the project's hourly usage
+/// (`push_sent`, empty function name), in the transaction that records it: not retries, not
+/// failures, not an outcome recorded twice.
+pub fn delivered_messages_are_metered_once(s: &dyn Backend) {
+    use nimbus_model::usage::hour_of;
+    for id in ["s1", "s2", "s3"] {
+        sub(s, "p", id, None);
+        s.join_topic("p", id, "t", 10).unwrap();
+    }
+    sub(s, "q", "other", None);
+    enqueue(s, "p", "m1", topic("t"));
+    enqueue(s, "q", "m2", Target::Subscription("other".into()));
+    let claimed = s.claim(T0 + 1, T0 + 1000, 10).unwrap();
+    assert_eq!(claimed.len(), 4);
+    let id = |sub: &str| {
+        claimed.iter().find(|c| c.subscription.as_ref().is_some_and(|s| s.id == sub)).unwrap().id
+    };
+    let now = T0 + 2 * 3_600_000 + 5;
+    let outcomes = [
+        (id("s1"), Outcome::Sent { status: 201 }),
+        (id("s2"), Outcome::Sent { status: 201 }),
+        (id("s3"), Outcome::Retry { at: now + 10, status: Some(503), error: "busy".into() }),
+        (
+            id("other"),
+            Outcome::Failed { status: Some(400), error: "bad".into(), remove_subscription: false },
+        ),
+    ];
+    s.complete(&outcomes, now).unwrap();
+    // Recorded again (a sender retrying its batch): the deliveries left `queued`, nothing counts.
+    s.complete(&outcomes[..2], now).unwrap();
+    let rows = s.usage_hours(Some("p"), T0, now + 1).unwrap();
+    let got: Vec<(&str, i64, u64)> =
+        rows.iter().map(|r| (r.function.as_str(), r.hour, r.counters.push_sent)).collect();
+    assert_eq!(got, [("", hour_of(now), 2)]);
+    assert_eq!(rows[0].counters.requests, 0);
+    let retried = s.claim(now + 10, now + 1000, 10).unwrap();
+    assert_eq!(retried.len(), 1);
+    s.complete(&[(retried[0].id, Outcome::Sent { status: 201 })], now + 20).unwrap();
+    assert_eq!(s.usage_total("p", T0, now + 1000).unwrap().push_sent, 3);
+    assert!(s.usage_hours(Some("q"), T0, now + 1000).unwrap().is_empty(), "a failure is not sent");
 }
