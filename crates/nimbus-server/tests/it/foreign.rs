@@ -152,11 +152,25 @@ async fn edited_redeploy(guest: &str, prefix: &str, edited_body: &str) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), edited_body);
 
-    // Going back to the first version compiles nothing at all: every one of its functions is
-    // in the cache under a key that depends only on the function (before the patch in
-    // vendor/wasmtime-internal-cranelift, dozens missed on every compile).
-    let (status, back) = s.deploy_bytes(route, std::fs::read(&path).unwrap()).await;
+    // Going back to the first version compiles nothing: its artifact is still stored (the
+    // first version references it) and is reused.
+    let (status, back) = s.deploy_bytes(route.clone(), std::fs::read(&path).unwrap()).await;
     assert_eq!(status, 201, "{back}");
-    assert_eq!((count(&back, "cached_functions"), count(&back, "compiled_functions")), (total, 0));
+    assert!(back["compile"].is_null(), "{back}");
+    assert_eq!(s.get(&format!("{prefix}/")).await.status(), 200);
+
+    // Without the artifacts (deleted, or another engine's), compiling the edit again takes
+    // every function from the cache under a key that depends only on the function (before the
+    // patch in vendor/wasmtime-internal-cranelift, dozens missed on every compile).
+    for entry in std::fs::read_dir(dir.path().join("artifacts")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let (status, again) = s.deploy_bytes(route, std::fs::read(&edited).unwrap()).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(
+        (count(&again, "cached_functions"), count(&again, "compiled_functions")),
+        (cached + compiled, 0),
+        "{again}"
+    );
     s.stop().await;
 }

@@ -820,7 +820,9 @@ async fn a_refused_callback_is_retried_and_survives_a_restart() {
     // The old build sent callbacks from memory: a stop lost them. Now the next start sends it.
     open.store(true, Ordering::SeqCst);
     let s = TestServer::start_with(with_callbacks()).await;
-    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    // An attempt in flight when the server stopped keeps its 30 s lease: the new start may
+    // have to wait it out before sending.
+    let got = tokio::time::timeout(Duration::from_secs(45), rx.recv()).await.unwrap().unwrap();
     assert_eq!(got["status"], "succeeded");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
