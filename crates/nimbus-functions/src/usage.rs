@@ -314,13 +314,7 @@ impl EgressMeter {
             return;
         }
         let hour = nimbus_model::usage::hour_of(nimbus_model::now_millis());
-        let mut pending = self.pending.lock();
-        match pending.get_mut(&(project.to_string(), hour)) {
-            Some(n) => *n += bytes,
-            None => {
-                pending.insert((project.to_string(), hour), bytes);
-            }
-        }
+        *self.pending.lock().entry((project.to_string(), hour)).or_default() += bytes;
     }
 
     /// Write what was counted. On failure the sums are merged back for the next attempt.
