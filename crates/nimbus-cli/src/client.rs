@@ -109,6 +109,9 @@ pub struct DeployResponse {
 pub struct CompileReport {
     pub cached_functions: Option<u64>,
     pub compiled_functions: Option<u64>,
+    /// Absent from servers older than the untranslated path.
+    #[serde(default)]
+    pub untranslated_functions: Option<u64>,
     pub ms: f64,
 }
 

@@ -505,7 +505,7 @@ impl FunctionService {
             total_ms = ms(started.elapsed()),
             "deploy phases"
         );
-        tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, cached_functions = cache.map(|c| c.hits), compiled_functions = cache.map(|c| c.misses), "deployed");
+        tracing::info!(project, function = %spec.name, version = version.version, compile_ms = compile.as_millis() as u64, cached_functions = cache.map(|c| c.hits), compiled_functions = cache.map(|c| c.misses), untranslated_functions = cache.map(|c| c.untranslated), "deployed");
         let reused_artifact = compiled.is_none();
         Ok(Deployed { function, version, unchanged: false, compile, cache, reused_artifact })
     }

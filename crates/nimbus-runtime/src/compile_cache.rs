@@ -59,6 +59,8 @@ pub struct CompileCacheConfig {
 pub struct CompileCacheStats {
     pub hits: u64,
     pub misses: u64,
+    /// Of the hits, functions taken without translation (see [`CacheUse::untranslated`]).
+    pub untranslated: u64,
     /// Entries found unreadable or corrupt (deleted, and counted as misses too).
     pub corrupt: u64,
     pub inserts: u64,
@@ -73,7 +75,17 @@ pub struct CompileCacheStats {
 pub struct CacheUse {
     pub hits: u64,
     pub misses: u64,
+    /// Of the hits, functions taken without translating them from Wasm: their body and their
+    /// module's context were compiled before (see [`WHOLE_KEY_PREFIX`]).
+    pub untranslated: u64,
 }
+
+/// Prefix of the keys of the cache Nimbus's patch of `wasmtime-internal-cranelift` adds
+/// (`vendor/wasmtime-internal-cranelift/src/coarse_cache.rs`, `KEY_PREFIX`): functions keyed by
+/// their Wasm body and module context, looked up before translation. A miss there is followed
+/// by the ordinary lookup of the translated function, so it is not counted as a miss; a hit is
+/// a hit that also skipped translation.
+pub const WHOLE_KEY_PREFIX: &[u8] = b"nimbus-coarse-v1\0";
 
 /// Per-compile counters. The store is engine-wide and deploys compile concurrently, so a compile
 /// runs on rayon threads of its own (see `Runtime::compile`) whose thread-local scope points
@@ -82,6 +94,7 @@ pub struct CacheUse {
 pub(crate) struct CompileScope {
     hits: AtomicU64,
     misses: AtomicU64,
+    untranslated: AtomicU64,
     /// Time the compile's threads spent in lookups (reading and checking entries) and in
     /// inserts (writing them), summed over threads, and the bytes of entries read: the deploy's
     /// per-phase breakdown.
@@ -104,6 +117,7 @@ impl CompileScope {
         CacheUse {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            untranslated: self.untranslated.load(Ordering::Relaxed),
         }
     }
 
@@ -125,11 +139,14 @@ pub(crate) fn enter_scope(scope: Arc<CompileScope>) {
     SCOPE.with(|s| *s.borrow_mut() = Some(scope));
 }
 
-fn count_scope(hit: bool) {
+fn count_scope(hit: bool, whole: bool) {
     SCOPE.with(|s| {
         if let Some(scope) = &*s.borrow() {
             let c = if hit { &scope.hits } else { &scope.misses };
             c.fetch_add(1, Ordering::Relaxed);
+            if hit && whole {
+                scope.untranslated.fetch_add(1, Ordering::Relaxed);
+            }
         }
     });
 }
@@ -182,6 +199,7 @@ pub struct DiskCache {
     tmp_seq: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    untranslated: AtomicU64,
     corrupt: AtomicU64,
     inserts: AtomicU64,
     evictions: AtomicU64,
@@ -249,6 +267,7 @@ impl DiskCache {
             tmp_seq: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            untranslated: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             inserts: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -265,6 +284,7 @@ impl DiskCache {
         CompileCacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            untranslated: self.untranslated.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
             inserts: self.inserts.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
@@ -279,9 +299,11 @@ impl DiskCache {
         self.dir.join(&hex[..2]).join(hex)
     }
 
-    fn miss(&self) -> Option<Cow<'_, [u8]>> {
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        count_scope(false);
+    fn miss(&self, whole: bool) -> Option<Cow<'_, [u8]>> {
+        if !whole {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            count_scope(false, false);
+        }
         None
     }
 
@@ -400,13 +422,17 @@ impl CacheStore for DiskCache {
         let start = Instant::now();
         let found = self.lookup(key);
         time_scope(true, start, found.as_ref().map_or(0, |v| v.len() as u64));
+        let whole = key.starts_with(WHOLE_KEY_PREFIX);
         match found {
             Some(value) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                count_scope(true);
+                if whole {
+                    self.untranslated.fetch_add(1, Ordering::Relaxed);
+                }
+                count_scope(true, whole);
                 Some(Cow::Owned(value))
             }
-            None => self.miss(),
+            None => self.miss(whole),
         }
     }
 
@@ -646,6 +672,24 @@ mod tests {
     }
 
     #[test]
+    fn whole_function_lookups_count_hits_but_not_misses() {
+        // A miss of the untranslated lookup is followed by the lookup of the translated
+        // function, which counts; a hit is the only lookup of that function.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 20);
+        let whole = |k: &[u8]| [WHOLE_KEY_PREFIX, k].concat();
+        cache.insert(&whole(b"a"), b"1".to_vec());
+        let scope = Arc::new(CompileScope::default());
+        enter_scope(scope.clone());
+        assert!(cache.get(&whole(b"a")).is_some());
+        assert!(cache.get(&whole(b"b")).is_none());
+        assert!(cache.get(b"b").is_none());
+        assert_eq!(scope.usage(), CacheUse { hits: 1, misses: 1, untranslated: 1 });
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses, s.untranslated), (1, 1, 1));
+    }
+
+    #[test]
     fn lookups_count_in_the_scope_of_their_thread() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path(), 1 << 20);
@@ -655,11 +699,11 @@ mod tests {
         cache.get(b"a");
         cache.get(b"b");
         cache.get(b"a");
-        assert_eq!(scope.usage(), CacheUse { hits: 2, misses: 1 });
+        assert_eq!(scope.usage(), CacheUse { hits: 2, misses: 1, untranslated: 0 });
         // Another thread's lookups are not this scope's.
         std::thread::scope(|s| {
             s.spawn(|| cache.get(b"a"));
         });
-        assert_eq!(scope.usage(), CacheUse { hits: 2, misses: 1 });
+        assert_eq!(scope.usage(), CacheUse { hits: 2, misses: 1, untranslated: 0 });
     }
 }

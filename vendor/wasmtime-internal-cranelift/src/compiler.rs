@@ -62,6 +62,8 @@ struct CompilerContext {
     validator_allocations: FuncValidatorAllocations,
     debug_slot_descriptor: Option<FrameStateSlotBuilder>,
     abi: Option<Abi>,
+    /// NIMBUS PATCH: the coarse cache entry to write once this function is compiled.
+    coarse_pending: Option<crate::coarse_cache::Pending>,
 }
 
 impl Default for CompilerContext {
@@ -73,6 +75,7 @@ impl Default for CompilerContext {
             validator_allocations: Default::default(),
             debug_slot_descriptor: None,
             abi: None,
+            coarse_pending: None,
         }
     }
 }
@@ -88,6 +91,10 @@ pub struct Compiler {
     cache_store: Option<Arc<dyn CacheStore>>,
     clif_dir: Option<path::PathBuf>,
     pub(crate) wmemcheck: bool,
+    /// NIMBUS PATCH: the cache keyed before translation (`coarse_cache.rs`), used with the
+    /// incremental cache's store.
+    coarse_memo: crate::coarse_cache::Memo,
+    coarse_settings: Vec<u8>,
 }
 
 impl Drop for Compiler {
@@ -129,7 +136,10 @@ impl Compiler {
         wmemcheck: bool,
     ) -> Compiler {
         let _ = wmemcheck;
+        let coarse_settings = crate::coarse_cache::settings(&*isa, &tunables);
         Compiler {
+            coarse_memo: Default::default(),
+            coarse_settings,
             contexts: Default::default(),
             tunables,
             isa,
@@ -489,6 +499,36 @@ impl wasmtime_environ::Compiler for Compiler {
             .unwrap_module_type_index();
         let wasm_func_ty = types[sig].unwrap_func();
 
+        // NIMBUS PATCH (see `coarse_cache.rs`): a function whose body and module context were
+        // compiled before is taken as it was, without translating it.
+        let mut coarse_pending = None;
+        if let Some(store) = self.cache_store.as_deref()
+            && self.clif_dir.is_none()
+            && crate::coarse_cache::applies(&self.tunables)
+            && let Ok(body_offset) = u32::try_from(input.body.range().start)
+            && let Some(context) = self.coarse_memo.context(translation, types, &self.coarse_settings)
+        {
+            let key = crate::coarse_cache::key(
+                &context,
+                module_index.as_u32(),
+                def_func_index,
+                input.validator.features,
+                &input.body,
+            );
+            if let Some(hit) = crate::coarse_cache::lookup(store, &key, body_offset) {
+                let compiled = self.wasm_function_from_code(&hit.code, hit.name_map, &input.body)?;
+                return Ok(CompiledFunctionBody {
+                    code: box_dyn_any_compiled_function(compiled),
+                    needs_gc_heap: hit.needs_gc_heap,
+                });
+            }
+            coarse_pending = Some(crate::coarse_cache::Pending {
+                key,
+                body_offset,
+                needs_gc_heap: false,
+            });
+        }
+
         let mut compiler = self.function_compiler();
 
         let context = &mut compiler.cx.codegen_context;
@@ -572,6 +612,10 @@ impl wasmtime_environ::Compiler for Compiler {
         )?;
 
         let needs_gc_heap = func_env.needs_gc_heap();
+        compiler.cx.coarse_pending = coarse_pending.map(|mut pending| {
+            pending.needs_gc_heap = needs_gc_heap;
+            pending
+        });
 
         if let Some((_, slot_builder)) = func_env.state_slot {
             compiler.cx.debug_slot_descriptor = Some(slot_builder);
@@ -1048,7 +1092,10 @@ impl InliningCompiler for Compiler {
         symbol: &str,
     ) -> Result<()> {
         log::trace!("finish compiling {symbol:?}");
-        debug_assert!(!func_body.code.is::<CompiledFunction>());
+        // NIMBUS PATCH: taken whole from the coarse cache by `compile_function`.
+        if func_body.code.is::<CompiledFunction>() {
+            return Ok(());
+        }
         debug_assert!(func_body.code.is::<Option<CompilerContext>>());
         let cx = func_body
             .code
@@ -1080,39 +1127,62 @@ impl InliningCompiler for Compiler {
     }
 }
 
-struct CraneliftCacheStore(Arc<dyn CacheStore>);
+/// NIMBUS PATCH: also keeps the value it last read or wrote, the function's cached code, for
+/// the coarse cache's entry.
+struct CraneliftCacheStore {
+    store: Arc<dyn CacheStore>,
+    keep_value: bool,
+    value: std::cell::RefCell<Option<Vec<u8>>>,
+}
 
 impl cranelift_codegen::incremental_cache::CacheKvStore for CraneliftCacheStore {
     fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-        self.0.get(key)
+        let value = self.store.get(key);
+        if self.keep_value {
+            *self.value.borrow_mut() = value.as_ref().map(|v| v.to_vec());
+        }
+        value
     }
     fn insert(&mut self, key: &[u8], val: Vec<u8>) {
-        self.0.insert(key, val);
+        if self.keep_value {
+            *self.value.get_mut() = Some(val.clone());
+        }
+        self.store.insert(key, val);
     }
 }
 
+/// Compiles through the incremental cache if there is one; NIMBUS PATCH: also returns the
+/// cache's value for the function when `want_value` (for the coarse cache).
 fn compile_maybe_cached<'a>(
     context: &'a mut Context,
     isa: &dyn TargetIsa,
     cache_ctx: Option<&mut IncrementalCacheContext>,
-) -> Result<CompiledCode, CompileError> {
+    want_value: bool,
+) -> Result<(CompiledCode, Option<Vec<u8>>), CompileError> {
     let cache_ctx = match cache_ctx {
         Some(ctx) => ctx,
-        None => return compile_uncached(context, isa),
+        None => return compile_uncached(context, isa).map(|code| (code, None)),
     };
 
-    let mut cache_store = CraneliftCacheStore(cache_ctx.cache_store.clone());
+    let mut cache_store = CraneliftCacheStore {
+        store: cache_ctx.cache_store.clone(),
+        keep_value: want_value,
+        value: Default::default(),
+    };
     let (_compiled_code, from_cache) = context
         .compile_with_cache(isa, &mut cache_store, &mut Default::default())
         .map_err(|error| CompileError::Codegen(pretty_error(&error.func, error.inner)))?;
 
+    // The value read on a hit, or written after compiling on a miss (a value read but not
+    // usable was replaced by the one written).
+    let value = cache_store.value.into_inner();
     if from_cache {
         cache_ctx.num_hits += 1;
     } else {
         cache_ctx.num_cached += 1;
     }
 
-    Ok(context.take_compiled_code().unwrap())
+    Ok((context.take_compiled_code().unwrap(), value))
 }
 
 fn compile_uncached<'a>(
@@ -1286,6 +1356,7 @@ impl Compiler {
                     // but part of the incremental-cache key, which then depends on which thread
                     // compiled what before: the same function missed the cache on recompiles.
                     ctx.codegen_context.func.dfg.exception_tables.clear();
+                    ctx.coarse_pending = None;
                     ctx
                 })
                 .unwrap_or_else(|| CompilerContext {
@@ -1636,8 +1707,12 @@ impl FunctionCompiler<'_> {
         // fail if the backend has a bug in it. Use `context` after this
         // finishes to optionally emit CLIF and then after that's done actually
         // propagate the error if one happened.
-        let compilation_result =
-            compile_maybe_cached(context, isa, self.cx.incremental_cache_ctx.as_mut());
+        let compilation_result = compile_maybe_cached(
+            context,
+            isa,
+            self.cx.incremental_cache_ctx.as_mut(),
+            self.cx.coarse_pending.is_some(),
+        );
 
         if let Some(path) = &self.compiler.clif_dir {
             use std::io::Write;
@@ -1654,7 +1729,7 @@ impl FunctionCompiler<'_> {
             write!(output, "{}", context.func.display()).unwrap();
         }
 
-        let compiled_code = compilation_result?;
+        let (compiled_code, cached_value) = compilation_result?;
 
         // Give wasm functions, user defined code, a "preferred" alignment
         // instead of the minimum alignment as this can help perf in niche
@@ -1665,32 +1740,27 @@ impl FunctionCompiler<'_> {
             1
         };
 
-        let alignment = compiled_code.buffer.alignment.max(preferred_alignment);
-        let mut compiled_function = CompiledFunction::new(
-            compiled_code.buffer.clone(),
+        // NIMBUS PATCH: built by one function for this path and the coarse cache's hits, so
+        // that both give the same `CompiledFunction`.
+        let mut compiled_function = build_compiled_function(
+            isa,
+            &compiled_code,
             context.func.params.user_named_funcs().clone(),
-            alignment,
-        );
-
-        if let Some((body, tunables)) = body_and_tunables {
-            let data = body.get_binary_reader();
-            let offset = data.original_position();
-            let len = data.bytes_remaining();
-            compiled_function.set_address_map(
-                offset.try_into().unwrap(),
-                len.try_into().unwrap(),
-                tunables.generate_address_map,
+            preferred_alignment,
+            body_and_tunables,
+        )
+        .map_err(|error| CompileError::Codegen(pretty_error(&context.func, error)))?;
+        if let Some(pending) = self.cx.coarse_pending.take()
+            && let Some(store) = self.compiler.cache_store.as_deref()
+            && let Some(cached) = cached_value
+        {
+            crate::coarse_cache::store(
+                store,
+                pending,
+                context.func.params.base_srcloc(),
+                context.func.params.user_named_funcs(),
+                cached,
             );
-        }
-
-        if isa.flags().unwind_info() {
-            let unwind = compiled_code
-                .create_unwind_info(isa)
-                .map_err(|error| CompileError::Codegen(pretty_error(&context.func, error)))?;
-
-            if let Some(unwind_info) = unwind {
-                compiled_function.set_unwind_info(unwind_info);
-            }
         }
 
         if let Some(builder) = self.cx.debug_slot_descriptor.take() {
@@ -1721,6 +1791,58 @@ impl FunctionCompiler<'_> {
         self.compiler.contexts.lock().unwrap().push(self.cx);
 
         Ok(compiled_function)
+    }
+}
+
+/// NIMBUS PATCH: the `CompiledFunction` of compiled code, as `finish_with_info` builds it
+/// (without debug info); shared with the coarse cache's hits so that both are identical.
+fn build_compiled_function(
+    isa: &dyn TargetIsa,
+    compiled_code: &CompiledCode,
+    name_map: PrimaryMap<ir::UserExternalNameRef, UserExternalName>,
+    preferred_alignment: u32,
+    body_and_tunables: Option<(&FunctionBody<'_>, &Tunables)>,
+) -> cranelift_codegen::CodegenResult<CompiledFunction> {
+    let alignment = compiled_code.buffer.alignment.max(preferred_alignment);
+    let mut compiled_function =
+        CompiledFunction::new(compiled_code.buffer.clone(), name_map, alignment);
+
+    if let Some((body, tunables)) = body_and_tunables {
+        let data = body.get_binary_reader();
+        let offset = data.original_position();
+        let len = data.bytes_remaining();
+        compiled_function.set_address_map(
+            offset.try_into().unwrap(),
+            len.try_into().unwrap(),
+            tunables.generate_address_map,
+        );
+    }
+
+    if isa.flags().unwind_info() {
+        if let Some(unwind_info) = compiled_code.create_unwind_info(isa)? {
+            compiled_function.set_unwind_info(unwind_info);
+        }
+    }
+    Ok(compiled_function)
+}
+
+impl Compiler {
+    /// NIMBUS PATCH: a Wasm function's `CompiledFunction` from code taken from the coarse
+    /// cache, as `finish_with_info` would have built it.
+    fn wasm_function_from_code(
+        &self,
+        compiled_code: &CompiledCode,
+        name_map: PrimaryMap<ir::UserExternalNameRef, UserExternalName>,
+        body: &FunctionBody<'_>,
+    ) -> Result<CompiledFunction, CompileError> {
+        build_compiled_function(
+            &*self.isa,
+            compiled_code,
+            name_map,
+            self.isa.function_alignment().preferred,
+            Some((body, &self.tunables)),
+        )
+        .map_err(|error| CompileError::Codegen(format!("{error}")))
     }
 }
 

@@ -40,6 +40,7 @@ pub use compiled_function::*;
 mod alias_region;
 mod bounds_checks;
 mod builder;
+mod coarse_cache;
 mod compiler;
 mod debug;
 mod func_environ;

@@ -226,10 +226,16 @@ pub async fn deploy(g: &GlobalArgs, args: DeployArgs) -> Result<ExitCode> {
 fn describe_compile(c: &CompileReport) -> String {
     // Even a first compile finds some functions in the cache: a component repeats equal code.
     match (c.cached_functions, c.compiled_functions) {
-        (Some(cached), Some(fresh)) => format!(
-            "compile: {fresh} functions compiled, {cached} from the compile cache, in {} ms",
-            c.ms.round() as u64
-        ),
+        (Some(cached), Some(fresh)) => {
+            let untranslated = match c.untranslated_functions {
+                Some(n) if n > 0 => format!(" ({n} without translation)"),
+                _ => String::new(),
+            };
+            format!(
+                "compile: {fresh} functions compiled, {cached} from the compile cache{untranslated}, in {} ms",
+                c.ms.round() as u64
+            )
+        }
         _ => format!("compile: {} ms (no compile cache)", c.ms.round() as u64),
     }
 }

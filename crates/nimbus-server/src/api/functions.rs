@@ -52,6 +52,10 @@ pub(crate) struct CompileReport {
     pub cached_functions: Option<u64>,
     /// Functions compiled with Cranelift (null when the server runs without a compile cache).
     pub compiled_functions: Option<u64>,
+    /// Of the cached functions, those taken without even translating them from Wasm: their
+    /// body and their module (all but its code and data) were compiled before, as when only
+    /// the data of a JavaScript or Python engine's snapshot changed.
+    pub untranslated_functions: Option<u64>,
     /// Time to validate and compile the component, in milliseconds.
     pub ms: u64,
 }
@@ -129,6 +133,7 @@ pub(crate) async fn deploy(
             compile: (!unchanged && !deployed.reused_artifact).then(|| CompileReport {
                 cached_functions: deployed.cache.map(|c| c.hits),
                 compiled_functions: deployed.cache.map(|c| c.misses),
+                untranslated_functions: deployed.cache.map(|c| c.untranslated),
                 ms: deployed.compile.as_millis() as u64,
             }),
         }),
