@@ -141,7 +141,10 @@ impl ModuleContext {
     }
 }
 
-fn hint(translation: &ModuleTranslation<'_>, types: &ModuleTypesBuilder) -> (usize, usize, usize, usize) {
+fn hint(
+    translation: &ModuleTranslation<'_>,
+    types: &ModuleTypesBuilder,
+) -> (usize, usize, usize, usize) {
     (
         translation as *const _ as usize,
         translation.wasm.as_ptr() as usize,
@@ -212,13 +215,7 @@ impl Memo {
         settings: &[u8],
     ) -> Option<Arc<ModuleContext>> {
         let hint = hint(translation, types);
-        let found = self
-            .recent
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|c| c.hint == hint)
-            .cloned();
+        let found = self.recent.lock().unwrap().iter().find(|c| c.hint == hint).cloned();
         if let Some(found) = found {
             if found.matches(translation) {
                 return Some(found);
@@ -296,9 +293,7 @@ pub fn lookup(store: &dyn CacheStore, key: &[u8], body_offset: u32) -> Option<Hi
     let base = SourceLoc::new(entry.base_srcloc);
     if !base.is_default() {
         let moved = SourceLoc::new(
-            entry
-                .base_srcloc
-                .wrapping_add(body_offset.wrapping_sub(entry.body_offset)),
+            entry.base_srcloc.wrapping_add(body_offset.wrapping_sub(entry.body_offset)),
         );
         if moved.is_default() {
             return None;
@@ -306,11 +301,7 @@ pub fn lookup(store: &dyn CacheStore, key: &[u8], body_offset: u32) -> Option<Hi
         func.params.ensure_base_srcloc(moved);
     }
     let code = try_finish_recompile(&func, &entry.cached).ok()?;
-    Some(Hit {
-        code,
-        name_map: entry.name_map,
-        needs_gc_heap: entry.needs_gc_heap,
-    })
+    Some(Hit { code, name_map: entry.name_map, needs_gc_heap: entry.needs_gc_heap })
 }
 
 /// What `compile_function` found out for `finish_with_info` to store after a miss.
