@@ -82,7 +82,7 @@ start_server() {
 
 now_ms() { date +%s%3N; }
 
-# deploy WASM NAME ROUTE -> prints "ms cached compiled" (wall time of `nimbus deploy`)
+# deploy WASM NAME ROUTE -> prints "ms cached compiled untranslated" (wall time of `nimbus deploy`)
 deploy() {
     local t0 t1 out
     t0=$(now_ms)
@@ -90,7 +90,7 @@ deploy() {
     t1=$(now_ms)
     # `compile` is null when these exact bytes were compiled before (an edit reverted to earlier
     # content): the artifact is reused and nothing is compiled; printed as "reused".
-    python3 -c 'import json,sys; c=json.loads(sys.argv[2])["compile"]; print(sys.argv[1], *((c["cached_functions"], c["compiled_functions"]) if c else ("reused", "reused")))' \
+    python3 -c 'import json,sys; c=json.loads(sys.argv[2])["compile"]; print(sys.argv[1], *((c["cached_functions"], c["compiled_functions"], c.get("untranslated_functions")) if c else ("reused", "reused", "reused")))' \
         "$((t1 - t0))" "$out"
 }
 # A failed deploy inside `< <(...)` would not stop the script: check what was read.
@@ -159,10 +159,10 @@ for lang in js python; do
         python) base=target/foreign-guests/python-hello.wasm; route=/py ;;
     esac
     size=$(wc -c < "$base")
-    ms=""; read -r ms cached compiled < <(deploy "$base" "$lang-hello" "$route/...")
+    ms=""; read -r ms cached compiled untranslated < <(deploy "$base" "$lang-hello" "$route/...")
     check
     grep "^$lang:" "$work/nocache.txt"
-    echo "$lang: size $((size / 1024 / 1024)) MiB, first deploy ${ms} ms (cached_functions $cached, compiled_functions $compiled)"
+    echo "$lang: size $((size / 1024 / 1024)) MiB, first deploy ${ms} ms (cached_functions $cached, compiled_functions $compiled, untranslated_functions $untranslated)"
     last_phases > "$work/$lang.first-phases"
     phases "$lang: first deploy" "$work/$lang.first-phases"
     body="$(curl -fsS "$url$route/")"
@@ -172,7 +172,7 @@ for lang in js python; do
     : > "$work/$lang.phases"
     for i in $(seq 1 "$edits"); do
         v=$(( (i - 1) % variants + 1 ))
-        ms=""; read -r ms cached compiled < <(deploy "$variants_dir/$lang-$v.wasm" "$lang-hello" "$route/...")
+        ms=""; read -r ms cached compiled untranslated < <(deploy "$variants_dir/$lang-$v.wasm" "$lang-hello" "$route/...")
         check
         # Only edits that compiled count towards the median: a repeat of earlier content
         # reuses its artifact and would flatter it.
@@ -185,7 +185,7 @@ for lang in js python; do
         body="$(curl -fsS "$url$route/")"
         [[ "$body" == *"(edit $v)"* ]] || { echo "edit $i (variant $v) not live: $body" >&2; exit 1; }
         [[ $i == 1 || $i == "$edits" ]] &&
-            echo "$lang: edit $i deployed in ${ms} ms (cached_functions $cached, compiled_functions $compiled)"
+            echo "$lang: edit $i deployed in ${ms} ms (cached_functions $cached, compiled_functions $compiled, untranslated_functions $untranslated)"
     done
     edited_rps=$(rps "$route/")
     echo "$lang: edited deploy median $(median < "$work/$lang.times") ms, max $(sort -n "$work/$lang.times" | tail -1) ms over $(wc -l < "$work/$lang.times") edits that compiled"
@@ -209,5 +209,5 @@ server_pid=""
 t0=$(now_ms)
 start_server
 echo "after kill -9 mid-deploy: restart in $(($(now_ms) - t0)) ms, js answers: $(curl -fsS "$url/js/" | head -c 40)"
-read -r ms cached compiled < <(deploy target/foreign-guests/js-hello.wasm js-hello "/js/...")
+read -r ms cached compiled untranslated < <(deploy target/foreign-guests/js-hello.wasm js-hello "/js/...")
 echo "after kill -9: deploy ${ms} ms (cached_functions $cached, compiled_functions $compiled), answers: $(curl -fsS "$url/js/" | head -c 40)"
