@@ -7,7 +7,7 @@
 #
 #   bench/interleaved.sh                 # after bench/run.sh (or SKIP_BUILD=0 to build first)
 #
-# Env: ROUNDS=6 ROUND=5s WRK_THREADS=2 WRK_CONNECTIONS=50; extra env for `nimbus serve` can be
+# Env: ROUNDS=6 ROUND=5s WRK_THREADS=2 WRK_CONNECTIONS=50 BARE_ARGS=; extra env for `nimbus serve` can be
 # passed as arguments: bench/interleaved.sh NIMBUS_LOG_BYTES=0
 #
 # A/B mode: NIMBUS_B=/path/to/another/nimbus compares two builds of Nimbus instead (B takes the
@@ -42,8 +42,11 @@ if [[ -n "${NIMBUS_B:-}" ]]; then
     env "$@" "$NIMBUS_B" serve --no-profile --data "$work/data-b" --listen "127.0.0.1:$BPORT" > "$work/bare.log" 2>&1 &
     B_NAME="nimbus B ($NIMBUS_B)"
 else
-    "$BARE" --listen "127.0.0.1:$BPORT" --component "$HELLO_WASM" > "$work/bare.log" 2>&1 &
-    B_NAME="bare host"
+    # BARE_ARGS=--fuel-and-epochs: the bare host with fuel metering and epoch interruption as
+    # Nimbus configures them, to tell their cost apart from the rest of the platform's.
+    # shellcheck disable=SC2086
+    "$BARE" --listen "127.0.0.1:$BPORT" --component "$HELLO_WASM" ${BARE_ARGS:-} > "$work/bare.log" 2>&1 &
+    B_NAME="bare host${BARE_ARGS:+ ($BARE_ARGS)}"
 fi
 bpid=$!
 trap 'kill $npid $bpid 2>/dev/null || true; wait $npid $bpid 2>/dev/null || true; rm -rf "$work"' EXIT

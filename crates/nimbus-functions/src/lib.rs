@@ -232,7 +232,7 @@ impl FunctionService {
         })
         .await?;
         for (project, q, used) in seeds {
-            self.stores.storage_quota.set(&project, q.stored_bytes);
+            self.stores.storage_quota.set(&project, Some(&q));
             self.quotas.set(&project, Some(q), used, now);
         }
         Ok(())
@@ -267,7 +267,7 @@ impl FunctionService {
             )?)
         })
         .await?;
-        self.stores.storage_quota.set(project, quotas.and_then(|q| q.stored_bytes));
+        self.stores.storage_quota.set(project, quotas.as_ref());
         self.quotas.set(project, quotas, used, now);
         Ok(())
     }
@@ -291,6 +291,7 @@ impl FunctionService {
         })?;
         let (recorder, writer) = Recorder::spawn(stores.invocations.clone());
         let pruner = spawn_pruner(stores.invocations.clone(), &config);
+        let thresholds = quota::spawn_threshold_checks(stores.storage_quota.clone());
         let metrics = Arc::new(Metrics::default());
         let residency = Residency::new(config.code_memory_budget, metrics.residency.clone());
         let gate = fair::NodeGate::new(
@@ -309,7 +310,7 @@ impl FunctionService {
             metrics,
             residency,
             gate,
-            tasks: vec![writer, pruner],
+            tasks: vec![writer, pruner, thresholds],
         };
         let fs = service.stores.functions.clone();
         let active = blocking(move || fs.active_versions().map_err(FunctionError::from)).await?;

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use nimbus_model::UnixMillis;
@@ -191,23 +192,90 @@ impl QuotaGate {
 pub struct StorageQuota {
     /// False while no project has the quota: writes then skip the map.
     any: AtomicBool,
-    limits: RwLock<HashMap<String, u64>>,
+    /// Each project's limit and soft threshold percent.
+    limits: RwLock<HashMap<String, (u64, u8)>>,
+    /// Whether each project was at or over its soft threshold when last checked (see
+    /// [`StorageQuota::check_thresholds`]).
+    above: parking_lot::Mutex<HashMap<String, bool>>,
     store: Arc<dyn UsageStore>,
 }
 
+/// How often the stored-bytes soft thresholds are checked: the event of a crossing is written
+/// within this long of the write that crossed it.
+pub(crate) const THRESHOLD_CHECK: Duration = Duration::from_secs(2);
+
 impl StorageQuota {
     pub fn new(store: Arc<dyn UsageStore>) -> Arc<StorageQuota> {
-        Arc::new(StorageQuota { any: AtomicBool::new(false), limits: Default::default(), store })
+        Arc::new(StorageQuota {
+            any: AtomicBool::new(false),
+            limits: Default::default(),
+            above: Default::default(),
+            store,
+        })
     }
 
-    pub(crate) fn set(&self, project: &str, limit: Option<u64>) {
+    pub(crate) fn set(&self, project: &str, quotas: Option<&Quotas>) {
         let mut map = self.limits.write();
-        match limit {
+        match quotas.and_then(|q| Some((q.stored_bytes?, q.soft_threshold_percent))) {
             Some(l) => map.insert(project.to_string(), l),
             None => map.remove(project),
         };
+        // Checked afresh by the next round, against the new limit.
+        self.above.lock().remove(project);
         self.any.store(!map.is_empty(), Ordering::Release);
     }
+
+    /// One round of the soft-threshold check of the stored-bytes quota (blocking). What a
+    /// project stores changes in the data services' own transactions, so crossings are found by
+    /// this check rather than by each write: a cheap read of every project with the quota, and
+    /// a write transaction (the store's `check_storage_threshold`, which writes the event once)
+    /// only when a project went over or back under since the last round. The store, not this
+    /// memory, decides whether an event is due, so a restart or a second node writes no second
+    /// event for the same crossing.
+    pub(crate) fn check_thresholds(&self) {
+        let projects: Vec<(String, (u64, u8))> =
+            self.limits.read().iter().map(|(p, l)| (p.clone(), *l)).collect();
+        for (project, (limit, percent)) in projects {
+            let stored = match self.store.data_gauges(&project) {
+                Ok(g) => g.stored_bytes(),
+                Err(e) => {
+                    tracing::warn!(project, error = %e, "reading stored bytes for the soft threshold");
+                    continue;
+                }
+            };
+            let above = u128::from(stored) * 100 >= u128::from(limit) * u128::from(percent);
+            if self.above.lock().get(&project) == Some(&above) {
+                continue;
+            }
+            match self.store.check_storage_threshold(&project) {
+                Ok(Some(now)) => {
+                    self.above.lock().insert(project, now);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(project, error = %e, "checking the stored-bytes soft threshold")
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`StorageQuota::check_thresholds`] every [`THRESHOLD_CHECK`].
+pub(crate) fn spawn_threshold_checks(quota: Arc<StorageQuota>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(THRESHOLD_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if !quota.any.load(Ordering::Acquire) {
+                continue;
+            }
+            let q = quota.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || q.check_thresholds()).await {
+                tracing::warn!(error = %e, "the stored-bytes threshold check failed");
+            }
+        }
+    })
 }
 
 impl StorageGuard for StorageQuota {
@@ -215,7 +283,7 @@ impl StorageGuard for StorageQuota {
         if !self.any.load(Ordering::Acquire) {
             return Ok(());
         }
-        let Some(limit) = self.limits.read().get(project).copied() else { return Ok(()) };
+        let Some((limit, _)) = self.limits.read().get(project).copied() else { return Ok(()) };
         match self.store.data_gauges(project) {
             Ok(g) if g.stored_bytes() >= limit => {
                 Err(StorageFull { project: project.to_string(), stored: g.stored_bytes(), limit })

@@ -123,8 +123,9 @@ pub struct Quotas {
     /// it deletes some (see docs/usage.md).
     #[serde(default)]
     pub stored_bytes: Option<u64>,
-    /// Percent of a monthly quota at which one `dev.nimbus.quota.threshold_crossed` event is
-    /// written (once per quota and month). Default 80.
+    /// Percent of a quota at which one `dev.nimbus.quota.threshold_crossed` event is written:
+    /// once per quota and month for the monthly ones, once per crossing for `stored_bytes`.
+    /// Default 80.
     #[serde(default = "default_soft")]
     pub soft_threshold_percent: u8,
 }

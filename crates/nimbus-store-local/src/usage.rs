@@ -4,8 +4,8 @@
 
 use nimbus_model::UnixMillis;
 use nimbus_model::usage::{
-    DataGauges, QUOTA_GB_SECONDS, QUOTA_INVOCATIONS, Quotas, THRESHOLD_EVENT, UsageCounters,
-    UsageRow, hour_of, next_month,
+    DataGauges, QUOTA_GB_SECONDS, QUOTA_INVOCATIONS, QUOTA_STORED_BYTES, Quotas, THRESHOLD_EVENT,
+    UsageCounters, UsageRow, hour_of, next_month,
 };
 use nimbus_store::Result;
 use nimbus_store::events::NewEvent;
@@ -189,6 +189,62 @@ impl UsageStore for SqliteStore {
 
     fn quotas(&self, project: &str) -> Result<Option<Quotas>> {
         self.read(|conn| quotas_on(conn, project))
+    }
+
+    fn check_storage_threshold(&self, project: &str) -> Result<Option<bool>> {
+        let checked = self.write("checking the stored-bytes threshold", |tx| {
+            let Some(quotas) = quotas_on(tx, project)? else { return Ok((None, None)) };
+            let Some(limit) = quotas.stored_bytes else { return Ok((None, None)) };
+            let used: u64 = tx
+                .prepare_cached(
+                    "SELECT document_bytes + kv_bytes + file_bytes FROM project_storage \
+                     WHERE project = ?1",
+                )
+                .and_then(|mut s| s.query_row([project], |r| r.get(0)).optional())
+                .context("reading what a project stores")?
+                .unwrap_or(0);
+            let soft = u128::from(quotas.soft_threshold_percent);
+            let above = u128::from(used) * 100 >= u128::from(limit) * soft;
+            // Not monthly: one row while the project is at or over, removed once it is back
+            // under so that the next crossing is reported too.
+            if !above {
+                tx.prepare_cached(
+                    "DELETE FROM quota_thresholds WHERE project = ?1 AND quota = ?2 AND period = 0",
+                )
+                .and_then(|mut s| s.execute(params![project, QUOTA_STORED_BYTES]))
+                .context("re-arming the stored-bytes threshold")?;
+                return Ok((Some(false), None));
+            }
+            let first = tx
+                .prepare_cached(
+                    "INSERT INTO quota_thresholds (project, quota, period) VALUES (?1, ?2, 0) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![project, QUOTA_STORED_BYTES]))
+                .context("marking the stored-bytes threshold")?
+                == 1;
+            if !first {
+                return Ok((Some(true), None));
+            }
+            let event = NewEvent {
+                project: project.to_string(),
+                kind: THRESHOLD_EVENT.to_string(),
+                source: format!("/v1/projects/{project}/quotas"),
+                subject: QUOTA_STORED_BYTES.to_string(),
+                data: serde_json::json!({
+                    "quota": QUOTA_STORED_BYTES,
+                    "used": used,
+                    "limit": limit,
+                    "threshold_percent": quotas.soft_threshold_percent,
+                }),
+            };
+            let last = crate::events::append_in(tx, &[event])?.last().copied();
+            Ok((Some(true), last))
+        })?;
+        if let (_, Some(p)) = checked {
+            self.events_committed(p);
+        }
+        Ok(checked.0)
     }
 
     fn all_quotas(&self) -> Result<Vec<(String, Quotas)>> {

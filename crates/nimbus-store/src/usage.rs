@@ -39,6 +39,12 @@ pub trait UsageStore: Send + Sync + 'static {
     /// when a monthly quota's soft threshold is crossed.
     fn set_quotas(&self, project: &str, quotas: Option<&Quotas>) -> Result<()>;
     fn quotas(&self, project: &str) -> Result<Option<Quotas>>;
+    /// The soft threshold of the stored-bytes quota (not monthly): compare what the project
+    /// stores with `soft_threshold_percent` of `stored_bytes` and, the first time it is at or
+    /// over, write one `dev.nimbus.quota.threshold_crossed` event (subject `stored_bytes`) in
+    /// the same transaction; once back under, the next crossing writes another. Returns whether
+    /// the project is at or over the threshold, `None` when it has no stored-bytes quota.
+    fn check_storage_threshold(&self, project: &str) -> Result<Option<bool>>;
     /// Every project's quotas (start-up: the in-memory quota counters are seeded from these).
     fn all_quotas(&self) -> Result<Vec<(String, Quotas)>>;
 }
@@ -102,6 +108,46 @@ pub mod conformance {
             stderr: String::new(),
             logs_truncated: false,
         }
+    }
+
+    /// The stored-bytes soft threshold: one event per crossing, re-armed by going back under.
+    pub fn storage_threshold_event_per_crossing<S: UsageStore + crate::kv::KvStore + EventLog>(
+        store: &S,
+    ) {
+        use crate::kv::Expiry;
+        let events = || -> Vec<serde_json::Value> {
+            store
+                .read(0, Some("sq"), 10_000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == THRESHOLD_EVENT)
+                .map(|e| e.data)
+                .collect()
+        };
+        assert_eq!(store.check_storage_threshold("sq").unwrap(), None, "no quota");
+        let quotas =
+            Quotas { stored_bytes: Some(100), soft_threshold_percent: 50, ..Default::default() };
+        store.set_quotas("sq", Some(&quotas)).unwrap();
+        // 3 bytes of key + 40 of value: under 50.
+        store.set("sq", "b", "one", &[0; 40], Expiry::Never, 1).unwrap();
+        assert_eq!(store.check_storage_threshold("sq").unwrap(), Some(false));
+        assert!(events().is_empty());
+        store.set("sq", "b", "two", &[0; 10], Expiry::Never, 2).unwrap();
+        assert_eq!(store.check_storage_threshold("sq").unwrap(), Some(true));
+        assert_eq!(store.check_storage_threshold("sq").unwrap(), Some(true));
+        let e = events();
+        assert_eq!(e.len(), 1, "one event for one crossing: {e:?}");
+        assert_eq!(e[0]["quota"], "stored_bytes");
+        assert_eq!((e[0]["used"].as_u64(), e[0]["limit"].as_u64()), (Some(56), Some(100)));
+        assert_eq!(e[0]["threshold_percent"], 50);
+        // Back under re-arms it; the next crossing is a new event.
+        assert!(store.delete("sq", "b", "two", 3).unwrap());
+        assert_eq!(store.check_storage_threshold("sq").unwrap(), Some(false));
+        store.set("sq", "b", "three", &[0; 20], Expiry::Never, 4).unwrap();
+        assert_eq!(store.check_storage_threshold("sq").unwrap(), Some(true));
+        assert_eq!(events().len(), 2);
+        store.set_quotas("sq", None).unwrap();
+        assert_eq!(store.check_storage_threshold("sq").unwrap(), None);
     }
 
     pub fn run_all<S: InvocationStore + UsageStore + EventLog>(store: &S) {

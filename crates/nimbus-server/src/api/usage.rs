@@ -95,7 +95,8 @@ pub(crate) async fn get_quotas(
 /// `concurrent_executions`, `stored_bytes` (each absent or null = unlimited) and
 /// `soft_threshold_percent` (default 80). Beyond a hard quota the project's functions answer
 /// 429 `quota_exceeded`; crossing the soft threshold of a monthly quota writes one
-/// `dev.nimbus.quota.threshold_crossed` event per quota and month. At or over `stored_bytes`,
+/// `dev.nimbus.quota.threshold_crossed` event per quota and month, and of `stored_bytes` one
+/// per crossing (within ~2 s; going back under re-arms it). At or over `stored_bytes`,
 /// writes that add documents, KV entries or files answer 429 `quota_exceeded` until data is
 /// deleted (S3: `QuotaExceeded`, 403).
 #[utoipa::path(put, path = "/v1/projects/{project}/quotas", tag = "usage",

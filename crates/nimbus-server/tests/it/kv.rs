@@ -397,8 +397,45 @@ async fn a_guest_over_the_stored_bytes_quota_cannot_set() {
     let (status, body) = guest(&s, "default", "/set?key=more&value=x").await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("stored_bytes") && body.contains("deleted"), "{body}");
+    // Crossing the soft threshold (80% by default) wrote one event, within the check interval.
+    let first = threshold_events_within(dir.path(), 1).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(
+        (first[0]["quota"].as_str(), first[0]["limit"].as_u64()),
+        (Some("stored_bytes"), Some(50))
+    );
+    assert!(first[0]["used"].as_u64().unwrap() >= 63, "{first:?}");
     assert_eq!(guest(&s, "default", "/get?key=big").await.0, 200);
     assert_eq!(guest(&s, "default", "/delete?key=big").await.0, 204);
     assert_eq!(guest(&s, "default", "/set?key=more&value=x").await.0, 204);
+    // Back under re-arms it (after a check has seen it under): the next crossing is reported.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(threshold_events_within(dir.path(), 1).await.len(), 1, "no event while under");
+    assert_eq!(
+        guest(&s, "default", &format!("/set?key=big&value={}", "v".repeat(60))).await.0,
+        204
+    );
+    assert_eq!(threshold_events_within(dir.path(), 2).await.len(), 2);
     s.stop().await;
+}
+
+/// The `stored_bytes` threshold events of the default project, once there are `n` of them or
+/// after 6 s (three rounds of the 2 s check).
+async fn threshold_events_within(data: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    use nimbus_store::events::EventLog;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
+    loop {
+        let db = nimbus_store_local::SqliteStore::open(&data.join("nimbus.db")).unwrap();
+        let events: Vec<serde_json::Value> = db
+            .read(0, Some("default"), 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "dev.nimbus.quota.threshold_crossed")
+            .map(|e| e.data)
+            .collect();
+        if events.len() >= n || tokio::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

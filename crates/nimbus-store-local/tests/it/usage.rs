@@ -31,3 +31,10 @@ fn kv_bytes_are_a_gauge_of_keys_and_values() {
 fn gauges_follow_kv_and_document_writes() {
     nimbus_store::usage::conformance::gauges_follow_writes(&SqliteStore::open_in_memory().unwrap());
 }
+
+#[test]
+fn storage_threshold_event_per_crossing() {
+    nimbus_store::usage::conformance::storage_threshold_event_per_crossing(
+        &SqliteStore::open_in_memory().unwrap(),
+    );
+}
