@@ -368,7 +368,7 @@ impl Server {
             )))
         });
         let _files_sweeper = AbortOnDrop(self.state.files.spawn_sweeper());
-        let _triggers = self.state.triggers.start().await.context("starting event delivery")?;
+        let triggers = self.state.triggers.start().await.context("starting event delivery")?;
         let conn_metrics = self.state.connections.clone();
         let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
         let _push_sender = AbortOnDrop(self.state.push.spawn_sender());
@@ -389,6 +389,8 @@ impl Server {
         listener::serve(self.listener, app, self.connections, signal, SHUTDOWN_GRACE, conn_metrics)
             .await;
         self.in_process.set(None);
+        // Callbacks in flight end or are given back, so the next start makes them at once.
+        triggers.stop().await;
         // Every request has been answered; write the records (and usage) still queued, so a
         // graceful stop loses none.
         functions.shutdown().await;

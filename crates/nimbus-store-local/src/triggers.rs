@@ -661,6 +661,25 @@ impl ProducerStore for SqliteStore {
         })
     }
 
+    fn release_callbacks(&self, callbacks: &[(String, String)], at: UnixMillis) -> Result<()> {
+        if callbacks.is_empty() {
+            return Ok(());
+        }
+        self.write("releasing callbacks", |tx| {
+            let mut release = tx
+                .prepare_cached(
+                    "UPDATE async_invocations SET callback_next_at = ?3, \
+                     callback_attempts = max(callback_attempts - 1, 0) \
+                     WHERE project = ?1 AND id = ?2 AND callback_status = 'pending'",
+                )
+                .context("preparing the callback release")?;
+            for (project, id) in callbacks {
+                release.execute(params![project, id, at]).context("releasing a callback")?;
+            }
+            Ok(())
+        })
+    }
+
     fn next_callback_due(&self) -> Result<Option<UnixMillis>> {
         self.read(|conn| {
             conn.prepare_cached(

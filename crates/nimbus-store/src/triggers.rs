@@ -322,6 +322,9 @@ pub trait ProducerStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<AsyncInvocation>>;
     fn finish_callback(&self, project: &str, id: &str, outcome: &CallbackOutcome) -> Result<()>;
+    /// Give back claimed callbacks whose calls were stopped before they ended (a graceful stop):
+    /// due again at `at`, and the attempt their claim counted is not counted.
+    fn release_callbacks(&self, callbacks: &[(String, String)], at: UnixMillis) -> Result<()>;
     /// When the earliest pending callback is due.
     fn next_callback_due(&self) -> Result<Option<UnixMillis>>;
     /// Delete finished asynchronous invocations completed before `before` (but not those whose

@@ -4,7 +4,9 @@
 //! with jitter) or failed after `callback_max_attempts`. At least once: a call that a crash cuts
 //! short is made again when its lease ends.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nimbus_model::now_millis;
@@ -22,12 +24,22 @@ const LEASE: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait between looks at the store when nothing woke the worker.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// At a graceful stop, how long calls in flight may take to end before they are given back.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) async fn run(service: TriggerService) {
     let inner = &service.inner;
     let mut running = JoinSet::new();
+    // The callback each running call makes, to give back the ones a stop cuts short.
+    let mut in_flight: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
     loop {
-        while running.try_join_next().is_some() {}
+        while let Some(done) = running.try_join_next_with_id() {
+            in_flight.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+        }
+        if inner.stopping.load(Ordering::Acquire) {
+            stop(&service, running, in_flight).await;
+            return;
+        }
         let free = MAX_IN_FLIGHT - running.len();
         let claimed = if free == 0 {
             Vec::new()
@@ -57,13 +69,46 @@ pub(crate) async fn run(service: TriggerService) {
             };
             tokio::select! {
                 _ = inner.callback_wake.notified() => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    in_flight.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
             continue;
         }
         for inv in claimed {
-            running.spawn(call(service.clone(), inv));
+            let key = (inv.project.clone(), inv.id.clone());
+            in_flight.insert(running.spawn(call(service.clone(), inv)).id(), key);
+        }
+    }
+}
+
+/// Let the calls in flight end within [`STOP_GRACE`], then cancel the others and give their
+/// callbacks back: due at once, their attempt not counted. Without this they would keep their
+/// lease and wait [`LEASE`] after the next start.
+async fn stop(
+    service: &TriggerService,
+    mut running: JoinSet<()>,
+    mut in_flight: HashMap<tokio::task::Id, (String, String)>,
+) {
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while let Some(done) = running.join_next_with_id().await {
+            in_flight.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+        }
+    })
+    .await;
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    if in_flight.is_empty() {
+        return;
+    }
+    let cut: Vec<(String, String)> = in_flight.into_values().collect();
+    let n = cut.len();
+    let store = service.inner.stores.producers.clone();
+    match blocking(move || Ok(store.release_callbacks(&cut, now_millis())?)).await {
+        Ok(()) => tracing::info!(callbacks = n, "gave back callbacks cut short by the stop"),
+        Err(e) => {
+            tracing::warn!(error = %e, "giving back callbacks at the stop; their lease ends them")
         }
     }
 }

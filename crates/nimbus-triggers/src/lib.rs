@@ -140,8 +140,10 @@ struct Inner {
     metrics: TriggerMetrics,
     /// Rung when new deliveries were written, so workers claim without waiting for a poll.
     wake: tokio::sync::Notify,
-    /// Rung when an asynchronous invocation finished with a callback to make.
+    /// Rung when an asynchronous invocation finished with a callback to make, and at a stop.
     callback_wake: tokio::sync::Notify,
+    /// Set by [`Tasks::stop`]: the callback worker gives back what it has in flight and ends.
+    stopping: std::sync::atomic::AtomicBool,
     /// Per-function event concurrency.
     gates: deliver::Gates,
     /// Pending deliveries per project, as of the last stats refresh (see `metrics.rs`).
@@ -162,6 +164,7 @@ impl TriggerService {
                 metrics: TriggerMetrics::default(),
                 wake: tokio::sync::Notify::new(),
                 callback_wake: tokio::sync::Notify::new(),
+                stopping: Default::default(),
                 gates: Default::default(),
                 pending: Default::default(),
             }),
@@ -179,13 +182,17 @@ impl TriggerService {
             let log = self.inner.stores.log.clone();
             blocking(move || Ok(log.bounds()?.last)).await?
         };
-        Ok(Tasks(vec![
-            tokio::spawn(dispatch::run(self.clone(), start)),
-            tokio::spawn(deliver::run(self.clone())),
-            tokio::spawn(callbacks::run(self.clone())),
-            tokio::spawn(schedule::run(self.clone())),
-            tokio::spawn(metrics::run(self.clone())),
-        ]))
+        self.inner.stopping.store(false, std::sync::atomic::Ordering::Release);
+        Ok(Tasks {
+            handles: vec![
+                tokio::spawn(dispatch::run(self.clone(), start)),
+                tokio::spawn(deliver::run(self.clone())),
+                tokio::spawn(schedule::run(self.clone())),
+                tokio::spawn(metrics::run(self.clone())),
+            ],
+            callbacks: Some(tokio::spawn(callbacks::run(self.clone()))),
+            service: self.clone(),
+        })
     }
 
     /// Per-subscription backlog of a project.
@@ -238,12 +245,36 @@ impl TriggerService {
     }
 }
 
-/// The service's background tasks; dropping this stops them.
-pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+/// The service's background tasks; dropping this stops them at once, [`Tasks::stop`] first
+/// lets the callbacks in flight end or gives them back.
+pub struct Tasks {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    callbacks: Option<tokio::task::JoinHandle<()>>,
+    service: TriggerService,
+}
+
+impl Tasks {
+    /// A graceful stop: callback calls in flight get [`callbacks::STOP_GRACE`] to end, and the
+    /// leases of those that do not are given back, so the next start makes them at once rather
+    /// than after their lease. (Deliveries need no such step: an attempt cut short here is
+    /// given back by its own lease, which is the function's timeout plus a margin.)
+    pub async fn stop(mut self) {
+        let inner = &self.service.inner;
+        inner.stopping.store(true, std::sync::atomic::Ordering::Release);
+        inner.callback_wake.notify_one();
+        if let Some(task) = self.callbacks.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(callbacks::STOP_GRACE * 2, task).await.is_err() {
+                tracing::warn!("the callback worker did not stop in time");
+                abort.abort();
+            }
+        }
+    }
+}
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for t in &self.0 {
+        for t in self.handles.iter().chain(&self.callbacks) {
             t.abort();
         }
     }

@@ -343,6 +343,11 @@ pub fn async_invocations<S: ProducerStore + EventLog>(s: &S) {
     assert!(s.claim_callbacks(299, 400, 10).unwrap().is_empty());
     let again = s.claim_callbacks(300, 400, 10).unwrap();
     assert_eq!((again.len(), again[0].callback.attempts), (1, 2));
+    // A graceful stop gives a claimed callback back: due at once, its attempt not counted.
+    s.release_callbacks(&[("p1".into(), "a1".into()), ("p1".into(), "nope".into())], 310).unwrap();
+    assert_eq!(s.next_callback_due().unwrap(), Some(310));
+    let again = s.claim_callbacks(310, 400, 10).unwrap();
+    assert_eq!((again.len(), again[0].callback.attempts), (1, 2));
     s.finish_callback("p1", "a1", &CallbackOutcome::Delivered).unwrap();
     let got = s.get_async("p1", "a1").unwrap().unwrap();
     assert_eq!(
