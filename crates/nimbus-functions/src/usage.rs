@@ -84,11 +84,18 @@ pub struct UsageService {
 }
 
 impl UsageService {
-    /// Also starts the egress meter's writer (needs a tokio runtime).
+    /// Also starts the egress meter's writer and the storage accrual (needs a tokio runtime).
     pub fn new(store: Arc<dyn UsageStore>, prices: Option<PriceSheet>) -> Self {
         let egress = EgressMeter::new(store.clone());
         egress.spawn_writer();
+        spawn_storage_accrual(Arc::downgrade(&egress), store.clone());
         UsageService { store, prices: prices.map(Arc::new), egress }
+    }
+
+    /// Accrue what every project stores up to now (each minute, and at a graceful stop).
+    pub async fn accrue_storage(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.accrue_storage(nimbus_model::now_millis())?)).await
     }
 
     /// Where file downloads count the bytes they sent.
@@ -240,7 +247,7 @@ impl UsageService {
         let mut out = Vec::new();
         for row in rows {
             let c = &row.counters;
-            let meters: [(&str, serde_json::Value); 8] = [
+            let meters: [(&str, serde_json::Value); 9] = [
                 ("requests", c.requests.into()),
                 ("execution_ms", c.exec_ms.into()),
                 ("gb_seconds", c.gb_seconds().into()),
@@ -249,6 +256,7 @@ impl UsageService {
                 ("events", c.events.into()),
                 ("file_egress_bytes", c.file_egress_bytes.into()),
                 ("push_sent", c.push_sent.into()),
+                ("stored_byte_seconds", c.stored_byte_seconds.into()),
             ];
             for (meter, value) in meters {
                 if value.as_f64() == Some(0.0) {
@@ -360,6 +368,36 @@ impl EgressMeter {
             }
         })
     }
+}
+
+/// How often stored bytes are accrued into usage: the rectangle each accrual adds is the size at
+/// that instant times the time since the last one, so this bounds how long a size change is
+/// priced at the old size.
+const STORAGE_ACCRUAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The accrual task: [`UsageStore::accrue_storage`] every [`STORAGE_ACCRUAL`]. It ends with the
+/// service (it holds the egress meter weakly as the service's liveness).
+fn spawn_storage_accrual(
+    alive: std::sync::Weak<EgressMeter>,
+    store: Arc<dyn UsageStore>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORAGE_ACCRUAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if alive.strong_count() == 0 {
+                return;
+            }
+            let store = store.clone();
+            let now = nimbus_model::now_millis();
+            match tokio::task::spawn_blocking(move || store.accrue_storage(now)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "accruing stored bytes; next minute"),
+                Err(e) => tracing::warn!(error = %e, "the storage accrual task failed"),
+            }
+        }
+    })
 }
 
 /// `[from, to)` on whole hours, checked.

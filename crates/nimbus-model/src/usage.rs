@@ -36,7 +36,15 @@ pub struct UsageCounters {
     /// function name.
     #[serde(default)]
     pub push_sent: u64,
+    /// Bytes stored (documents + KV + files) x seconds held, accrued once a minute under the
+    /// empty function name: what `per_gb_month_stored` prices (see [`GB_MONTH_SECONDS`]).
+    #[serde(default)]
+    pub stored_byte_seconds: u64,
 }
+
+/// The month of a GB-month: 730 hours (365 x 24 / 12), as cloud storage is billed, so a GiB
+/// held for any whole month costs about the same.
+pub const GB_MONTH_SECONDS: u64 = 730 * 3600;
 
 impl UsageCounters {
     /// What one record adds; `None` for a refused invocation (it never ran).
@@ -54,6 +62,7 @@ impl UsageCounters {
             events: u64::from(r.trigger.contains(':')),
             file_egress_bytes: 0,
             push_sent: 0,
+            stored_byte_seconds: 0,
         })
     }
 
@@ -66,6 +75,12 @@ impl UsageCounters {
         self.events += o.events;
         self.file_egress_bytes += o.file_egress_bytes;
         self.push_sent += o.push_sent;
+        self.stored_byte_seconds = self.stored_byte_seconds.saturating_add(o.stored_byte_seconds);
+    }
+
+    /// GiB-months stored (GiB x [`GB_MONTH_SECONDS`]).
+    pub fn gb_months_stored(&self) -> f64 {
+        self.stored_byte_seconds as f64 / (1u64 << 30) as f64 / GB_MONTH_SECONDS as f64
     }
 
     /// Bytes that left the node: function outbound HTTP plus file downloads (what
@@ -290,6 +305,9 @@ pub struct Cost {
     pub requests: f64,
     pub compute: f64,
     pub egress: f64,
+    /// Storage held over the period (GiB-months accrued, after the free tier).
+    #[serde(default)]
+    pub storage: f64,
     pub total: f64,
 }
 
@@ -298,6 +316,7 @@ impl Cost {
         self.requests += o.requests;
         self.compute += o.compute;
         self.egress += o.egress;
+        self.storage += o.storage;
         self.total += o.total;
     }
 }
@@ -310,6 +329,8 @@ pub struct FreeLeft {
     mb_ms: u64,
     /// Egress bytes (outbound HTTP + file downloads).
     egress_bytes: u64,
+    /// Stored byte-seconds (the free GiB held for a month).
+    stored_byte_seconds: u64,
 }
 
 impl FreeLeft {
@@ -318,6 +339,8 @@ impl FreeLeft {
             requests: tier.requests,
             mb_ms: (tier.gb_seconds * 1024.0 * 1000.0) as u64,
             egress_bytes: (tier.egress_gb * (1u64 << 30) as f64) as u64,
+            stored_byte_seconds: (tier.stored_gb * (1u64 << 30) as f64 * GB_MONTH_SECONDS as f64)
+                as u64,
         }
     }
 
@@ -331,10 +354,14 @@ impl FreeLeft {
         let requests = take(&mut self.requests, c.requests);
         let mb_ms = take(&mut self.mb_ms, c.mb_ms);
         let bytes = take(&mut self.egress_bytes, c.egress_bytes());
+        let stored = take(&mut self.stored_byte_seconds, c.stored_byte_seconds);
         let requests = requests as f64 / 1e6 * sheet.per_million_requests;
         let compute = mb_ms as f64 / 1024.0 / 1000.0 * sheet.per_gb_second;
         let egress = bytes as f64 / (1u64 << 30) as f64 * sheet.per_gb_egress;
-        Cost { requests, compute, egress, total: requests + compute + egress }
+        let storage = UsageCounters { stored_byte_seconds: stored, ..Default::default() }
+            .gb_months_stored()
+            * sheet.per_gb_month_stored;
+        Cost { requests, compute, egress, storage, total: requests + compute + egress + storage }
     }
 }
 
@@ -401,6 +428,30 @@ mod tests {
         };
         let cost = left.charge(&sheet, &c);
         assert!((cost.egress - 0.5).abs() < 1e-12, "half a GiB over the free GiB: {cost:?}");
+    }
+
+    /// Storage is priced by GiB-months held: 2 GiB for half of a billing month is one GiB-month,
+    /// and the free GiB-month goes first.
+    #[test]
+    fn storage_is_priced_by_gib_months_held() {
+        let sheet = PriceSheet {
+            per_gb_month_stored: 0.25,
+            free_tier: FreeTier { stored_gb: 0.5, ..Default::default() },
+            ..Default::default()
+        };
+        let mut left = FreeLeft::new(&sheet.free_tier);
+        let c = UsageCounters {
+            stored_byte_seconds: 2 * (1u64 << 30) * (GB_MONTH_SECONDS / 2),
+            ..Default::default()
+        };
+        assert!((c.gb_months_stored() - 1.0).abs() < 1e-12);
+        let cost = left.charge(&sheet, &c);
+        assert!(
+            (cost.storage - 0.125).abs() < 1e-9,
+            "half a GiB-month over the free half: {cost:?}"
+        );
+        assert!((cost.total - cost.storage).abs() < 1e-12);
+        assert!((left.charge(&sheet, &c).storage - 0.25).abs() < 1e-9, "the free tier is used up");
     }
 
     #[test]

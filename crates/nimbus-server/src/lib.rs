@@ -399,6 +399,11 @@ impl Server {
         if let Err(e) = usage.egress().flush().await {
             tracing::error!(error = %e, "writing the last file egress usage failed; it is lost");
         }
+        // Storage held up to the stop (the next start accrues from here anyway; this keeps the
+        // hour it falls in right).
+        if let Err(e) = usage.accrue_storage().await {
+            tracing::warn!(error = %e, "accruing stored bytes at the stop");
+        }
         Ok(())
     }
 }

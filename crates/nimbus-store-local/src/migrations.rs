@@ -706,6 +706,64 @@ const MIGRATIONS: &[&str] = &[
         UPDATE project_storage SET file_bytes = file_bytes - OLD.size WHERE project = OLD.project;
     END;
     "#,
+    // 14 (issue 10): storage billed by how long it is held. Once a minute the bytes each
+    // project stores are accrued as byte-seconds into its hourly usage (empty function name),
+    // from `accrued_at` (the instant accrued up to) to now, in one transaction: two nodes
+    // accruing never count the same interval twice. A project's row starts its clock when its
+    // first data creates it: migration 13's triggers that create rows are replaced by the same
+    // triggers setting `accrued_at` (rows from before this migration start at their first
+    // accrual). The time is SQLite's clock in unix ms (julianday: any SQLite version).
+    r#"
+    ALTER TABLE usage_hourly ADD COLUMN stored_byte_seconds INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE project_storage ADD COLUMN accrued_at INTEGER;
+
+    DROP TRIGGER documents_stored_insert;
+    CREATE TRIGGER documents_stored_insert AFTER INSERT ON documents BEGIN
+        INSERT INTO project_storage (project, accrued_at)
+            SELECT project, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+            FROM doc_collections c WHERE id = NEW.coll
+            AND NOT EXISTS (SELECT 1 FROM project_storage s WHERE s.project = c.project);
+        UPDATE project_storage SET documents = documents + 1,
+            document_bytes = document_bytes + length(NEW.data)
+            WHERE project = (SELECT project FROM doc_collections WHERE id = NEW.coll);
+    END;
+    DROP TRIGGER kv_entries_stored_insert;
+    CREATE TRIGGER kv_entries_stored_insert AFTER INSERT ON kv_entries BEGIN
+        INSERT INTO project_storage (project, accrued_at)
+            SELECT NEW.project, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage
+            SET kv_bytes = kv_bytes + length(CAST(NEW.key AS BLOB)) + length(NEW.value)
+            WHERE project = NEW.project;
+    END;
+    DROP TRIGGER kv_entries_stored_update;
+    CREATE TRIGGER kv_entries_stored_update AFTER UPDATE OF project, key, value ON kv_entries BEGIN
+        UPDATE project_storage
+            SET kv_bytes = kv_bytes - length(CAST(OLD.key AS BLOB)) - length(OLD.value)
+            WHERE project = OLD.project;
+        INSERT INTO project_storage (project, accrued_at)
+            SELECT NEW.project, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage
+            SET kv_bytes = kv_bytes + length(CAST(NEW.key AS BLOB)) + length(NEW.value)
+            WHERE project = NEW.project;
+    END;
+    DROP TRIGGER objects_stored_insert;
+    CREATE TRIGGER objects_stored_insert AFTER INSERT ON objects BEGIN
+        INSERT INTO project_storage (project, accrued_at)
+            SELECT NEW.project, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage SET file_bytes = file_bytes + NEW.size WHERE project = NEW.project;
+    END;
+    DROP TRIGGER objects_stored_update;
+    CREATE TRIGGER objects_stored_update AFTER UPDATE OF project, size ON objects BEGIN
+        UPDATE project_storage SET file_bytes = file_bytes - OLD.size WHERE project = OLD.project;
+        INSERT INTO project_storage (project, accrued_at)
+            SELECT NEW.project, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+            WHERE NOT EXISTS (SELECT 1 FROM project_storage WHERE project = NEW.project);
+        UPDATE project_storage SET file_bytes = file_bytes + NEW.size WHERE project = NEW.project;
+    END;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -824,6 +882,7 @@ mod tests {
         "39bb479b7a8c57c05382e910b860bfa257f90f8e1d76adec4c34d0444ee1b3d9",
         "14ba569bbe8c83adbafacdc8bd2f7ae358e1083636dc51c54f1ab77b4ec96244",
         "3a392430bb5ea090749369f76f6ff178062cbecdcbe8e2d0f9aacda09e77daf2",
+        "a89aed80ef08bbd84b084cb3e24928632eb294cb9b289300d3529b5c19bf6454",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -1016,5 +1075,41 @@ mod tests {
         // From here on the triggers keep it.
         store.set("a", "b", "ké", b"", Expiry::Never, 2).unwrap();
         assert_eq!(store.data_gauges("a").unwrap().kv_bytes, 3);
+    }
+
+    /// A database at migration 13 with usage and stored data: its hours keep their counters
+    /// (stored byte-seconds 0), and storage accrues from the first accrual after the upgrade.
+    #[test]
+    fn migration_14_keeps_usage_and_starts_accruing_storage() {
+        use nimbus_store::usage::UsageStore;
+        const H: i64 = 3_600_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..13] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 13).unwrap();
+            tx.execute_batch(
+                r#"
+                INSERT INTO usage_hourly (project, hour, function, requests, exec_ms, mb_ms, fuel,
+                    outbound_bytes, events, file_egress_bytes, push_sent)
+                    VALUES ('a', 0, 'f', 3, 9, 576, 100, 10, 1, 7, 2);
+                INSERT INTO kv_entries (project, bucket, key, value, expires_at, updated_at)
+                    VALUES ('a', 'b', 'k', zeroblob(99), NULL, 1);
+                "#,
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let before = store.usage_total("a", 0, H).unwrap();
+        assert_eq!((before.requests, before.file_egress_bytes, before.push_sent), (3, 7, 2));
+        assert_eq!(before.stored_byte_seconds, 0);
+        store.accrue_storage(10 * H).unwrap();
+        store.accrue_storage(10 * H + 60_000).unwrap();
+        assert_eq!(store.usage_total("a", 10 * H, 11 * H).unwrap().stored_byte_seconds, 100 * 60);
     }
 }

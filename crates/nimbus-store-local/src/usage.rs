@@ -16,7 +16,8 @@ use crate::error::Context;
 use crate::sqlite::SqliteStore;
 
 const SELECT: &str = "SELECT project, function, hour, requests, exec_ms, mb_ms, fuel, \
-                      outbound_bytes, events, file_egress_bytes, push_sent FROM usage_hourly";
+                      outbound_bytes, events, file_egress_bytes, push_sent, stored_byte_seconds \
+                      FROM usage_hourly";
 
 /// Add `c` to the (project, hour, function) row, in the caller's transaction.
 pub(crate) fn add_hourly(
@@ -28,8 +29,8 @@ pub(crate) fn add_hourly(
 ) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO usage_hourly (project, hour, function, requests, exec_ms, mb_ms, fuel, \
-         outbound_bytes, events, file_egress_bytes, push_sent) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         outbound_bytes, events, file_egress_bytes, push_sent, stored_byte_seconds) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
          ON CONFLICT (project, hour, function) DO UPDATE SET \
          requests = requests + excluded.requests, \
          exec_ms = exec_ms + excluded.exec_ms, \
@@ -38,7 +39,8 @@ pub(crate) fn add_hourly(
          outbound_bytes = outbound_bytes + excluded.outbound_bytes, \
          events = events + excluded.events, \
          file_egress_bytes = file_egress_bytes + excluded.file_egress_bytes, \
-         push_sent = push_sent + excluded.push_sent",
+         push_sent = push_sent + excluded.push_sent, \
+         stored_byte_seconds = stored_byte_seconds + excluded.stored_byte_seconds",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -52,7 +54,8 @@ pub(crate) fn add_hourly(
             c.outbound_bytes,
             c.events,
             c.file_egress_bytes,
-            c.push_sent
+            c.push_sent,
+            c.stored_byte_seconds
         ])
     })
     .context("counting usage")?;
@@ -69,6 +72,7 @@ fn counters(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UsageCounters>
         events: r.get(at + 5)?,
         file_egress_bytes: r.get(at + 6)?,
         push_sent: r.get(at + 7)?,
+        stored_byte_seconds: r.get(at + 8)?,
     })
 }
 
@@ -89,7 +93,8 @@ fn total_on(
     conn.prepare_cached(
         "SELECT coalesce(sum(requests), 0), coalesce(sum(exec_ms), 0), coalesce(sum(mb_ms), 0), \
          coalesce(sum(fuel), 0), coalesce(sum(outbound_bytes), 0), coalesce(sum(events), 0), \
-         coalesce(sum(file_egress_bytes), 0), coalesce(sum(push_sent), 0) \
+         coalesce(sum(file_egress_bytes), 0), coalesce(sum(push_sent), 0), \
+         coalesce(sum(stored_byte_seconds), 0) \
          FROM usage_hourly WHERE project = ?1 AND hour >= ?2 AND hour < ?3",
     )
     .and_then(|mut s| s.query_row(params![project, from, to], |r| counters(r, 0)))
@@ -189,6 +194,48 @@ impl UsageStore for SqliteStore {
 
     fn quotas(&self, project: &str) -> Result<Option<Quotas>> {
         self.read(|conn| quotas_on(conn, project))
+    }
+
+    fn accrue_storage(&self, now: UnixMillis) -> Result<()> {
+        const H: i64 = 3_600_000;
+        self.write("accruing stored bytes", |tx| {
+            let rows: Vec<(String, u64, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT project, document_bytes + kv_bytes + file_bytes, accrued_at \
+                     FROM project_storage",
+                )
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
+                })
+                .context("reading what projects store")?;
+            for (project, bytes, accrued_at) in rows {
+                // From the last accrual (the first one starts the clock) to now, split at hour
+                // boundaries so that each hour gets what was held in it (a node down for a day
+                // accrues that day at its next start, at the size it finds).
+                if let Some(mut at) = accrued_at.filter(|at| *at < now)
+                    && bytes > 0
+                {
+                    while at < now {
+                        let end = (hour_of(at) + H).min(now);
+                        let byte_seconds = u128::from(bytes) * (end - at) as u128 / 1000;
+                        let c = UsageCounters {
+                            stored_byte_seconds: u64::try_from(byte_seconds).unwrap_or(u64::MAX),
+                            ..Default::default()
+                        };
+                        add_hourly(tx, &project, hour_of(at), "", &c)?;
+                        at = end;
+                    }
+                }
+                if accrued_at.is_none_or(|at| at < now) {
+                    tx.prepare_cached(
+                        "UPDATE project_storage SET accrued_at = ?2 WHERE project = ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![project, now]))
+                    .context("noting the accrual")?;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn check_storage_threshold(&self, project: &str) -> Result<Option<bool>> {

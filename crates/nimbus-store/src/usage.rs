@@ -27,6 +27,12 @@ pub trait UsageStore: Send + Sync + 'static {
     /// outside invocation records, in batches: file egress, under the empty function name.
     fn add_usage(&self, rows: &[UsageRow]) -> Result<()>;
 
+    /// Accrue what every project stores, as byte-seconds of hourly usage (empty function name),
+    /// from the instant the last accrual reached (kept by the store, so concurrent callers and
+    /// restarts never count an interval twice or lose one) to `now`, split at hour boundaries
+    /// and counted at the size stored now. A project's first accrual only starts its clock.
+    fn accrue_storage(&self, now: UnixMillis) -> Result<()>;
+
     /// Projects with any usage in `[from, to)` (for the operator's view of all projects).
     fn usage_projects(&self, from: UnixMillis, to: UnixMillis) -> Result<Vec<String>>;
 
@@ -148,6 +154,40 @@ pub mod conformance {
         assert_eq!(events().len(), 2);
         store.set_quotas("sq", None).unwrap();
         assert_eq!(store.check_storage_threshold("sq").unwrap(), None);
+    }
+
+    /// Storage accrues as byte-seconds per hour, from the last accrual, once.
+    pub fn storage_accrues_by_the_hour<S: UsageStore + crate::kv::KvStore>(store: &S) {
+        use crate::kv::Expiry;
+        // The clock starts when the project's first data is written (now); accrue up to an
+        // hour boundary ahead, then from there on.
+        let written = nimbus_model::now_millis();
+        store.set("acc", "b", "k", &[0; 99], Expiry::Never, 1).unwrap(); // 100 bytes
+        let t = hour_of(written) + 2 * H;
+        store.accrue_storage(t).unwrap();
+        let before = store.usage_total("acc", 0, t).unwrap().stored_byte_seconds;
+        let since_write = (t - written) as u64 / 1000;
+        assert!(
+            (100 * (since_write - 5)..=100 * (since_write + 5)).contains(&before),
+            "{before} byte-seconds for {since_write} s"
+        );
+        // Half an hour in this hour, then across the next hour boundary.
+        store.accrue_storage(t + H / 2).unwrap();
+        store.accrue_storage(t + H / 2).unwrap(); // nothing more at the same instant
+        store.accrue_storage(t + H + H / 4).unwrap();
+        let hours = store.usage_hours(Some("acc"), t, t + 100 * H).unwrap();
+        let got: Vec<(i64, &str, u64)> = hours
+            .iter()
+            .map(|r| ((r.hour - t) / (H / 4), r.function.as_str(), r.counters.stored_byte_seconds))
+            .collect();
+        // 100 bytes x 3600 s in the first hour, x 900 s in the second.
+        assert_eq!(got, [(0, "", 360_000), (4, "", 90_000)]);
+        // An earlier instant (another node's clock behind) accrues nothing and moves nothing back.
+        store.accrue_storage(t).unwrap();
+        store.accrue_storage(t + H + H / 2).unwrap();
+        let total = store.usage_total("acc", t, t + 100 * H).unwrap();
+        assert_eq!(total.stored_byte_seconds, 360_000 + 90_000 + 90_000);
+        assert_eq!(total.requests, 0);
     }
 
     pub fn run_all<S: InvocationStore + UsageStore + EventLog>(store: &S) {
@@ -321,6 +361,7 @@ pub mod conformance {
                 events: 0,
                 file_egress_bytes: 0,
                 push_sent: 0,
+                stored_byte_seconds: 0,
             }
         );
         assert_eq!(rows[1].counters.events, 1);

@@ -101,14 +101,15 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
     for p in report["projects"].as_array().into_iter().flatten() {
         let d = &p["data"];
         let mut line = format!(
-            "\n{}: {} requests, {:.3} GB-s, {} outbound + {} file egress, {} push sent; \
-             stored: {} documents ({}), KV {}, files {}",
+            "\n{}: {} requests, {:.3} GB-s, {} outbound + {} file egress, {} push sent, \
+             {:.6} GB-months stored; now: {} documents ({}), KV {}, files {}",
             p["project"].as_str().unwrap_or("?"),
             p["requests"].as_u64().unwrap_or(0),
             p["gb_seconds"].as_f64().unwrap_or(0.0),
             format_bytes(p["outbound_bytes"].as_u64().unwrap_or(0)),
             format_bytes(p["file_egress_bytes"].as_u64().unwrap_or(0)),
             p["push_sent"].as_u64().unwrap_or(0),
+            gb_months(p["stored_byte_seconds"].as_u64().unwrap_or(0)),
             d["documents"].as_u64().unwrap_or(0),
             format_bytes(d["document_bytes"].as_u64().unwrap_or(0)),
             format_bytes(d["kv_bytes"].as_u64().unwrap_or(0)),
@@ -116,9 +117,10 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
         );
         if priced {
             line.push_str(&format!(
-                "\n  cost: {} {currency} (after the free tier); storage {} {currency}/month at \
-                 today's size",
+                "\n  cost: {} {currency} (after the free tier; storage held {}); storage {} \
+                 {currency}/month at today's size",
                 money(p["cost"]["total"].as_f64().unwrap_or(0.0)),
+                money(p["cost"]["storage"].as_f64().unwrap_or(0.0)),
                 money(p["storage_cost_per_month"].as_f64().unwrap_or(0.0)),
             ));
         }
@@ -129,9 +131,25 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
 }
 
 /// `OUTBOUND` is functions' outbound HTTP, `FILE EGRESS` object downloads (both priced as
-/// egress), `PUSH` push messages delivered.
-const COLUMNS: [&str; 9] =
-    ["REQUESTS", "EXEC MS", "GB-S", "FUEL", "OUTBOUND", "FILE EGRESS", "EVENTS", "PUSH", "COST"];
+/// egress), `PUSH` push messages delivered, `STORED GB-MONTHS` storage held over the period
+/// (GiB x 730 hours).
+const COLUMNS: [&str; 10] = [
+    "REQUESTS",
+    "EXEC MS",
+    "GB-S",
+    "FUEL",
+    "OUTBOUND",
+    "FILE EGRESS",
+    "EVENTS",
+    "PUSH",
+    "STORED GB-MONTHS",
+    "COST",
+];
+
+/// GiB-months from byte-seconds (as `nimbus_model::usage::GB_MONTH_SECONDS` counts them).
+fn gb_months(byte_seconds: u64) -> f64 {
+    byte_seconds as f64 / (1u64 << 30) as f64 / (730.0 * 3600.0)
+}
 
 fn key_cells(l: &Value, by: By) -> Vec<String> {
     let project = l["project"].as_str().unwrap_or("").to_string();
@@ -158,6 +176,7 @@ fn cells(l: &Value, by: By, priced: bool, human: bool) -> Vec<String> {
     c.push(bytes("file_egress_bytes"));
     c.push(n("events").to_string());
     c.push(n("push_sent").to_string());
+    c.push(format!("{:.6}", gb_months(n("stored_byte_seconds"))));
     if priced {
         c.push(money(l["cost"]["total"].as_f64().unwrap_or(0.0)));
     }
@@ -257,14 +276,15 @@ mod tests {
             }),
             json!({
                 "project": "default", "function": "", "file_egress_bytes": 4096, "push_sent": 2,
-                "cost": {"total": 0.25}
+                "stored_byte_seconds": 2_821_793_513_472_000_u64, "cost": {"total": 0.25}
             }),
         ];
         assert_eq!(
             csv(&lines, By::Function, true),
-            "project,function,requests,exec_ms,gb_s,fuel,outbound,file_egress,events,push,cost\n\
-             default,hello,3,7,0.000,99,1500,0,1,0,0.5000\n\
-             default,(data services),0,0,0.000,0,0,4096,0,2,0.2500\n"
+            "project,function,requests,exec_ms,gb_s,fuel,outbound,file_egress,events,push,\
+             stored_gb_months,cost\n\
+             default,hello,3,7,0.000,99,1500,0,1,0,0.000000,0.5000\n\
+             default,(data services),0,0,0.000,0,0,4096,0,2,1.000000,0.2500\n"
         );
     }
 

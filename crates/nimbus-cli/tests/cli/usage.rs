@@ -187,7 +187,9 @@ fn usage_as_a_table_json_and_csv() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("day,project,requests,exec_ms,gb_s,fuel,outbound,file_egress,events,push")
+        Some(
+            "day,project,requests,exec_ms,gb_s,fuel,outbound,file_egress,events,push,stored_gb_months"
+        )
     );
     let row: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!((row[1], row[2]), ("default", "3"), "{csv}");

@@ -691,3 +691,40 @@ async fn file_downloads_are_metered_as_file_egress() {
     assert!(counted > 0 && counted < big as u64 / 2, "counted {counted} of {big}");
     s.stop().await;
 }
+
+/// Storage is billed by how long it is held: the bytes a project stores accrue as byte-seconds
+/// of usage (each minute, and at a graceful stop), priced per GiB-month.
+#[tokio::test]
+async fn storage_is_billed_by_how_long_it_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = test_config(dir.path());
+        config.prices = Some(
+            PriceSheet::from_toml("currency = \"EUR\"\nper_gb_month_stored = 1000000.0").unwrap(),
+        );
+        config
+    };
+    let s = TestServer::start_with(config()).await;
+    let value = vec![7u8; 100_000];
+    let r = s.api(Method::PUT, "/v1/kv/default/big").body(value).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let held_from = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    s.stop().await;
+    let held = held_from.elapsed().as_secs_f64();
+    let s = TestServer::start_with(config()).await;
+    let r = usage(&s, &format!("project=default&from={}", since())).await;
+    let p = &r["projects"][0];
+    let byte_seconds = p["stored_byte_seconds"].as_u64().unwrap();
+    // 100,003 bytes (key + value), held from the server's first accrual (at its start, before
+    // the write) to the stop: at least the 2.5 s slept, at most the time since the write plus
+    // the start.
+    let stored = 100_003.0;
+    assert!(byte_seconds as f64 >= stored * 2.0, "{byte_seconds} byte-seconds: {r}");
+    assert!(byte_seconds as f64 <= stored * (held + 5.0), "{byte_seconds} byte-seconds: {r}");
+    let expected = byte_seconds as f64 / (1u64 << 30) as f64 / (730.0 * 3600.0) * 1e6;
+    let cost = p["cost"]["storage"].as_f64().unwrap();
+    assert!((cost - expected).abs() < 1e-9 * expected.max(1.0), "{cost} vs {expected}: {r}");
+    assert!(cost > 0.0 && (p["cost"]["total"].as_f64().unwrap() - cost).abs() < 1e-9, "{r}");
+    s.stop().await;
+}

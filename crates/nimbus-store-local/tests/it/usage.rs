@@ -38,3 +38,10 @@ fn storage_threshold_event_per_crossing() {
         &SqliteStore::open_in_memory().unwrap(),
     );
 }
+
+#[test]
+fn storage_accrues_by_the_hour() {
+    nimbus_store::usage::conformance::storage_accrues_by_the_hour(
+        &SqliteStore::open_in_memory().unwrap(),
+    );
+}
