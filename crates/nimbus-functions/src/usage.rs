@@ -59,8 +59,8 @@ pub struct ProjectUsage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<Cost>,
     pub data: DataGauges,
-    /// What a month of holding `data` costs at today's size (storage is a gauge, not metered
-    /// over time); absent without a price sheet.
+    /// What a month of holding `data` would cost at today's size (a projection; what was held
+    /// is billed through `stored_byte_seconds` in `cost.storage`); absent without a price sheet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_cost_per_month: Option<f64>,
 }
