@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Server CPU per request: Nimbus, the bare wasmtime-wasi-http host, and the bare host with fuel
-# and epochs as Nimbus sets them (`--fuel-and-epochs`), serving the hello example. Short wrk
+# Server CPU per request: Nimbus, the bare wasmtime-wasi-http host, the bare host with fuel and
+# epochs as Nimbus sets them (`--fuel-and-epochs`), and that with its guests on a runtime of
+# their own as Nimbus runs them (`--guest-runtime`), serving the hello example. Short wrk
 # rounds alternate between the three servers (all running, idle when not measured); each round
 # reads the server's user+system CPU time from /proc/PID/stat before and after, and divides by
 # the requests wrk completed. CPU per request does not depend on how fast the machine is at the
 # moment as much as req/s does, and it splits the overhead: (bare+fuel - bare) is the cost of
-# metering and timeouts in Wasmtime, (Nimbus - bare+fuel) the rest of the platform.
+# metering and timeouts in Wasmtime, (guest runtime - bare+fuel) the cost of running guests on
+# their own threads, (Nimbus - guest runtime) the rest of the platform.
 #
 #   bench/cpu-per-request.sh         # after bench/run.sh (or SKIP_BUILD=0 to build first)
 #
@@ -30,15 +32,17 @@ done
 
 work=$(mktemp -d -t nimbus-cpu.XXXXXX)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-NPORT=$(free_port); BPORT=$(free_port); FPORT=$(free_port)
+NPORT=$(free_port); BPORT=$(free_port); FPORT=$(free_port); GPORT=$(free_port)
 "$NIMBUS" serve --no-profile --data "$work/data" --listen "127.0.0.1:$NPORT" > "$work/nimbus.log" 2>&1 &
 npid=$!
 "$BARE" --listen "127.0.0.1:$BPORT" --component "$HELLO_WASM" > "$work/bare.log" 2>&1 &
 bpid=$!
 "$BARE" --listen "127.0.0.1:$FPORT" --component "$HELLO_WASM" --fuel-and-epochs > "$work/fuel.log" 2>&1 &
 fpid=$!
-trap 'kill $npid $bpid $fpid 2>/dev/null || true; wait $npid $bpid $fpid 2>/dev/null || true; rm -rf "$work"' EXIT
-for url in "http://127.0.0.1:$NPORT/healthz" "http://127.0.0.1:$BPORT/" "http://127.0.0.1:$FPORT/"; do
+"$BARE" --listen "127.0.0.1:$GPORT" --component "$HELLO_WASM" --fuel-and-epochs --guest-runtime > "$work/guest.log" 2>&1 &
+gpid=$!
+trap 'kill $npid $bpid $fpid $gpid 2>/dev/null || true; wait $npid $bpid $fpid $gpid 2>/dev/null || true; rm -rf "$work"' EXIT
+for url in "http://127.0.0.1:$NPORT/healthz" "http://127.0.0.1:$BPORT/" "http://127.0.0.1:$FPORT/" "http://127.0.0.1:$GPORT/"; do
     for _ in $(seq 1 100); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
 done
 NIMBUS_URL="http://127.0.0.1:$NPORT" NIMBUS_DATA="$work/data" \
@@ -63,7 +67,7 @@ if non2xx:
 print(name, f"{rps:.0f}", f"{(t1 - t0) / tck / reqs * 1e6:.1f}")
 PY
 }
-for url in "http://127.0.0.1:$NPORT/hello" "http://127.0.0.1:$BPORT/" "http://127.0.0.1:$FPORT/"; do
+for url in "http://127.0.0.1:$NPORT/hello" "http://127.0.0.1:$BPORT/" "http://127.0.0.1:$FPORT/" "http://127.0.0.1:$GPORT/"; do
     wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d1s "$url" > /dev/null # warm-up
 done
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $ROUNDS rounds of $ROUND per server, wrk -t$WRK_THREADS -c$WRK_CONNECTIONS"
@@ -72,17 +76,21 @@ for i in $(seq 1 "$ROUNDS"); do
     n=$(measure nimbus "$npid" "http://127.0.0.1:$NPORT/hello")
     b=$(measure bare "$bpid" "http://127.0.0.1:$BPORT/")
     f=$(measure bare+fuel+epochs "$fpid" "http://127.0.0.1:$FPORT/")
-    printf '%s\n%s\n%s\n' "$n" "$b" "$f" >> "$work/rows"
-    echo "round $i: $(echo "$n" | awk '{print $1" "$2" req/s "$3" us/req"}'); $(echo "$b" | awk '{print $1" "$2" req/s "$3" us/req"}'); $(echo "$f" | awk '{print $1" "$2" req/s "$3" us/req"}')"
+    g=$(measure +guest-runtime "$gpid" "http://127.0.0.1:$GPORT/")
+    printf '%s\n%s\n%s\n%s\n' "$n" "$b" "$f" "$g" >> "$work/rows"
+    fmt() { echo "$1" | awk '{print $1" "$2" req/s "$3" us/req"}'; }
+    echo "round $i: $(fmt "$n"); $(fmt "$b"); $(fmt "$f"); $(fmt "$g")"
 done
 python3 - "$work/rows" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 med = lambda name, i: statistics.median(float(r[i]) for r in rows if r[0] == name)
-n, b, f = (med(x, 2) for x in ("nimbus", "bare", "bare+fuel+epochs"))
-print(f"median server CPU per request: nimbus {n:.1f} us, bare {b:.1f} us, bare+fuel+epochs {f:.1f} us")
-print(f"  fuel and epochs: {f - b:+.1f} us; the rest of the platform: {n - f:+.1f} us; "
-      f"CPU ratio bare/nimbus {b / n:.3f}, (bare+fuel+epochs)/nimbus {f / n:.3f}")
+n, b, f, g = (med(x, 2) for x in ("nimbus", "bare", "bare+fuel+epochs", "+guest-runtime"))
+print(f"median server CPU per request: nimbus {n:.1f} us, bare {b:.1f} us, "
+      f"bare+fuel+epochs {f:.1f} us, +guest-runtime {g:.1f} us")
+print(f"  fuel and epochs: {f - b:+.1f} us; guests on their own runtime: {g - f:+.1f} us; "
+      f"the rest of the platform: {n - g:+.1f} us")
+print(f"  CPU ratio bare/nimbus {b / n:.3f}, (bare+fuel+epochs)/nimbus {f / n:.3f}")
 print(f"median req/s: nimbus {med('nimbus', 1):.0f}, bare {med('bare', 1):.0f}, "
-      f"bare+fuel+epochs {med('bare+fuel+epochs', 1):.0f}")
+      f"bare+fuel+epochs {med('bare+fuel+epochs', 1):.0f}, +guest-runtime {med('+guest-runtime', 1):.0f}")
 PY

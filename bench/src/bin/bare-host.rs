@@ -49,6 +49,11 @@ struct Args {
     /// overhead into "cost of these two checks" and "everything else".
     #[arg(long)]
     fuel_and_epochs: bool,
+    /// Diagnostic, off by default: run guests on a runtime of their own, as Nimbus's guest pool
+    /// does (so that guests cannot starve the node's HTTP and API work), instead of on the
+    /// runtime that serves the connections: the cost of that hand-off.
+    #[arg(long)]
+    guest_runtime: bool,
 }
 
 /// Nimbus' fuel budget per invocation (`crates/nimbus-runtime/src/invoke.rs`).
@@ -107,6 +112,8 @@ struct Server {
     engine: Engine,
     pre: ProxyPre<Host>,
     fuel_and_epochs: bool,
+    /// Where guests run (`--guest-runtime`); `None`: on the connections' runtime.
+    guests: Option<tokio::runtime::Handle>,
 }
 
 impl Server {
@@ -118,7 +125,7 @@ impl Server {
         let this = self.clone();
         // The guest may keep streaming the body after it has handed over the response head, so it
         // runs in its own task (as in `wasmtime serve`).
-        let task = tokio::task::spawn(async move {
+        let guest = async move {
             let host = Host {
                 wasi: WasiCtx::builder().build(),
                 http: WasiHttpCtx::new(),
@@ -135,7 +142,11 @@ impl Server {
             let proxy = this.pre.instantiate_async(&mut store).await?;
             proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
             anyhow::Ok(())
-        });
+        };
+        let task = match &self.guests {
+            Some(guests) => guests.spawn(guest),
+            None => tokio::task::spawn(guest),
+        };
         match receiver.await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(code)) => Err(anyhow!("guest returned an error: {code:?}")),
@@ -168,7 +179,19 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let server = Arc::new(Server { engine, pre, fuel_and_epochs: args.fuel_and_epochs });
+    // Like Nimbus's `GuestPool`: a multi-thread runtime with a worker per core, kept alive for
+    // the process.
+    let guests = args.guest_runtime.then(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("bare-guest")
+            .enable_all()
+            .build()
+            .expect("building the guest runtime");
+        let handle = rt.handle().clone();
+        std::mem::forget(rt);
+        handle
+    });
+    let server = Arc::new(Server { engine, pre, fuel_and_epochs: args.fuel_and_epochs, guests });
 
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -77,9 +77,10 @@ async fn a_redeploy_of_shared_code_is_served_from_the_compile_cache() {
     let (cached, compiled) = compile_report(&first);
     assert!(compiled > 10 && cached < compiled, "{first}");
     let total = cached + compiled;
-    // One entry per compiled function (fewer if two threads compiled equal code at once).
+    // One entry per compiled function (fewer if two threads compiled equal code at once), and
+    // one more per Wasm function, keyed before translation.
     let entries = cache_files(dir.path()).len() as u64;
-    assert!(entries > 0 && entries <= compiled, "{entries} entries");
+    assert!(entries > compiled / 2 && entries <= 2 * compiled, "{entries} entries");
 
     // Another module with the same code: every function comes from the cache.
     let (status, second) =
@@ -173,11 +174,12 @@ async fn damaged_entries_are_compiled_again_on_deploy() {
         s.deploy_bytes(spec("hello", &["/hello"]), with_custom_section(hello(), b"x")).await;
     assert_eq!(status, 201, "{second}");
     // Damaged entries are compiled again (a function whose twin was re-inserted first may hit
-    // the fresh copy). Nearly all, not all: a few functions get a new key on every compile, so
-    // their old entries are never looked up (CI once saw 252 compiled for slightly more files).
+    // the fresh copy): nearly all that the first deploy compiled, and no function is taken
+    // whole from a damaged entry.
     let (cached_now, compiled_now) = compile_report(&second);
     assert_eq!(cached_now + compiled_now, total, "{second}");
-    assert!(compiled_now * 10 >= files.len() as u64 * 9, "{} files: {second}", files.len());
+    assert!(compiled_now * 10 >= compiled * 9, "{} files: {second}", files.len());
+    assert_eq!(second["compile"]["untranslated_functions"], 0, "{second}");
     let r = s.get("/hello").await;
     assert_eq!(r.text().await.unwrap(), "Hello from Nimbus!\n");
     s.stop().await;
