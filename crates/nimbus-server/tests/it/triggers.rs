@@ -757,51 +757,14 @@ async fn async_invocations_are_listed_beside_triggers() {
 /// the store: a server stopped while it is pending calls it after its restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_callback_is_retried_and_survives_a_restart() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let with_callbacks = || {
-        let mut c = config(dir.path());
-        c.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
-        c.triggers.callback_allow_http = true;
-        c
-    };
-    let s = TestServer::start_with(with_callbacks()).await;
+    let s = TestServer::start_with(callback_config(dir.path())).await;
     subscriber(&s, "later", json!([]), json!({})).await;
-
-    // The receiver answers 503 until `open`, counting calls.
-    let (open, calls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(4);
-    let app = axum::Router::new().route(
-        "/cb",
-        axum::routing::post({
-            let (open, calls) = (open.clone(), calls.clone());
-            move |axum::Json(v): axum::Json<Value>| {
-                let (tx, open, calls) = (tx.clone(), open.clone(), calls.clone());
-                async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    if !open.load(Ordering::SeqCst) {
-                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    let _ = tx.send(v).await;
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cb = format!("http://{}/cb", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let r = s
-        .api(Method::POST, "/v1/functions/later/invoke")
-        .header("prefer", "respond-async")
-        .header("x-nimbus-callback-url", &cb)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    // The receiver answers 503 until it is opened, counting calls.
+    let mut receiver = CallbackReceiver::start(REFUSE).await;
+    let (calls, mut rx) = (receiver.calls.clone(), receiver.take_bodies());
+    let location = invoke_with_callback(&s, &receiver.url).await;
     // Refused twice at least (retries 20-200 ms apart), and shown as pending meanwhile.
     let deadline = Instant::now() + Duration::from_secs(10);
     let pending = loop {
@@ -818,8 +781,8 @@ async fn a_refused_callback_is_retried_and_survives_a_restart() {
     s.stop().await;
 
     // The old build sent callbacks from memory: a stop lost them. Now the next start sends it.
-    open.store(true, Ordering::SeqCst);
-    let s = TestServer::start_with(with_callbacks()).await;
+    receiver.set(ANSWER);
+    let s = TestServer::start_with(callback_config(dir.path())).await;
     // An attempt in flight at the stop was given back by it (see the next test): sent at once.
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
     assert_eq!(got["status"], "succeeded");
@@ -841,51 +804,14 @@ async fn a_refused_callback_is_retried_and_survives_a_restart() {
 /// that out before calling again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_gives_back_a_callback_in_flight() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let with_callbacks = || {
-        let mut c = config(dir.path());
-        c.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
-        c.triggers.callback_allow_http = true;
-        c
-    };
-    let s = TestServer::start_with(with_callbacks()).await;
+    let s = TestServer::start_with(callback_config(dir.path())).await;
     subscriber(&s, "later", json!([]), json!({})).await;
-
-    // Calls hang (past the stop's grace) until `hang` is cleared, after the stop.
-    let (hang, calls) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU32::new(0)));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(4);
-    let app = axum::Router::new().route(
-        "/cb",
-        axum::routing::post({
-            let (hang, calls) = (hang.clone(), calls.clone());
-            move |axum::Json(v): axum::Json<Value>| {
-                let (tx, hang, calls) = (tx.clone(), hang.clone(), calls.clone());
-                async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    if hang.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_secs(120)).await;
-                    }
-                    let _ = tx.send(v).await;
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cb = format!("http://{}/cb", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let r = s
-        .api(Method::POST, "/v1/functions/later/invoke")
-        .header("prefer", "respond-async")
-        .header("x-nimbus-callback-url", &cb)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    // Calls hang (past the stop's grace) until the receiver answers, after the stop.
+    let mut receiver = CallbackReceiver::start(HANG).await;
+    let (calls, mut rx) = (receiver.calls.clone(), receiver.take_bodies());
+    let location = invoke_with_callback(&s, &receiver.url).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while calls.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the callback was never called");
@@ -893,9 +819,9 @@ async fn a_stop_gives_back_a_callback_in_flight() {
     }
     s.stop().await;
     assert!(rx.try_recv().is_err(), "no call ended before the stop");
-    hang.store(false, Ordering::SeqCst);
+    receiver.set(ANSWER);
 
-    let s = TestServer::start_with(with_callbacks()).await;
+    let s = TestServer::start_with(callback_config(dir.path())).await;
     // Well under the 30 s lease the cut call had.
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -947,4 +873,79 @@ async fn a_callback_is_given_up_after_its_last_attempt() {
     assert_eq!(v["callback"]["attempts"], 2);
     assert!(v["callback"]["error"].as_str().unwrap().contains("network policy"), "{v}");
     s.stop().await;
+}
+
+/// A server that may call callbacks on loopback over plain HTTP.
+fn callback_config(dir: &std::path::Path) -> nimbus_server::ServerConfig {
+    let mut c = config(dir);
+    c.outbound_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    c.triggers.callback_allow_http = true;
+    c
+}
+
+/// What a [`CallbackReceiver`] does with a call.
+const REFUSE: u8 = 0;
+const HANG: u8 = 1;
+const ANSWER: u8 = 2;
+
+/// A callback URL on loopback: counts calls; refuses them (503), holds them (2 minutes), or
+/// answers 204 and hands the body over, as set.
+struct CallbackReceiver {
+    url: String,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    bodies: Option<tokio::sync::mpsc::Receiver<Value>>,
+}
+
+impl CallbackReceiver {
+    async fn start(mode: u8) -> CallbackReceiver {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+        let (mode, calls) = (Arc::new(AtomicU8::new(mode)), Arc::new(AtomicU32::new(0)));
+        let (tx, bodies) = tokio::sync::mpsc::channel::<Value>(4);
+        let app = axum::Router::new().route(
+            "/cb",
+            axum::routing::post({
+                let (mode, calls) = (mode.clone(), calls.clone());
+                move |axum::Json(v): axum::Json<Value>| {
+                    let (tx, mode, calls) = (tx.clone(), mode.clone(), calls.clone());
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        match mode.load(Ordering::SeqCst) {
+                            REFUSE => return axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            HANG => tokio::time::sleep(Duration::from_secs(120)).await,
+                            _ => {}
+                        }
+                        let _ = tx.send(v).await;
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/cb", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        CallbackReceiver { url, mode, calls, bodies: Some(bodies) }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn take_bodies(&mut self) -> tokio::sync::mpsc::Receiver<Value> {
+        self.bodies.take().expect("taken once")
+    }
+}
+
+/// An asynchronous invocation of `later` with a callback to `url`; its status location.
+async fn invoke_with_callback(s: &TestServer, url: &str) -> String {
+    let r = s
+        .api(Method::POST, "/v1/functions/later/invoke")
+        .header("prefer", "respond-async")
+        .header("x-nimbus-callback-url", url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.headers()["location"].to_str().unwrap().to_owned()
 }
