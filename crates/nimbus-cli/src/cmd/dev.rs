@@ -130,6 +130,26 @@ impl ChildServer {
         // stops the server itself (and reports doing so).
         #[cfg(unix)]
         cmd.process_group(0);
+        // And it ends with `nimbus dev` even when that is killed without a chance to stop it
+        // (SIGKILL, a crash): Linux sends it SIGTERM, a graceful stop. The parent-death signal
+        // follows the thread that forked, which is a runtime worker living as long as the CLI.
+        #[cfg(target_os = "linux")]
+        {
+            let parent = std::process::id();
+            // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, _exit).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The parent may have died before the prctl: then no signal would come.
+                    if libc::getppid() as u32 != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().context("cannot start `nimbus serve`")?;
         let stdout = child.stdout.take().expect("piped");
         let mut lines = tokio::io::BufReader::new(stdout).lines();

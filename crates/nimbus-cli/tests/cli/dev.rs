@@ -156,3 +156,50 @@ fn slow_dev_builds_deploys_redeploys_on_edit_and_keeps_the_last_good_version() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `nimbus dev` killed without a chance to stop its server (SIGKILL) still takes the server
+/// down: Linux sends the server SIGTERM when its parent dies. Before, the server kept running
+/// (and holding its port) after its `nimbus dev` was gone.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_dev_takes_its_server_down() {
+    use std::os::unix::process::CommandExt;
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = work.path().join("orphan");
+    let out =
+        nimbus().args(["new", "orphan", "--lang", "rust", "--dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = StdCommand::new(NIMBUS);
+    scrub_env(&mut cmd);
+    let mut child = cmd
+        .arg("--url")
+        .arg(&url)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["dev", "--debounce", "200ms"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so that the kill below also stops the build it starts (but not the
+        // server, which `nimbus dev` puts in a group of its own).
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let output = Output::default();
+    output.collect(child.stdout.take().unwrap());
+    output.collect(child.stderr.take().unwrap());
+    output.wait_for("Local server started at", Duration::from_secs(120));
+    assert!(answer(&url, "/healthz").is_some(), "the server answers");
+    let group = format!("-{}", child.id());
+    let _ = StdCommand::new("kill").args(["-KILL", "--", &group]).status();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(url.strip_prefix("http://").unwrap()).is_ok() {
+        assert!(Instant::now() < deadline, "the server outlived its killed `nimbus dev`");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
