@@ -306,6 +306,10 @@ impl Runtime {
             let ended = if status == OutcomeStatus::Ok { ENDED_OK } else { ENDED_BADLY };
             guard.end.store(ended, Ordering::Release);
             let outbound = task_egress.load(Ordering::Relaxed);
+            // The instance goes back to the pool before `on_finish` frees the caller's slots:
+            // otherwise a request admitted by a freed slot could find the pool still full
+            // (503 `node_full` with the node at exactly its capacity).
+            drop(guard);
             on_finish(finish(
                 status,
                 error,
