@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use wasmparser::{BinaryReader, FunctionBody, WasmFeatures};
 use wasmtime_environ::{
     CacheStore, DefinedFuncIndex, EngineOrModuleTypeIndex, ModuleTranslation, ModuleTypesBuilder,
-    Tunables,
+    PassiveElemIndex, RuntimeDataIndex, Tunables,
 };
 
 /// Prefix of every key of this cache in the shared [`CacheStore`] (Cranelift's own keys are
@@ -77,12 +77,16 @@ pub struct Memo {
 
 pub struct ModuleContext {
     hint: (usize, usize, usize, usize),
-    /// The byte ranges of the module hashed, and a copy of their bytes.
+    /// The inputs of the hash, compared (not hashed or formatted again) on every use: the byte
+    /// ranges of the module hashed and a copy of their bytes, the interned types, the known
+    /// imports (as text: `KnownFunc` has no equality, and they are few) and which segments are
+    /// passive.
     ranges: Vec<Range<usize>>,
     bytes: Vec<u8>,
     types: Vec<EngineOrModuleTypeIndex>,
     known: String,
-    segments: String,
+    data_segments: Vec<Option<RuntimeDataIndex>>,
+    elem_segments: Vec<Option<PassiveElemIndex>>,
     hash: [u8; 32],
 }
 
@@ -99,7 +103,8 @@ impl ModuleContext {
         }
         let module_types: Vec<_> = translation.module.types.values().copied().collect();
         let known = known_imports(translation);
-        let segments = segment_kinds(translation);
+        let data_segments: Vec<_> = translation.runtime_data_map.values().copied().collect();
+        let elem_segments: Vec<_> = translation.passive_elem_map.values().copied().collect();
 
         let mut h = Sha256::new();
         h.update(settings);
@@ -111,14 +116,15 @@ impl ModuleContext {
         h.update(format!("{module_types:?}").as_bytes());
         h.update((known.len() as u64).to_le_bytes());
         h.update(known.as_bytes());
-        h.update(segments.as_bytes());
+        h.update(format!("{data_segments:?}{elem_segments:?}").as_bytes());
         Some(ModuleContext {
             hint: hint(translation, types),
             ranges,
             bytes,
             types: module_types,
             known,
-            segments,
+            data_segments,
+            elem_segments,
             hash: h.finalize().into(),
         })
     }
@@ -136,8 +142,9 @@ impl ModuleContext {
         }
         at == self.bytes.len()
             && translation.module.types.values().copied().eq(self.types.iter().copied())
+            && translation.runtime_data_map.values().eq(self.data_segments.iter())
+            && translation.passive_elem_map.values().eq(self.elem_segments.iter())
             && known_imports(translation) == self.known
-            && segment_kinds(translation) == self.segments
     }
 }
 
@@ -163,13 +170,6 @@ fn known_imports(translation: &ModuleTranslation<'_>) -> String {
         }
     }
     out
-}
-
-/// Which data and element segments are passive, and their runtime indices.
-fn segment_kinds(translation: &ModuleTranslation<'_>) -> String {
-    let data: Vec<_> = translation.runtime_data_map.values().collect();
-    let elems: Vec<_> = translation.passive_elem_map.values().collect();
-    format!("{data:?}{elems:?}")
 }
 
 /// The byte ranges of the module's sections that its functions' code may depend on: all but
