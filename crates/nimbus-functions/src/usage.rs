@@ -44,6 +44,8 @@ pub struct UsageLine {
     #[serde(flatten)]
     pub counters: UsageCounters,
     pub gb_seconds: f64,
+    /// GiB-months stored (`stored_byte_seconds` over a 730-hour month).
+    pub stored_gb_months: f64,
     /// After the free tier; absent without a price sheet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<Cost>,
@@ -56,6 +58,8 @@ pub struct ProjectUsage {
     #[serde(flatten)]
     pub counters: UsageCounters,
     pub gb_seconds: f64,
+    /// GiB-months stored over the range.
+    pub stored_gb_months: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<Cost>,
     pub data: DataGauges,
@@ -84,11 +88,10 @@ pub struct UsageService {
 }
 
 impl UsageService {
-    /// Also starts the egress meter's writer and the storage accrual (needs a tokio runtime).
+    /// Also starts the egress meter's writer (needs a tokio runtime).
     pub fn new(store: Arc<dyn UsageStore>, prices: Option<PriceSheet>) -> Self {
         let egress = EgressMeter::new(store.clone());
         egress.spawn_writer();
-        spawn_storage_accrual(Arc::downgrade(&egress), store.clone());
         UsageService { store, prices: prices.map(Arc::new), egress }
     }
 
@@ -96,6 +99,22 @@ impl UsageService {
     pub async fn accrue_storage(&self) -> Result<()> {
         let store = self.store.clone();
         blocking(move || Ok(store.accrue_storage(nimbus_model::now_millis())?)).await
+    }
+
+    /// The accrual task: [`UsageService::accrue_storage`] every [`STORAGE_ACCRUAL`], until the
+    /// handle is aborted.
+    pub fn spawn_storage_accrual(&self) -> tokio::task::JoinHandle<()> {
+        let usage = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STORAGE_ACCRUAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = usage.accrue_storage().await {
+                    tracing::warn!(error = %e, "accruing stored bytes; next minute");
+                }
+            }
+        })
     }
 
     /// Where file downloads count the bytes they sent.
@@ -177,6 +196,7 @@ impl UsageService {
                 period: key.2,
                 counters: UsageCounters::default(),
                 gb_seconds: 0.0,
+                stored_gb_months: 0.0,
                 cost: sheet.map(|_| Cost::default()),
             });
             line.counters.add(&row.counters);
@@ -184,6 +204,7 @@ impl UsageService {
                 project: row.project.clone(),
                 counters: UsageCounters::default(),
                 gb_seconds: 0.0,
+                stored_gb_months: 0.0,
                 cost: sheet.map(|_| Cost::default()),
                 data: DataGauges::default(),
                 storage_cost_per_month: None,
@@ -199,6 +220,7 @@ impl UsageService {
                 project,
                 counters: UsageCounters::default(),
                 gb_seconds: 0.0,
+                stored_gb_months: 0.0,
                 cost: sheet.map(|_| Cost::default()),
                 data: DataGauges::default(),
                 storage_cost_per_month: None,
@@ -209,6 +231,7 @@ impl UsageService {
         let mut lines: Vec<UsageLine> = lines.into_values().collect();
         for l in &mut lines {
             l.gb_seconds = l.counters.gb_seconds();
+            l.stored_gb_months = l.counters.gb_months_stored();
         }
         // By time: in time order; by function: by project, then function (the map's order).
         if by != GroupBy::Function {
@@ -218,6 +241,7 @@ impl UsageService {
         let mut projects: Vec<ProjectUsage> = projects.into_values().collect();
         for p in &mut projects {
             p.gb_seconds = p.counters.gb_seconds();
+            p.stored_gb_months = p.counters.gb_months_stored();
         }
         UsageReport { from, to, by, currency: sheet.map(|s| s.currency.clone()), lines, projects }
     }
@@ -374,31 +398,6 @@ impl EgressMeter {
 /// that instant times the time since the last one, so this bounds how long a size change is
 /// priced at the old size.
 const STORAGE_ACCRUAL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The accrual task: [`UsageStore::accrue_storage`] every [`STORAGE_ACCRUAL`]. It ends with the
-/// service (it holds the egress meter weakly as the service's liveness).
-fn spawn_storage_accrual(
-    alive: std::sync::Weak<EgressMeter>,
-    store: Arc<dyn UsageStore>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(STORAGE_ACCRUAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if alive.strong_count() == 0 {
-                return;
-            }
-            let store = store.clone();
-            let now = nimbus_model::now_millis();
-            match tokio::task::spawn_blocking(move || store.accrue_storage(now)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "accruing stored bytes; next minute"),
-                Err(e) => tracing::warn!(error = %e, "the storage accrual task failed"),
-            }
-        }
-    })
-}
 
 /// `[from, to)` on whole hours, checked.
 fn hours(from: UnixMillis, to: UnixMillis) -> Result<(UnixMillis, UnixMillis)> {

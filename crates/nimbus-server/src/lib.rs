@@ -372,6 +372,7 @@ impl Server {
         let conn_metrics = self.state.connections.clone();
         let _kv_purger = AbortOnDrop(self.state.kv.spawn_purger());
         let _push_sender = AbortOnDrop(self.state.push.spawn_sender());
+        let _storage_accrual = AbortOnDrop(self.state.usage.spawn_storage_accrual());
         let _event_pruner = AbortOnDrop(nimbus_events::spawn_pruner(
             self.event_log.clone(),
             self.event_retention,

@@ -109,7 +109,7 @@ pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
             format_bytes(p["outbound_bytes"].as_u64().unwrap_or(0)),
             format_bytes(p["file_egress_bytes"].as_u64().unwrap_or(0)),
             p["push_sent"].as_u64().unwrap_or(0),
-            gb_months(p["stored_byte_seconds"].as_u64().unwrap_or(0)),
+            p["stored_gb_months"].as_f64().unwrap_or(0.0),
             d["documents"].as_u64().unwrap_or(0),
             format_bytes(d["document_bytes"].as_u64().unwrap_or(0)),
             format_bytes(d["kv_bytes"].as_u64().unwrap_or(0)),
@@ -146,11 +146,6 @@ const COLUMNS: [&str; 10] = [
     "COST",
 ];
 
-/// GiB-months from byte-seconds (as `nimbus_model::usage::GB_MONTH_SECONDS` counts them).
-fn gb_months(byte_seconds: u64) -> f64 {
-    byte_seconds as f64 / (1u64 << 30) as f64 / (730.0 * 3600.0)
-}
-
 fn key_cells(l: &Value, by: By) -> Vec<String> {
     let project = l["project"].as_str().unwrap_or("").to_string();
     match by {
@@ -176,7 +171,7 @@ fn cells(l: &Value, by: By, priced: bool, human: bool) -> Vec<String> {
     c.push(bytes("file_egress_bytes"));
     c.push(n("events").to_string());
     c.push(n("push_sent").to_string());
-    c.push(format!("{:.6}", gb_months(n("stored_byte_seconds"))));
+    c.push(format!("{:.6}", l["stored_gb_months"].as_f64().unwrap_or(0.0)));
     if priced {
         c.push(money(l["cost"]["total"].as_f64().unwrap_or(0.0)));
     }
@@ -276,7 +271,8 @@ mod tests {
             }),
             json!({
                 "project": "default", "function": "", "file_egress_bytes": 4096, "push_sent": 2,
-                "stored_byte_seconds": 2_821_793_513_472_000_u64, "cost": {"total": 0.25}
+                "stored_byte_seconds": 2_821_793_513_472_000_u64, "stored_gb_months": 1.0,
+                "cost": {"total": 0.25}
             }),
         ];
         assert_eq!(

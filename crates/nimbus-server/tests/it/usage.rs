@@ -722,7 +722,9 @@ async fn storage_is_billed_by_how_long_it_is_held() {
     let stored = 100_003.0;
     assert!(byte_seconds as f64 >= stored * 2.0, "{byte_seconds} byte-seconds: {r}");
     assert!(byte_seconds as f64 <= stored * (held + 5.0), "{byte_seconds} byte-seconds: {r}");
-    let expected = byte_seconds as f64 / (1u64 << 30) as f64 / (730.0 * 3600.0) * 1e6;
+    let gb_months = byte_seconds as f64 / (1u64 << 30) as f64 / (730.0 * 3600.0);
+    assert!((p["stored_gb_months"].as_f64().unwrap() - gb_months).abs() < 1e-15, "{r}");
+    let expected = gb_months * 1e6;
     let cost = p["cost"]["storage"].as_f64().unwrap();
     assert!((cost - expected).abs() < 1e-9 * expected.max(1.0), "{cost} vs {expected}: {r}");
     assert!(cost > 0.0 && (p["cost"]["total"].as_f64().unwrap() - cost).abs() < 1e-9, "{r}");
