@@ -34,7 +34,7 @@ pub(crate) async fn run(service: TriggerService) {
     let mut in_flight: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
     loop {
         while let Some(done) = running.try_join_next_with_id() {
-            in_flight.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+            ended(&mut in_flight, done);
         }
         if inner.stopping.load(Ordering::Acquire) {
             stop(&service, running, in_flight).await;
@@ -70,7 +70,7 @@ pub(crate) async fn run(service: TriggerService) {
             tokio::select! {
                 _ = inner.callback_wake.notified() => {}
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                    in_flight.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+                    ended(&mut in_flight, done);
                 }
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -83,6 +83,14 @@ pub(crate) async fn run(service: TriggerService) {
     }
 }
 
+/// Forget the callback of a call that ended (however it ended).
+fn ended(
+    in_flight: &mut HashMap<tokio::task::Id, (String, String)>,
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) {
+    in_flight.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+}
+
 /// Let the calls in flight end within [`STOP_GRACE`], then cancel the others and give their
 /// callbacks back: due at once, their attempt not counted. Without this they would keep their
 /// lease and wait [`LEASE`] after the next start.
@@ -93,7 +101,7 @@ async fn stop(
 ) {
     let _ = tokio::time::timeout(STOP_GRACE, async {
         while let Some(done) = running.join_next_with_id().await {
-            in_flight.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+            ended(&mut in_flight, done);
         }
     })
     .await;

@@ -58,34 +58,44 @@ fn answer(url: &str, path: &str) -> Option<Value> {
     (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }
 
-#[test]
-fn slow_dev_builds_deploys_redeploys_on_edit_and_keeps_the_last_good_version() {
-    let work = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let dir = work.path().join("hot");
-    let out = nimbus().args(["new", "hot", "--lang", "rust", "--dir"]).arg(&dir).output().unwrap();
+/// A new Rust function `name` in `work`, and `nimbus dev` started in its folder against a free
+/// loopback port where no server answers (so it must start one there, with its data in
+/// `data`): the child, its output as it comes, the server's URL and the function's folder.
+fn start_dev(
+    work: &std::path::Path,
+    data: &std::path::Path,
+    name: &str,
+    adjust: impl FnOnce(&mut StdCommand),
+) -> (std::process::Child, Output, String, std::path::PathBuf) {
+    let dir = work.join(name);
+    let out = nimbus().args(["new", name, "--lang", "rust", "--dir"]).arg(&dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    // A free port where no server answers: `nimbus dev` must start one there.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     let mut cmd = StdCommand::new(NIMBUS);
     scrub_env(&mut cmd);
-    let mut child = cmd
-        .arg("--url")
+    cmd.arg("--url")
         .arg(&url)
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .args(["dev", "--debounce", "200ms"])
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    adjust(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let output = Output::default();
     output.collect(child.stdout.take().unwrap());
     output.collect(child.stderr.take().unwrap());
+    (child, output, url, dir)
+}
+
+#[test]
+fn slow_dev_builds_deploys_redeploys_on_edit_and_keeps_the_last_good_version() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (child, output, url, dir) = start_dev(work.path(), data.path(), "hot", |_| {});
     // Whatever happens, do not leave `nimbus dev` (and its server) running: SIGINT first, so
     // that it stops the server it started (a SIGKILL would leave that server behind).
     struct Kill(std::process::Child);
@@ -151,7 +161,7 @@ fn slow_dev_builds_deploys_redeploys_on_edit_and_keeps_the_last_good_version() {
     assert!(exit.success(), "{exit}; output:\n{}", output.text());
     assert!(output.text().contains("Stopping the local server"), "{}", output.text());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+    while TcpStream::connect(url.strip_prefix("http://").unwrap()).is_ok() {
         assert!(Instant::now() < deadline, "the server nimbus dev started still answers");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -166,32 +176,11 @@ fn a_killed_dev_takes_its_server_down() {
     use std::os::unix::process::CommandExt;
     let work = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let dir = work.path().join("orphan");
-    let out =
-        nimbus().args(["new", "orphan", "--lang", "rust", "--dir"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut cmd = StdCommand::new(NIMBUS);
-    scrub_env(&mut cmd);
-    let mut child = cmd
-        .arg("--url")
-        .arg(&url)
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["dev", "--debounce", "200ms"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so that the kill below also stops the build it starts (but not the
-        // server, which `nimbus dev` puts in a group of its own).
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let output = Output::default();
-    output.collect(child.stdout.take().unwrap());
-    output.collect(child.stderr.take().unwrap());
+    // Its own group, so that the kill below also stops the build it starts (but not the
+    // server, which `nimbus dev` puts in a group of its own).
+    let (mut child, output, url, _) = start_dev(work.path(), data.path(), "orphan", |cmd| {
+        cmd.process_group(0);
+    });
     output.wait_for("Local server started at", Duration::from_secs(120));
     assert!(answer(&url, "/healthz").is_some(), "the server answers");
     let group = format!("-{}", child.id());
