@@ -15,7 +15,6 @@ mod residency;
 mod router;
 pub mod usage;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,38 +122,64 @@ fn key(project: &str, name: &str) -> Key {
     (project.to_string(), name.to_string())
 }
 
+/// What requests and triggers see: every active version, routed. Swapped whole (lookups never
+/// lock) but made of persistent maps, so that a change clones it in O(1) and touches only the
+/// function it changes: deploys do not slow down as functions accumulate on the node.
+#[derive(Clone, Default)]
 struct Snapshot {
-    functions: HashMap<Key, Arc<ActiveVersion>>,
+    functions: imbl::HashMap<Key, Arc<ActiveVersion>>,
     /// One route table per project: routes never cross projects.
-    routes: HashMap<String, RouteTable<ActiveVersion>>,
-    /// Functions with event triggers, per project: what the trigger dispatcher matches each
-    /// event against.
-    triggered: HashMap<String, Vec<Arc<ActiveVersion>>>,
+    routes: imbl::HashMap<String, RouteTable<ActiveVersion>>,
+    /// Functions with event triggers, per project and by name: what the trigger dispatcher
+    /// matches each event against.
+    triggered: imbl::HashMap<String, imbl::OrdMap<String, Arc<ActiveVersion>>>,
 }
 
 impl Snapshot {
-    fn new(functions: HashMap<Key, Arc<ActiveVersion>>) -> Self {
-        let mut by_project: HashMap<&str, Vec<&Arc<ActiveVersion>>> = HashMap::new();
-        for f in functions.values() {
-            by_project.entry(f.info.project.as_str()).or_default().push(f);
+    /// This snapshot with `key`'s active version replaced by `new` (`None`: removed).
+    fn with(&self, key: Key, new: Option<Arc<ActiveVersion>>) -> Snapshot {
+        let mut next = self.clone();
+        let (project, name) = &key;
+        if let Some(old) = next.functions.remove(&key) {
+            let table = next.routes.entry(project.clone()).or_default();
+            for pattern in old.info.spec.routes.iter().filter_map(|spec| spec.parse().ok()) {
+                table.remove(&pattern, |target| target.info.function == *name);
+            }
+            if table.is_empty() {
+                next.routes.remove(project);
+            }
+            if let Some(triggered) = next.triggered.get_mut(project) {
+                triggered.remove(name);
+                if triggered.is_empty() {
+                    next.triggered.remove(project);
+                }
+            }
         }
-        let routes = by_project
-            .into_iter()
-            .map(|(project, fs)| {
-                let table = RouteTable::build(fs.into_iter().flat_map(|f| {
-                    f.info.spec.routes.iter().filter_map(move |spec| {
-                        let pattern = spec.parse().ok()?;
-                        Some((pattern, Entry { spec: spec.clone(), target: f.clone() }))
-                    })
-                }));
-                (project.to_string(), table)
-            })
-            .collect();
-        let mut triggered: HashMap<String, Vec<Arc<ActiveVersion>>> = HashMap::new();
-        for f in functions.values().filter(|f| !f.info.spec.triggers.is_empty()) {
-            triggered.entry(f.info.project.clone()).or_default().push(f.clone());
+        if let Some(new) = new {
+            let table = next.routes.entry(project.clone()).or_default();
+            for spec in &new.info.spec.routes {
+                if let Ok(pattern) = spec.parse() {
+                    table.insert(pattern, Entry { spec: spec.clone(), target: new.clone() });
+                }
+            }
+            if !new.info.spec.triggers.is_empty() {
+                next.triggered
+                    .entry(project.clone())
+                    .or_default()
+                    .insert(name.clone(), new.clone());
+            }
+            next.functions.insert(key, new);
         }
-        Snapshot { functions, routes, triggered }
+        next
+    }
+
+    /// This snapshot without any function of `project`.
+    fn without_project(&self, project: &str) -> Snapshot {
+        let mut next = self.clone();
+        next.functions.retain(|(p, _), _| p != project);
+        next.routes.remove(project);
+        next.triggered.remove(project);
+        next
     }
 }
 
@@ -303,7 +328,7 @@ impl FunctionService {
             runtime,
             stores,
             config,
-            snapshot: ArcSwap::from_pointee(Snapshot::new(HashMap::new())),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
             changes: tokio::sync::Mutex::new(()),
             recorder,
             quotas: quota::QuotaGate::default(),
@@ -314,7 +339,7 @@ impl FunctionService {
         };
         let fs = service.stores.functions.clone();
         let active = blocking(move || fs.active_versions().map_err(FunctionError::from)).await?;
-        let mut loaded = HashMap::new();
+        let mut loaded = Snapshot::default();
         let (mut resident, total) = (0, active.len());
         for info in active {
             let k = key(&info.project, &info.function);
@@ -324,17 +349,15 @@ impl FunctionService {
                 info.limits.min_warm > 0 || !service.artifact_path(&info.module_sha256).exists();
             resident += usize::from(load);
             match service.prepare(info, load).await {
-                Ok(v) => {
-                    loaded.insert(k, v);
-                }
+                Ok(v) => loaded = loaded.with(k, Some(v)),
                 Err(e) => {
                     tracing::error!(project = %k.0, function = %k.1, error = %e, "could not load function")
                 }
             }
         }
-        tracing::info!(functions = loaded.len(), of = total, resident, "functions ready");
+        tracing::info!(functions = loaded.functions.len(), of = total, resident, "functions ready");
         service.seed_quotas().await?;
-        service.snapshot.store(Arc::new(Snapshot::new(loaded)));
+        service.snapshot.store(Arc::new(loaded));
         {
             let _changes = service.changes.lock().await;
             service.collect_garbage().await;
@@ -551,9 +574,8 @@ impl FunctionService {
         if !blocking(move || fs.delete_function(&p, &n).map_err(FunctionError::from)).await? {
             return Err(FunctionError::NotFound(format!("function {name}")));
         }
-        let mut functions = self.snapshot.load().functions.clone();
-        functions.remove(&key(project, name));
-        self.snapshot.store(Arc::new(Snapshot::new(functions)));
+        let next = self.snapshot.load().with(key(project, name), None);
+        self.snapshot.store(Arc::new(next));
         tracing::info!(project, function = %name, "deleted");
         self.collect_garbage().await;
         Ok(())
@@ -566,9 +588,8 @@ impl FunctionService {
         let (fs, p) = (self.stores.functions.clone(), project.to_string());
         let names =
             blocking(move || fs.delete_project_functions(&p).map_err(FunctionError::from)).await?;
-        let mut functions = self.snapshot.load().functions.clone();
-        functions.retain(|(p, _), _| p != project);
-        self.snapshot.store(Arc::new(Snapshot::new(functions)));
+        let next = self.snapshot.load().without_project(project);
+        self.snapshot.store(Arc::new(next));
         if !names.is_empty() {
             self.collect_garbage().await;
         }
@@ -678,37 +699,41 @@ impl FunctionService {
 
     /// The active versions of `project` that have event triggers.
     pub fn triggered(&self, project: &str) -> Vec<Arc<ActiveVersion>> {
-        self.snapshot.load().triggered.get(project).cloned().unwrap_or_default()
+        let snapshot = self.snapshot.load();
+        snapshot.triggered.get(project).map(|fs| fs.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Every active version with event triggers, in every project (the scheduler's view).
     pub fn all_triggered(&self) -> Vec<Arc<ActiveVersion>> {
-        self.snapshot.load().triggered.values().flatten().cloned().collect()
+        self.snapshot.load().triggered.values().flat_map(|fs| fs.values().cloned()).collect()
     }
 
+    /// Refuse routes that another function of the project already claims: the same pattern
+    /// with methods in common. One lookup per route in the project's table, however many
+    /// functions the node holds.
     fn check_routes(&self, project: &str, name: &str, spec: &FunctionSpec) -> Result<()> {
         let snapshot = self.snapshot.load();
+        let Some(table) = snapshot.routes.get(project) else { return Ok(()) };
         for route in &spec.routes {
-            let others = snapshot
-                .functions
-                .values()
-                .filter(|f| f.info.project == project && f.info.function != name);
-            for other in others {
-                if other.info.spec.routes.iter().any(|r| claims_overlap(route, r)) {
-                    return Err(FunctionError::RouteConflict {
-                        route: route.path.clone(),
-                        owner: other.info.function.clone(),
-                    });
-                }
+            let Ok(pattern) = route.parse() else { continue };
+            let owner = table
+                .claims(&pattern)
+                .iter()
+                .find(|e| e.target.info.function != name && claims_overlap(route, &e.spec));
+            if let Some(owner) = owner {
+                return Err(FunctionError::RouteConflict {
+                    route: route.path.clone(),
+                    owner: owner.target.info.function.clone(),
+                });
             }
         }
         Ok(())
     }
 
     fn swap_in(&self, active: Arc<ActiveVersion>) {
-        let mut functions = self.snapshot.load().functions.clone();
-        functions.insert(key(&active.info.project, &active.info.function), active);
-        self.snapshot.store(Arc::new(Snapshot::new(functions)));
+        let key = key(&active.info.project, &active.info.function);
+        let next = self.snapshot.load().with(key, Some(active));
+        self.snapshot.store(Arc::new(next));
     }
 
     async fn reload_params(&self, project: &str, name: &str) -> Result<()> {

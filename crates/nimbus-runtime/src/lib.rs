@@ -115,7 +115,9 @@ pub struct Runtime {
 /// The tokio runtime guests run on (`nimbus-guest` threads). A guest yields at every epoch tick,
 /// which lets other guests on this pool take turns; keeping the pool apart from the caller's
 /// runtime means that even guests that fill it never hold a worker that serves I/O (`/healthz`,
-/// the API). Response bodies and heads cross the two runtimes through channels.
+/// the API) for longer than one fuel slice: a guest starts on its caller's task and moves here
+/// the first time it would wait (see `Runtime::invoke`). Response bodies and heads of guests that
+/// moved cross the two runtimes through channels.
 struct GuestPool(Option<tokio::runtime::Runtime>);
 
 impl GuestPool {
