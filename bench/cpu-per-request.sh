@@ -7,7 +7,8 @@
 # the requests wrk completed. CPU per request does not depend on how fast the machine is at the
 # moment as much as req/s does, and it splits the overhead: (bare+fuel - bare) is the cost of
 # metering and timeouts in Wasmtime, (guest runtime - bare+fuel) the cost of running guests on
-# their own threads, (Nimbus - guest runtime) the rest of the platform.
+# threads of their own (what a Nimbus guest pays when it moves to the guest pool; one that
+# answers at once, like hello, stays on its caller's task), (Nimbus - bare+fuel) the platform.
 #
 #   bench/cpu-per-request.sh         # after bench/run.sh (or SKIP_BUILD=0 to build first)
 #
@@ -88,8 +89,8 @@ med = lambda name, i: statistics.median(float(r[i]) for r in rows if r[0] == nam
 n, b, f, g = (med(x, 2) for x in ("nimbus", "bare", "bare+fuel+epochs", "+guest-runtime"))
 print(f"median server CPU per request: nimbus {n:.1f} us, bare {b:.1f} us, "
       f"bare+fuel+epochs {f:.1f} us, +guest-runtime {g:.1f} us")
-print(f"  fuel and epochs: {f - b:+.1f} us; guests on their own runtime: {g - f:+.1f} us; "
-      f"the rest of the platform: {n - g:+.1f} us")
+print(f"  fuel and epochs: {f - b:+.1f} us; the platform beyond them: {n - f:+.1f} us; "
+      f"(guests on a runtime of their own would cost {g - f:+.1f} us)")
 print(f"  CPU ratio bare/nimbus {b / n:.3f}, (bare+fuel+epochs)/nimbus {f / n:.3f}")
 print(f"median req/s: nimbus {med('nimbus', 1):.0f}, bare {med('bare', 1):.0f}, "
       f"bare+fuel+epochs {med('bare+fuel+epochs', 1):.0f}, +guest-runtime {med('+guest-runtime', 1):.0f}")

@@ -139,6 +139,14 @@ impl Snapshot {
     /// This snapshot with `key`'s active version replaced by `new` (`None`: removed).
     fn with(&self, key: Key, new: Option<Arc<ActiveVersion>>) -> Snapshot {
         let mut next = self.clone();
+        next.set(key, new);
+        next
+    }
+
+    /// Replace `key`'s active version in place (no copy of nodes this snapshot owns alone, as
+    /// when the server starts).
+    fn set(&mut self, key: Key, new: Option<Arc<ActiveVersion>>) {
+        let next = self;
         let (project, name) = &key;
         if let Some(old) = next.functions.remove(&key) {
             let table = next.routes.entry(project.clone()).or_default();
@@ -170,7 +178,6 @@ impl Snapshot {
             }
             next.functions.insert(key, new);
         }
-        next
     }
 
     /// This snapshot without any function of `project`.
@@ -349,7 +356,7 @@ impl FunctionService {
                 info.limits.min_warm > 0 || !service.artifact_path(&info.module_sha256).exists();
             resident += usize::from(load);
             match service.prepare(info, load).await {
-                Ok(v) => loaded = loaded.with(k, Some(v)),
+                Ok(v) => loaded.set(k, Some(v)),
                 Err(e) => {
                     tracing::error!(project = %k.0, function = %k.1, error = %e, "could not load function")
                 }

@@ -123,6 +123,19 @@ async fn routes_conflict_across_functions_only() {
     let r = s.client.post(s.url("/only-get")).send().await.unwrap();
     assert_eq!(r.headers()["allow"], "GET");
     assert_eq!(error_code(r).await, (405, "method_not_allowed".to_string()));
+    // A redeploy that drops a route frees it: the path stops answering, and another function
+    // may claim it.
+    let mut moved = spec("first", &["/api/..."]);
+    moved["env"] = json!({"V": "3"});
+    s.deploy("hello", moved).await;
+    assert_eq!(s.get("/shared").await.status(), 404);
+    let (status, body) = s.deploy_bytes(spec("third", &["/shared"]), wasm.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s.get("/shared").await.text().await.unwrap(), "1");
+    // Deleting a function removes its routes: the prefix of "first" answers there again.
+    let r = s.api(Method::DELETE, "/v1/functions/second").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.get("/api/count").await.text().await.unwrap(), "Hello from Nimbus!\n");
     s.stop().await;
 }
 
