@@ -146,37 +146,36 @@ impl Snapshot {
     /// Replace `key`'s active version in place (no copy of nodes this snapshot owns alone, as
     /// when the server starts).
     fn set(&mut self, key: Key, new: Option<Arc<ActiveVersion>>) {
-        let next = self;
         let (project, name) = &key;
-        if let Some(old) = next.functions.remove(&key) {
-            let table = next.routes.entry(project.clone()).or_default();
+        if let Some(old) = self.functions.remove(&key) {
+            let table = self.routes.entry(project.clone()).or_default();
             for pattern in old.info.spec.routes.iter().filter_map(|spec| spec.parse().ok()) {
                 table.remove(&pattern, |target| target.info.function == *name);
             }
             if table.is_empty() {
-                next.routes.remove(project);
+                self.routes.remove(project);
             }
-            if let Some(triggered) = next.triggered.get_mut(project) {
+            if let Some(triggered) = self.triggered.get_mut(project) {
                 triggered.remove(name);
                 if triggered.is_empty() {
-                    next.triggered.remove(project);
+                    self.triggered.remove(project);
                 }
             }
         }
         if let Some(new) = new {
-            let table = next.routes.entry(project.clone()).or_default();
+            let table = self.routes.entry(project.clone()).or_default();
             for spec in &new.info.spec.routes {
                 if let Ok(pattern) = spec.parse() {
                     table.insert(pattern, Entry { spec: spec.clone(), target: new.clone() });
                 }
             }
             if !new.info.spec.triggers.is_empty() {
-                next.triggered
+                self.triggered
                     .entry(project.clone())
                     .or_default()
                     .insert(name.clone(), new.clone());
             }
-            next.functions.insert(key, new);
+            self.functions.insert(key, new);
         }
     }
 

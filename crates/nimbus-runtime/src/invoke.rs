@@ -345,7 +345,10 @@ impl Runtime {
             // the pool registers that task's waker wherever the guest waits.
             Ok(Poll::Pending) => GuestTask::Moved(self.guests.handle().spawn(guest)),
             Err(_panic) => {
-                // As a panicking task on the pool: the guard marked the end as bad.
+                // As a panicking task on the pool: the guard marked the end as bad, and the
+                // future goes now, as a panicked task's does, so that nothing it holds (the
+                // response sender) outlives it while `rx` is awaited below.
+                drop(guest);
                 tracing::error!("invocation panicked");
                 GuestTask::Ended(OutcomeStatus::Error)
             }
