@@ -1075,8 +1075,7 @@ fn kill_9_during_uploads_leaves_a_consistent_store() {
         let key = o["key"].as_str().unwrap();
         let last = events
             .iter()
-            .filter(|e| e.kind == "dev.nimbus.storage.object.created" && e.data["key"] == key)
-            .next_back()
+            .rfind(|e| e.kind == "dev.nimbus.storage.object.created" && e.data["key"] == key)
             .unwrap_or_else(|| panic!("no created event for {key}"));
         assert_eq!(last.data["etag"], o["etag"], "{key}: the newest event names another version");
     }

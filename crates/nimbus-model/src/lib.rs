@@ -6,6 +6,7 @@
 mod function;
 mod invocation;
 pub mod net;
+pub mod retry;
 mod route;
 mod trigger;
 pub mod usage;

@@ -655,10 +655,7 @@ impl PushService {
         now: UnixMillis,
     ) -> UnixMillis {
         let c = &self.inner.config;
-        let exp = c.backoff_base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
-        let backoff = exp.min(c.backoff_max);
-        // Jitter: between half and all of the backoff, so retries of a fan-out spread out.
-        let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        let jittered = nimbus_model::retry::backoff(c.backoff_base, c.backoff_max, attempts);
         let wait = retry_after.map_or(jittered, |ra| ra.max(jittered));
         now + wait.as_millis() as i64
     }

@@ -144,6 +144,16 @@ impl Runtime {
     where
         B: http_body::Body<Data = Bytes, Error = BodyError> + Send + 'static,
     {
+        // wasi:http needs an authority: HTTP/1.1 requests carry it in `Host`; give the others
+        // (HTTP/1.0 without one, events and async invocations made in-process) a placeholder
+        // rather than failing them.
+        let mut request = request;
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            let localhost = http::HeaderValue::from_static("localhost");
+            request.headers_mut().insert(http::header::HOST, localhost);
+        }
         let logs = Arc::new(Mutex::new(LogBuffer {
             remaining: self.config.log_bytes_per_invocation,
             ..Default::default()

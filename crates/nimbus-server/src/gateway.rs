@@ -40,7 +40,6 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
                 .into_response();
             }
             identity.write(&project, request.headers_mut());
-            request = prepare(request);
             let invoked = state.functions.invoke(target, request, "http").await;
             respond(invoked)
         }
@@ -226,15 +225,6 @@ fn host_project(base_domain: &str, request: &Request) -> Option<String> {
     }
     let slug = host.get(..split)?.strip_suffix('.')?.to_ascii_lowercase();
     validate_project(&slug).is_ok().then_some(slug)
-}
-
-/// wasi:http needs an authority: HTTP/1.1 requests carry it in `Host`; give HTTP/1.0 requests
-/// without one a placeholder rather than refusing them.
-pub(crate) fn prepare(mut request: Request) -> Request {
-    if request.uri().authority().is_none() && !request.headers().contains_key(header::HOST) {
-        request.headers_mut().insert(header::HOST, HeaderValue::from_static("localhost"));
-    }
-    request
 }
 
 pub(crate) fn respond(invoked: Invoked) -> Response {

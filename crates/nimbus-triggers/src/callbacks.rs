@@ -137,7 +137,8 @@ async fn call(service: TriggerService, inv: AsyncInvocation) {
                 service.inner.metrics.callback_failures.inc();
                 CallbackOutcome::Failed { error }
             } else {
-                let wait = crate::backoff(config.retry_base, config.retry_max, attempt);
+                let wait =
+                    nimbus_model::retry::backoff(config.retry_base, config.retry_max, attempt);
                 CallbackOutcome::RetryAt { at: now_millis() + wait.as_millis() as i64, error }
             }
         }

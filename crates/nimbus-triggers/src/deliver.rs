@@ -111,8 +111,12 @@ struct Outcome {
     http_status: Option<u16>,
     ok: bool,
     error: Option<String>,
-    response: Option<(Vec<(String, String)>, Vec<u8>, bool)>,
+    response: Option<StoredResponse>,
 }
+
+/// A response kept for the caller of an asynchronous invocation: headers, body, and whether the
+/// body was cut at the size kept.
+type StoredResponse = (Vec<(String, String)>, Vec<u8>, bool);
 
 impl Outcome {
     fn failed(error: impl Into<String>) -> Self {
@@ -162,7 +166,11 @@ async fn attempt(
     } else if d.attempts >= d.max_attempts || now >= d.expires_at {
         AfterAttempt::Dead
     } else {
-        let wait = crate::backoff(inner.config.retry_base, inner.config.retry_max, d.attempts);
+        let wait = nimbus_model::retry::backoff(
+            inner.config.retry_base,
+            inner.config.retry_max,
+            d.attempts,
+        );
         let at = now + wait.as_millis() as i64;
         // A retry past the event's age would be dead on arrival: dead-letter at the deadline.
         AfterAttempt::RetryAt(at.min(d.expires_at))
@@ -346,7 +354,6 @@ async fn run_async(
         Ok(r) => r,
         Err(e) => return Outcome::failed(format!("the stored request is not valid: {e}")),
     };
-    let request = crate::producers::with_host(request);
     let invoked = service.inner.functions.invoke(f, request, ASYNC_TRIGGER).await;
     outcome(invoked, service.inner.config.max_async_response_bytes, true).await
 }

@@ -283,33 +283,3 @@ impl Drop for Tasks {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| TriggerError::Store(StoreError::backend(e)))?
 }
-
-/// Exponential backoff with jitter: attempt `n` (1-based) waits between half and all of
-/// `base * 2^(n-1)`, capped at `max`.
-pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
-    let half = exp / 2;
-    half + exp.mul_f64(rand::random::<f64>() * 0.5)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let (base, max) = (Duration::from_secs(1), Duration::from_secs(60));
-        for attempt in 1..30 {
-            let d = backoff(base, max, attempt);
-            let exp = base.saturating_mul(1 << (attempt - 1).min(20)).min(max);
-            assert!(
-                d >= exp / 2 && d <= exp,
-                "attempt {attempt}: {d:?} outside [{:?}, {exp:?}]",
-                exp / 2
-            );
-        }
-        let samples: std::collections::HashSet<_> =
-            (0..20).map(|_| backoff(base, max, 5).as_micros()).collect();
-        assert!(samples.len() > 1, "no jitter");
-    }
-}

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use nimbus_model::event_types::{INVOCATION_REQUESTED, QUEUE_MESSAGE};
 use nimbus_model::{TriggerKind, UnixMillis, now_millis, validate_queue_name};
 use nimbus_store::events::NewEvent;
@@ -248,12 +247,4 @@ impl TriggerService {
         }
         Ok(())
     }
-}
-
-/// Give a request without an authority a `Host`, as the gateway does.
-pub(crate) fn with_host(mut r: http::Request<Full<Bytes>>) -> http::Request<Full<Bytes>> {
-    if r.uri().authority().is_none() && !r.headers().contains_key(http::header::HOST) {
-        r.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
-    }
-    r
 }

@@ -300,6 +300,5 @@ pub(crate) async fn invoke(
     if asynchronous {
         return crate::api::triggers::accept_async(&state, &caller, &name, request, callback).await;
     }
-    let request = gateway::prepare(request);
     Ok(gateway::respond(state.functions.invoke(target, request, "invoke").await))
 }

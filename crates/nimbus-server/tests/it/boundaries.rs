@@ -144,6 +144,27 @@ async fn host_and_path_naming_different_projects_is_404() {
     s.stop().await;
 }
 
+/// wasi:http needs an authority; an HTTP/1.0 request may come without `Host`. The runtime gives
+/// it a placeholder (for every caller: the gateway, the invoke endpoint, events, async), so the
+/// function still runs.
+#[tokio::test]
+async fn an_http_1_0_request_without_host_reaches_the_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", spec("hello", &["/hello"])).await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(b"GET /hello HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut seen))
+        .await
+        .expect("the response within 30 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("x-nimbus-invocation-id"), "{text}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_need_the_admin_token_or_the_metrics_listener() {
     let dir = tempfile::tempdir().unwrap();

@@ -165,7 +165,7 @@ async fn damaged_entries_are_compiled_again_on_deploy() {
     // is then a miss, compiled afresh, never code read back wrong.
     let files = cache_files(dir.path());
     for f in &files {
-        let mut bytes = std::fs::read(&f).unwrap();
+        let mut bytes = std::fs::read(f).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
         std::fs::write(f, bytes).unwrap();
