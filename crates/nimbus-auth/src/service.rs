@@ -1354,36 +1354,6 @@ fn humanize(d: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails() {
-        assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
-        for bad in ["", "a", "a@b", "@x.io", "a b@x.io", "a@x.io@y.io", "a@.io", "a@io."] {
-            assert!(normalize_email(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn roles() {
-        let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(
-            validate_roles(&roles(&["admin", "org:acme.editor", "a_b-c", &"r".repeat(64)])).is_ok()
-        );
-        for bad in ["a,b", "", "a b", "é", "a\nb", "a;b", &"r".repeat(65)] {
-            match validate_roles(&roles(&["ok", bad])) {
-                Err(AuthError::InvalidInput(m)) => assert!(m.contains(&format!("{bad:?}")), "{m}"),
-                other => panic!("{bad:?}: {other:?}"),
-            }
-        }
-        let many: Vec<String> = (0..=MAX_ROLES).map(|i| format!("r{i}")).collect();
-        assert!(validate_roles(&many[..MAX_ROLES]).is_ok());
-        assert!(validate_roles(&many).is_err());
-    }
-}
-
 /// Send what the mail outbox holds: claim (with a lease, so a crash mid-send retries), send,
 /// delete; a failure retries with backoff until [`MAIL_ATTEMPTS`] or the message's expiry (its
 /// link no longer works then).
@@ -1424,8 +1394,12 @@ async fn mail_worker(auth: AuthService) {
                         None
                     } else {
                         tracing::info!(project = %m.project, attempts = m.attempts, error = %e, "sending email failed; will retry");
-                        let wait = 1000i64 << m.attempts.min(8);
-                        Some(now + wait.min(300_000))
+                        let wait = nimbus_model::retry::backoff(
+                            Duration::from_secs(1),
+                            Duration::from_secs(300),
+                            m.attempts,
+                        );
+                        Some(now + wait.as_millis() as i64)
                     }
                 }
             };
@@ -1434,5 +1408,35 @@ async fn mail_worker(auth: AuthService) {
                 tracing::warn!(error = %e, "recording a sent email");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
+        for bad in ["", "a", "a@b", "@x.io", "a b@x.io", "a@x.io@y.io", "a@.io", "a@io."] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles() {
+        let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            validate_roles(&roles(&["admin", "org:acme.editor", "a_b-c", &"r".repeat(64)])).is_ok()
+        );
+        for bad in ["a,b", "", "a b", "é", "a\nb", "a;b", &"r".repeat(65)] {
+            match validate_roles(&roles(&["ok", bad])) {
+                Err(AuthError::InvalidInput(m)) => assert!(m.contains(&format!("{bad:?}")), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let many: Vec<String> = (0..=MAX_ROLES).map(|i| format!("r{i}")).collect();
+        assert!(validate_roles(&many[..MAX_ROLES]).is_ok());
+        assert!(validate_roles(&many).is_err());
     }
 }

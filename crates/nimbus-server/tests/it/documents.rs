@@ -543,7 +543,9 @@ async fn hostile_filters_and_documents_get_clear_errors() {
         }
     }
 
-    let queries: Vec<(&str, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (what, query parameters, status, error code)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let queries: Vec<Case> = vec![
         ("syntax", vec![("filter", "doc.title ==")], 400, "invalid_filter"),
         ("unknown operator", vec![("filter", "doc.title === \"a\"")], 400, "invalid_filter"),
         ("unknown variable", vec![("filter", "users.title == 1")], 400, "invalid_filter"),

@@ -74,7 +74,7 @@ fn record_in(
         function: function.into(),
         version: 1,
         trigger: "http".into(),
-        method: if id % 2 == 0 { "GET".into() } else { "POST".into() },
+        method: if id.is_multiple_of(2) { "GET".into() } else { "POST".into() },
         path: format!("/api/{function}/{id}"),
         started_at,
         duration_us: 1500 + id,
