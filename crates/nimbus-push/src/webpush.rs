@@ -1,5 +1,5 @@
-//! The Web Push provider: the payload encrypted for the subscription (RFC 8291, aes128gcm) and a
-//! VAPID header signed with the project's key (RFC 8292), both by `web-push-native`; the POST
+//! The Web Push provider: the payload encrypted for the subscription (RFC 8291, aes128gcm) by
+//! `web-push-native`, and a VAPID header signed with the project's key (RFC 8292); the POST
 //! goes through a client that applies the operator's network policy to every address it
 //! connects to.
 
@@ -12,6 +12,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use nimbus_model::net::{NetPolicy, internal_range};
 use nimbus_store::push::{Claimed, Subscription};
+use web_push_native::jwt_simple::algorithms::{
+    ECDSAP256KeyPairLike, ECDSAP256PublicKeyLike, ES256KeyPair,
+};
+use web_push_native::jwt_simple::claims::Claims;
 use web_push_native::p256::PublicKey;
 use web_push_native::{Auth, WebPushBuilder};
 
@@ -20,6 +24,38 @@ use crate::{Attempt, ProjectKeys, Provider, PushConfig, PushError, Result, Subsc
 /// How long the VAPID JWT is valid (RFC 8292: at most 24 hours). Independent of the message's
 /// TTL, which is a header of its own.
 const VAPID_VALIDITY: Duration = Duration::from_secs(12 * 3600);
+
+/// The VAPID `Authorization` header (RFC 8292): an ES256 JWT for the push service's origin, and
+/// the project's public key. Signed here rather than by web-push-native's `with_vapid`, whose
+/// audience is `scheme://host` and so drops a non-default port: the RFC asks for the origin of
+/// the push resource, which keeps it (RFC 6454), and a push service on its own port refuses the
+/// token otherwise.
+fn vapid_header(
+    endpoint: &http::Uri,
+    key: &ES256KeyPair,
+    subject: &str,
+) -> std::result::Result<http::HeaderValue, String> {
+    let audience = origin(endpoint).ok_or("the endpoint has no scheme or host")?;
+    let claims =
+        Claims::create(VAPID_VALIDITY.into()).with_audience(audience).with_subject(subject);
+    let token = key.sign(claims).map_err(|e| e.to_string())?;
+    let public = URL_SAFE_NO_PAD.encode(key.public_key().public_key().to_bytes_uncompressed());
+    http::HeaderValue::from_str(&format!("vapid t={token}, k={public}")).map_err(|e| e.to_string())
+}
+
+/// The ASCII serialization of a URL's origin: the port only when it is not the scheme's default.
+fn origin(uri: &http::Uri) -> Option<String> {
+    let (scheme, host) = (uri.scheme_str()?, uri.host()?);
+    let default = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => 0,
+    };
+    Some(match uri.port_u16() {
+        Some(port) if port != default => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
 
 pub struct WebPush {
     client: reqwest::Client,
@@ -173,16 +209,18 @@ impl Provider for WebPush {
             Ok(k) => k,
             Err(e) => return rejected(e.to_string()),
         };
-        let request = WebPushBuilder::new(uri, public, auth)
-            .with_valid_duration(VAPID_VALIDITY)
-            .with_vapid(&keys_.vapid, &self.subject)
-            .build(msg.payload.clone());
+        let vapid = match vapid_header(&uri, &keys_.vapid, &self.subject) {
+            Ok(v) => v,
+            Err(e) => return rejected(format!("signing the VAPID token: {e}")),
+        };
+        let request = WebPushBuilder::new(uri, public, auth).build(msg.payload.clone());
         let request = match request {
             Ok(r) => r,
             Err(e) => return rejected(format!("encrypting the payload: {e}")),
         };
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
+        headers.insert(http::header::AUTHORIZATION, vapid);
         // The builder's TTL is the JWT's validity; the message has its own.
         headers.insert("ttl", msg.ttl.into());
         headers.remove(http::header::CONTENT_LENGTH);
@@ -253,7 +291,10 @@ mod tests {
 
     use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 
-    use super::retry_after;
+    use super::{
+        ECDSAP256PublicKeyLike, ES256KeyPair, URL_SAFE_NO_PAD, origin, retry_after, vapid_header,
+    };
+    use base64::Engine as _;
 
     fn with(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -287,5 +328,35 @@ mod tests {
             assert_eq!(retry_after(&with(bad), now), None, "{bad}");
         }
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn the_vapid_audience_is_the_endpoints_origin_with_its_port() {
+        let o = |u: &str| origin(&u.parse().unwrap()).unwrap();
+        assert_eq!(o("https://push.example/wpush/v2/abc"), "https://push.example");
+        assert_eq!(o("https://push.example:443/x"), "https://push.example");
+        assert_eq!(o("http://127.0.0.1:8082/push/1"), "http://127.0.0.1:8082");
+        assert_eq!(o("https://push.example:8443/x"), "https://push.example:8443");
+        assert_eq!(o("http://push.example:80/x"), "http://push.example");
+
+        // The header verifies with the key it names, and carries that audience.
+        let key = ES256KeyPair::generate();
+        let endpoint: http::Uri = "http://127.0.0.1:8082/push/1".parse().unwrap();
+        let header = vapid_header(&endpoint, &key, "mailto:ops@example.com").unwrap();
+        let header = header.to_str().unwrap();
+        let (t, k) = header
+            .strip_prefix("vapid t=")
+            .and_then(|rest| rest.split_once(", k="))
+            .expect("vapid t=<jwt>, k=<key>");
+        let public = web_push_native::jwt_simple::algorithms::ES256PublicKey::from_bytes(
+            &URL_SAFE_NO_PAD.decode(k).unwrap(),
+        )
+        .unwrap();
+        let claims = public
+            .verify_token::<web_push_native::jwt_simple::claims::NoCustomClaims>(t, None)
+            .unwrap();
+        let audiences = claims.audiences.unwrap().into_set();
+        assert!(audiences.contains("http://127.0.0.1:8082"), "{audiences:?}");
+        assert_eq!(claims.subject.as_deref(), Some("mailto:ops@example.com"));
     }
 }

@@ -86,9 +86,8 @@ def verify_vapid(header):
     now = time.time()
     if not (now < claims["exp"] <= now + 24 * 3600 + 60):
         raise ValueError(f"exp {claims['exp']} is not within 24 h from now")
-    # RFC 8292: the origin of the push resource. web-push-native leaves out a non-default port
-    # (fine for real push services on 443); accept the origin with or without it.
-    if claims.get("aud") not in (f"http://127.0.0.1:{PORT}", "http://127.0.0.1"):
+    # RFC 8292: the origin of the push resource, port included (RFC 6454).
+    if claims.get("aud") != f"http://127.0.0.1:{PORT}":
         raise ValueError(f"aud {claims.get('aud')!r}")
     if not str(claims.get("sub", "")).startswith(("mailto:", "https:")):
         raise ValueError(f"sub {claims.get('sub')!r}")
