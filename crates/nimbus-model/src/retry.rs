@@ -1,4 +1,4 @@
-//! Retry delays shared by every retrying delivery (event triggers, async callbacks, push).
+//! Retry delays shared by every retrying delivery (event triggers, async callbacks, push, mail).
 
 use std::time::Duration;
 
