@@ -237,6 +237,13 @@ def publish_many(port, token, n, threads=8, queue="bench"):
         t.join()
 
 
+# How often `rate` asks whether the replayed deliveries are done. Each ask is `GET /v1/triggers`,
+# whose counts scan the pending and dead deliveries: at 100 asks a second over 5,000 pending
+# ones, the asking took a large share of the two cores the deliveries needed (seen with
+# callgrind, 2026-12-01). Ten a second costs ~0.1 s of resolution on a run of several seconds.
+POLL = float(os.environ.get("RATE_POLL", "0.1"))
+
+
 def cmd_rate(args):
     wasm = open(args.guest, "rb").read()
     with tempfile.TemporaryDirectory() as scratch:
@@ -252,7 +259,7 @@ def cmd_rate(args):
             deploy(api, wasm, spec)
             t0 = time.time()
             replayed = api.json("POST", "/v1/deliveries/replay?function=noop")["count"]
-            wait_idle(api, "noop", want_dead=0, poll=0.01)
+            wait_idle(api, "noop", want_dead=0, poll=POLL)
             elapsed = time.time() - t0
             assert replayed == args.n, replayed
             rate = args.n / elapsed
