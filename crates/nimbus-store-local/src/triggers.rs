@@ -179,45 +179,15 @@ impl DeliveryStore for SqliteStore {
     }
 
     fn finish(&self, id: u64, a: &Attempt, next: AfterAttempt) -> Result<bool> {
-        self.write("finishing a delivery attempt", |tx| {
-            let now = now_millis();
-            let (state, next_at) = match next {
-                AfterAttempt::Delivered => ("delivered", now),
-                AfterAttempt::RetryAt(at) => ("pending", at),
-                AfterAttempt::Dead => ("dead", now),
-            };
-            let n = tx
-                .prepare_cached(
-                    "UPDATE trigger_deliveries SET state = ?2, next_at = ?3, leased_until = 0, \
-                     updated_at = ?4, last_error = ?5, last_invocation = ?6 \
-                     WHERE id = ?1 AND state = 'pending'",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![id as i64, state, next_at, now, a.error, a.invocation_id])
-                })
-                .context("updating a delivery")?;
-            if n == 0 {
-                return Ok(false);
-            }
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO trigger_attempts (delivery, attempt, invocation_id, \
-                 started_at, duration_ms, http_status, ok, error) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    id as i64,
-                    a.attempt,
-                    a.invocation_id,
-                    a.started_at,
-                    a.duration_ms as i64,
-                    a.http_status,
-                    a.ok,
-                    a.error
-                ])
-            })
-            .context("recording an attempt")?;
-            Ok(true)
+        self.write("finishing a delivery attempt", |tx| finish_in(tx, id, a, next))
+    }
+
+    fn finish_many(&self, attempts: &[(u64, Attempt, AfterAttempt)]) -> Result<Vec<bool>> {
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write("finishing delivery attempts", |tx| {
+            attempts.iter().map(|(id, a, next)| finish_in(tx, *id, a, *next)).collect()
         })
     }
 
@@ -706,4 +676,51 @@ impl ProducerStore for SqliteStore {
             Ok((a + k) as u64)
         })
     }
+}
+
+/// One attempt's outcome, in the caller's transaction (see `DeliveryStore::finish`).
+fn finish_in(
+    tx: &rusqlite::Transaction<'_>,
+    id: u64,
+    a: &Attempt,
+    next: AfterAttempt,
+) -> Result<bool> {
+    let now = now_millis();
+    let (state, next_at) = match next {
+        AfterAttempt::Delivered => ("delivered", now),
+        AfterAttempt::RetryAt(at) => ("pending", at),
+        AfterAttempt::Dead => ("dead", now),
+    };
+    let n = tx
+        .prepare_cached(
+            "UPDATE trigger_deliveries SET state = ?2, next_at = ?3, leased_until = 0, \
+             updated_at = ?4, last_error = ?5, last_invocation = ?6 \
+             WHERE id = ?1 AND state = 'pending'",
+        )
+        .and_then(|mut s| {
+            s.execute(params![id as i64, state, next_at, now, a.error, a.invocation_id])
+        })
+        .context("updating a delivery")?;
+    if n == 0 {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO trigger_attempts (delivery, attempt, invocation_id, \
+         started_at, duration_ms, http_status, ok, error) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id as i64,
+            a.attempt,
+            a.invocation_id,
+            a.started_at,
+            a.duration_ms as i64,
+            a.http_status,
+            a.ok,
+            a.error
+        ])
+    })
+    .context("recording an attempt")?;
+    Ok(true)
 }

@@ -154,6 +154,11 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Record an attempt and move the delivery on. Ignored (false) if the delivery is no longer
     /// pending (replayed, purged or its project deleted meanwhile).
     fn finish(&self, id: u64, attempt: &Attempt, next: AfterAttempt) -> Result<bool>;
+    /// [`finish`](Self::finish) for each of `attempts`, in order, in one transaction where the
+    /// backend has them (attempts that end together are written together). One answer each.
+    fn finish_many(&self, attempts: &[(u64, Attempt, AfterAttempt)]) -> Result<Vec<bool>> {
+        attempts.iter().map(|(id, a, next)| self.finish(*id, a, *next)).collect()
+    }
     fn list_deliveries(&self, project: &str, q: &DeliveryQuery) -> Result<Vec<Delivery>>;
     fn get_delivery(&self, project: &str, id: u64) -> Result<Option<(Delivery, Vec<Attempt>)>>;
     /// Dead deliveries matching `q` (or the one `id`) back to pending with fresh attempts and a

@@ -10,8 +10,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use nimbus_functions::{ActiveVersion, Invoked};
 use nimbus_model::{UnixMillis, now_millis, trigger_names};
-use nimbus_store::triggers::{AfterAttempt, AsyncInvocation, AsyncResult, Attempt, Delivery};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use nimbus_store::triggers::{
+    AfterAttempt, AsyncInvocation, AsyncResult, Attempt, Delivery, DeliveryStore,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::dispatch::ASYNC_TRIGGER;
 use crate::{TriggerService, blocking};
@@ -29,6 +31,7 @@ const EVENT_RESPONSE_BYTES: usize = 64 << 10;
 pub(crate) async fn run(service: TriggerService) {
     let inner = &service.inner;
     let slots = Arc::new(Semaphore::new(inner.config.max_in_flight));
+    let finisher = Finisher::spawn(inner.stores.deliveries.clone());
     loop {
         let Ok(first) = slots.clone().acquire_owned().await else { return };
         let limit = slots.available_permits() as u32 + 1;
@@ -69,12 +72,12 @@ pub(crate) async fn run(service: TriggerService) {
                 },
             };
             let Some(gate) = gate(&service, &d) else {
-                tokio::spawn(attempt(service.clone(), d, slot, None));
+                tokio::spawn(attempt(service.clone(), finisher.clone(), d, slot, None));
                 continue;
             };
             match gate.try_acquire_owned() {
                 Ok(g) => {
-                    tokio::spawn(attempt(service.clone(), d, slot, Some(g)));
+                    tokio::spawn(attempt(service.clone(), finisher.clone(), d, slot, Some(g)));
                 }
                 Err(_) => release(&service, d.id).await,
             }
@@ -130,8 +133,54 @@ impl Outcome {
     }
 }
 
+/// A finished attempt, waiting to be written.
+type Finished = (u64, Attempt, AfterAttempt, oneshot::Sender<Result<bool, String>>);
+
+/// Writes the outcomes of attempts: those that end while a write is under way are written
+/// together, in one transaction (`DeliveryStore::finish_many`), instead of one transaction
+/// each, which was most of a delivery's store work. Bounded without a bound of its own: every
+/// attempt queued here holds one of the `max_in_flight` delivery slots until it is answered.
+#[derive(Clone)]
+struct Finisher(mpsc::UnboundedSender<Finished>);
+
+impl Finisher {
+    fn spawn(store: Arc<dyn DeliveryStore>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 256).await > 0 {
+                let (items, acks): (Vec<_>, Vec<_>) =
+                    batch.drain(..).map(|(id, a, next, ack)| ((id, a, next), ack)).unzip();
+                let store = store.clone();
+                let written = tokio::task::spawn_blocking(move || store.finish_many(&items)).await;
+                match written {
+                    Ok(Ok(done)) => {
+                        for (ack, d) in acks.into_iter().zip(done) {
+                            let _ = ack.send(Ok(d));
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        acks.into_iter().for_each(|ack| drop(ack.send(Err(e.to_string()))))
+                    }
+                    Err(e) => acks.into_iter().for_each(|ack| drop(ack.send(Err(e.to_string())))),
+                }
+            }
+        });
+        Finisher(tx)
+    }
+
+    /// Record one attempt (see `DeliveryStore::finish`).
+    async fn finish(&self, id: u64, attempt: Attempt, next: AfterAttempt) -> Result<bool, String> {
+        let (ack, answer) = oneshot::channel();
+        let stopped = || "the attempt writer has stopped".to_string();
+        self.0.send((id, attempt, next, ack)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
 async fn attempt(
     service: TriggerService,
+    finisher: Finisher,
     d: Delivery,
     _slot: OwnedSemaphorePermit,
     _gate: Option<OwnedSemaphorePermit>,
@@ -184,11 +233,8 @@ async fn attempt(
         ok: outcome.ok,
         error: outcome.error.clone(),
     };
-    let store = inner.stores.deliveries.clone();
-    let id = d.id;
-    match blocking(move || Ok(store.finish(id, &record, next)?)).await {
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, delivery = id, "recording a delivery attempt"),
+    if let Err(e) = finisher.finish(d.id, record, next).await {
+        tracing::warn!(error = %e, delivery = d.id, "recording a delivery attempt");
     }
     inner.metrics.finished(&d, next);
     if is_async && let Some(inv) = stored {

@@ -10,6 +10,7 @@ use crate::events::EventLog;
 pub fn run_all<S: DeliveryStore + ScheduleStore + ProducerStore + EventLog>(store: &S) {
     fan_out_moves_the_cursor_atomically(store);
     claims_lease_and_finish(store);
+    finish_many_is_finish_for_each(store);
     ordered_deliveries_wait_for_earlier_ones(store);
     dead_letters_replay_and_purge(store);
     schedules_fire_each_tick_once(store);
@@ -89,6 +90,41 @@ pub fn fan_out_moves_the_cursor_atomically<S: DeliveryStore + EventLog>(s: &S) {
     for d in got {
         assert!(s.finish(d.id, &attempt(1, true), AfterAttempt::Delivered).unwrap());
     }
+}
+
+pub fn finish_many_is_finish_for_each<S: DeliveryStore>(s: &S) {
+    let ds: Vec<NewDelivery> =
+        (30..33).map(|n| delivery("pm", "fm", event("pm", n, "m"), None)).collect();
+    s.fan_out("dispatch-m", 33, &ds).unwrap();
+    let claimed = s.claim(10_000, 10).unwrap();
+    assert_eq!(claimed.len(), 3, "{claimed:?}");
+    let (a, b, c) = (claimed[0].id, claimed[1].id, claimed[2].id);
+    let done = s
+        .finish_many(&[
+            (a, attempt(1, true), AfterAttempt::Delivered),
+            (b, attempt(1, false), AfterAttempt::RetryAt(60_000)),
+            (c, attempt(1, false), AfterAttempt::Dead),
+            // Twice in one batch: the second finds it no longer pending, as `finish` would.
+            (a, attempt(1, true), AfterAttempt::Delivered),
+        ])
+        .unwrap();
+    assert_eq!(done, [true, true, true, false]);
+    let state = |id| s.get_delivery("pm", id).unwrap().unwrap();
+    assert_eq!(state(a).0.state, DeliveryState::Delivered);
+    assert_eq!(state(a).1.len(), 1, "one attempt recorded");
+    let (retry, attempts) = state(b);
+    assert_eq!(
+        (retry.state, retry.next_at, retry.leased_until),
+        (DeliveryState::Pending, 60_000, 0)
+    );
+    assert_eq!(attempts[0].error.as_deref(), Some("HTTP 500"));
+    assert_eq!(state(c).0.state, DeliveryState::Dead);
+    assert!(s.finish_many(&[]).unwrap().is_empty());
+    // Clean up for the next tests, which claim everything due.
+    let again = s.claim(60_000, 10).unwrap();
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [b]);
+    assert!(s.finish(b, &attempt(2, true), AfterAttempt::Delivered).unwrap());
+    assert_eq!(s.purge("pm", Some(c), &DeliveryQuery::default()).unwrap(), 1);
 }
 
 pub fn claims_lease_and_finish<S: DeliveryStore>(s: &S) {
