@@ -14,22 +14,12 @@
 #
 # Env: ROUNDS=6 ROUND=4s WRK_THREADS=2 WRK_CONNECTIONS=50.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 ROUNDS=${ROUNDS:-6}
 ROUND=${ROUND:-4s}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
-HELLO_WASM=$ROOT/examples/target/wasm32-wasip2/release/hello.wasm
-NIMBUS=$TARGET_DIR/release/nimbus
-BARE=$TARGET_DIR/release/bare-host
-if [[ "${SKIP_BUILD:-1}" == 0 ]]; then
-    (cd "$ROOT" && cargo build --release --locked -p nimbus-cli -p nimbus-bench)
-    (cd "$ROOT/examples" && cargo build --release --locked --target wasm32-wasip2 -p hello)
-fi
-for f in "$NIMBUS" "$BARE" "$HELLO_WASM"; do
-    [[ -f "$f" ]] || { echo "missing $f (run bench/run.sh or SKIP_BUILD=0)" >&2; exit 1; }
-done
+# shellcheck source=bench/hello-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/hello-lib.sh"
 
 work=$(mktemp -d -t nimbus-cpu.XXXXXX)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -20,21 +20,11 @@
 # reserve address space for; the default pools need far more), which leaves Nimbus's fair share
 # (pool - 1) above the requests valgrind keeps in flight, so none waits at the node gate.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 DURATION=${DURATION:-20s}
 CONNECTIONS=${CONNECTIONS:-8}
 TOP=${TOP:-30}
-HELLO_WASM=$ROOT/examples/target/wasm32-wasip2/release/hello.wasm
-NIMBUS=$TARGET_DIR/release/nimbus
-BARE=$TARGET_DIR/release/bare-host
-if [[ "${SKIP_BUILD:-1}" == 0 ]]; then
-    (cd "$ROOT" && cargo build --release --locked -p nimbus-cli -p nimbus-bench)
-    (cd "$ROOT/examples" && cargo build --release --locked --target wasm32-wasip2 -p hello)
-fi
-for f in "$NIMBUS" "$BARE" "$HELLO_WASM"; do
-    [[ -f "$f" ]] || { echo "missing $f (run bench/run.sh or SKIP_BUILD=0)" >&2; exit 1; }
-done
+# shellcheck source=bench/hello-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/hello-lib.sh"
 command -v valgrind > /dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
 
 work=$(mktemp -d -t nimbus-instructions.XXXXXX)
