@@ -152,17 +152,17 @@ impl Finisher {
                 let (items, acks): (Vec<_>, Vec<_>) =
                     batch.drain(..).map(|(id, a, next, ack)| ((id, a, next), ack)).unzip();
                 let store = store.clone();
-                let written = tokio::task::spawn_blocking(move || store.finish_many(&items)).await;
-                match written {
-                    Ok(Ok(done)) => {
+                match blocking(move || Ok(store.finish_many(&items)?)).await {
+                    Ok(done) => {
                         for (ack, d) in acks.into_iter().zip(done) {
                             let _ = ack.send(Ok(d));
                         }
                     }
-                    Ok(Err(e)) => {
-                        acks.into_iter().for_each(|ack| drop(ack.send(Err(e.to_string()))))
+                    Err(e) => {
+                        for ack in acks {
+                            let _ = ack.send(Err(e.to_string()));
+                        }
                     }
-                    Err(e) => acks.into_iter().for_each(|ack| drop(ack.send(Err(e.to_string())))),
                 }
             }
         });
