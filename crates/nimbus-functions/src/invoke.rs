@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use nimbus_model::{InvocationRecord, InvocationStatus, now_millis};
+use nimbus_model::{InvocationRecord, InvocationStatus, UnixMillis, now_millis};
 use nimbus_runtime::{BodyError, GuestBody, Invocation, Outcome, OutcomeStatus};
 
 use crate::metrics::{FunctionMetrics, Metrics};
@@ -87,9 +87,15 @@ impl FunctionService {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let id = uuid::Uuid::now_v7().to_string();
+        let uuid = uuid::Uuid::now_v7();
+        let id = uuid.to_string();
         let start = Instant::now();
-        let mut base = record_base(&target, &id, trigger);
+        // The record starts at its id's time: the store finds a record by id near that time.
+        let started_at =
+            uuid.get_timestamp().map(|t| t.to_unix()).map_or_else(now_millis, |(secs, nanos)| {
+                secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+            });
+        let mut base = record_base(&target, &id, trigger, started_at);
         base.method = request.method().as_str().to_owned();
         base.path = request.uri().path().to_owned();
         let limit = target.info.limits.max_body_bytes;
@@ -227,7 +233,12 @@ impl FunctionService {
     }
 }
 
-fn record_base(target: &ActiveVersion, id: &str, trigger: &str) -> InvocationRecord {
+fn record_base(
+    target: &ActiveVersion,
+    id: &str,
+    trigger: &str,
+    started_at: UnixMillis,
+) -> InvocationRecord {
     InvocationRecord {
         seq: 0, // given by the store when the record is written
         id: id.to_string(),
@@ -237,7 +248,7 @@ fn record_base(target: &ActiveVersion, id: &str, trigger: &str) -> InvocationRec
         trigger: trigger.to_string(),
         method: String::new(),
         path: String::new(),
-        started_at: now_millis(),
+        started_at,
         duration_us: 0,
         queue_us: 0,
         fuel: 0,

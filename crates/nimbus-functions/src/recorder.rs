@@ -130,14 +130,16 @@ async fn write(
     let mut records = Some(records);
     let mut delay = Duration::from_millis(50);
     let mut attempt = 0u32;
-    // Retried until it is stored (`insert_batch` is idempotent by id, so a batch whose commit
-    // succeeded but whose answer was lost is neither duplicated nor counted twice).
-    let written = loop {
+    // Retried until it is stored. Every record is in exactly one batch, so only a retry can
+    // repeat one: retries go through `retry_batch`, idempotent by id, so a batch whose commit
+    // succeeded but whose answer was lost is neither duplicated nor counted twice.
+    let mut written = loop {
         attempt += 1;
         let (s, batch) = (store.clone(), records.take().expect("kept between attempts"));
         let result = tokio::task::spawn_blocking(move || {
             let mut batch = batch;
-            let r = s.insert_batch(&mut batch);
+            let r =
+                if attempt == 1 { s.insert_batch(&mut batch) } else { s.retry_batch(&mut batch) };
             (r, batch)
         })
         .await;
@@ -164,6 +166,9 @@ async fn write(
     // follower that subscribes after this check reads these records from the store: they are
     // committed, and it subscribes before it reads.
     if followers.receiver_count() > 0 {
+        // The store may position a batch's records in another order than they came (by
+        // function, for SQLite).
+        written.sort_unstable_by_key(|r| r.seq);
         for r in written {
             // A follower that left in between is not an error.
             let _ = followers.send(Arc::new(r));
@@ -181,6 +186,7 @@ mod tests {
     /// A store that fails its first `failures` writes, then keeps what it is given.
     struct Flaky {
         failures: Mutex<u32>,
+        retries: Mutex<u32>,
         kept: Mutex<Vec<InvocationRecord>>,
     }
 
@@ -193,6 +199,10 @@ mod tests {
             }
             self.kept.lock().extend(records.iter().cloned());
             Ok(())
+        }
+        fn retry_batch(&self, records: &mut [InvocationRecord]) -> Result<()> {
+            *self.retries.lock() += 1;
+            self.insert_batch(records)
         }
         fn query(&self, _: &str, _: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
             Ok(vec![])
@@ -238,7 +248,11 @@ mod tests {
     /// store takes it (six failures: 50+100+...+1600 ms of backoff), counted as backlog meanwhile.
     #[tokio::test]
     async fn a_failing_store_loses_nothing() {
-        let store = Arc::new(Flaky { failures: Mutex::new(6), kept: Mutex::new(vec![]) });
+        let store = Arc::new(Flaky {
+            failures: Mutex::new(6),
+            retries: Mutex::new(0),
+            kept: Mutex::new(vec![]),
+        });
         let (recorder, _task) = Recorder::spawn(store.clone());
         for i in 0..100 {
             recorder.record_now(record(i));
@@ -247,6 +261,7 @@ mod tests {
         recorder.flush().await;
         assert_eq!(store.kept.lock().len(), 100);
         assert_eq!(*store.failures.lock(), 0, "it failed 6 times first");
+        assert_eq!(*store.retries.lock(), 6, "every attempt after the first is a retry");
         assert_eq!(recorder.backlog(), 0);
         assert!(recorder.has_room());
     }

@@ -32,6 +32,7 @@ mod blob;
 mod documents;
 mod error;
 mod events;
+mod invocations;
 mod kv;
 mod migrations;
 mod objects;

@@ -764,6 +764,40 @@ const MIGRATIONS: &[&str] = &[
         UPDATE project_storage SET file_bytes = file_bytes + NEW.size WHERE project = NEW.project;
     END;
     "#,
+    // 15 (issue 10, the request path): invocation records in segments, one row per (project,
+    // function, minute) of a batch instead of one per record with three index entries (see
+    // `invocations.rs`). Each old row becomes a segment of one record, with its position.
+    r#"
+    CREATE TABLE invocation_segments (
+        seq_end        INTEGER PRIMARY KEY, -- the last record's position: segments append
+        seq_start      INTEGER NOT NULL,    -- the first record's position
+        project        TEXT    NOT NULL,
+        function       TEXT    NOT NULL,
+        min_started_at INTEGER NOT NULL,    -- all within one minute
+        max_started_at INTEGER NOT NULL,
+        len            INTEGER NOT NULL,    -- records in body
+        format         INTEGER NOT NULL,    -- 1: a JSON array of positional arrays
+        body           TEXT    NOT NULL
+    ) STRICT;
+    INSERT INTO invocation_segments (seq_end, seq_start, project, function, min_started_at,
+            max_started_at, len, format, body)
+        SELECT seq, seq, project, function, started_at, started_at, 1, 1,
+            json_array(json_array(seq, id, version, "trigger", method, path, started_at,
+                duration_us, queue_us, fuel, peak_memory_bytes, memory_limit_mb, outbound_bytes,
+                status, http_status, error, stdout, stderr,
+                json(CASE WHEN logs_truncated THEN 'true' ELSE 'false' END)))
+        FROM invocations;
+    -- Records written before this migration may start up to some time after their id's time
+    -- (two clock reads): a lookup by id that misses near the id's time also looks through them.
+    INSERT INTO sequences (name, value)
+        SELECT 'invocations_before_segments', coalesce(max(seq), 0) FROM invocations;
+    DROP TABLE invocations;
+    -- Each index ends with the rowid (seq_end), so it lists segments in position order.
+    CREATE INDEX invocation_segments_project ON invocation_segments (project);
+    CREATE INDEX invocation_segments_function ON invocation_segments (project, function);
+    CREATE INDEX invocation_segments_started
+        ON invocation_segments (project, min_started_at, max_started_at);
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -883,6 +917,7 @@ mod tests {
         "14ba569bbe8c83adbafacdc8bd2f7ae358e1083636dc51c54f1ab77b4ec96244",
         "3a392430bb5ea090749369f76f6ff178062cbecdcbe8e2d0f9aacda09e77daf2",
         "a89aed80ef08bbd84b084cb3e24928632eb294cb9b289300d3529b5c19bf6454",
+        "09f00d79a8a377555a7c6cec4e6ab4b5e115f5d804f1992b11b35dbe091278f6",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -1111,5 +1146,65 @@ mod tests {
         store.accrue_storage(10 * H).unwrap();
         store.accrue_storage(10 * H + 60_000).unwrap();
         assert_eq!(store.usage_total("a", 10 * H, 11 * H).unwrap().stored_byte_seconds, 100 * 60);
+    }
+
+    /// A database at version 14 with records that need escaping and NULLs, in two projects: each
+    /// becomes a segment of one record that reads back field for field, with its position.
+    #[test]
+    fn migration_15_moves_each_record_into_a_segment() {
+        use nimbus_model::{InvocationQuery, InvocationStatus};
+        use nimbus_store::InvocationStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..14] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 14).unwrap();
+            tx.execute_batch(
+                r#"
+                INSERT INTO invocations (seq, id, project, function, version, "trigger",
+                    started_at, duration_us, queue_us, fuel, peak_memory_bytes, status,
+                    http_status, error, stdout, stderr, logs_truncated, method, path,
+                    memory_limit_mb, outbound_bytes) VALUES
+                    (7, 'id-7', 'a', 'f', 2, 'queue:jobs', 1000, 2500, 10, 9007199254740993,
+                        65536, 'trap', NULL, 'wasm "trap"\n', 'line 1
+                    ünïcode \ "quoted"', '', 1, 'POST', '/x?y=1', 128, 42),
+                    (9, 'id-9', 'b', 'g', 1, 'http', 2000, 1, 0, 0, 0, 'ok', 200, NULL, '', '',
+                        0, 'GET', '/', 64, 0);
+                UPDATE sequences SET value = 9 WHERE name = 'invocations';
+                "#,
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let a = store.query("a", &InvocationQuery::default()).unwrap();
+        assert_eq!(a.len(), 1);
+        let r = &a[0];
+        assert_eq!((r.seq, r.id.as_str(), r.function.as_str(), r.version), (7, "id-7", "f", 2));
+        assert_eq!(
+            (r.trigger.as_str(), r.started_at, r.duration_us, r.queue_us),
+            ("queue:jobs", 1000, 2500, 10)
+        );
+        assert_eq!(r.fuel, 9_007_199_254_740_993, "integers beyond 2^53 survive JSON");
+        assert_eq!((r.peak_memory_bytes, r.memory_limit_mb, r.outbound_bytes), (65536, 128, 42));
+        assert_eq!((r.status, r.http_status), (InvocationStatus::Trap, None));
+        assert_eq!(r.error.as_deref(), Some("wasm \"trap\"\\n"));
+        assert_eq!(r.stdout, "line 1\n                    ünïcode \\ \"quoted\"");
+        assert!(r.logs_truncated);
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/x?y=1"));
+        let b = store.get("b", "id-9").unwrap().unwrap();
+        assert_eq!(
+            (b.seq, b.http_status, b.error.as_deref(), b.logs_truncated),
+            (9, Some(200), None, false)
+        );
+        assert!(store.get("a", "id-9").unwrap().is_none(), "still scoped to its project");
+        // New records are positioned after the old ones.
+        let mut new = [nimbus_model::InvocationRecord { id: "id-10".into(), ..b.clone() }];
+        store.insert_batch(&mut new).unwrap();
+        assert_eq!(new[0].seq, 10);
     }
 }

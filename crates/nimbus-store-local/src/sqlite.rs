@@ -1,22 +1,18 @@
 //! [`SqliteStore`]: functions, versions, secrets and invocation records in one SQLite file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nimbus_model::{
-    FunctionInfo, FunctionSpec, InvocationQuery, InvocationRecord, InvocationStatus, Limits,
-    UnixMillis, VersionInfo, now_millis,
-};
-use nimbus_store::{FunctionStore, InvocationStore, NewVersion, Result, StoreError};
+use nimbus_model::{FunctionInfo, FunctionSpec, Limits, UnixMillis, VersionInfo, now_millis};
+use nimbus_store::{FunctionStore, NewVersion, Result, StoreError};
 use parking_lot::Mutex;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::error::{Context, backend};
 use crate::migrations;
-use nimbus_model::usage::{UsageCounters, hour_of, month_of};
 
 /// Read-only connections kept next to the writer of a file-backed store.
 pub const READER_POOL_SIZE: usize = 4;
@@ -24,10 +20,6 @@ pub const READER_POOL_SIZE: usize = 4;
 /// How long a connection waits on a lock held by another connection (another process, or a WAL
 /// checkpoint) before failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Query limit when none is asked for, and the most one query returns.
-const DEFAULT_QUERY_LIMIT: u32 = 100;
-const MAX_QUERY_LIMIT: u32 = 1000;
 
 /// The embedded store of function metadata and invocation records.
 ///
@@ -264,54 +256,6 @@ fn function_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionInfo> {
         require_auth: spec.require_auth,
         secrets: Vec::new(),
         module_sha256: row.get(8)?,
-    })
-}
-
-/// The stored columns of a record but the position (a macro, so that `concat!` can build the
-/// SELECT below from it at compile time).
-macro_rules! invocation_columns {
-    () => {
-        "id, project, function, version, \"trigger\", started_at, duration_us, queue_us, fuel, \
-         peak_memory_bytes, status, http_status, error, stdout, stderr, logs_truncated, method, path, \
-         memory_limit_mb, outbound_bytes"
-    };
-}
-const INVOCATION_COLUMNS: &str = invocation_columns!();
-
-/// What [`invocation_from_row`] reads: the columns above, then the position.
-const INVOCATION_SELECT: &str = concat!("SELECT ", invocation_columns!(), ", seq FROM invocations");
-
-fn invocation_from_row(row: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
-    let status: String = row.get(10)?;
-    let status = InvocationStatus::parse(&status).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            10,
-            Type::Text,
-            format!("unknown invocation status {status:?}").into(),
-        )
-    })?;
-    Ok(InvocationRecord {
-        id: row.get(0)?,
-        project: row.get(1)?,
-        function: row.get(2)?,
-        version: row.get(3)?,
-        trigger: row.get(4)?,
-        started_at: row.get(5)?,
-        duration_us: row.get(6)?,
-        queue_us: row.get(7)?,
-        fuel: row.get(8)?,
-        peak_memory_bytes: row.get(9)?,
-        status,
-        http_status: row.get(11)?,
-        error: row.get(12)?,
-        stdout: row.get(13)?,
-        stderr: row.get(14)?,
-        logs_truncated: row.get(15)?,
-        method: row.get(16)?,
-        path: row.get(17)?,
-        memory_limit_mb: row.get(18)?,
-        outbound_bytes: row.get(19)?,
-        seq: row.get(20)?,
     })
 }
 
@@ -583,191 +527,6 @@ impl FunctionStore for SqliteStore {
                 stmt.query_map([project, function], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
             })
             .with_context(|| format!("reading secrets of function {project}/{function}"))
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// InvocationStore
-
-impl InvocationStore for SqliteStore {
-    fn insert_batch(&self, records: &mut [InvocationRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        self.write("inserting invocation records", |tx| {
-            // Positions for the whole batch, reserved under the write lock: one counter update
-            // per transaction, not per row. A record that is already stored leaves its reserved
-            // position unused; readers only need positions to grow, not to be dense.
-            let n = records.len() as u64;
-            let last: u64 = tx
-                .prepare_cached(
-                    "UPDATE sequences SET value = value + ?1 WHERE name = 'invocations' \
-                     RETURNING value",
-                )
-                .and_then(|mut stmt| stmt.query_row([n], |row| row.get(0)))
-                .context("reserving invocation positions")?;
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO invocations (seq, {INVOCATION_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                     ?18, ?19, ?20, ?21) \
-                     ON CONFLICT (project, id) DO NOTHING"
-                ))
-                .context("preparing the invocation insert")?;
-            let mut usage: HashMap<(&str, i64, &str), UsageCounters> = HashMap::new();
-            let mut seqs = Vec::with_capacity(records.len());
-            for (seq, r) in (last - n + 1..).zip(records.iter()) {
-                let inserted = insert
-                    .execute(params![
-                        seq,
-                        r.id,
-                        r.project,
-                        r.function,
-                        r.version,
-                        r.trigger,
-                        r.started_at,
-                        r.duration_us,
-                        r.queue_us,
-                        r.fuel,
-                        r.peak_memory_bytes,
-                        r.status.as_str(),
-                        r.http_status,
-                        r.error,
-                        r.stdout,
-                        r.stderr,
-                        r.logs_truncated,
-                        r.method,
-                        r.path,
-                        r.memory_limit_mb,
-                        r.outbound_bytes,
-                    ])
-                    .with_context(|| format!("inserting invocation record {}", r.id))?;
-                let seq = if inserted == 1 {
-                    // Counted only when stored, so a retried batch is not counted twice.
-                    if let Some(c) = UsageCounters::of(r) {
-                        usage
-                            .entry((r.project.as_str(), hour_of(r.started_at), r.function.as_str()))
-                            .or_default()
-                            .add(&c);
-                    }
-                    seq
-                } else {
-                    // A retry of a batch that was stored after all: keep the first position.
-                    tx.prepare_cached("SELECT seq FROM invocations WHERE project = ?1 AND id = ?2")
-                        .and_then(|mut stmt| stmt.query_row([&r.project, &r.id], |row| row.get(0)))
-                        .with_context(|| format!("reading the position of record {}", r.id))?
-                };
-                seqs.push(seq);
-            }
-            for ((project, hour, function), c) in &usage {
-                crate::usage::add_hourly(tx, project, *hour, function, c)?;
-            }
-            let mut months: Vec<(&str, i64)> =
-                usage.keys().map(|(p, hour, _)| (*p, month_of(*hour))).collect();
-            months.sort_unstable();
-            months.dedup();
-            let mut last_event = None;
-            for (project, month) in months {
-                if let Some(p) = crate::usage::thresholds_crossed(tx, project, month)? {
-                    last_event = Some(p);
-                }
-            }
-            drop(usage);
-            for (r, seq) in records.iter_mut().zip(seqs) {
-                r.seq = seq;
-            }
-            Ok(last_event)
-        })
-        .map(|last_event| {
-            if let Some(p) = last_event {
-                self.events_committed(p);
-            }
-        })
-    }
-
-    fn query(&self, project: &str, query: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
-        // The project filter is always the first condition; the others only narrow it.
-        let mut sql = format!("{INVOCATION_SELECT} WHERE project = ?1");
-        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&project];
-        if let Some(function) = &query.function {
-            args.push(function);
-            sql.push_str(&format!(" AND function = ?{}", args.len()));
-        }
-        if let Some(after) = &query.after {
-            args.push(after);
-            sql.push_str(&format!(" AND seq > ?{}", args.len()));
-        }
-        let status = query.status.map(InvocationStatus::as_str);
-        if let Some(status) = &status {
-            args.push(status);
-            sql.push_str(&format!(" AND status = ?{}", args.len()));
-        }
-        if let Some(method) = &query.method {
-            args.push(method);
-            sql.push_str(&format!(" AND method = ?{}", args.len()));
-        }
-        // A prefix as a range (no LIKE: `%` and `_` in a path are not wildcards).
-        let upper = query.path_prefix.as_deref().map(nimbus_store::objects::prefix_upper_bound);
-        if let Some(prefix) = &query.path_prefix {
-            args.push(prefix);
-            sql.push_str(&format!(" AND path >= ?{}", args.len()));
-            if let Some(Some(upper)) = &upper {
-                args.push(upper);
-                sql.push_str(&format!(" AND path < ?{}", args.len()));
-            }
-        }
-        let limit = query.limit.unwrap_or(DEFAULT_QUERY_LIMIT).min(MAX_QUERY_LIMIT);
-        args.push(&limit);
-        sql.push_str(&format!(
-            " ORDER BY seq {} LIMIT ?{}",
-            if query.ascending { "ASC" } else { "DESC" },
-            args.len()
-        ));
-        self.read(|conn| {
-            conn.prepare_cached(&sql)
-                .and_then(|mut stmt| stmt.query_map(&args[..], invocation_from_row)?.collect())
-                .with_context(|| format!("querying invocation records of project {project}"))
-        })
-    }
-
-    fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>> {
-        self.read(|conn| {
-            conn.prepare_cached(&format!("{INVOCATION_SELECT} WHERE project = ?1 AND id = ?2"))
-                .and_then(|mut stmt| stmt.query_row([project, id], invocation_from_row).optional())
-                .with_context(|| format!("reading invocation record {id}"))
-        })
-    }
-
-    fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64> {
-        // The counter row is untouched: positions of pruned records are never handed out again.
-        self.write("pruning invocation records", |tx| {
-            let n = tx
-                .prepare_cached(
-                    "DELETE FROM invocations WHERE started_at < ?1 OR (project, seq) IN ( \
-                         SELECT project, seq FROM ( \
-                             SELECT project, seq, row_number() OVER ( \
-                                 PARTITION BY project, function ORDER BY seq DESC \
-                             ) AS rn \
-                             FROM invocations \
-                         ) WHERE rn > ?2 \
-                     )",
-                )
-                .and_then(|mut stmt| stmt.execute(params![before, keep_per_function]))
-                .context("pruning invocation records")?;
-            if n > 0 {
-                tracing::debug!(removed = n, "pruned invocation records");
-            }
-            Ok(n as u64)
-        })
-    }
-
-    fn delete_project(&self, project: &str) -> Result<u64> {
-        self.write("deleting a project's invocation records", |tx| {
-            let n = tx
-                .execute("DELETE FROM invocations WHERE project = ?1", [project])
-                .context("deleting a project's invocation records")?;
-            Ok(n as u64)
         })
     }
 }

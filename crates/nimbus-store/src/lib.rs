@@ -91,13 +91,30 @@ pub trait FunctionStore: Send + Sync + 'static {
 /// counter per store that only grows. A reader that has seen position N has therefore seen every
 /// record committed before N, which an id made when the request started cannot promise (a slow
 /// invocation is written after faster ones that started later). Queries order and page by it.
+/// The records of one batch are committed together, so their order among themselves is the
+/// backend's (SQLite keeps each function's records of a batch together).
+///
+/// # Writing once
+///
+/// Checking every record's id for a duplicate would cost an index entry per record, the largest
+/// part of a record's cost; the recorder hands each record to exactly one batch, so only a retry
+/// can repeat one. Hence two calls: [`insert_batch`](Self::insert_batch) for records never given
+/// before, and [`retry_batch`](Self::retry_batch) after an attempt whose outcome is unknown, which
+/// checks.
 pub trait InvocationStore: Send + Sync + 'static {
     /// Store records (they carry their project) in one transaction, setting each one's `seq` to
-    /// its commit position. Idempotent by id: a record already stored is not written again and
-    /// gets its stored position, so a failed batch can be retried whole.
+    /// its commit position, and count their usage. The records must not have been given to the
+    /// store before: a record given twice is stored and counted twice.
     fn insert_batch(&self, records: &mut [InvocationRecord]) -> Result<()>;
+    /// [`insert_batch`](Self::insert_batch) again, after an attempt that failed or whose answer
+    /// was lost. Idempotent by id: a record already stored is not written or counted again and
+    /// gets its stored position.
+    fn retry_batch(&self, records: &mut [InvocationRecord]) -> Result<()>;
     /// Records in commit order (see [`InvocationQuery`]).
     fn query(&self, project: &str, query: &InvocationQuery) -> Result<Vec<InvocationRecord>>;
+    /// A record by its id. Nimbus's ids are UUIDv7 whose time is the record's `started_at`; a
+    /// backend may use that to look only near it, so a record whose id says otherwise may not be
+    /// found.
     fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>>;
     /// Drop records that started before `before`, and beyond the newest (by position)
     /// `keep_per_function` of each function (of each project). Returns how many were removed.

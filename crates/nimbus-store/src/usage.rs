@@ -336,10 +336,10 @@ pub mod conformance {
             },
         ];
         store.insert_batch(&mut batch).unwrap();
-        // A retried batch (the first write committed but its answer was lost) and a batch that
-        // overlaps it are not counted again.
-        store.insert_batch(&mut batch.clone()).unwrap();
-        store.insert_batch(&mut [batch[0].clone(), record("a6", "u1", "f", T0 + 11)]).unwrap();
+        // A retried batch (the first write committed but its answer was lost) and a retry that
+        // overlaps it are not counted again; the retry's new record is.
+        store.retry_batch(&mut batch.clone()).unwrap();
+        store.retry_batch(&mut [batch[0].clone(), record("a6", "u1", "f", T0 + 11)]).unwrap();
 
         let rows = store.usage_hours(Some("u1"), T0, T0 + 2 * H).unwrap();
         let got: Vec<(String, i64, u64)> =

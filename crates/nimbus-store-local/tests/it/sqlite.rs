@@ -92,6 +92,17 @@ fn record_in(
     }
 }
 
+/// `r` with an id as Nimbus makes them: a UUIDv7 of now, whose time is the record's start.
+fn with_uuid(r: InvocationRecord) -> InvocationRecord {
+    let uuid = uuid::Uuid::now_v7();
+    let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+    InvocationRecord {
+        id: uuid.to_string(),
+        started_at: secs as i64 * 1000 + i64::from(nanos / 1_000_000),
+        ..r
+    }
+}
+
 fn ids(records: &[InvocationRecord]) -> Vec<u64> {
     records.iter().map(|r| r.id.parse().unwrap()).collect()
 }
@@ -228,24 +239,31 @@ fn invocation_round_trip_and_query() {
     }
     store.insert_batch(&mut records[..10]).unwrap();
     store.insert_batch(&mut records[10..]).unwrap();
-    // Inserting again is a no-op (retries are safe).
-    store.insert_batch(&mut records[5..15]).unwrap();
+    // Retrying is a no-op: the records keep their positions.
+    let mut again = records[5..15].to_vec();
+    store.retry_batch(&mut again).unwrap();
+    assert_eq!(again, records[5..15]);
     store.insert_batch(&mut []).unwrap();
 
     let got = store.get(P, &records[4].id).unwrap().unwrap();
     assert_eq!(got, records[4]);
     assert!(store.get(P, "missing").unwrap().is_none());
 
+    // Within a batch, each function's records are positioned together, in batch order.
+    let mut by_position = records.clone();
+    by_position.sort_by_key(|r| r.seq);
+    assert_eq!(ids(&by_position[..10]), [1, 2, 4, 5, 7, 8, 10, 3, 6, 9]);
+    assert_eq!(by_position[0].seq + 29, by_position[29].seq, "positions are consecutive");
+
     // Default: newest first, everything.
     let all = store.query(P, &InvocationQuery::default()).unwrap();
-    assert_eq!(ids(&all), (1..=30).rev().collect::<Vec<_>>());
-    assert_eq!(all, records.iter().rev().cloned().collect::<Vec<_>>());
+    assert_eq!(all, by_position.iter().rev().cloned().collect::<Vec<_>>());
 
     let q = InvocationQuery { function: Some("b".into()), ascending: true, ..Default::default() };
     assert_eq!(ids(&store.query(P, &q).unwrap()), [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]);
 
     let q = InvocationQuery { status: Some(InvocationStatus::Trap), ..Default::default() };
-    assert_eq!(ids(&store.query(P, &q).unwrap()), [30, 25, 20, 15, 10, 5]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [30, 15, 25, 20, 10, 5]);
 
     let q = InvocationQuery {
         function: Some("a".into()),
@@ -262,7 +280,7 @@ fn invocation_round_trip_and_query() {
         limit: Some(4),
         ..Default::default()
     };
-    assert_eq!(ids(&store.query(P, &q).unwrap()), [21, 22, 23, 24]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [22, 23, 25, 26]);
 
     // Method and path prefix (a prefix, not a pattern).
     let q = InvocationQuery {
@@ -282,7 +300,7 @@ fn invocation_round_trip_and_query() {
     assert!(store.query(P, &q).unwrap().is_empty(), "% is not a wildcard");
 
     let q = InvocationQuery { limit: Some(3), ..Default::default() };
-    assert_eq!(ids(&store.query(P, &q).unwrap()), [30, 29, 28]);
+    assert_eq!(ids(&store.query(P, &q).unwrap()), [30, 27, 24]);
     let q = InvocationQuery { function: Some("nope".into()), ..Default::default() };
     assert!(store.query(P, &q).unwrap().is_empty());
 }
@@ -507,13 +525,8 @@ fn a_follower_gets_a_slow_invocation_stored_after_a_faster_one() {
 fn positions_follow_storage_order_and_are_never_reused() {
     let store = SqliteStore::open_in_memory().unwrap();
     // Stored in reverse id order, in three batches: read back in the order stored.
-    let mut records: Vec<_> = (0..30)
-        .rev()
-        .map(|i| InvocationRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            ..record(i, "a", 1, InvocationStatus::Ok)
-        })
-        .collect();
+    let mut records: Vec<_> =
+        (0..30).rev().map(|i| with_uuid(record(i, "a", 1, InvocationStatus::Ok))).collect();
     for chunk in records.chunks_mut(10) {
         store.insert_batch(chunk).unwrap();
     }
@@ -527,7 +540,7 @@ fn positions_follow_storage_order_and_are_never_reused() {
     for r in &mut again {
         r.seq = 0;
     }
-    store.insert_batch(&mut again).unwrap();
+    store.retry_batch(&mut again).unwrap();
     assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), before[5..15]);
     assert_eq!(store.query(P, &asc).unwrap().len(), 30);
 
@@ -553,7 +566,7 @@ fn reads_do_not_wait_for_an_open_write_transaction() {
     // Another connection holds the database's write lock with uncommitted rows in it.
     let mut other = rusqlite::Connection::open(&path).unwrap();
     let tx = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
-    tx.execute("DELETE FROM invocations", []).unwrap();
+    tx.execute("DELETE FROM invocation_segments", []).unwrap();
 
     // Reads answer at once (well under the busy timeout) from the last committed state.
     let started = std::time::Instant::now();

@@ -1,0 +1,694 @@
+//! [`InvocationStore`] on SQLite: records stored in segments (migration 15).
+//!
+//! A record is written for every request, so its cost is paid on every request. A row per record
+//! with the three access paths the API needs (by project, by function, by id) cost about 33,000
+//! instructions per request (`bench/instructions.sh`), a fifth of the whole request; each B-tree
+//! entry is ~7,500 of them. So the records of a batch are grouped into **segments**, one per
+//! (project, function, minute of `started_at`), and a segment is one row: its records as a JSON
+//! array (positional, see [`Stored`]) and the bounds that the indexes need. The B-tree work is paid
+//! per segment, and under load a segment holds a whole batch of one function's records.
+//!
+//! - Positions: a segment's records have consecutive positions, in their batch order; `seq_end`,
+//!   the last, is the rowid, so segments are appended in position order and never overlap.
+//! - By project or function: the indexes end with the rowid, so they list segments in position
+//!   order; the records are filtered after decoding (as a row per record was filtered after its
+//!   index lookup).
+//! - By id: Nimbus's ids are UUIDv7 made with the record's `started_at`, and a segment spans at
+//!   most one minute of start times, so only segments near the id's time are looked at, and of
+//!   those only the ones whose text contains the id are decoded. Other ids (never made by Nimbus)
+//!   scan the project's segments.
+//! - Pruning keeps its exact contract: a segment partly due is rewritten with what remains.
+//!
+//! JSON rather than a binary encoding: migration 15 builds segments in SQL from the old rows, and
+//! the records stay readable with the `sqlite3` shell.
+
+use std::collections::HashMap;
+
+use nimbus_model::usage::{UsageCounters, hour_of, month_of};
+use nimbus_model::{InvocationQuery, InvocationRecord, InvocationStatus, UnixMillis};
+use nimbus_store::{InvocationStore, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, backend};
+use crate::sqlite::SqliteStore;
+
+/// Query limit when none is asked for, and the most one query returns.
+const DEFAULT_QUERY_LIMIT: u32 = 100;
+const MAX_QUERY_LIMIT: u32 = 1000;
+
+/// A segment spans start times within one minute: what bounds a lookup by id.
+const SEGMENT_SPAN_MS: i64 = 60_000;
+/// How far a record's `started_at` may be from its id's time: records of builds before segments
+/// read the clock twice.
+const ID_TIME_SLACK_MS: i64 = 1_000;
+
+/// `format` of a segment whose body is a JSON array of [`Stored`] arrays.
+const FORMAT_JSON_V1: i64 = 1;
+
+/// A record as a segment stores it: positional (a JSON array, not an object), without the project
+/// and function that the segment row carries. Never reorder: add fields under a new format.
+#[derive(Serialize)]
+struct Stored<'a>(
+    u64,             // seq
+    &'a str,         // id
+    u32,             // version
+    &'a str,         // trigger
+    &'a str,         // method
+    &'a str,         // path
+    UnixMillis,      // started_at
+    u64,             // duration_us
+    u64,             // queue_us
+    u64,             // fuel
+    u64,             // peak_memory_bytes
+    u64,             // memory_limit_mb
+    u64,             // outbound_bytes
+    &'a str,         // status
+    Option<u16>,     // http_status
+    Option<&'a str>, // error
+    &'a str,         // stdout
+    &'a str,         // stderr
+    bool,            // logs_truncated
+);
+
+/// [`Stored`], read back.
+#[derive(Deserialize)]
+struct Loaded(
+    u64,
+    String,
+    u32,
+    String,
+    String,
+    String,
+    UnixMillis,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    String,
+    Option<u16>,
+    Option<String>,
+    String,
+    String,
+    bool,
+);
+
+impl<'a> Stored<'a> {
+    fn of(r: &'a InvocationRecord) -> Self {
+        Stored(
+            r.seq,
+            &r.id,
+            r.version,
+            &r.trigger,
+            &r.method,
+            &r.path,
+            r.started_at,
+            r.duration_us,
+            r.queue_us,
+            r.fuel,
+            r.peak_memory_bytes,
+            r.memory_limit_mb,
+            r.outbound_bytes,
+            r.status.as_str(),
+            r.http_status,
+            r.error.as_deref(),
+            &r.stdout,
+            &r.stderr,
+            r.logs_truncated,
+        )
+    }
+}
+
+/// A segment row as read back: its records, oldest first.
+struct Segment {
+    seq_end: i64,
+    records: Vec<InvocationRecord>,
+}
+
+fn decode(project: &str, function: &str, format: i64, body: &str) -> Result<Vec<InvocationRecord>> {
+    if format != FORMAT_JSON_V1 {
+        return Err(backend(
+            "reading invocation records",
+            format!("segment format {format} is newer than this build"),
+        ));
+    }
+    let rows: Vec<Loaded> = serde_json::from_str(body)
+        .map_err(|e| backend("reading invocation records", format!("a corrupt segment: {e}")))?;
+    rows.into_iter()
+        .map(|l| {
+            let status = InvocationStatus::parse(&l.13).ok_or_else(|| {
+                backend("reading invocation records", format!("unknown status {:?}", l.13))
+            })?;
+            Ok(InvocationRecord {
+                seq: l.0,
+                id: l.1,
+                project: project.to_owned(),
+                function: function.to_owned(),
+                version: l.2,
+                trigger: l.3,
+                method: l.4,
+                path: l.5,
+                started_at: l.6,
+                duration_us: l.7,
+                queue_us: l.8,
+                fuel: l.9,
+                peak_memory_bytes: l.10,
+                memory_limit_mb: l.11,
+                outbound_bytes: l.12,
+                status,
+                http_status: l.14,
+                error: l.15,
+                stdout: l.16,
+                stderr: l.17,
+                logs_truncated: l.18,
+            })
+        })
+        .collect()
+}
+
+fn encode<'a>(records: impl Iterator<Item = &'a InvocationRecord>, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b'[');
+    for (i, r) in records.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing into a Vec cannot fail, and every field serializes.
+        serde_json::to_writer(&mut *out, &Stored::of(r)).expect("a record serializes");
+    }
+    out.push(b']');
+}
+
+fn minute_of(t: UnixMillis) -> i64 {
+    t.div_euclid(SEGMENT_SPAN_MS)
+}
+
+/// The columns [`segment_from_row`] reads.
+const SEGMENT_COLUMNS: &str = "seq_end, project, function, format, body";
+
+fn segment_from_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, String, String, i64, String)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+}
+
+fn load(row: (i64, String, String, i64, String)) -> Result<Segment> {
+    let (seq_end, project, function, format, body) = row;
+    let records = decode(&project, &function, format, &body)?;
+    Ok(Segment { seq_end, records })
+}
+
+/// Write `records[which]` as new records: positions, segments, usage and quota events.
+/// Returns the position of the last event written, if any.
+fn insert_new(
+    tx: &Connection,
+    records: &mut [InvocationRecord],
+    which: &[usize],
+) -> Result<Option<u64>> {
+    if which.is_empty() {
+        return Ok(None);
+    }
+    // Segments in order of first appearance, each with its records in batch order.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_key: HashMap<(&str, &str, i64), usize> = HashMap::new();
+    for &i in which {
+        let r = &records[i];
+        let key = (r.project.as_str(), r.function.as_str(), minute_of(r.started_at));
+        let g = *by_key.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    drop(by_key);
+
+    // Positions for the whole batch, reserved under the write lock: one counter update per
+    // transaction.
+    let n = which.len() as u64;
+    let last: u64 = tx
+        .prepare_cached(
+            "UPDATE sequences SET value = value + ?1 WHERE name = 'invocations' RETURNING value",
+        )
+        .and_then(|mut stmt| stmt.query_row([n], |row| row.get(0)))
+        .context("reserving invocation positions")?;
+    let mut next = last - n + 1;
+    for group in &groups {
+        for &i in group {
+            records[i].seq = next;
+            next += 1;
+        }
+    }
+
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO invocation_segments (seq_end, seq_start, project, function, \
+             min_started_at, max_started_at, len, format, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .context("preparing the segment insert")?;
+    let mut body = Vec::with_capacity(4096);
+    let mut usage: HashMap<(&str, i64, &str), UsageCounters> = HashMap::new();
+    for group in &groups {
+        let first = &records[group[0]];
+        let (mut min, mut max) = (first.started_at, first.started_at);
+        let mut counted: Option<UsageCounters> = None;
+        for &i in group {
+            let r = &records[i];
+            min = min.min(r.started_at);
+            max = max.max(r.started_at);
+            if let Some(c) = UsageCounters::of(r) {
+                counted.get_or_insert_default().add(&c);
+            }
+        }
+        encode(group.iter().map(|&i| &records[i]), &mut body);
+        let body = std::str::from_utf8(&body).expect("serde_json writes UTF-8");
+        let seq_start = first.seq;
+        let seq_end = records[*group.last().expect("groups are not empty")].seq;
+        insert
+            .execute(params![
+                seq_end,
+                seq_start,
+                first.project,
+                first.function,
+                min,
+                max,
+                group.len(),
+                FORMAT_JSON_V1,
+                body
+            ])
+            .with_context(|| format!("inserting the invocation records of {}", first.function))?;
+        if let Some(c) = counted {
+            // One segment is one minute, so one hour.
+            usage
+                .entry((first.project.as_str(), hour_of(first.started_at), first.function.as_str()))
+                .or_default()
+                .add(&c);
+        }
+    }
+    for ((project, hour, function), c) in &usage {
+        crate::usage::add_hourly(tx, project, *hour, function, c)?;
+    }
+    let mut months: Vec<(&str, i64)> =
+        usage.keys().map(|(p, hour, _)| (*p, month_of(*hour))).collect();
+    months.sort_unstable();
+    months.dedup();
+    let mut last_event = None;
+    for (project, month) in months {
+        if let Some(p) = crate::usage::thresholds_crossed(tx, project, month)? {
+            last_event = Some(p);
+        }
+    }
+    Ok(last_event)
+}
+
+/// The millisecond time of a UUIDv7, the only ids Nimbus makes.
+fn uuid_v7_millis(id: &str) -> Option<i64> {
+    let uuid = uuid::Uuid::try_parse(id).ok()?;
+    if uuid.get_version() != Some(uuid::Version::SortRand) {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
+}
+
+/// Find a record by id (see the module doc for which segments are looked at).
+fn find(conn: &Connection, project: &str, id: &str) -> Result<Option<InvocationRecord>> {
+    let ctx = || format!("reading invocation record {id}");
+    // `instr` skips, without decoding, the segments that cannot hold the id.
+    let segments = |sql: &str, args: &[&dyn rusqlite::ToSql]| {
+        conn.prepare_cached(&format!(
+            "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE project = ?1 AND {sql}"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_map(args, segment_from_row)?.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .with_context(ctx)
+    };
+    let Some(t) = uuid_v7_millis(id) else {
+        // Not an id Nimbus made.
+        return find_in(segments("instr(body, ?2) > 0", &[&project, &id])?, id);
+    };
+    let (lo, hi) = (t - ID_TIME_SLACK_MS, t + ID_TIME_SLACK_MS);
+    let near = segments(
+        "min_started_at BETWEEN ?2 AND ?3 AND max_started_at >= ?4 AND instr(body, ?5) > 0",
+        &[&project, &(minute_of(lo) * SEGMENT_SPAN_MS), &hi, &lo, &id],
+    )?;
+    if let Some(r) = find_in(near, id)? {
+        return Ok(Some(r));
+    }
+    // Records of builds before segments, whose start was read apart from their id's time. Only
+    // those, so a lookup of an unknown id stays bounded; pruning makes them fewer.
+    let legacy = conn
+        .prepare_cached("SELECT value FROM sequences WHERE name = 'invocations_before_segments'")
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)).optional())
+        .with_context(ctx)?
+        .unwrap_or(0);
+    if legacy == 0 {
+        return Ok(None);
+    }
+    find_in(segments("seq_end <= ?2 AND instr(body, ?3) > 0", &[&project, &legacy, &id])?, id)
+}
+
+fn find_in(
+    rows: Vec<(i64, String, String, i64, String)>,
+    id: &str,
+) -> Result<Option<InvocationRecord>> {
+    for row in rows {
+        if let Some(r) = load(row)?.records.into_iter().find(|r| r.id == id) {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+fn matches(r: &InvocationRecord, q: &InvocationQuery) -> bool {
+    q.after.is_none_or(|after| r.seq > after)
+        && q.status.is_none_or(|s| r.status == s)
+        && q.method.as_ref().is_none_or(|m| r.method == *m)
+        // A prefix, not a pattern: `%` and `_` in a path are not wildcards.
+        && q.path_prefix.as_ref().is_none_or(|p| r.path.starts_with(p.as_str()))
+}
+
+/// Replace a segment's records with `keep` (not empty), or drop the segment if it is empty.
+fn rewrite(tx: &Connection, seq_end: i64, keep: &[InvocationRecord]) -> Result<()> {
+    let ctx = || format!("rewriting invocation segment {seq_end}");
+    if keep.is_empty() {
+        tx.prepare_cached("DELETE FROM invocation_segments WHERE seq_end = ?1")
+            .and_then(|mut stmt| stmt.execute([seq_end]))
+            .with_context(ctx)?;
+        return Ok(());
+    }
+    let mut body = Vec::new();
+    encode(keep.iter(), &mut body);
+    let body = std::str::from_utf8(&body).expect("serde_json writes UTF-8");
+    let min = keep.iter().map(|r| r.started_at).min().unwrap_or_default();
+    let max = keep.iter().map(|r| r.started_at).max().unwrap_or_default();
+    // `seq_start` and `seq_end` stay: they bound the records' positions, which is all readers
+    // need, and `seq_end` is the row's identity.
+    tx.prepare_cached(
+        "UPDATE invocation_segments SET min_started_at = ?2, max_started_at = ?3, len = ?4, \
+         body = ?5 WHERE seq_end = ?1",
+    )
+    .and_then(|mut stmt| stmt.execute(params![seq_end, min, max, keep.len(), body]))
+    .with_context(ctx)?;
+    Ok(())
+}
+
+fn read_segments(tx: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Segment>> {
+    let rows = tx
+        .prepare_cached(sql)
+        .and_then(|mut stmt| {
+            stmt.query_map(args, segment_from_row)?.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .context("reading invocation segments")?;
+    rows.into_iter().map(load).collect()
+}
+
+impl InvocationStore for SqliteStore {
+    fn insert_batch(&self, records: &mut [InvocationRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let which: Vec<usize> = (0..records.len()).collect();
+        let last_event =
+            self.write("inserting invocation records", |tx| insert_new(tx, records, &which))?;
+        if let Some(p) = last_event {
+            self.events_committed(p);
+        }
+        Ok(())
+    }
+
+    fn retry_batch(&self, records: &mut [InvocationRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let last_event = self.write("inserting invocation records again", |tx| {
+            let mut which = Vec::with_capacity(records.len());
+            for (i, r) in records.iter_mut().enumerate() {
+                match find(tx, &r.project, &r.id)? {
+                    // Stored by the attempt whose answer was lost: keep its position.
+                    Some(stored) => r.seq = stored.seq,
+                    None => which.push(i),
+                }
+            }
+            insert_new(tx, records, &which)
+        })?;
+        if let Some(p) = last_event {
+            self.events_committed(p);
+        }
+        Ok(())
+    }
+
+    fn query(&self, project: &str, query: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
+        let limit = query.limit.unwrap_or(DEFAULT_QUERY_LIMIT).min(MAX_QUERY_LIMIT) as usize;
+        // The project is always the first condition; the function picks the index.
+        let mut sql =
+            format!("SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE project = ?1");
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&project];
+        if let Some(function) = &query.function {
+            args.push(function);
+            sql.push_str(&format!(" AND function = ?{}", args.len()));
+        }
+        let after = query.after.map(|a| a.min(i64::MAX as u64) as i64);
+        if let Some(after) = &after {
+            args.push(after);
+            sql.push_str(&format!(" AND seq_end > ?{}", args.len()));
+        }
+        sql.push_str(if query.ascending {
+            " ORDER BY seq_end ASC"
+        } else {
+            " ORDER BY seq_end DESC"
+        });
+        self.read(|conn| {
+            let ctx = || format!("querying invocation records of project {project}");
+            let mut stmt = conn.prepare_cached(&sql).with_context(ctx)?;
+            let mut rows = stmt.query(&args[..]).with_context(ctx)?;
+            let mut out = Vec::new();
+            // Segments are read one at a time, so a query stops as soon as it has its page.
+            while out.len() < limit {
+                let Some(row) = rows.next().with_context(ctx)? else { break };
+                let segment = load(segment_from_row(row).with_context(ctx)?)?;
+                let mut records = segment.records;
+                if !query.ascending {
+                    records.reverse();
+                }
+                out.extend(
+                    records.into_iter().filter(|r| matches(r, query)).take(limit - out.len()),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>> {
+        self.read(|conn| find(conn, project, id))
+    }
+
+    fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64> {
+        // The counter row is untouched: positions of pruned records are never handed out again.
+        self.write("pruning invocation records", |tx| {
+            let mut removed: u64 = 0;
+            // By age: whole segments, then the ones that started before and end after.
+            removed += tx
+                .prepare_cached(
+                    "DELETE FROM invocation_segments WHERE max_started_at < ?1 RETURNING len",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map([before], |row| row.get::<_, u64>(0))?
+                        .sum::<rusqlite::Result<u64>>()
+                })
+                .context("pruning invocation records by age")?;
+            let straddling = read_segments(
+                tx,
+                &format!(
+                    "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE min_started_at < ?1"
+                ),
+                [before],
+            )?;
+            for s in straddling {
+                let total = s.records.len();
+                let keep: Vec<_> =
+                    s.records.into_iter().filter(|r| r.started_at >= before).collect();
+                removed += (total - keep.len()) as u64;
+                rewrite(tx, s.seq_end, &keep)?;
+            }
+            // By count: `newer` is how many records of the function are in later segments.
+            let due: Vec<(i64, u64)> = tx
+                .prepare_cached(
+                    "SELECT seq_end, newer FROM ( \
+                         SELECT seq_end, len, sum(len) OVER ( \
+                             PARTITION BY project, function ORDER BY seq_end DESC \
+                         ) - len AS newer \
+                         FROM invocation_segments \
+                     ) WHERE newer + len > ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map([keep_per_function], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect()
+                })
+                .context("pruning invocation records by count")?;
+            for (seq_end, newer) in due {
+                let room = u64::from(keep_per_function).saturating_sub(newer) as usize;
+                let segment = read_segments(
+                    tx,
+                    &format!(
+                        "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE seq_end = ?1"
+                    ),
+                    [seq_end],
+                )?;
+                for s in segment {
+                    let total = s.records.len();
+                    // The newest `room` records stay.
+                    let keep = s.records[total.saturating_sub(room)..].to_vec();
+                    removed += (total - keep.len()) as u64;
+                    rewrite(tx, s.seq_end, &keep)?;
+                }
+            }
+            if removed > 0 {
+                tracing::debug!(removed, "pruned invocation records");
+            }
+            Ok(removed)
+        })
+    }
+
+    fn delete_project(&self, project: &str) -> Result<u64> {
+        self.write("deleting a project's invocation records", |tx| {
+            tx.prepare_cached("DELETE FROM invocation_segments WHERE project = ?1 RETURNING len")
+                .and_then(|mut stmt| {
+                    stmt.query_map([project], |row| row.get::<_, u64>(0))?
+                        .sum::<rusqlite::Result<u64>>()
+                })
+                .context("deleting a project's invocation records")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_time_of_a_uuid_v7_is_its_millisecond() {
+        let uuid = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            1_700_000_000,
+            123_456_789,
+        ));
+        assert_eq!(uuid_v7_millis(&uuid.to_string()), Some(1_700_000_000_123));
+        // A UUID of another version: its bits are not a time.
+        assert_eq!(uuid_v7_millis("6ba7b810-9dad-41d1-80b4-00c04fd430c8"), None);
+        assert_eq!(uuid_v7_millis("00000000000000000001"), None);
+    }
+
+    fn record_at(millis: i64, function: &str) -> InvocationRecord {
+        let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs as u64, ms as u32 * 1_000_000);
+        InvocationRecord {
+            seq: 0,
+            id: uuid::Uuid::new_v7(ts).to_string(),
+            project: "p".into(),
+            function: function.into(),
+            version: 1,
+            trigger: "http".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            started_at: millis,
+            duration_us: 1000,
+            queue_us: 0,
+            fuel: 1,
+            peak_memory_bytes: 1,
+            memory_limit_mb: 1,
+            outbound_bytes: 0,
+            status: InvocationStatus::Ok,
+            http_status: Some(200),
+            error: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs_truncated: false,
+        }
+    }
+
+    fn segments(store: &SqliteStore) -> Vec<(i64, i64, String, i64)> {
+        store
+            .read(|conn| {
+                let mut stmt = conn
+                    .prepare("SELECT seq_start, seq_end, function, len FROM invocation_segments")
+                    .unwrap();
+                Ok(stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect())
+            })
+            .unwrap()
+    }
+
+    /// A batch is one segment per function and minute, and each record is found by its id,
+    /// on either side of a minute boundary.
+    #[test]
+    fn a_batch_is_a_segment_per_function_and_minute() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let t = 1_700_000_040_000; // a minute boundary
+        let mut batch: Vec<_> = [(t - 2, "f"), (t - 1, "g"), (t - 1, "f"), (t, "f"), (t + 5, "g")]
+            .into_iter()
+            .map(|(at, f)| record_at(at, f))
+            .collect();
+        store.insert_batch(&mut batch).unwrap();
+        assert_eq!(
+            segments(&store),
+            [
+                (1, 2, "f".to_string(), 2),
+                (3, 3, "g".to_string(), 1),
+                (4, 4, "f".to_string(), 1),
+                (5, 5, "g".to_string(), 1),
+            ]
+        );
+        for r in &batch {
+            assert_eq!(store.get("p", &r.id).unwrap().as_ref(), Some(r));
+            assert!(store.get("q", &r.id).unwrap().is_none());
+        }
+        // An id of the same time that was never stored.
+        assert!(store.get("p", &record_at(t, "f").id).unwrap().is_none());
+    }
+
+    /// The listings and the lookup by id use the indexes, in position order, with no sort.
+    #[test]
+    fn queries_use_the_indexes() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let plan = |sql: &str| -> String {
+            store
+                .read(|conn| {
+                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+                    Ok(stmt
+                        .query_map([], |r| r.get::<_, String>(3))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect::<Vec<_>>()
+                        .join("; "))
+                })
+                .unwrap()
+        };
+        let base = format!("SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE project = 'p'");
+        for (sql, index) in [
+            (
+                format!("{base} AND seq_end > 5 ORDER BY seq_end DESC"),
+                "invocation_segments_project",
+            ),
+            (format!("{base} ORDER BY seq_end ASC"), "invocation_segments_project"),
+            (
+                format!("{base} AND function = 'f' AND seq_end > 5 ORDER BY seq_end ASC"),
+                "invocation_segments_function",
+            ),
+            (
+                format!("{base} AND min_started_at BETWEEN 1 AND 2 AND max_started_at >= 1"),
+                "invocation_segments_started",
+            ),
+        ] {
+            let plan = plan(&sql);
+            assert!(plan.contains(index), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+    }
+}
