@@ -15,7 +15,7 @@
 #   bench/instructions.sh        # after bench/run.sh (or SKIP_BUILD=0 to build first)
 #
 # Env: DURATION=20s (measured, after a 10 s warm-up) CONNECTIONS=8 TOP=30 (breakdown rows),
-# NIMBUS_B=/path/to/another/nimbus (adds it as a fourth server). Needs valgrind (apt-get install
+# NIMBUS_B=/path/to/another/nimbus (adds it as a fourth server), KEEP=DIR (keeps the profiles). Needs valgrind (apt-get install
 # valgrind). The pooling allocators are shrunk to four instances for both hosts (the most valgrind can
 # reserve address space for; the default pools need far more), which leaves Nimbus's fair share
 # (pool - 1) above the requests valgrind keeps in flight, so none waits at the node gate.
@@ -85,6 +85,8 @@ fi
 for n in "${names[@]}"; do
     callgrind_annotate --threshold=100 "$work/$n.out.1" > "$work/$n.txt"
 done
+# KEEP=DIR keeps the profiles (for callgrind_annotate --inclusive=yes, or kcachegrind).
+if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$work"/*.out.1 "$work"/*.txt "$work"/*.requests "$KEEP"/; fi
 python3 - "$work" "$TOP" "${names[@]}" <<'PY'
 import collections, re, sys
 work, top, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
