@@ -9,9 +9,11 @@
 //! `min_warm > 0` are pinned: loaded at start and never evicted (they still count).
 //!
 //! Eviction only drops the slot's reference: requests already running keep theirs, so the
-//! mapping goes away when the last of them ends. LRU order is a global counter stamped on each
-//! use (one relaxed atomic per request); an eviction scans the resident slots for the oldest
-//! stamp, which is cheap next to the load that caused it.
+//! mapping goes away when the last of them ends. LRU order is a global counter stamped on a use
+//! whose slot does not hold the newest stamp already: a busy function whose stamp is the newest
+//! is the most recently used without writing anything, so its requests only read the counter
+//! and the stamp (no cache line bouncing between cores on each request). An eviction scans the
+//! resident slots for the oldest stamp, which is cheap next to the load that caused it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -88,8 +90,17 @@ impl Residency {
         self.inner.lock().bytes
     }
 
+    /// A new stamp, newer than every one given before.
     fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::Relaxed)
+        self.clock.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Mark a use: a new stamp unless the slot holds the newest one already (then it is the
+    /// most recently used, and stays so without a write).
+    fn touch(&self, last_used: &AtomicU64) {
+        if last_used.load(Ordering::Relaxed) != self.clock.load(Ordering::Relaxed) {
+            last_used.store(self.tick(), Ordering::Relaxed);
+        }
     }
 
     /// Make `slot`'s freshly loaded code resident, then evict the least recently used others
@@ -159,7 +170,7 @@ impl CodeSlot {
     /// The code if it is resident (marking it used). The request path's fast case.
     pub(crate) fn resident(&self) -> Option<Arc<LoadedComponent>> {
         let code = self.code.load_full()?;
-        self.last_used.store(self.residency.tick(), Ordering::Relaxed);
+        self.residency.touch(&self.last_used);
         Some(code)
     }
 
@@ -239,6 +250,12 @@ mod tests {
         assert!(load(&b, 100, &loads).await.1);
         // `a` is used again, so `b` is now the least recently used.
         assert!(!load(&a, 100, &loads).await.1);
+        // Further uses of the most recently used slot write nothing shared.
+        let clock = r.clock.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            assert!(a.resident().is_some());
+        }
+        assert_eq!(r.clock.load(Ordering::Relaxed), clock);
         assert!(load(&c, 100, &loads).await.1);
         assert!(a.resident().is_some() && c.resident().is_some());
         assert!(b.code.load().is_none(), "b was evicted");
