@@ -42,7 +42,7 @@ pub(crate) struct GateMetrics {
 #[derive(Default)]
 struct Inner {
     in_use: u32,
-    functions: HashMap<u64, Function>,
+    functions: HashMap<u64, Function, foldhash::fast::RandomState>,
     /// Functions with waiters, in turn order.
     turns: VecDeque<u64>,
 }

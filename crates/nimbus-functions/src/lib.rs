@@ -43,6 +43,13 @@ use admission::Admission;
 use recorder::Recorder;
 use router::{Entry, RouteTable, claims_overlap};
 
+/// The persistent maps the request path looks up (routes, active versions). foldhash, randomly
+/// seeded per map, rather than the default SipHash: a request looks up several of them and
+/// SipHash was ~1k instructions of it (`bench/instructions.sh`); the keys are project, function
+/// and path names, which only tenants' own deploys insert.
+type FastMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {
     #[error(transparent)]
@@ -127,12 +134,12 @@ fn key(project: &str, name: &str) -> Key {
 /// function it changes: deploys do not slow down as functions accumulate on the node.
 #[derive(Clone, Default)]
 struct Snapshot {
-    functions: imbl::HashMap<Key, Arc<ActiveVersion>>,
+    functions: FastMap<Key, Arc<ActiveVersion>>,
     /// One route table per project: routes never cross projects.
-    routes: imbl::HashMap<String, RouteTable<ActiveVersion>>,
+    routes: FastMap<String, RouteTable<ActiveVersion>>,
     /// Functions with event triggers, per project and by name: what the trigger dispatcher
     /// matches each event against.
-    triggered: imbl::HashMap<String, imbl::OrdMap<String, Arc<ActiveVersion>>>,
+    triggered: FastMap<String, imbl::OrdMap<String, Arc<ActiveVersion>>>,
 }
 
 impl Snapshot {

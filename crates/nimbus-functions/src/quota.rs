@@ -103,7 +103,7 @@ impl Drop for QuotaPermit {
 pub(crate) struct QuotaGate {
     /// False while no project has quotas: the request path then skips the map.
     any: AtomicBool,
-    projects: RwLock<HashMap<String, Arc<ProjectGate>>>,
+    projects: RwLock<HashMap<String, Arc<ProjectGate>, foldhash::fast::RandomState>>,
 }
 
 impl QuotaGate {

@@ -21,7 +21,7 @@ impl<T> Clone for Entry<T> {
 }
 
 pub(crate) struct RouteTable<T> {
-    exact: imbl::HashMap<String, Vec<Entry<T>>>,
+    exact: crate::FastMap<String, Vec<Entry<T>>>,
     /// Ordered longest prefix first, then by prefix.
     prefixes: imbl::OrdMap<(Reverse<usize>, String), Vec<Entry<T>>>,
 }
@@ -34,7 +34,7 @@ impl<T> Clone for RouteTable<T> {
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
-        RouteTable { exact: imbl::HashMap::new(), prefixes: imbl::OrdMap::new() }
+        RouteTable { exact: Default::default(), prefixes: imbl::OrdMap::new() }
     }
 }
 
