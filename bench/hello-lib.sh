@@ -7,9 +7,11 @@ HELLO_WASM=$ROOT/examples/target/wasm32-wasip2/release/hello.wasm
 NIMBUS=$TARGET_DIR/release/nimbus
 BARE=$TARGET_DIR/release/bare-host
 if [[ "${SKIP_BUILD:-1}" == 0 ]]; then
+    rustup target add wasm32-wasip2
     (cd "$ROOT" && cargo build --release --locked -p nimbus-cli -p nimbus-bench)
     (cd "$ROOT/examples" && cargo build --release --locked --target wasm32-wasip2 -p hello)
 fi
 for f in "$NIMBUS" "$BARE" "$HELLO_WASM"; do
     [[ -f "$f" ]] || { echo "missing $f (run bench/run.sh or SKIP_BUILD=0)" >&2; exit 1; }
 done
+command -v wrk > /dev/null || { echo "wrk is missing (apt-get install -y wrk)" >&2; exit 1; }
