@@ -798,6 +798,63 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invocation_segments_started
         ON invocation_segments (project, min_started_at, max_started_at);
     "#,
+    // 16: per-subscription counts of deliveries kept in the same transaction as each change, so
+    // `GET /v1/triggers` and the trigger gauges read a row per subscription instead of scanning
+    // the backlog. The oldest pending event comes from a partial index. Seeded from the rows.
+    r#"
+    CREATE TABLE trigger_delivery_stats (
+        project  TEXT    NOT NULL,
+        function TEXT    NOT NULL,
+        trigger  TEXT    NOT NULL,
+        pending  INTEGER NOT NULL DEFAULT 0,
+        dead     INTEGER NOT NULL DEFAULT 0,
+        retrying INTEGER NOT NULL DEFAULT 0, -- pending, after a failed attempt
+        PRIMARY KEY (project, function, trigger)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO trigger_delivery_stats (project, function, trigger, pending, dead, retrying)
+        SELECT project, function, trigger, sum(state = 'pending'), sum(state = 'dead'),
+            sum(state = 'pending' AND last_error IS NOT NULL)
+        FROM trigger_deliveries WHERE state != 'delivered'
+        GROUP BY project, function, trigger;
+    CREATE INDEX trigger_deliveries_oldest_pending
+        ON trigger_deliveries (project, function, trigger, event_time) WHERE state = 'pending';
+    -- A row's project, function and trigger never change; its state and last error do.
+    CREATE TRIGGER trigger_deliveries_count_insert AFTER INSERT ON trigger_deliveries
+        WHEN NEW.state != 'delivered'
+    BEGIN
+        INSERT INTO trigger_delivery_stats (project, function, trigger, pending, dead, retrying)
+            VALUES (NEW.project, NEW.function, NEW.trigger, NEW.state = 'pending',
+                NEW.state = 'dead', NEW.state = 'pending' AND NEW.last_error IS NOT NULL)
+            ON CONFLICT DO UPDATE SET pending = pending + excluded.pending,
+                dead = dead + excluded.dead, retrying = retrying + excluded.retrying;
+    END;
+    CREATE TRIGGER trigger_deliveries_count_update AFTER UPDATE OF state, last_error
+        ON trigger_deliveries
+    BEGIN
+        INSERT INTO trigger_delivery_stats (project, function, trigger, pending, dead, retrying)
+            VALUES (NEW.project, NEW.function, NEW.trigger,
+                (NEW.state = 'pending') - (OLD.state = 'pending'),
+                (NEW.state = 'dead') - (OLD.state = 'dead'),
+                (NEW.state = 'pending' AND NEW.last_error IS NOT NULL)
+                    - (OLD.state = 'pending' AND OLD.last_error IS NOT NULL))
+            ON CONFLICT DO UPDATE SET pending = pending + excluded.pending,
+                dead = dead + excluded.dead, retrying = retrying + excluded.retrying;
+        DELETE FROM trigger_delivery_stats WHERE project = NEW.project
+            AND function = NEW.function AND trigger = NEW.trigger
+            AND pending = 0 AND dead = 0 AND retrying = 0;
+    END;
+    CREATE TRIGGER trigger_deliveries_count_delete AFTER DELETE ON trigger_deliveries
+        WHEN OLD.state != 'delivered'
+    BEGIN
+        UPDATE trigger_delivery_stats SET pending = pending - (OLD.state = 'pending'),
+            dead = dead - (OLD.state = 'dead'),
+            retrying = retrying - (OLD.state = 'pending' AND OLD.last_error IS NOT NULL)
+            WHERE project = OLD.project AND function = OLD.function AND trigger = OLD.trigger;
+        DELETE FROM trigger_delivery_stats WHERE project = OLD.project
+            AND function = OLD.function AND trigger = OLD.trigger
+            AND pending = 0 AND dead = 0 AND retrying = 0;
+    END;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -918,6 +975,7 @@ mod tests {
         "3a392430bb5ea090749369f76f6ff178062cbecdcbe8e2d0f9aacda09e77daf2",
         "a89aed80ef08bbd84b084cb3e24928632eb294cb9b289300d3529b5c19bf6454",
         "09f00d79a8a377555a7c6cec4e6ab4b5e115f5d804f1992b11b35dbe091278f6",
+        "3cb0a9dd7962ff4dbda6e38676868857950530ff22f09894ad45893719324198",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -1206,5 +1264,52 @@ mod tests {
         let mut new = [nimbus_model::InvocationRecord { id: "id-10".into(), ..b.clone() }];
         store.insert_batch(&mut new).unwrap();
         assert_eq!(new[0].seq, 10);
+    }
+
+    /// A database at version 15 with deliveries in every state: migration 16 seeds the counts
+    /// from them, and the stats read the same as the scan they replace.
+    #[test]
+    fn migration_16_seeds_subscription_counts_from_the_rows() {
+        use nimbus_store::triggers::DeliveryStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..15] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 15).unwrap();
+            for (n, (function, state, error, time)) in [
+                ("f", "pending", None, 30),
+                ("f", "pending", Some("HTTP 500"), 20),
+                ("f", "dead", Some("HTTP 500"), 10),
+                ("f", "delivered", None, 5),
+                ("g", "delivered", None, 1),
+                ("h", "dead", None, 2),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                tx.execute(
+                    "INSERT INTO trigger_deliveries (project, function, trigger, event_position, \
+                     event_id, event_type, event_source, event_subject, event_time, event_data, \
+                     path, state, max_attempts, next_at, expires_at, lease_ms, created_at, \
+                     updated_at, last_error) VALUES ('a', ?1, 't', ?2, ?2, 'x', '/s', 's', ?3, \
+                     '{}', '/', ?4, 3, 0, 0, 1000, 0, 0, ?5)",
+                    rusqlite::params![function, n as i64, time, state, error],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let stats: Vec<_> = store
+            .subscription_stats(Some("a"))
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.function, s.pending, s.dead, s.oldest_pending_at, s.retrying))
+            .collect();
+        assert_eq!(stats, [("f".to_string(), 2, 1, Some(20), 1), ("h".to_string(), 0, 1, None, 0)]);
     }
 }

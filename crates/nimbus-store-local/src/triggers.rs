@@ -287,14 +287,18 @@ impl DeliveryStore for SqliteStore {
     }
 
     fn subscription_stats(&self, project: Option<&str>) -> Result<Vec<SubscriptionStats>> {
+        // A row per subscription with deliveries pending or dead, kept by SQLite triggers in
+        // each change's transaction (migration 16); the oldest pending event from a partial
+        // index. So a call costs a row per subscription, not a scan of the backlog.
         let sql = format!(
-            "SELECT project, function, trigger, \
-             sum(state = 'pending'), sum(state = 'dead'), \
-             min(CASE WHEN state = 'pending' THEN event_time END), \
-             sum(state = 'pending' AND last_error IS NOT NULL) \
-             FROM trigger_deliveries WHERE state != 'delivered' {} \
-             GROUP BY project, function, trigger ORDER BY project, function, trigger",
-            if project.is_some() { "AND project = ?1" } else { "" }
+            "SELECT s.project, s.function, s.trigger, s.pending, s.dead, \
+             (SELECT min(d.event_time) FROM trigger_deliveries d \
+              WHERE d.project = s.project AND d.function = s.function \
+              AND d.trigger = s.trigger AND d.state = 'pending'), \
+             s.retrying \
+             FROM trigger_delivery_stats s WHERE (s.pending > 0 OR s.dead > 0) {} \
+             ORDER BY s.project, s.function, s.trigger",
+            if project.is_some() { "AND s.project = ?1" } else { "" }
         );
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql).context("preparing delivery stats")?;
