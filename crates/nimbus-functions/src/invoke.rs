@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use nimbus_model::{InvocationRecord, InvocationStatus, UnixMillis, now_millis};
+use nimbus_model::{InvocationRecord, InvocationStatus, UnixMillis};
 use nimbus_runtime::{BodyError, GuestBody, Invocation, Outcome, OutcomeStatus};
 
 use crate::metrics::{FunctionMetrics, Metrics};
@@ -87,14 +87,8 @@ impl FunctionService {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let uuid = uuid::Uuid::now_v7();
-        let id = uuid.to_string();
+        let (id, started_at) = nimbus_model::new_invocation_id();
         let start = Instant::now();
-        // The record starts at its id's time: the store finds a record by id near that time.
-        let started_at =
-            uuid.get_timestamp().map(|t| t.to_unix()).map_or_else(now_millis, |(secs, nanos)| {
-                secs as i64 * 1000 + i64::from(nanos / 1_000_000)
-            });
         let mut base = record_base(&target, &id, trigger, started_at);
         base.method = request.method().as_str().to_owned();
         base.path = request.uri().path().to_owned();

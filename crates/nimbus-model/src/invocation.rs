@@ -117,3 +117,47 @@ pub struct InvocationQuery {
     pub ascending: bool,
     pub limit: Option<u32>,
 }
+
+/// A new invocation id and the record's `started_at`: a UUIDv7 and its own millisecond, so that
+/// a store can find a record by id near that time ([`invocation_id_millis`]).
+pub fn new_invocation_id() -> (String, UnixMillis) {
+    let uuid = uuid::Uuid::now_v7();
+    let millis = v7_millis(&uuid).expect("a UUIDv7 has a time");
+    (uuid.to_string(), millis)
+}
+
+/// The start time an invocation id made by [`new_invocation_id`] carries; `None` for any other
+/// id (not a UUIDv7).
+pub fn invocation_id_millis(id: &str) -> Option<UnixMillis> {
+    let uuid = uuid::Uuid::try_parse(id).ok()?;
+    if uuid.get_version() != Some(uuid::Version::SortRand) {
+        return None;
+    }
+    v7_millis(&uuid)
+}
+
+fn v7_millis(uuid: &uuid::Uuid) -> Option<UnixMillis> {
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invocation_id_carries_its_start() {
+        let before = crate::now_millis();
+        let (id, started_at) = new_invocation_id();
+        assert!(started_at >= before && started_at <= crate::now_millis());
+        assert_eq!(invocation_id_millis(&id), Some(started_at));
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, 1_700_000_000, 123_456_789);
+        assert_eq!(
+            invocation_id_millis(&uuid::Uuid::new_v7(ts).to_string()),
+            Some(1_700_000_000_123)
+        );
+        // A UUID of another version: its bits are not a time.
+        assert_eq!(invocation_id_millis("6ba7b810-9dad-41d1-80b4-00c04fd430c8"), None);
+        assert_eq!(invocation_id_millis("00000000000000000001"), None);
+    }
+}

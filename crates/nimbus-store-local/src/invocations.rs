@@ -25,7 +25,9 @@
 use std::collections::HashMap;
 
 use nimbus_model::usage::{UsageCounters, hour_of, month_of};
-use nimbus_model::{InvocationQuery, InvocationRecord, InvocationStatus, UnixMillis};
+use nimbus_model::{
+    InvocationQuery, InvocationRecord, InvocationStatus, UnixMillis, invocation_id_millis,
+};
 use nimbus_store::{InvocationStore, Result};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -303,16 +305,6 @@ fn insert_new(
     Ok(last_event)
 }
 
-/// The millisecond time of a UUIDv7, the only ids Nimbus makes.
-fn uuid_v7_millis(id: &str) -> Option<i64> {
-    let uuid = uuid::Uuid::try_parse(id).ok()?;
-    if uuid.get_version() != Some(uuid::Version::SortRand) {
-        return None;
-    }
-    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
-    Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
-}
-
 /// Find a record by id (see the module doc for which segments are looked at).
 fn find(conn: &Connection, project: &str, id: &str) -> Result<Option<InvocationRecord>> {
     let ctx = || format!("reading invocation record {id}");
@@ -326,7 +318,7 @@ fn find(conn: &Connection, project: &str, id: &str) -> Result<Option<InvocationR
         })
         .with_context(ctx)
     };
-    let Some(t) = uuid_v7_millis(id) else {
+    let Some(t) = invocation_id_millis(id) else {
         // Not an id Nimbus made.
         return find_in(segments("instr(body, ?2) > 0", &[&project, &id])?, id);
     };
@@ -514,37 +506,35 @@ impl InvocationStore for SqliteStore {
                 removed += (total - keep.len()) as u64;
                 rewrite(tx, s.seq_end, &keep)?;
             }
-            // By count: `newer` is how many records of the function are in later segments.
-            let due: Vec<(i64, u64)> = tx
-                .prepare_cached(
-                    "SELECT seq_end, newer FROM ( \
-                         SELECT seq_end, len, sum(len) OVER ( \
+            // By count: `newer` is how many records of the function are in later segments; a
+            // segment with records beyond the newest `keep_per_function` keeps only the newest
+            // `keep_per_function - newer` of its own.
+            let due: Vec<(Segment, u64)> = tx
+                .prepare_cached(&format!(
+                    "SELECT {SEGMENT_COLUMNS}, due.newer FROM ( \
+                         SELECT seq_end AS due_end, len, sum(len) OVER ( \
                              PARTITION BY project, function ORDER BY seq_end DESC \
                          ) - len AS newer \
                          FROM invocation_segments \
-                     ) WHERE newer + len > ?1",
-                )
+                     ) AS due JOIN invocation_segments ON seq_end = due.due_end \
+                     WHERE due.newer + due.len > ?1"
+                ))
                 .and_then(|mut stmt| {
-                    stmt.query_map([keep_per_function], |row| Ok((row.get(0)?, row.get(1)?)))?
-                        .collect()
+                    stmt.query_map([keep_per_function], |row| {
+                        Ok((segment_from_row(row)?, row.get::<_, u64>(5)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
                 })
-                .context("pruning invocation records by count")?;
-            for (seq_end, newer) in due {
+                .context("pruning invocation records by count")?
+                .into_iter()
+                .map(|(row, newer)| Ok((load(row)?, newer)))
+                .collect::<Result<_>>()?;
+            for (s, newer) in due {
                 let room = u64::from(keep_per_function).saturating_sub(newer) as usize;
-                let segment = read_segments(
-                    tx,
-                    &format!(
-                        "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE seq_end = ?1"
-                    ),
-                    [seq_end],
-                )?;
-                for s in segment {
-                    let total = s.records.len();
-                    // The newest `room` records stay.
-                    let keep = s.records[total.saturating_sub(room)..].to_vec();
-                    removed += (total - keep.len()) as u64;
-                    rewrite(tx, s.seq_end, &keep)?;
-                }
+                let total = s.records.len();
+                let keep = &s.records[total.saturating_sub(room)..];
+                removed += (total - keep.len()) as u64;
+                rewrite(tx, s.seq_end, keep)?;
             }
             if removed > 0 {
                 tracing::debug!(removed, "pruned invocation records");
@@ -568,19 +558,6 @@ impl InvocationStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_id_time_of_a_uuid_v7_is_its_millisecond() {
-        let uuid = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            1_700_000_000,
-            123_456_789,
-        ));
-        assert_eq!(uuid_v7_millis(&uuid.to_string()), Some(1_700_000_000_123));
-        // A UUID of another version: its bits are not a time.
-        assert_eq!(uuid_v7_millis("6ba7b810-9dad-41d1-80b4-00c04fd430c8"), None);
-        assert_eq!(uuid_v7_millis("00000000000000000001"), None);
-    }
 
     fn record_at(millis: i64, function: &str) -> InvocationRecord {
         let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));

@@ -94,13 +94,8 @@ fn record_in(
 
 /// `r` with an id as Nimbus makes them: a UUIDv7 of now, whose time is the record's start.
 fn with_uuid(r: InvocationRecord) -> InvocationRecord {
-    let uuid = uuid::Uuid::now_v7();
-    let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
-    InvocationRecord {
-        id: uuid.to_string(),
-        started_at: secs as i64 * 1000 + i64::from(nanos / 1_000_000),
-        ..r
-    }
+    let (id, started_at) = nimbus_model::new_invocation_id();
+    InvocationRecord { id, started_at, ..r }
 }
 
 fn ids(records: &[InvocationRecord]) -> Vec<u64> {
