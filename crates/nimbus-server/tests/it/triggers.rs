@@ -759,7 +759,14 @@ async fn async_invocations_are_listed_beside_triggers() {
 async fn a_refused_callback_is_retried_and_survives_a_restart() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start_with(callback_config(dir.path())).await;
+    // Retries come 20-200 ms apart: on a loaded machine the default 8 attempts could all be
+    // spent before the stop below, and a callback given up is never sent after the restart.
+    let config = || {
+        let mut c = callback_config(dir.path());
+        c.triggers.callback_max_attempts = 1000;
+        c
+    };
+    let s = TestServer::start_with(config()).await;
     subscriber(&s, "later", json!([]), json!({})).await;
     // The receiver answers 503 until it is opened, counting calls.
     let mut receiver = CallbackReceiver::start(REFUSE).await;
@@ -782,7 +789,7 @@ async fn a_refused_callback_is_retried_and_survives_a_restart() {
 
     // The old build sent callbacks from memory: a stop lost them. Now the next start sends it.
     receiver.set(ANSWER);
-    let s = TestServer::start_with(callback_config(dir.path())).await;
+    let s = TestServer::start_with(config()).await;
     // An attempt in flight at the stop was given back by it (see the next test): sent at once.
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
     assert_eq!(got["status"], "succeeded");
