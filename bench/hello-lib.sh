@@ -1,10 +1,11 @@
 # Shared by bench/interleaved.sh, bench/cpu-per-request.sh and bench/instructions.sh (sourced,
 # not run): the release nimbus, the bare host and the hello example they serve, built first
-# when SKIP_BUILD=0 (by default they are expected from bench/run.sh).
+# when SKIP_BUILD=0 (by default they are expected from bench/run.sh). NIMBUS_BIN=PATH measures
+# another build of nimbus (for example one copied aside before a change) in place of the tree's.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 HELLO_WASM=$ROOT/examples/target/wasm32-wasip2/release/hello.wasm
-NIMBUS=$TARGET_DIR/release/nimbus
+NIMBUS=${NIMBUS_BIN:-$TARGET_DIR/release/nimbus}
 BARE=$TARGET_DIR/release/bare-host
 if [[ "${SKIP_BUILD:-1}" == 0 ]]; then
     rustup target add wasm32-wasip2

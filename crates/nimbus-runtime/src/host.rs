@@ -75,8 +75,8 @@ impl OutboundPolicy {
 }
 
 pub(crate) struct OutboundHooks {
-    /// Bytes written to the network by this invocation's outbound connections.
-    pub(crate) egress: Arc<std::sync::atomic::AtomicU64>,
+    /// The invocation's shared state: its connections count their bytes in `egress`.
+    pub(crate) shared: Arc<Shared>,
     /// The function's host allow-list.
     pub(crate) policy: Arc<OutboundPolicy>,
     /// The operator's network policy, checked on the resolved address.
@@ -122,7 +122,7 @@ impl WasiHttpHooks for OutboundHooks {
         }
         drop(fut);
         let net = self.net.clone();
-        Box::new(crate::net::send_request(net, request, options, self.egress.clone()))
+        Box::new(crate::net::send_request(net, request, options, self.shared.clone()))
     }
 }
 
@@ -177,6 +177,18 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
+/// What the parts of one invocation share (its log pipes, outbound connections, response
+/// callback, task and response body), in one allocation rather than one each.
+pub(crate) struct Shared {
+    pub(crate) logs: Mutex<LogBuffer>,
+    /// Bytes written to the network by the invocation's outbound connections.
+    pub(crate) egress: std::sync::atomic::AtomicU64,
+    /// Whether and how the guest answered (`invoke.rs`).
+    pub(crate) responded: std::sync::atomic::AtomicU32,
+    /// How the guest ended (`invoke.rs`).
+    pub(crate) end: std::sync::atomic::AtomicU8,
+}
+
 /// Captured stdout and stderr of one invocation, sharing one byte budget.
 #[derive(Default)]
 pub(crate) struct LogBuffer {
@@ -196,7 +208,7 @@ pub(crate) enum Stream {
 /// refused write makes most guests panic, and an endless writer is stopped by its timeout instead.
 #[derive(Clone)]
 pub(crate) struct LogPipe {
-    pub(crate) buffer: Arc<Mutex<LogBuffer>>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) stream: Stream,
 }
 
@@ -218,7 +230,7 @@ impl tokio::io::AsyncWrite for LogPipe {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut b = self.buffer.lock();
+        let mut b = self.shared.logs.lock();
         let keep = buf.len().min(b.remaining);
         b.remaining -= keep;
         if keep < buf.len() {

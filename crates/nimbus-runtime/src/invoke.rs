@@ -20,7 +20,7 @@ use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::host::{GuestLimiter, HostState, LogBuffer, LogPipe, OutboundHooks, Stream};
+use crate::host::{GuestLimiter, HostState, LogBuffer, LogPipe, OutboundHooks, Shared, Stream};
 use crate::in_process::InProcessCtx;
 use crate::{LoadedComponent, OutboundPolicy, Runtime};
 
@@ -154,10 +154,17 @@ impl Runtime {
             let localhost = http::HeaderValue::from_static("localhost");
             request.headers_mut().insert(http::header::HOST, localhost);
         }
-        let logs = Arc::new(Mutex::new(LogBuffer {
-            remaining: self.config.log_bytes_per_invocation,
-            ..Default::default()
-        }));
+        let shared = Arc::new(Shared {
+            logs: Mutex::new(LogBuffer {
+                remaining: self.config.log_bytes_per_invocation,
+                ..Default::default()
+            }),
+            egress: AtomicU64::new(0),
+            // Noted synchronously while the guest runs, so the task knows at its end whether
+            // (and what) the guest answered without waiting on the receiver.
+            responded: AtomicU32::new(NO_RESPONSE),
+            end: AtomicU8::new(RUNNING),
+        });
         let in_process = self.in_process.as_ref().map(|api| {
             InProcessCtx::new(api.clone(), params.project.clone(), params.function.clone())
         });
@@ -178,19 +185,18 @@ impl Runtime {
             }
         }
         let wasi = wasi
-            .stdout(LogPipe { buffer: logs.clone(), stream: Stream::Stdout })
-            .stderr(LogPipe { buffer: logs.clone(), stream: Stream::Stderr })
+            .stdout(LogPipe { shared: shared.clone(), stream: Stream::Stdout })
+            .stderr(LogPipe { shared: shared.clone(), stream: Stream::Stderr })
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let egress = Arc::new(AtomicU64::new(0));
         let state = HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: OutboundHooks {
-                egress: egress.clone(),
+                shared: shared.clone(),
                 policy: params.outbound.clone(),
                 net: self.net.clone(),
                 in_process,
@@ -224,7 +230,7 @@ impl Runtime {
                 0,
                 0,
                 Duration::ZERO,
-                &logs,
+                &shared,
             ));
             Invocation::Failed(OutcomeStatus::Error)
         };
@@ -235,10 +241,7 @@ impl Runtime {
             return fail_early(format!("setting fuel: {e:#}"), Box::new(on_finish));
         }
         let (tx, rx) = oneshot::channel();
-        // Noted synchronously while the guest runs, so the task knows at its end whether (and
-        // what) the guest answered without waiting on the receiver.
-        let responded = Arc::new(AtomicU32::new(NO_RESPONSE));
-        let flag = responded.clone();
+        let flag = shared.clone();
         let request = request.map(|body| body.map_err(to_wasi_error));
         let (req, out) = {
             let mut http = store.data_mut().http();
@@ -247,7 +250,7 @@ impl Runtime {
                     Ok(r) => u32::from(r.status().as_u16()),
                     Err(_) => GUEST_ERROR,
                 };
-                flag.store(mark, Ordering::Release);
+                flag.responded.store(mark, Ordering::Release);
                 // The receiver is gone only if the caller stopped waiting; nothing to tell it.
                 let _ = tx.send(result);
             });
@@ -261,14 +264,11 @@ impl Runtime {
 
         let pre = component.pre.clone();
         let timeout = params.timeout;
-        let task_logs = logs.clone();
-        let task_egress = egress;
-        let end = Arc::new(AtomicU8::new(RUNNING));
-        let task_end = end.clone();
+        let task_shared = shared.clone();
         let guest = async move {
             // Holds the store so that how the guest ended is set before the store (and with it
             // the sending half of the response body) is dropped, even on a panic.
-            let mut guard = EndGuard { store, end: task_end };
+            let mut guard = EndGuard { store, shared: task_shared };
             let store = &mut guard.store;
             let mut instantiate = Duration::ZERO;
             let run = async {
@@ -277,9 +277,18 @@ impl Runtime {
                 instantiate = start.elapsed();
                 proxy.wasi_http_incoming_handler().call_handle(&mut *store, req, out).await
             };
-            // Epoch interruption stops a guest spinning in wasm; this timer also stops one that
-            // is parked in a host call (a sleep, a slow outbound request).
-            let result = tokio::time::timeout(timeout, run).await;
+            // Epoch interruption stops a guest spinning in wasm; a timer also stops one that is
+            // parked in a host call (a sleep, a slow outbound request). Only a guest that waits
+            // needs that timer, so it is set, for the same deadline, when the first poll finds
+            // the guest waiting: most requests answer in that poll and never touch the runtime's
+            // timer wheel (a shared lock) or its handle (a shared reference count).
+            let result = {
+                let mut run = std::pin::pin!(run);
+                match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+                    Poll::Ready(done) => Ok(done),
+                    Poll::Pending => tokio::time::timeout_at(deadline.into(), run).await,
+                }
+            };
             let fuel = FUEL_BUDGET.saturating_sub(store.get_fuel().unwrap_or(FUEL_BUDGET));
             let limiter = &store.data().limiter;
             let peak = limiter.peak as u64;
@@ -301,7 +310,7 @@ impl Runtime {
                     None => (OutcomeStatus::Error, Some(format!("{e:#}"))),
                 },
             };
-            let response_status = match responded.load(Ordering::Acquire) {
+            let response_status = match guard.shared.responded.load(Ordering::Acquire) {
                 NO_RESPONSE => {
                     if status == OutcomeStatus::Ok {
                         status = OutcomeStatus::Error;
@@ -319,8 +328,9 @@ impl Runtime {
                 code => u16::try_from(code).ok(),
             };
             let ended = if status == OutcomeStatus::Ok { ENDED_OK } else { ENDED_BADLY };
-            guard.end.store(ended, Ordering::Release);
-            let outbound = task_egress.load(Ordering::Relaxed);
+            guard.shared.end.store(ended, Ordering::Release);
+            let outbound = guard.shared.egress.load(Ordering::Relaxed);
+            let task_shared = guard.shared.clone();
             // The instance goes back to the pool before `on_finish` frees the caller's slots:
             // otherwise a request admitted by a freed slot could find the pool still full
             // (503 `node_full` with the node at exactly its capacity).
@@ -333,7 +343,7 @@ impl Runtime {
                 peak,
                 outbound,
                 instantiate,
-                &task_logs,
+                &task_shared,
             ));
             status
         };
@@ -366,7 +376,7 @@ impl Runtime {
 
         match rx.await {
             Ok(Ok(response)) => Invocation::Responded(
-                response.map(|inner| CheckedBody { inner, end, done: false }.boxed_unsync()),
+                response.map(|inner| CheckedBody { inner, shared, done: false }.boxed_unsync()),
             ),
             // The guest set an error, or ended without answering: its task has the details.
             Ok(Err(_)) | Err(_) => {
@@ -401,15 +411,19 @@ const ENDED_BADLY: u8 = 2;
 
 struct EndGuard {
     store: Store<HostState>,
-    end: Arc<AtomicU8>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
         // A task that panicked or was cancelled never set an outcome: that is not a clean end.
         // (Runs before the fields drop, so before the store.)
-        let _ =
-            self.end.compare_exchange(RUNNING, ENDED_BADLY, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.shared.end.compare_exchange(
+            RUNNING,
+            ENDED_BADLY,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 }
 
@@ -424,7 +438,7 @@ impl Drop for EndGuard {
 /// so hyper aborts the connection instead of sending the last chunk.
 struct CheckedBody {
     inner: UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>,
-    end: Arc<AtomicU8>,
+    shared: Arc<Shared>,
     done: bool,
 }
 
@@ -443,7 +457,7 @@ impl http_body::Body for CheckedBody {
             Some(frame) => Some(frame.map_err(from_wasi_error)),
             None => {
                 self.done = true;
-                match self.end.load(Ordering::Acquire) {
+                match self.shared.end.load(Ordering::Acquire) {
                     ENDED_BADLY => Some(Err(BodyError::Truncated)),
                     _ => None,
                 }
@@ -470,9 +484,9 @@ fn finish(
     peak_memory_bytes: u64,
     outbound_bytes: u64,
     instantiate: Duration,
-    logs: &Arc<Mutex<LogBuffer>>,
+    shared: &Shared,
 ) -> Outcome {
-    let mut logs = logs.lock();
+    let mut logs = shared.logs.lock();
     Outcome {
         status,
         error,

@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ impl<T> TokioStream for T where T: AsyncRead + AsyncWrite + Send + Sync + Unpin 
 /// record, which is read when the guest ends.
 struct Counted<S> {
     inner: S,
-    written: Arc<AtomicU64>,
+    written: Arc<crate::host::Shared>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -53,7 +52,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.written.egress.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Poll::Ready(Ok(n))
     }
 
@@ -63,7 +62,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
-        self.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.written.egress.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Poll::Ready(Ok(n))
     }
 
@@ -135,7 +134,7 @@ pub(crate) async fn send_request(
     policy: Arc<NetPolicy>,
     mut req: http::Request<WasiBody>,
     options: Option<RequestOptions>,
-    egress: Arc<AtomicU64>,
+    egress: Arc<crate::host::Shared>,
 ) -> Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error> {
     let uri = req.uri();
     let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;

@@ -373,6 +373,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Whether `path` is one of Nimbus's own (what [`router`] routes: `/healthz`, `/metrics` and
+/// everything under `/v1`); every other path goes to the function gateway. Functions cannot
+/// claim these paths (`nimbus_model::RESERVED_PREFIXES`).
+pub(crate) fn is_platform_path(path: &str) -> bool {
+    path == "/healthz" || path == "/metrics" || path == "/v1" || path.starts_with("/v1/")
+}
+
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }

@@ -20,14 +20,20 @@ pub const INVOCATION_ID: HeaderName = HeaderName::from_static("x-nimbus-invocati
 /// before routing and before the guest sees the path), or by host name `<project>.<base domain>`.
 /// Everything else goes to the default project.
 pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    serve(&state, request).await
+}
+
+/// [`handle`] without the router: the main listener calls it directly for every path that is
+/// not Nimbus's own.
+pub(crate) async fn serve(state: &AppState, request: Request) -> Response {
     let (project, mut request) = match resolve_project(&state.base_domain, request) {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
-    let method = request.method().as_str().to_owned();
-    match state.functions.route(&project, &method, request.uri().path()) {
+    let method = request.method().clone();
+    match state.functions.route(&project, method.as_str(), request.uri().path()) {
         RouteMatch::Found(target) => {
-            let identity = match identify(&state, &project, request.headers_mut()).await {
+            let identity = match identify(state, &project, request.headers_mut()).await {
                 Ok(identity) => identity,
                 Err(e) => return e.into_response(),
             };
@@ -79,6 +85,9 @@ pub(crate) enum Identity {
 }
 
 const IDENTITY_PREFIX: &str = "x-nimbus-";
+// Constants, so that the names are checked at compile time rather than on every request.
+const X_PROJECT: HeaderName = HeaderName::from_static("x-nimbus-project");
+const X_AUTH: HeaderName = HeaderName::from_static("x-nimbus-auth");
 
 impl Identity {
     fn is_authenticated(&self) -> bool {
@@ -88,27 +97,43 @@ impl Identity {
     /// Replace whatever `x-nimbus-*` headers the client sent with the verified identity, so a
     /// function can trust them.
     pub(crate) fn write(&self, project: &str, headers: &mut HeaderMap) {
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            headers.remove(&name);
-        }
-        let mut set = |name: &'static str, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(name), v);
+        // Runs on every gateway request: allocates only if the client did send such headers.
+        if headers.keys().any(|name| name.as_str().starts_with(IDENTITY_PREFIX)) {
+            let spoofed: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
+                .cloned()
+                .collect();
+            for name in spoofed {
+                headers.remove(&name);
             }
+        }
+        let project = match project {
+            DEFAULT_PROJECT => Ok(HeaderValue::from_static(DEFAULT_PROJECT)),
+            project => HeaderValue::from_str(project),
         };
-        set("x-nimbus-project", project);
+        if let Ok(v) = project {
+            headers.insert(X_PROJECT, v);
+        }
+        let auth = |scheme: &'static str| HeaderValue::from_static(scheme);
         match self {
-            Identity::Anonymous => set("x-nimbus-auth", "anonymous"),
-            Identity::Admin => set("x-nimbus-auth", "admin"),
-            Identity::Key(scope) => set("x-nimbus-auth", scope.as_str()),
+            Identity::Anonymous => {
+                headers.insert(X_AUTH, auth("anonymous"));
+            }
+            Identity::Admin => {
+                headers.insert(X_AUTH, auth("admin"));
+            }
+            Identity::Key(scope) => {
+                headers.insert(X_AUTH, auth(scope.as_str()));
+            }
             Identity::User(claims) => {
-                set("x-nimbus-auth", "user");
-                set("x-nimbus-user-id", &claims.sub);
+                headers.insert(X_AUTH, auth("user"));
+                let mut set = |name: HeaderName, value: &str| {
+                    if let Ok(v) = HeaderValue::from_str(value) {
+                        headers.insert(name, v);
+                    }
+                };
+                set(HeaderName::from_static("x-nimbus-user-id"), &claims.sub);
                 // Roles given before the role rule existed may hold a comma: never let one role
                 // read as two.
                 let roles: Vec<&str> = claims
@@ -117,12 +142,13 @@ impl Identity {
                     .map(String::as_str)
                     .filter(|r| nimbus_auth::is_valid_role(r))
                     .collect();
-                set("x-nimbus-user-roles", &roles.join(","));
-                set("x-nimbus-user-anonymous", if claims.anon { "true" } else { "false" });
-                set("x-nimbus-session-id", &claims.sid);
+                set(HeaderName::from_static("x-nimbus-user-roles"), &roles.join(","));
+                let anon = if claims.anon { "true" } else { "false" };
+                set(HeaderName::from_static("x-nimbus-user-anonymous"), anon);
+                set(HeaderName::from_static("x-nimbus-session-id"), &claims.sid);
                 if !claims.custom.is_empty() {
                     set(
-                        "x-nimbus-user-claims",
+                        HeaderName::from_static("x-nimbus-user-claims"),
                         &serde_json::Value::from(claims.custom.clone()).to_string(),
                     );
                 }
@@ -232,7 +258,8 @@ pub(crate) fn respond(invoked: Invoked) -> Response {
         Ok(r) => r.map(Body::new),
         Err(e) => ApiError::from(e).into_response(),
     };
-    if let Ok(v) = HeaderValue::from_str(&invoked.id) {
+    // The id's own bytes become the header value: no copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(invoked.id)) {
         response.headers_mut().insert(INVOCATION_ID, v);
     }
     response

@@ -345,7 +345,7 @@ impl Server {
             let stop = self.state.clone().shutdown_signal();
             AbortOnDrop(tokio::spawn(listener::serve(
                 listener,
-                app,
+                listener::Served::router(app),
                 limits,
                 stop,
                 Duration::from_secs(1),
@@ -360,7 +360,7 @@ impl Server {
             let stop = self.state.clone().shutdown_signal();
             AbortOnDrop(tokio::spawn(listener::serve(
                 listener,
-                app,
+                listener::Served::router(app),
                 limits,
                 stop,
                 SHUTDOWN_GRACE,
@@ -380,8 +380,9 @@ impl Server {
         ));
         let functions = self.state.functions.clone();
         let usage = self.state.usage.clone();
-        let app = router(self.state);
+        let app = router(self.state.clone());
         self.in_process.set(Some(app.clone()));
+        let app = listener::Served::with_gateway(app, self.state);
         let notify = self.shutting_down;
         let signal = async move {
             shutdown.await;

@@ -124,11 +124,56 @@ impl Drop for ClientSlot {
     }
 }
 
+/// What a listener serves: a router, and on the main listener the function gateway beside it.
+///
+/// Gateway requests (every path that is not Nimbus's own, see [`crate::app::is_platform_path`])
+/// go to the gateway directly rather than through the router, whose match would only end in the
+/// same fallback. That skips the router's path match, its request conversions and two shared
+/// reference counts (router and state) per request: about 2% of the node's throughput serving
+/// a hello function (bench/interleaved.sh, docs/benchmarks.md).
+#[derive(Clone)]
+pub(crate) struct Served {
+    router: Router,
+    gateway: Option<crate::app::AppState>,
+}
+
+impl Served {
+    /// Everything through `router`.
+    pub(crate) fn router(router: Router) -> Self {
+        Served { router, gateway: None }
+    }
+
+    /// Nimbus's own paths through `router`, the rest to the function gateway of `state`.
+    pub(crate) fn with_gateway(router: Router, state: crate::app::AppState) -> Self {
+        Served { router, gateway: Some(state) }
+    }
+
+    async fn call(
+        &self,
+        mut request: axum::extract::Request,
+        peer: std::net::SocketAddr,
+    ) -> axum::response::Response {
+        match &self.gateway {
+            Some(state) if !crate::app::is_platform_path(request.uri().path()) => {
+                crate::gateway::serve(state, request).await
+            }
+            _ => {
+                // Only Nimbus's own endpoints use the client's address (auth's rate limits).
+                request.extensions_mut().insert(ConnectInfo(peer));
+                match self.router.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    }
+}
+
 /// Serve `app` on `listener` until `shutdown` resolves, then give in-flight connections `grace`
 /// to finish.
 pub(crate) async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Served,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
@@ -181,22 +226,28 @@ pub(crate) async fn serve(
             tracing::debug!(error = %e, "setting TCP_NODELAY");
         }
         let body_timeout = limits.body_timeout;
-        let app = app.clone();
-        let service = tower::service_fn(move |mut request: http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
+        // One handle per connection: each request clones this connection's own `Arc`, not a
+        // reference count that every worker thread writes.
+        let app = Arc::new(app.clone());
+        let service = tower::service_fn(move |request: http::Request<Incoming>| {
             let http1 = matches!(
                 request.version(),
                 http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11
             );
-            let ended = Arc::new(AtomicBool::new(false));
+            // A request without a body (most GETs) has nothing to time out or track.
+            let mut ended = None;
             let request = request.map(|body| {
-                let body = EndTracked::new(body, ended.clone());
+                if hyper::body::Body::is_end_stream(&body) {
+                    return axum::body::Body::new(body);
+                }
+                let flag = ended.insert(Arc::new(AtomicBool::new(false))).clone();
+                let body = EndTracked::new(body, flag);
                 axum::body::Body::new(TimeoutBody::new(body_timeout, body))
             });
             let app = app.clone();
             async move {
-                let mut response = app.oneshot(request).await?;
-                if http1 && !ended.load(Ordering::Acquire) {
+                let mut response = app.call(request, peer).await;
+                if http1 && ended.is_some_and(|ended| !ended.load(Ordering::Acquire)) {
                     close_after(&mut response);
                 }
                 Ok::<_, std::convert::Infallible>(response)

@@ -568,3 +568,55 @@ async fn an_identical_redeploy_makes_no_new_version() {
     );
     s.stop().await;
 }
+
+/// The main listener sends every path that is not Nimbus's own straight to the gateway, without
+/// the router (`listener::Served`): each documented endpoint, `/healthz` and `/metrics` must
+/// still be answered by Nimbus even when a function claims every path.
+#[tokio::test]
+async fn api_paths_never_reach_a_catch_all_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.deploy("hello", spec("hello", &["/..."])).await;
+    let from_function = |r: &reqwest::Response| r.headers().contains_key("x-nimbus-invocation-id");
+    for path in ["/anything", "/v1x", "/healthz/", "/@default/x"] {
+        let r = s.get(path).await;
+        assert!(from_function(&r), "{path} should reach the function");
+        assert_eq!(r.text().await.unwrap(), "Hello from Nimbus!\n", "{path}");
+    }
+    let doc: Value = s.get("/v1/openapi.json").await.json().await.unwrap();
+    let documented = doc["paths"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert!(documented.len() > 50, "{documented:?}");
+    let templated = fill_parameters(&documented);
+    for path in
+        templated.iter().map(String::as_str).chain(["/healthz", "/metrics", "/v1", "/v1/no"])
+    {
+        for method in [Method::GET, Method::POST, Method::DELETE] {
+            let r = s.client.request(method.clone(), s.url(path)).send().await.unwrap();
+            assert!(!from_function(&r), "{method} {path} reached the function: {}", r.status());
+        }
+    }
+    s.stop().await;
+}
+
+/// Documented paths with every `{parameter}` filled in.
+fn fill_parameters(paths: &[String]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| {
+            let mut out = String::new();
+            let mut in_param = false;
+            for c in p.chars() {
+                match c {
+                    '{' => in_param = true,
+                    '}' => {
+                        in_param = false;
+                        out.push('x');
+                    }
+                    _ if in_param => {}
+                    c => out.push(c),
+                }
+            }
+            out
+        })
+        .collect()
+}
