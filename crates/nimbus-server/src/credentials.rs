@@ -4,12 +4,15 @@
 //! A malformed `Authorization` header is an error, never "no credentials": a client with a broken
 //! token must learn it instead of being served as anonymous.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 
 use crate::error::ApiError;
 
 /// Header carrying an API key, for clients that keep `Authorization` for a user's token.
 pub const API_KEY_HEADER: &str = "x-api-key";
+/// [`API_KEY_HEADER`] as a name checked at compile time: looked up by a string, it would be
+/// parsed again on every gateway request.
+pub(crate) const API_KEY: HeaderName = HeaderName::from_static(API_KEY_HEADER);
 
 fn malformed(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -40,7 +43,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// The API key of the `x-api-key` header, if there is one; a malformed one is a 401.
 pub(crate) fn api_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let mut values = headers.get_all(API_KEY_HEADER).iter();
+    let mut values = headers.get_all(&API_KEY).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
         return Err(malformed("send one x-api-key header, not several"));
@@ -54,7 +57,7 @@ pub(crate) fn api_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// headers must never learn the operator's token or a key it was not given.
 pub(crate) fn strip_consumed(headers: &mut HeaderMap) {
     headers.remove(header::AUTHORIZATION);
-    headers.remove(API_KEY_HEADER);
+    headers.remove(&API_KEY);
     headers.remove(header::COOKIE);
 }
 

@@ -11,7 +11,7 @@ use nimbus_auth::{ApiKeyScope, Claims};
 use nimbus_functions::{Invoked, RouteMatch};
 use nimbus_model::{DEFAULT_PROJECT, validate_project};
 
-use crate::app::{API_KEY_HEADER, AppState};
+use crate::app::AppState;
 use crate::error::ApiError;
 
 pub const INVOCATION_ID: HeaderName = HeaderName::from_static("x-nimbus-invocation-id");
@@ -173,7 +173,7 @@ async fn identify(
             // The user's own token may reach the function they called (documented); a key sent
             // beside it was not used and is not forwarded.
             if key.is_some() {
-                headers.remove(API_KEY_HEADER);
+                headers.remove(&crate::credentials::API_KEY);
             }
             Ok(Identity::User(claims))
         }
