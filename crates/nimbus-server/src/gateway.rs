@@ -106,6 +106,9 @@ impl Identity {
         for name in spoofed {
             headers.remove(&name);
         }
+        // hyper sizes the map for the headers it parsed: room for both identity headers at once
+        // is one reallocation instead of one per insert.
+        headers.reserve(2);
         let project = match project {
             DEFAULT_PROJECT => Ok(HeaderValue::from_static(DEFAULT_PROJECT)),
             project => HeaderValue::from_str(project),

@@ -26,7 +26,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -229,7 +228,10 @@ pub(crate) async fn serve(
         // One handle per connection: each request clones this connection's own `Arc`, not a
         // reference count that every worker thread writes.
         let app = Arc::new(app.clone());
-        let service = tower::service_fn(move |request: http::Request<Incoming>| {
+        // hyper's own `service_fn`, not tower's behind `TowerToHyperService`: that adapter wraps
+        // each request's future in a `Oneshot` state machine, which moves the whole future (a few
+        // KiB) once more per request.
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let http1 = matches!(
                 request.version(),
                 http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11
@@ -269,10 +271,7 @@ pub(crate) async fn serve(
                 return;
             }
             let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(tcp),
-                    TowerToHyperService::new(service),
-                )
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
