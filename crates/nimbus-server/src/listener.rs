@@ -270,9 +270,8 @@ pub(crate) async fn serve(
                 drop((permit, client, open));
                 return;
             }
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .into_owned();
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

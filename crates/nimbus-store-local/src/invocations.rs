@@ -35,6 +35,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Context, backend};
 use crate::sqlite::SqliteStore;
 
+mod prune;
+pub(crate) use prune::PruneMark;
+
 /// Query limit when none is asked for, and the most one query returns.
 const DEFAULT_QUERY_LIMIT: u32 = 100;
 const MAX_QUERY_LIMIT: u32 = 1000;
@@ -125,7 +128,6 @@ impl<'a> Stored<'a> {
 
 /// A segment row as read back: its records, oldest first.
 struct Segment {
-    seq_end: i64,
     records: Vec<InvocationRecord>,
 }
 
@@ -197,9 +199,9 @@ fn segment_from_row(
 }
 
 fn load(row: (i64, String, String, i64, String)) -> Result<Segment> {
-    let (seq_end, project, function, format, body) = row;
+    let (_seq_end, project, function, format, body) = row;
     let records = decode(&project, &function, format, &body)?;
-    Ok(Segment { seq_end, records })
+    Ok(Segment { records })
 }
 
 /// Write `records[which]` as new records: positions, segments, usage and quota events.
@@ -479,68 +481,7 @@ impl InvocationStore for SqliteStore {
     }
 
     fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64> {
-        // The counter row is untouched: positions of pruned records are never handed out again.
-        self.write("pruning invocation records", |tx| {
-            let mut removed: u64 = 0;
-            // By age: whole segments, then the ones that started before and end after.
-            removed += tx
-                .prepare_cached(
-                    "DELETE FROM invocation_segments WHERE max_started_at < ?1 RETURNING len",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_map([before], |row| row.get::<_, u64>(0))?
-                        .sum::<rusqlite::Result<u64>>()
-                })
-                .context("pruning invocation records by age")?;
-            let straddling = read_segments(
-                tx,
-                &format!(
-                    "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE min_started_at < ?1"
-                ),
-                [before],
-            )?;
-            for s in straddling {
-                let total = s.records.len();
-                let keep: Vec<_> =
-                    s.records.into_iter().filter(|r| r.started_at >= before).collect();
-                removed += (total - keep.len()) as u64;
-                rewrite(tx, s.seq_end, &keep)?;
-            }
-            // By count: `newer` is how many records of the function are in later segments; a
-            // segment with records beyond the newest `keep_per_function` keeps only the newest
-            // `keep_per_function - newer` of its own.
-            let due: Vec<(Segment, u64)> = tx
-                .prepare_cached(&format!(
-                    "SELECT {SEGMENT_COLUMNS}, due.newer FROM ( \
-                         SELECT seq_end AS due_end, len, sum(len) OVER ( \
-                             PARTITION BY project, function ORDER BY seq_end DESC \
-                         ) - len AS newer \
-                         FROM invocation_segments \
-                     ) AS due JOIN invocation_segments ON seq_end = due.due_end \
-                     WHERE due.newer + due.len > ?1"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map([keep_per_function], |row| {
-                        Ok((segment_from_row(row)?, row.get::<_, u64>(5)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .context("pruning invocation records by count")?
-                .into_iter()
-                .map(|(row, newer)| Ok((load(row)?, newer)))
-                .collect::<Result<_>>()?;
-            for (s, newer) in due {
-                let room = u64::from(keep_per_function).saturating_sub(newer) as usize;
-                let total = s.records.len();
-                let keep = &s.records[total.saturating_sub(room)..];
-                removed += (total - keep.len()) as u64;
-                rewrite(tx, s.seq_end, keep)?;
-            }
-            if removed > 0 {
-                tracing::debug!(removed, "pruned invocation records");
-            }
-            Ok(removed)
-        })
+        prune::prune(self, before, keep_per_function)
     }
 
     fn delete_project(&self, project: &str) -> Result<u64> {
@@ -556,10 +497,10 @@ impl InvocationStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn record_at(millis: i64, function: &str) -> InvocationRecord {
+    pub(crate) fn record_at(millis: i64, function: &str) -> InvocationRecord {
         let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
         let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs as u64, ms as u32 * 1_000_000);
         InvocationRecord {

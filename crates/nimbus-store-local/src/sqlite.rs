@@ -39,6 +39,9 @@ pub struct SqliteStore {
     /// Document writes waiting for the group commit (see `documents.rs`). Bounded by the number
     /// of threads that can be blocked in `write`.
     pub(crate) doc_writes: Mutex<std::collections::VecDeque<crate::documents::QueuedWrite>>,
+    /// Where the last pruning pass stopped looking for new invocation segments, and the count
+    /// it kept per function (see `invocations/prune.rs`).
+    pub(crate) prune_mark: Mutex<crate::invocations::PruneMark>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -87,6 +90,7 @@ impl SqliteStore {
             events: tokio::sync::watch::Sender::new(last),
             plans: Mutex::default(),
             doc_writes: Mutex::default(),
+            prune_mark: Mutex::default(),
         })
     }
 
@@ -103,6 +107,7 @@ impl SqliteStore {
             events: tokio::sync::watch::Sender::new(0),
             plans: Mutex::default(),
             doc_writes: Mutex::default(),
+            prune_mark: Mutex::default(),
         })
     }
 
@@ -144,6 +149,28 @@ impl SqliteStore {
     /// The writer connection, for writes that manage their own transaction.
     pub(crate) fn writer_lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
         self.writer.lock()
+    }
+
+    /// [`Self::write`] for one step of a long job done in many short transactions (pruning):
+    /// the writer goes straight to a thread already waiting for it, so the recorder and API
+    /// writes get in between the steps rather than waiting for the whole job (a plain unlock
+    /// lets this thread take the lock again at once).
+    pub(crate) fn write_step<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.writer.lock();
+        let out = {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .with_context(|| format!("{what}: starting a transaction"))?;
+            let out = f(&tx)?;
+            tx.commit().with_context(|| format!("{what}: committing"))?;
+            out
+        };
+        parking_lot::MutexGuard::unlock_fair(conn);
+        Ok(out)
     }
 
     /// Run `f` in an immediate transaction on the writer connection, committing if it returns `Ok`.

@@ -118,7 +118,9 @@ pub trait InvocationStore: Send + Sync + 'static {
     fn get(&self, project: &str, id: &str) -> Result<Option<InvocationRecord>>;
     /// Drop records that started before `before`, and beyond the newest (by position)
     /// `keep_per_function` of each function (of each project). Returns how many were removed.
-    /// Positions are never reused after a prune.
+    /// Positions are never reused after a prune. A backend may prune in many short transactions
+    /// rather than one, so that record writes are not held up for the whole pass: it runs beside
+    /// the recorder on a live node.
     fn prune(&self, before: UnixMillis, keep_per_function: u32) -> Result<u64>;
     /// Drop every record of a project (the project is being deleted). Returns how many.
     fn delete_project(&self, project: &str) -> Result<u64>;
