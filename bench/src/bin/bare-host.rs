@@ -54,6 +54,15 @@ struct Args {
     /// runtime that serves the connections: the cost of that hand-off.
     #[arg(long)]
     guest_runtime: bool,
+    /// Diagnostic, off by default: do one or more things the way Nimbus does them, to price
+    /// each part of the platform on its own (comma-separated): `env` (three environment
+    /// variables, as the in-process API gives every guest), `pipes` (captured stdout and
+    /// stderr), `deny` (sockets and name lookup denied), `limiter` (a memory limiter on the
+    /// store), `bt` (`wasm_backtrace_details`), `cwasm` (the component deserialized from a
+    /// file, memory-mapped), `auto` (hyper-util's HTTP/1 + HTTP/2 builder with upgrades),
+    /// `inline` (the guest's first poll on the connection's task, spawned only if it waits).
+    #[arg(long, value_delimiter = ',')]
+    like: Vec<String>,
 }
 
 /// Nimbus' fuel budget per invocation (`crates/nimbus-runtime/src/invoke.rs`).
@@ -65,6 +74,8 @@ struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    /// `--like limiter` only.
+    limits: Option<wasmtime::StoreLimits>,
 }
 
 impl WasiView for Host {
@@ -79,9 +90,19 @@ impl WasiHttpView for Host {
     }
 }
 
+/// The `--like` parts, set once at start.
+static LIKE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn like(what: &str) -> bool {
+    LIKE.get().is_some_and(|parts| parts.iter().any(|p| p == what))
+}
+
 /// The Nimbus engine configuration (`crates/nimbus-runtime/src/engine.rs`) without fuel and epochs.
 fn engine(args: &Args) -> anyhow::Result<Engine> {
     let mut config = Config::new();
+    if like("bt") {
+        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+    }
     if args.fuel_and_epochs {
         config.consume_fuel(true);
         config.epoch_interruption(true);
@@ -126,12 +147,35 @@ impl Server {
         // The guest may keep streaming the body after it has handed over the response head, so it
         // runs in its own task (as in `wasmtime serve`).
         let guest = async move {
+            let wasi = {
+                let mut b = WasiCtx::builder();
+                if like("env") {
+                    b.envs(&[
+                        ("NIMBUS_API_URL", "http://nimbus.internal"),
+                        ("NIMBUS_TOKEN", "nbi_0123456789abcdef0123456789abcdef"),
+                        ("NIMBUS_PROJECT", "default"),
+                    ]);
+                }
+                if like("pipes") {
+                    b.stdout(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(64 << 10));
+                    b.stderr(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(64 << 10));
+                }
+                if like("deny") {
+                    b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+                }
+                b.build()
+            };
             let host = Host {
-                wasi: WasiCtx::builder().build(),
+                wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
+                limits: like("limiter")
+                    .then(|| wasmtime::StoreLimitsBuilder::new().memory_size(128 << 20).build()),
             };
             let mut store = Store::new(&this.engine, host);
+            if store.data().limits.is_some() {
+                store.limiter(|h| h.limits.as_mut().expect("set with the limiter"));
+            }
             if this.fuel_and_epochs {
                 store.set_fuel(FUEL_BUDGET)?;
                 store.set_epoch_deadline(1_000); // 10 s at 10 ms per tick
@@ -143,18 +187,33 @@ impl Server {
             proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
             anyhow::Ok(())
         };
-        let task = match &self.guests {
-            Some(guests) => guests.spawn(guest),
-            None => tokio::task::spawn(guest),
+        // `inline`: as Nimbus does, the guest's first poll runs here, and it gets a task of its
+        // own only if it waits (hello never does).
+        let task = if like("inline") {
+            let mut guest = Box::pin(guest);
+            match futures::poll!(guest.as_mut()) {
+                std::task::Poll::Ready(r) => Err(r),
+                std::task::Poll::Pending => Ok(tokio::task::spawn(guest)),
+            }
+        } else {
+            Ok(match &self.guests {
+                Some(guests) => guests.spawn(guest),
+                None => tokio::task::spawn(guest),
+            })
         };
         match receiver.await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(code)) => Err(anyhow!("guest returned an error: {code:?}")),
-            Err(_) => Err(match task.await {
-                Ok(Ok(())) => anyhow!("guest never invoked `response-outparam::set`"),
-                Ok(Err(e)) => e,
-                Err(e) => e.into(),
-            }),
+            Err(_) => {
+                let ended = match task {
+                    Err(ended) => ended,
+                    Ok(task) => task.await.unwrap_or_else(|e| Err(e.into())),
+                };
+                Err(match ended {
+                    Ok(()) => anyhow!("guest never invoked `response-outparam::set`"),
+                    Err(e) => e,
+                })
+            }
         }
     }
 }
@@ -162,9 +221,19 @@ impl Server {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    LIKE.set(args.like.clone()).expect("set once");
     let engine = engine(&args)?;
-    let component = Component::from_file(&engine, &args.component)
+    let mut component = Component::from_file(&engine, &args.component)
         .map_err(|e| anyhow!("compiling {}: {e:?}", args.component.display()))?;
+    if like("cwasm") {
+        let path = std::env::temp_dir().join(format!("bare-{}.cwasm", std::process::id()));
+        std::fs::write(&path, component.serialize().map_err(|e| anyhow!("{e:?}"))?)?;
+        // SAFETY: the file was just serialized by this engine (what `deserialize_file` requires).
+        component =
+            unsafe { Component::deserialize_file(&engine, &path) }.map_err(|e| anyhow!("{e:?}"))?;
+        // The mapping outlives the name.
+        let _ = std::fs::remove_file(&path);
+    }
     let mut linker = Linker::<Host>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -203,7 +272,16 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             let io = TokioIo::new(stream);
             let svc = service_fn(move |req| server.clone().handle(req));
-            if let Err(e) = http1::Builder::new().keep_alive(true).serve_connection(io, svc).await {
+            if like("auto") {
+                let b = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                if let Err(e) = b.serve_connection_with_upgrades(io, svc).await {
+                    eprintln!("connection error: {e}");
+                }
+            } else if let Err(e) =
+                http1::Builder::new().keep_alive(true).serve_connection(io, svc).await
+            {
                 eprintln!("connection error: {e}");
             }
         });

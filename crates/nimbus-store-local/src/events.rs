@@ -10,6 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::error::Context;
 use crate::sqlite::SqliteStore;
 
+/// Events one pruning step deletes (one write transaction; events are small rows).
+const PRUNE_STEP: usize = 2048;
+
 /// Append `events` inside the caller's transaction. Returns their positions. The caller notifies
 /// consumers after its commit ([`SqliteStore::events_committed`]).
 /// Append `events` on `tx`: a connection inside a transaction (or a savepoint of one).
@@ -152,33 +155,159 @@ impl EventLog for SqliteStore {
     }
 
     fn prune(&self, before: UnixMillis) -> Result<u64> {
-        self.write("pruning the event log", |tx| {
-            // Past every consumer's cursor, and older than the retention window. Positions grow
-            // with time, so this is a prefix of the log: `pruned_through` stays exact.
-            let min_cursor: Option<i64> = tx
+        // Past every consumer's cursor, and older than the retention window. Positions grow
+        // with time, so this is a prefix of the log, found on a reader (the writer is not held
+        // while the prefix is looked through): it ends before the first event at or after
+        // `before`, and at the slowest cursor.
+        let through: Option<i64> = self.read(|conn| {
+            let min_cursor: Option<i64> = conn
                 .query_row("SELECT min(position) FROM event_consumers", [], |r| r.get(0))
                 .context("reading consumer cursors")?;
-            let through: Option<i64> = tx
-                .query_row(
-                    "SELECT max(position) FROM event_log WHERE position <= ?1 AND time < ?2",
-                    params![min_cursor.unwrap_or(i64::MAX), before],
-                    |r| r.get(0),
+            let first_kept: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT position FROM event_log WHERE time >= ?1 ORDER BY position LIMIT 1",
                 )
+                .and_then(|mut stmt| stmt.query_row([before], |r| r.get(0)).optional())
                 .context("finding the prune boundary")?;
-            let Some(through) = through else { return Ok(0) };
-            let n = tx
-                .execute("DELETE FROM event_log WHERE position <= ?1", [through])
-                .context("pruning events")?;
-            tx.execute(
-                "UPDATE event_log_state SET pruned_through = max(pruned_through, ?1)",
-                [through],
+            let limit = min_cursor.unwrap_or(i64::MAX).min(first_kept.map_or(i64::MAX, |p| p - 1));
+            conn.query_row(
+                "SELECT max(position) FROM event_log WHERE position <= ?1",
+                [limit],
+                |r| r.get(0),
             )
-            .context("recording the prune boundary")?;
-            Ok(n as u64)
-        })
+            .context("finding the prune boundary")
+        })?;
+        let Some(through) = through else { return Ok(0) };
+        // Deleted a step at a time, each its own transaction that hands the writer on, so the
+        // writes that append events (and the recorder) are not held up for the whole prefix.
+        // `pruned_through` moves with each step, so it is exact after every commit.
+        let mut removed = 0;
+        loop {
+            let n = self.write_step("pruning the event log", |tx| {
+                let positions = tx
+                    .prepare_cached(&format!(
+                        "DELETE FROM event_log WHERE position IN (SELECT position FROM event_log \
+                         WHERE position <= ?1 ORDER BY position LIMIT {PRUNE_STEP}) \
+                         RETURNING position"
+                    ))
+                    .and_then(|mut stmt| {
+                        stmt.query_map([through], |r| r.get::<_, i64>(0))?
+                            .collect::<rusqlite::Result<Vec<i64>>>()
+                    })
+                    .context("pruning events")?;
+                if let Some(last) = positions.iter().max() {
+                    tx.execute(
+                        "UPDATE event_log_state SET pruned_through = max(pruned_through, ?1)",
+                        [last],
+                    )
+                    .context("recording the prune boundary")?;
+                }
+                Ok(positions.len())
+            })?;
+            removed += n as u64;
+            if n < PRUNE_STEP {
+                return Ok(removed);
+            }
+        }
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.event_watch().subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+
+    fn event() -> NewEvent {
+        NewEvent {
+            project: "p".into(),
+            kind: "dev.nimbus.test.tick".into(),
+            source: "/t".into(),
+            subject: "s".into(),
+            data: serde_json::json!({"n": 1}),
+        }
+    }
+
+    /// Events with the given times, at positions 1, 2, ...
+    fn at_times(store: &SqliteStore, times: &[i64]) {
+        store
+            .write("test events", |tx| {
+                for t in times {
+                    tx.execute(
+                        "INSERT INTO event_log (id, project, type, source, subject, time, data) \
+                         VALUES ('x', 'p', 't', '/t', 's', ?1, 'null')",
+                        [t],
+                    )
+                    .unwrap();
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// What goes is the prefix before the first event inside the window, up to the slowest
+    /// cursor, and `pruned_through` says exactly where it ended.
+    #[test]
+    fn prune_takes_the_prefix_before_the_window_and_the_slowest_cursor() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        at_times(&store, &[100, 200, 300, 400, 500, 600, 700, 2000, 900, 1000]);
+        assert_eq!(store.prune(550).unwrap(), 5);
+        assert_eq!(store.bounds().unwrap().pruned_through, 5);
+        store.set_cursor("slow", 6).unwrap();
+        assert_eq!(store.prune(10_000).unwrap(), 1);
+        assert_eq!(store.bounds().unwrap().pruned_through, 6);
+        store.delete_cursor("slow").unwrap();
+        // Position 9 is older than 1000 but comes after 8, which is not: the log is cut at 8.
+        assert_eq!(store.prune(1_000).unwrap(), 1);
+        assert_eq!(store.bounds().unwrap().pruned_through, 7);
+        assert_eq!(store.prune(1_000).unwrap(), 0);
+        assert_eq!(EventLog::read(&store, 0, None, 10).unwrap().len(), 3);
+    }
+
+    /// While a long prune runs, appends get the writer between its steps (one transaction used
+    /// to hold them all back), and none of what they append is pruned.
+    #[test]
+    fn appends_get_in_while_a_long_prune_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("e.db")).unwrap());
+        let batch: Vec<NewEvent> = (0..1000).map(|_| event()).collect();
+        for _ in 0..100 {
+            store.append(&batch).unwrap();
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut spans = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    store.append(&[event()]).unwrap();
+                    spans.push((start, Instant::now()));
+                }
+                spans
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let start = Instant::now();
+        let removed = store.prune(now_millis() + 3_600_000).unwrap();
+        let end = Instant::now();
+        done.store(true, Ordering::Relaxed);
+        let spans = writer.join().unwrap();
+        let inside = spans.iter().filter(|(s, e)| *s > start && *e < end).count();
+        // 100,000 events are 49 steps: writes got in after many of them.
+        assert!(inside >= 10, "{inside} appends began and ended during the prune");
+        // What went is a prefix (the 100,000 and what the writer appended before the boundary
+        // was read), and everything after it is still there.
+        assert!(removed >= 100_000, "{removed}");
+        assert_eq!(store.bounds().unwrap().pruned_through, removed);
+        let left = EventLog::read(&*store, 0, None, 1_000_000).unwrap();
+        assert_eq!(left.len() as u64, 100_000 + spans.len() as u64 - removed);
+        assert_eq!(left.first().map(|e| e.position), Some(removed + 1));
     }
 }
