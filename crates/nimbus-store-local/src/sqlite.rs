@@ -173,6 +173,31 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Run `delete`, a DELETE whose rows are picked by a subquery ending in `LIMIT {step}`, as
+    /// many times as it removes `step` rows, each in a transaction of its own
+    /// ([`Self::write_step`]): housekeeping that may find a large backlog due (after a burst, or
+    /// a node that was down) never holds the writer for all of it. Returns the rows removed.
+    pub(crate) fn delete_in_steps(
+        &self,
+        what: &str,
+        delete: &str,
+        step: usize,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<u64> {
+        let mut removed = 0;
+        loop {
+            let n = self.write_step(what, |tx| {
+                tx.prepare_cached(delete)
+                    .and_then(|mut stmt| stmt.execute(args))
+                    .with_context(|| what.to_string())
+            })?;
+            removed += n as u64;
+            if n < step {
+                return Ok(removed);
+            }
+        }
+    }
+
     /// Run `f` in an immediate transaction on the writer connection, committing if it returns `Ok`.
     pub(crate) fn write<T>(
         &self,

@@ -17,6 +17,9 @@ use crate::error::Context;
 use crate::events::append_in;
 use crate::sqlite::{SqliteStore, json_column};
 
+/// Rows one housekeeping step deletes (one write transaction).
+const PRUNE_STEP: usize = 1000;
+
 const DELIVERY_COLUMNS: &str = "id, project, function, trigger, event_position, event_id, \
     event_type, event_source, event_subject, event_time, event_data, path, order_key, state, \
     attempts, max_attempts, next_at, expires_at, leased_until, lease_ms, created_at, updated_at, \
@@ -326,16 +329,21 @@ impl DeliveryStore for SqliteStore {
         delivered_before: UnixMillis,
         dead_before: UnixMillis,
     ) -> Result<u64> {
-        self.write("pruning deliveries", |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM trigger_deliveries WHERE (state = 'delivered' AND updated_at < ?1) \
-                     OR (state = 'dead' AND updated_at < ?2)",
-                    params![delivered_before, dead_before],
-                )
-                .context("pruning deliveries")?;
-            Ok(n as u64)
-        })
+        // Indexed (`trigger_deliveries_age`), a step at a time: ten minutes of a busy node's
+        // deliveries (and their attempts, by cascade) would hold the writer for seconds.
+        let (step, mut removed) = (PRUNE_STEP, 0);
+        for (state, before) in [("delivered", delivered_before), ("dead", dead_before)] {
+            removed += self.delete_in_steps(
+                "pruning deliveries",
+                &format!(
+                    "DELETE FROM trigger_deliveries WHERE id IN (SELECT id FROM trigger_deliveries \
+                     WHERE state = ?1 AND updated_at < ?2 LIMIT {step})"
+                ),
+                step,
+                &[&state, &before],
+            )?;
+        }
+        Ok(removed)
     }
 
     fn delete_function_deliveries(&self, project: &str, function: &str) -> Result<u64> {
@@ -666,19 +674,27 @@ impl ProducerStore for SqliteStore {
     }
 
     fn prune_async(&self, before: UnixMillis, keys_before: UnixMillis) -> Result<u64> {
-        self.write("pruning asynchronous invocations", |tx| {
-            let a = tx
-                .execute(
-                    "DELETE FROM async_invocations WHERE completed_at IS NOT NULL \
-                     AND completed_at < ?1 AND callback_status IS NOT 'pending'",
-                    [before],
-                )
-                .context("pruning asynchronous invocations")?;
-            let k = tx
-                .execute("DELETE FROM idempotency_keys WHERE created_at < ?1", [keys_before])
-                .context("pruning idempotency keys")?;
-            Ok((a + k) as u64)
-        })
+        let step = PRUNE_STEP;
+        let a = self.delete_in_steps(
+            "pruning asynchronous invocations",
+            &format!(
+                "DELETE FROM async_invocations WHERE id IN (SELECT id FROM async_invocations \
+                 WHERE completed_at IS NOT NULL AND completed_at < ?1 \
+                 AND callback_status IS NOT 'pending' LIMIT {step})"
+            ),
+            step,
+            &[&before],
+        )?;
+        let k = self.delete_in_steps(
+            "pruning idempotency keys",
+            &format!(
+                "DELETE FROM idempotency_keys WHERE (project, scope, key) IN (SELECT project, \
+                 scope, key FROM idempotency_keys WHERE created_at < ?1 LIMIT {step})"
+            ),
+            step,
+            &[&keys_before],
+        )?;
+        Ok(a + k)
     }
 }
 

@@ -136,4 +136,22 @@ fn subscription_counts_match_the_rows_at_every_step() {
     check("the last ones dead", 1);
     store.prune_deliveries(i64::MAX, i64::MAX).unwrap();
     check("the last ones dead, then pruned", 0);
+
+    // More than one pruning step (1,000 rows) of each kind: all of it goes, counted exactly.
+    let many: Vec<_> = (10..2510).map(|n| delivery("fc", n)).collect();
+    store.fan_out("c", 2510, &many).unwrap();
+    let claimed = store.claim(2_000_000, 5000).unwrap();
+    assert_eq!(claimed.len(), 2500);
+    let batch: Vec<_> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let next = if i % 2 == 0 { AfterAttempt::Delivered } else { AfterAttempt::Dead };
+            (d.id, attempt(i % 2 == 0), next)
+        })
+        .collect();
+    store.finish_many(&batch).unwrap();
+    check("2,500 finished", 1);
+    assert_eq!(store.prune_deliveries(i64::MAX, i64::MAX).unwrap(), 2500);
+    check("2,500 pruned in steps", 0);
 }
