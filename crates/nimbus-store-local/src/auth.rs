@@ -10,6 +10,7 @@ use nimbus_store::auth::{
     SigningKeyRecord, TokenCheck, UserQuery, UserRecord,
 };
 use nimbus_store::{Result, StoreError};
+use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 
 use crate::error::Context;
@@ -953,27 +954,84 @@ impl AuthStore for SqliteStore {
     }
 
     fn prune_auth(&self, now: UnixMillis, revoked_before: UnixMillis) -> Result<u64> {
-        self.write("pruning auth records", |tx| {
-            let mut removed = 0;
-            removed += tx
-                .execute(
-                    "DELETE FROM one_time_tokens WHERE used_at IS NOT NULL OR expires_at <= ?1",
-                    params![now],
-                )
-                .context("pruning one-time tokens")?;
-            // Sessions first: their refresh tokens go with them (ON DELETE CASCADE).
-            removed += tx
-                .execute(
-                    "DELETE FROM sessions WHERE revoked_at < ?2 OR (revoked_at IS NULL AND \
-                     NOT EXISTS (SELECT 1 FROM refresh_tokens r \
-                                 WHERE r.session = sessions.id AND r.expires_at > ?1))",
-                    params![now, revoked_before],
-                )
-                .context("pruning sessions")?;
-            removed += tx
-                .execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", params![now])
-                .context("pruning refresh tokens")?;
-            Ok(removed as u64)
-        })
+        let mut removed = prune_by_key(
+            self,
+            "one_time_tokens",
+            "hash",
+            Value::Blob(Vec::new()),
+            "used_at IS NOT NULL OR expires_at <= ?2",
+            &[&now],
+        )?;
+        // Sessions first: their refresh tokens go with them (ON DELETE CASCADE).
+        removed += prune_by_key(
+            self,
+            "sessions",
+            "id",
+            Value::Text(String::new()),
+            "revoked_at < ?3 OR (revoked_at IS NULL AND NOT EXISTS (SELECT 1 FROM refresh_tokens r \
+             WHERE r.session = sessions.id AND r.expires_at > ?2))",
+            &[&now, &revoked_before],
+        )?;
+        removed += prune_by_key(
+            self,
+            "refresh_tokens",
+            "hash",
+            Value::Blob(Vec::new()),
+            "expires_at <= ?2",
+            &[&now],
+        )?;
+        Ok(removed)
+    }
+}
+
+/// Rows of auth housekeeping looked at and deleted per step.
+const PRUNE_PAGE: usize = 1000;
+
+/// Delete the rows of `table` that `due` selects (SQL on its columns, with `args` as `?2`,
+/// `?3`, ...). These conditions have no index, so the rows are found on a reader, a page at a
+/// time in `key` order (one pass over the table, not holding the writer), and each page is
+/// deleted by key in a transaction of its own, with `due` checked again: a row may have changed
+/// since it was read (a session that got a new refresh token is no longer due). Returns the
+/// rows removed (not counting what a cascade removes with them).
+fn prune_by_key(
+    store: &SqliteStore,
+    table: &str,
+    key: &str,
+    start: Value,
+    due: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<u64> {
+    let select = format!(
+        "SELECT {key} FROM {table} WHERE {key} > ?1 AND ({due}) ORDER BY {key} LIMIT {PRUNE_PAGE}"
+    );
+    let delete = format!("DELETE FROM {table} WHERE {key} = ?1 AND ({due})");
+    let what = || format!("pruning {table}");
+    let mut after = start;
+    let mut removed = 0;
+    loop {
+        let page: Vec<Value> = store.read(|conn| {
+            let mut all: Vec<&dyn rusqlite::ToSql> = vec![&after];
+            all.extend_from_slice(args);
+            conn.prepare_cached(&select)
+                .and_then(|mut stmt| {
+                    stmt.query_map(&all[..], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .with_context(what)
+        })?;
+        let Some(last) = page.last().cloned() else { return Ok(removed) };
+        removed += store.write_step(&what(), |tx| {
+            let mut stmt = tx.prepare_cached(&delete).with_context(what)?;
+            let mut n = 0;
+            for k in &page {
+                let mut all: Vec<&dyn rusqlite::ToSql> = vec![k];
+                all.extend_from_slice(args);
+                n += stmt.execute(&all[..]).with_context(what)?;
+            }
+            Ok(n as u64)
+        })?;
+        if page.len() < PRUNE_PAGE {
+            return Ok(removed);
+        }
+        after = last;
     }
 }

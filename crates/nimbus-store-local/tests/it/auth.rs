@@ -247,6 +247,24 @@ fn pruning_removes_only_what_can_no_longer_be_used() {
         s.rotate_refresh_token(p, &[1; 32], &rt(6, Some(1), 1000), 110, 0).unwrap(),
         RefreshOutcome::Reused { session: "s1".into() }
     );
+
+    // More than a page (1,000) of each, found and deleted a page at a time: 2,500 expired
+    // one-time tokens and 1,500 sessions whose only token expired, all counted.
+    for i in 0..2500u32 {
+        let mut hash = vec![0xa0; 32];
+        hash[..4].copy_from_slice(&i.to_be_bytes());
+        s.insert_one_time_token(p, &NewOneTimeToken { hash, ..ott(0, 50) }).unwrap();
+    }
+    for i in 0..1500u32 {
+        let mut token = rt(0, None, 50);
+        token.hash = vec![0xb0; 32];
+        token.hash[..4].copy_from_slice(&i.to_be_bytes());
+        s.create_session(p, &session(&format!("old-{i:05}")), &token, &[]).unwrap();
+    }
+    // (s1, revoked at 110 by the reuse above, is inside the window, and its tokens are live.)
+    assert_eq!(s.prune_auth(200, 25).unwrap(), 2500 + 1500);
+    assert_eq!(s.prune_auth(200, 25).unwrap(), 0);
+    assert_eq!(s.revoked_sessions_since(p, 0).unwrap(), ["s1"]);
 }
 
 /// An event's id is made before its transaction; a slow writer commits it after a faster one
