@@ -485,14 +485,9 @@ impl InvocationStore for SqliteStore {
     }
 
     fn delete_project(&self, project: &str) -> Result<u64> {
-        self.write("deleting a project's invocation records", |tx| {
-            tx.prepare_cached("DELETE FROM invocation_segments WHERE project = ?1 RETURNING len")
-                .and_then(|mut stmt| {
-                    stmt.query_map([project], |row| row.get::<_, u64>(0))?
-                        .sum::<rusqlite::Result<u64>>()
-                })
-                .context("deleting a project's invocation records")
-        })
+        // A step at a time, like pruning: a project's records are not bounded by a storage
+        // quota, and deleting a big project must not hold every other project's writes.
+        prune::delete_in_steps(self, "project = ?1", &[&project])
     }
 }
 

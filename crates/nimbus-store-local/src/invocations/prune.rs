@@ -140,7 +140,7 @@ fn functions(
 
 /// Delete, `STEP` at a time, the segments that `condition` selects (SQL on the segment's
 /// columns, with `args`). Returns the records removed.
-fn delete_in_steps(
+pub(super) fn delete_in_steps(
     store: &SqliteStore,
     condition: &str,
     args: &[&dyn rusqlite::ToSql],
@@ -356,6 +356,22 @@ mod tests {
             let want: Vec<_> = mine[mine.len() - 7..].iter().map(|r| (*r).clone()).collect();
             assert_eq!(got, want, "{project}/{function}");
         }
+    }
+
+    /// Deleting a project goes in steps too: more than `STEP` segments, all gone and counted,
+    /// and another project's records untouched.
+    #[test]
+    fn deleting_a_project_takes_all_its_segments_in_steps() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let t = 1_700_000_000_000;
+        for i in 0..(STEP as i64 + 50) {
+            let mut batch = vec![record_of("p", "f", t + i * 60_000), record_of("q", "f", t)];
+            store.insert_batch(&mut batch).unwrap();
+        }
+        assert_eq!(store.delete_project("p").unwrap(), STEP as u64 + 50);
+        assert!(store.query("p", &InvocationQuery::default()).unwrap().is_empty());
+        let q = InvocationQuery { limit: Some(1000), ..Default::default() };
+        assert_eq!(store.query("q", &q).unwrap().len(), STEP + 50);
     }
 
     /// A pass walks only the functions written since the last one, and a pass with another
