@@ -566,23 +566,26 @@ pub(super) mod tests {
         assert!(store.get("p", &record_at(t, "f").id).unwrap().is_none());
     }
 
+    /// SQLite's plan for `sql`, its steps joined by "; ".
+    pub(crate) fn query_plan(store: &SqliteStore, sql: &str) -> String {
+        store
+            .read(|conn| {
+                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+                Ok(stmt
+                    .query_map([], |r| r.get::<_, String>(3))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            })
+            .unwrap()
+    }
+
     /// The listings and the lookup by id use the indexes, in position order, with no sort.
     #[test]
     fn queries_use_the_indexes() {
         let store = SqliteStore::open_in_memory().unwrap();
-        let plan = |sql: &str| -> String {
-            store
-                .read(|conn| {
-                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-                    Ok(stmt
-                        .query_map([], |r| r.get::<_, String>(3))
-                        .unwrap()
-                        .map(Result::unwrap)
-                        .collect::<Vec<_>>()
-                        .join("; "))
-                })
-                .unwrap()
-        };
+        let plan = |sql: &str| query_plan(&store, sql);
         let base = format!("SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE project = 'p'");
         for (sql, index) in [
             (

@@ -262,7 +262,7 @@ mod tests {
     use nimbus_store::InvocationStore;
 
     use super::*;
-    use crate::invocations::tests::record_at;
+    use crate::invocations::tests::{query_plan, record_at};
 
     fn record_of(project: &str, function: &str, millis: i64) -> InvocationRecord {
         InvocationRecord { project: project.into(), ..record_at(millis, function) }
@@ -273,19 +273,7 @@ mod tests {
     #[test]
     fn every_step_uses_an_index() {
         let store = SqliteStore::open_in_memory().unwrap();
-        let plan = |sql: &str| -> String {
-            store
-                .read(|conn| {
-                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-                    Ok(stmt
-                        .query_map([], |r| r.get::<_, String>(3))
-                        .unwrap()
-                        .map(Result::unwrap)
-                        .collect::<Vec<_>>()
-                        .join("; "))
-                })
-                .unwrap()
-        };
+        let plan = |sql: &str| query_plan(&store, sql);
         let delete = |condition: &str| {
             format!(
                 "DELETE FROM invocation_segments WHERE seq_end IN (SELECT seq_end FROM \
