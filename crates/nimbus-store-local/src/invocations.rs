@@ -22,7 +22,6 @@
 //! JSON rather than a binary encoding: migration 15 builds segments in SQL from the old rows, and
 //! the records stay readable with the `sqlite3` shell.
 
-use std::collections::HashMap;
 
 use nimbus_model::usage::{UsageCounters, hour_of, month_of};
 use nimbus_model::{
@@ -216,7 +215,9 @@ fn insert_new(
     }
     // Segments in order of first appearance, each with its records in batch order.
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_key: HashMap<(&str, &str, i64), usize> = HashMap::new();
+    // A key hashed per record on the recorder's thread: foldhash (randomly seeded), not SipHash.
+    // A batch holds at most 1,024 records, which bounds what colliding names could cost.
+    let mut by_key: foldhash::HashMap<(&str, &str, i64), usize> = Default::default();
     for &i in which {
         let r = &records[i];
         let key = (r.project.as_str(), r.function.as_str(), minute_of(r.started_at));
@@ -253,7 +254,7 @@ fn insert_new(
         )
         .context("preparing the segment insert")?;
     let mut body = Vec::with_capacity(4096);
-    let mut usage: HashMap<(&str, i64, &str), UsageCounters> = HashMap::new();
+    let mut usage: foldhash::HashMap<(&str, i64, &str), UsageCounters> = Default::default();
     for group in &groups {
         let first = &records[group[0]];
         let (mut min, mut max) = (first.started_at, first.started_at);
