@@ -22,7 +22,6 @@
 //! JSON rather than a binary encoding: migration 15 builds segments in SQL from the old rows, and
 //! the records stay readable with the `sqlite3` shell.
 
-
 use nimbus_model::usage::{UsageCounters, hour_of, month_of};
 use nimbus_model::{
     InvocationQuery, InvocationRecord, InvocationStatus, UnixMillis, invocation_id_millis,

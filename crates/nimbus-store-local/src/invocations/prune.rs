@@ -2,9 +2,10 @@
 //!
 //! SQLite has one writer, and the recorder writes every invocation's record through it: while a
 //! transaction holds the writer, records queue up, and once the recorder's backlog bound of them
-//! wait, the node refuses new invocations (503 `recorder_backlog`). Pruning in one transaction scanned the whole
-//! table three times under that lock (by age, the segments straddling the age limit, a window
-//! over every segment for the count), which on a node with millions of segments is seconds.
+//! wait, the node refuses new invocations (503 `recorder_backlog`). Pruning in one transaction
+//! scanned the whole table three times under that lock (by age, the segments straddling the
+//! age limit, a window over every segment for the count): seconds on a node with millions of
+//! segments.
 //!
 //! So every step here is one short transaction, found through an index, and what can be read
 //! is read outside the writer (WAL readers never wait for it):
