@@ -63,6 +63,10 @@ fn collection_from_row(row: &Row<'_>) -> rusqlite::Result<CollectionRow> {
 }
 
 fn find_collection(conn: &Connection, project: &str, name: &str) -> Result<Option<CollectionRow>> {
+    // A retired collection (being deleted) is found by no name, whatever a caller passes.
+    if name.starts_with('~') {
+        return Ok(None);
+    }
     conn.prepare_cached(&format!(
         "SELECT {COLLECTION_COLUMNS} FROM doc_collections WHERE project = ?1 AND name = ?2"
     ))
@@ -119,6 +123,57 @@ fn sync_indexes(tx: &Transaction<'_>, coll: i64, spec: &CollectionSpec) -> Resul
 
 fn drop_indexes(tx: &Transaction<'_>, coll: i64) -> Result<()> {
     sync_indexes(tx, coll, &CollectionSpec::default())
+}
+
+// Deleting a collection. Its documents can be millions (they are bounded only by the project's
+// stored-bytes quota, if it has one), and deleting them in the transaction that removes the
+// collection would hold SQLite's single writer, so every project's writes and the invocation
+// recorder, for seconds: something any tenant with a service key could do at will. So the
+// collection leaves the namespace at once (renamed to `~deleted-{id}`, which no valid name
+// matches and no listing shows) with its indexes dropped, and its documents then go
+// `PURGE_STEP` per transaction, the writer handed on between steps (`delete_in_steps`); the row
+// goes last, since the storage triggers find a document's project through it. A collection
+// left retired by a crash is purged by the next deletion in its project.
+
+/// Documents deleted per transaction while a retired collection is purged.
+const PURGE_STEP: usize = 1000;
+
+/// Take a collection out of its project's namespace and drop its indexes.
+fn retire_collection(tx: &Transaction<'_>, coll: i64) -> Result<()> {
+    drop_indexes(tx, coll)?;
+    tx.execute(
+        "UPDATE doc_collections SET name = ?2 WHERE id = ?1",
+        params![coll, format!("~deleted-{coll}")],
+    )
+    .context("retiring a collection")?;
+    Ok(())
+}
+
+/// Delete the documents and rows of the project's retired collections, a step at a time.
+fn purge_retired(store: &SqliteStore, project: &str) -> Result<()> {
+    let retired: Vec<i64> = store.read(|conn| {
+        conn.prepare_cached(
+            "SELECT id FROM doc_collections WHERE project = ?1 AND substr(name, 1, 1) = '~'",
+        )
+        .and_then(|mut s| s.query_map([project], |r| r.get(0))?.collect())
+        .context("listing retired collections")
+    })?;
+    for coll in retired {
+        store.delete_in_steps(
+            "deleting a collection's documents",
+            &format!(
+                "DELETE FROM documents WHERE rowid IN \
+                 (SELECT rowid FROM documents WHERE coll = ?1 LIMIT {PURGE_STEP})"
+            ),
+            PURGE_STEP,
+            &[&coll],
+        )?;
+        store.write("deleting a collection", |tx| {
+            tx.execute("DELETE FROM doc_collections WHERE id = ?1", [coll])
+                .context("deleting a collection")
+        })?;
+    }
+    Ok(())
 }
 
 const DOC_COLUMNS: &str = "id, revision, created_at, updated_at, json(data)";
@@ -527,7 +582,8 @@ impl DocumentStore for SqliteStore {
     fn list_collections(&self, project: &str) -> Result<Vec<Collection>> {
         self.read(|conn| {
             conn.prepare_cached(&format!(
-                "SELECT {COLLECTION_COLUMNS} FROM doc_collections WHERE project = ?1 ORDER BY name"
+                "SELECT {COLLECTION_COLUMNS} FROM doc_collections WHERE project = ?1 \
+                 AND substr(name, 1, 1) != '~' ORDER BY name"
             ))
             .and_then(|mut s| {
                 s.query_map([project], collection_from_row)?
@@ -541,34 +597,35 @@ impl DocumentStore for SqliteStore {
     fn delete_collection(&self, project: &str, name: &str) -> Result<bool> {
         let out = self.write(&format!("deleting collection {project}/{name}"), |tx| {
             let Some(coll) = find_collection(tx, project, name)? else { return Ok(false) };
-            drop_indexes(tx, coll.id)?;
-            tx.execute("DELETE FROM documents WHERE coll = ?1", [coll.id])
-                .context("deleting documents")?;
-            tx.execute("DELETE FROM doc_collections WHERE id = ?1", [coll.id])
-                .context("deleting a collection")?;
+            retire_collection(tx, coll.id)?;
             Ok(true)
         });
         self.plans.lock().clear();
-        out
+        if out? {
+            purge_retired(self, project)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn delete_project(&self, project: &str) -> Result<u64> {
         let out = self.write(&format!("deleting the collections of {project}"), |tx| {
             let ids: Vec<i64> = tx
-                .prepare("SELECT id FROM doc_collections WHERE project = ?1")
+                .prepare(
+                    "SELECT id FROM doc_collections WHERE project = ?1 \
+                     AND substr(name, 1, 1) != '~'",
+                )
                 .and_then(|mut s| s.query_map([project], |r| r.get(0))?.collect())
                 .context("listing collections")?;
             for id in &ids {
-                drop_indexes(tx, *id)?;
-                tx.execute("DELETE FROM documents WHERE coll = ?1", [id])
-                    .context("deleting documents")?;
+                retire_collection(tx, *id)?;
             }
-            tx.execute("DELETE FROM doc_collections WHERE project = ?1", [project])
-                .context("deleting collections")?;
             Ok(ids.len() as u64)
         });
         self.plans.lock().clear();
-        out
+        let n = out?;
+        purge_retired(self, project)?;
+        Ok(n)
     }
 
     fn get(&self, project: &str, collection: &str, id: &str) -> Result<Option<Document>> {
@@ -855,4 +912,101 @@ fn apply_write(
     }
     let positions = crate::events::append_in(tx, &events).map_err(Abort::Store)?;
     Ok((outcomes, positions.last().copied()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use nimbus_store::documents::{CollectionSpec, DocumentStore, Expect, WriteOp};
+    use serde_json::json;
+
+    use super::*;
+
+    fn put(coll: &str, id: String) -> WriteOp {
+        WriteOp { collection: coll.into(), id, data: Some(json!({"n": 1})), expect: Expect::Any }
+    }
+
+    fn fill(s: &SqliteStore, coll: &str, n: usize) {
+        s.create_collection("p", coll, &CollectionSpec::default()).unwrap();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let ops: Vec<_> = chunk.iter().map(|i| put(coll, format!("d{i}"))).collect();
+            DocumentStore::write(s, "p", &ops).unwrap().unwrap();
+        }
+    }
+
+    /// (rows in `documents`, rows in `doc_collections`, the project's stored-documents count).
+    fn counts(s: &SqliteStore) -> (i64, i64, i64) {
+        s.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM doc_collections), \
+                     (SELECT coalesce(sum(documents), 0) FROM project_storage WHERE project = 'p')",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap())
+        })
+        .unwrap()
+    }
+
+    /// A big collection leaves the namespace at once and its documents go in steps, with other
+    /// writes getting in between them; the storage count follows every document.
+    #[test]
+    fn deleting_a_big_collection_goes_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(&dir.path().join("d.db")).unwrap());
+        fill(&s, "big", 8 * PURGE_STEP);
+        fill(&s, "keep", 3);
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut spans = Vec::new();
+                let mut i = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    DocumentStore::write(&*s, "p", &[put("keep", format!("w{i}"))])
+                        .unwrap()
+                        .unwrap();
+                    spans.push((start, Instant::now()));
+                    i += 1;
+                }
+                spans
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let start = Instant::now();
+        assert!(s.delete_collection("p", "big").unwrap());
+        let end = Instant::now();
+        done.store(true, Ordering::Relaxed);
+        let spans = writer.join().unwrap();
+        let inside = spans.iter().filter(|(a, b)| *a > start && *b < end).count();
+        assert!(inside >= 4, "{inside} writes began and ended during the deletion");
+        let names: Vec<_> = s.list_collections("p").unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["keep"]);
+        assert!(s.get_collection("p", "big").unwrap().is_none());
+        let kept = 3 + spans.len() as i64;
+        assert_eq!(counts(&s), (kept, 1, kept));
+        assert!(!s.delete_collection("p", "big").unwrap());
+    }
+
+    /// A collection left retired (a crash between retiring and purging) is found by no name,
+    /// listed nowhere, and purged by the next deletion in its project.
+    #[test]
+    fn a_collection_left_retired_is_purged_by_the_next_deletion() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        fill(&s, "a", 10);
+        fill(&s, "b", 5);
+        let a = s.read(|conn| find_collection(conn, "p", "a")).unwrap().unwrap().id;
+        s.write("retiring", |tx| retire_collection(tx, a)).unwrap();
+        let names: Vec<_> = s.list_collections("p").unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["b"]);
+        assert!(s.get_collection("p", &format!("~deleted-{a}")).unwrap().is_none());
+        assert_eq!(counts(&s), (15, 2, 15));
+        assert!(s.delete_collection("p", "b").unwrap());
+        assert_eq!(counts(&s), (0, 0, 0));
+    }
 }
