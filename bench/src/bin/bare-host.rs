@@ -90,17 +90,45 @@ impl WasiHttpView for Host {
     }
 }
 
-/// The `--like` parts, set once at start.
-static LIKE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+/// The `--like` parts, read once at start (no name compared per request).
+#[derive(Clone, Copy, Default)]
+struct Like {
+    env: bool,
+    pipes: bool,
+    deny: bool,
+    limiter: bool,
+    bt: bool,
+    cwasm: bool,
+    auto: bool,
+    inline: bool,
+}
 
-fn like(what: &str) -> bool {
-    LIKE.get().is_some_and(|parts| parts.iter().any(|p| p == what))
+impl Like {
+    fn parse(parts: &[String]) -> anyhow::Result<Like> {
+        let mut like = Like::default();
+        for part in parts {
+            let flag = match part.as_str() {
+                "env" => &mut like.env,
+                "pipes" => &mut like.pipes,
+                "deny" => &mut like.deny,
+                "limiter" => &mut like.limiter,
+                "bt" => &mut like.bt,
+                "cwasm" => &mut like.cwasm,
+                "auto" => &mut like.auto,
+                "inline" => &mut like.inline,
+                "none" => continue,
+                other => return Err(anyhow!("unknown --like part {other:?}")),
+            };
+            *flag = true;
+        }
+        Ok(like)
+    }
 }
 
 /// The Nimbus engine configuration (`crates/nimbus-runtime/src/engine.rs`) without fuel and epochs.
-fn engine(args: &Args) -> anyhow::Result<Engine> {
+fn engine(args: &Args, like: Like) -> anyhow::Result<Engine> {
     let mut config = Config::new();
-    if like("bt") {
+    if like.bt {
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
     }
     if args.fuel_and_epochs {
@@ -135,6 +163,7 @@ struct Server {
     fuel_and_epochs: bool,
     /// Where guests run (`--guest-runtime`); `None`: on the connections' runtime.
     guests: Option<tokio::runtime::Handle>,
+    like: Like,
 }
 
 impl Server {
@@ -149,18 +178,18 @@ impl Server {
         let guest = async move {
             let wasi = {
                 let mut b = WasiCtx::builder();
-                if like("env") {
+                if this.like.env {
                     b.envs(&[
                         ("NIMBUS_API_URL", "http://nimbus.internal"),
                         ("NIMBUS_TOKEN", "nbi_0123456789abcdef0123456789abcdef"),
                         ("NIMBUS_PROJECT", "default"),
                     ]);
                 }
-                if like("pipes") {
+                if this.like.pipes {
                     b.stdout(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(64 << 10));
                     b.stderr(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(64 << 10));
                 }
-                if like("deny") {
+                if this.like.deny {
                     b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
                 }
                 b.build()
@@ -169,7 +198,9 @@ impl Server {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                limits: like("limiter")
+                limits: this
+                    .like
+                    .limiter
                     .then(|| wasmtime::StoreLimitsBuilder::new().memory_size(128 << 20).build()),
             };
             let mut store = Store::new(&this.engine, host);
@@ -189,7 +220,7 @@ impl Server {
         };
         // `inline`: as Nimbus does, the guest's first poll runs here, and it gets a task of its
         // own only if it waits (hello never does).
-        let task = if like("inline") {
+        let task = if self.like.inline {
             let mut guest = Box::pin(guest);
             match futures::poll!(guest.as_mut()) {
                 std::task::Poll::Ready(r) => Err(r),
@@ -221,11 +252,11 @@ impl Server {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    LIKE.set(args.like.clone()).expect("set once");
-    let engine = engine(&args)?;
+    let like = Like::parse(&args.like)?;
+    let engine = engine(&args, like)?;
     let mut component = Component::from_file(&engine, &args.component)
         .map_err(|e| anyhow!("compiling {}: {e:?}", args.component.display()))?;
-    if like("cwasm") {
+    if like.cwasm {
         let path = std::env::temp_dir().join(format!("bare-{}.cwasm", std::process::id()));
         std::fs::write(&path, component.serialize().map_err(|e| anyhow!("{e:?}"))?)?;
         // SAFETY: the file was just serialized by this engine (what `deserialize_file` requires).
@@ -260,7 +291,8 @@ async fn main() -> anyhow::Result<()> {
         std::mem::forget(rt);
         handle
     });
-    let server = Arc::new(Server { engine, pre, fuel_and_epochs: args.fuel_and_epochs, guests });
+    let server =
+        Arc::new(Server { engine, pre, fuel_and_epochs: args.fuel_and_epochs, guests, like });
 
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -272,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             let io = TokioIo::new(stream);
             let svc = service_fn(move |req| server.clone().handle(req));
-            if like("auto") {
+            if like.auto {
                 let b = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );

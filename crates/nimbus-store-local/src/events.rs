@@ -181,34 +181,27 @@ impl EventLog for SqliteStore {
         // Deleted a step at a time, each its own transaction that hands the writer on, so the
         // writes that append events (and the recorder) are not held up for the whole prefix.
         // `pruned_through` moves with each step, so it is exact after every commit.
-        let mut removed = 0;
-        loop {
-            let n = self.write_step("pruning the event log", |tx| {
-                let positions = tx
-                    .prepare_cached(&format!(
-                        "DELETE FROM event_log WHERE position IN (SELECT position FROM event_log \
-                         WHERE position <= ?1 ORDER BY position LIMIT {PRUNE_STEP}) \
-                         RETURNING position"
-                    ))
-                    .and_then(|mut stmt| {
-                        stmt.query_map([through], |r| r.get::<_, i64>(0))?
-                            .collect::<rusqlite::Result<Vec<i64>>>()
-                    })
-                    .context("pruning events")?;
-                if let Some(last) = positions.iter().max() {
-                    tx.execute(
-                        "UPDATE event_log_state SET pruned_through = max(pruned_through, ?1)",
-                        [last],
-                    )
-                    .context("recording the prune boundary")?;
-                }
-                Ok(positions.len())
-            })?;
-            removed += n as u64;
-            if n < PRUNE_STEP {
-                return Ok(removed);
+        self.in_steps("pruning the event log", PRUNE_STEP, |tx| {
+            let positions = tx
+                .prepare_cached(&format!(
+                    "DELETE FROM event_log WHERE position IN (SELECT position FROM event_log \
+                     WHERE position <= ?1 ORDER BY position LIMIT {PRUNE_STEP}) \
+                     RETURNING position"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map([through], |r| r.get::<_, i64>(0))?
+                        .collect::<rusqlite::Result<Vec<i64>>>()
+                })
+                .context("pruning events")?;
+            if let Some(last) = positions.iter().max() {
+                tx.execute(
+                    "UPDATE event_log_state SET pruned_through = max(pruned_through, ?1)",
+                    [last],
+                )
+                .context("recording the prune boundary")?;
             }
-        }
+            Ok((positions.len(), positions.len() as u64))
+        })
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -124,11 +124,6 @@ impl<'a> Stored<'a> {
     }
 }
 
-/// A segment row as read back: its records, oldest first.
-struct Segment {
-    records: Vec<InvocationRecord>,
-}
-
 fn decode(project: &str, function: &str, format: i64, body: &str) -> Result<Vec<InvocationRecord>> {
     if format != FORMAT_JSON_V1 {
         return Err(backend(
@@ -188,18 +183,19 @@ fn minute_of(t: UnixMillis) -> i64 {
 }
 
 /// The columns [`segment_from_row`] reads.
-const SEGMENT_COLUMNS: &str = "seq_end, project, function, format, body";
+const SEGMENT_COLUMNS: &str = "project, function, format, body";
 
-fn segment_from_row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, String, String, i64, String)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+/// A segment row as [`SEGMENT_COLUMNS`] reads it, not yet decoded.
+type SegmentRow = (String, String, i64, String);
+
+fn segment_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
-fn load(row: (i64, String, String, i64, String)) -> Result<Segment> {
-    let (_seq_end, project, function, format, body) = row;
-    let records = decode(&project, &function, format, &body)?;
-    Ok(Segment { records })
+/// A segment's records, oldest first.
+fn load(row: SegmentRow) -> Result<Vec<InvocationRecord>> {
+    let (project, function, format, body) = row;
+    decode(&project, &function, format, &body)
 }
 
 /// Write `records[which]` as new records: positions, segments, usage and quota events.
@@ -345,12 +341,9 @@ fn find(conn: &Connection, project: &str, id: &str) -> Result<Option<InvocationR
     find_in(segments("seq_end <= ?2 AND instr(body, ?3) > 0", &[&project, &legacy, &id])?, id)
 }
 
-fn find_in(
-    rows: Vec<(i64, String, String, i64, String)>,
-    id: &str,
-) -> Result<Option<InvocationRecord>> {
+fn find_in(rows: Vec<SegmentRow>, id: &str) -> Result<Option<InvocationRecord>> {
     for row in rows {
-        if let Some(r) = load(row)?.records.into_iter().find(|r| r.id == id) {
+        if let Some(r) = load(row)?.into_iter().find(|r| r.id == id) {
             return Ok(Some(r));
         }
     }
@@ -390,7 +383,12 @@ fn rewrite(tx: &Connection, seq_end: i64, keep: &[InvocationRecord]) -> Result<(
     Ok(())
 }
 
-fn read_segments(tx: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Segment>> {
+/// The records of each segment `sql` selects.
+fn read_segments(
+    tx: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Vec<InvocationRecord>>> {
     let rows = tx
         .prepare_cached(sql)
         .and_then(|mut stmt| {
@@ -463,8 +461,7 @@ impl InvocationStore for SqliteStore {
             // Segments are read one at a time, so a query stops as soon as it has its page.
             while out.len() < limit {
                 let Some(row) = rows.next().with_context(ctx)? else { break };
-                let segment = load(segment_from_row(row).with_context(ctx)?)?;
-                let mut records = segment.records;
+                let mut records = load(segment_from_row(row).with_context(ctx)?)?;
                 if !query.ascending {
                     records.reverse();
                 }

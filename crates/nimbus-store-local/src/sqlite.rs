@@ -161,41 +161,47 @@ impl SqliteStore {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut conn = self.writer.lock();
-        let out = {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .with_context(|| format!("{what}: starting a transaction"))?;
-            let out = f(&tx)?;
-            tx.commit().with_context(|| format!("{what}: committing"))?;
-            out
-        };
+        let out = transact(&mut conn, what, f);
         parking_lot::MutexGuard::unlock_fair(conn);
-        Ok(out)
+        out
     }
 
-    /// Run `delete`, a DELETE whose rows are picked by a subquery ending in `LIMIT {step}`, as
-    /// many times as it removes `step` rows, each in a transaction of its own
-    /// ([`Self::write_step`]): housekeeping that may find a large backlog due (after a burst, or
-    /// a node that was down) never holds the writer for all of it. Returns the rows removed.
+    /// Run `step` ([`Self::write_step`]) until it reports fewer than `size` rows: a long job
+    /// (housekeeping that may find a large backlog due, after a burst or a node that was down)
+    /// that never holds the writer for all of it. Each step returns (rows it took, what it
+    /// counts); returns the sum of the counts.
+    pub(crate) fn in_steps(
+        &self,
+        what: &str,
+        size: usize,
+        mut step: impl FnMut(&rusqlite::Transaction<'_>) -> Result<(usize, u64)>,
+    ) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let (rows, counted) = self.write_step(what, &mut step)?;
+            total += counted;
+            if rows < size {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// [`Self::in_steps`] of `delete`, a DELETE whose rows are picked by a subquery ending in
+    /// `LIMIT {size}`. Returns the rows removed.
     pub(crate) fn delete_in_steps(
         &self,
         what: &str,
         delete: &str,
-        step: usize,
+        size: usize,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<u64> {
-        let mut removed = 0;
-        loop {
-            let n = self.write_step(what, |tx| {
-                tx.prepare_cached(delete)
-                    .and_then(|mut stmt| stmt.execute(args))
-                    .with_context(|| what.to_string())
-            })?;
-            removed += n as u64;
-            if n < step {
-                return Ok(removed);
-            }
-        }
+        self.in_steps(what, size, |tx| {
+            let n = tx
+                .prepare_cached(delete)
+                .and_then(|mut stmt| stmt.execute(args))
+                .with_context(|| what.to_string())?;
+            Ok((n, n as u64))
+        })
     }
 
     /// Run `f` in an immediate transaction on the writer connection, committing if it returns `Ok`.
@@ -204,14 +210,22 @@ impl SqliteStore {
         what: &str,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.writer.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .with_context(|| format!("{what}: starting a transaction"))?;
-        let out = f(&tx)?;
-        tx.commit().with_context(|| format!("{what}: committing"))?;
-        Ok(out)
+        transact(&mut self.writer.lock(), what, f)
     }
+}
+
+/// `f` in an immediate transaction on `conn`, committed if it returns `Ok`.
+fn transact<T>(
+    conn: &mut Connection,
+    what: &str,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .with_context(|| format!("{what}: starting a transaction"))?;
+    let out = f(&tx)?;
+    tx.commit().with_context(|| format!("{what}: committing"))?;
+    Ok(out)
 }
 
 /// Create the database file with mode `0600` if it does not exist yet, so that it never exists with

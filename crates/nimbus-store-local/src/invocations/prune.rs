@@ -23,7 +23,7 @@
 
 use std::collections::BTreeSet;
 
-use nimbus_model::UnixMillis;
+use nimbus_model::{InvocationRecord, UnixMillis};
 use rusqlite::OptionalExtension;
 
 use super::{SEGMENT_COLUMNS, read_segments, rewrite};
@@ -151,23 +151,16 @@ pub(super) fn delete_in_steps(
              SELECT seq_end FROM invocation_segments WHERE {condition} LIMIT {STEP} \
          ) RETURNING len"
     );
-    let mut removed = 0;
-    loop {
-        let (segments, records) = store.write_step("pruning invocation records", |tx| {
-            let lens = tx
-                .prepare_cached(&sql)
-                .and_then(|mut stmt| {
-                    stmt.query_map(args, |r| r.get::<_, u64>(0))?
-                        .collect::<rusqlite::Result<Vec<u64>>>()
-                })
-                .context("pruning invocation records")?;
-            Ok((lens.len(), lens.iter().sum::<u64>()))
-        })?;
-        removed += records;
-        if segments < STEP {
-            return Ok(removed);
-        }
-    }
+    store.in_steps("pruning invocation records", STEP, |tx| {
+        let lens = tx
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_map(args, |r| r.get::<_, u64>(0))?
+                    .collect::<rusqlite::Result<Vec<u64>>>()
+            })
+            .context("pruning invocation records")?;
+        Ok((lens.len(), lens.iter().sum()))
+    })
 }
 
 /// Records of `project` that started before `before`.
@@ -192,9 +185,9 @@ fn by_age(store: &SqliteStore, project: &str, before: UnixMillis) -> Result<u64>
     })?;
     for seq_end in straddling {
         removed += store.write_step("pruning invocation records by age", |tx| {
-            let Some(s) = one_segment(tx, seq_end)? else { return Ok(0) };
-            let total = s.records.len();
-            let keep: Vec<_> = s.records.into_iter().filter(|r| r.started_at >= before).collect();
+            let Some(records) = one_segment(tx, seq_end)? else { return Ok(0) };
+            let total = records.len();
+            let keep: Vec<_> = records.into_iter().filter(|r| r.started_at >= before).collect();
             rewrite(tx, seq_end, &keep)?;
             Ok((total - keep.len()) as u64)
         })?;
@@ -229,10 +222,10 @@ fn by_count(store: &SqliteStore, project: &str, function: &str, keep: u32) -> Re
     let Some((edge, newer)) = edge else { return Ok(0) };
     // The edge keeps its newest `keep - newer` records (none: it goes)...
     let mut removed = store.write_step("pruning invocation records by count", |tx| {
-        let Some(s) = one_segment(tx, edge)? else { return Ok(0) };
+        let Some(records) = one_segment(tx, edge)? else { return Ok(0) };
         let room = keep.saturating_sub(newer) as usize;
-        let total = s.records.len();
-        let kept = &s.records[total.saturating_sub(room)..];
+        let total = records.len();
+        let kept = &records[total.saturating_sub(room)..];
         rewrite(tx, edge, kept)?;
         Ok((total - kept.len()) as u64)
     })?;
@@ -245,7 +238,8 @@ fn by_count(store: &SqliteStore, project: &str, function: &str, keep: u32) -> Re
     Ok(removed)
 }
 
-fn one_segment(tx: &rusqlite::Connection, seq_end: i64) -> Result<Option<super::Segment>> {
+/// The records of the segment at `seq_end`, if it is still there.
+fn one_segment(tx: &rusqlite::Connection, seq_end: i64) -> Result<Option<Vec<InvocationRecord>>> {
     Ok(read_segments(
         tx,
         &format!("SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE seq_end = ?1"),
