@@ -31,10 +31,13 @@ work=$(mktemp -d -t nimbus-instructions.XXXXXX)
 pid=
 trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-callgrind() { exec valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$work/$1.out" "${@:2}"; }
+# A profile per thread: the request path (tokio's two workers, the busiest threads) is told
+# apart from background threads (the invocation recorder, pollers, the epoch ticker), whose
+# share per request depends on how many requests valgrind lets through.
+callgrind() { exec valgrind --tool=callgrind --smc-check=all-non-file --separate-threads=yes --callgrind-out-file="$work/$1.out" "${@:2}"; }
 
 # profile NAME URL-PATH COMMAND...: start the server under callgrind, warm up, zero the counters,
-# measure, dump; writes NAME.requests and NAME.out.1.
+# measure, dump; writes NAME.requests and NAME.out.1-NN (one per thread).
 profile() {
     local name=$1 path=$2 port
     shift 2
@@ -83,12 +86,14 @@ if [[ -n "${NIMBUS_B:-}" ]]; then
     names+=(nimbus-b)
 fi
 for n in "${names[@]}"; do
-    callgrind_annotate --threshold=100 "$work/$n.out.1" > "$work/$n.txt"
+    for f in "$work/$n".out.1-*; do
+        callgrind_annotate --threshold=100 "$f" > "$work/$n.t${f##*-}.txt"
+    done
 done
 # KEEP=DIR keeps the profiles (for callgrind_annotate --inclusive=yes, or kcachegrind).
-if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$work"/*.out.1 "$work"/*.txt "$work"/*.requests "$KEEP"/; fi
+if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$work"/*.out.1-* "$work"/*.txt "$work"/*.requests "$KEEP"/; fi
 python3 - "$work" "$TOP" "${names[@]}" <<'PY'
-import collections, re, sys
+import collections, glob, re, sys
 work, top, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 GROUPS = [
     (r"^(sqlite3|vdbe|btree|balance|wal|pager|pcache|yy|getPage|releaseMem|sqlite)", "sqlite"),
@@ -96,11 +101,13 @@ GROUPS = [
     (r"memcmp", "libc memcmp"), (r"pthread_mutex", "libc mutex"),
     (r"malloc|free|_int_|arena|unlink_chunk", "glibc malloc"), (r"^0x", "wasm (JIT code)"),
 ]
-def load(name):
-    text = open(f"{work}/{name}.txt").read()
-    total = int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text).group(1).replace(",", ""))
-    reqs = int(open(f"{work}/{name}.requests").read())
+def load_thread(path):
+    text = open(path).read()
     groups = collections.Counter()
+    found = re.search(r"([\d,]+) \([\s\d.]+%\)\s+PROGRAM TOTALS", text)
+    if not found or "file:function" not in text:
+        return 0, groups  # a thread that ran nothing while measured
+    total = int(found.group(1).replace(",", ""))
     body = text.split("file:function", 1)[1]
     for line in body.splitlines():
         m = re.match(r"\s*([\d,]+) \([\s\d.]+%\)\s+(.*)", line)
@@ -112,15 +119,28 @@ def load(name):
             crate = re.match(r"(\w+)::", fn)
             key = crate.group(1) if crate else fn[:40]
         groups[key] += int(m.group(1).replace(",", ""))
-    return total / reqs, reqs, {k: v / reqs for k, v in groups.items()}
+    return total, groups
+def load(name):
+    reqs = int(open(f"{work}/{name}.requests").read())
+    threads = sorted((load_thread(p) for p in glob.glob(f"{work}/{name}.t*.txt")), key=lambda t: -t[0])
+    groups = collections.Counter()
+    for _, g in threads:
+        groups.update(g)
+    total = sum(t for t, _ in threads)
+    workers = sum(t for t, _ in threads[:2])
+    return total / reqs, reqs, {k: v / reqs for k, v in groups.items()}, workers / reqs, (total - workers) / reqs
 data = {n: load(n) for n in names}
 for n in names:
-    print(f"{n:10} {data[n][0]:9.0f} instructions per request ({data[n][1]} requests)")
+    print(f"{n:10} {data[n][0]:9.0f} instructions per request ({data[n][1]} requests): "
+          f"{data[n][3]:.0f} on the two busiest threads (the workers), {data[n][4]:.0f} on the others")
 t = {n: data[n][0] for n in names}
 print(f"ratio bare/nimbus {t['bare'] / t['nimbus']:.3f}, (bare+fuel+epochs)/nimbus {t['bare-fuel'] / t['nimbus']:.3f}; "
       f"fuel and epochs {t['bare-fuel'] - t['bare']:+.0f}, the platform beyond them {t['nimbus'] - t['bare-fuel']:+.0f} per request")
+w = {n: data[n][3] for n in names}
+print(f"workers only: bare/nimbus {w['bare'] / w['nimbus']:.3f}, (bare+fuel+epochs)/nimbus {w['bare-fuel'] / w['nimbus']:.3f}")
 if "nimbus-b" in t:
-    print(f"A/B: nimbus / nimbus-b {t['nimbus'] / t['nimbus-b']:.3f} ({t['nimbus'] - t['nimbus-b']:+.0f} per request)")
+    print(f"A/B: nimbus / nimbus-b {t['nimbus'] / t['nimbus-b']:.3f} ({t['nimbus'] - t['nimbus-b']:+.0f} per request); "
+          f"workers only {w['nimbus'] / w['nimbus-b']:.3f} ({w['nimbus'] - w['nimbus-b']:+.0f} per request)")
 # std/core frames are mostly closures that callgrind cannot place on the fibers' stacks, where it
 # charges their callees' cost to them as well: leave them out of the breakdown.
 skip = {"std", "core", "clone", "start_thread", "__rust_begin_short_backtrace"}

@@ -1,5 +1,6 @@
 //! Admission, execution and recording of one invocation.
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use nimbus_model::{InvocationRecord, InvocationStatus, UnixMillis};
+use nimbus_model::InvocationStatus;
 use nimbus_runtime::{BodyError, GuestBody, Invocation, Outcome, OutcomeStatus};
 
-use crate::metrics::{FunctionMetrics, Metrics};
+use crate::metrics::Metrics;
+use crate::recorder::{Draft, Finished, RecordNames};
 use crate::{ActiveVersion, FunctionService, Rejection};
 
 /// Why an invocation produced no guest response. The API layer maps each to a status code.
@@ -81,17 +83,33 @@ impl FunctionService {
         &self,
         target: Arc<ActiveVersion>,
         request: http::Request<B>,
-        trigger: &str,
+        trigger: impl Into<Cow<'static, str>>,
     ) -> Invoked
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (id, started_at) = nimbus_model::new_invocation_id();
+        let (uuid, started_at) = nimbus_model::new_invocation_uuid();
+        let id = nimbus_model::invocation_id_string(&uuid);
         let start = Instant::now();
-        let mut base = record_base(&target, &id, trigger, started_at);
-        base.method = request.method().as_str().to_owned();
-        base.path = request.uri().path().to_owned();
+        let base = Draft {
+            id: uuid,
+            trigger: trigger.into(),
+            method: request.method().clone(),
+            path: request.uri().path().as_bytes().into(),
+            started_at,
+            duration_us: 0,
+            queue_us: 0,
+            fuel: 0,
+            peak_memory_bytes: 0,
+            outbound_bytes: 0,
+            status: InvocationStatus::Rejected,
+            http_status: None,
+            error: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs_truncated: false,
+        };
         let limit = target.info.limits.max_body_bytes;
 
         let declared = request
@@ -200,10 +218,12 @@ impl FunctionService {
                 r.queue_us = queue.as_micros() as u64;
                 r.duration_us = start.elapsed().as_micros() as u64;
                 fill(&mut r, outcome, http_status);
-                observe(&metrics, &target.metrics, &r);
+                observe(&metrics, &target, &r);
+                // The record takes the closure's reference to the version: no count to bump.
+                let r = Finished { names: target, draft: r };
                 if let Some(q) = quota {
                     // Counted into the month now, from the record the store will count.
-                    q.finish(nimbus_model::usage::UsageCounters::of(&r));
+                    q.finish(r.usage());
                 }
                 recorder.record_now(r);
             }
@@ -219,42 +239,26 @@ impl FunctionService {
     }
 
     /// Record an invocation refused before it ran.
-    fn reject(&self, target: &ActiveVersion, mut r: InvocationRecord, error: &InvokeError) {
+    fn reject(&self, target: &Arc<ActiveVersion>, mut r: Draft, error: &InvokeError) {
         r.error = Some(error.to_string());
         r.http_status = Some(error.http_status());
-        observe(&self.metrics, &target.metrics, &r);
-        self.recorder.record_now(r);
+        observe(&self.metrics, target, &r);
+        self.recorder.record_now(Finished { names: target.clone(), draft: r });
     }
 }
 
-fn record_base(
-    target: &ActiveVersion,
-    id: &str,
-    trigger: &str,
-    started_at: UnixMillis,
-) -> InvocationRecord {
-    InvocationRecord {
-        seq: 0, // given by the store when the record is written
-        id: id.to_string(),
-        project: target.info.project.clone(),
-        function: target.info.function.clone(),
-        version: target.info.version,
-        trigger: trigger.to_string(),
-        method: String::new(),
-        path: String::new(),
-        started_at,
-        duration_us: 0,
-        queue_us: 0,
-        fuel: 0,
-        peak_memory_bytes: 0,
-        memory_limit_mb: target.info.limits.memory_bytes.div_ceil(1 << 20),
-        outbound_bytes: 0,
-        status: InvocationStatus::Rejected,
-        http_status: None,
-        error: None,
-        stdout: String::new(),
-        stderr: String::new(),
-        logs_truncated: false,
+impl RecordNames for ActiveVersion {
+    fn project(&self) -> &str {
+        &self.info.project
+    }
+    fn function(&self) -> &str {
+        &self.info.function
+    }
+    fn version(&self) -> u32 {
+        self.info.version
+    }
+    fn memory_limit_mb(&self) -> u64 {
+        self.info.limits.memory_bytes.div_ceil(1 << 20)
     }
 }
 
@@ -279,7 +283,7 @@ fn failure_of(status: OutcomeStatus, too_large: bool, limit: u64) -> InvokeError
     }
 }
 
-fn fill(r: &mut InvocationRecord, o: Outcome, http_status: Option<u16>) {
+fn fill(r: &mut Draft, o: Outcome, http_status: Option<u16>) {
     r.status = match o.status {
         OutcomeStatus::Ok => InvocationStatus::Ok,
         OutcomeStatus::Trap => InvocationStatus::Trap,
@@ -300,10 +304,13 @@ fn fill(r: &mut InvocationRecord, o: Outcome, http_status: Option<u16>) {
 
 /// Metrics of a finished (or refused) invocation, through the version's cached handles; only
 /// rare statuses pay for a label lookup.
-fn observe(metrics: &Metrics, f: &FunctionMetrics, r: &InvocationRecord) {
+fn observe(metrics: &Metrics, target: &ActiveVersion, r: &Draft) {
+    let f = &target.metrics;
     match r.status {
         InvocationStatus::Ok => f.ok.inc(),
-        other => metrics.status_counter(&r.project, &r.function, other.as_str()).inc(),
+        other => metrics
+            .status_counter(&target.info.project, &target.info.function, other.as_str())
+            .inc(),
     };
     if r.status != InvocationStatus::Ok || r.http_status.is_some_and(|s| s >= 500) {
         f.errors.inc();

@@ -327,7 +327,8 @@ impl FunctionService {
         std::fs::create_dir_all(&config.artifact_dir).map_err(|e| {
             FunctionError::Internal(format!("creating {}: {e}", config.artifact_dir.display()))
         })?;
-        let (recorder, writer) = Recorder::spawn(stores.invocations.clone());
+        let recorder = Recorder::spawn(stores.invocations.clone())
+            .map_err(|e| FunctionError::Internal(format!("starting the record writer: {e}")))?;
         let pruner = spawn_pruner(stores.invocations.clone(), &config);
         let thresholds = quota::spawn_threshold_checks(stores.storage_quota.clone());
         let metrics = Arc::new(Metrics::default());
@@ -348,7 +349,7 @@ impl FunctionService {
             metrics,
             residency,
             gate,
-            tasks: vec![writer, pruner, thresholds],
+            tasks: vec![pruner, thresholds],
         };
         let fs = service.stores.functions.clone();
         let active = blocking(move || fs.active_versions().map_err(FunctionError::from)).await?;
@@ -693,7 +694,7 @@ impl FunctionService {
 
     /// Every invocation record, as soon as it is stored.
     pub fn follow(&self) -> broadcast::Receiver<Arc<InvocationRecord>> {
-        self.recorder.followers.subscribe()
+        self.recorder.follow()
     }
 
     /// The function of `project` answering `method` on `path`.

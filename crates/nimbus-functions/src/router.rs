@@ -108,7 +108,7 @@ impl<T> RouteTable<T> {
             return RouteMatch::BadPath;
         };
         let mut allowed: Vec<String> = Vec::new();
-        let candidates = self.exact.get(&path).into_iter().chain(
+        let candidates = self.exact.get(&*path).into_iter().chain(
             self.prefixes
                 .iter()
                 .filter(|((_, p), _)| prefix_matches(p, &path))

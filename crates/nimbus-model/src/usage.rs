@@ -46,20 +46,45 @@ pub struct UsageCounters {
 /// held for any whole month costs about the same.
 pub const GB_MONTH_SECONDS: u64 = 730 * 3600;
 
+/// What an invocation is billed on: the fields of its record that [`UsageCounters::of`] reads.
+pub struct Execution {
+    pub status: InvocationStatus,
+    pub duration_us: u64,
+    pub queue_us: u64,
+    pub memory_limit_mb: u64,
+    pub fuel: u64,
+    pub outbound_bytes: u64,
+    /// Caused by an event trigger (`kind:name`).
+    pub event: bool,
+}
+
 impl UsageCounters {
     /// What one record adds; `None` for a refused invocation (it never ran).
     pub fn of(r: &InvocationRecord) -> Option<UsageCounters> {
-        if r.status == InvocationStatus::Rejected {
+        UsageCounters::of_execution(&Execution {
+            status: r.status,
+            duration_us: r.duration_us,
+            queue_us: r.queue_us,
+            memory_limit_mb: r.memory_limit_mb,
+            fuel: r.fuel,
+            outbound_bytes: r.outbound_bytes,
+            event: r.trigger.contains(':'),
+        })
+    }
+
+    /// [`UsageCounters::of`] from the billed parts of a record, before it is one.
+    pub fn of_execution(e: &Execution) -> Option<UsageCounters> {
+        if e.status == InvocationStatus::Rejected {
             return None;
         }
-        let exec_ms = r.duration_us.saturating_sub(r.queue_us).div_ceil(1000);
+        let exec_ms = e.duration_us.saturating_sub(e.queue_us).div_ceil(1000);
         Some(UsageCounters {
             requests: 1,
             exec_ms,
-            mb_ms: exec_ms.saturating_mul(r.memory_limit_mb),
-            fuel: r.fuel,
-            outbound_bytes: r.outbound_bytes,
-            events: u64::from(r.trigger.contains(':')),
+            mb_ms: exec_ms.saturating_mul(e.memory_limit_mb),
+            fuel: e.fuel,
+            outbound_bytes: e.outbound_bytes,
+            events: u64::from(e.event),
             file_egress_bytes: 0,
             push_sent: 0,
             stored_byte_seconds: 0,

@@ -202,7 +202,7 @@ async fn attempt(
             None => Outcome::failed("the asynchronous invocation's request is gone"),
         },
         Some(f) => match trigger_label(&f, &d.trigger) {
-            Some(label) => run_event(&service, f, &d, &label).await,
+            Some(label) => run_event(&service, f, &d, label).await,
             None => Outcome::failed(format!(
                 "function {} no longer has trigger {:?} (a later deploy removed it)",
                 d.function, d.trigger
@@ -295,7 +295,7 @@ async fn run_event(
     service: &TriggerService,
     f: Arc<ActiveVersion>,
     d: &Delivery,
-    label: &str,
+    label: String,
 ) -> Outcome {
     let request = cloud_event_request(d);
     let invoked = service.inner.functions.invoke(f, request, label).await;
