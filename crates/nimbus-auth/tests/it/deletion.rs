@@ -122,7 +122,7 @@ async fn a_deletion_interrupted_after_the_tombstone_is_finished_by_resume() {
     let auth = AuthService::new(store, h.outbox.clone(), h.auth.config().clone()).unwrap();
     assert_deleting(&auth, "acme", &key, &token).await;
     let part = Part::new("part", 0);
-    let projects = deletion(&auth, &[part.clone()]);
+    let projects = deletion(&auth, std::slice::from_ref(&part));
     assert_eq!(projects.resume().await.unwrap(), 1);
     assert_eq!(part.calls(), ["acme"]);
     assert_eq!(projects.resume().await.unwrap(), 0, "nothing left to resume");

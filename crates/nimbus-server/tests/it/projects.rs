@@ -116,17 +116,7 @@ async fn deleting_a_project_removes_all_it_held_and_nothing_else() {
     assert_eq!(deploy_in(&s, "acme", "hello", json!({"name": "hi", "routes": ["/hi"]})).await, 201);
     s.deploy("hello", json!({"name": "hi", "routes": ["/hi"]})).await;
     assert_eq!(s.get("/@acme/hi").await.status(), 200);
-    let key: Value = s
-        .api(Method::POST, "/v1/keys")
-        .header(HEADER, "acme")
-        .json(&json!({"scope": "service"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = key["key"].as_str().unwrap().to_string();
+    let key = service_key(&s, "acme").await;
     let session = user_session(&s, "acme", "ann@example.com").await;
     let as_key = |m: Method, path: &str| s.client.request(m, s.url(path)).bearer_auth(&key);
 
@@ -226,16 +216,7 @@ async fn a_project_that_can_be_created_can_be_used() {
 async fn populate(s: &TestServer, p: &str) -> String {
     assert_eq!(deploy_in(s, p, "hello", json!({"name": "hi", "routes": ["/hi"]})).await, 201);
     assert_eq!(s.get(&format!("/@{p}/hi")).await.status(), 200);
-    let key: Value = s
-        .api(Method::POST, "/v1/keys")
-        .header(HEADER, p)
-        .json(&json!({"scope": "service"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = service_key(s, p).await;
     user_session(s, p, "ann@example.com").await;
     crate::documents::collection(s, p, json!({"name": "c"})).await;
     let doc = s.api(Method::POST, &crate::documents::docs(p, "c")).json(&json!({"v": 1}));
@@ -246,6 +227,13 @@ async fn populate(s: &TestServer, p: &str) -> String {
     assert_eq!(bucket.json(&json!({"name": "files"})).send().await.unwrap().status(), 201);
     let object = s.api(Method::PUT, &format!("/v1/projects/{p}/buckets/files/objects/a.txt"));
     assert_eq!(object.body("bytes").send().await.unwrap().status(), 201);
+    key
+}
+
+/// A new service key of project `p`.
+async fn service_key(s: &TestServer, p: &str) -> String {
+    let r = s.api(Method::POST, "/v1/keys").header(HEADER, p).json(&json!({"scope": "service"}));
+    let key: Value = r.send().await.unwrap().json().await.unwrap();
     key["key"].as_str().unwrap().to_string()
 }
 
