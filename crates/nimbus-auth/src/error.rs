@@ -31,6 +31,19 @@ pub enum AuthError {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The slug belongs to a project whose deletion has begun and not finished: it can be
+    /// created again once the deletion is done.
+    #[error("project {0} is being deleted; create it again once its deletion has finished")]
+    ProjectDeleting(String),
+    /// A service failed to delete its part of a project; the project stays marked deleting and
+    /// the deletion resumes on a retry or at the next start.
+    #[error("deleting the {part} part of project {project}: {source}")]
+    DeletionPart {
+        project: String,
+        part: &'static str,
+        #[source]
+        source: nimbus_model::lifecycle::PartError,
+    },
     /// The user is disabled by an administrator.
     #[error("user disabled")]
     Disabled,

@@ -66,6 +66,7 @@
 mod config;
 mod error;
 mod jwt;
+mod lifecycle;
 mod mail;
 mod password;
 mod ratelimit;
@@ -78,6 +79,7 @@ pub use config::{
 };
 pub use error::AuthError;
 pub use jwt::Claims;
+pub use lifecycle::ProjectDeletion;
 pub use mail::{
     EmailKind, EmailMessage, MailError, Mailer, Outbox, SmtpConfig, SmtpMailer, SmtpSecurity,
 };

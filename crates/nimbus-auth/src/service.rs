@@ -1,6 +1,6 @@
 //! [`AuthService`]: every operation of the identity service.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use nimbus_model::UnixMillis;
+use nimbus_store::StoreError;
 use nimbus_store::auth::{
     ApiKeyRecord, AuthStore, ConsumeOutcome, DEFAULT_PROJECT, IdentityRecord, NewEvent, NewMail,
     NewOneTimeToken, NewRefreshToken, PASSWORD_PROVIDER, ProjectRecord, RefreshOutcome,
@@ -57,6 +58,9 @@ struct Inner {
     project_init: tokio::sync::Mutex<()>,
     /// API keys by prefix (positive lookups only); kept exact by `revoke_api_key`.
     api_keys: RwLock<HashMap<String, Arc<ApiKeyRecord>>>,
+    /// Projects marked deleting (the store's tombstones, seeded at start): checked before the
+    /// caches above, so that nothing cached lets a deleting project's keys or tokens through.
+    deleting: RwLock<HashSet<String>>,
     /// Rung when mail is queued; the worker is started on first use (or by the server at start,
     /// for mail a previous run left).
     mail_wake: tokio::sync::Notify,
@@ -205,6 +209,7 @@ impl AuthService {
             config.max_concurrent_hashes,
             config.hash_wait,
         )?;
+        let deleting = store.deleting_projects()?.into_iter().collect();
         let r = &config.rate_limits;
         let limits = Limits {
             sign_in_ip: limiter(r.sign_in_per_ip),
@@ -231,6 +236,7 @@ impl AuthService {
                 projects: RwLock::new(HashMap::new()),
                 project_init: tokio::sync::Mutex::new(()),
                 api_keys: RwLock::new(HashMap::new()),
+                deleting: RwLock::new(deleting),
                 mail_wake: tokio::sync::Notify::new(),
                 mail_worker: std::sync::OnceLock::new(),
             }),
@@ -305,6 +311,9 @@ impl AuthService {
     /// The project's keys and caches, loading them (and creating its first signing key) on first
     /// use. `NotFound` if there is no such project.
     async fn project_state(&self, project: &str) -> Result<Arc<ProjectState>, AuthError> {
+        if self.is_deleting(project) {
+            return Err(AuthError::NotFound(format!("project {project}")));
+        }
         if let Some(state) = self.inner.projects.read().get(project) {
             return Ok(state.clone());
         }
@@ -383,7 +392,14 @@ impl AuthService {
         let key = generate_key(now)?;
         let r = record.clone();
         self.blocking(move |s| {
-            s.create_project(&r)?;
+            match s.create_project(&r) {
+                // The row of a project being deleted still holds the slug: say so, rather than
+                // "exists" (it is found nowhere), so the operator knows to retry later.
+                Err(StoreError::Conflict(_)) if s.deleting_projects()?.contains(&r.id) => {
+                    return Err(AuthError::ProjectDeleting(r.id.clone()));
+                }
+                other => other?,
+            }
             s.insert_signing_key(&r.id, &key)?;
             Ok(())
         })
@@ -391,19 +407,51 @@ impl AuthService {
         Ok(record.into())
     }
 
-    /// Delete a project and everything identity holds for it. Its API keys and tokens stop
-    /// working at once. The default project cannot be deleted.
-    pub async fn delete_project(&self, slug: &str) -> Result<(), AuthError> {
+    /// The first step of deleting a project: its tombstone. From here on it is found nowhere,
+    /// and its API keys and tokens stop working; its slug stays taken until
+    /// [`Self::remove_project`]. Idempotent (a retry resumes). The default project cannot be
+    /// deleted; `NotFound` if there is no such project, live or deleting.
+    pub(crate) async fn mark_deleting(&self, slug: &str) -> Result<(), AuthError> {
         if slug == DEFAULT_PROJECT {
             return Err(AuthError::InvalidInput("the default project cannot be deleted".into()));
         }
-        let id = slug.to_string();
-        if !self.blocking(move |s| Ok(s.delete_project(&id)?)).await? {
-            return Err(AuthError::NotFound(format!("project {slug}")));
+        // In memory first, so no request slips through the caches between the two.
+        self.inner.deleting.write().insert(slug.to_string());
+        let (id, now) = (slug.to_string(), self.now());
+        let marked = self.blocking(move |s| Ok(s.mark_project_deleting(&id, now)?)).await;
+        if !matches!(marked, Ok(Some(_))) {
+            self.inner.deleting.write().remove(slug);
         }
+        marked?.ok_or_else(|| AuthError::NotFound(format!("project {slug}")))?;
+        self.forget_project(slug);
+        Ok(())
+    }
+
+    /// The last step of deleting a project: its row and everything identity holds for it.
+    /// Idempotent.
+    pub(crate) async fn remove_project(&self, slug: &str) -> Result<(), AuthError> {
+        let id = slug.to_string();
+        self.blocking(move |s| Ok(s.delete_project(&id)?)).await?;
+        self.forget_project(slug);
+        self.inner.deleting.write().remove(slug);
+        Ok(())
+    }
+
+    /// Projects marked deleting whose deletion has not finished, oldest first.
+    pub(crate) async fn deleting_projects(&self) -> Result<Vec<String>, AuthError> {
+        self.blocking(|s| Ok(s.deleting_projects()?)).await
+    }
+
+    /// Whether the project is being deleted: every read path that resolves a project treats it
+    /// as not existing (one in-memory lookup; the store's tombstone is the durable truth).
+    pub fn is_deleting(&self, project: &str) -> bool {
+        let deleting = self.inner.deleting.read();
+        !deleting.is_empty() && deleting.contains(project)
+    }
+
+    fn forget_project(&self, slug: &str) {
         self.drop_project_state(slug);
         self.inner.api_keys.write().retain(|_, key| key.project != slug);
-        Ok(())
     }
 
     pub async fn list_projects(&self) -> Result<Vec<Project>, AuthError> {
@@ -573,7 +621,11 @@ impl AuthService {
         let presented_hash = sha256(presented);
         let matches: bool = presented_hash.ct_eq(&record.hash).into();
         let now = self.now();
-        if !matches || record.revoked_at.is_some() || record.expires_at.is_some_and(|e| e <= now) {
+        if !matches
+            || record.revoked_at.is_some()
+            || record.expires_at.is_some_and(|e| e <= now)
+            || self.is_deleting(&record.project)
+        {
             return Err(AuthError::InvalidCredentials);
         }
         ApiKeyInfo::from_record(&record).ok_or(AuthError::InvalidCredentials)

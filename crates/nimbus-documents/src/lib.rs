@@ -930,5 +930,19 @@ fn not_found(e: DocError) -> DocError {
     }
 }
 
+/// Collections, documents, and the project's realtime subscribers.
+impl nimbus_model::lifecycle::ProjectLifecycle for DocumentService {
+    fn part(&self) -> &'static str {
+        "documents"
+    }
+
+    fn delete_project_data<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> nimbus_model::lifecycle::PartFuture<'a> {
+        Box::pin(async move { Ok(self.delete_project(project).await.map(drop)?) })
+    }
+}
+
 #[cfg(test)]
 mod tests;

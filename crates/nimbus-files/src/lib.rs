@@ -934,5 +934,20 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// Buckets, objects, uploads and S3 access keys.
+impl nimbus_model::lifecycle::ProjectLifecycle for FilesService {
+    fn part(&self) -> &'static str {
+        "files"
+    }
+
+    fn delete_project_data<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> nimbus_model::lifecycle::PartFuture<'a> {
+        let p = project.to_owned();
+        Box::pin(async move { Ok(self.call(move |f| f.delete_project(&p)).await.map(drop)?) })
+    }
+}
+
 #[cfg(test)]
 mod tests;

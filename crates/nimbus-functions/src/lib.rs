@@ -906,3 +906,18 @@ fn spawn_pruner(
         }
     })
 }
+
+/// Functions go first in a project's deletion: its routes stop answering and nothing new of it
+/// runs; its invocation records go with them.
+impl nimbus_model::lifecycle::ProjectLifecycle for FunctionService {
+    fn part(&self) -> &'static str {
+        "functions"
+    }
+
+    fn delete_project_data<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> nimbus_model::lifecycle::PartFuture<'a> {
+        Box::pin(async move { Ok(self.delete_project(project).await.map(drop)?) })
+    }
+}

@@ -389,6 +389,21 @@ impl KvService {
     }
 }
 
+/// Every entry of every bucket; after functions, so that no function writes new ones.
+impl nimbus_model::lifecycle::ProjectLifecycle for KvService {
+    fn part(&self) -> &'static str {
+        "kv"
+    }
+
+    fn delete_project_data<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> nimbus_model::lifecycle::PartFuture<'a> {
+        let p = project.to_owned();
+        Box::pin(async move { Ok(self.call(move |kv| kv.delete_project(&p)).await.map(drop)?) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

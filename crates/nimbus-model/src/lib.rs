@@ -5,6 +5,7 @@
 
 mod function;
 mod invocation;
+pub mod lifecycle;
 pub mod net;
 pub mod retry;
 mod route;

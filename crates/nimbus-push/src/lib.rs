@@ -691,5 +691,20 @@ impl PushService {
     }
 }
 
+/// VAPID key, subscriptions, topics, messages and deliveries; live connections close.
+impl nimbus_model::lifecycle::ProjectLifecycle for PushService {
+    fn part(&self) -> &'static str {
+        "push"
+    }
+
+    fn delete_project_data<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> nimbus_model::lifecycle::PartFuture<'a> {
+        let p = project.to_owned();
+        Box::pin(async move { Ok(self.call(move |s| s.delete_project(&p)).await.map(drop)?) })
+    }
+}
+
 #[cfg(test)]
 mod tests;

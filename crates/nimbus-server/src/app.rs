@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use nimbus_auth::{ApiKeyScope, AuthError, AuthService};
 use nimbus_functions::FunctionService;
+use nimbus_model::lifecycle::ProjectLifecycle;
 use nimbus_model::{DEFAULT_PROJECT, validate_project};
 use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
@@ -68,6 +69,8 @@ pub struct AppStateInner {
     pub push: nimbus_push::PushService,
     /// Usage reports and prices.
     pub usage: nimbus_functions::usage::UsageService,
+    /// Project deletion over the services' parts (`DELETE /v1/projects/{p}`, resumed at start).
+    pub projects: nimbus_auth::ProjectDeletion,
     admin_token: Arc<str>,
     /// `<project>.<base_domain>` host names route to that project's functions.
     pub base_domain: Arc<str>,
@@ -96,6 +99,23 @@ impl AppState {
         config: &crate::ServerConfig,
         shutting_down: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
+        // The order of a project's deletion, after its tombstone (keys and tokens already refused,
+        // the project found nowhere): functions first, so its routes stop answering and nothing
+        // of it runs; documents (and realtime subscribers); functions again, in case a deploy
+        // that passed the project check before the tombstone landed after the first pass; KV
+        // after functions, so that no function writes new entries; files, triggers, push. The
+        // project row and identity's rows go last, so an interrupted deletion can be resumed.
+        let fns: Arc<dyn ProjectLifecycle> = functions.clone();
+        let parts: Vec<Arc<dyn ProjectLifecycle>> = vec![
+            fns.clone(),
+            Arc::new(documents.clone()),
+            fns,
+            Arc::new(kv.clone()),
+            Arc::new(files.clone()),
+            Arc::new(triggers.clone()),
+            Arc::new(push.clone()),
+        ];
+        let projects = nimbus_auth::ProjectDeletion::new(auth.clone(), parts);
         AppState(Arc::new(AppStateInner {
             functions,
             auth,
@@ -105,6 +125,7 @@ impl AppState {
             triggers,
             push,
             usage,
+            projects,
             admin_token: admin_token.into(),
             base_domain: config.base_domain.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),

@@ -56,6 +56,11 @@ pub(crate) async fn data_caller(
     headers: &HeaderMap,
     in_process: Option<&InProcessCaller>,
 ) -> Result<DataCaller, ApiError> {
+    // A project being deleted is found nowhere, whoever asks (the admin token and anonymous
+    // readers of public data included); its data goes meanwhile.
+    if state.auth.is_deleting(project) {
+        return Err(ApiError::not_found(format!("project {project}")));
+    }
     // A function's request through the in-process API: its own project only; the invocation's
     // token makes it the service role, otherwise the credentials it forwards decide.
     if let Some(caller) = in_process {

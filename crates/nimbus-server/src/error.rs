@@ -179,9 +179,12 @@ impl From<AuthError> for ApiError {
             AuthError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             AuthError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AuthError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AuthError::ProjectDeleting(_) => (StatusCode::CONFLICT, "project_deleting"),
             AuthError::Disabled => (StatusCode::FORBIDDEN, "user_disabled"),
             AuthError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
-            AuthError::Store(_) | AuthError::Internal(_) => return ApiError::internal(&e),
+            AuthError::Store(_) | AuthError::Internal(_) | AuthError::DeletionPart { .. } => {
+                return ApiError::internal(&e);
+            }
         };
         let mut api = ApiError::new(status, code, e.to_string());
         if let AuthError::RateLimited { retry_after } | AuthError::Busy { retry_after } = e {

@@ -335,6 +335,9 @@ impl Server {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "nimbus serving");
         let _housekeeping = AbortOnDrop(spawn_auth_pruner(self.state.auth.clone()));
+        // Deletions a previous run left unfinished (a crash, a failed part): finished in the
+        // background, since a big project takes a while; until then it is found nowhere.
+        let _deletions = AbortOnDrop(self.state.projects.spawn_resume());
         // Mail a previous run queued but did not send; stopped with the server.
         let _mail = self.state.auth.start_mail_worker().map(AbortOnDrop);
         let _metrics = self.metrics_listener.map(|listener| {

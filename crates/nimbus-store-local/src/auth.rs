@@ -227,6 +227,27 @@ impl AuthStore for SqliteStore {
         })
     }
 
+    fn mark_project_deleting(&self, id: &str, now: UnixMillis) -> Result<Option<UnixMillis>> {
+        self.write("marking a project deleting", |tx| {
+            tx.prepare_cached(
+                "UPDATE projects SET deleting_at = coalesce(deleting_at, ?2) WHERE id = ?1 \
+                 RETURNING deleting_at",
+            )
+            .and_then(|mut stmt| stmt.query_row(params![id, now], |r| r.get(0)).optional())
+            .with_context(|| format!("marking project {id} deleting"))
+        })
+    }
+
+    fn deleting_projects(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT id FROM projects WHERE deleting_at IS NOT NULL ORDER BY deleting_at, id",
+            )
+            .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+            .context("listing projects being deleted")
+        })
+    }
+
     fn delete_project(&self, id: &str) -> Result<bool> {
         self.write("deleting a project", |tx| {
             // Tables without a foreign key to the project row; the rest cascade from it.
@@ -243,25 +264,34 @@ impl AuthStore for SqliteStore {
 
     fn get_project(&self, id: &str) -> Result<Option<ProjectRecord>> {
         self.read(|conn| {
-            conn.prepare_cached("SELECT id, slug, name, created_at FROM projects WHERE id = ?1")
-                .and_then(|mut stmt| stmt.query_row([id], project_from_row).optional())
-                .with_context(|| format!("reading project {id}"))
+            conn.prepare_cached(
+                "SELECT id, slug, name, created_at FROM projects \
+                 WHERE id = ?1 AND deleting_at IS NULL",
+            )
+            .and_then(|mut stmt| stmt.query_row([id], project_from_row).optional())
+            .with_context(|| format!("reading project {id}"))
         })
     }
 
     fn get_project_by_slug(&self, slug: &str) -> Result<Option<ProjectRecord>> {
         self.read(|conn| {
-            conn.prepare_cached("SELECT id, slug, name, created_at FROM projects WHERE slug = ?1")
-                .and_then(|mut stmt| stmt.query_row([slug], project_from_row).optional())
-                .with_context(|| format!("reading project {slug}"))
+            conn.prepare_cached(
+                "SELECT id, slug, name, created_at FROM projects \
+                 WHERE slug = ?1 AND deleting_at IS NULL",
+            )
+            .and_then(|mut stmt| stmt.query_row([slug], project_from_row).optional())
+            .with_context(|| format!("reading project {slug}"))
         })
     }
 
     fn list_projects(&self) -> Result<Vec<ProjectRecord>> {
         self.read(|conn| {
-            conn.prepare_cached("SELECT id, slug, name, created_at FROM projects ORDER BY slug")
-                .and_then(|mut stmt| stmt.query_map([], project_from_row)?.collect())
-                .context("listing projects")
+            conn.prepare_cached(
+                "SELECT id, slug, name, created_at FROM projects \
+                 WHERE deleting_at IS NULL ORDER BY slug",
+            )
+            .and_then(|mut stmt| stmt.query_map([], project_from_row)?.collect())
+            .context("listing projects")
         })
     }
 
@@ -342,7 +372,8 @@ impl AuthStore for SqliteStore {
     fn api_key_by_prefix(&self, prefix: &str) -> Result<Option<ApiKeyRecord>> {
         self.read(|conn| {
             conn.prepare_cached(&format!(
-                "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE prefix = ?1"
+                "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE prefix = ?1 \
+                 AND project NOT IN (SELECT id FROM projects WHERE deleting_at IS NOT NULL)"
             ))
             .and_then(|mut stmt| stmt.query_row([prefix], api_key_from_row).optional())
             .context("looking up an API key")

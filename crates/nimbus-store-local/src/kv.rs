@@ -13,6 +13,14 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use crate::error::Context;
 use crate::sqlite::SqliteStore;
 
+/// Entries deleted per transaction when a bucket or a project's entries go. A bucket holds as
+/// many entries as a tenant cares to write (bounded only by the stored-bytes quota, if any), and
+/// one DELETE of all of them would hold SQLite's single writer, and so every project's writes,
+/// for as long as it takes; in steps, other writes get in between (`delete_in_steps`). A bucket
+/// has no row of its own to retire first: an entry written into it while it is being deleted
+/// may go or stay, as if it had been written just before or just after the deletion.
+const DELETE_STEP: usize = 1000;
+
 /// The live-entry condition, with the current time as `?now`.
 const LIVE: &str = "(expires_at IS NULL OR expires_at > :now)";
 
@@ -352,24 +360,27 @@ impl KvStore for SqliteStore {
     }
 
     fn delete_bucket(&self, project: &str, bucket: &str) -> Result<u64> {
-        self.write("deleting a KV bucket", |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM kv_entries WHERE project = ?1 AND bucket = ?2",
-                    params![project, bucket],
-                )
-                .context("deleting a KV bucket")?;
-            Ok(n as u64)
-        })
+        self.delete_in_steps(
+            "deleting a KV bucket",
+            &format!(
+                "DELETE FROM kv_entries WHERE (project, bucket, key) IN (SELECT project, bucket, \
+                 key FROM kv_entries WHERE project = ?1 AND bucket = ?2 LIMIT {DELETE_STEP})"
+            ),
+            DELETE_STEP,
+            &[&project, &bucket],
+        )
     }
 
     fn delete_project(&self, project: &str) -> Result<u64> {
-        self.write("deleting a project's KV entries", |tx| {
-            let n = tx
-                .execute("DELETE FROM kv_entries WHERE project = ?1", [project])
-                .context("deleting a project's KV entries")?;
-            Ok(n as u64)
-        })
+        self.delete_in_steps(
+            "deleting a project's KV entries",
+            &format!(
+                "DELETE FROM kv_entries WHERE (project, bucket, key) IN (SELECT project, bucket, \
+                 key FROM kv_entries WHERE project = ?1 LIMIT {DELETE_STEP})"
+            ),
+            DELETE_STEP,
+            &[&project],
+        )
     }
 
     fn purge_expired(&self, now: UnixMillis, limit: u32) -> Result<u64> {
@@ -389,7 +400,95 @@ impl KvStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_upper_bound;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use nimbus_store::kv::{Expiry, KvStore};
+
+    use super::*;
+
+    /// `n` entries of 10 bytes (key + value) in `bucket`, in one transaction.
+    fn fill(s: &SqliteStore, project: &str, bucket: &str, n: usize) {
+        s.write("filling", |tx| {
+            for i in 0..n {
+                upsert(tx, project, bucket, &format!("k{i:05}"), b"vvvv", Expiry::Never, 1)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// (entries of `p`/`big`, entries of `p`/`keep`, entries of `q`); and checks that `p`'s
+    /// stored KV bytes (kept by triggers) match its rows.
+    fn counts(s: &SqliteStore) -> (i64, i64, i64) {
+        s.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM kv_entries WHERE project = 'p' AND bucket = 'big'), \
+                     (SELECT count(*) FROM kv_entries WHERE project = 'p' AND bucket = 'keep'), \
+                     (SELECT count(*) FROM kv_entries WHERE project = 'q'), \
+                     (SELECT coalesce(sum(kv_bytes), 0) FROM project_storage WHERE project = 'p'), \
+                     (SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) \
+                      FROM kv_entries WHERE project = 'p')",
+                    [],
+                    |r| {
+                        let (stored, actual): (i64, i64) = (r.get(3)?, r.get(4)?);
+                        assert_eq!(stored, actual, "stored KV bytes follow every entry");
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    },
+                )
+                .unwrap())
+        })
+        .unwrap()
+    }
+
+    /// A big bucket goes `DELETE_STEP` entries per transaction, with other writes getting in
+    /// between the steps; the count and the stored bytes are exact, other buckets untouched.
+    #[test]
+    fn deleting_a_big_bucket_goes_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(&dir.path().join("kv.db")).unwrap());
+        let big = 8 * DELETE_STEP + 123;
+        fill(&s, "p", "big", big);
+        fill(&s, "p", "keep", 3);
+        fill(&s, "q", "big", 7);
+        assert_eq!(counts(&s), (big as i64, 3, 7));
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut spans = Vec::new();
+                let mut i = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    s.set("p", "keep", &format!("w{i}"), b"v", Expiry::Never, 2).unwrap();
+                    spans.push((start, Instant::now()));
+                    i += 1;
+                }
+                spans
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let start = Instant::now();
+        assert_eq!(s.delete_bucket("p", "big").unwrap(), big as u64, "every entry, counted once");
+        let end = Instant::now();
+        done.store(true, Ordering::Relaxed);
+        let spans = writer.join().unwrap();
+        let inside = spans.iter().filter(|(a, b)| *a > start && *b < end).count();
+        assert!(inside >= 4, "{inside} writes began and ended during the deletion");
+        let kept = 3 + spans.len() as i64;
+        assert_eq!(counts(&s), (0, kept, 7));
+        assert_eq!(s.delete_bucket("p", "big").unwrap(), 0, "idempotent");
+
+        // A project's entries go the same way, every bucket of it, no other project's.
+        fill(&s, "p", "big", 2 * DELETE_STEP);
+        assert_eq!(
+            KvStore::delete_project(&*s, "p").unwrap(),
+            2 * DELETE_STEP as u64 + kept as u64
+        );
+        assert_eq!(counts(&s), (0, 0, 7));
+    }
 
     #[test]
     fn upper_bounds() {

@@ -32,6 +32,7 @@ mod blob;
 mod documents;
 mod error;
 mod events;
+mod footprint;
 mod invocations;
 mod kv;
 mod migrations;

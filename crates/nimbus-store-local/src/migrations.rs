@@ -855,6 +855,13 @@ const MIGRATIONS: &[&str] = &[
             AND pending = 0 AND dead = 0 AND retrying = 0;
     END;
     "#,
+    // 17: the tombstone of a project's deletion. The row stays, marked with the time its
+    // deletion began, until every service has deleted its part: reads that resolve a project
+    // skip it, its slug cannot be taken again meanwhile, and a start finishes a deletion that a
+    // crash interrupted. NULL: the project is live.
+    r#"
+    ALTER TABLE projects ADD COLUMN deleting_at INTEGER;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -976,6 +983,7 @@ mod tests {
         "a89aed80ef08bbd84b084cb3e24928632eb294cb9b289300d3529b5c19bf6454",
         "09f00d79a8a377555a7c6cec4e6ab4b5e115f5d804f1992b11b35dbe091278f6",
         "3cb0a9dd7962ff4dbda6e38676868857950530ff22f09894ad45893719324198",
+        "8d16bd19930846aeca593b621e04b05431d076a65d76d3dad96a736abda15f66",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -1311,5 +1319,42 @@ mod tests {
             .map(|s| (s.function, s.pending, s.dead, s.oldest_pending_at, s.retrying))
             .collect();
         assert_eq!(stats, [("f".to_string(), 2, 1, Some(20), 1), ("h".to_string(), 0, 1, None, 0)]);
+    }
+
+    /// A database at version 16 with projects and an API key: after migration 17 every project
+    /// is live (found, listed, its key working), none is being deleted, and the tombstone works.
+    #[test]
+    fn migration_17_keeps_existing_projects_live() {
+        use nimbus_store::auth::AuthStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..16] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 16).unwrap();
+            tx.execute_batch(
+                r#"
+                INSERT INTO projects (id, slug, name, created_at) VALUES ('acme', 'acme', 'Acme', 5);
+                INSERT INTO api_keys (id, project, prefix, hash, scope, name, created_at)
+                    VALUES ('k', 'acme', 'abcdefgh', x'00', 'service', '', 5);
+                "#,
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let ids: Vec<_> = store.list_projects().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["acme", "default"]);
+        let acme = store.get_project_by_slug("acme").unwrap().unwrap();
+        assert_eq!((acme.name.as_str(), acme.created_at), ("Acme", 5));
+        assert!(store.get_project("default").unwrap().is_some());
+        assert_eq!(store.api_key_by_prefix("abcdefgh").unwrap().unwrap().project, "acme");
+        assert!(store.deleting_projects().unwrap().is_empty());
+        store.mark_project_deleting("acme", 9).unwrap();
+        assert!(store.get_project("acme").unwrap().is_none());
+        assert_eq!(store.deleting_projects().unwrap(), ["acme"]);
     }
 }

@@ -1191,7 +1191,8 @@ impl S3KeyStore for SqliteStore {
         self.read(|conn| {
             conn.prepare_cached(
                 "SELECT access_key, project, name, created_at, scope, secret FROM s3_access_keys
-                 WHERE access_key = ?1",
+                 WHERE access_key = ?1
+                 AND project NOT IN (SELECT id FROM projects WHERE deleting_at IS NOT NULL)",
             )
             .and_then(|mut s| {
                 s.query_row([access_key], |r| Ok((s3_key_from_row(r)?, r.get(5)?))).optional()

@@ -496,6 +496,7 @@ impl FunctionStore for SqliteStore {
                  v.spec_json, v.limits_json, v.created_at \
                  FROM functions f JOIN versions v \
                  ON v.project = f.project AND v.function = f.name AND v.version = f.active_version \
+                 WHERE f.project NOT IN (SELECT id FROM projects WHERE deleting_at IS NOT NULL) \
                  ORDER BY f.project, f.name",
             )
             .and_then(|mut stmt| stmt.query_map([], version_from_row)?.collect())

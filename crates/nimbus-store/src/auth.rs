@@ -242,13 +242,22 @@ pub struct EventRecord {
 /// Persistence of the identity service. See the module documentation for the isolation rule.
 pub trait AuthStore: Send + Sync + 'static {
     // -- projects ---------------------------------------------------------------------------------
-    /// `Conflict` if the id or slug is taken.
+    /// `Conflict` if the id or slug is taken (by a live project or one being deleted).
     fn create_project(&self, project: &ProjectRecord) -> Result<()>;
+    /// Live projects only: one being deleted is not found, by id or slug, nor listed.
     fn get_project(&self, id: &str) -> Result<Option<ProjectRecord>>;
     fn get_project_by_slug(&self, slug: &str) -> Result<Option<ProjectRecord>>;
     fn list_projects(&self) -> Result<Vec<ProjectRecord>>;
-    /// Delete a project with everything identity holds for it: signing keys, API keys, users,
-    /// identities, sessions, tokens and events. Returns whether it existed.
+    /// The first step of deleting a project, one short transaction: mark it deleting (the
+    /// tombstone). From then on the reads above and [`Self::api_key_by_prefix`] skip it, while
+    /// its row keeps the slug taken until [`Self::delete_project`]. Idempotent. Returns when its
+    /// deletion began (now, or an earlier call's time), or `None` if there is no such project.
+    fn mark_project_deleting(&self, id: &str, now: UnixMillis) -> Result<Option<UnixMillis>>;
+    /// Projects marked deleting and not yet deleted, oldest deletion first: what a start resumes.
+    fn deleting_projects(&self) -> Result<Vec<String>>;
+    /// The last step of deleting a project: its row with everything identity holds for it
+    /// (signing keys, API keys, users, identities, sessions, tokens, events). Returns whether it
+    /// existed.
     fn delete_project(&self, id: &str) -> Result<bool>;
 
     // -- signing keys -----------------------------------------------------------------------------
@@ -260,7 +269,8 @@ pub trait AuthStore: Send + Sync + 'static {
     // -- API keys ---------------------------------------------------------------------------------
     /// `Conflict` if the prefix is taken (the caller draws another).
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
-    /// The one lookup across projects: the key names its project. Includes revoked keys.
+    /// The one lookup across projects: the key names its project. Includes revoked keys, not
+    /// the keys of a project being deleted.
     fn api_key_by_prefix(&self, prefix: &str) -> Result<Option<ApiKeyRecord>>;
     fn list_api_keys(&self, project: &str) -> Result<Vec<ApiKeyRecord>>;
     /// Returns the key as revoked now, or `None` if there is no such key in the project. Revoking a

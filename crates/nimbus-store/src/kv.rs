@@ -150,7 +150,9 @@ pub trait KvStore: Send + Sync + 'static {
     /// Buckets of a project holding at least one live entry, sorted, with their live entry count.
     fn list_buckets(&self, project: &str, now: UnixMillis) -> Result<Vec<(String, u64)>>;
 
-    /// Delete every entry of a bucket. Returns how many entries (live or not) went.
+    /// Delete every entry of a bucket. Returns how many entries (live or not) went. A bucket can
+    /// be big: a backend with a single writer deletes it in steps rather than holding the writer
+    /// for all of it.
     fn delete_bucket(&self, project: &str, bucket: &str) -> Result<u64>;
 
     /// Delete every entry of a project (the project is being deleted). Returns how many.

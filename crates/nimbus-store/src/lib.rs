@@ -65,7 +65,8 @@ pub trait FunctionStore: Send + Sync + 'static {
     fn list_versions(&self, project: &str, name: &str) -> Result<Vec<VersionInfo>>;
     fn get_version(&self, project: &str, name: &str, version: u32) -> Result<Option<VersionInfo>>;
     /// The active version of every function of every project: what the router is built from at
-    /// start-up.
+    /// start-up. Not those of a project being deleted: its routes answer nothing from the start,
+    /// before the resumed deletion reaches its functions.
     fn active_versions(&self) -> Result<Vec<VersionInfo>>;
     /// Point traffic at an existing version. `NotFound` if the function or version does not exist.
     fn set_active_version(&self, project: &str, name: &str, version: u32) -> Result<VersionInfo>;

@@ -283,3 +283,17 @@ impl Drop for Tasks {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| TriggerError::Store(StoreError::backend(e)))?
 }
+
+/// Deliveries, dead letters, schedules, asynchronous invocations and idempotency keys.
+impl nimbus_model::lifecycle::ProjectLifecycle for TriggerService {
+    fn part(&self) -> &'static str {
+        "triggers"
+    }
+
+    fn delete_project_data<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> nimbus_model::lifecycle::PartFuture<'a> {
+        Box::pin(async move { Ok(self.delete_project(project).await?) })
+    }
+}

@@ -3,4 +3,5 @@
 
 mod auth;
 mod common;
+mod deletion;
 mod smtp;

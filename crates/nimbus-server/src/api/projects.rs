@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use nimbus_auth::{ApiKeyInfo, ApiKeyScope, Project};
-use nimbus_model::{DEFAULT_PROJECT, UnixMillis};
+use nimbus_model::UnixMillis;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -26,11 +26,14 @@ pub(crate) struct ProjectList {
     projects: Vec<Project>,
 }
 
-/// Create a project (admin token only).
+/// Create a project (admin token only). 409 `conflict` if the slug is taken, 409
+/// `project_deleting` if it belongs to a project whose deletion has not finished yet (retry once
+/// it has: a new project never inherits the old one's data).
 #[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = NewProject,
     responses((status = 201, description = "the project", body = Object),
               (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+              (status = 409, description = "`conflict`: the slug is taken; `project_deleting`: \
+                  the slug's project is still being deleted", body = ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -53,42 +56,29 @@ pub(crate) async fn list(
 }
 
 /// Delete a project with its functions, invocation records, users, sessions, API keys,
-/// events, key-value entries, buckets, objects and S3 access keys (admin token only). The default project cannot be deleted.
+/// events, documents, key-value entries, buckets, objects, S3 access keys, deliveries,
+/// schedules and push data (admin token only). The default project cannot be deleted (400).
+///
+/// The project is found nowhere from the moment its deletion begins (its keys and tokens stop
+/// working, its routes answer 404), and its slug cannot be created again until the deletion has
+/// finished. If the deletion is interrupted (a crash, a failure: 500), it resumes at the next
+/// start, and a retry of this request finishes it too: a project whose deletion has begun
+/// answers 204 here, not 404. 404 only for a project that does not exist at all.
 #[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects",
     params(("project" = String, Path)),
-    responses((status = 204, description = "deleted"), (status = 400, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "deleted (or a deletion interrupted earlier, \
+                  finished)"), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 500, description = "a service failed to delete its part; the project \
+                  stays unreachable and the deletion resumes on a retry or at the next start",
+                  body = ErrorBody)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    if project == DEFAULT_PROJECT {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            "the default project cannot be deleted",
-        ));
-    }
-    state.auth.get_project_by_slug(&project).await?;
-    // Functions first, so its routes stop answering at once; then identity (keys and tokens stop
-    // working); then functions again, in case a deploy raced the first pass.
-    state.functions.delete_project(&project).await?;
-    state.auth.delete_project(&project).await?;
-    state.documents.delete_project(&project).await?;
-    state.functions.delete_project(&project).await?;
-    // Its key-value entries last: no function of it runs any more to write new ones.
-    let p = project.clone();
-    state.kv.call(move |kv| kv.delete_project(&p)).await?;
-    // Its buckets, objects and S3 access keys.
-    let p = project.clone();
-    state.files.call(move |f| f.delete_project(&p)).await?;
-    // Its deliveries, dead letters, schedules and asynchronous invocations.
-    state.triggers.delete_project(&project).await?;
-    // Its push keys, subscriptions, messages and deliveries (and live connections).
-    let p = project.clone();
-    state.push.call(move |s| s.delete_project(&p)).await?;
-    tracing::info!(project, "project deleted");
+    state.projects.delete(&project).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

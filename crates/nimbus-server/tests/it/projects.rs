@@ -116,17 +116,7 @@ async fn deleting_a_project_removes_all_it_held_and_nothing_else() {
     assert_eq!(deploy_in(&s, "acme", "hello", json!({"name": "hi", "routes": ["/hi"]})).await, 201);
     s.deploy("hello", json!({"name": "hi", "routes": ["/hi"]})).await;
     assert_eq!(s.get("/@acme/hi").await.status(), 200);
-    let key: Value = s
-        .api(Method::POST, "/v1/keys")
-        .header(HEADER, "acme")
-        .json(&json!({"scope": "service"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = key["key"].as_str().unwrap().to_string();
+    let key = service_key(&s, "acme").await;
     let session = user_session(&s, "acme", "ann@example.com").await;
     let as_key = |m: Method, path: &str| s.client.request(m, s.url(path)).bearer_auth(&key);
 
@@ -217,5 +207,115 @@ async fn a_project_that_can_be_created_can_be_used() {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("slug") && message.contains("a-z, 0-9"), "{message}");
     }
+    s.stop().await;
+}
+
+/// Some of everything a project holds: a function with its invocation record, a service key,
+/// a user with a session, a collection with a document, a KV entry, a bucket with an object.
+/// Returns the key.
+async fn populate(s: &TestServer, p: &str) -> String {
+    assert_eq!(deploy_in(s, p, "hello", json!({"name": "hi", "routes": ["/hi"]})).await, 201);
+    assert_eq!(s.get(&format!("/@{p}/hi")).await.status(), 200);
+    let key = service_key(s, p).await;
+    user_session(s, p, "ann@example.com").await;
+    crate::documents::collection(s, p, json!({"name": "c"})).await;
+    let doc = s.api(Method::POST, &crate::documents::docs(p, "c")).json(&json!({"v": 1}));
+    assert_eq!(doc.send().await.unwrap().status(), 201);
+    let kv = s.api(Method::PUT, "/v1/kv/default/k").header(HEADER, p).body("v");
+    assert_eq!(kv.send().await.unwrap().status(), 204);
+    let bucket = s.api(Method::POST, "/v1/buckets").header(HEADER, p);
+    assert_eq!(bucket.json(&json!({"name": "files"})).send().await.unwrap().status(), 201);
+    let object = s.api(Method::PUT, &format!("/v1/projects/{p}/buckets/files/objects/a.txt"));
+    assert_eq!(object.body("bytes").send().await.unwrap().status(), 201);
+    key
+}
+
+/// A new service key of project `p`.
+async fn service_key(s: &TestServer, p: &str) -> String {
+    let r = s.api(Method::POST, "/v1/keys").header(HEADER, p).json(&json!({"scope": "service"}));
+    let key: Value = r.send().await.unwrap().json().await.unwrap();
+    key["key"].as_str().unwrap().to_string()
+}
+
+/// What the project still holds once deleted: nothing, but its usage history (hourly usage
+/// and the stored-bytes counter, zero by now), which is the operator's billing record.
+fn rows_left(store: &nimbus_store_local::SqliteStore, p: &str) -> Vec<(String, u64)> {
+    let mut rows = store.project_rows(p).unwrap();
+    rows.retain(|(table, _)| table != "usage_hourly" && table != "project_storage");
+    rows
+}
+
+fn store_of(dir: &std::path::Path) -> nimbus_store_local::SqliteStore {
+    nimbus_store_local::SqliteStore::open(&dir.join("nimbus.db")).unwrap()
+}
+
+/// A crash right after the tombstone (the project marked deleting, no service's part done):
+/// the next start keeps its routes and key dead and finishes the deletion in the background.
+#[tokio::test]
+async fn a_deletion_interrupted_after_the_tombstone_is_finished_at_the_next_start() {
+    use nimbus_store::auth::AuthStore;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.create_project("acme").await;
+    let key = populate(&s, "acme").await;
+    s.stop().await;
+    {
+        let store = store_of(dir.path());
+        assert!(rows_left(&store, "acme").len() >= 10, "{:?}", rows_left(&store, "acme"));
+        store.mark_project_deleting("acme", nimbus_model::now_millis()).unwrap();
+    }
+
+    let s = TestServer::start(dir.path()).await;
+    // Whether or not the resumed deletion got there yet: no route, no key, no project.
+    assert_eq!(s.get("/@acme/hi").await.status(), 404);
+    let with_key = s.client.get(s.url("/v1/functions")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(with_key.status(), 401);
+    let r = s.api(Method::GET, "/v1/functions").header(HEADER, "acme").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+    let store = store_of(dir.path());
+    for _ in 0..500 {
+        if store.deleting_projects().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(store.deleting_projects().unwrap().is_empty(), "the deletion finished");
+    assert_eq!(rows_left(&store, "acme"), []);
+    // The slug is free: a fresh, empty project.
+    s.create_project("acme").await;
+    let r = s.api(Method::GET, "/v1/collections").header(HEADER, "acme").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["collections"], json!([]));
+    assert_eq!(s.get("/@acme/hi").await.status(), 404);
+    s.stop().await;
+}
+
+/// A project whose deletion began and did not finish (marked here behind the server's back, as
+/// a crashed run or another node leaves it): its slug answers 409 `project_deleting`, it is
+/// found nowhere, and a retry of DELETE finishes the deletion instead of answering 404.
+#[tokio::test]
+async fn a_retry_of_delete_finishes_an_interrupted_deletion() {
+    use nimbus_store::auth::AuthStore;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.create_project("acme").await;
+    populate(&s, "acme").await;
+    let store = store_of(dir.path());
+    store.mark_project_deleting("acme", nimbus_model::now_millis()).unwrap();
+
+    let r = s.api(Method::POST, "/v1/projects").json(&json!({"slug": "acme"})).send().await;
+    assert_eq!(error_code(r.unwrap()).await, (409, "project_deleting".to_string()));
+    let projects: Value =
+        s.api(Method::GET, "/v1/projects").send().await.unwrap().json().await.unwrap();
+    assert!(!projects.to_string().contains("acme"), "{projects}");
+    let r = s.api(Method::GET, "/v1/kv").header(HEADER, "acme").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+
+    let r = s.api(Method::DELETE, "/v1/projects/acme").send().await.unwrap();
+    assert_eq!(r.status(), 204, "a retry finishes the deletion");
+    assert_eq!(rows_left(&store, "acme"), []);
+    assert!(store.deleting_projects().unwrap().is_empty());
+    let r = s.api(Method::DELETE, "/v1/projects/acme").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, 404, "now it is gone");
+    s.create_project("acme").await;
     s.stop().await;
 }

@@ -326,3 +326,73 @@ fn event_positions_survive_deleting_the_newest_events() {
     assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e1", "e3"]);
     assert!(events[1].seq > b_seq, "{} <= {b_seq}", events[1].seq);
 }
+
+/// The tombstone of a deletion (migration 17): once marked, the project is found nowhere, its
+/// API keys, S3 keys and routes are not either, yet its slug stays taken until the row goes.
+#[test]
+fn a_project_marked_deleting_is_found_nowhere_until_its_row_goes() {
+    use nimbus_store::FunctionStore;
+    use nimbus_store::objects::{S3KeyInfo, S3KeyStore};
+    let (_dir, s) = open();
+    let b = ProjectRecord { id: "b".into(), slug: "b".into(), name: "B".into(), created_at: 1 };
+    s.create_project(&b).unwrap();
+    let key = nimbus_store::auth::ApiKeyRecord {
+        id: "k".into(),
+        project: "b".into(),
+        prefix: "abcdefgh".into(),
+        hash: vec![1; 32],
+        scope: "service".into(),
+        name: String::new(),
+        created_at: 1,
+        expires_at: None,
+        revoked_at: None,
+    };
+    s.insert_api_key(&key).unwrap();
+    let s3 = S3KeyInfo {
+        access_key: "NBK3B".into(),
+        project: "b".into(),
+        name: String::new(),
+        created_at: 1,
+        scope: Default::default(),
+    };
+    s.create_s3_key(&s3, "secret").unwrap();
+    let spec = nimbus_model::FunctionSpec {
+        name: "f".into(),
+        routes: vec!["/f".into()],
+        ..Default::default()
+    };
+    s.create_version(nimbus_store::NewVersion {
+        project: "b",
+        spec: &spec,
+        limits: nimbus_model::LimitPolicy::default().defaults,
+        module_sha256: "sha",
+        module_size: 1,
+    })
+    .unwrap();
+    assert_eq!(s.active_versions().unwrap().len(), 1);
+    assert!(s.api_key_by_prefix("abcdefgh").unwrap().is_some());
+    assert!(s.deleting_projects().unwrap().is_empty());
+
+    assert_eq!(s.mark_project_deleting("b", 10).unwrap(), Some(10));
+    assert_eq!(s.mark_project_deleting("b", 20).unwrap(), Some(10), "idempotent: first time kept");
+    assert_eq!(s.mark_project_deleting("nope", 10).unwrap(), None);
+    assert_eq!(s.get_project("b").unwrap(), None);
+    assert_eq!(s.get_project_by_slug("b").unwrap(), None);
+    assert_eq!(
+        s.list_projects().unwrap().iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [DEFAULT_PROJECT]
+    );
+    assert!(s.api_key_by_prefix("abcdefgh").unwrap().is_none(), "its keys stop working");
+    assert!(s.get_s3_key("NBK3B").unwrap().is_none(), "its S3 keys too");
+    assert!(s.active_versions().unwrap().iter().all(|v| v.project != "b"), "and its routes");
+    assert_eq!(s.deleting_projects().unwrap(), ["b"]);
+    assert!(matches!(s.create_project(&b), Err(StoreError::Conflict(_))), "the slug is taken");
+
+    // The last step; then the slug is free again, and a new project inherits nothing.
+    assert!(s.delete_project("b").unwrap());
+    assert!(!s.delete_project("b").unwrap(), "idempotent");
+    assert!(s.deleting_projects().unwrap().is_empty());
+    s.create_project(&b).unwrap();
+    assert!(s.get_project_by_slug("b").unwrap().is_some());
+    assert!(s.list_api_keys("b").unwrap().is_empty());
+}
