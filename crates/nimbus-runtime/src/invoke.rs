@@ -24,9 +24,6 @@ use crate::host::{GuestLimiter, HostState, LogBuffer, LogPipe, OutboundHooks, Sh
 use crate::in_process::InProcessCtx;
 use crate::{LoadedComponent, OutboundPolicy, Runtime};
 
-/// The body of a guest's response, streamed while the guest still runs.
-pub type GuestBody = UnsyncBoxBody<Bytes, BodyError>;
-
 /// Errors a request body can fail with on its way into a guest, and a response body on its way out.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BodyError {
@@ -375,9 +372,11 @@ impl Runtime {
         };
 
         match rx.await {
-            Ok(Ok(response)) => Invocation::Responded(
-                response.map(|inner| CheckedBody { inner, shared, done: false }.boxed_unsync()),
-            ),
+            Ok(Ok(response)) => Invocation::Responded(response.map(|inner| GuestBody {
+                inner,
+                shared,
+                done: false,
+            })),
             // The guest set an error, or ended without answering: its task has the details.
             Ok(Err(_)) | Err(_) => {
                 let status = match task {
@@ -427,7 +426,8 @@ impl Drop for EndGuard {
     }
 }
 
-/// The guest's response body, which ends cleanly only if the guest finished it.
+/// The body of a guest's response, streamed while the guest still runs; it ends cleanly only if
+/// the guest finished it.
 ///
 /// wasmtime-wasi-http 48 ends the body with an error when the guest drops its `outgoing-body`
 /// without `finish`, but when the guest traps or times out its store is dropped with the body
@@ -436,13 +436,16 @@ impl Drop for EndGuard {
 /// be a `finish`; an end after the guest failed is a truncation (or, rarely, a finish shortly
 /// before the failure: reported as truncated too, as the guest did fail), and becomes an error,
 /// so hyper aborts the connection instead of sending the last chunk.
-struct CheckedBody {
+///
+/// A type of its own rather than a boxed body: the server boxes it once more for its router,
+/// and every frame would go through both boxes.
+pub struct GuestBody {
     inner: UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>,
     shared: Arc<Shared>,
     done: bool,
 }
 
-impl http_body::Body for CheckedBody {
+impl http_body::Body for GuestBody {
     type Data = Bytes;
     type Error = BodyError;
 

@@ -3,6 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -25,8 +26,8 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
 
 /// [`handle`] without the router: the main listener calls it directly for every path that is
 /// not Nimbus's own.
-pub(crate) async fn serve(state: &AppState, request: Request) -> Response {
-    let (project, mut request) = match resolve_project(&state.base_domain, request) {
+pub(crate) async fn serve(state: &AppState, mut request: Request) -> Response {
+    let project = match resolve_project(&state.base_domain, &mut request) {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
@@ -194,12 +195,16 @@ async fn identify(
 /// The project of a gateway request: from a `/@<project>` path prefix, or from a
 /// `<project>.<base domain>` host, or the default project. When both name a project and they
 /// differ, the request is refused (404): otherwise `/@b/...` on host `a.<domain>` would serve
-/// project b's function under project a's browser origin.
-fn resolve_project(base_domain: &str, request: Request) -> Result<(String, Request), ApiError> {
-    let host_project = host_project(base_domain, &request);
+/// project b's function under project a's browser origin. A `/@<project>` prefix is taken off the
+/// request's path.
+fn resolve_project(
+    base_domain: &str,
+    request: &mut Request,
+) -> Result<Cow<'static, str>, ApiError> {
+    let host_project = host_project(base_domain, request);
     let path = request.uri().path();
     let Some(rest) = path.strip_prefix("/@") else {
-        return Ok((host_project.unwrap_or_else(|| DEFAULT_PROJECT.to_string()), request));
+        return Ok(host_project.map_or(Cow::Borrowed(DEFAULT_PROJECT), Cow::Owned));
     };
     let (slug, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -218,11 +223,10 @@ fn resolve_project(base_domain: &str, request: Request) -> Result<(String, Reque
         Some(q) => format!("{tail}?{q}"),
         None => tail.to_string(),
     };
-    let (mut parts, body) = request.into_parts();
-    parts.uri = path_and_query
+    *request.uri_mut() = path_and_query
         .parse()
         .map_err(|_| ApiError::bad_request("bad_path", "the path is not a valid URI"))?;
-    Ok((slug, Request::from_parts(parts, body)))
+    Ok(Cow::Owned(slug))
 }
 
 /// The project a `<project>.<base domain>` host names, if it names one.
