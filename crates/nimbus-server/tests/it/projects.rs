@@ -262,9 +262,12 @@ async fn a_deleted_projects_usage_is_retired_and_its_slug_starts_over() {
     s.create_project("acme").await;
     populate(&s, "acme").await; // one request, and data: a stored-bytes row
     let quotas = json!({"invocations_per_month": 3, "soft_threshold_percent": 50,
-                        "stored_bytes": 1_000_000});
+                        "stored_bytes": 1});
     let r = s.api(Method::PUT, "/v1/projects/acme/quotas").json(&quotas).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    let put_kv =
+        |k: &str| s.api(Method::PUT, &format!("/v1/kv/default/{k}")).header(HEADER, "acme");
+    assert_eq!(put_kv("more").body("v").send().await.unwrap().status(), 429, "stored bytes");
     for _ in 0..2 {
         assert_eq!(s.get("/@acme/hi").await.status(), 200);
     }
@@ -313,6 +316,13 @@ async fn a_deleted_projects_usage_is_retired_and_its_slug_starts_over() {
     assert_eq!(deploy_in(&s, "acme", "hello", json!({"name": "hi", "routes": ["/hi"]})).await, 201);
     for i in 0..4 {
         assert_eq!(s.get("/@acme/hi").await.status(), 200, "request {i}");
+    }
+    for k in ["a", "b"] {
+        assert_eq!(
+            put_kv(k).body("v").send().await.unwrap().status(),
+            204,
+            "no stored-bytes limit"
+        );
     }
     // A quota set now counts the new project's month only.
     let r = s.api(Method::PUT, "/v1/projects/acme/quotas").json(&quotas).send().await.unwrap();
