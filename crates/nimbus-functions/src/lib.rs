@@ -310,6 +310,19 @@ impl FunctionService {
         Ok(())
     }
 
+    /// Write every queued invocation record (a project's deletion, before its usage history
+    /// is retired: the last invocations' usage is counted under the project first).
+    pub async fn flush_records(&self) {
+        self.recorder.flush().await;
+    }
+
+    /// Drop a deleted project's quota counters and stored-bytes limit (its stored quotas are
+    /// gone already), so a project created again under the slug is not limited by them.
+    pub(crate) fn forget_quotas(&self, project: &str) {
+        self.stores.storage_quota.set(project, None);
+        self.quotas.set(project, None, Default::default(), nimbus_model::now_millis());
+    }
+
     /// Records queued and not yet stored (for metrics and tests).
     pub fn record_backlog(&self) -> usize {
         self.recorder.backlog()

@@ -85,6 +85,9 @@ pub struct UsageService {
     store: Arc<dyn UsageStore>,
     prices: Option<Arc<PriceSheet>>,
     egress: Arc<EgressMeter>,
+    /// Whose record writer and quota counters a project's deletion flushes and forgets (weak:
+    /// the server owns the function service and its shutdown).
+    functions: Option<std::sync::Weak<crate::FunctionService>>,
 }
 
 impl UsageService {
@@ -92,7 +95,35 @@ impl UsageService {
     pub fn new(store: Arc<dyn UsageStore>, prices: Option<PriceSheet>) -> Self {
         let egress = EgressMeter::new(store.clone());
         egress.spawn_writer();
-        UsageService { store, prices: prices.map(Arc::new), egress }
+        UsageService { store, prices: prices.map(Arc::new), egress, functions: None }
+    }
+
+    /// The function service whose in-memory quota counters follow the stored quotas: a
+    /// project's deletion writes its queued records first and forgets its counters after.
+    pub fn with_functions(mut self, functions: &Arc<crate::FunctionService>) -> Self {
+        self.functions = Some(Arc::downgrade(functions));
+        self
+    }
+
+    /// The usage part of deleting `project`: what it used until now is written (queued
+    /// records, counted file egress), then its quotas, threshold marks and stored-bytes row go
+    /// and its history is retired ([`UsageStore::retire_project_usage`]), then the quota
+    /// counters in memory are dropped, so the slug, if created again, starts with no quota and
+    /// a month used at zero. Idempotent. Returns the name the history is kept under.
+    pub async fn delete_project(&self, project: &str) -> Result<String> {
+        let functions = self.functions.as_ref().and_then(std::sync::Weak::upgrade);
+        if let Some(f) = &functions {
+            f.flush_records().await;
+        }
+        self.egress.flush().await?;
+        let (store, p) = (self.store.clone(), project.to_string());
+        let now = nimbus_model::now_millis();
+        let name = blocking(move || Ok(store.retire_project_usage(&p, now)?)).await?;
+        if let Some(f) = &functions {
+            f.forget_quotas(project);
+        }
+        tracing::info!(project, history = %name, "retired the project's usage history");
+        Ok(name)
     }
 
     /// Accrue what every project stores up to now (each minute, and at a graceful stop).
@@ -291,7 +322,10 @@ impl UsageService {
                         "more than {MAX_ROWS} events: ask for a shorter range"
                     )));
                 }
-                let key = format!("{}\n{}\n{}\n{meter}", row.project, row.function, row.hour);
+                // A deleted project's history keeps the ids its hours had under its slug
+                // (`export_id_project`), so re-exporting it after the deletion bills nothing twice.
+                let id_project = nimbus_model::usage::export_id_project(&row.project, row.hour);
+                let key = format!("{id_project}\n{}\n{}\n{meter}", row.function, row.hour);
                 let id = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
                 out.push(serde_json::json!({
                     "specversion": "1.0",
@@ -311,6 +345,20 @@ impl UsageService {
             }
         }
         Ok(out)
+    }
+}
+
+/// Usage goes after every other service in a project's deletion (see `AppState::new`).
+impl nimbus_model::lifecycle::ProjectLifecycle for UsageService {
+    fn part(&self) -> &'static str {
+        "usage"
+    }
+
+    fn delete_project_data<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> nimbus_model::lifecycle::PartFuture<'a> {
+        Box::pin(async move { Ok(self.delete_project(project).await.map(drop)?) })
     }
 }
 
@@ -416,6 +464,70 @@ fn hours(from: UnixMillis, to: UnixMillis) -> Result<(UnixMillis, UnixMillis)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deleting a project's usage twice retires its history once, under the tombstone's time;
+    /// its exported ids stay those of its slug for hours before the deletion's hour (exported
+    /// already, perhaps) and differ from a re-created project's in the deletion's hour.
+    #[tokio::test]
+    async fn a_retired_history_keeps_its_export_ids_and_clashes_with_no_new_project() {
+        use nimbus_store::auth::{AuthStore, ProjectRecord};
+        const H: i64 = 3_600_000;
+        let store = Arc::new(nimbus_store_local::SqliteStore::open_in_memory().unwrap());
+        let usage = UsageService::new(store.clone(), None);
+        let now_hour = nimbus_model::usage::hour_of(nimbus_model::now_millis());
+        let (early, deleted_at) = (now_hour - 3 * H, now_hour - H + 60_000);
+        let row = |project: &str, hour| UsageRow {
+            project: project.into(),
+            function: "f".into(),
+            hour,
+            counters: UsageCounters { requests: 2, ..Default::default() },
+        };
+        store.add_usage(&[row("acme", early), row("acme", now_hour - H)]).unwrap();
+        let record = |slug: &str| ProjectRecord {
+            id: slug.into(),
+            slug: slug.into(),
+            name: slug.into(),
+            created_at: 0,
+        };
+        store.create_project(&record("acme")).unwrap();
+        let ids = |events: &[serde_json::Value]| -> Vec<(String, String, i64)> {
+            let mut v: Vec<_> = events
+                .iter()
+                .map(|e| {
+                    let hour = nimbus_model::usage::parse_time(e["time"].as_str().unwrap());
+                    (
+                        e["id"].as_str().unwrap().into(),
+                        e["subject"].as_str().unwrap().into(),
+                        hour.unwrap(),
+                    )
+                })
+                .collect();
+            v.sort_by_key(|e| e.2);
+            v
+        };
+        // What an export could have sent while the project lived: the hours before its
+        // deletion's (that one was still counting).
+        let from = now_hour - 4 * H;
+        let before = ids(&usage.export(None, from, now_hour - H, "test").await.unwrap());
+        assert_eq!(before.len(), 1);
+
+        store.mark_project_deleting("acme", deleted_at).unwrap();
+        let name = usage.delete_project("acme").await.unwrap();
+        assert_eq!(name, nimbus_model::usage::retired_project("acme", deleted_at));
+        assert_eq!(usage.delete_project("acme").await.unwrap(), name, "twice: the same");
+        assert_eq!(store.usage_total(&name, from, now_hour).unwrap().requests, 4);
+        assert!(store.delete_project("acme").unwrap());
+        // Re-created within the deletion's hour, with usage in it.
+        store.create_project(&record("acme")).unwrap();
+        store.add_usage(&[row("acme", now_hour - H)]).unwrap();
+
+        let after = ids(&usage.export(None, from, now_hour, "test").await.unwrap());
+        assert_eq!(after.len(), 3);
+        assert_eq!(after[0], (before[0].0.clone(), name.clone(), early), "kept id, new subject");
+        let in_deletion_hour: Vec<_> = after.iter().filter(|e| e.2 == now_hour - H).collect();
+        assert_eq!(in_deletion_hour.len(), 2);
+        assert_ne!(in_deletion_hour[0].0, in_deletion_hour[1].0, "the two projects' ids differ");
+    }
 
     /// Downloads add to one sum per project and hour; a flush writes each sum once, under the
     /// empty function name, and a flush with nothing counted writes nothing.

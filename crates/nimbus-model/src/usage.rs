@@ -131,6 +131,35 @@ pub struct UsageRow {
     pub counters: UsageCounters,
 }
 
+/// The name a deleted project's usage history is kept under: `{slug}~deleted-{ms}`, `ms` being
+/// when its deletion began. Billing history outlives the project (the operator bills for what it
+/// used), but under a name no live project can have (slugs are `a-z0-9-`), so a project created
+/// later with the same slug neither inherits it (quotas count the month from zero) nor shows it.
+pub fn retired_project(slug: &str, deleted_at: UnixMillis) -> String {
+    format!("{slug}{RETIRED}{deleted_at}")
+}
+
+const RETIRED: &str = "~deleted-";
+
+/// The slug and deletion time of a [`retired_project`] name; `None` for a live project's slug.
+pub fn parse_retired(project: &str) -> Option<(&str, UnixMillis)> {
+    let (slug, at) = project.split_once(RETIRED)?;
+    Some((slug, at.parse().ok()?))
+}
+
+/// The project an exported usage event's id is derived from. A retired project's hours before
+/// the hour its deletion began were complete, so possibly exported, under its slug: they keep
+/// the slug's ids, so a re-export is deduplicated rather than billed twice. From the deletion's
+/// hour on they use the retired name, which a project re-created under the slug (whose usage
+/// starts after the deletion, possibly in the same hour) never has. (Not covered: a deletion
+/// that finishes after its hour has ended, with an export in between, sends that hour twice.)
+pub fn export_id_project(project: &str, hour: UnixMillis) -> &str {
+    match parse_retired(project) {
+        Some((slug, deleted_at)) if hour < hour_of(deleted_at) => slug,
+        _ => project,
+    }
+}
+
 /// Data held by a project's services now (gauges, read at query time).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DataGauges {
@@ -399,6 +428,19 @@ pub fn storage_cost_per_month(sheet: &PriceSheet, bytes: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retired_project_keeps_its_slug_for_ids_of_hours_before_its_deletion() {
+        let at = 1_706_745_600_000 + 30 * 60_000; // 2024-02-01T00:30Z
+        let name = retired_project("acme", at);
+        assert_eq!(name, "acme~deleted-1706747400000");
+        assert_eq!(parse_retired(&name), Some(("acme", at)));
+        assert_eq!(parse_retired("acme"), None);
+        assert_eq!(parse_retired("acme~deleted-x"), None);
+        assert_eq!(export_id_project(&name, hour_of(at) - HOUR_MS), "acme");
+        assert_eq!(export_id_project(&name, hour_of(at)), name);
+        assert_eq!(export_id_project("acme", 0), "acme");
+    }
 
     #[test]
     fn times_parse_as_ms_dates_or_rfc3339() {

@@ -103,8 +103,12 @@ impl AppState {
         // the project found nowhere): functions first, so its routes stop answering and nothing
         // of it runs; documents (and realtime subscribers); functions again, in case a deploy
         // that passed the project check before the tombstone landed after the first pass; KV
-        // after functions, so that no function writes new entries; files, triggers, push. The
-        // project row and identity's rows go last, so an interrupted deletion can be resumed.
+        // after functions, so that no function writes new entries; files, triggers, push. Usage
+        // after all of them: invocations have stopped (so no record adds usage afterwards), the
+        // data services' deletes have updated the stored-bytes row (their triggers) and push its
+        // sent count; it then retires the history and drops the quotas, in the store and in
+        // memory. The project row and identity's rows go last, so an interrupted deletion can be
+        // resumed.
         let fns: Arc<dyn ProjectLifecycle> = functions.clone();
         let parts: Vec<Arc<dyn ProjectLifecycle>> = vec![
             fns.clone(),
@@ -114,6 +118,7 @@ impl AppState {
             Arc::new(files.clone()),
             Arc::new(triggers.clone()),
             Arc::new(push.clone()),
+            Arc::new(usage.clone()),
         ];
         let projects = nimbus_auth::ProjectDeletion::new(auth.clone(), parts);
         AppState(Arc::new(AppStateInner {

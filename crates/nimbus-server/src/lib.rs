@@ -245,7 +245,8 @@ impl Server {
         .await?;
         let functions = Arc::new(functions);
         let usage =
-            nimbus_functions::usage::UsageService::new(sqlite.clone(), config.prices.clone());
+            nimbus_functions::usage::UsageService::new(sqlite.clone(), config.prices.clone())
+                .with_functions(&functions);
         let triggers = nimbus_triggers::TriggerService::new(
             nimbus_triggers::TriggerStores {
                 log: sqlite.clone(),

@@ -5,7 +5,7 @@
 use nimbus_model::UnixMillis;
 use nimbus_model::usage::{
     DataGauges, QUOTA_GB_SECONDS, QUOTA_INVOCATIONS, QUOTA_STORED_BYTES, Quotas, THRESHOLD_EVENT,
-    UsageCounters, UsageRow, hour_of, next_month,
+    UsageCounters, UsageRow, hour_of, next_month, retired_project,
 };
 use nimbus_store::Result;
 use nimbus_store::events::NewEvent;
@@ -75,6 +75,19 @@ fn counters(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UsageCounters>
         stored_byte_seconds: r.get(at + 8)?,
     })
 }
+
+/// A row of [`SELECT`].
+fn usage_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageRow> {
+    Ok(UsageRow {
+        project: row.get(0)?,
+        function: row.get(1)?,
+        hour: row.get(2)?,
+        counters: counters(row, 3)?,
+    })
+}
+
+/// Rows of usage history moved per transaction when a deleted project's history is retired.
+const RETIRE_STEP: usize = 1_000;
 
 fn quotas_on(conn: &Connection, project: &str) -> Result<Option<Quotas>> {
     let json: Option<String> = conn
@@ -294,6 +307,44 @@ impl UsageStore for SqliteStore {
         Ok(checked.0)
     }
 
+    fn retire_project_usage(&self, project: &str, now: UnixMillis) -> Result<String> {
+        // The tombstone's time (migration 17), the same on every run of one deletion.
+        let deleted_at: Option<UnixMillis> = self.read(|conn| {
+            conn.prepare_cached("SELECT deleting_at FROM projects WHERE id = ?1")
+                .and_then(|mut s| s.query_row([project], |r| r.get(0)).optional())
+                .map(Option::flatten)
+                .context("reading when a project's deletion began")
+        })?;
+        let name = retired_project(project, deleted_at.unwrap_or(now));
+        // Moved by merging into the retired name's rows, not renamed: a run after an
+        // interrupted one may find a straggler for an hour it already moved.
+        self.in_steps("retiring a project's usage history", RETIRE_STEP, |tx| {
+            let rows: Vec<UsageRow> = tx
+                .prepare_cached(&format!(
+                    "{SELECT} WHERE project = ?1 ORDER BY hour, function LIMIT {RETIRE_STEP}"
+                ))
+                .and_then(|mut s| s.query_map([project], usage_row)?.collect())
+                .context("reading a deleted project's usage")?;
+            for r in &rows {
+                add_hourly(tx, &name, r.hour, &r.function, &r.counters)?;
+                tx.prepare_cached(
+                    "DELETE FROM usage_hourly WHERE project = ?1 AND hour = ?2 AND function = ?3",
+                )
+                .and_then(|mut s| s.execute(params![project, r.hour, r.function]))
+                .context("moving a deleted project's usage")?;
+            }
+            Ok((rows.len(), 0))
+        })?;
+        self.write("deleting a project's quotas", |tx| {
+            for table in ["project_quotas", "quota_thresholds", "project_storage"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE project = ?1"), [project])
+                    .with_context(|| format!("deleting {table} of project {project}"))?;
+            }
+            Ok(())
+        })?;
+        Ok(name)
+    }
+
     fn all_quotas(&self) -> Result<Vec<(String, Quotas)>> {
         self.read(|conn| {
             let rows: Vec<(String, String)> = conn
@@ -323,17 +374,9 @@ impl UsageStore for SqliteStore {
                 ),
             };
             let mut stmt = conn.prepare_cached(&sql).context("preparing the usage query")?;
-            let map = |row: &rusqlite::Row<'_>| {
-                Ok(UsageRow {
-                    project: row.get(0)?,
-                    function: row.get(1)?,
-                    hour: row.get(2)?,
-                    counters: counters(row, 3)?,
-                })
-            };
             let rows = match project {
-                Some(p) => stmt.query_map(params![from, to, p], map),
-                None => stmt.query_map(params![from, to], map),
+                Some(p) => stmt.query_map(params![from, to, p], usage_row),
+                None => stmt.query_map(params![from, to], usage_row),
             }
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .context("reading usage")?;

@@ -26,7 +26,8 @@ pub enum ProjectsCommand {
     /// List projects (admin token only)
     #[command(visible_alias = "ls")]
     List,
-    /// Delete a project with its functions, records, users, keys and events (admin token only)
+    /// Delete a project with its functions, records, users, keys and events (admin token only);
+    /// its usage history is kept, under `<slug>~deleted-<ms>` (see `nimbus usage`)
     #[command(visible_alias = "rm")]
     Delete {
         slug: String,

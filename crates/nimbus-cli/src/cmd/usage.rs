@@ -45,7 +45,10 @@ pub struct UsageArgs {
 }
 
 pub async fn usage(g: &GlobalArgs, args: UsageArgs) -> Result<ExitCode> {
-    let client = g.client()?;
+    // The project goes in the query, not the project header: the header must name a live
+    // project, and usage is also read for deleted ones (their history is kept under
+    // `<slug>~deleted-<ms>`).
+    let client = g.client()?.with_project(None);
     let query = |by: By| {
         let mut q: Vec<(&str, String)> = vec![("by", by.as_str().to_string())];
         // Only an explicit --project narrows the report: without one, the admin token sees

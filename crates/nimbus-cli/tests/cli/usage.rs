@@ -198,4 +198,22 @@ fn usage_as_a_table_json_and_csv() {
     let out = s.cmd().args(["usage", "--from", "yesterday"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("from is unix ms"), "{out:?}");
+
+    // A deleted project's history stays readable under its retired name.
+    s.ok(&["projects", "create", "acme"]);
+    s.ok(&["--project", "acme", "deploy", hello_wasm(), "--name", "hi", "--route", "/hi"]);
+    assert_eq!(s.get("/@acme/hi").0, 200);
+    s.json_until(&["--project", "acme", "invocations"], "invocations", 1);
+    s.ok(&["projects", "delete", "acme", "--yes"]);
+    let all = s.json(&["usage", "--from", &since()]);
+    let name = all["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["project"].as_str())
+        .find(|p| p.starts_with("acme~deleted-"))
+        .unwrap_or_else(|| panic!("{all}"))
+        .to_string();
+    let old = s.json(&["usage", "--project", &name, "--from", &since()]);
+    assert_eq!(old["projects"][0]["requests"], 1, "{old}");
 }

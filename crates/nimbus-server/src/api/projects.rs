@@ -57,7 +57,10 @@ pub(crate) async fn list(
 
 /// Delete a project with its functions, invocation records, users, sessions, API keys,
 /// events, documents, key-value entries, buckets, objects, S3 access keys, deliveries,
-/// schedules and push data (admin token only). The default project cannot be deleted (400).
+/// schedules, push data, quotas and stored-bytes counter (admin token only). The default project
+/// cannot be deleted (400). Its usage history is kept for billing, under
+/// `<slug>~deleted-<ms>` (`GET /v1/usage?project=`), so a project created again under the slug
+/// starts with no quota and no usage.
 ///
 /// The project is found nowhere from the moment its deletion begins (its keys and tokens stop
 /// working, its routes answer 404), and its slug cannot be created again until the deletion has

@@ -237,12 +237,102 @@ async fn service_key(s: &TestServer, p: &str) -> String {
     key["key"].as_str().unwrap().to_string()
 }
 
-/// What the project still holds once deleted: nothing, but its usage history (hourly usage
-/// and the stored-bytes counter, zero by now), which is the operator's billing record.
+/// What the project still holds once deleted: nothing. Its usage history, the operator's
+/// billing record, is kept under its retired name (`<slug>~deleted-<ms>`), not its slug.
 fn rows_left(store: &nimbus_store_local::SqliteStore, p: &str) -> Vec<(String, u64)> {
-    let mut rows = store.project_rows(p).unwrap();
-    rows.retain(|(table, _)| table != "usage_hourly" && table != "project_storage");
-    rows
+    store.project_rows(p).unwrap()
+}
+
+/// The admin's usage report (`GET /v1/usage`) for `query`.
+async fn usage_report(s: &TestServer, query: &str) -> Value {
+    let since = nimbus_model::now_millis() - 86_400_000;
+    let r = s.api(Method::GET, &format!("/v1/usage?from={since}&{query}")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{query}");
+    r.json().await.unwrap()
+}
+
+/// A deleted project's quotas, threshold marks and stored-bytes row go, and its usage history
+/// is kept under `acme~deleted-<ms>`: the slug, created again, has no quota and a month used at
+/// zero (at once: the counters in memory went too) and serves past the old quota, while the
+/// operator still reads and exports the old history with its totals.
+#[tokio::test]
+async fn a_deleted_projects_usage_is_retired_and_its_slug_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.create_project("acme").await;
+    populate(&s, "acme").await; // one request, and data: a stored-bytes row
+    let quotas = json!({"invocations_per_month": 3, "soft_threshold_percent": 50,
+                        "stored_bytes": 1});
+    let r = s.api(Method::PUT, "/v1/projects/acme/quotas").json(&quotas).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let put_kv =
+        |k: &str| s.api(Method::PUT, &format!("/v1/kv/default/{k}")).header(HEADER, "acme");
+    assert_eq!(put_kv("more").body("v").send().await.unwrap().status(), 429, "stored bytes");
+    for _ in 0..2 {
+        assert_eq!(s.get("/@acme/hi").await.status(), 200);
+    }
+    assert_eq!(s.get("/@acme/hi").await.status(), 429, "3 of 3 used");
+    let store = store_of(dir.path());
+    let tables =
+        || -> Vec<String> { rows_left(&store, "acme").into_iter().map(|(t, _)| t).collect() };
+    // The threshold is marked when the records are written (the recorder's batch).
+    for _ in 0..200 {
+        if tables().iter().any(|t| t == "quota_thresholds") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let tables = tables();
+    for t in ["project_quotas", "quota_thresholds", "usage_hourly", "project_storage"] {
+        assert!(tables.iter().any(|x| x == t), "{t} in {tables:?}");
+    }
+
+    let r = s.api(Method::DELETE, "/v1/projects/acme").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(rows_left(&store, "acme"), []);
+
+    // The history, under the retired name, for the operator: listed, readable by name, exported.
+    let all = usage_report(&s, "").await;
+    let retired: Vec<&Value> = all["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["project"].as_str().unwrap().starts_with("acme~deleted-"))
+        .collect();
+    assert_eq!(retired.len(), 1, "{all}");
+    let name = retired[0]["project"].as_str().unwrap().to_string();
+    assert_eq!(retired[0]["requests"], 3);
+    let one = usage_report(&s, &format!("project={name}")).await;
+    assert_eq!(one["projects"][0]["requests"], 3, "{one}");
+    assert_eq!(one["projects"][0]["data"]["kv_bytes"], 0);
+
+    // The slug again: no quota, nothing used this month, and more requests than the old quota.
+    s.create_project("acme").await;
+    let got: Value =
+        s.api(Method::GET, "/v1/projects/acme/quotas").send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["quotas"], Value::Null);
+    let fresh = usage_report(&s, "project=acme").await;
+    assert!(fresh["lines"].as_array().unwrap().is_empty(), "{fresh}");
+    assert_eq!(deploy_in(&s, "acme", "hello", json!({"name": "hi", "routes": ["/hi"]})).await, 201);
+    for i in 0..4 {
+        assert_eq!(s.get("/@acme/hi").await.status(), 200, "request {i}");
+    }
+    for k in ["a", "b"] {
+        assert_eq!(
+            put_kv(k).body("v").send().await.unwrap().status(),
+            204,
+            "no stored-bytes limit"
+        );
+    }
+    // A quota set now counts the new project's month only.
+    let r = s.api(Method::PUT, "/v1/projects/acme/quotas").json(&quotas).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.get("/@acme/hi").await.status(), 429, "4 of 3: its own requests");
+    let fresh = usage_report(&s, "project=acme").await;
+    assert_eq!(fresh["projects"][0]["requests"], 4, "{fresh}");
+    let old = usage_report(&s, &format!("project={name}")).await;
+    assert_eq!(old["projects"][0]["requests"], 3, "the history is untouched");
+    s.stop().await;
 }
 
 fn store_of(dir: &std::path::Path) -> nimbus_store_local::SqliteStore {

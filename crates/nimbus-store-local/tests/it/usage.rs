@@ -45,3 +45,27 @@ fn storage_accrues_by_the_hour() {
         &SqliteStore::open_in_memory().unwrap(),
     );
 }
+
+/// A deleted project's history is retired under the time its deletion began (the tombstone),
+/// whenever the part runs, and its stored-bytes row goes with its quotas.
+#[test]
+fn retired_usage_is_named_by_the_tombstone_and_storage_goes() {
+    use nimbus_store::auth::{AuthStore, ProjectRecord};
+    let store = SqliteStore::open_in_memory().unwrap();
+    let record = ProjectRecord {
+        id: "acme".into(),
+        slug: "acme".into(),
+        name: "Acme".into(),
+        created_at: 1,
+    };
+    store.create_project(&record).unwrap();
+    store.set("acme", "b", "k", b"value", Expiry::Never, 1).unwrap();
+    store.accrue_storage(nimbus_model::now_millis()).unwrap();
+    assert_eq!(store.data_gauges("acme").unwrap().kv_bytes, 6);
+    store.mark_project_deleting("acme", 1_000).unwrap();
+    assert!(store.delete("acme", "b", "k", 2).unwrap());
+    let name = store.retire_project_usage("acme", 5_000).unwrap();
+    assert_eq!(name, "acme~deleted-1000");
+    assert_eq!(store.retire_project_usage("acme", 9_000).unwrap(), name, "a second run");
+    assert!(!store.project_rows("acme").unwrap().iter().any(|(t, _)| t == "project_storage"));
+}
