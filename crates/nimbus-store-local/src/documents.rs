@@ -984,7 +984,9 @@ mod tests {
         done.store(true, Ordering::Relaxed);
         let spans = writer.join().unwrap();
         let inside = spans.iter().filter(|(a, b)| *a > start && *b < end).count();
-        assert!(inside >= 4, "{inside} writes began and ended during the deletion");
+        // One deletion in a single transaction lets none in. More than one is usual, but a
+        // machine busy with other work may not schedule the writer at every step.
+        assert!(inside >= 1, "{inside} writes began and ended during the deletion");
         let names: Vec<_> = s.list_collections("p").unwrap().into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["keep"]);
         assert!(s.get_collection("p", "big").unwrap().is_none());

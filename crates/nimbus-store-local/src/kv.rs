@@ -476,7 +476,9 @@ mod tests {
         done.store(true, Ordering::Relaxed);
         let spans = writer.join().unwrap();
         let inside = spans.iter().filter(|(a, b)| *a > start && *b < end).count();
-        assert!(inside >= 4, "{inside} writes began and ended during the deletion");
+        // One deletion in a single transaction lets none in; a machine busy with other work may
+        // not schedule the writer at every step.
+        assert!(inside >= 1, "{inside} writes began and ended during the deletion");
         let kept = 3 + spans.len() as i64;
         assert_eq!(counts(&s), (0, kept, 7));
         assert_eq!(s.delete_bucket("p", "big").unwrap(), 0, "idempotent");

@@ -416,7 +416,8 @@ mod tests {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let spans = writer.join().unwrap();
         let inside = spans.iter().filter(|(s, e)| *s > start && *e < end).count();
-        // 20,000 segments are 79 steps: a write got in after each of many of them.
-        assert!(inside >= 10, "{inside} writes began and ended during the prune");
+        // 20,000 segments are 79 steps; one transaction would let no write in. Usually many get
+        // in, but a machine busy with other work may not schedule the writer at every step.
+        assert!(inside >= 2, "{inside} writes began and ended during the prune");
     }
 }
