@@ -917,8 +917,6 @@ fn apply_write(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Instant;
 
     use nimbus_store::documents::{CollectionSpec, DocumentStore, Expect, WriteOp};
     use serde_json::json;
@@ -960,37 +958,23 @@ mod tests {
         let s = Arc::new(SqliteStore::open(&dir.path().join("d.db")).unwrap());
         fill(&s, "big", 8 * PURGE_STEP);
         fill(&s, "keep", 3);
-        let done = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (s, done) = (s.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut spans = Vec::new();
-                let mut i = 0;
-                while !done.load(Ordering::Relaxed) {
-                    let start = Instant::now();
-                    DocumentStore::write(&*s, "p", &[put("keep", format!("w{i}"))])
-                        .unwrap()
-                        .unwrap();
-                    spans.push((start, Instant::now()));
-                    i += 1;
-                }
-                spans
-            })
-        };
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let start = Instant::now();
-        assert!(s.delete_collection("p", "big").unwrap());
-        let end = Instant::now();
-        done.store(true, Ordering::Relaxed);
-        let spans = writer.join().unwrap();
-        let inside = spans.iter().filter(|(a, b)| *a > start && *b < end).count();
+        let writer = s.clone();
+        let (deleted, inside, writes) = crate::stepping_tests::writes_beside(
+            move |i| {
+                DocumentStore::write(&*writer, "p", &[put("keep", format!("w{i}"))])
+                    .unwrap()
+                    .unwrap();
+            },
+            || s.delete_collection("p", "big").unwrap(),
+        );
+        assert!(deleted);
         // One deletion in a single transaction lets none in. More than one is usual, but a
         // machine busy with other work may not schedule the writer at every step.
         assert!(inside >= 1, "{inside} writes began and ended during the deletion");
         let names: Vec<_> = s.list_collections("p").unwrap().into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["keep"]);
         assert!(s.get_collection("p", "big").unwrap().is_none());
-        let kept = 3 + spans.len() as i64;
+        let kept = 3 + writes as i64;
         assert_eq!(counts(&s), (kept, 1, kept));
         assert!(!s.delete_collection("p", "big").unwrap());
     }

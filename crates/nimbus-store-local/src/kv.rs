@@ -401,8 +401,6 @@ impl KvStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Instant;
 
     use nimbus_store::kv::{Expiry, KvStore};
 
@@ -454,32 +452,18 @@ mod tests {
         fill(&s, "p", "keep", 3);
         fill(&s, "q", "big", 7);
         assert_eq!(counts(&s), (big as i64, 3, 7));
-        let done = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (s, done) = (s.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut spans = Vec::new();
-                let mut i = 0;
-                while !done.load(Ordering::Relaxed) {
-                    let start = Instant::now();
-                    s.set("p", "keep", &format!("w{i}"), b"v", Expiry::Never, 2).unwrap();
-                    spans.push((start, Instant::now()));
-                    i += 1;
-                }
-                spans
-            })
-        };
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let start = Instant::now();
-        assert_eq!(s.delete_bucket("p", "big").unwrap(), big as u64, "every entry, counted once");
-        let end = Instant::now();
-        done.store(true, Ordering::Relaxed);
-        let spans = writer.join().unwrap();
-        let inside = spans.iter().filter(|(a, b)| *a > start && *b < end).count();
+        let writer = s.clone();
+        let (deleted, inside, writes) = crate::stepping_tests::writes_beside(
+            move |i| {
+                writer.set("p", "keep", &format!("w{i}"), b"v", Expiry::Never, 2).unwrap();
+            },
+            || s.delete_bucket("p", "big").unwrap(),
+        );
+        assert_eq!(deleted, big as u64, "every entry, counted once");
         // One deletion in a single transaction lets none in; a machine busy with other work may
         // not schedule the writer at every step.
         assert!(inside >= 1, "{inside} writes began and ended during the deletion");
-        let kept = 3 + spans.len() as i64;
+        let kept = 3 + writes as i64;
         assert_eq!(counts(&s), (0, kept, 7));
         assert_eq!(s.delete_bucket("p", "big").unwrap(), 0, "idempotent");
 

@@ -39,6 +39,8 @@ mod migrations;
 mod objects;
 mod push;
 mod sqlite;
+#[cfg(test)]
+mod stepping_tests;
 mod triggers;
 mod usage;
 

@@ -251,7 +251,6 @@ fn one_segment(tx: &rusqlite::Connection, seq_end: i64) -> Result<Option<Vec<Inv
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Instant;
 
     use nimbus_model::{InvocationQuery, InvocationRecord};
     use nimbus_store::InvocationStore;
@@ -393,29 +392,15 @@ mod tests {
                 (0..40).map(|f| record_at(t + i * 60_000, &format!("f{f}"))).collect();
             store.insert_batch(&mut batch).unwrap();
         }
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let (store, done) = (store.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut spans = Vec::new();
-                let mut i = 0;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let start = Instant::now();
-                    let mut batch = vec![record_at(t + 1_000 * 60_000 + i, "new")];
-                    store.insert_batch(&mut batch).unwrap();
-                    spans.push((start, Instant::now()));
-                    i += 1;
-                }
-                spans
-            })
-        };
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let start = Instant::now();
-        assert_eq!(store.prune(t + 600 * 60_000, u32::MAX).unwrap(), 20_000);
-        let end = Instant::now();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let spans = writer.join().unwrap();
-        let inside = spans.iter().filter(|(s, e)| *s > start && *e < end).count();
+        let writer = store.clone();
+        let (pruned, inside, _) = crate::stepping_tests::writes_beside(
+            move |i| {
+                let mut batch = vec![record_at(t + 1_000 * 60_000 + i as i64, "new")];
+                writer.insert_batch(&mut batch).unwrap();
+            },
+            || store.prune(t + 600 * 60_000, u32::MAX).unwrap(),
+        );
+        assert_eq!(pruned, 20_000);
         // 20,000 segments are 79 steps; one transaction would let no write in. Usually many get
         // in, but a machine busy with other work may not schedule the writer at every step.
         assert!(inside >= 2, "{inside} writes began and ended during the prune");
