@@ -4,9 +4,10 @@
 //! with the three access paths the API needs (by project, by function, by id) cost about 33,000
 //! instructions per request (`bench/instructions.sh`), a fifth of the whole request; each B-tree
 //! entry is ~7,500 of them. So the records of a batch are grouped into **segments**, one per
-//! (project, function, minute of `started_at`), and a segment is one row: its records as a JSON
-//! array (positional, see [`Stored`]) and the bounds that the indexes need. The B-tree work is paid
-//! per segment, and under load a segment holds a whole batch of one function's records.
+//! (project, function, minute of `started_at`), and a segment is one row: its records, encoded
+//! together (see [`segment`] for the formats), and the bounds that the indexes need. The B-tree
+//! work is paid per segment, and under load a segment holds a whole batch of one function's
+//! records.
 //!
 //! - Positions: a segment's records have consecutive positions, in their batch order; `seq_end`,
 //!   the last, is the rowid, so segments are appended in position order and never overlap.
@@ -15,26 +16,23 @@
 //!   index lookup).
 //! - By id: Nimbus's ids are UUIDv7 made with the record's `started_at`, and a segment spans at
 //!   most one minute of start times, so only segments near the id's time are looked at, and of
-//!   those only the ones whose text contains the id are decoded. Other ids (never made by Nimbus)
-//!   scan the project's segments.
+//!   those only the ones whose body contains the id (its text, or its 16 bytes) are decoded.
+//!   Other ids (never made by Nimbus) scan the project's segments.
 //! - Pruning keeps its exact contract: a segment partly due is rewritten with what remains.
-//!
-//! JSON rather than a binary encoding: migration 15 builds segments in SQL from the old rows, and
-//! the records stay readable with the `sqlite3` shell.
 
 use nimbus_model::usage::{UsageCounters, hour_of, month_of};
-use nimbus_model::{
-    InvocationQuery, InvocationRecord, InvocationStatus, UnixMillis, invocation_id_millis,
-};
+use nimbus_model::{InvocationQuery, InvocationRecord, UnixMillis, invocation_id_millis};
 use nimbus_store::{InvocationStore, Result};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
-use crate::error::{Context, backend};
+use crate::error::Context;
 use crate::sqlite::SqliteStore;
 
 mod prune;
+mod segment;
 pub(crate) use prune::PruneMark;
+use segment::{FORMAT_JSON_V1, FORMAT_POSTCARD_V2};
 
 /// Query limit when none is asked for, and the most one query returns.
 const DEFAULT_QUERY_LIMIT: u32 = 100;
@@ -46,156 +44,34 @@ const SEGMENT_SPAN_MS: i64 = 60_000;
 /// read the clock twice.
 const ID_TIME_SLACK_MS: i64 = 1_000;
 
-/// `format` of a segment whose body is a JSON array of [`Stored`] arrays.
-const FORMAT_JSON_V1: i64 = 1;
-
-/// A record as a segment stores it: positional (a JSON array, not an object), without the project
-/// and function that the segment row carries. Never reorder: add fields under a new format.
-#[derive(Serialize)]
-struct Stored<'a>(
-    u64,             // seq
-    &'a str,         // id
-    u32,             // version
-    &'a str,         // trigger
-    &'a str,         // method
-    &'a str,         // path
-    UnixMillis,      // started_at
-    u64,             // duration_us
-    u64,             // queue_us
-    u64,             // fuel
-    u64,             // peak_memory_bytes
-    u64,             // memory_limit_mb
-    u64,             // outbound_bytes
-    &'a str,         // status
-    Option<u16>,     // http_status
-    Option<&'a str>, // error
-    &'a str,         // stdout
-    &'a str,         // stderr
-    bool,            // logs_truncated
-);
-
-/// [`Stored`], read back.
-#[derive(Deserialize)]
-struct Loaded(
-    u64,
-    String,
-    u32,
-    String,
-    String,
-    String,
-    UnixMillis,
-    u64,
-    u64,
-    u64,
-    u64,
-    u64,
-    u64,
-    String,
-    Option<u16>,
-    Option<String>,
-    String,
-    String,
-    bool,
-);
-
-impl<'a> Stored<'a> {
-    fn of(r: &'a InvocationRecord) -> Self {
-        Stored(
-            r.seq,
-            &r.id,
-            r.version,
-            &r.trigger,
-            &r.method,
-            &r.path,
-            r.started_at,
-            r.duration_us,
-            r.queue_us,
-            r.fuel,
-            r.peak_memory_bytes,
-            r.memory_limit_mb,
-            r.outbound_bytes,
-            r.status.as_str(),
-            r.http_status,
-            r.error.as_deref(),
-            &r.stdout,
-            &r.stderr,
-            r.logs_truncated,
-        )
-    }
-}
-
-fn decode(project: &str, function: &str, format: i64, body: &str) -> Result<Vec<InvocationRecord>> {
-    if format != FORMAT_JSON_V1 {
-        return Err(backend(
-            "reading invocation records",
-            format!("segment format {format} is newer than this build"),
-        ));
-    }
-    let rows: Vec<Loaded> = serde_json::from_str(body)
-        .map_err(|e| backend("reading invocation records", format!("a corrupt segment: {e}")))?;
-    rows.into_iter()
-        .map(|l| {
-            let status = InvocationStatus::parse(&l.13).ok_or_else(|| {
-                backend("reading invocation records", format!("unknown status {:?}", l.13))
-            })?;
-            Ok(InvocationRecord {
-                seq: l.0,
-                id: l.1,
-                project: project.to_owned(),
-                function: function.to_owned(),
-                version: l.2,
-                trigger: l.3,
-                method: l.4,
-                path: l.5,
-                started_at: l.6,
-                duration_us: l.7,
-                queue_us: l.8,
-                fuel: l.9,
-                peak_memory_bytes: l.10,
-                memory_limit_mb: l.11,
-                outbound_bytes: l.12,
-                status,
-                http_status: l.14,
-                error: l.15,
-                stdout: l.16,
-                stderr: l.17,
-                logs_truncated: l.18,
-            })
-        })
-        .collect()
-}
-
-fn encode<'a>(records: impl Iterator<Item = &'a InvocationRecord>, out: &mut Vec<u8>) {
-    out.clear();
-    out.push(b'[');
-    for (i, r) in records.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        // Writing into a Vec cannot fail, and every field serializes.
-        serde_json::to_writer(&mut *out, &Stored::of(r)).expect("a record serializes");
-    }
-    out.push(b']');
-}
-
 fn minute_of(t: UnixMillis) -> i64 {
     t.div_euclid(SEGMENT_SPAN_MS)
 }
 
-/// The columns [`segment_from_row`] reads.
-const SEGMENT_COLUMNS: &str = "project, function, format, body";
+/// The columns [`segment_from_row`] reads. The records are in `body` (text) in format 1 and in
+/// `data` (a blob) since (migration 18).
+const SEGMENT_COLUMNS: &str = "project, function, format, coalesce(data, body)";
 
 /// A segment row as [`SEGMENT_COLUMNS`] reads it, not yet decoded.
-type SegmentRow = (String, String, i64, String);
+type SegmentRow = segment::Body;
 
 fn segment_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    let bytes = match row.get_ref(3)? {
+        ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
+        other => {
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                3,
+                other.data_type(),
+                "an invocation segment's body is text or a blob".into(),
+            ));
+        }
+    };
+    Ok(segment::Body { project: row.get(0)?, function: row.get(1)?, format: row.get(2)?, bytes })
 }
 
 /// A segment's records, oldest first.
 fn load(row: SegmentRow) -> Result<Vec<InvocationRecord>> {
-    let (project, function, format, body) = row;
-    decode(&project, &function, format, &body)
+    segment::decode(&row)
 }
 
 /// Write `records[which]` as new records: positions, segments, usage and quota events.
@@ -244,8 +120,8 @@ fn insert_new(
     let mut insert = tx
         .prepare_cached(
             "INSERT INTO invocation_segments (seq_end, seq_start, project, function, \
-             min_started_at, max_started_at, len, format, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             min_started_at, max_started_at, len, format, body, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', ?9)",
         )
         .context("preparing the segment insert")?;
     let mut body = Vec::with_capacity(4096);
@@ -262,8 +138,7 @@ fn insert_new(
                 counted.get_or_insert_default().add(&c);
             }
         }
-        encode(group.iter().map(|&i| &records[i]), &mut body);
-        let body = std::str::from_utf8(&body).expect("serde_json writes UTF-8");
+        segment::encode(group.iter().map(|&i| &records[i]), &mut body);
         let seq_start = first.seq;
         let seq_end = records[*group.last().expect("groups are not empty")].seq;
         insert
@@ -275,7 +150,7 @@ fn insert_new(
                 min,
                 max,
                 group.len(),
-                FORMAT_JSON_V1,
+                FORMAT_POSTCARD_V2,
                 body
             ])
             .with_context(|| format!("inserting the invocation records of {}", first.function))?;
@@ -306,24 +181,29 @@ fn insert_new(
 /// Find a record by id (see the module doc for which segments are looked at).
 fn find(conn: &Connection, project: &str, id: &str) -> Result<Option<InvocationRecord>> {
     let ctx = || format!("reading invocation record {id}");
-    // `instr` skips, without decoding, the segments that cannot hold the id.
-    let segments = |sql: &str, args: &[&dyn rusqlite::ToSql]| {
+    // `instr` skips, without decoding, the segments that cannot hold the id: ?2 is what the id
+    // looks like in a JSON body, ?3 in a postcard one (in `data`).
+    let needle_v2 = segment::id_needle_v2(id);
+    let segments = |sql: &str, more: &[&dyn rusqlite::ToSql]| {
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&project, &id, &needle_v2];
+        args.extend_from_slice(more);
         conn.prepare_cached(&format!(
-            "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE project = ?1 AND {sql}"
+            "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE project = ?1 AND {sql} \
+             AND CASE format WHEN {FORMAT_JSON_V1} THEN instr(body, ?2) ELSE instr(data, ?3) END > 0"
         ))
         .and_then(|mut stmt| {
-            stmt.query_map(args, segment_from_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            stmt.query_map(&args[..], segment_from_row)?.collect::<rusqlite::Result<Vec<_>>>()
         })
         .with_context(ctx)
     };
     let Some(t) = invocation_id_millis(id) else {
         // Not an id Nimbus made.
-        return find_in(segments("instr(body, ?2) > 0", &[&project, &id])?, id);
+        return find_in(segments("1", &[])?, id);
     };
     let (lo, hi) = (t - ID_TIME_SLACK_MS, t + ID_TIME_SLACK_MS);
     let near = segments(
-        "min_started_at BETWEEN ?2 AND ?3 AND max_started_at >= ?4 AND instr(body, ?5) > 0",
-        &[&project, &(minute_of(lo) * SEGMENT_SPAN_MS), &hi, &lo, &id],
+        "min_started_at BETWEEN ?4 AND ?5 AND max_started_at >= ?6",
+        &[&(minute_of(lo) * SEGMENT_SPAN_MS), &hi, &lo],
     )?;
     if let Some(r) = find_in(near, id)? {
         return Ok(Some(r));
@@ -338,7 +218,7 @@ fn find(conn: &Connection, project: &str, id: &str) -> Result<Option<InvocationR
     if legacy == 0 {
         return Ok(None);
     }
-    find_in(segments("seq_end <= ?2 AND instr(body, ?3) > 0", &[&project, &legacy, &id])?, id)
+    find_in(segments("seq_end <= ?4", &[&legacy])?, id)
 }
 
 fn find_in(rows: Vec<SegmentRow>, id: &str) -> Result<Option<InvocationRecord>> {
@@ -368,17 +248,18 @@ fn rewrite(tx: &Connection, seq_end: i64, keep: &[InvocationRecord]) -> Result<(
         return Ok(());
     }
     let mut body = Vec::new();
-    encode(keep.iter(), &mut body);
-    let body = std::str::from_utf8(&body).expect("serde_json writes UTF-8");
+    segment::encode(keep.iter(), &mut body);
     let min = keep.iter().map(|r| r.started_at).min().unwrap_or_default();
     let max = keep.iter().map(|r| r.started_at).max().unwrap_or_default();
     // `seq_start` and `seq_end` stay: they bound the records' positions, which is all readers
     // need, and `seq_end` is the row's identity.
     tx.prepare_cached(
         "UPDATE invocation_segments SET min_started_at = ?2, max_started_at = ?3, len = ?4, \
-         body = ?5 WHERE seq_end = ?1",
+         format = ?5, body = '', data = ?6 WHERE seq_end = ?1",
     )
-    .and_then(|mut stmt| stmt.execute(params![seq_end, min, max, keep.len(), body]))
+    .and_then(|mut stmt| {
+        stmt.execute(params![seq_end, min, max, keep.len(), FORMAT_POSTCARD_V2, body])
+    })
     .with_context(ctx)?;
     Ok(())
 }
@@ -491,6 +372,7 @@ impl InvocationStore for SqliteStore {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use nimbus_model::InvocationStatus;
 
     pub(crate) fn record_at(millis: i64, function: &str) -> InvocationRecord {
         let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));

@@ -862,6 +862,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE projects ADD COLUMN deleting_at INTEGER;
     "#,
+    // 18 (issue 10, the request path): invocation segments in format 2, postcard (see
+    // `invocations/segment.rs`), a blob. The table is STRICT and `body` TEXT, so their records go
+    // in a new column and `body` is left empty; format 1 segments keep theirs in `body`, and
+    // `data` is NULL for them. Adding a column rewrites nothing.
+    r#"
+    ALTER TABLE invocation_segments ADD COLUMN data BLOB;
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -984,6 +991,7 @@ mod tests {
         "09f00d79a8a377555a7c6cec4e6ab4b5e115f5d804f1992b11b35dbe091278f6",
         "3cb0a9dd7962ff4dbda6e38676868857950530ff22f09894ad45893719324198",
         "8d16bd19930846aeca593b621e04b05431d076a65d76d3dad96a736abda15f66",
+        "df1e369033f8da018084861f24512e97b1cce8152c1dffd3810eb50a1cac37f1",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -1356,5 +1364,92 @@ mod tests {
         store.mark_project_deleting("acme", 9).unwrap();
         assert!(store.get_project("acme").unwrap().is_none());
         assert_eq!(store.deleting_projects().unwrap(), ["acme"]);
+    }
+
+    /// A database at version 17 with JSON segments (format 1), as the builds before format 2
+    /// wrote them: after migration 18 they read and are found by id as before, new records go
+    /// into postcard segments beside them, and pruning rewrites a JSON segment as postcard.
+    #[test]
+    fn migration_18_reads_json_segments_and_writes_postcard() {
+        use nimbus_store::InvocationStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.db");
+        let t = 1_700_000_000_000_i64;
+        let ids: Vec<String> = (0..4)
+            .map(|i| {
+                let ts = uuid::Timestamp::from_unix(uuid::NoContext, (t / 1000) as u64 + i, 0);
+                uuid::Uuid::new_v7(ts).to_string()
+            })
+            .collect();
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..17] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 17).unwrap();
+            // One segment of three records, its body as builds before format 2 wrote it.
+            let rows: Vec<String> = ids[..3]
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    format!(
+                        r#"[{},"{id}",1,"http","GET","/old",{},1000,0,5,64,128,0,"ok",200,null,"",""
+                        ,false]"#,
+                        i + 1,
+                        t + i as i64 * 1000
+                    )
+                })
+                .collect();
+            tx.execute(
+                "INSERT INTO invocation_segments (seq_end, seq_start, project, function, \
+                 min_started_at, max_started_at, len, format, body) \
+                 VALUES (3, 1, 'p', 'f', ?1, ?2, 3, 1, ?3)",
+                rusqlite::params![t, t + 2000, format!("[{}]", rows.join(","))],
+            )
+            .unwrap();
+            tx.execute("UPDATE sequences SET value = 3 WHERE name = 'invocations'", []).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let old = store.get("p", &ids[1]).unwrap().unwrap();
+        assert_eq!((old.seq, old.path.as_str(), old.started_at), (2, "/old", t + 1000));
+        let mut new = [nimbus_model::InvocationRecord {
+            id: ids[3].clone(),
+            path: "/new".into(),
+            started_at: t + 3000,
+            ..old.clone()
+        }];
+        store.insert_batch(&mut new).unwrap();
+        assert_eq!(new[0].seq, 4);
+        let formats = |store: &crate::SqliteStore| -> Vec<(i64, i64, bool)> {
+            store
+                .read(|conn| {
+                    let mut stmt = conn
+                        .prepare(
+                            "SELECT seq_end, format, data IS NULL FROM invocation_segments \
+                             ORDER BY seq_end",
+                        )
+                        .unwrap();
+                    Ok(stmt
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect())
+                })
+                .unwrap()
+        };
+        assert_eq!(formats(&store), [(3, 1, true), (4, 2, false)]);
+        let all = store
+            .query("p", &nimbus_model::InvocationQuery { ascending: true, ..Default::default() })
+            .unwrap();
+        let paths: Vec<_> = all.iter().map(|r| (r.seq, r.path.as_str())).collect();
+        assert_eq!(paths, [(1, "/old"), (2, "/old"), (3, "/old"), (4, "/new")]);
+        assert_eq!(store.get("p", &new[0].id).unwrap().as_ref(), Some(&new[0]));
+        // Keep the newest 3: the JSON segment loses its first record and is rewritten.
+        assert_eq!(store.prune(0, 3).unwrap(), 1);
+        assert_eq!(formats(&store), [(3, 2, false), (4, 2, false)]);
+        assert_eq!(store.get("p", &ids[2]).unwrap().as_ref(), Some(&all[2]));
+        assert!(store.get("p", &ids[0]).unwrap().is_none());
     }
 }
