@@ -87,7 +87,7 @@ fn insert_new(
     // Segments in order of first appearance, each with its records in batch order.
     let mut groups: Vec<Vec<usize>> = Vec::new();
     // A key hashed per record on the recorder's thread: foldhash (randomly seeded), not SipHash.
-    // A batch holds at most 1,024 records, which bounds what colliding names could cost.
+    // A batch holds at most 2,048 records, which bounds what colliding names could cost.
     let mut by_key: foldhash::HashMap<(&str, &str, i64), usize> = Default::default();
     for &i in which {
         let r = &records[i];

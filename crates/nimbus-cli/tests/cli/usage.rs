@@ -70,7 +70,7 @@ fn records(addr: &str, token: &str, function: &str) -> Vec<Value> {
 /// kill -9 while requests stream in. After a restart, usage equals the committed records
 /// exactly (nothing counted twice, nothing counted that was not recorded); it is at most what
 /// the clients sent, and it covers every request that completed before the window in which a
-/// kill can lose records (the recorder's 10 ms linger plus one batch write, measured below; the
+/// kill can lose records (the recorder's 50 ms linger plus one batch write, measured below; the
 /// test allows 1 s for a loaded machine).
 #[test]
 fn usage_reconciles_with_the_records_across_kill_9() {
