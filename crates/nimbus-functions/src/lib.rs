@@ -615,11 +615,19 @@ impl FunctionService {
         let (fs, p) = (self.stores.functions.clone(), project.to_string());
         let names =
             blocking(move || fs.delete_project_functions(&p).map_err(FunctionError::from)).await?;
-        let next = self.snapshot.load().without_project(project);
-        self.snapshot.store(Arc::new(next));
+        let current = self.snapshot.load_full();
+        let running: Vec<std::sync::Weak<ActiveVersion>> = current
+            .functions
+            .iter()
+            .filter(|((p, _), _)| p == project)
+            .map(|(_, v)| Arc::downgrade(v))
+            .collect();
+        self.snapshot.store(Arc::new(current.without_project(project)));
+        drop(current);
         if !names.is_empty() {
             self.collect_garbage().await;
         }
+        wait_for_invocations(project, running).await;
         // Records of invocations that already finished may still sit in the writer's batch.
         self.recorder.flush().await;
         let (records, p) = (self.stores.invocations.clone(), project.to_string());
@@ -918,6 +926,44 @@ fn spawn_pruner(
             }
         }
     })
+}
+
+/// How long a deletion waits, beyond its functions' own timeout and queue timeout, for the
+/// invocations under way to end.
+const DELETION_GRACE: Duration = Duration::from_secs(5);
+
+/// Wait until no invocation of `versions` (taken out of the routes, so none starts anew) is
+/// queued or running and each one's record is queued: every running invocation holds its
+/// version until its record reaches the recorder's thread. A deletion then counts their usage
+/// under the project before its usage history is retired; without the wait, one that ended
+/// after that was counted under the slug, and so against a project created again under it.
+/// Bounded by the longest timeout among them.
+async fn wait_for_invocations(project: &str, versions: Vec<std::sync::Weak<ActiveVersion>>) {
+    let longest = versions
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .map(|v| Duration::from_millis(v.info.limits.timeout_ms) + v.admission.queue_timeout())
+        .max()
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + longest + DELETION_GRACE;
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let running = versions.iter().filter(|v| v.strong_count() > 0).count();
+        if running == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                project,
+                running,
+                "deleting a project: invocations still held its functions past their timeout; \
+                 their usage may be counted under the slug"
+            );
+            return;
+        }
+        poll.tick().await;
+    }
 }
 
 /// Functions go first in a project's deletion: its routes stop answering and nothing new of it

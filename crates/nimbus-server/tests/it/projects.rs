@@ -335,6 +335,52 @@ async fn a_deleted_projects_usage_is_retired_and_its_slug_starts_over() {
     s.stop().await;
 }
 
+/// An invocation under way when its project is deleted: the deletion waits for it to end, so
+/// its usage is in the retired history and nothing is left under the slug. (Before, one that
+/// ended after the usage part had run wrote its usage under the slug, where a project created
+/// again would count it.)
+#[tokio::test]
+async fn a_deletion_waits_for_the_invocations_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path()).await;
+    s.create_project("acme").await;
+    assert_eq!(
+        deploy_in(&s, "acme", "sleep", json!({"name": "nap", "routes": ["/nap"]})).await,
+        201
+    );
+    let url = s.url("/@acme/nap?ms=1500");
+    let client = reqwest::Client::new();
+    let nap = tokio::spawn(async move { client.get(url).send().await.unwrap().status() });
+    // Until it is running: the node reports one instance in use.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let m = s.api(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+        if m.lines().any(|l| {
+            l.starts_with("nimbus_instances_in_use{") && l.contains("nap") && l.ends_with(" 1")
+        }) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the invocation never started:\n{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let r = s.api(Method::DELETE, "/v1/projects/acme").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(800), "it waited for the nap");
+    assert_eq!(nap.await.unwrap(), 200, "the invocation under way ran to its end");
+    let store = store_of(dir.path());
+    assert_eq!(rows_left(&store, "acme"), [], "nothing counted under the slug");
+    let all = usage_report(&s, "").await;
+    let retired: Vec<&Value> = all["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["project"].as_str().unwrap().starts_with("acme~deleted-"))
+        .collect();
+    assert_eq!(retired.len(), 1, "{all}");
+    assert_eq!(retired[0]["requests"], 1, "the nap is in the retired history");
+}
+
 fn store_of(dir: &std::path::Path) -> nimbus_store_local::SqliteStore {
     nimbus_store_local::SqliteStore::open(&dir.join("nimbus.db")).unwrap()
 }
