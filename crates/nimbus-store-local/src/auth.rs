@@ -104,6 +104,9 @@ fn insert_events(conn: &Connection, project: &str, events: &[NewEvent]) -> Resul
     Ok(())
 }
 
+/// Events of a deleted project removed per transaction.
+pub(crate) const EVENT_DELETE_STEP: usize = 2048;
+
 impl SqliteStore {
     /// [`SqliteStore::write`] for changes that append auth events: after the commit, wake the
     /// event log's consumers.
@@ -249,6 +252,19 @@ impl AuthStore for SqliteStore {
     }
 
     fn delete_project(&self, id: &str) -> Result<bool> {
+        // Its events first, a step at a time: a project's log is bounded only by retention, and
+        // one statement over it would hold every other project's writes (the recorder's
+        // included) for as long. None is appended meanwhile (the project is being deleted), and
+        // the transaction below takes any that were.
+        self.delete_in_steps(
+            "deleting a project's events",
+            &format!(
+                "DELETE FROM event_log WHERE position IN \
+                 (SELECT position FROM event_log WHERE project = ?1 LIMIT {EVENT_DELETE_STEP})"
+            ),
+            EVENT_DELETE_STEP,
+            &[&id],
+        )?;
         self.write("deleting a project", |tx| {
             // Tables without a foreign key to the project row; the rest cascade from it.
             for table in ["event_log", "refresh_tokens", "one_time_tokens", "mail_outbox"] {
