@@ -14,6 +14,7 @@ mod data_dir;
 mod error;
 mod files_metrics;
 mod gateway;
+mod header_timer;
 mod in_process;
 mod kv_host;
 mod listener;

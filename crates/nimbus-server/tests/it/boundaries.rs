@@ -344,6 +344,34 @@ async fn many_slow_clients_over_the_global_cap_delay_others_only_until_the_heade
     s.stop().await;
 }
 
+/// The header timeout holds on a connection that served requests before (each head rearms the
+/// connection's one timer): a head that stalls after three requests is cut off once the
+/// timeout (1 s) has passed since the connection began waiting for it (when it sent the last
+/// response), not before, and not later than a bound.
+#[tokio::test]
+async fn a_head_that_stalls_on_a_busy_keep_alive_connection_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(limited_config(dir.path())).await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    let mut last_request = Instant::now();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        last_request = Instant::now();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let seen = closed_within(tcp, Duration::from_secs(4)).await;
+    let waited = last_request.elapsed();
+    assert!(waited >= Duration::from_millis(950), "cut off early: {waited:?}");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn idle_keep_alive_and_stalled_bodies_are_closed() {
     let dir = tempfile::tempdir().unwrap();
