@@ -14,7 +14,6 @@ mod data_dir;
 mod error;
 mod files_metrics;
 mod gateway;
-mod header_timer;
 mod in_process;
 mod kv_host;
 mod listener;

@@ -182,8 +182,11 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(max));
     let clients = Arc::new(PerClient::default());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // HTTP/1's timer (for the header-read timeout) is set per connection: see `header_timer`.
-    builder.http1().header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -267,8 +270,6 @@ pub(crate) async fn serve(
                 drop((permit, client, open));
                 return;
             }
-            let mut builder = (*builder).clone();
-            builder.http1().timer(crate::header_timer::ConnectionTimer::new());
             let connection =
                 builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
             if let Err(e) = watcher.watch(connection).await {

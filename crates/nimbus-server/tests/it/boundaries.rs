@@ -344,8 +344,8 @@ async fn many_slow_clients_over_the_global_cap_delay_others_only_until_the_heade
     s.stop().await;
 }
 
-/// The header timeout holds on a connection that served requests before (each head rearms the
-/// connection's one timer): a head that stalls after three requests is cut off once the
+/// The header timeout holds on a connection that served requests before (each head arms the
+/// timer anew): a head that stalls after three requests is cut off once the
 /// timeout (1 s) has passed since the connection began waiting for it (when it sent the last
 /// response), not before, and not later than a bound.
 #[tokio::test]
