@@ -251,6 +251,20 @@ async fn usage_report(s: &TestServer, query: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// The admin's usage report of the one retired history of `slug` (`<slug>~deleted-<ms>`).
+async fn retired_usage(s: &TestServer, slug: &str) -> Vec<Value> {
+    let all = usage_report(s, "").await;
+    let retired: Vec<Value> = all["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["project"].as_str().unwrap().starts_with(&format!("{slug}~deleted-")))
+        .cloned()
+        .collect();
+    assert_eq!(retired.len(), 1, "{all}");
+    retired
+}
+
 /// A deleted project's quotas, threshold marks and stored-bytes row go, and its usage history
 /// is kept under `acme~deleted-<ms>`: the slug, created again, has no quota and a month used at
 /// zero (at once: the counters in memory went too) and serves past the old quota, while the
@@ -292,14 +306,7 @@ async fn a_deleted_projects_usage_is_retired_and_its_slug_starts_over() {
     assert_eq!(rows_left(&store, "acme"), []);
 
     // The history, under the retired name, for the operator: listed, readable by name, exported.
-    let all = usage_report(&s, "").await;
-    let retired: Vec<&Value> = all["projects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["project"].as_str().unwrap().starts_with("acme~deleted-"))
-        .collect();
-    assert_eq!(retired.len(), 1, "{all}");
+    let retired = retired_usage(&s, "acme").await;
     let name = retired[0]["project"].as_str().unwrap().to_string();
     assert_eq!(retired[0]["requests"], 3);
     let one = usage_report(&s, &format!("project={name}")).await;
@@ -370,14 +377,7 @@ async fn a_deletion_waits_for_the_invocations_under_way() {
     assert_eq!(nap.await.unwrap(), 200, "the invocation under way ran to its end");
     let store = store_of(dir.path());
     assert_eq!(rows_left(&store, "acme"), [], "nothing counted under the slug");
-    let all = usage_report(&s, "").await;
-    let retired: Vec<&Value> = all["projects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["project"].as_str().unwrap().starts_with("acme~deleted-"))
-        .collect();
-    assert_eq!(retired.len(), 1, "{all}");
+    let retired = retired_usage(&s, "acme").await;
     assert_eq!(retired[0]["requests"], 1, "the nap is in the retired history");
 }
 
