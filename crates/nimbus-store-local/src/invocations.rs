@@ -189,7 +189,8 @@ fn find(conn: &Connection, project: &str, id: &str) -> Result<Option<InvocationR
         args.extend_from_slice(more);
         conn.prepare_cached(&format!(
             "SELECT {SEGMENT_COLUMNS} FROM invocation_segments WHERE project = ?1 AND {sql} \
-             AND CASE format WHEN {FORMAT_JSON_V1} THEN instr(body, ?2) ELSE instr(data, ?3) END > 0"
+             AND CASE format WHEN {FORMAT_JSON_V1} THEN instr(body, ?2) \
+             ELSE instr(data, ?3) END > 0"
         ))
         .and_then(|mut stmt| {
             stmt.query_map(&args[..], segment_from_row)?.collect::<rusqlite::Result<Vec<_>>>()
