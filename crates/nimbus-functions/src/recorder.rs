@@ -36,10 +36,9 @@ pub(crate) const BACKLOG: usize = 16_384;
 /// pages every commit touches (the segment indexes' leaves, positions, usage), and a commit has
 /// costs of its own (the WAL's frames and checkpoints, a wake-up): fewer, larger commits cost
 /// less per record. Against 10 ms (and 1,024 records), with postcard segments, the recorder's
-/// thread went from ~1.56 to ~0.57 µs per hello request (`perf` on that thread; docs/benchmarks.md,
-/// stop 26). The price: a log
-/// follower sees a record up to 50 ms later, and a kill -9 loses up to 50 ms of finished
-/// invocations' records (and their usage) rather than 10.
+/// thread went from ~1.56 to ~0.57 µs per hello request (`perf` on that thread;
+/// docs/benchmarks.md, stop 26). The price: a log follower sees a record up to 50 ms later, and
+/// a kill -9 loses up to 50 ms of finished invocations' records (and their usage) rather than 10.
 const LINGER: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 

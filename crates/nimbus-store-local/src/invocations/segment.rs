@@ -33,7 +33,7 @@ pub(super) struct Body {
 
 /// Encode `records` (in position order) as a format 2 body into `out`.
 pub(super) fn encode<'a>(
-    records: impl ExactSizeIterator<Item = &'a InvocationRecord> + Clone,
+    records: impl Iterator<Item = &'a InvocationRecord> + Clone,
     out: &mut Vec<u8>,
 ) {
     let seq_base = records.clone().map(|r| r.seq).min().unwrap_or(0);
