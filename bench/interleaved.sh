@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Nimbus vs the bare wasmtime-wasi-http host, interleaved: both servers run side by side (idle
-# when not measured) and short wrk rounds alternate between them, so a change in the machine's
-# speed during the run hits both alike. Prints each round's req/s and ratio, and the median ratio.
+# when not measured) and short wrk rounds alternate between them (which one goes first
+# alternates too), so a change in the machine's speed during the run hits both alike. Prints each round's req/s and ratio, and the median ratio.
 # This machine's speed swings by a third within minutes; bench/run.sh measures the servers one
 # after the other, so its ratio can move with those swings.
 #
@@ -57,8 +57,15 @@ rps 2s "http://127.0.0.1:$NPORT/hello" > /dev/null
 rps 2s "http://127.0.0.1:$BPORT/hello" > /dev/null
 ratios=()
 for i in $(seq 1 "$ROUNDS"); do
-    n=$(rps "$ROUND" "http://127.0.0.1:$NPORT/hello")
-    b=$(rps "$ROUND" "http://127.0.0.1:$BPORT/hello")
+    # Which server goes first alternates, so that a machine speeding up or slowing down during
+    # the run does not favour the one always measured first.
+    if (( i % 2 )); then
+        n=$(rps "$ROUND" "http://127.0.0.1:$NPORT/hello")
+        b=$(rps "$ROUND" "http://127.0.0.1:$BPORT/hello")
+    else
+        b=$(rps "$ROUND" "http://127.0.0.1:$BPORT/hello")
+        n=$(rps "$ROUND" "http://127.0.0.1:$NPORT/hello")
+    fi
     r=$(python3 -c "print(f'{$n / $b:.3f}')")
     ratios+=("$r")
     echo "round $i: nimbus $n req/s, $B_NAME $b req/s, ratio $r"
