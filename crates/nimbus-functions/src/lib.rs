@@ -227,6 +227,11 @@ pub struct FunctionService {
     residency: Arc<Residency>,
     /// The node's instance slots, shared fairly between functions.
     gate: Arc<fair::NodeGate>,
+    /// Versions taken out of the routes (replaced by a deploy, a rollback or new settings, or
+    /// deleted) while invocations may still hold them: a project's deletion waits for these as
+    /// well as for its current versions. Only this node's invocations hold them, which is all a
+    /// deletion here can wait for. Pruned of the versions no invocation holds at each addition.
+    retired: parking_lot::Mutex<Vec<std::sync::Weak<ActiveVersion>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -362,6 +367,7 @@ impl FunctionService {
             metrics,
             residency,
             gate,
+            retired: parking_lot::Mutex::new(Vec::new()),
             tasks: vec![pruner, thresholds],
         };
         let fs = service.stores.functions.clone();
@@ -601,8 +607,10 @@ impl FunctionService {
         if !blocking(move || fs.delete_function(&p, &n).map_err(FunctionError::from)).await? {
             return Err(FunctionError::NotFound(format!("function {name}")));
         }
-        let next = self.snapshot.load().with(key(project, name), None);
-        self.snapshot.store(Arc::new(next));
+        let current = self.snapshot.load_full();
+        let k = key(project, name);
+        self.retire(current.functions.get(&k));
+        self.snapshot.store(Arc::new(current.with(k, None)));
         tracing::info!(project, function = %name, "deleted");
         self.collect_garbage().await;
         Ok(())
@@ -616,12 +624,22 @@ impl FunctionService {
         let names =
             blocking(move || fs.delete_project_functions(&p).map_err(FunctionError::from)).await?;
         let current = self.snapshot.load_full();
-        let running: Vec<std::sync::Weak<ActiveVersion>> = current
+        let mut running: Vec<std::sync::Weak<ActiveVersion>> = current
             .functions
             .iter()
             .filter(|((p, _), _)| p == project)
             .map(|(_, v)| Arc::downgrade(v))
             .collect();
+        // And the versions replaced earlier that invocations still run (a deploy during a long
+        // invocation): theirs is usage of this project too.
+        self.retired.lock().retain(|v| match v.upgrade() {
+            Some(version) if version.info.project == project => {
+                running.push(v.clone());
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
         self.snapshot.store(Arc::new(current.without_project(project)));
         drop(current);
         if !names.is_empty() {
@@ -767,8 +785,16 @@ impl FunctionService {
 
     fn swap_in(&self, active: Arc<ActiveVersion>) {
         let key = key(&active.info.project, &active.info.function);
-        let next = self.snapshot.load().with(key, Some(active));
-        self.snapshot.store(Arc::new(next));
+        let current = self.snapshot.load_full();
+        self.retire(current.functions.get(&key));
+        self.snapshot.store(Arc::new(current.with(key, Some(active))));
+    }
+
+    /// Note a version leaving the routes, for a later deletion of its project to wait for.
+    fn retire(&self, old: Option<&Arc<ActiveVersion>>) {
+        let mut retired = self.retired.lock();
+        retired.retain(|v| v.strong_count() > 0);
+        retired.extend(old.map(Arc::downgrade));
     }
 
     async fn reload_params(&self, project: &str, name: &str) -> Result<()> {

@@ -348,6 +348,17 @@ async fn a_deleted_projects_usage_is_retired_and_its_slug_starts_over() {
 /// again would count it.)
 #[tokio::test]
 async fn a_deletion_waits_for_the_invocations_under_way() {
+    deletion_across_a_nap(false).await;
+}
+
+/// The same when the function was deployed again while the invocation ran: the invocation holds
+/// the version it started on, which is out of the routes, and the deletion waits for it too.
+#[tokio::test]
+async fn a_deletion_waits_for_invocations_of_a_replaced_version() {
+    deletion_across_a_nap(true).await;
+}
+
+async fn deletion_across_a_nap(redeploy: bool) {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path()).await;
     s.create_project("acme").await;
@@ -371,6 +382,11 @@ async fn a_deletion_waits_for_the_invocations_under_way() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let started = std::time::Instant::now();
+    if redeploy {
+        let spec = json!({"name": "nap", "routes": ["/nap"], "env": {"V": "2"}});
+        let status = deploy_in(&s, "acme", "sleep", spec).await;
+        assert!((200..300).contains(&status), "redeploy: {status}");
+    }
     let r = s.api(Method::DELETE, "/v1/projects/acme").send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert!(started.elapsed() >= std::time::Duration::from_millis(800), "it waited for the nap");
