@@ -869,6 +869,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE invocation_segments ADD COLUMN data BLOB;
     "#,
+    // 19: the user of a session or identity, indexed on its own. Deleting a user cascades to
+    // them by `user_id`, which the `(project, user_id)` indexes cannot serve: each deleted user
+    // scanned every project's sessions and identities, and a project's deletion did that once
+    // per user.
+    r#"
+    CREATE INDEX sessions_user_id ON sessions (user_id);
+    CREATE INDEX identities_user_id ON identities (user_id);
+    "#,
 ];
 
 /// Migration 1 was edited after it had landed (3c28f07 added `project` to every table). A
@@ -992,6 +1000,7 @@ mod tests {
         "3cb0a9dd7962ff4dbda6e38676868857950530ff22f09894ad45893719324198",
         "8d16bd19930846aeca593b621e04b05431d076a65d76d3dad96a736abda15f66",
         "df1e369033f8da018084861f24512e97b1cce8152c1dffd3810eb50a1cac37f1",
+        "9456aa826572f07d8c899fc9bb4edb9ff3a17b9586e6a419b9d474272002a181",
     ];
     /// Likewise for the repair of migration 1's original shape.
     const LANDED_REPAIR: [&str; 2] = [
@@ -1451,5 +1460,60 @@ mod tests {
         assert_eq!(formats(&store), [(3, 2, false), (4, 2, false)]);
         assert_eq!(store.get("p", &ids[2]).unwrap().as_ref(), Some(&all[2]));
         assert!(store.get("p", &ids[0]).unwrap().is_none());
+    }
+
+    /// A deletion of a parent row finds its children through an index: for every foreign key,
+    /// the child's columns lead some index of the child table (a primary key counts). Without
+    /// one, each parent deleted scans the whole child table, every project's rows included.
+    #[test]
+    fn every_foreign_key_is_indexed_on_the_child() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(crate::SqliteStore::open(&dir.path().join("n.db")).unwrap());
+        let conn = Connection::open(dir.path().join("n.db")).unwrap();
+        let unindexed = (|| -> rusqlite::Result<Vec<String>> {
+            let tables: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut unindexed = Vec::new();
+            for table in tables {
+                // (id, child column), in key order.
+                let mut keys: Vec<(i64, String)> = conn
+                    .prepare(
+                        "SELECT id, \"from\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
+                    )?
+                    .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                keys.dedup();
+                let mut indexes: Vec<Vec<String>> = Vec::new();
+                let names: Vec<String> = conn
+                    .prepare("SELECT name FROM pragma_index_list(?1)")?
+                    .query_map([&table], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for name in names {
+                    indexes.push(
+                        conn.prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+                            .query_map([&name], |r| r.get(0))?
+                            .collect::<Result<_, _>>()?,
+                    );
+                }
+                let mut ids: Vec<i64> = keys.iter().map(|(id, _)| *id).collect();
+                ids.dedup();
+                for id in ids {
+                    let columns: Vec<&String> =
+                        keys.iter().filter(|(k, _)| *k == id).map(|(_, c)| c).collect();
+                    let led = indexes.iter().any(|index| {
+                        index.len() >= columns.len()
+                            && columns.iter().all(|c| index[..columns.len()].contains(c))
+                    });
+                    if !led {
+                        unindexed.push(format!("{table}({columns:?})"));
+                    }
+                }
+            }
+            Ok(unindexed)
+        })()
+        .unwrap();
+        assert!(unindexed.is_empty(), "foreign keys without an index on the child: {unindexed:?}");
     }
 }
