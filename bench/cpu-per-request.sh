@@ -2,9 +2,9 @@
 # Server CPU per request: Nimbus, the bare wasmtime-wasi-http host, the bare host with fuel and
 # epochs as Nimbus sets them (`--fuel-and-epochs`), and that with its guests on a runtime of
 # their own as Nimbus runs them (`--guest-runtime`), serving the hello example. Short wrk
-# rounds alternate between the three servers (all running, idle when not measured); each round
-# reads the server's user+system CPU time from /proc/PID/stat before and after, and divides by
-# the requests wrk completed. CPU per request does not depend on how fast the machine is at the
+# rounds alternate between the servers (all running, idle when not measured; which goes first
+# rotates); each round reads the server's user+system CPU time from /proc/PID/stat before and
+# after, and divides by the requests wrk completed. CPU per request does not depend on how fast the machine is at the
 # moment as much as req/s does, and it splits the overhead: (bare+fuel - bare) is the cost of
 # metering and timeouts in Wasmtime, (guest runtime - bare+fuel) the cost of running guests on
 # threads of their own (what a Nimbus guest pays when it moves to the guest pool; one that
@@ -64,10 +64,16 @@ done
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $ROUNDS rounds of $ROUND per server, wrk -t$WRK_THREADS -c$WRK_CONNECTIONS"
 : > "$work/rows"
 for i in $(seq 1 "$ROUNDS"); do
-    n=$(measure nimbus "$npid" "http://127.0.0.1:$NPORT/hello")
-    b=$(measure bare "$bpid" "http://127.0.0.1:$BPORT/")
-    f=$(measure bare+fuel+epochs "$fpid" "http://127.0.0.1:$FPORT/")
-    g=$(measure +guest-runtime "$gpid" "http://127.0.0.1:$GPORT/")
+    # Which server goes first rotates from round to round, so that none is always measured
+    # right after the same one, or at the same point of the machine's swings.
+    for k in 0 1 2 3; do
+        case $(( (i + k) % 4 )) in
+            0) n=$(measure nimbus "$npid" "http://127.0.0.1:$NPORT/hello") ;;
+            1) b=$(measure bare "$bpid" "http://127.0.0.1:$BPORT/") ;;
+            2) f=$(measure bare+fuel+epochs "$fpid" "http://127.0.0.1:$FPORT/") ;;
+            3) g=$(measure +guest-runtime "$gpid" "http://127.0.0.1:$GPORT/") ;;
+        esac
+    done
     printf '%s\n%s\n%s\n%s\n' "$n" "$b" "$f" "$g" >> "$work/rows"
     fmt() { echo "$1" | awk '{print $1" "$2" req/s "$3" us/req"}'; }
     echo "round $i: $(fmt "$n"); $(fmt "$b"); $(fmt "$f"); $(fmt "$g")"

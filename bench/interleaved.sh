@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Nimbus vs the bare wasmtime-wasi-http host, interleaved: both servers run side by side (idle
 # when not measured) and short wrk rounds alternate between them (which one goes first
-# alternates too), so a change in the machine's speed during the run hits both alike. Prints each round's req/s and ratio, and the median ratio.
+# alternates too), so a change in the machine's speed during the run hits both alike. Prints
+# each round's req/s and ratio, and the median ratio with its quartiles.
 # This machine's speed swings by a third within minutes; bench/run.sh measures the servers one
 # after the other, so its ratio can move with those swings.
 #
 #   bench/interleaved.sh                 # after bench/run.sh (or SKIP_BUILD=0 to build first)
 #
-# Env: ROUNDS=6 ROUND=5s WRK_THREADS=2 WRK_CONNECTIONS=50 BARE_ARGS=; extra env for `nimbus serve` can be
+# Env: ROUNDS=20 ROUND=3s WRK_THREADS=2 WRK_CONNECTIONS=50 BARE_ARGS=; extra env for `nimbus serve` can be
 # passed as arguments: bench/interleaved.sh NIMBUS_LOG_BYTES=0
 #
 # A/B mode: NIMBUS_B=/path/to/another/nimbus compares two builds of Nimbus instead (B takes the
@@ -15,8 +16,8 @@
 #   git worktree add /tmp/b <commit> && (cd /tmp/b && cargo build --release -p nimbus-cli)
 #   NIMBUS_B=/tmp/b/target/release/nimbus bench/interleaved.sh
 set -euo pipefail
-ROUNDS=${ROUNDS:-6}
-ROUND=${ROUND:-5s}
+ROUNDS=${ROUNDS:-20}
+ROUND=${ROUND:-3s}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 # shellcheck source=bench/hello-lib.sh
@@ -70,4 +71,11 @@ for i in $(seq 1 "$ROUNDS"); do
     ratios+=("$r")
     echo "round $i: nimbus $n req/s, $B_NAME $b req/s, ratio $r"
 done
-python3 -c "import statistics, sys; print(f'median ratio {statistics.median(map(float, sys.argv[1:])):.3f} over $ROUNDS rounds of $ROUND each')" "${ratios[@]}"
+# The quartiles show the spread: on this machine single rounds range over ±15%, and many short
+# rounds give a steadier median than a few long ones.
+python3 -c "
+import statistics, sys
+r = sorted(map(float, sys.argv[1:]))
+q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+print(f'median ratio {statistics.median(r):.3f} over $ROUNDS rounds of $ROUND each (quartiles {q[0]:.3f} and {q[2]:.3f})')
+" "${ratios[@]}"
