@@ -8,16 +8,18 @@
 //!   kernel's backlog holds newcomers until a slot frees, as mini-redis does);
 //! - a cap per client address, so one client cannot take all of the global slots (connections over
 //!   it are closed at once);
-//! - hyper's header-read timeout: a request head must arrive whole within it. hyper also starts
-//!   that timer while a keep-alive connection waits for its next request, so it is the idle
-//!   timeout too;
+//! - a header timeout: a connection that waits for a request head (its first, or the next one on
+//!   a keep-alive connection) is closed when none has come whole within it, so it is the idle
+//!   timeout too. A watchdog task per connection checks every half timeout (see
+//!   [`spawn_head_watchdog`]) instead of hyper's own header-read timeout, which files and removes
+//!   a timer in tokio's wheel on every request;
 //! - a body timeout between two chunks of a request body (tower-http's `TimeoutBody`), so a
 //!   client that stops sending mid-body does not hold a function slot forever.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -182,11 +184,9 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(max));
     let clients = Arc::new(PerClient::default());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
+    // The header timeout is the watchdog's (below), not hyper's: `None` turns off hyper's
+    // default of 30 s.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -227,7 +227,12 @@ pub(crate) async fn serve(
         let body_timeout = limits.body_timeout;
         // One handle per connection: each request clones this connection's own `Arc`, not a
         // reference count that every worker thread writes.
-        let app = Arc::new(app.clone());
+        let conn = Arc::new(Conn {
+            app: app.clone(),
+            activity: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+        });
+        let watched = Arc::downgrade(&conn);
         // hyper's own `service_fn`, not tower's behind `TowerToHyperService`: that adapter wraps
         // each request's future in a `Oneshot` state machine, which moves the whole future (a few
         // KiB) once more per request.
@@ -246,20 +251,26 @@ pub(crate) async fn serve(
                 let body = EndTracked::new(body, flag);
                 axum::body::Body::new(TimeoutBody::new(body_timeout, body))
             });
-            let app = app.clone();
+            if !http1 {
+                conn.http2.store(true, Ordering::Relaxed);
+            }
+            let in_flight = InFlight::start(&conn);
             async move {
-                let mut response = app.call(request, peer).await;
+                let mut response = in_flight.app.call(request, peer).await;
                 if http1 && ended.is_some_and(|ended| !ended.load(Ordering::Acquire)) {
                     close_after(&mut response);
                 }
-                Ok::<_, std::convert::Infallible>(response)
+                // In flight until hyper drops the body: written whole, or the connection gone.
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|inner| Answer { inner, _in_flight: in_flight }),
+                )
             }
         });
         let open = OpenConnection::new(&metrics);
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // hyper's `auto` builder first reads to tell HTTP/1 from HTTP/2, with no timeout of its
             // own: a client that connects and sends nothing would hold its slot forever.
             let mut first = [0u8; 1];
@@ -277,12 +288,122 @@ pub(crate) async fn serve(
             }
             drop((permit, client, open));
         });
+        spawn_head_watchdog(watched, task.abort_handle(), header_timeout);
     }
     drop(listener);
     tracing::info!(connections = graceful.count(), "shutting down: finishing in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still running after {grace:?}; stopping anyway");
     }
+}
+
+/// One client connection, shared by its requests and its watchdog.
+struct Conn {
+    app: Served,
+    /// Requests started (bits 32-63, wrapping) and in flight (bits 0-31): a request is in flight
+    /// from its head until hyper drops its response body.
+    activity: AtomicU64,
+    /// It carries HTTP/2, whose keep-alive pings watch it instead (hyper's `http2()` settings).
+    http2: AtomicBool,
+}
+
+const STARTED: u64 = 1 << 32;
+const IN_FLIGHT: u64 = 1;
+const IN_FLIGHT_MASK: u64 = STARTED - 1;
+
+/// A request of a [`Conn`] under way. Owns the connection's handle, so a request costs one
+/// reference count of the connection's own and two writes to its activity, both on the thread
+/// that serves it.
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn start(conn: &Arc<Conn>) -> Self {
+        conn.activity.fetch_add(STARTED + IN_FLIGHT, Ordering::Relaxed);
+        InFlight(conn.clone())
+    }
+}
+
+impl std::ops::Deref for InFlight {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.fetch_sub(IN_FLIGHT, Ordering::Relaxed);
+    }
+}
+
+/// A response body, holding its request in flight.
+struct Answer {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Close a connection that has waited for a request head for `timeout`: one that sent none
+/// (after its first byte, see the peek above), or stalls in the middle of one, or sits idle
+/// between keep-alive requests. Every half `timeout` it reads the connection's activity; equal
+/// activity two reads apart with nothing in flight means that no request started for at least
+/// `timeout` and none ran meanwhile, so the connection is closed (aborting its task drops the
+/// socket and the slots it holds). A stalled head is thus cut off between `timeout` and 1.5
+/// `timeout` after the connection began waiting for it.
+///
+/// This replaces hyper's header-read timeout, which arms a timer in tokio's wheel for every
+/// request head (an allocation, a lock and two writes to the runtime's shared reference count)
+/// and removes it when the head is in: a few hundred nanoseconds of every request, where this
+/// costs two writes to the connection's own counter. HTTP/2 connections are left to their
+/// keep-alive once their first request came.
+fn spawn_head_watchdog(
+    conn: std::sync::Weak<Conn>,
+    task: tokio::task::AbortHandle,
+    timeout: Duration,
+) {
+    let half = (timeout / 2).max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The activity at the two previous reads, oldest first (none before the start).
+        let mut seen = [u64::MAX, 0];
+        loop {
+            ticks.tick().await;
+            // Gone with the connection (ended, or upgraded to a WebSocket).
+            let Some(conn) = conn.upgrade() else { return };
+            if conn.http2.load(Ordering::Relaxed) {
+                return;
+            }
+            let now = conn.activity.load(Ordering::Relaxed);
+            if now == seen[0] && now & IN_FLIGHT_MASK == 0 {
+                tracing::debug!(
+                    "closing a connection that sent no request head within the header timeout"
+                );
+                task.abort();
+                return;
+            }
+            seen = [seen[1], now];
+        }
+    });
 }
 
 /// A request body that records whether it was read to its end.

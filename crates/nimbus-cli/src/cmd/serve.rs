@@ -210,7 +210,8 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 1_000)]
     pub max_connections_per_client: usize,
 
-    /// Time for a request head to arrive whole; an idle keep-alive connection is closed after it too
+    /// Time for a request head to arrive whole (enforced within 1.5 times it); an idle keep-alive
+    /// connection is closed after it too
     #[arg(long, env = "NIMBUS_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub header_timeout: Duration,
 

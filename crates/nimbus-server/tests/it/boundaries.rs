@@ -344,10 +344,9 @@ async fn many_slow_clients_over_the_global_cap_delay_others_only_until_the_heade
     s.stop().await;
 }
 
-/// The header timeout holds on a connection that served requests before (each head arms the
-/// timer anew): a head that stalls after three requests is cut off once the
-/// timeout (1 s) has passed since the connection began waiting for it (when it sent the last
-/// response), not before, and not later than a bound.
+/// The header timeout holds on a connection that served requests before: a head that stalls
+/// after three requests is cut off once the timeout (1 s) has passed since the connection began
+/// waiting for it (when it sent the last response), not before, and not later than a bound.
 #[tokio::test]
 async fn a_head_that_stalls_on_a_busy_keep_alive_connection_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +368,46 @@ async fn a_head_that_stalls_on_a_busy_keep_alive_connection_is_cut_off() {
     assert!(waited >= Duration::from_millis(950), "cut off early: {waited:?}");
     let text = String::from_utf8_lossy(&seen);
     assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    s.stop().await;
+}
+
+/// What the header timeout must not cut: a request still being answered (a function that takes
+/// longer than the timeout), and a connection upgraded to a WebSocket. The timeout watches
+/// connections waiting for a request head (`spawn_head_watchdog` in `listener.rs`).
+#[tokio::test]
+async fn requests_under_way_and_websockets_outlive_the_header_timeout() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(limited_config(dir.path())).await;
+    s.deploy("sleep", json!({"name": "nap", "routes": ["/nap"]})).await;
+    // 2.5 s of a function against a header timeout of 1 s.
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(b"GET /nap?ms=2500 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("no answer within 10 s")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+
+    // A WebSocket quiet for 2.5 s still delivers.
+    crate::documents::collection(&s, "default", json!({"name": "ws"})).await;
+    let url = format!("ws://{}/v1/projects/default/realtime/ws?collection=ws", s.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::Text(json!({"type": "auth", "token": s.token}).to_string().into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let path = format!("{}/late", crate::documents::docs("default", "ws"));
+    let r = crate::documents::admin(&s, Method::PUT, &path).json(&json!({"n": 1})).send().await;
+    assert!(r.unwrap().status().is_success());
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("no event within 5 s")
+        .expect("the WebSocket ended")
+        .unwrap();
+    assert!(msg.to_text().unwrap().contains("\"late\""), "{msg:?}");
     s.stop().await;
 }
 
