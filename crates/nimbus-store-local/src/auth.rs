@@ -262,10 +262,9 @@ impl AuthStore for SqliteStore {
         // the transaction below takes any that were.
         self.delete_in_steps(
             "deleting a project's events",
-            &format!(
-                "DELETE FROM event_log WHERE position IN \
-                 (SELECT position FROM event_log WHERE project = ?1 LIMIT {EVENT_DELETE_STEP})"
-            ),
+            "event_log",
+            "position",
+            "project = ?1",
             EVENT_DELETE_STEP,
             &[&id],
         )?;
@@ -275,10 +274,9 @@ impl AuthStore for SqliteStore {
         // row below takes any that did.
         self.delete_in_steps(
             "deleting a project's users",
-            &format!(
-                "DELETE FROM users WHERE id IN \
-                 (SELECT id FROM users WHERE project = ?1 LIMIT {USER_DELETE_STEP})"
-            ),
+            "users",
+            "id",
+            "project = ?1",
             USER_DELETE_STEP,
             &[&id],
         )?;

@@ -161,10 +161,9 @@ fn purge_retired(store: &SqliteStore, project: &str) -> Result<()> {
     for coll in retired {
         store.delete_in_steps(
             "deleting a collection's documents",
-            &format!(
-                "DELETE FROM documents WHERE rowid IN \
-                 (SELECT rowid FROM documents WHERE coll = ?1 LIMIT {PURGE_STEP})"
-            ),
+            "documents",
+            "rowid",
+            "coll = ?1",
             PURGE_STEP,
             &[&coll],
         )?;

@@ -362,10 +362,9 @@ impl KvStore for SqliteStore {
     fn delete_bucket(&self, project: &str, bucket: &str) -> Result<u64> {
         self.delete_in_steps(
             "deleting a KV bucket",
-            &format!(
-                "DELETE FROM kv_entries WHERE (project, bucket, key) IN (SELECT project, bucket, \
-                 key FROM kv_entries WHERE project = ?1 AND bucket = ?2 LIMIT {DELETE_STEP})"
-            ),
+            "kv_entries",
+            "project, bucket, key",
+            "project = ?1 AND bucket = ?2",
             DELETE_STEP,
             &[&project, &bucket],
         )
@@ -374,10 +373,9 @@ impl KvStore for SqliteStore {
     fn delete_project(&self, project: &str) -> Result<u64> {
         self.delete_in_steps(
             "deleting a project's KV entries",
-            &format!(
-                "DELETE FROM kv_entries WHERE (project, bucket, key) IN (SELECT project, bucket, \
-                 key FROM kv_entries WHERE project = ?1 LIMIT {DELETE_STEP})"
-            ),
+            "kv_entries",
+            "project, bucket, key",
+            "project = ?1",
             DELETE_STEP,
             &[&project],
         )

@@ -1477,19 +1477,21 @@ mod tests {
                 .collect::<Result<_, _>>()?;
             let mut unindexed = Vec::new();
             for table in tables {
-                // (id, child column), in key order.
-                let mut keys: Vec<(i64, String)> = conn
-                    .prepare(
-                        "SELECT id, \"from\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
-                    )?
-                    .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                keys.dedup();
-                let mut indexes: Vec<Vec<String>> = Vec::new();
+                // Each foreign key's child columns, in key order.
+                let mut keys: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+                let mut stmt = conn.prepare(
+                    "SELECT id, \"from\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
+                )?;
+                let mut rows = stmt.query([&table])?;
+                while let Some(row) = rows.next()? {
+                    keys.entry(row.get(0)?).or_default().push(row.get(1)?);
+                }
+                // The columns of each index a lookup can use: a partial one serves only its rows.
                 let names: Vec<String> = conn
-                    .prepare("SELECT name FROM pragma_index_list(?1)")?
+                    .prepare("SELECT name FROM pragma_index_list(?1) WHERE partial = 0")?
                     .query_map([&table], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
+                let mut indexes: Vec<Vec<String>> = Vec::new();
                 for name in names {
                     indexes.push(
                         conn.prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
@@ -1497,11 +1499,7 @@ mod tests {
                             .collect::<Result<_, _>>()?,
                     );
                 }
-                let mut ids: Vec<i64> = keys.iter().map(|(id, _)| *id).collect();
-                ids.dedup();
-                for id in ids {
-                    let columns: Vec<&String> =
-                        keys.iter().filter(|(k, _)| *k == id).map(|(_, c)| c).collect();
+                for columns in keys.values() {
                     let led = indexes.iter().any(|index| {
                         index.len() >= columns.len()
                             && columns.iter().all(|c| index[..columns.len()].contains(c))

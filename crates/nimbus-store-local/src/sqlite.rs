@@ -186,18 +186,24 @@ impl SqliteStore {
         }
     }
 
-    /// [`Self::in_steps`] of `delete`, a DELETE whose rows are picked by a subquery ending in
-    /// `LIMIT {size}`. Returns the rows removed.
+    /// [`Self::in_steps`] of deleting the rows of `table` that match `filter` (whose parameters
+    /// are `args`), `size` at a time, picked by `key` (the columns that identify a row, comma
+    /// separated). Returns the rows removed.
     pub(crate) fn delete_in_steps(
         &self,
         what: &str,
-        delete: &str,
+        table: &str,
+        key: &str,
+        filter: &str,
         size: usize,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<u64> {
+        let delete = format!(
+            "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {filter} LIMIT {size})"
+        );
         self.in_steps(what, size, |tx| {
             let n = tx
-                .prepare_cached(delete)
+                .prepare_cached(&delete)
                 .and_then(|mut stmt| stmt.execute(args))
                 .with_context(|| what.to_string())?;
             Ok((n, n as u64))

@@ -335,10 +335,9 @@ impl DeliveryStore for SqliteStore {
         for (state, before) in [("delivered", delivered_before), ("dead", dead_before)] {
             removed += self.delete_in_steps(
                 "pruning deliveries",
-                &format!(
-                    "DELETE FROM trigger_deliveries WHERE id IN (SELECT id FROM trigger_deliveries \
-                     WHERE state = ?1 AND updated_at < ?2 LIMIT {step})"
-                ),
+                "trigger_deliveries",
+                "id",
+                "state = ?1 AND updated_at < ?2",
                 step,
                 &[&state, &before],
             )?;
@@ -677,20 +676,17 @@ impl ProducerStore for SqliteStore {
         let step = PRUNE_STEP;
         let a = self.delete_in_steps(
             "pruning asynchronous invocations",
-            &format!(
-                "DELETE FROM async_invocations WHERE id IN (SELECT id FROM async_invocations \
-                 WHERE completed_at IS NOT NULL AND completed_at < ?1 \
-                 AND callback_status IS NOT 'pending' LIMIT {step})"
-            ),
+            "async_invocations",
+            "id",
+            "completed_at IS NOT NULL AND completed_at < ?1 AND callback_status IS NOT 'pending'",
             step,
             &[&before],
         )?;
         let k = self.delete_in_steps(
             "pruning idempotency keys",
-            &format!(
-                "DELETE FROM idempotency_keys WHERE (project, scope, key) IN (SELECT project, \
-                 scope, key FROM idempotency_keys WHERE created_at < ?1 LIMIT {step})"
-            ),
+            "idempotency_keys",
+            "project, scope, key",
+            "created_at < ?1",
             step,
             &[&keys_before],
         )?;
