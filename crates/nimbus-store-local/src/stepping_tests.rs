@@ -1,6 +1,6 @@
 //! What the tests of stepped work (pruning records and events, deleting a collection, a bucket,
-//! or a project's events and users) share: a writer that keeps writing beside the long operation, to show
-//! that its writes get in between steps.
+//! or a project's events and users) share: a writer that keeps writing beside the long
+//! operation, to show that its writes get in between steps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
