@@ -24,6 +24,9 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
+/// Entries of functions holding no slot kept in the gate's map (see `release`).
+const IDLE_ENTRIES: usize = 256;
+
 pub(crate) struct NodeGate {
     capacity: u32,
     /// Slots one function may hold: `capacity - reserve`.
@@ -129,7 +132,9 @@ impl NodeGate {
         self.gauges.in_use.dec();
         if let Some(f) = inner.functions.get_mut(&function) {
             f.held -= 1;
-            if f.held == 0 && f.waiters.is_empty() {
+            // An idle function keeps its entry while there are few: a busy one would otherwise
+            // be removed and inserted again at nearly every request.
+            if f.held == 0 && f.waiters.is_empty() && inner.functions.len() > IDLE_ENTRIES {
                 inner.functions.remove(&function);
             }
         }

@@ -201,10 +201,10 @@ impl FunctionService {
         // Runs on the guest's task when it ends: frees the slot and records, with no task of
         // its own.
         let finish = {
-            let (target, metrics, recorder) =
-                (target.clone(), self.metrics.clone(), self.recorder.clone());
+            let (target, recorder) = (target.clone(), self.recorder.clone());
             let too_large = too_large.clone();
             move |outcome: Outcome| {
+                let metrics = &target.node_metrics;
                 drop(permit);
                 drop(node_permit);
                 target.metrics.in_use.dec();
@@ -218,7 +218,7 @@ impl FunctionService {
                 r.queue_us = queue.as_micros() as u64;
                 r.duration_us = start.elapsed().as_micros() as u64;
                 fill(&mut r, outcome, http_status);
-                observe(&metrics, &target, &r);
+                observe(metrics, &target, &r);
                 // The record takes the closure's reference to the version: no count to bump.
                 let r = Finished { names: target, draft: r };
                 if let Some(q) = quota {

@@ -120,6 +120,9 @@ pub struct ActiveVersion {
     params: InvocationParams,
     admission: Arc<Admission>,
     metrics: metrics::FunctionMetrics,
+    /// The service's metrics, reached through the version an invocation already holds: a
+    /// reference of its own would write one more shared reference count per request.
+    node_metrics: Arc<Metrics>,
 }
 
 /// Functions are keyed by (project, name).
@@ -857,7 +860,8 @@ impl FunctionService {
                 metrics.queued.clone(),
             )),
         };
-        Ok(Arc::new(ActiveVersion { info, code, params, admission, metrics }))
+        let node_metrics = self.metrics.clone();
+        Ok(Arc::new(ActiveVersion { info, code, params, admission, metrics, node_metrics }))
     }
 
     /// The slot's code, loading it (once, however many callers ask at the same time) if it is
