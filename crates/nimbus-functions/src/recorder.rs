@@ -171,11 +171,21 @@ struct Queued {
     idle: bool,
     /// The [`Recorder`] is gone: write what is queued and end.
     closed: bool,
+    /// The writer's thread ended (it panicked): nothing queued would ever be written.
+    stopped: bool,
 }
 
 impl Queue {
     fn push(&self, msg: Msg, records: usize) {
         let mut q = self.state.lock();
+        if q.stopped {
+            drop(q);
+            // A flush's sender is dropped with `msg`: its caller stops waiting.
+            if records > 0 {
+                tracing::error!("invocation recorder has stopped; record lost");
+            }
+            return;
+        }
         q.msgs.push(msg);
         // Under the lock, whose cache line this is: no second line to take.
         self.pending.fetch_add(records, Ordering::Relaxed);
@@ -206,6 +216,7 @@ impl Recorder {
                 msgs: Vec::with_capacity(BATCH),
                 idle: false,
                 closed: false,
+                stopped: false,
             }),
             pending: AtomicUsize::new(0),
             wake: Condvar::new(),
@@ -256,6 +267,9 @@ impl Writer {
         let mut taken: Vec<Msg> = Vec::with_capacity(BATCH);
         let mut records: Vec<InvocationRecord> = Vec::with_capacity(BATCH);
         let mut flushes = Vec::new();
+        // Declared after the vectors, so dropped before them: the queue is marked stopped
+        // before the flushes held in them are let go.
+        let _stopped = Stopped(&self.queue);
         loop {
             {
                 let mut q = self.queue.state.lock();
@@ -361,6 +375,27 @@ impl Writer {
             }
         }
         records.clear();
+    }
+}
+
+/// Marks the queue stopped when the writer's thread ends, by a panic included, and drops what is
+/// queued: records can no longer be written, and flushes waiting on them must not wait forever.
+struct Stopped<'a>(&'a Queue);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.state.lock();
+        q.stopped = true;
+        let lost = std::mem::take(&mut q.msgs);
+        drop(q);
+        let records = lost.iter().filter(|m| matches!(m, Msg::Record(_))).count();
+        if records > 0 {
+            tracing::error!(
+                records,
+                "invocation recorder stopped with records queued; they are lost"
+            );
+        }
+        self.0.pending.fetch_sub(records, Ordering::Relaxed);
     }
 }
 
@@ -521,5 +556,37 @@ mod tests {
         assert_eq!(paths.len(), 12_000, "each record once");
         let batches = store.batches.lock();
         assert!(batches.iter().all(|&n| (1..=BATCH).contains(&n)), "{batches:?}");
+    }
+
+    struct Panicky;
+
+    impl RecordNames for Panicky {
+        fn project(&self) -> &str {
+            panic!("a bug in the writer's path")
+        }
+        fn function(&self) -> &str {
+            "f"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn memory_limit_mb(&self) -> u64 {
+            128
+        }
+    }
+
+    /// If the writer's thread dies, a flush returns instead of waiting forever for it, and
+    /// later records are not queued for nobody.
+    #[tokio::test]
+    async fn a_dead_writer_does_not_hang_flushes() {
+        let recorder = Recorder::spawn(Flaky::failing(0)).unwrap();
+        recorder.record_now(Finished { names: Arc::new(Panicky), draft: draft("/boom") });
+        tokio::time::timeout(Duration::from_secs(5), recorder.flush())
+            .await
+            .expect("flush returned after the writer died");
+        let before = recorder.backlog();
+        recorder.record_now(record("/after"));
+        assert_eq!(recorder.backlog(), before, "nothing is queued once the writer is gone");
+        tokio::time::timeout(Duration::from_secs(5), recorder.flush()).await.unwrap();
     }
 }
