@@ -156,7 +156,8 @@ struct Shared {
 /// it), and every 32 messages a block allocated on a worker is recycled or freed by the
 /// writer. Here the lock, the vector and the count share one line (`align(64)`), nothing is
 /// allocated per message, and the writer takes a whole batch in one swap instead of popping
-/// and moving each record out: +3% to +5% req/s serving hello (docs/benchmarks.md, stop 28).
+/// and moving each record out. Serving hello, four of five A/B runs gave +0.6% to +5.2% req/s
+/// and one −6%, on a machine that swings by ±5% (docs/benchmarks.md, stop 28).
 #[repr(align(64))]
 struct Queue {
     state: Mutex<Queued>,
