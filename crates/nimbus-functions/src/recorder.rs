@@ -169,8 +169,6 @@ struct Queue {
 
 struct Queued {
     msgs: Vec<Msg>,
-    /// The writer is waiting on `wake`: the next message must wake it.
-    idle: bool,
     /// The [`Recorder`] is gone: write what is queued and end.
     closed: bool,
     /// The writer's thread ended (it panicked): nothing queued would ever be written.
@@ -191,11 +189,10 @@ impl Queue {
         q.msgs.push(msg);
         // Under the lock, whose cache line this is: no second line to take.
         self.pending.fetch_add(records, Ordering::Relaxed);
-        let wake = std::mem::take(&mut q.idle);
         drop(q);
-        if wake {
-            self.wake.notify_one();
-        }
+        // Only a load of the condition variable's state (in this same line) unless the writer
+        // is waiting on it.
+        self.wake.notify_one();
     }
 
     fn is_closed(&self) -> bool {
@@ -216,7 +213,6 @@ impl Recorder {
         let queue = Arc::new(Queue {
             state: Mutex::new(Queued {
                 msgs: Vec::with_capacity(BATCH),
-                idle: false,
                 closed: false,
                 stopped: false,
             }),
@@ -276,7 +272,6 @@ impl Writer {
             {
                 let mut q = self.queue.state.lock();
                 while q.msgs.is_empty() && !q.closed {
-                    q.idle = true;
                     self.queue.wake.wait(&mut q);
                 }
                 if q.msgs.is_empty() {
@@ -309,6 +304,7 @@ impl Writer {
                 }
                 let n = records.len();
                 self.write(&mut records);
+                records.clear();
                 self.queue.pending.fetch_sub(n, Ordering::Relaxed);
             }
             drop(msgs);
@@ -320,7 +316,7 @@ impl Writer {
         }
     }
 
-    /// Write `records` (leaving the vector empty, its capacity kept).
+    /// Write `records` (or give them up: see the errors below).
     fn write(&self, records: &mut Vec<InvocationRecord>) {
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0u32;
@@ -344,7 +340,6 @@ impl Writer {
                         n = records.len(),
                         "invocation record writer panicked; batch lost"
                     );
-                    records.clear();
                     return;
                 }
             }
@@ -355,7 +350,6 @@ impl Writer {
                     n = records.len(),
                     "the functions service stopped while the store was failing; batch lost"
                 );
-                records.clear();
                 return;
             }
             std::thread::sleep(delay);
@@ -376,7 +370,6 @@ impl Writer {
                 let _ = self.followers.send(Arc::new(r));
             }
         }
-        records.clear();
     }
 }
 
